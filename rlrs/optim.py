@@ -1,0 +1,213 @@
+"""Torch integration: param groups for any optimizer, and the closed-form scheduler.
+
+Three lines in your own training loop::
+
+    groups = rlrs.param_groups(model, plan)                 # one group per component (and decay)
+    opt = torch.optim.AdamW(groups)                         # any torch.optim optimizer
+    sched = rlrs.RelativeLR(opt, plan, total_steps)          # call sched.step() after opt.step()
+
+Groups carry ``"component"`` (``"router"``; merged groups ``"attention+feedforward"``) and
+``"components"`` (the tuple of component names), so logs can say ``lr/router``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
+
+from .components import COMPONENTS, Rule, classify, tied_parameters
+from .config import ConfigError
+from .plan import Plan
+
+
+def assign_components(
+    model: nn.Module, plan: Plan, rules: Sequence[Rule] | None = None
+) -> dict[str, str]:
+    """Each trainable parameter (by its first name) to the component whose schedule it follows.
+
+    A tensor shared by two components (tied embedding and unembedding) follows ``plan.tied``;
+    without it this raises, because picking one silently would change what the plan means.
+    """
+    by_name = classify(model, rules)
+    alias_of = {}
+    for group in tied_parameters(model):
+        for name in group:
+            alias_of[name] = group
+    out: dict[str, str] = {}
+    for name, p in model.named_parameters():  # first name of each tensor
+        if not p.requires_grad:
+            continue
+        names = alias_of.get(name, (name,))
+        comps = sorted({by_name[n] for n in names}, key=COMPONENTS.index)
+        if len(comps) == 1:
+            out[name] = comps[0]
+            continue
+        detail = ", ".join(f"{n} ({by_name[n]})" for n in names)
+        if plan.tied is None:
+            raise ConfigError(
+                f"plan.tied: one tensor is shared by {detail}; say which schedule it follows with "
+                f"plan.tied = {comps[0]!r} or {comps[1]!r} (e.g. --set tied={comps[0]})"
+            )
+        if plan.tied not in comps:
+            raise ConfigError(
+                f"plan.tied: {plan.tied!r} is not one of the components sharing {detail}"
+            )
+        out[name] = plan.tied
+    return out
+
+
+def param_groups(
+    model: nn.Module,
+    plan: Plan,
+    rules: Sequence[Rule] | None = None,
+    *,
+    merge: bool = True,
+    tensor_lr: bool = False,
+) -> list[dict[str, Any]]:
+    """Param groups for ``torch.optim`` optimizers, one per (component, decayed or not).
+
+    Args:
+        model: any ``nn.Module``; parameters are classified by :func:`rlrs.components.classify`.
+        plan: the :class:`~rlrs.plan.Plan` giving each component's schedule and weight decay.
+        rules: extra ``(regex, component)`` rules, checked before the built-in ones.
+        merge: merge groups whose schedule and weight decay are identical (fewer groups means
+            fewer foreach/fused kernel launches); the merged group lists all its components.
+        tensor_lr: hold each group's LR in a 0-dim tensor (needed for ``fused=True`` or
+            ``capturable=True`` optimizers and for ``torch.compile`` without recompiles).
+
+    Each group has ``params``, ``lr`` (η_base; :class:`RelativeLR` sets the scheduled value),
+    ``weight_decay``, ``component``, ``components`` and ``decay`` (whether it is weight-decayed:
+    tensors with ``ndim < 2`` are not, unless ``plan.decay_1d``).
+    """
+    comp_of = assign_components(model, plan, rules)
+    buckets: dict[tuple, dict[str, Any]] = {}
+    for name, p in model.named_parameters():
+        if name not in comp_of:
+            continue
+        comp = comp_of[name]
+        decay = plan.decay_1d or p.ndim >= 2
+        wd = plan.weight_decay_of(comp) if decay else 0.0
+        c = plan.component(comp)
+        # Components with the same schedule and decay can share a group: same LR every step.
+        key = (c.start, c.end, c.shape, wd, decay) if merge else (comp, decay)
+        bucket = buckets.setdefault(key, {"params": [], "components": [], "weight_decay": wd})
+        bucket["decay"] = decay
+        bucket["params"].append(p)
+        if comp not in bucket["components"]:
+            bucket["components"].append(comp)
+    groups = []
+    for b in buckets.values():
+        comps = tuple(sorted(b["components"], key=COMPONENTS.index))
+        lr = torch.tensor(plan.base_lr, dtype=torch.float64) if tensor_lr else plan.base_lr
+        groups.append(
+            {
+                "params": b["params"],
+                "lr": lr,
+                "weight_decay": b["weight_decay"],
+                "component": "+".join(comps),
+                "components": comps,
+                "decay": b["decay"],
+            }
+        )
+    groups.sort(key=lambda g: (COMPONENTS.index(g["components"][0]), not g["decay"]))
+    return groups
+
+
+def _set(group: dict, key: str, value: float) -> None:
+    # Tensor hyperparameters are updated in place so compiled/captured graphs see the new value.
+    if isinstance(group[key], torch.Tensor):
+        group[key].fill_(value)
+    else:
+        group[key] = value
+
+
+class RelativeLR(LRScheduler):
+    """Sets every param group's LR to ``plan.lr(component, step, total_steps)``, in closed form.
+
+    Use with groups from :func:`param_groups`. The LR of step ``t`` depends on ``t`` alone, so a
+    resumed run continues with exactly the same LRs; ``state_dict()`` holds only plain data (the
+    plan as a dict, the step) and loads through ``torch.load(weights_only=True)``.
+
+    With ``plan.independent_wd`` it also sets each decayed group's ``weight_decay`` so that the
+    optimizer's decoupled decay ``p ← p·(1 − lr·wd)`` shrinks by ``plan wd · shape(t)`` per step
+    (AdamW, or Adam with ``decoupled_weight_decay=True``).
+
+        sched = RelativeLR(opt, plan, total_steps=10_000)
+        for step in range(10_000):
+            ...; opt.step(); sched.step()
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, plan: Plan, total_steps: int, last_epoch: int = -1):
+        for i, g in enumerate(optimizer.param_groups):
+            if "components" not in g:
+                raise ConfigError(
+                    f"optimizer.param_groups[{i}] has no 'components': build the optimizer from "
+                    "rlrs.param_groups(model, plan)"
+                )
+            for comp in g["components"]:
+                plan.schedule(comp, total_steps)  # fail now on an impossible plan, not mid-run
+        if plan.independent_wd and not _decoupled_decay(optimizer):
+            raise ConfigError(
+                "plan.independent_wd: needs an optimizer with decoupled weight decay "
+                f"(torch.optim.AdamW, or Adam(decoupled_weight_decay=True)); got {type(optimizer).__name__}"
+            )
+        self.plan = plan
+        self.total_steps = total_steps
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self) -> list[float]:
+        step = self.last_epoch
+        return [self.plan.lr(g["components"][0], step, self.total_steps) for g in self.optimizer.param_groups]
+
+    _get_closed_form_lr = get_lr
+
+    def step(self, epoch=None) -> None:
+        super().step(epoch)
+        if self.plan.independent_wd:
+            self._set_independent_wd()
+
+    def _set_independent_wd(self) -> None:
+        step = self.last_epoch
+        for g in self.optimizer.param_groups:
+            if not g.get("decay", True):
+                continue
+            comp = g["components"][0]
+            lr = self.plan.lr(comp, step, self.total_steps)
+            per_step = self.plan.weight_decay_of(comp) * self.plan.decay_shape(comp, step, self.total_steps)
+            _set(g, "weight_decay", per_step / lr if lr > 0 else 0.0)
+
+    def lrs_by_component(self, step: int | None = None) -> dict[str, float]:
+        """Every component's LR at ``step`` (default: the current step), for logs: ``lr/router``."""
+        step = self.last_epoch if step is None else step
+        return {c: self.plan.lr(c, step, self.total_steps) for g in self.optimizer.param_groups for c in g["components"]}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "last_epoch": self.last_epoch,
+            "_step_count": self._step_count,
+            "total_steps": self.total_steps,
+            "plan": self.plan.to_dict(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the plan, length and step, then set every group's LR for that step."""
+        self.plan = Plan.from_dict(state_dict["plan"])
+        self.total_steps = int(state_dict["total_steps"])
+        self.last_epoch = int(state_dict["last_epoch"])
+        self._step_count = int(state_dict["_step_count"])
+        values = self.get_lr()
+        for g, lr in zip(self.optimizer.param_groups, values, strict=True):
+            _set(g, "lr", lr)
+        self._last_lr = [float(g["lr"]) for g in self.optimizer.param_groups]
+        if self.plan.independent_wd:
+            self._set_independent_wd()
+
+
+def _decoupled_decay(optimizer: torch.optim.Optimizer) -> bool:
+    if isinstance(optimizer, torch.optim.AdamW):
+        return True
+    return all(g.get("decoupled_weight_decay", False) for g in optimizer.param_groups)
+

@@ -1,0 +1,86 @@
+"""Named plans: the paper's tuned values and the uniform baseline.
+
+    >>> from rlrs import presets
+    >>> presets.get("paper-moe").router
+    ComponentPlan(start=0.6, end=1.0, shape='cosine', weight_decay=None)
+    >>> sorted(presets.PRESETS)
+    ['paper-dense', 'paper-moe', 'uniform', 'uniform-dense', 'uniform-moe']
+
+``paper-moe`` is table 4 of the paper, ``paper-dense`` table 5; both use the paper's λ_base
+(0.04 MoE, 0.06 dense), weight decay 0.1, 1% warmup and the η_base it found on its smallest
+models (3e-3 MoE, 2e-3 dense; retune η_base for another model with ``rlrs lr-grid``). The baselines
+keep every λ at 1 with the same λ_base, so that a comparison changes only the relative rates:
+``uniform-moe`` pairs with ``paper-moe``, ``uniform-dense`` with ``paper-dense``; ``uniform`` is
+``uniform-moe``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .config import ConfigError, closest
+from .plan import ComponentPlan as C
+from .plan import Plan
+
+
+def paper_moe() -> Plan:
+    """Table 4: relative LRs for MoE (embedding 5→0.6, unembedding 0.6→0.4, router 0.6→1,
+    experts 0.3→1.125, attention 1→1), λ_base 0.04, η_base 3e-3 (MoE 8×34M, table 1)."""
+    return Plan(
+        base_lr=3e-3,
+        final_fraction=0.04,
+        weight_decay=0.1,
+        embedding=C(5.0, 0.6),
+        unembedding=C(0.6, 0.4),
+        router=C(0.6, 1.0),
+        experts=C(0.3, 1.125),
+        attention=C(1.0, 1.0),
+    )
+
+
+def paper_dense() -> Plan:
+    """Table 5: relative LRs for dense models (embedding 5→0.6, unembedding 1→0.4,
+    feed-forward 1→0.6, attention 1→0.2), λ_base 0.06, η_base 2e-3 (dense 34M, table 1)."""
+    return Plan(
+        base_lr=2e-3,
+        final_fraction=0.06,
+        weight_decay=0.1,
+        embedding=C(5.0, 0.6),
+        unembedding=C(1.0, 0.4),
+        feedforward=C(1.0, 0.6),
+        attention=C(1.0, 0.2),
+    )
+
+
+def uniform_moe() -> Plan:
+    """The MoE baseline: every λ = 1, otherwise as ``paper-moe``."""
+    return Plan(base_lr=3e-3, final_fraction=0.04, weight_decay=0.1)
+
+
+def uniform_dense() -> Plan:
+    """The dense baseline: every λ = 1, otherwise as ``paper-dense``."""
+    return Plan(base_lr=2e-3, final_fraction=0.06, weight_decay=0.1)
+
+
+PRESETS: dict[str, Callable[[], Plan]] = {
+    "paper-moe": paper_moe,
+    "paper-dense": paper_dense,
+    "uniform": uniform_moe,
+    "uniform-moe": uniform_moe,
+    "uniform-dense": uniform_dense,
+}
+
+
+def get(name: str) -> Plan:
+    """The preset plan called ``name``; an unknown name gets the closest valid one."""
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ConfigError(f"plan preset {name!r} is unknown; {closest(name, PRESETS)}") from None
+
+
+def resolve(spec: str) -> Plan:
+    """A preset name, or a path to a ``.toml``/``.json`` plan file."""
+    if spec.endswith((".toml", ".json")):
+        return Plan.load(spec)
+    return get(spec)

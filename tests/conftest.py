@@ -1,0 +1,42 @@
+import pytest
+import torch
+from torch import nn
+
+
+class ToyLM(nn.Module):
+    """A tiny language model named the rlrs way: every component is present once."""
+
+    def __init__(self, vocab=32, d=8, experts=2, tie=False):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        block = nn.Module()
+        block.attn_norm = nn.LayerNorm(d)
+        block.attn = nn.Module()
+        block.attn.qkv = nn.Linear(d, d)
+        block.mlp_norm = nn.LayerNorm(d)
+        block.mlp = nn.Module()
+        block.mlp.up = nn.Linear(d, d, bias=False)
+        block.moe = nn.Module()
+        block.moe.router = nn.Linear(d, experts, bias=False)
+        block.moe.experts = nn.Module()
+        block.moe.experts.w = nn.Parameter(torch.randn(experts, d, d) * 0.1)
+        self.blocks = nn.ModuleList([block])
+        self.norm = nn.LayerNorm(d)
+        self.unembed = nn.Linear(d, vocab, bias=False)
+        if tie:
+            self.unembed.weight = self.embed.weight
+
+    def forward(self, idx):
+        b = self.blocks[0]
+        x = self.embed(idx)
+        x = x + b.attn.qkv(b.attn_norm(x))
+        h = b.mlp_norm(x)
+        gate = torch.softmax(b.moe.router(h), -1)
+        x = x + b.mlp.up(h) + torch.einsum("bte,edf,btd->btf", gate, b.moe.experts.w, h)
+        return self.unembed(self.norm(x))
+
+
+@pytest.fixture
+def toy():
+    torch.manual_seed(0)
+    return ToyLM()

@@ -1,0 +1,218 @@
+"""param_groups and RelativeLR: partition, identities, closed form, resume, tensor LR, decay."""
+
+import io
+import warnings
+
+import pytest
+import torch
+
+from rlrs import presets
+from rlrs.components import COMPONENTS
+from rlrs.config import ConfigError
+from rlrs.optim import RelativeLR, assign_components, param_groups
+from rlrs.plan import ComponentPlan, Plan
+
+from conftest import ToyLM
+
+
+def constant_uniform(**kw) -> Plan:
+    return Plan(warmup=0.0, **{c: ComponentPlan(shape="constant") for c in COMPONENTS}, **kw)
+
+
+def batches(n, vocab=32, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, vocab, (4, 6), generator=g) for _ in range(n)]
+
+
+def train(model, opt, sched=None, steps=15):
+    for x in batches(steps):
+        loss = torch.nn.functional.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+    return loss.item()
+
+
+def twins():
+    torch.manual_seed(0)
+    a = ToyLM()
+    b = ToyLM()
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_uniform_constant_plan_is_bit_identical_to_adamw(foreach):
+    a, b = twins()
+    plan = constant_uniform(base_lr=3e-3, weight_decay=0.1, decay_1d=True)
+    groups = param_groups(a, plan)
+    assert len(groups) == 1  # everything merges into one group
+    opt_a = torch.optim.AdamW(groups, foreach=foreach)
+    sched = RelativeLR(opt_a, plan, total_steps=15)
+    opt_b = torch.optim.AdamW(b.parameters(), lr=3e-3, weight_decay=0.1, foreach=foreach)
+    loss_a, loss_b = train(a, opt_a, sched), train(b, opt_b)
+    assert loss_a == loss_b
+    for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(pa, pb), n
+
+
+def test_default_no_decay_groups_match_adamw_with_two_groups():
+    a, b = twins()
+    plan = constant_uniform(base_lr=1e-3, weight_decay=0.1)
+    groups = param_groups(a, plan)
+    assert [g["decay"] for g in groups] == [True, False]
+    opt_a = torch.optim.AdamW(groups)
+    sched = RelativeLR(opt_a, plan, total_steps=15)
+    decay = [p for p in b.parameters() if p.ndim >= 2]
+    no_decay = [p for p in b.parameters() if p.ndim < 2]
+    opt_b = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-3, weight_decay=0.1)
+    train(a, opt_a, sched), train(b, opt_b)
+    assert all(torch.equal(pa, pb) for pa, pb in zip(a.parameters(), b.parameters()))
+
+
+def test_every_parameter_in_exactly_one_group(toy):
+    toy.blocks[0].mlp.up.weight.requires_grad_(False)  # frozen: in no group
+    plan = presets.get("paper-moe")
+    groups = param_groups(toy, plan, merge=False)
+    ids = [id(p) for g in groups for p in g["params"]]
+    trainable = [id(p) for p in toy.parameters() if p.requires_grad]
+    assert sorted(ids) == sorted(trainable) and len(set(ids)) == len(ids)
+    tags = {(g["component"], g["decay"]) for g in groups}
+    assert ("router", True) in tags and ("experts", True) in tags and ("other", False) in tags
+    assert ("attention", False) in tags  # the qkv bias: attention, not decayed
+    for g in groups:
+        assert g["components"] == (g["component"],)
+        assert g["weight_decay"] == (0.1 if g["decay"] else 0.0)
+
+
+def test_merge_joins_identical_components_only(toy):
+    plan = presets.get("paper-moe")  # attention, feedforward, other are all 1 -> 1
+    merged = param_groups(toy, plan)
+    names = [g["component"] for g in merged]
+    # decayed: the attention and feed-forward matrices; not decayed: the qkv bias and the norms
+    assert "attention+feedforward" in names and "attention+other" in names
+    assert "router" in names and "experts" in names and "embedding" in names
+    assert len(merged) < len(param_groups(toy, plan, merge=False))
+
+
+def test_tied_weights_need_a_plan_decision():
+    model = ToyLM(tie=True)
+    with pytest.raises(ConfigError, match=r"plan.tied: one tensor is shared by embed.weight \(embedding\), unembed.weight \(unembedding\)"):
+        param_groups(model, presets.get("paper-moe"))
+    for choice in ("embedding", "unembedding"):
+        plan = Plan(tied=choice)
+        comp = assign_components(model, plan)
+        assert comp["embed.weight"] == choice and "unembed.weight" not in comp
+        groups = param_groups(model, plan, merge=False)
+        assert sum(p is model.embed.weight for g in groups for p in g["params"]) == 1
+
+
+def test_scheduler_follows_the_closed_form(toy):
+    plan = presets.get("paper-moe")
+    T = 200
+    opt = torch.optim.AdamW(param_groups(toy, plan, merge=False))
+    sched = RelativeLR(opt, plan, T)
+    for step in range(T):
+        for g in opt.param_groups:
+            assert abs(g["lr"] - plan.lr(g["component"], step, T)) < 1e-15
+        assert sched.lrs_by_component()["router"] == plan.lr("router", step, T)
+        opt.step()
+        sched.step()
+    # the last step's LR is η·λ_base·λ_end
+    assert abs(plan.lr("experts", T - 1, T) - 3e-3 * 0.04 * 1.125) < 1e-15
+
+
+def test_state_dict_round_trip_through_weights_only_load(toy):
+    plan = presets.get("paper-moe")
+    opt = torch.optim.AdamW(param_groups(toy, plan))
+    sched = RelativeLR(opt, plan, 100)
+    for _ in range(37):
+        opt.step()
+        sched.step()
+    buf = io.BytesIO()
+    torch.save({"opt": opt.state_dict(), "sched": sched.state_dict()}, buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+
+    # a scheduler built with *different* arguments continues exactly like the original
+    other = ToyLM()
+    opt2 = torch.optim.AdamW(param_groups(other, plan))
+    sched2 = RelativeLR(opt2, presets.get("paper-moe"), 5000)
+    opt2.load_state_dict(state["opt"])
+    sched2.load_state_dict(state["sched"])
+    assert sched2.total_steps == 100 and sched2.plan == plan and sched2.last_epoch == 37
+    for _ in range(20):
+        assert [g["lr"] for g in opt2.param_groups] == [g["lr"] for g in opt.param_groups]
+        opt.step(); sched.step(); opt2.step(); sched2.step()
+
+
+def test_tensor_lr_fused_adamw_and_no_warnings(toy):
+    plan = presets.get("paper-moe")
+    groups = param_groups(toy, plan, tensor_lr=True)
+    opt = torch.optim.AdamW(groups, fused=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the right call order emits no warning at all
+        sched = RelativeLR(opt, plan, 50)
+        lr_tensors = [g["lr"] for g in opt.param_groups]
+        train(toy, opt, sched, steps=5)
+    for g, t in zip(opt.param_groups, lr_tensors):
+        assert g["lr"] is t  # updated in place, never replaced
+        assert abs(g["lr"].item() - plan.lr(g["components"][0], 5, 50)) < 1e-12
+    state = {"opt": opt.state_dict(), "sched": sched.state_dict()}
+    opt2 = torch.optim.AdamW(param_groups(ToyLM(), plan, tensor_lr=True), fused=True)
+    sched2 = RelativeLR(opt2, plan, 50)
+    opt2.load_state_dict(state["opt"])
+    sched2.load_state_dict(state["sched"])
+    assert all(isinstance(g["lr"], torch.Tensor) for g in opt2.param_groups)
+    assert [g["lr"].item() for g in opt2.param_groups] == [g["lr"].item() for g in opt.param_groups]
+
+
+def test_independent_weight_decay_shrinks_by_wd_times_shape():
+    torch.manual_seed(0)
+    model = ToyLM().double()
+    plan = Plan(base_lr=1e-2, independent_wd=True, weight_decay=1e-3, warmup=0.1,
+                router=ComponentPlan(0.5, 2.0, weight_decay=5e-3))
+    T = 40
+    opt = torch.optim.AdamW(param_groups(model, plan, merge=False))
+    sched = RelativeLR(opt, plan, T)
+    w = model.blocks[0].moe.router.weight
+    for step in range(T):
+        before = w.detach().clone()
+        opt.zero_grad()
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)  # Adam's update is 0: only the decay moves weights
+        opt.step()
+        expected = 1 - 5e-3 * plan.decay_shape("router", step, T)
+        assert torch.allclose(w.detach(), before * expected, rtol=0, atol=1e-15), step
+        sched.step()
+    assert plan.decay_shape("router", 0, T) == 0.0 and plan.decay_shape("router", 4, T) == 1.0
+    assert abs(plan.decay_shape("router", T - 1, T) - 0.1) < 1e-12  # λ_base at the end
+
+
+def test_independent_weight_decay_needs_decoupled_decay(toy):
+    plan = Plan(independent_wd=True, weight_decay=1e-4)
+    with pytest.raises(ConfigError, match="needs an optimizer with decoupled weight decay"):
+        RelativeLR(torch.optim.SGD(param_groups(toy, plan)), plan, 10)
+    RelativeLR(torch.optim.Adam(param_groups(toy, plan), decoupled_weight_decay=True), plan, 10)
+
+
+def test_groups_without_components_are_rejected(toy):
+    opt = torch.optim.AdamW(toy.parameters())
+    with pytest.raises(ConfigError, match=r"param_groups\[0\] has no 'components'.*rlrs.param_groups"):
+        RelativeLR(opt, Plan(), 10)
+
+
+def test_impossible_schedule_fails_at_construction(toy):
+    plan = Plan(warmup=0.9)
+    with pytest.raises(ConfigError, match="warmup"):
+        RelativeLR(torch.optim.AdamW(param_groups(toy, plan)), plan, 5)
+
+
+def test_any_optimizer_accepts_the_groups(toy):
+    plan = presets.get("paper-moe")
+    for make in (lambda g: torch.optim.SGD(g, momentum=0.9), torch.optim.Adam, torch.optim.RMSprop, torch.optim.Adagrad):
+        opt = make(param_groups(toy, plan))
+        sched = RelativeLR(opt, plan, 30)
+        train(toy, opt, sched, steps=3)
