@@ -1,3 +1,34 @@
-"""rlrs: decoupled relative learning-rate schedules for PyTorch."""
+"""rlrs: decoupled relative learning-rate schedules for PyTorch.
+
+Three lines in your own training loop::
+
+    import rlrs
+    plan = rlrs.presets.get("paper-moe")
+    opt = torch.optim.AdamW(rlrs.param_groups(model, plan))
+    sched = rlrs.RelativeLR(opt, plan, total_steps)   # sched.step() after each opt.step()
+
+The core (``schedules``, ``components``, ``plan``, ``presets``, ``optim``) imports only torch.
+"""
+
+from . import presets, schedules
+from .components import COMPONENTS, ClassificationError, classify, tied_parameters
+from .config import ConfigError
+from .optim import RelativeLR, assign_components, param_groups
+from .plan import ComponentPlan, Plan
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "COMPONENTS",
+    "ClassificationError",
+    "ComponentPlan",
+    "ConfigError",
+    "Plan",
+    "RelativeLR",
+    "assign_components",
+    "classify",
+    "param_groups",
+    "presets",
+    "schedules",
+    "tied_parameters",
+]

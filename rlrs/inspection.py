@@ -1,0 +1,116 @@
+"""What ``rlrs inspect`` shows: each component's share of a model, and the plan's LRs over time.
+
+    >>> from rlrs.inspection import load_model, component_table
+    >>> model = load_model("tiny-moe")
+    >>> [row["component"] for row in component_table(model)][:3]
+    ['embedding', 'unembedding', 'attention']
+
+Models are built on the ``meta`` device: no memory is allocated, so the 5.67B-parameter
+``moe-906m`` preset or a large Hugging Face config inspects instantly.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .components import COMPONENTS, Rule, classify, tied_parameters
+from .config import ConfigError, require
+from .plan import Plan
+
+
+def load_model(spec: str) -> nn.Module:
+    """An rlrs size preset name, or a Hugging Face ``config.json`` path, built on ``meta``."""
+    if spec.endswith(".json"):
+        path = Path(spec)
+        if not path.is_file():
+            raise ConfigError(f"{spec}: no such Hugging Face config file")
+        transformers = require("transformers", "hf")
+        config_dict = json.loads(path.read_text())
+        if "model_type" not in config_dict:
+            raise ConfigError(f"{spec}: not a Hugging Face model config (it has no 'model_type')")
+        config = transformers.AutoConfig.for_model(**config_dict)
+        with torch.device("meta"):
+            return transformers.AutoModelForCausalLM.from_config(config)
+    from . import models
+
+    cfg = models.get_preset(spec)
+    with torch.device("meta"):
+        return models.build_model(cfg)
+
+
+def component_table(model: nn.Module, rules: Sequence[Rule] | None = None) -> list[dict]:
+    """Rows of (component, tensors, params, share of all trainable params); tied tensors once."""
+    comp = classify(model, rules)
+    counts = {c: [0, 0] for c in COMPONENTS}
+    for name, p in model.named_parameters():  # each shared tensor once, under its first name
+        if p.requires_grad:
+            counts[comp[name]][0] += 1
+            counts[comp[name]][1] += p.numel()
+    total = sum(n for _, n in counts.values())
+    return [
+        {"component": c, "tensors": t, "params": n, "share": n / total if total else 0.0}
+        for c, (t, n) in counts.items()
+        if t
+    ]
+
+
+def format_table(rows: Sequence[dict], columns: Sequence[str], headers: Sequence[str] | None = None) -> str:
+    """A plain aligned text table (numbers right-aligned)."""
+    headers = list(headers or columns)
+    cells = [[_fmt(r[c]) for c in columns] for r in rows]
+    widths = [max(len(h), *(len(row[i]) for row in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    numeric = [all(isinstance(r[c], (int, float)) for r in rows) for c in columns]
+    def line(vals):
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(vals, widths, numeric)).rstrip()
+    out = [line(headers), line(["-" * w for w in widths])]
+    out += [line(row) for row in cells]
+    return "\n".join(out)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if 0 < abs(v) < 1e-3 or abs(v) >= 1e5:
+        return f"{v:.3e}"
+    return f"{v:.4g}"
+
+
+def parse_steps(spec: str, total_steps: int) -> list[int]:
+    """``"0,1%,50%,100%,1234"`` to step numbers (``100%`` is the last step, ``total_steps - 1``)."""
+    steps = []
+    for part in spec.split(","):
+        part = part.strip()
+        try:
+            if part.endswith("%"):
+                frac = float(part[:-1]) / 100
+                if not 0 <= frac <= 1:
+                    raise ValueError
+                steps.append(min(total_steps - 1, round(frac * total_steps)))
+            else:
+                step = int(part)
+                if not 0 <= step < total_steps:
+                    raise ValueError
+                steps.append(step)
+        except ValueError:
+            raise ConfigError(
+                f"--at: {part!r} is not a step in [0, {total_steps - 1}] or a percentage in [0%, 100%]"
+            ) from None
+    return steps
+
+
+def lr_table(plan: Plan, components: Sequence[str], steps: Sequence[int], total_steps: int) -> list[dict]:
+    """Rows of each component's LR at the given steps."""
+    return [{"component": c, **{f"step {s}": plan.lr(c, s, total_steps) for s in steps}} for c in components]
+
+
+def tied_report(model: nn.Module) -> list[str]:
+    """One line per group of parameter names that share a tensor."""
+    comp = classify(model)
+    return [" = ".join(f"{n} ({comp[n]})" for n in group) for group in tied_parameters(model)]

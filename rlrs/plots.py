@@ -1,0 +1,100 @@
+"""PNG plots of plans and runs (matplotlib, an optional extra: ``pip install 'rlrs[plot]'``).
+
+    >>> from rlrs import presets
+    >>> from rlrs.plots import plot_plan
+    >>> plot_plan(presets.get("paper-moe"), total_steps=1000, path="lr.png")   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .components import COMPONENTS
+from .config import require
+from .plan import Plan
+
+# One colour per component, the same in every figure.
+COLORS = dict(zip(COMPONENTS, ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#7f7f7f")))
+
+
+def _plt():
+    mpl = require("matplotlib", "plot")
+    mpl.use("Agg")  # files only: never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_plan(
+    plan: Plan,
+    total_steps: int,
+    path: str | Path,
+    components: Sequence[str] = COMPONENTS,
+    title: str | None = None,
+) -> Path:
+    """Every component's learning rate over training, from :meth:`Plan.lr`."""
+    plt = _plt()
+    steps = np.unique(np.linspace(0, total_steps - 1, min(total_steps, 1000)).round().astype(int))
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    for comp in components:
+        lrs = [plan.lr(comp, int(s), total_steps) for s in steps]
+        ax.plot(steps, lrs, label=comp, color=COLORS[comp], lw=1.8)
+    ax.set_xlabel("step")
+    ax.set_ylabel("learning rate")
+    ax.set_title(title or f"LR per component (η_base = {plan.base_lr:g}, λ_base = {plan.final_fraction:g})")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=8, ncol=2)
+    return _save(fig, path)
+
+
+def plot_losses(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float] | None]],
+    path: str | Path,
+    ylabel: str = "eval loss",
+    marks: Sequence[tuple[float, float, str]] = (),
+    title: str | None = None,
+) -> Path:
+    """Loss curves: ``curves[name] = (steps, mean, spread or None)``; the band is mean ± spread.
+
+    ``marks`` are ``(step, loss, text)`` annotations (the speed-up point, for instance).
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    for i, (name, (steps, mean, spread)) in enumerate(curves.items()):
+        steps, mean = np.asarray(steps, float), np.asarray(mean, float)
+        (line,) = ax.plot(steps, mean, label=name, lw=1.8, color=f"C{i}")
+        if spread is not None:
+            spread = np.asarray(spread, float)
+            ax.fill_between(steps, mean - spread, mean + spread, alpha=0.2, color=line.get_color())
+    for step, loss, text in marks:
+        ax.axvline(step, color="k", ls=":", lw=1)
+        ax.annotate(text, (step, loss), textcoords="offset points", xytext=(5, 12), fontsize=8)
+    finite = np.concatenate([np.asarray(m, float) for _, m, _ in curves.values()])
+    finite = finite[np.isfinite(finite)]
+    if finite.size:
+        # The first evaluations (before training) sit far above the rest: zoom on what matters.
+        lo, hi = finite.min(), np.percentile(finite, 90)
+        ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

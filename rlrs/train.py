@@ -1,0 +1,622 @@
+"""The one training loop: every rlrs command (train, demo, compare, tune, benchmarks) uses it.
+
+    >>> from rlrs.train import run_config, Trainer
+    >>> cfg = run_config("tiny-moe", plan="paper-moe", sets={"train.steps": 50})
+    >>> result = Trainer(cfg, out="runs/tiny").run()          # doctest: +SKIP
+    >>> result.final_eval_loss                                   # doctest: +SKIP
+
+A run directory holds ``config.json`` (the resolved run config: ``rlrs train --config`` takes it
+back), ``plan.toml``, ``metrics.jsonl`` (one JSON record per step and per evaluation),
+``checkpoints/step_XXXXXXX.pt`` and, once finished, ``summary.json``.
+
+Steps: ``step`` in the logs counts completed optimizer steps. The batch of step ``t`` depends only
+on ``(data_seed, t)``, so two runs with the same data seed see the same data whatever their plan.
+The evaluation (a fixed set of held-out batches) runs at step 0, every ``eval_interval`` of training
+(1% by default: the paper's measuring points) and at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import config as _config
+from . import data as _data
+from . import models as _models
+from . import presets as _presets
+from .components import COMPONENTS
+from .config import ConfigError
+from .optim import RelativeLR, param_groups
+from .plan import Plan
+
+NONFINITE_POLICIES = ("abort", "skip")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How long and how to train. ``steps=None`` derives the length from the token budget:
+    ``tokens_per_param`` × active non-embedding parameters (20: compute-optimal, as the paper)."""
+
+    steps: int | None = None
+    tokens_per_param: float = 20.0
+    batch_size: int = 16
+    seq_len: int | None = None
+    eval_interval: float = 0.01
+    eval_batches: int = 8
+    grad_clip: float | None = 1.0
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    nonfinite: str = "abort"
+    seed: int = 0
+    data_seed: int = 0
+    checkpoint_interval: float = 0.1
+    keep_checkpoints: int = 2
+    device: str = "auto"
+    precision: str = "auto"
+    compile: bool = False
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.steps is not None and self.steps < 2:
+            raise ConfigError(f"steps: at least 2, got {self.steps}; or leave it unset to use tokens_per_param")
+        if not (self.tokens_per_param > 0 and math.isfinite(self.tokens_per_param)):
+            raise ConfigError(f"tokens_per_param: must be > 0, got {self.tokens_per_param}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size: at least 1, got {self.batch_size}")
+        if self.seq_len is not None and self.seq_len < 1:
+            raise ConfigError(f"seq_len: at least 1, got {self.seq_len}; or unset for the model's")
+        for name in ("eval_interval", "checkpoint_interval"):
+            v = getattr(self, name)
+            if not (0 < v <= 1):
+                raise ConfigError(f"{name}: a fraction of training in (0, 1], got {v}")
+        if self.eval_batches < 1:
+            raise ConfigError(f"eval_batches: at least 1, got {self.eval_batches}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError(f"grad_clip: must be > 0, or unset for no clipping; got {self.grad_clip}")
+        if self.nonfinite not in NONFINITE_POLICIES:
+            raise ConfigError(f"nonfinite: {self.nonfinite!r} is unknown; {_config.closest(self.nonfinite, NONFINITE_POLICIES)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision: {self.precision!r} is unknown; {_config.closest(self.precision, PRECISIONS)}")
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"keep_checkpoints: at least 1, got {self.keep_checkpoints}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads: at least 1, got {self.threads}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs: the model, the data, the training settings and the plan."""
+
+    preset: str = "micro-moe"
+    model: _models.ModelConfig = field(default_factory=_models.ModelConfig)
+    data: _data.DataConfig = field(default_factory=_data.DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    plan: Plan = field(default_factory=Plan)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _config.to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RunConfig":
+        return _config.from_dict(cls, data, "config")
+
+
+# --- presets: size defaults for the training side --------------------------------------------------
+
+# Batch size and tokenizer per model preset. The CPU presets use a small BPE vocabulary: with GPT-2's
+# 50k ids the unembedding alone would dominate a d_model = 128 model's compute.
+_RUN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "tiny-dense": {"data.tokenizer": "bytes", "train.batch_size": 8, "train.steps": 40},
+    "tiny-moe": {"data.tokenizer": "bytes", "train.batch_size": 8, "train.steps": 40},
+    "micro-dense": {"data.tokenizer": "bpe-4096", "train.batch_size": 16, "train.steps": 2000},
+    "micro-moe": {"data.tokenizer": "bpe-4096", "train.batch_size": 16, "train.steps": 2000},
+    **{name: {"train.batch_size": bs} for name, bs in _models.PAPER_BATCH_SIZE.items()},
+}
+
+
+def run_config(
+    preset: str = "micro-moe",
+    plan: str | Plan | None = None,
+    config_file: str | Path | None = None,
+    sets: Mapping[str, Any] | None = None,
+) -> RunConfig:
+    """Resolve a run config: the size preset, then the plan, the config file, then ``sets``.
+
+    ``plan`` is a preset name, a plan file or a :class:`Plan` (default: ``paper-moe`` for MoE
+    presets, ``paper-dense`` for dense ones). ``sets`` are dotted keys (``"train.steps": 100``,
+    ``"plan.router.start": 0.5``). Unknown keys raise naming the closest valid key. The model's
+    vocabulary follows the tokenizer unless ``model.vocab_size`` is set explicitly.
+    """
+    model = _models.get_preset(preset)
+    if plan is None:
+        plan = "paper-moe" if model.is_moe else "paper-dense"
+    plan_obj = plan if isinstance(plan, Plan) else _presets.resolve(plan)
+    base = RunConfig(preset=preset, model=model, plan=plan_obj)
+    overrides: dict[str, Any] = dict(_RUN_DEFAULTS.get(preset, {}))
+    explicit: dict[str, Any] = {}
+    if config_file is not None:
+        explicit.update(_flatten(_config.load_file(config_file)))
+    explicit.update(sets or {})
+    if "preset" in explicit:
+        raise ConfigError("preset: choose the size preset with --preset, not in the config")
+    overrides.update(explicit)
+    cfg = _config.replace(base, overrides)
+    if "model.vocab_size" not in explicit:
+        vocab = _data.tokenizer_vocab_size(cfg.data.tokenizer)
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab))
+    return cfg
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def total_steps(cfg: RunConfig) -> int:
+    """Training length in steps: ``train.steps``, else the token budget over tokens per step."""
+    if cfg.train.steps is not None:
+        return cfg.train.steps
+    active = _models.count_params(cfg.model)["active_non_embedding"]
+    per_step = cfg.train.batch_size * (cfg.train.seq_len or cfg.model.seq_len)
+    return max(2, math.ceil(cfg.train.tokens_per_param * active / per_step))
+
+
+def eval_steps(total: int, interval: float) -> list[int]:
+    """The steps (completed optimizer steps) at which the eval loss is measured: 0, every
+    ``interval`` of training, and the last step."""
+    every = max(1, round(interval * total))
+    return sorted({0, *range(every, total + 1, every), total})
+
+
+# --- the loop -------------------------------------------------------------------------------------
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training met a NaN or infinite loss or gradient norm under ``nonfinite = "abort"``."""
+
+
+@dataclass
+class RunResult:
+    out: Path
+    status: str  # "finished", "stopped" (stop_at reached), "diverged"
+    steps: int
+    total_steps: int
+    final_eval_loss: float | None
+    final_train_loss: float | None
+    wall_s: float
+    skipped_steps: int = 0
+
+
+def _device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(cfg.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {cfg.device!r} but CUDA is not available; use 'cpu' or 'auto'")
+    return dev
+
+
+class Trainer:
+    """Builds the model, data, optimizer and scheduler of a run, then trains it with :meth:`run`.
+
+    ``resume=True`` continues from the newest complete checkpoint in ``out`` (bit-identical on CPU
+    to a run that was never stopped). Under ``torchrun`` it trains data-parallel (gloo on CPU,
+    nccl on GPU); only rank 0 writes files.
+    """
+
+    def __init__(self, cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool = False):
+        self.cfg = cfg
+        self.out = Path(out)
+        self.progress = progress
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.device = _device(cfg.train)
+        if self.world_size > 1:
+            self._init_distributed()
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self.total_steps = total_steps(cfg)
+        self.seq_len = cfg.train.seq_len or cfg.model.seq_len
+        if cfg.train.batch_size % self.world_size:
+            raise ConfigError(
+                f"train.batch_size: {cfg.train.batch_size} does not split over {self.world_size} "
+                "processes; use a multiple of the process count"
+            )
+        self.data = _data.prepare(cfg.data)
+        if self.data.vocab_size != cfg.model.vocab_size:
+            raise ConfigError(
+                f"model.vocab_size: {cfg.model.vocab_size} does not match tokenizer "
+                f"{cfg.data.tokenizer!r} ({self.data.vocab_size} ids); leave model.vocab_size unset"
+            )
+        self.eval_set = _data.val_batches(self.data.val, cfg.train.eval_batches, cfg.train.batch_size, self.seq_len, seed=0)
+        self.eval_at = set(eval_steps(self.total_steps, cfg.train.eval_interval))
+        every = max(1, round(cfg.train.checkpoint_interval * self.total_steps))
+        self.checkpoint_at = set(range(every, self.total_steps + 1, every)) | {self.total_steps}
+
+        torch.manual_seed(cfg.train.seed)
+        self.model = _models.build_model(cfg.model).to(self.device)
+        self.groups = param_groups(self.model, cfg.plan, tensor_lr=cfg.train.compile)
+        self.components = {c: [p for g in self.groups if c in g["components"] for p in g["params"]] for c in COMPONENTS}
+        self.components = {c: ps for c, ps in self.components.items() if ps}
+        fused = self.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(
+            self.groups, betas=(cfg.train.beta1, cfg.train.beta2), eps=cfg.train.eps, fused=fused or None
+        )
+        self.scheduler = RelativeLR(self.optimizer, cfg.plan, self.total_steps)
+        self.step = 0
+        self.skipped = 0
+        self.forward = self.model
+        if self.world_size > 1:
+            self.forward = torch.nn.parallel.DistributedDataParallel(self.model)
+        if cfg.train.compile:
+            self.forward = torch.compile(self.forward)
+        self.autocast = (
+            cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and self.device.type == "cuda")
+        )
+        if resume:
+            self._resume()
+        elif self.rank == 0:
+            self._start_fresh()
+
+    # --- setup ------------------------------------------------------------------------------------
+
+    def _init_distributed(self) -> None:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            dist.init_process_group(backend)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
+
+    def _start_fresh(self) -> None:
+        if (self.out / "metrics.jsonl").exists() or list(self._checkpoints()):
+            raise FileExistsError(
+                f"{self.out} already holds a run; continue it with --resume or choose another --out"
+            )
+        self.out.mkdir(parents=True, exist_ok=True)
+        # JSON, not TOML: TOML has no null, and a field set to None must round-trip exactly.
+        _config.atomic_write_text(self.out / "config.json", json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+        self.cfg.plan.save(self.out / "plan.toml")
+        (self.out / "metrics.jsonl").touch()
+
+    def _checkpoints(self) -> list[Path]:
+        return sorted((self.out / "checkpoints").glob("step_*.pt"))
+
+    def _resume(self) -> None:
+        ckpts = self._checkpoints()
+        if not ckpts:
+            raise FileNotFoundError(f"{self.out}: no checkpoint to resume from; start without --resume")
+        saved = _config.load_file(self.out / "config.json")
+        if RunConfig.from_dict(saved) != self.cfg:
+            raise ConfigError(
+                f"{self.out}/config.json differs from the config given now; resume with the same "
+                "command (or --config pointing at that file)"
+            )
+        state = torch.load(ckpts[-1], map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = state["step"]
+        self.skipped = state["skipped"]
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(_np_state(state["rng"]["numpy"]))
+        random.setstate(_py_state(state["rng"]["python"]))
+        if self.rank == 0:
+            self._truncate_metrics(self.step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        # Records written after the checkpoint will be written again by the resumed run.
+        path = self.out / "metrics.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        keep = []
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                break  # a line cut by the crash: it and anything after it are rewritten
+            if rec["step"] > step:
+                break
+            keep.append(line)
+        _config.atomic_write_text(path, "".join(k + "\n" for k in keep))
+
+    # --- checkpoints ----------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoints/step_XXXXXXX.pt`` atomically and keep the newest few."""
+        ckdir = self.out / "checkpoints"
+        ckdir.mkdir(parents=True, exist_ok=True)
+        path = ckdir / f"step_{self.step:07d}.pt"
+        state = {
+            "step": self.step,
+            "skipped": self.skipped,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": _np_plain(np.random.get_state()),
+                "python": _py_plain(random.getstate()),
+            },
+        }
+        tmp = ckdir / f".{path.name}.tmp"
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        for old in self._checkpoints()[: -self.cfg.train.keep_checkpoints]:
+            old.unlink()
+        return path
+
+    # --- training -------------------------------------------------------------------------------
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            out = self.forward(x, y)
+        return out
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean cross-entropy over the fixed held-out batches."""
+        self.model.eval()
+        losses = []
+        for x, y in self.eval_set:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                losses.append(self.model(x.to(self.device), y.to(self.device)).loss.float().item())
+        self.model.train()
+        return float(np.mean(losses))
+
+    def run(self, stop_at: int | None = None) -> RunResult:
+        """Train to the end (or until ``stop_at`` completed steps, checkpointed, to resume later)."""
+        cfg = self.cfg.train
+        start = time.perf_counter()
+        log = _Log(self.out / "metrics.jsonl", enabled=self.rank == 0)
+        bar = _progress_bar(self.total_steps, self.step, enabled=self.progress and self.rank == 0)
+        end = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
+        last_train = None
+        final_eval = None
+        status = "finished"
+        try:
+            if self.step == 0 and 0 in self.eval_at:
+                final_eval = self._eval_record(log)
+            while self.step < end:
+                diag = (self.step + 1) in self.eval_at
+                rec = self._train_step(diag)
+                last_train = rec.get("loss", last_train)
+                log.write(rec)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{rec.get('loss', float('nan')):.3f}", refresh=False)
+                if self.step in self.eval_at:
+                    final_eval = self._eval_record(log)
+                if self.step in self.checkpoint_at or self.step == end:
+                    if self.rank == 0:
+                        self.save_checkpoint()
+        except NonFiniteLoss:
+            status = "diverged"
+            log.write({"kind": "event", "step": self.step, "event": "diverged"})
+            raise
+        finally:
+            log.close()
+            if bar is not None:
+                bar.close()
+            if status == "diverged" and self.rank == 0:
+                self._write_summary("diverged", last_train, final_eval, time.perf_counter() - start)
+        if self.step < self.total_steps:
+            status = "stopped"
+        result = RunResult(self.out, status, self.step, self.total_steps, final_eval, last_train,
+                           time.perf_counter() - start, self.skipped)
+        if self.rank == 0:
+            self._write_summary(status, last_train, final_eval, result.wall_s)
+        return result
+
+    def _write_summary(self, status, train_loss, eval_loss, wall_s) -> None:
+        summary = {
+            "status": status,
+            "steps": self.step,
+            "total_steps": self.total_steps,
+            "tokens": self.step * self.cfg.train.batch_size * self.seq_len,
+            "final_eval_loss": eval_loss,
+            "final_train_loss": train_loss,
+            "skipped_steps": self.skipped,
+            "wall_s": wall_s,
+            "params": _models.count_params(self.cfg.model),
+        }
+        _config.atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+    def _eval_record(self, log: "_Log") -> float:
+        loss = self.evaluate()
+        log.write({"kind": "eval", "step": self.step, "tokens": self._tokens(), "eval_loss": loss, **self._lrs(self.step)})
+        return loss
+
+    def _tokens(self) -> int:
+        return self.step * self.cfg.train.batch_size * self.seq_len
+
+    def _lrs(self, step: int) -> dict[str, float]:
+        return {f"lr/{c}": self.cfg.plan.lr(c, min(step, self.total_steps - 1), self.total_steps) for c in self.components}
+
+    def _train_step(self, diag: bool) -> dict[str, Any]:
+        cfg = self.cfg.train
+        t0 = time.perf_counter()
+        step = self.step
+        x, y = _data.get_batch(self.data.train, step, cfg.batch_size, self.seq_len, cfg.data_seed,
+                               rank=self.rank, world_size=self.world_size)
+        x, y = x.to(self.device), y.to(self.device)
+        out = self._loss(x, y)
+        loss = out.loss + out.aux_loss
+        rec: dict[str, Any] = {"kind": "train", "step": step + 1, "tokens": (step + 1) * cfg.batch_size * self.seq_len}
+        rec.update(self._lrs(step))
+        self.optimizer.zero_grad(set_to_none=True)
+        if not self._finite(loss.detach()):
+            return self._nonfinite(rec, f"loss is {loss.item()}")
+        loss.backward()
+        if cfg.grad_clip is not None:
+            gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        else:
+            gnorm = torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(p.grad) for p in self.model.parameters() if p.grad is not None])
+            )
+        if not self._finite(gnorm):
+            return self._nonfinite(rec, f"gradient norm is {gnorm.item()}")
+        before = {c: [p.detach().clone() for p in ps] for c, ps in self.components.items()} if diag else None
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        ce = self._mean(out.loss.detach())
+        rec.update({"loss": ce, "grad_norm": gnorm.item()})
+        if out.stats:
+            rec.update(_moe_record(out.stats, x.numel() * self.cfg.model.top_k))
+        if before is not None:
+            rec.update(self._update_stats(before))
+        rec["tokens_per_s"] = x.numel() * self.world_size / (time.perf_counter() - t0)
+        return rec
+
+    def _finite(self, value: torch.Tensor) -> bool:
+        ok = torch.isfinite(value).all().float()
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)  # every rank takes the same branch
+        return bool(ok.item())
+
+    def _mean(self, value: torch.Tensor) -> float:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            value = value.clone()
+            dist.all_reduce(value)
+            value /= self.world_size
+        return value.item()
+
+    def _nonfinite(self, rec: dict[str, Any], what: str) -> dict[str, Any]:
+        step = self.step
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.cfg.train.nonfinite == "abort":
+            ckpts = self._checkpoints()
+            last = f"the newest checkpoint is {ckpts[-1]}" if ckpts else "no checkpoint was written yet"
+            raise NonFiniteLoss(
+                f"step {step + 1}: {what}; stopped before the update, so the parameters are those after "
+                f"step {step} and {last}. Lower plan.base_lr (or a component's start), or set "
+                "train.nonfinite=skip to skip such steps"
+            )
+        # skip: no update, so parameters, moments and the optimizer's step count stay as they were;
+        # the schedule and the data move on so the run still ends at total_steps.
+        self.scheduler.step()
+        self.step += 1
+        self.skipped += 1
+        rec.update({"skipped": True, "reason": what})
+        return rec
+
+    @torch.no_grad()
+    def _update_stats(self, before: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+        # Per-component update size and update-to-weight ratio (Frobenius over the component).
+        stats = {}
+        for c, ps in self.components.items():
+            du = sum(float((p.detach() - b).float().pow(2).sum()) for p, b in zip(ps, before[c]))
+            w = sum(float(b.float().pow(2).sum()) for b in before[c])
+            n = sum(b.numel() for b in before[c])
+            stats[f"update_rms/{c}"] = math.sqrt(du / n)
+            stats[f"update_ratio/{c}"] = math.sqrt(du / w) if w > 0 else float("nan")
+        return stats
+
+
+def _moe_record(stats: dict[str, torch.Tensor], slots: int) -> dict[str, float]:
+    load = stats["expert_load"].float()
+    p = load / load.sum().clamp_min(1e-12)
+    entropy = float(-(p * p.clamp_min(1e-12).log()).sum())
+    return {
+        "moe/z_loss": float(stats["z_loss"]),
+        "moe/balance_loss": float(stats["balance_loss"]),
+        "moe/dropped_tokens": float(stats["dropped_tokens"]),
+        "moe/load_entropy": entropy / math.log(len(p)) if len(p) > 1 else 1.0,
+        "moe/max_load": float(p.max()),
+    }
+
+
+def _np_plain(state) -> list:
+    return [state[0], torch.from_numpy(state[1].astype(np.int64)), int(state[2]), int(state[3]), float(state[4])]
+
+
+def _np_state(plain) -> tuple:
+    return (plain[0], plain[1].numpy().astype(np.uint32), plain[2], plain[3], plain[4])
+
+
+def _py_plain(state) -> list:
+    return [state[0], list(state[1]), state[2]]
+
+
+def _py_state(plain) -> tuple:
+    return (plain[0], tuple(plain[1]), plain[2])
+
+
+class _Log:
+    """Appends JSON lines; flushed per record so a crash loses at most the line being written."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.f = open(path, "a") if enabled else None
+
+    def write(self, rec: dict[str, Any]) -> None:
+        if self.f is not None:
+            self.f.write(json.dumps(rec) + "\n")
+            self.f.flush()
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.close()
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    tqdm = _config.require("tqdm", "progress").tqdm
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=False)
+
+
+def read_metrics(out: str | Path) -> list[dict[str, Any]]:
+    """All records of a run's ``metrics.jsonl``."""
+    path = Path(out) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_or_reuse(cfg: RunConfig, out: str | Path, progress: bool = False) -> RunResult:
+    """Train ``cfg`` into ``out``, reusing a finished run there and resuming an interrupted one.
+
+    A directory holding a different config is never overwritten: that raises.
+    """
+    out = Path(out)
+    summary_path = out / "summary.json"
+    config_path = out / "config.json"
+    if config_path.exists():
+        if RunConfig.from_dict(_config.load_file(config_path)) != cfg:
+            raise ConfigError(f"{out} holds a run with another config; choose another --out")
+        if summary_path.exists():
+            s = json.loads(summary_path.read_text())
+            if s["status"] == "finished":
+                return RunResult(out, "finished", s["steps"], s["total_steps"], s["final_eval_loss"],
+                                 s["final_train_loss"], s["wall_s"], s["skipped_steps"])
+        if list((out / "checkpoints").glob("step_*.pt")):
+            return Trainer(cfg, out, resume=True, progress=progress).run()
+        # Started but never checkpointed: nothing to keep but the partial log; start over.
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    return Trainer(cfg, out, progress=progress).run()
