@@ -241,7 +241,7 @@ class Trainer:
                 f"train.batch_size: {cfg.train.batch_size} does not split over {self.world_size} "
                 "processes; use a multiple of the process count"
             )
-        self.data = _data.prepare(cfg.data)
+        self.data = self._prepare_data()
         if self.data.vocab_size != cfg.model.vocab_size:
             raise ConfigError(
                 f"model.vocab_size: {cfg.model.vocab_size} does not match tokenizer "
@@ -278,6 +278,16 @@ class Trainer:
             self._start_fresh()
 
     # --- setup ------------------------------------------------------------------------------------
+
+    def _prepare_data(self) -> "_data.TokenData":
+        if self.world_size == 1:
+            return _data.prepare(self.cfg.data)
+        import torch.distributed as dist
+
+        # Rank 0 tokenizes; the others wait, then open the finished cache.
+        data = _data.prepare(self.cfg.data) if self.rank == 0 else None
+        dist.barrier()
+        return data or _data.prepare(self.cfg.data)
 
     def _init_distributed(self) -> None:
         import torch.distributed as dist

@@ -40,3 +40,37 @@ class ToyLM(nn.Module):
 def toy():
     torch.manual_seed(0)
     return ToyLM()
+
+
+def _sentences(n, seed=0):
+    import random
+
+    rng = random.Random(seed)
+    subjects = ["the king", "a fool", "my lord", "the queen", "this night", "our love", "the sea"]
+    verbs = ["speaks of", "dreams of", "fears", "loves", "remembers", "forgets", "calls"]
+    objects = ["the crown", "a storm", "his brother", "sweet music", "the moon", "old wars", "her ring"]
+    return "\n".join(
+        f"{rng.choice(subjects).capitalize()} {rng.choice(verbs)} {rng.choice(objects)}." for _ in range(n)
+    )
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory):
+    """A small learnable corpus (10 documents of templated sentences) and its own cache dir."""
+    root = tmp_path_factory.mktemp("corpus")
+    docs = root / "docs"
+    docs.mkdir()
+    for i in range(10):
+        (docs / f"doc{i}.txt").write_text(_sentences(400, seed=i))
+    return root
+
+
+@pytest.fixture
+def tiny_sets(corpus_dir):
+    """--set overrides that point a tiny preset at the test corpus."""
+    return {
+        "data.corpus": str(corpus_dir / "docs"),
+        "data.cache_dir": str(corpus_dir / "cache"),
+        "data.val_fraction": 0.2,
+        "train.threads": 1,
+    }

@@ -1,0 +1,222 @@
+"""The training loop: learning, resume, non-finite policies, data parallel, reuse."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rlrs.config import ConfigError
+from rlrs.train import NonFiniteLoss, Trainer, eval_steps, read_metrics, run_config, run_or_reuse, total_steps
+
+
+def cfg_for(tiny_sets, preset="tiny-moe", plan="paper-moe", **extra):
+    return run_config(preset, plan, sets={**tiny_sets, **extra})
+
+
+def test_eval_steps_every_percent():
+    assert eval_steps(1000, 0.01)[:4] == [0, 10, 20, 30] and eval_steps(1000, 0.01)[-1] == 1000
+    assert len(eval_steps(1000, 0.01)) == 101
+    assert eval_steps(7, 0.5) == [0, 4, 7]
+
+
+def test_total_steps_from_token_budget():
+    cfg = run_config("moe-34m", "paper-moe")
+    # 20 tokens per active non-embedding parameter (33.6M) at 256 x 512 tokens per step
+    assert total_steps(cfg) == -(-20 * 33_595_904 // (256 * 512))
+    assert total_steps(run_config("tiny-moe", sets={"train.steps": 7})) == 7
+
+
+def test_loss_falls_and_logs_are_complete(tmp_path, tiny_sets):
+    cfg = cfg_for(tiny_sets, **{"train.steps": 60})
+    result = Trainer(cfg, tmp_path / "run").run()
+    assert result.status == "finished" and result.steps == 60
+    recs = read_metrics(tmp_path / "run")
+    evals = [r for r in recs if r["kind"] == "eval"]
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == 60
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] - 1.0  # bytes start near ln(257) = 5.55
+    train = [r for r in recs if r["kind"] == "train"]
+    assert [r["step"] for r in train] == list(range(1, 61))
+    for key in ("lr/router", "lr/experts", "grad_norm", "tokens_per_s", "moe/dropped_tokens", "moe/load_entropy"):
+        assert key in train[-1], key
+    assert train[0]["lr/router"] == 0.0  # warmup starts from 0
+    diag = [r for r in train if "update_ratio/router" in r]
+    assert len(diag) == len(evals) - 1  # one diagnostic per 1% point
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["final_eval_loss"] == evals[-1]["eval_loss"]
+
+
+def test_same_data_seed_same_batches_whatever_the_plan(tmp_path, tiny_sets):
+    a = Trainer(cfg_for(tiny_sets, plan="uniform"), tmp_path / "a")
+    b = Trainer(cfg_for(tiny_sets, plan="paper-moe"), tmp_path / "b")
+    import rlrs.data as data
+
+    for step in (0, 7):
+        xa, _ = data.get_batch(a.data.train, step, 8, 32, a.cfg.train.data_seed)
+        xb, _ = data.get_batch(b.data.train, step, 8, 32, b.cfg.train.data_seed)
+        assert torch.equal(xa, xb)
+    assert all(torch.equal(x, y) for (x, _), (y, _) in zip(a.eval_set, b.eval_set))
+
+
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "rlrs", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+
+
+def _sets(tiny_sets, **extra):
+    out = []
+    for k, v in {**tiny_sets, **extra}.items():
+        out += ["--set", f"{k}={json.dumps(v) if isinstance(v, str) else v}"]
+    return out
+
+
+@pytest.mark.slow
+def test_resume_in_a_fresh_process_is_bit_identical(tmp_path, tiny_sets):
+    sets = _sets(tiny_sets, **{"train.steps": 30})
+    full = _cli("train", "--preset", "tiny-moe", "--plan", "paper-moe", "--out", str(tmp_path / "full"), "--no-progress", *sets)
+    assert full.returncode == 0, full.stderr
+    part = _cli("train", "--preset", "tiny-moe", "--plan", "paper-moe", "--out", str(tmp_path / "part"), "--no-progress", "--stop-at", "13", *sets)
+    assert part.returncode == 0, part.stderr
+    assert json.loads((tmp_path / "part" / "summary.json").read_text())["status"] == "stopped"
+    resumed = _cli("train", "--resume", "--out", str(tmp_path / "part"), "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    strip = lambda recs: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in recs]
+    assert strip(read_metrics(tmp_path / "part")) == strip(read_metrics(tmp_path / "full"))
+    a = torch.load(tmp_path / "full" / "checkpoints" / "step_0000030.pt", weights_only=True)
+    b = torch.load(tmp_path / "part" / "checkpoints" / "step_0000030.pt", weights_only=True)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    for i in a["optimizer"]["state"]:
+        for k in a["optimizer"]["state"][i]:
+            assert torch.equal(a["optimizer"]["state"][i][k], b["optimizer"]["state"][i][k])
+
+
+def test_resume_uses_newest_complete_checkpoint(tmp_path, tiny_sets):
+    cfg = cfg_for(tiny_sets, **{"train.steps": 20, "train.checkpoint_interval": 0.25})
+    Trainer(cfg, tmp_path / "r").run(stop_at=12)
+    ckdir = tmp_path / "r" / "checkpoints"
+    assert [p.name for p in sorted(ckdir.glob("step_*.pt"))] == ["step_0000010.pt", "step_0000012.pt"]
+    # a crash during a save leaves a temp file (and maybe a cut metrics line): both are ignored
+    (ckdir / ".step_0000015.pt.tmp").write_bytes(b"partial")
+    with open(tmp_path / "r" / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "train", "step": 13, "lo')
+    t = Trainer(cfg, tmp_path / "r", resume=True)
+    assert t.step == 12
+    assert t.run().status == "finished"
+    steps = [r["step"] for r in read_metrics(tmp_path / "r") if r["kind"] == "train"]
+    assert steps == list(range(1, 21))
+
+
+def test_fresh_start_refuses_to_overwrite(tmp_path, tiny_sets):
+    cfg = cfg_for(tiny_sets, **{"train.steps": 4})
+    Trainer(cfg, tmp_path / "r").run()
+    with pytest.raises(FileExistsError, match="--resume"):
+        Trainer(cfg, tmp_path / "r")
+    with pytest.raises(ConfigError, match="differs"):
+        Trainer(cfg_for(tiny_sets, **{"train.steps": 5}), tmp_path / "r", resume=True)
+
+
+def _inject_nan(trainer, at_step):
+    def hook(module, args, out):
+        if trainer.step == at_step:
+            out.loss = out.loss * float("nan")
+        return out
+
+    trainer.model.register_forward_hook(hook)
+
+
+def test_nonfinite_abort_stops_before_the_update(tmp_path, tiny_sets):
+    cfg = cfg_for(tiny_sets, **{"train.steps": 20, "train.checkpoint_interval": 0.25})
+    ref = Trainer(cfg, tmp_path / "ref")
+    ref.run(stop_at=7)
+    t = Trainer(cfg, tmp_path / "nan")
+    _inject_nan(t, 7)
+    with pytest.raises(NonFiniteLoss, match=r"step 8: loss is nan; stopped before the update, so the parameters are those after step 7"):
+        t.run()
+    for (n, p), q in zip(t.model.named_parameters(), ref.model.parameters()):
+        assert torch.equal(p, q), n
+    ckpts = sorted((tmp_path / "nan" / "checkpoints").glob("*.pt"))
+    assert [c.name for c in ckpts] == ["step_0000005.pt"]  # nothing written at or after the NaN
+    summary = json.loads((tmp_path / "nan" / "summary.json").read_text())
+    assert summary["status"] == "diverged"
+
+
+def test_nonfinite_skip_leaves_state_unchanged_and_continues(tmp_path, tiny_sets):
+    cfg = cfg_for(tiny_sets, **{"train.steps": 12, "train.nonfinite": "skip"})
+    t = Trainer(cfg, tmp_path / "skip")
+    _inject_nan(t, 5)
+    t.run(stop_at=5)
+    params = [p.detach().clone() for p in t.model.parameters()]
+    opt_state = {k: {n: v.clone() for n, v in s.items()} for k, s in t.optimizer.state.items()}
+    t.run(stop_at=6)  # the NaN step
+    assert all(torch.equal(p, q) for p, q in zip(t.model.parameters(), params))
+    for k, s in t.optimizer.state.items():
+        for n, v in s.items():
+            assert torch.equal(v, opt_state[k][n]), n  # moments and the step count unchanged
+    result = t.run()
+    assert result.status == "finished" and result.skipped_steps == 1
+    assert not all(torch.equal(p, q) for p, q in zip(t.model.parameters(), params))
+    recs = [r for r in read_metrics(tmp_path / "skip") if r["kind"] == "train"]
+    assert recs[5]["skipped"] is True and "loss is nan" in recs[5]["reason"]
+
+
+def test_run_or_reuse(tmp_path, tiny_sets):
+    cfg = cfg_for(tiny_sets, **{"train.steps": 6})
+    first = run_or_reuse(cfg, tmp_path / "r")
+    mtime = (tmp_path / "r" / "metrics.jsonl").stat().st_mtime_ns
+    again = run_or_reuse(cfg, tmp_path / "r")
+    assert again.final_eval_loss == first.final_eval_loss
+    assert (tmp_path / "r" / "metrics.jsonl").stat().st_mtime_ns == mtime  # not re-run
+    with pytest.raises(ConfigError, match="another config"):
+        run_or_reuse(cfg_for(tiny_sets, plan="uniform", **{"train.steps": 6}), tmp_path / "r")
+
+
+@pytest.mark.slow
+def test_two_process_data_parallel_matches_one_process(tmp_path, tiny_sets):
+    sets = _sets(tiny_sets, **{"train.steps": 8, "train.batch_size": 8})
+    args = ["train", "--preset", "tiny-dense", "--plan", "paper-dense", "--no-progress", *sets]
+    one = _cli(*args, "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+         "-m", "rlrs", *args, "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = [r for r in read_metrics(tmp_path / "one")]
+    b = [r for r in read_metrics(tmp_path / "two")]
+    assert len(a) == len(b)
+    for ra, rb in zip(a, b):
+        key = "loss" if ra["kind"] == "train" else "eval_loss"
+        assert abs(ra[key] - rb[key]) <= 1e-5 * abs(ra[key]), (ra["step"], ra[key], rb[key])
+        assert {k: v for k, v in ra.items() if k.startswith("lr/")} == {k: v for k, v in rb.items() if k.startswith("lr/")}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "train.stpes=5"], "train.stpes: unknown key; did you mean 'steps'"),
+        (["--set", "train.steps=abc"], "config.train.steps: expected an integer"),
+        (["--set", "train.steps"], "write key=value"),
+        (["--set", "plan.router.start=-1"], "config.plan.router.start: must be a finite number > 0"),
+        (["--set", "train.nonfinite=skp"], "did you mean 'skip'"),
+        (["--preset", "micro-mo"], "did you mean 'micro-moe'"),
+        (["--plan", "paper-dens"], "did you mean 'paper-dense'"),
+        (["--set", "data.tokenizer=bpe-9"], "bpe-N needs N >= 257"),
+    ],
+)
+def test_cli_rejects_bad_settings(tmp_path, args, message):
+    r = _cli("train", "--out", str(tmp_path / "x"), *args)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_cli_config_file_is_strict(tmp_path):
+    bad = tmp_path / "run.toml"
+    bad.write_text("[train]\nsteps = 10\n[modle]\nd_model = 64\n")
+    r = _cli("train", "--preset", "tiny-moe", "--config", str(bad), "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "modle: unknown key; did you mean 'model'" in r.stderr, r.stderr
