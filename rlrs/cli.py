@@ -181,7 +181,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--total-steps", type=int, default=10_000)
     p.add_argument("--out", default=".", help="output directory (default: .)")
     p.set_defaults(func=cmd_plot_plan)
+
+    # Commands defined next to their logic: each module has add_commands(subparsers).
+    import importlib
+    import importlib.util
+
+    for name in _COMMAND_MODULES:
+        if importlib.util.find_spec(f"rlrs.{name}") is not None:
+            importlib.import_module(f"rlrs.{name}").add_commands(sub)
     return parser
+
+
+_COMMAND_MODULES = ("compare", "tune")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,7 +12,8 @@ the error text.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import dataclasses
+import hashlib
+import json
 import multiprocessing as mp
 import os
 import traceback
@@ -21,6 +22,13 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .train import NonFiniteLoss, RunConfig, run_or_reuse
+
+
+def run_dir(root: str | Path, cfg: RunConfig) -> Path:
+    """A content-addressed run directory: the same config always maps to the same place, so a
+    repeated or interrupted command finds (and reuses or resumes) its runs."""
+    digest = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    return Path(root) / f"{cfg.preset}-{digest}"
 
 
 @dataclass(frozen=True)
