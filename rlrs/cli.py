@@ -103,6 +103,7 @@ def cmd_demo(args) -> int:
 
 def cmd_inspect(args) -> int:
     from . import presets
+    from .components import COMPONENTS
     from .inspection import component_table, format_table, load_model, lr_table, parse_steps, tied_report
 
     model = load_model(args.model)
@@ -122,7 +123,7 @@ def cmd_inspect(args) -> int:
             print(f"  {line}")
     plan = presets.resolve(args.plan)
     steps = parse_steps(args.at, args.total_steps)
-    comps = [r["component"] for r in rows]
+    comps = sorted({c for r in rows for c in r["component"].split(" ")[0].split("+")}, key=COMPONENTS.index)
     print(f"\nplan {args.plan}: LR per component ({args.total_steps} steps)")
     print(format_table(lr_table(plan, comps, steps, args.total_steps), ["component", *[f"step {s}" for s in steps]]))
     return 0

@@ -44,18 +44,27 @@ def load_model(spec: str) -> nn.Module:
 
 
 def component_table(model: nn.Module, rules: Sequence[Rule] | None = None) -> list[dict]:
-    """Rows of (component, tensors, params, share of all trainable params); tied tensors once."""
+    """Rows of (component, tensors, params, share of all trainable params).
+
+    Each tensor counts once; a tensor tied across components (GPT-2's embedding and unembedding)
+    gets its own row, ``embedding+unembedding (tied)``, since the plan decides which it follows.
+    """
     comp = classify(model, rules)
-    counts = {c: [0, 0] for c in COMPONENTS}
+    aliases = {name: group for group in tied_parameters(model) for name in group}
+    counts: dict[str, list[int]] = {}
     for name, p in model.named_parameters():  # each shared tensor once, under its first name
-        if p.requires_grad:
-            counts[comp[name]][0] += 1
-            counts[comp[name]][1] += p.numel()
+        if not p.requires_grad:
+            continue
+        comps = sorted({comp[n] for n in aliases.get(name, (name,))}, key=COMPONENTS.index)
+        label = comps[0] if len(comps) == 1 else "+".join(comps) + " (tied)"
+        counts.setdefault(label, [0, 0])
+        counts[label][0] += 1
+        counts[label][1] += p.numel()
     total = sum(n for _, n in counts.values())
+    order = lambda label: COMPONENTS.index(label.split("+")[0].split(" ")[0])
     return [
         {"component": c, "tensors": t, "params": n, "share": n / total if total else 0.0}
-        for c, (t, n) in counts.items()
-        if t
+        for c, (t, n) in sorted(counts.items(), key=lambda kv: order(kv[0]))
     ]
 
 

@@ -1,0 +1,70 @@
+"""The inspect, plot-plan and demo commands, run as a user would."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def rlrs(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "rlrs", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_inspect_preset_shows_components_counts_and_lrs():
+    r = rlrs("inspect", "tiny-moe", "--plan", "paper-moe", "--total-steps", "1000", "--at", "0,1%,100%")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    router = [l for l in lines if l.startswith("router")][0]
+    assert router.split()[:3] == ["router", "2", "256"]  # two layers, one 32x4 router matrix each
+    assert "active_non_embedding" in r.stdout and "total_non_embedding" in r.stdout
+    lr_router = [l for l in lines if l.startswith("router")][-1].split()
+    # step 0: 0 (warmup); step 10 (1%): 3e-3 * 0.6; step 999: 3e-3 * 0.04 * 1.0
+    assert lr_router[1:] == ["0", "0.0018", "1.200e-04"]
+
+
+def test_inspect_hf_config_reports_tied_weights(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(vocab_size=64, n_positions=32, n_embd=16, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0)
+    path = tmp_path / "config.json"
+    path.write_text(cfg.to_json_string())
+    r = rlrs("inspect", str(path), "--plan", "paper-dense")
+    assert r.returncode == 0, r.stderr
+    assert "lm_head.weight (unembedding) = transformer.wte.weight (embedding)" in r.stdout
+    tied_row = next(l for l in r.stdout.splitlines() if l.startswith("embedding+unembedding (tied)"))
+    assert tied_row.split()[2:4] == ["1", "1,024"]  # one 64 x 16 tensor
+    assert "attention" in r.stdout and "feedforward" in r.stdout
+
+
+def test_inspect_errors_are_clear(tmp_path):
+    r = rlrs("inspect", "micro-mo")
+    assert r.returncode == 2 and "did you mean 'micro-moe'" in r.stderr
+    r = rlrs("inspect", "tiny-moe", "--at", "150%")
+    assert r.returncode == 2 and "--at: '150%'" in r.stderr
+    (tmp_path / "x.json").write_text("{}")
+    r = rlrs("inspect", str(tmp_path / "x.json"))
+    assert r.returncode == 2 and "no 'model_type'" in r.stderr
+
+
+def test_plot_plan_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    plan = tmp_path / "mine.toml"
+    plan.write_text("base_lr = 0.001\n[router]\nstart = 0.5\nend = 2.0\n")
+    r = rlrs("plot-plan", "--plan", str(plan), "--total-steps", "500", "--out", str(tmp_path / "plots"))
+    assert r.returncode == 0, r.stderr
+    png = tmp_path / "plots" / "lr_mine.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_demo_runs_both_plans_and_reports(tmp_path, corpus_dir):
+    pytest.importorskip("matplotlib")
+    r = rlrs("demo", "--out", str(tmp_path / "demo"), "--steps", "12", "--workers", "1",
+             "--set", f"data.corpus={corpus_dir / 'docs'}", "--set", f"data.cache_dir={corpus_dir / 'cache'}",
+             "--set", "data.tokenizer=bytes", "--set", "model.d_model=32", "--set", "model.n_heads=2",
+             "--set", "model.n_layers=1", "--set", "train.batch_size=4", "--set", "model.seq_len=32")
+    assert r.returncode == 0, r.stderr
+    assert "uniform" in r.stdout and "paper-moe" in r.stdout and "final eval loss" in r.stdout
+    for name in ("eval_loss.png", "lr_paper-moe.png", "uniform/metrics.jsonl", "paper-moe/summary.json"):
+        assert (tmp_path / "demo" / name).exists(), name
