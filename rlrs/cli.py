@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMAND_MODULES = ("compare", "tune")
+_COMMAND_MODULES = ("compare", "tune", "transfer")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

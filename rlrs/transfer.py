@@ -1,0 +1,362 @@
+"""Reuse a small model's relative rates on a larger one (algorithm 1), and ablate a plan.
+
+    >>> from rlrs.transfer import transfer, ablate
+    >>> t = transfer("runs/tune/tuned.toml", "moe-34m", out="runs/transfer")     # doctest: +SKIP
+    >>> a = ablate("micro-moe", "paper-moe", out="runs/ablate")                  # doctest: +SKIP
+
+**Transfer** keeps every λ of the plan and retunes only η_base on the larger model: it runs
+``lr-grid`` for the baseline and the relative arm on the {1, 2, 5}×10⁻ⁿ grid, then ``compare``
+with each arm at its best η_base, and writes ``transfer.md``: a table 2 style row per arm
+(η_base, tokens, speed-up). The default baseline is the plan itself with every λ set to 1 (same
+λ_base, warmup, weight decay and shapes), so the arms differ only in the relative rates.
+
+**Ablate** answers which components matter. Leave-one-out (the paper's table 6): each component in
+turn is reset to 1 → 1, and the speed-up of the full plan over that ablated plan is reported
+(a large number means the component's relative rates matter). Vary (figure 4): one component's
+λ_start or λ_end is multiplied by each factor (1/5, 2/3, 3/2, 5), the others fixed; the final loss
+of every variant goes into a bar chart with diverged runs marked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from . import config as _config
+from . import presets as _presets
+from .compare import CompareResult, arm_name, compare, lr_grid, parse_grid
+from .components import COMPONENTS
+from .config import ConfigError
+from .metrics import speedup
+from .models import count_params, get_preset
+from .plan import ComponentPlan, Plan
+from .runner import Job, run_dir, run_jobs
+from .train import run_config, total_steps
+
+FACTORS = (1 / 5, 2 / 3, 3 / 2, 5.0)
+
+
+def uniform_like(plan: Plan) -> Plan:
+    """``plan`` with every λ at 1: the baseline that differs from it only in the relative rates."""
+    return dataclasses.replace(plan, **{c: dataclasses.replace(plan.component(c), start=1.0, end=1.0) for c in COMPONENTS})
+
+
+def model_components(preset: str) -> list[str]:
+    """The components a preset's model has, apart from ``other`` (norms)."""
+    moe = get_preset(preset).is_moe
+    return ["embedding", "unembedding", "attention", *(("router", "experts") if moe else ("feedforward",))]
+
+
+def _write_plan(path: Path, plan: Plan) -> str:
+    plan.save(path)
+    return str(path)
+
+
+# --- transfer -------------------------------------------------------------------------------------
+
+
+@dataclass
+class TransferResult:
+    out: Path
+    best_lrs: dict[str, float]
+    compare: CompareResult
+    table: list[dict[str, Any]]
+
+
+def transfer(
+    plan: str | Path,
+    preset: str,
+    out: str | Path,
+    *,
+    baseline: str | None = None,
+    grid: Sequence[float] | None = None,
+    grid_seeds: int = 1,
+    seeds: int = 3,
+    sets: Mapping[str, Any] | None = None,
+    workers: int | None = None,
+    log: Callable[[str], None] = print,
+) -> TransferResult:
+    """Algorithm 1: the plan's λ values on ``preset``, η_base retuned for both arms, then compared."""
+    out = Path(out)
+    rel = _presets.resolve(str(plan))
+    if baseline is None:
+        baseline = _write_plan(out / "plans" / "uniform.toml", uniform_like(rel))
+    plans = [baseline, str(plan)]
+    log(f"rlrs transfer: λ from {arm_name(str(plan))} onto {preset}; η_base searched for both arms")
+    # One --out for the grid and the compare: compare reuses the grid's seed-0 runs.
+    grid_result = lr_grid(preset, plans, out, grid=grid, seeds=grid_seeds, sets=sets, workers=workers, log=log)
+    missing = [arm_name(p) for p in plans if arm_name(p) not in grid_result.best]
+    if missing:
+        raise ConfigError(f"every η_base of the grid diverged for {', '.join(missing)}; try a lower --grid")
+    res = compare(preset, plans, seeds=seeds, out=out, sets=sets, base_lrs=grid_result.best, workers=workers, log=log)
+    cfg = run_config(preset, rel, sets=dict(sets or {}))
+    steps = total_steps(cfg)
+    tokens = steps * cfg.train.batch_size * (cfg.train.seq_len or cfg.model.seq_len)
+    table = []
+    for i, arm in enumerate(res.arms):
+        sp = res.results["speedups"].get(arm)
+        table.append({
+            "type": preset,
+            "lr_type": "baseline" if i == 0 else "relative",
+            "arm": arm,
+            "base_lr": grid_result.best[arm],
+            "grid_edge": grid_result.edge.get(arm),
+            "train_tokens": tokens,
+            "final_loss": (res.results["arms"][arm].get("final_loss") or {}).get("mean"),
+            "speedup_percent": None if i == 0 else sp["percent"],
+            "speedup_text": None if i == 0 else sp["text"],
+        })
+    data = {"preset": preset, "plan": str(plan), "lambdas": _lambdas(rel), "params": count_params(cfg.model),
+            "steps": steps, "table": table}
+    _config.atomic_write_text(out / "transfer.json", json.dumps(data, indent=1) + "\n")
+    _config.atomic_write_text(out / "transfer.md", _transfer_md(data))
+    log(f"wrote {out / 'transfer.md'}")
+    return TransferResult(out, grid_result.best, res, table)
+
+
+def _lambdas(plan: Plan) -> dict[str, list[float]]:
+    return {c: [plan.component(c).start, plan.component(c).end] for c in COMPONENTS}
+
+
+def _fmt_tokens(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+
+
+def _transfer_md(data: Mapping[str, Any]) -> str:
+    p = data["params"]
+    lines = [
+        f"# Transfer of {data['plan']} to {data['preset']}",
+        "",
+        f"{data['preset']}: {p['active_non_embedding'] / 1e6:.2f}M active non-embedding parameters "
+        f"({p['total'] / 1e6:.2f}M in total), {data['steps']} steps. The λ values are kept; η_base is "
+        "searched for each arm on the {1, 2, 5}×10⁻ⁿ grid (`grid.md`), then each arm trains at its best "
+        "η_base (`report.md`).",
+        "",
+        "| Type | LR type | Base LR | Train tokens | Final loss | Speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in data["table"]:
+        sp = "-" if row["lr_type"] == "baseline" else (
+            "no speed-up" if row["speedup_percent"] is None else f"{row['speedup_percent']:+.1f}%")
+        edge = f" (grid {row['grid_edge']} edge)" if row["grid_edge"] else ""
+        loss = "diverged" if row["final_loss"] is None else f"{row['final_loss']:.4f}"
+        lines.append(f"| {row['type']} | {row['lr_type']} ({row['arm']}) | {row['base_lr']:g}{edge} | "
+                     f"{_fmt_tokens(row['train_tokens'])} | {loss} | {sp} |")
+    lines += ["", "λ (start → end) kept from the source plan:", ""]
+    lines += [f"- {c}: {s:g} → {e:g}" for c, (s, e) in data["lambdas"].items()]
+    return "\n".join(lines) + "\n"
+
+
+# --- ablate ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class AblateResult:
+    out: Path
+    leave_one_out: list[dict[str, Any]]
+    vary: list[dict[str, Any]]
+
+
+def ablate(
+    preset: str,
+    plan: str,
+    out: str | Path,
+    *,
+    kind: str = "both",
+    components: Sequence[str] | None = None,
+    factors: Sequence[float] = FACTORS,
+    seeds: int = 1,
+    sets: Mapping[str, Any] | None = None,
+    workers: int | None = None,
+    log: Callable[[str], None] = print,
+) -> AblateResult:
+    """Table 6 (``kind="leave-one-out"``), figure 4 (``kind="vary"``) or both, for ``plan``."""
+    if kind not in ("both", "leave-one-out", "vary"):
+        raise ConfigError(f"kind: {kind!r} is unknown; {_config.closest(kind, ('both', 'leave-one-out', 'vary'))}")
+    out = Path(out)
+    base = _presets.resolve(plan)
+    comps = list(components or model_components(preset))
+    for c in comps:
+        if c not in COMPONENTS:
+            raise ConfigError(f"components: {c!r} is unknown; {_config.closest(c, COMPONENTS)}")
+    for f in factors:
+        if not (isinstance(f, (int, float)) and math.isfinite(f) and f > 0):
+            raise ConfigError(f"factors: {f!r} is not a positive number; e.g. 0.2,0.667,1.5,5")
+    t0 = time.perf_counter()
+    loo = _leave_one_out(preset, plan, base, comps, out, seeds, sets, workers, log) if kind != "vary" else []
+    vary = _vary(preset, base, comps, factors, out, seeds, sets, workers, log) if kind != "leave-one-out" else []
+    data = {"preset": preset, "plan": plan, "seeds": seeds, "leave_one_out": loo, "vary": vary,
+            "wall_s": time.perf_counter() - t0}
+    _config.atomic_write_text(out / "ablate.json", json.dumps(data, indent=1) + "\n")
+    _config.atomic_write_text(out / "ablate.md", _ablate_md(data))
+    if vary:
+        _plot_vary(vary, out / "ablate_vary.png", f"{preset}: one λ varied, others as {plan}")
+    log(f"wrote {out / 'ablate.md'}")
+    return AblateResult(out, loo, vary)
+
+
+def _leave_one_out(preset, plan_spec, base: Plan, comps, out: Path, seeds, sets, workers, log) -> list[dict[str, Any]]:
+    full = "full"
+    plans = [_write_plan(out / "plans" / f"{full}.toml", base)]
+    for c in comps:
+        plans.append(_write_plan(out / "plans" / f"no-{c}.toml", dataclasses.replace(base, **{c: ComponentPlan(
+            weight_decay=base.component(c).weight_decay)})))
+    res = compare(preset, plans, seeds=seeds, out=out / "leave-one-out", sets=sets, workers=workers, log=log)
+    arms = res.results["arms"]
+    rows = []
+    for c in comps:
+        arm = f"no-{c}"
+        row: dict[str, Any] = {"component": c, "lambdas": [base.component(c).start, base.component(c).end]}
+        if "curve" in arms.get(arm, {}) and "curve" in arms.get(full, {}):
+            # Table 6's direction: how much faster the full plan is than the plan without c.
+            sp = speedup(arms[arm]["curve"]["steps"], arms[arm]["curve"]["mean"],
+                         arms[full]["curve"]["steps"], arms[full]["curve"]["mean"])
+            row.update(speedup_percent=sp.percent, text=sp.describe(),
+                       final_loss=arms[arm]["final_loss"]["mean"], full_final_loss=arms[full]["final_loss"]["mean"])
+        else:
+            row.update(speedup_percent=None, text="not measurable: a run diverged or failed (see leave-one-out/report.md)",
+                       final_loss=None, full_final_loss=None)
+        rows.append(row)
+    return rows
+
+
+def _vary(preset, base: Plan, comps, factors, out: Path, seeds, sets, workers, log) -> list[dict[str, Any]]:
+    variants = [("base", None, None, 1.0, base)]
+    for c in comps:
+        cp = base.component(c)
+        for which in ("start", "end"):
+            for f in factors:
+                variants.append((f"{c}.{which}×{f:.3g}", c, which, f,
+                                 dataclasses.replace(base, **{c: dataclasses.replace(cp, **{which: getattr(cp, which) * f})})))
+    jobs, index = [], []
+    for name, c, which, f, p in variants:
+        for seed in range(seeds):
+            cfg = run_config(preset, p, sets={**dict(sets or {}), "train.seed": seed, "train.data_seed": seed})
+            jobs.append(Job(cfg, run_dir(out / "runs", cfg)))
+            index.append((name, c, which, f))
+    log(f"rlrs ablate: {len(variants)} variants × {seeds} seed(s) = {len(jobs)} runs -> {out / 'runs'}")
+    outcomes = run_jobs(jobs, workers)
+    rows: dict[str, dict[str, Any]] = {}
+    for (name, c, which, f), o in zip(index, outcomes):
+        row = rows.setdefault(name, {"variant": name, "component": c, "which": which, "factor": f,
+                                     "losses": [], "statuses": [], "errors": []})
+        row["statuses"].append(o.status)
+        row["losses"].append(o.final_eval_loss if o.status == "finished" else None)
+        if o.error:
+            row["errors"].append(o.error.strip().splitlines()[-1])
+    for row in rows.values():
+        fin = [l for l in row["losses"] if l is not None]
+        row["diverged"] = len(fin) < len(row["losses"])
+        row["final_loss"] = sum(fin) / len(fin) if fin else None
+    return list(rows.values())
+
+
+def _ablate_md(data: Mapping[str, Any]) -> str:
+    lines = [f"# Ablations of {data['plan']} on {data['preset']} ({data['seeds']} seed(s))", ""]
+    if data["leave_one_out"]:
+        lines += ["## Leave one component out (table 6)", "",
+                  "Each row resets one component to 1 → 1; the speed-up is the full plan's over that ablated plan.",
+                  "", "| Component | λ start → end | Final loss without it | Full plan | Speed-up of the full plan |",
+                  "|---|---|---|---|---|"]
+        for r in data["leave_one_out"]:
+            sp = "no speed-up" if r["speedup_percent"] is None else f"{r['speedup_percent']:+.1f}%"
+            fl = "-" if r["final_loss"] is None else f"{r['final_loss']:.4f}"
+            ff = "-" if r["full_final_loss"] is None else f"{r['full_final_loss']:.4f}"
+            lines.append(f"| {r['component']} | {r['lambdas'][0]:g} → {r['lambdas'][1]:g} | {fl} | {ff} | {sp} |")
+        lines.append("")
+    if data["vary"]:
+        lines += ["## One λ varied (figure 4)", "", "![varied](ablate_vary.png)", "",
+                  "| Variant | Final loss |", "|---|---|"]
+        for r in data["vary"]:
+            loss = "diverged" if r["final_loss"] is None else f"{r['final_loss']:.4f}" + (" (some seeds diverged)" if r["diverged"] else "")
+            lines.append(f"| {r['variant']} | {loss} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot_vary(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> Path:
+    from .plots import COLORS, _plt, _save
+
+    plt = _plt()
+    base = next(r for r in rows if r["component"] is None)
+    others = [r for r in rows if r["component"] is not None]
+    finite = [r["final_loss"] for r in rows if r["final_loss"] is not None]
+    top = max(finite) if finite else 1.0
+    bottom = min(finite) if finite else 0.0
+    cap = top + 0.15 * (top - bottom + 1e-9)  # diverged bars reach above everything, hatched
+    fig, ax = plt.subplots(figsize=(max(7, 0.28 * len(others) + 2), 4.2), dpi=120)
+    for i, r in enumerate(others):
+        h = cap if r["final_loss"] is None else r["final_loss"]
+        ax.bar(i, h - bottom + 0.02, bottom=bottom - 0.02, color=COLORS[r["component"]],
+               alpha=0.45 if r["which"] == "end" else 0.9, hatch="xx" if r["final_loss"] is None else None,
+               edgecolor="k" if r["final_loss"] is None else "none")
+    if base["final_loss"] is not None:
+        ax.axhline(base["final_loss"], color="green", lw=1.5, label=f"plan as given: {base['final_loss']:.4f}")
+    ax.set_xticks(range(len(others)))
+    ax.set_xticklabels([r["variant"] for r in others], rotation=75, fontsize=7)
+    ax.set_ylim(bottom - 0.03, cap + 0.02)
+    ax.set_ylabel("final eval loss")
+    ax.set_title(title + "  (hatched: diverged; pale: λ_end)", fontsize=9)
+    ax.legend(frameon=False, fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+# --- CLI ------------------------------------------------------------------------------------------
+
+
+def add_commands(sub) -> None:
+    from .cli import parse_sets
+
+    p = sub.add_parser("transfer", help="reuse a plan's λ on a larger model: η_base grid for both arms, then compare")
+    p.add_argument("--plan", required=True, help="the small model's plan (a tuned.toml, or a preset)")
+    p.add_argument("--preset", required=True, help="the larger model preset")
+    p.add_argument("--baseline", default=None, help="baseline plan (default: the plan with every λ = 1)")
+    p.add_argument("--grid", default=None, help="η_base values, e.g. 1e-3,2e-3,5e-3 (default: 5 around the plan's)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds of the final compare (default: 3)")
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=lambda a: _cmd_transfer(a, parse_sets(a.set)))
+
+    p = sub.add_parser("ablate", help="leave-one-out (table 6) and one-λ-varied (figure 4) ablations of a plan")
+    p.add_argument("--preset", default="micro-moe")
+    p.add_argument("--plan", default=None, help="plan to ablate (default: paper-moe / paper-dense)")
+    p.add_argument("--kind", default="both", choices=("both", "leave-one-out", "vary"))
+    p.add_argument("--components", default=None, help="comma-separated (default: all of the model's)")
+    p.add_argument("--factors", default=None, help="comma-separated (default: 0.2,0.667,1.5,5)")
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=lambda a: _cmd_ablate(a, parse_sets(a.set)))
+
+
+def _floats(text: str | None, name: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--{name}: {text!r} is not a comma-separated list of numbers") from None
+
+
+def _cmd_transfer(args, sets) -> int:
+    transfer(args.plan, args.preset, args.out, baseline=args.baseline, grid=parse_grid(args.grid) if args.grid else None,
+                 seeds=args.seeds, sets=sets, workers=args.workers)
+    print((Path(args.out) / "transfer.md").read_text())
+    return 0
+
+
+def _cmd_ablate(args, sets) -> int:
+    plan = args.plan or ("paper-moe" if get_preset(args.preset).is_moe else "paper-dense")
+    comps = [c.strip() for c in args.components.split(",")] if args.components else None
+    factors = _floats(args.factors, "factors") or FACTORS
+    ablate(args.preset, plan, args.out, kind=args.kind, components=comps, factors=factors, seeds=args.seeds,
+           sets=sets, workers=args.workers)
+    print((Path(args.out) / "ablate.md").read_text())
+    return 0
