@@ -1,0 +1,327 @@
+"""compare and lr-grid: seed pairing, run reuse and resume, divergence, reports, the CLI."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rlrs.compare as cmp
+from rlrs.cli import main
+from rlrs.compare import (RunInfo, RunLogs, compare, detect_spikes, grid_around, load_grid, parse_grid,
+                          parse_plans, summarize)
+from rlrs.config import ConfigError
+from rlrs.train import read_metrics
+
+STEPS = 20
+
+
+def _sets(corpus_dir, **extra):
+    return {
+        "data.corpus": str(corpus_dir / "docs"),
+        "data.cache_dir": str(corpus_dir / "cache"),
+        "data.val_fraction": 0.2,
+        "train.threads": 1,
+        "train.steps": STEPS,
+        "train.eval_batches": 2,
+        **extra,
+    }
+
+
+def _quiet(_line):
+    pass
+
+
+@pytest.fixture(scope="module")
+def moe_compare(corpus_dir, tmp_path_factory):
+    """One finished compare on tiny-moe (2 plans × 2 seeds), shared read-only; copy it to mutate."""
+    out = tmp_path_factory.mktemp("moe_compare")
+    res = compare("tiny-moe", ["uniform-moe", "paper-moe"], seeds=2, out=out, sets=_sets(corpus_dir), workers=1, log=_quiet)
+    return res
+
+
+class _Spy:
+    """Stands in for runner.run_jobs inside compare and records which jobs it was given."""
+
+    def __init__(self, real):
+        self.real, self.jobs = real, []
+
+    def __call__(self, jobs, workers=None, on_done=None):
+        self.jobs.extend(jobs)
+        return self.real(jobs, workers=workers, on_done=on_done)
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    s = _Spy(cmp.run_jobs)
+    monkeypatch.setattr(cmp, "run_jobs", s)
+    return s
+
+
+def _mtimes(root: Path) -> dict[str, float]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+# --- pure pieces ----------------------------------------------------------------------------------
+
+
+def test_spike_detection_finds_the_known_spike():
+    rng = np.random.default_rng(0)
+    steps = np.arange(1, 301)
+    loss = 5.0 * np.exp(-steps / 80) + 3.0 + rng.normal(0, 0.01, steps.size)
+    assert detect_spikes(steps, loss) == []  # a falling, noisy curve has none
+    loss[150:153] += [0.6, 0.9, 0.4]  # steps 151-153
+    loss[220] = np.nan  # a skipped step is ignored, not a spike
+    spikes = detect_spikes(steps, loss)
+    assert len(spikes) == 1
+    s = spikes[0]
+    assert (s.start, s.end, s.peak_step) == (151, 153, 152)
+    assert s.peak_loss == loss[151] and s.rise == pytest.approx(loss[151] / s.reference - 1) and s.rise > 0.2
+
+
+def test_grid_and_plan_parsers():
+    assert grid_around(3e-3) == [5e-4, 1e-3, 2e-3, 5e-3, 1e-2]
+    assert grid_around(1e-3, n=3) == [5e-4, 1e-3, 2e-3]
+    assert parse_grid("5e-3, 1e-3,2e-3") == [1e-3, 2e-3, 5e-3]
+    with pytest.raises(ConfigError, match="--grid: 'abc' is not a number"):
+        parse_grid("1e-3,abc")
+    with pytest.raises(ConfigError, match="not a learning rate > 0"):
+        parse_grid("1e-3,-2e-3")
+    assert parse_plans("uniform, plans/mine.toml") == ["uniform", "plans/mine.toml"]
+    assert cmp.arm_name("plans/mine.toml") == "mine"
+    with pytest.raises(ConfigError, match="--plans"):
+        parse_plans("uniform,,paper-moe")
+
+
+def _logs(losses):
+    steps = np.arange(0, 11) * 10
+    loss = np.asarray(losses, float)
+    empty = np.zeros(0)
+    return RunLogs(steps, loss, steps[1:], loss[1:], steps[1:], loss[1:], ["attention"], empty,
+                   {"attention": empty}, {"attention": empty}, None)
+
+
+def test_summary_uses_finished_seeds_and_says_so():
+    base = [np.linspace(6, 3.7, 11), np.linspace(6, 3.7, 11) + 0.02]
+    rel = [[6, 5, 4.5, 4.2, 4, 3.9, 3.8, 3.7, 3.6, 3.55, 3.5], None]  # relative seed 1 diverged
+    runs, logs = [], {}
+    for arm, curves in (("uniform", base), ("paper", rel)):
+        for seed, c in enumerate(curves):
+            out = Path(f"/nowhere/{arm}{seed}")
+            status = "finished" if c is not None else "diverged"
+            runs.append(RunInfo(arm, seed, out, status, None if c is not None else "step 3: loss is nan"))
+            logs[out] = _logs(c if c is not None else [6.0, 9.0])
+    results, speedups, diffs = summarize(["uniform", "paper"], runs, logs)
+    sp = speedups["paper"]
+    # target: the baseline's mean final loss 3.71; paper's one finished seed first gets there at step 70
+    assert sp.target_loss == pytest.approx(3.71) and sp.t_relative == 70
+    assert diffs["paper"].n == 1 and diffs["paper"].mean == pytest.approx(3.5 - 3.7)
+    text = results["speedups"]["paper"]["text"]
+    assert "fewer seeds: 2 of 2 baseline, 1 of 2 paper" in text
+    assert results["arms"]["paper"]["not_finished"] == [{"seed": 1, "status": "diverged", "error": "step 3: loss is nan"}]
+    assert [p["measured"] for p in results["speedups"]["paper"]["per_seed"]] == [True, False]
+
+
+# --- compare on a tiny preset ---------------------------------------------------------------------
+
+
+def test_compare_pairs_seeds_across_arms(moe_compare):
+    by = {(r.arm, r.seed): r for r in moe_compare.runs}
+    assert len(by) == 4 and all(r.status == "finished" for r in by.values())
+    first = {}
+    for (arm, seed), r in by.items():
+        cfg = json.loads((r.out / "config.json").read_text())
+        assert cfg["train"]["seed"] == seed and cfg["train"]["data_seed"] == seed
+        recs = read_metrics(r.out)
+        first_eval = next(x["eval_loss"] for x in recs if x["kind"] == "eval")
+        first_train = next(x["loss"] for x in recs if x["kind"] == "train")
+        first[arm, seed] = (first_eval, first_train)
+    # seed i of every arm: same initial weights and the same first batch, whatever the plan
+    for seed in (0, 1):
+        assert first["uniform-moe", seed] == first["paper-moe", seed]
+    assert first["uniform-moe", 0][1] != first["uniform-moe", 1][1]
+
+
+def test_compare_writes_results_report_and_plots(moe_compare):
+    out = moe_compare.out
+    for name in ("results.json", "report.md", "loss.png", "train_loss.png", "updates.png", "router.png",
+                 "lr_uniform-moe.png", "lr_paper-moe.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert {p.name for p in moe_compare.files} >= {"results.json", "report.md", "loss.png", "router.png"}
+    def no_nan(name):
+        raise AssertionError(f"results.json holds {name}: not strict JSON")
+
+    res = json.loads((out / "results.json").read_text(), parse_constant=no_nan)
+    assert res["baseline"] == "uniform-moe" and res["seeds"] == 2 and res["metric"] == "eval"
+    sp = res["speedups"]["paper-moe"]
+    assert sp["t_base"] == STEPS and sp["target_loss"] == pytest.approx(res["arms"]["uniform-moe"]["final_loss"]["mean"])
+    assert sp["text"] == moe_compare.lines()[0]
+    assert len(res["arms"]["paper-moe"]["curve"]["steps"]) == STEPS + 1  # step 0 and every 1% (= 1 step here)
+    assert set(res["arms"]["paper-moe"]["updates"]["update_ratio"]) == {"embedding", "unembedding", "attention", "router", "experts", "other"}
+    health = res["runs"][0]["router"]
+    assert 0 < health["load_entropy_final"] <= 1 and health["verdict"]
+    assert res["differences"]["paper-moe"]["n"] == 2
+    md = (out / "report.md").read_text()
+    for text in ("| arm | η_base |", "speed-up = (T_base / T_relative − 1) × 100%", "Worked example", "![loss curves](loss.png)",
+                 "MoE router health", "Loss spikes", "lr_paper-moe.png", "seed i of every arm uses data seed i"):
+        assert text in md, text
+
+
+def test_rerun_reuses_every_run(moe_compare, tmp_path, corpus_dir, spy):
+    out = tmp_path / "c"
+    shutil.copytree(moe_compare.out, out)
+    runs = out / "runs"
+    before = _mtimes(runs)
+    res = compare("tiny-moe", ["uniform-moe", "paper-moe"], seeds=2, out=out, sets=_sets(corpus_dir), workers=1, log=_quiet)
+    assert spy.jobs == [] and all(r.reused for r in res.runs)
+    assert _mtimes(runs) == before and len(list(runs.iterdir())) == 4
+    assert res.results["speedups"]["paper-moe"]["text"] == moe_compare.lines()[0]
+
+
+def test_interrupted_compare_resumes_only_the_unfinished_run(moe_compare, tmp_path, corpus_dir, spy):
+    out = tmp_path / "c"
+    shutil.copytree(moe_compare.out, out)
+    victim = next(r for r in moe_compare.runs if (r.arm, r.seed) == ("paper-moe", 1)).out
+    victim = out / "runs" / victim.name
+    final_before = json.loads((victim / "summary.json").read_text())["final_eval_loss"]
+    # What a kill at step 19 leaves: no summary, the newest checkpoint at 18, the log a bit further.
+    (victim / "summary.json").unlink()
+    ckpts = sorted((victim / "checkpoints").glob("step_*.pt"))
+    assert ckpts[-1].name == f"step_{STEPS:07d}.pt"
+    ckpts[-1].unlink()
+    lines = (victim / "metrics.jsonl").read_text().splitlines()
+    (victim / "metrics.jsonl").write_text("\n".join(lines[:-3]) + '\n{"kind": "train", "st')
+    others = {p: (p / "summary.json").stat().st_mtime_ns for p in (out / "runs").iterdir() if p != victim}
+    res = compare("tiny-moe", ["uniform-moe", "paper-moe"], seeds=2, out=out, sets=_sets(corpus_dir), workers=1, log=_quiet)
+    assert [j.out for j in spy.jobs] == [victim]  # only the interrupted run trains again
+    assert {p: (p / "summary.json").stat().st_mtime_ns for p in others} == others
+    resumed = next(r for r in res.runs if (r.arm, r.seed) == ("paper-moe", 1))
+    assert resumed.status == "finished" and not resumed.reused
+    assert resumed.final_eval_loss == final_before  # resumed from step 18, bit-identical on CPU
+    assert [r["step"] for r in read_metrics(victim) if r["kind"] == "train"] == list(range(1, STEPS + 1))
+
+
+@pytest.mark.slow
+def test_killed_compare_resumes_without_redoing_finished_runs(tmp_path, corpus_dir, spy):
+    out = tmp_path / "c"
+    sets = _sets(corpus_dir, **{"train.steps": 40})
+    argv = [sys.executable, "-m", "rlrs", "compare", "--preset", "tiny-dense", "--plans", "uniform-dense,paper-dense",
+            "--seeds", "2", "--workers", "2", "--out", str(out)]
+    for k, v in sets.items():
+        argv += ["--set", f"{k}={json.dumps(v) if isinstance(v, str) else v}"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("runs/*/summary.json")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the command and its worker processes, mid-training
+        proc.wait()
+    finished = {p.parent: p.stat().st_mtime_ns for p in out.glob("runs/*/summary.json")}
+    assert finished and not (out / "report.md").exists()
+    res = compare("tiny-dense", ["uniform-dense", "paper-dense"], seeds=2, out=out, sets=sets, workers=1, log=_quiet)
+    assert all(r.status == "finished" for r in res.runs)
+    assert {p: (p / "summary.json").stat().st_mtime_ns for p in finished} == finished
+    assert not {j.out for j in spy.jobs} & set(finished) and len(spy.jobs) == 4 - len(finished)
+    assert {r.out for r in res.runs if r.reused} == set(finished)
+
+
+def test_metric_train(moe_compare, tmp_path, corpus_dir, spy):
+    out = tmp_path / "c"
+    shutil.copytree(moe_compare.out, out)
+    res = compare("tiny-moe", ["uniform-moe", "paper-moe"], seeds=2, out=out, sets=_sets(corpus_dir), workers=1,
+                  metric="train", log=_quiet)
+    assert spy.jobs == []
+    r = res.results
+    assert r["metric"] == "train" and r["arms"]["uniform-moe"]["curve"]["steps"][0] == 1  # no train loss at step 0
+    base_final = [x["final_loss"] for x in r["runs"] if x["arm"] == "uniform-moe"]
+    assert base_final == [x["final_train_1pct"] for x in r["runs"] if x["arm"] == "uniform-moe"]
+    assert r["speedups"]["paper-moe"]["target_loss"] == pytest.approx(np.mean(base_final))
+    assert "final train loss" in r["speedups"]["paper-moe"]["text"]
+    assert "loss: **train loss" in (out / "report.md").read_text()
+    with pytest.raises(ConfigError, match="metric: 'evall' is unknown; did you mean 'eval'"):
+        compare("tiny-moe", ["uniform-moe", "paper-moe"], out=out, sets=_sets(corpus_dir), metric="evall")
+
+
+def test_diverged_run_is_recorded_and_reported(tmp_path, corpus_dir, spy):
+    out = tmp_path / "c"
+    kw = dict(seeds=1, out=out, sets=_sets(corpus_dir, **{"train.steps": 10}), workers=1, log=_quiet,
+              base_lrs={"paper-dense": 1e3})
+    res = compare("tiny-dense", ["uniform-dense", "paper-dense"], **kw)
+    bad = next(r for r in res.runs if r.arm == "paper-dense")
+    assert bad.status == "diverged" and "nan" in bad.error and res.speedups["paper-dense"] is None
+    data = json.loads((out / "results.json").read_text())
+    run = next(r for r in data["runs"] if r["arm"] == "paper-dense")
+    assert run["status"] == "diverged" and run["error"] == bad.error and run["final_loss"] is None
+    assert data["arms"]["paper-dense"]["base_lr"] == 1e3 and data["arms"]["paper-dense"]["seeds_finished"] == []
+    assert data["speedups"]["paper-dense"]["text"] == "paper-dense: no speed-up (all runs diverged/failed)"
+    md = (out / "report.md").read_text()
+    assert "no speed-up (all runs diverged/failed)" in md and "**diverged**" in md and "Lower plan.base_lr" in md
+    # a rerun keeps the divergence (and its message) without training it again
+    spy.jobs.clear()
+    again = compare("tiny-dense", ["uniform-dense", "paper-dense"], **kw)
+    assert spy.jobs == []
+    assert next(r for r in again.runs if r.arm == "paper-dense").error == bad.error
+
+
+def test_lr_grid_then_compare_with_its_best(tmp_path, corpus_dir, capsys, spy):
+    out = tmp_path / "bench"
+    sets = []
+    for k, v in _sets(corpus_dir, **{"train.steps": 12}).items():
+        sets += ["--set", f"{k}={json.dumps(v) if isinstance(v, str) else v}"]
+    common = ["--preset", "tiny-dense", "--plans", "uniform-dense,paper-dense", "--out", str(out), "--workers", "1", *sets]
+    assert main(["lr-grid", "--grid", "1e-3,1e-2", *common]) == 0
+    text = capsys.readouterr().out
+    grid = json.loads((out / "grid.json").read_text())
+    for arm in ("uniform-dense", "paper-dense"):
+        pts = grid["arms"][arm]["points"]
+        best = min(pts, key=lambda p: p["mean"])["base_lr"]
+        assert grid["best"][arm] == best == load_grid(out / "grid.json")[arm]
+        assert grid["arms"][arm]["edge"] == ("high" if best == 1e-2 else "low")
+        assert f"{arm}: best η_base {best:g}" in text and "edge of the grid" in text
+    assert (out / "lr_grid.png").stat().st_size > 0 and "At the" in (out / "grid.md").read_text()
+    # compare on the same --out with one seed: every run is one of the grid's; nothing trains
+    spy.jobs.clear()
+    assert main(["compare", "--seeds", "1", "--base-lrs-from", str(out / "grid.json"), *common]) == 0
+    assert spy.jobs == []
+    res = json.loads((out / "results.json").read_text())
+    assert {a: e["base_lr"] for a, e in res["arms"].items()} == grid["best"]
+    assert res["command"].startswith("rlrs compare --preset tiny-dense") and "--base-lrs-from" in res["command"]
+    for r in res["runs"]:
+        assert json.loads((Path(r["out"]) / "config.json").read_text())["plan"]["base_lr"] == grid["best"][r["arm"]]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["compare", "--plans", "uniform-dense,paper-dnese"], "did you mean 'paper-dense'"),
+        (["compare", "--plans", "uniform-dense"], "plans: 2 needed"),
+        (["compare", "--plans", "uniform-dense,uniform-dense"], "appears twice"),
+        (["compare", "--seeds", "0"], "--seeds: at least 1, got 0"),
+        (["compare", "--set", "train.seed=3"], "train.seed: compare and lr-grid set it themselves"),
+        (["compare", "--base-lrs-from", "/nowhere/grid.json"], "run `rlrs lr-grid --out DIR` first"),
+        (["lr-grid", "--grid", "1e-3,abc"], "--grid: 'abc' is not a number"),
+        (["lr-grid", "--grid", "0"], "--grid: '0' is not a learning rate > 0"),
+        (["lr-grid", "--workers", "0"], "--workers: at least 1"),
+    ],
+)
+def test_cli_bad_input_exits_2(argv, message, tmp_path, capsys, spy):
+    code = main([*argv, "--preset", "tiny-dense", "--out", str(tmp_path / "o")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith(f"rlrs {argv[0]}: error:")
+    assert spy.jobs == [] and not (tmp_path / "o").exists()
+
+
+def test_base_lrs_from_a_grid_without_the_arm(tmp_path, capsys):
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"best": {"uniform-dense": 1e-3}}))
+    code = main(["compare", "--preset", "tiny-dense", "--plans", "uniform-dense,paper-dense", "--out", str(tmp_path / "o"),
+                 "--base-lrs-from", str(grid)])
+    assert code == 2 and "no η_base for paper-dense (it has: uniform-dense)" in capsys.readouterr().err
