@@ -39,9 +39,13 @@ def plot_plan(
     plt = _plt()
     steps = np.unique(np.linspace(0, total_steps - 1, min(total_steps, 1000)).round().astype(int))
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    drawn: list[list[float]] = []
     for comp in components:
         lrs = [plan.lr(comp, int(s), total_steps) for s in steps]
-        ax.plot(steps, lrs, label=comp, color=COLORS[comp], lw=1.8)
+        # Components with the same schedule would hide each other: dash the later ones.
+        style = (0, (4, 2 + 2 * sum(d == lrs for d in drawn)))
+        ax.plot(steps, lrs, label=comp, color=COLORS[comp], lw=1.8, ls="-" if lrs not in drawn else style)
+        drawn.append(lrs)
     ax.set_xlabel("step")
     ax.set_ylabel("learning rate")
     ax.set_title(title or f"LR per component (η_base = {plan.base_lr:g}, λ_base = {plan.final_fraction:g})")

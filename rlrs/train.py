@@ -612,9 +612,22 @@ def read_metrics(out: str | Path) -> list[dict[str, Any]]:
 def run_or_reuse(cfg: RunConfig, out: str | Path, progress: bool = False) -> RunResult:
     """Train ``cfg`` into ``out``, reusing a finished run there and resuming an interrupted one.
 
-    A directory holding a different config is never overwritten: that raises.
+    A directory holding a different config is never overwritten: that raises. A lock file keeps
+    two processes (say, a restarted command and a worker of the killed one) off the same run.
     """
+    import fcntl
+
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"{out} is being trained by another process; wait for it or stop it") from None
+        return _run_or_reuse(cfg, out, progress)
+
+
+def _run_or_reuse(cfg: RunConfig, out: Path, progress: bool) -> RunResult:
     summary_path = out / "summary.json"
     config_path = out / "config.json"
     if config_path.exists():

@@ -250,3 +250,15 @@ def test_cuda_bf16_fused_compiled_run_has_no_recompiles(tmp_path, tiny_sets):
     finally:
         dynamo.config.error_on_recompile = False
     assert result.status == "finished" and result.final_eval_loss < 5.5
+
+
+def test_run_or_reuse_refuses_a_run_locked_by_another_process(tmp_path, tiny_sets):
+    import fcntl
+
+    cfg = cfg_for(tiny_sets, **{"train.steps": 4})
+    (tmp_path / "r").mkdir()
+    with open(tmp_path / "r" / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(RuntimeError, match="being trained by another process"):
+            run_or_reuse(cfg, tmp_path / "r")
+    assert run_or_reuse(cfg, tmp_path / "r").status == "finished"  # once released, it runs
