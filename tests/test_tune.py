@@ -1,0 +1,420 @@
+"""rlrs tune: trials in an Optuna study (synthetic objectives, no training), kill and resume,
+workers sharing one SQLite study, early stopping, and one small end-to-end search on tiny-moe."""
+
+import json
+import math
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+from rlrs.config import ConfigError  # noqa: E402
+from rlrs.plan import Plan  # noqa: E402
+from rlrs.search import canonical, point_key  # noqa: E402
+from rlrs.tune import (  # noqa: E402
+    Pruning,
+    SyntheticObjective,
+    TrainingObjective,
+    TuneSpec,
+    _Study,
+    default_params,
+    join,
+    tune,
+)
+
+PARAMS = ["plan.base_lr", "plan.router.start", "plan.experts.end", "model.init_scale"]
+# Reachable from paper-moe on tiny-moe: base_lr 3e-3 × 5, router 0.6 × 2/3, experts.end 1.125 × 3/2,
+# init_scale 0.15 × 2/3.
+OPT = {"plan.base_lr": 0.015, "plan.router.start": 0.4, "plan.experts.end": 1.6875, "model.init_scale": 0.1}
+
+SYNTH = '''
+import json, math, os, time
+
+OPT = {opt!r}
+
+
+def curve(point, progress):
+    """A loss curve falling to 1 + a log-space quadratic with its minimum at OPT."""
+    if point["plan.base_lr"] > 0.05:
+        raise FloatingPointError("diverged: loss is nan")
+    loss = 1.0 + sum(math.log(point[k] / v) ** 2 for k, v in OPT.items() if k in point) + (1.0 - progress)
+    if progress == 1.0:
+        time.sleep(float(os.environ.get("SYNTH_SLEEP", "0")))
+        log = os.environ.get("SYNTH_LOG")
+        if log:
+            with open(log, "a") as f:
+                f.write(json.dumps(point, sort_keys=True) + "\\n")
+    return loss
+'''.format(opt=OPT)
+
+
+@pytest.fixture
+def synth(tmp_path, monkeypatch):
+    """An importable module ``synth`` with the objective ``synth:curve``."""
+    mod = tmp_path / "mods"
+    mod.mkdir()
+    (mod / "synth.py").write_text(SYNTH)
+    monkeypatch.syspath_prepend(str(mod))
+    sys.modules.pop("synth", None)
+    return mod
+
+
+def spec_for(params=PARAMS, prune=None, objective="synth:curve", **kw):
+    return TuneSpec.create("tiny-moe", steps=100, params=params, prune=prune, objective=objective, **kw)
+
+
+def trials(out, storage=None):
+    url = storage or f"sqlite:///{Path(out).resolve() / 'study.db'}"
+    return optuna.load_study(study_name="rlrs-tune", storage=url).get_trials(deepcopy=False)
+
+
+def counted(ts):
+    return [t for t in ts if "abandoned" not in t.user_attrs]
+
+
+def trajectory(out):
+    doc = json.loads((Path(out) / "search.json").read_text())
+    return [(s["param"], s["before"], s["after"], [(c["value"], c["loss"], c["status"]) for c in s["candidates"]])
+            for s in doc["steps"]]
+
+
+def _main(argv, env):
+    from rlrs.cli import main
+
+    os.environ.update(env)
+    sys.exit(main(argv))
+
+
+def cli(*args, **env):
+    """``rlrs tune ARGS`` in another process. Forked: it starts at once instead of importing torch
+    again, and it is a real process that SIGKILL can stop between any two instructions."""
+    proc = multiprocessing.get_context("fork").Process(target=_main, args=(["tune", *args], env))
+    proc.start()
+    return proc
+
+
+def synth_args(out, budget):
+    return ["--preset", "tiny-moe", "--steps", "100", "--params", ",".join(PARAMS), "--budget", str(budget),
+            "--out", str(out), "--objective", "synth:curve", "--poll", "0.05", "--workers", "1"]
+
+
+# --- the search through a study -------------------------------------------------------------------
+
+
+def test_default_params_follow_the_model():
+    moe = TuneSpec.create("tiny-moe", steps=10)
+    assert moe.params == (
+        "plan.base_lr", "plan.embedding.start", "plan.embedding.end", "plan.unembedding.start",
+        "plan.unembedding.end", "plan.attention.start", "plan.attention.end", "plan.router.start",
+        "plan.router.end", "plan.experts.start", "plan.experts.end", "plan.weight_decay", "model.init_scale",
+    )
+    dense = TuneSpec.create("tiny-dense", steps=10, plan="uniform-dense")
+    assert "plan.feedforward.start" in dense.params and "plan.router.start" not in dense.params
+    assert default_params(dense.config) == list(dense.params)
+    constant = TuneSpec.create("tiny-moe", steps=10, sets={"plan.router.shape": "constant"})
+    assert "plan.router.start" in constant.params and "plan.router.end" not in constant.params  # end must stay 1
+
+
+def test_finds_the_optimum_and_writes_a_plan_every_command_takes(tmp_path, synth):
+    r = tune(spec_for(), tmp_path, 60)
+    assert r.stopped == "converged" and r.best == OPT and r.best_loss == pytest.approx(1.0)
+    plan = Plan.load(tmp_path / "tuned.toml")
+    assert plan == r.plan and plan.base_lr == 0.015 and plan.router.start == 0.4 and plan.experts.end == 1.6875
+    assert plan.embedding.start == 5.0  # not searched: as paper-moe
+    # init_scale is a model setting: it goes to tuned_config.json, usable as --config
+    assert json.loads((tmp_path / "tuned_config.json").read_text()) == {"model": {"init_scale": 0.1}}
+    from rlrs.train import run_config
+
+    cfg = run_config("tiny-moe", str(tmp_path / "tuned.toml"), tmp_path / "tuned_config.json")
+    assert cfg.model.init_scale == 0.1 and cfg.plan == plan
+    ts = trials(tmp_path)
+    assert len(ts) == r.evaluations == len({t.user_attrs["key"] for t in ts})
+    assert all((t.state.name == "FAIL") == (t.params["plan.base_lr"] > 0.05) for t in ts)
+    assert ts[0].params == {k: canonical(v) for k, v in r.start.items()}
+    doc = json.loads((tmp_path / "search.json").read_text())
+    assert doc["best"] == OPT and doc["stopped"] == "converged" and doc["compute"]["steps"] == 100 * len(ts)
+    assert doc["compute"]["trials"] == {"COMPLETE": len(ts) - r.trials["FAIL"], "FAIL": r.trials["FAIL"], "abandoned": 0}
+    assert len(doc["steps"]) == len(r.search.steps) and doc["steps"][0]["candidates"][0]["cached"] is True
+
+
+def test_failed_trials_are_recorded_and_the_search_goes_on(tmp_path, synth):
+    def fn(point, progress):
+        if point["plan.router.start"] < 0.2:
+            return float("nan")
+        return __import__("synth").curve(point, progress)
+
+    spec = spec_for(params=PARAMS[:3])
+    r = tune(spec, tmp_path, 60, objective=SyntheticObjective(fn, 100))
+    # base_lr 0.075 raised, router.start 0.12 was NaN: both worst, and the search went on
+    assert r.best == {k: OPT[k] for k in PARAMS[:3]}
+    failed = [t for t in trials(tmp_path) if t.state.name == "FAIL"]
+    errors = sorted({t.user_attrs["error"].split(" at ")[0] for t in failed})
+    assert errors == ["FloatingPointError: diverged: loss is nan", "eval loss is nan"]
+    assert r.trials["FAIL"] == len(failed) and all(t.value is None for t in failed)
+    doc = json.loads((tmp_path / "search.json").read_text())
+    statuses = [c["status"] for s in doc["steps"] for c in s["candidates"]]
+    assert statuses.count("failed") >= len(failed)
+
+
+def test_rerun_resumes_without_rerunning_and_a_larger_budget_extends(tmp_path, synth, monkeypatch):
+    log = tmp_path / "evals.log"
+    monkeypatch.setenv("SYNTH_LOG", str(log))
+    spec = spec_for()
+    first = tune(spec, tmp_path / "a", 6)
+    assert first.stopped == "budget" and first.evaluations == 6
+    n = len(log.read_text().splitlines())
+    again = tune(spec, tmp_path / "a", 6)  # same command: nothing to do
+    assert again.best == first.best and len(log.read_text().splitlines()) == n
+    more = tune(spec, tmp_path / "a", 15)
+    keys = [point_key(json.loads(line)) for line in log.read_text().splitlines()]  # failed points log nothing
+    ts = trials(tmp_path / "a")
+    assert len(keys) == len(set(keys)) == sum(t.state.name == "COMPLETE" for t in ts) and len(ts) == 15
+    monkeypatch.delenv("SYNTH_LOG")
+    straight = tune(spec, tmp_path / "b", 15)
+    assert more.best == straight.best and more.best_loss == straight.best_loss
+    assert trajectory(tmp_path / "a") == trajectory(tmp_path / "b")
+
+
+def test_other_settings_in_the_same_study_are_refused(tmp_path, synth):
+    tune(spec_for(), tmp_path, 3)
+    with pytest.raises(ConfigError, match="other settings.*search_seed"):
+        tune(spec_for(search_seed=1), tmp_path, 3)
+    with pytest.raises(ConfigError, match="holds no study 'rlrs-tune'"):
+        join(tmp_path, storage=f"journal:///{tmp_path}/empty.log")
+    with pytest.raises(ConfigError, match="study.db does not exist"):
+        join(tmp_path / "nothing")
+    with pytest.raises(ConfigError, match="params: plan.rooter: unknown key; did you mean 'router'"):
+        spec_for(params=["plan.rooter.start"])
+    with pytest.raises(ConfigError, match="storage: 'nonsense' is not a storage URL"):
+        tune(spec_for(), tmp_path, 3, storage="nonsense")
+    with pytest.raises(ConfigError, match="budget: at least 1"):
+        tune(spec_for(), tmp_path, 0)
+    with pytest.raises(ConfigError, match="not a float setting"):
+        spec_for(params=["train.batch_size"])
+
+
+def test_journal_storage_and_join(tmp_path, synth):
+    url = f"journal:///{tmp_path}/study.log"
+    r = tune(spec_for(), tmp_path / "a", 7, storage=url)
+    joined = join(tmp_path / "b", storage=url)  # settings and budget from the study: nothing left to do
+    assert joined.best == r.best and joined.evaluations == 7
+    assert len(trials(tmp_path, storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(f"{tmp_path}/study.log")))) == 7
+
+
+# --- claims: the rules that make workers safe --------------------------------------------------------
+
+
+def test_claims_first_wins_and_the_budget_is_exact(tmp_path, synth):
+    tune(spec_for(), tmp_path, 1)  # a study holding the spec, budget 1, the start point done
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    a, b = _Study(url, "rlrs-tune", 60, 300), _Study(url, "rlrs-tune", 60, 300)
+    try:
+        a.set_attr("budget", 3)
+        p = {"plan.base_lr": 0.1}
+        assert len(a.claim([(p, point_key(p))])) == 1
+        assert b.claim([(p, point_key(p))]) == []  # the same point: the later claim loses
+        q, r = {"plan.base_lr": 0.2}, {"plan.base_lr": 0.3}
+        assert len(b.claim([(q, point_key(q))])) == 1  # 3 of 3
+        assert a.claim([(r, point_key(r))]) == []  # beyond the budget
+        scan = a.scan()
+        assert scan.count == 3 and scan.abandoned == 2
+        why = sorted(t.user_attrs["abandoned"] for t in trials(tmp_path) if "abandoned" in t.user_attrs)
+        assert why[0] == "beyond the budget of 3" and why[1].startswith("duplicate of trial")
+    finally:
+        a.close()
+        b.close()
+    # b's live claim is given back when b stops, freeing its point and its budget slot
+    left = trials(tmp_path)
+    assert sum(t.state.name == "RUNNING" for t in left) == 0
+
+
+def test_stale_claims_are_taken_over(tmp_path, synth):
+    tune(spec_for(), tmp_path, 1)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    s = _Study(url, "rlrs-tune", 60, stale_s=5)
+    try:
+        s.set_attr("budget", 10)
+        storage = s.storage
+        for owner, beat in [({"host": s.owner["host"], "pid": dead.pid, "id": "x"}, time.time()),
+                            ({"host": "elsewhere", "pid": 1, "id": "y"}, time.time() - 60),
+                            ({"host": "elsewhere", "pid": 1, "id": "z"}, time.time())]:
+            tid = storage.create_new_trial(s.study_id)
+            storage.set_trial_user_attr(tid, "key", owner["id"])
+            storage.set_trial_user_attr(tid, "owner", owner)
+            storage.set_trial_user_attr(tid, "heartbeat", beat)
+        scan = s.scan()
+        assert sorted(scan.running) == ["z"] and scan.abandoned == 2
+        why = sorted(t.user_attrs["abandoned"] for t in trials(tmp_path) if "abandoned" in t.user_attrs)
+        assert "is gone" in why[0] and "no heartbeat" in why[1]
+    finally:
+        s.close()
+
+
+def test_live_claims_keep_a_heartbeat(tmp_path, synth):
+    tune(spec_for(), tmp_path, 1)
+    s = _Study(f"sqlite:///{tmp_path / 'study.db'}", "rlrs-tune", heartbeat_s=0.05, stale_s=300)
+    try:
+        s.set_attr("budget", 5)
+        p = {"plan.base_lr": 0.1}
+        (t,) = s.claim([(p, point_key(p))])
+        time.sleep(0.5)
+        beat = next(x for x in trials(tmp_path) if x.number == t.number).user_attrs["heartbeat"]
+        assert beat > t.user_attrs["heartbeat"] + 0.2
+    finally:
+        s.close()
+    t = next(x for x in trials(tmp_path) if x.number == t.number)
+    assert t.state.name == "FAIL" and t.user_attrs["abandoned"].startswith("interrupted")
+
+
+# --- processes: kill and resume, two workers ---------------------------------------------------------
+
+
+def test_kill_then_rerun_loses_no_trial_and_matches_an_uninterrupted_search(tmp_path, synth):
+    out, log = tmp_path / "killed", tmp_path / "evals.log"
+    env = {"SYNTH_SLEEP": "0.08", "SYNTH_LOG": str(log)}
+    proc = cli(*synth_args(out, 13), **env)
+    deadline = time.time() + 40
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 5):
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    first_run = len(log.read_text().splitlines())
+    before = {t.user_attrs["key"]: t.value for t in trials(out) if t.state.name == "COMPLETE"}
+    assert first_run - 1 <= len(before) < 13  # the last point may have been evaluated but not recorded
+
+    proc = cli(*synth_args(out, 13), **env)
+    proc.join(timeout=60)
+    assert proc.exitcode == 0
+    keys = [point_key(json.loads(line)) for line in log.read_text().splitlines()]
+    assert set(keys[first_run:]).isdisjoint(before)  # no finished trial ran again
+    ts = counted(trials(out))
+    assert len(ts) == 13 == len({t.user_attrs["key"] for t in ts})
+    assert {t.user_attrs["key"]: t.value for t in ts if t.user_attrs["key"] in before} == before
+    for t in trials(out):  # a claim the kill left RUNNING was given to the rerun
+        assert t.state.name != "RUNNING"
+        if "abandoned" in t.user_attrs:
+            assert "is gone" in t.user_attrs["abandoned"]
+
+    tune(spec_for(), tmp_path / "straight", 13)
+    assert trajectory(out) == trajectory(tmp_path / "straight")
+
+
+def test_two_worker_processes_share_one_sqlite_study(tmp_path, synth):
+    out = tmp_path / "shared"
+    driver = cli(*synth_args(out, 13), SYNTH_SLEEP="0.1")
+    deadline = time.time() + 30
+    while time.time() < deadline and not (out / "search.json").exists():
+        time.sleep(0.02)
+    worker = cli("--worker", "--out", str(tmp_path / "w"), "--storage", f"sqlite:///{out / 'study.db'}",
+                 "--poll", "0.05", SYNTH_SLEEP="0.1")
+    for p in (driver, worker):
+        p.join(timeout=60)
+    assert driver.exitcode == 0 and worker.exitcode == 0
+    ts = counted(trials(out))
+    keys = [t.user_attrs["key"] for t in ts]
+    assert len(keys) == len(set(keys)) == 13  # the budget holds exactly, no point twice
+    assert all(t.state.name == "COMPLETE" for t in ts)
+    pids = {t.user_attrs["owner"]["pid"] for t in ts}
+    assert pids == {driver.pid, worker.pid}  # both did some of the work
+    a = json.loads((out / "search.json").read_text())
+    b = json.loads((tmp_path / "w" / "search.json").read_text())
+    assert a["best"] == b["best"] and trajectory(out) == trajectory(tmp_path / "w")  # one search, two views
+
+
+def _tune_in_child(out, budget):
+    os.environ["SYNTH_SLEEP"] = "0.02"
+    r = tune(spec_for(), out, budget, poll_s=0.02)
+    sys.exit(0 if r.evaluations == budget else 1)
+
+
+def test_workers_started_together_on_a_new_sqlite_study(tmp_path, synth):
+    # Optuna alone races creating a new file's schema; the search must not.
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_tune_in_child, args=(tmp_path, 12)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    ts = counted(trials(tmp_path))
+    assert len(ts) == len({t.user_attrs["key"] for t in ts}) == 12
+    for t in trials(tmp_path):
+        assert "abandoned" not in t.user_attrs or t.user_attrs["abandoned"].startswith(("duplicate", "beyond"))
+
+
+# --- early stopping ----------------------------------------------------------------------------------
+
+
+def test_prune_cuts_compute_and_finds_the_same_optimum(tmp_path, synth):
+    params = ["plan.base_lr", "plan.experts.end"]
+    plain = tune(spec_for(params=params), tmp_path / "plain", 60)
+    pruned = tune(spec_for(params=params, prune=Pruning()), tmp_path / "pruned", 60)
+    assert pruned.best == plain.best == {k: OPT[k] for k in params}
+    assert pruned.trials.get("PRUNED", 0) > 0
+    assert pruned.compute_steps < 0.8 * plain.compute_steps
+    t = next(t for t in trials(tmp_path / "pruned") if t.state.name == "PRUNED")
+    assert t.user_attrs["note"].startswith(f"stopped at step {t.user_attrs['pruned_at']}/100")
+    assert t.user_attrs["compute_steps"] in (25, 50) and t.intermediate_values
+    doc = json.loads((tmp_path / "pruned" / "search.json").read_text())
+    assert doc["compute"]["steps"] == pruned.compute_steps and doc["compute"]["trials"]["PRUNED"] > 0
+
+
+# --- training ---------------------------------------------------------------------------------------
+
+
+def test_a_diverged_run_is_a_failed_point(tmp_path, tiny_sets):
+    sets = {**tiny_sets, "train.eval_batches": 2, "train.eval_interval": 0.5}
+    spec = TuneSpec.create("tiny-moe", sets=sets, steps=6, params=["plan.base_lr"])
+    obj = TrainingObjective(spec, tmp_path / "runs")
+    bad, good = obj.run([{"plan.base_lr": 1e4}, {"plan.base_lr": 3e-3}], 6)
+    assert bad.status == "failed" and "diverged" in bad.error and "gradient norm is nan" in bad.error
+    assert good.status == "ok" and sorted(good.curve) == [0, 3, 6] and good.steps == 6
+    assert good.tokens == 6 * 8 * 32
+    half = obj.run([{"plan.base_lr": 3e-3}], 3)[0]  # a finished run is reused, not retrained
+    assert half.steps == 6
+
+
+def test_tune_end_to_end_on_tiny_moe(tmp_path, tiny_sets, capsys):
+    from rlrs.cli import main
+
+    sets = [f"--set={k}={json.dumps(v)}" for k, v in {**tiny_sets, "train.eval_batches": 2, "train.eval_interval": 0.2}.items()]
+    out = tmp_path / "tune"
+    rc = main(["tune", "--preset", "tiny-moe", "--budget", "6", "--steps", "10", "--workers", "1", "--out", str(out), *sets])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    plan = Plan.load(out / "tuned.toml")
+    doc = json.loads((out / "search.json").read_text())
+    assert doc["stopped"] == "budget" and doc["best_loss"] < doc["start_loss"] * 1.01
+    assert plan == _config_replace_plan(doc["best"])
+    ts = trials(out)
+    assert len(ts) == 6 and all(t.state.name == "COMPLETE" for t in ts)
+    assert doc["compute"]["steps"] == 60 and doc["compute"]["tokens"] == 60 * 8 * 32
+    runs = list((out / "runs").iterdir())
+    assert len(runs) == 6 and not any((r / "checkpoints").exists() for r in runs)  # recorded: not kept
+    assert "use: rlrs train --preset tiny-moe --plan" in text
+    assert math.isfinite(doc["best_loss"])
+
+
+def _config_replace_plan(best):
+    from rlrs import config, presets
+
+    return config.replace(presets.get("paper-moe"), {k[5:]: v for k, v in best.items() if k.startswith("plan.")})
+
+
+def test_worker_refuses_search_settings(tmp_path, capsys):
+    from rlrs.cli import main
+
+    assert main(["tune", "--worker", "--out", str(tmp_path), "--budget", "5"]) == 2
+    assert "--budget cannot be given" in capsys.readouterr().err
+    assert main(["tune", "--out", str(tmp_path)]) == 2
+    assert "--budget" in capsys.readouterr().err
