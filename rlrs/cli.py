@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import tomllib
@@ -52,7 +51,7 @@ def cmd_fetch(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .train import RunConfig, Trainer, run_config
+    from .train import RunConfig, Trainer
     from . import config as _config
 
     out = Path(args.out)
@@ -187,11 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Commands defined next to their logic: each module has add_commands(subparsers).
     import importlib
-    import importlib.util
 
     for name in _COMMAND_MODULES:
-        if importlib.util.find_spec(f"rlrs.{name}") is not None:
-            importlib.import_module(f"rlrs.{name}").add_commands(sub)
+        importlib.import_module(f"rlrs.{name}").add_commands(sub)
     return parser
 
 

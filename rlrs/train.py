@@ -29,7 +29,6 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import config as _config
 from . import data as _data
@@ -399,7 +398,6 @@ class Trainer:
 
     def run(self, stop_at: int | None = None) -> RunResult:
         """Train to the end (or until ``stop_at`` completed steps, checkpointed, to resume later)."""
-        cfg = self.cfg.train
         start = time.perf_counter()
         log = _Log(self.out / "metrics.jsonl", enabled=self.rank == 0)
         bar = _progress_bar(self.total_steps, self.step, enabled=self.progress and self.rank == 0)

@@ -1,7 +1,5 @@
 """The inspect, plot-plan and demo commands, run as a user would."""
 
-import json
-import os
 import subprocess
 import sys
 

@@ -1,11 +1,12 @@
 """Plans as data: presets, strict loading, round trips through dict, TOML and JSON."""
 
 import math
+import tomllib
 
 import pytest
 
 from rlrs import presets
-from rlrs.config import ConfigError, dumps_toml, from_dict, load_file, replace
+from rlrs.config import ConfigError, dumps_toml, replace
 from rlrs.plan import ComponentPlan, Plan
 
 
@@ -51,12 +52,7 @@ def test_round_trip_is_unchanged(tmp_path, name, suffix):
 def test_round_trip_keeps_optional_fields():
     plan = Plan(tied="embedding", independent_wd=True, weight_decay=1e-4,
                 router=ComponentPlan(0.5, 2.0, shape="wsd", weight_decay=0.0))
-    assert Plan.from_dict(load_file_text(plan.dumps(".toml"))) == plan
-
-
-def load_file_text(text):
-    import tomllib
-    return tomllib.loads(text)
+    assert Plan.from_dict(tomllib.loads(plan.dumps(".toml"))) == plan
 
 
 def test_toml_is_readable():
@@ -130,5 +126,4 @@ def test_bad_files(tmp_path):
 
 def test_dumps_toml_nested_tables():
     text = dumps_toml({"a": 1, "b": {"c": "x", "d": {"e": [1.5, 2.0]}}, "f": None})
-    import tomllib
     assert tomllib.loads(text) == {"a": 1, "b": {"c": "x", "d": {"e": [1.5, 2.0]}}}

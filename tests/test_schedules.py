@@ -1,6 +1,5 @@
 """Schedules against hand-computed float64 tables at their boundaries (to 1e-12)."""
 
-import math
 
 import pytest
 

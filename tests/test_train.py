@@ -1,6 +1,5 @@
 """The training loop: learning, resume, non-finite policies, data parallel, reuse."""
 
-import dataclasses
 import json
 import os
 import subprocess
