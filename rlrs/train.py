@@ -559,6 +559,7 @@ def _moe_record(stats: dict[str, torch.Tensor], slots: int) -> dict[str, float]:
         "moe/dropped_tokens": float(stats["dropped_tokens"]),
         "moe/load_entropy": entropy / math.log(len(p)) if len(p) > 1 else 1.0,
         "moe/max_load": float(p.max()),
+        "moe/expert_load": [round(float(v), 6) for v in p],
     }
 
 

@@ -42,6 +42,8 @@ def test_loss_falls_and_logs_are_complete(tmp_path, tiny_sets):
     for key in ("lr/router", "lr/experts", "grad_norm", "tokens_per_s", "moe/dropped_tokens", "moe/load_entropy"):
         assert key in train[-1], key
     assert train[0]["lr/router"] == 0.0  # warmup starts from 0
+    load = train[-1]["moe/expert_load"]
+    assert len(load) == 4 and abs(sum(load) - 1) < 1e-4 and abs(max(load) - train[-1]["moe/max_load"]) < 1e-6
     diag = [r for r in train if "update_ratio/router" in r]
     assert len(diag) == len(evals) - 1  # one diagnostic per 1% point
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
