@@ -24,5 +24,5 @@ fi
 "$PY" -m rlrs fetch
 
 if [[ "${1:-}" != "--no-demo" ]]; then
-  rlrs demo
+  "$PY" -m rlrs demo
 fi
