@@ -254,8 +254,8 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.model = _models.build_model(cfg.model).to(self.device)
         self.groups = param_groups(self.model, cfg.plan, tensor_lr=cfg.train.compile)
-        self.components = {c: [p for g in self.groups if c in g["components"] for p in g["params"]] for c in COMPONENTS}
-        self.components = {c: ps for c, ps in self.components.items() if ps}
+        self.components = {c: [p for g in self.groups if c in g["components"] for p in g["params"]]
+                           for c in COMPONENTS if any(c in g["components"] for g in self.groups)}
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(
             self.groups, betas=(cfg.train.beta1, cfg.train.beta2), eps=cfg.train.eps, fused=fused or None
@@ -380,10 +380,8 @@ class Trainer:
 
     # --- training -------------------------------------------------------------------------------
 
-    def _loss(self, x: torch.Tensor, y: torch.Tensor):
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            out = self.forward(x, y)
-        return out
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast)
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -391,7 +389,7 @@ class Trainer:
         self.model.eval()
         losses = []
         for x, y in self.eval_set:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            with self._autocast():
                 losses.append(self.model(x.to(self.device), y.to(self.device)).loss.float().item())
         self.model.train()
         return float(np.mean(losses))
@@ -471,7 +469,8 @@ class Trainer:
         x, y = _data.get_batch(self.data.train, step, cfg.batch_size, self.seq_len, cfg.data_seed,
                                rank=self.rank, world_size=self.world_size)
         x, y = x.to(self.device), y.to(self.device)
-        out = self._loss(x, y)
+        with self._autocast():
+            out = self.forward(x, y)
         loss = out.loss + out.aux_loss
         rec: dict[str, Any] = {"kind": "train", "step": step + 1, "tokens": (step + 1) * cfg.batch_size * self.seq_len}
         rec.update(self._lrs(step))
@@ -494,7 +493,7 @@ class Trainer:
         ce = self._mean(out.loss.detach())
         rec.update({"loss": ce, "grad_norm": gnorm.item()})
         if out.stats:
-            rec.update(_moe_record(out.stats, x.numel() * self.cfg.model.top_k))
+            rec.update(_moe_record(out.stats))
         if before is not None:
             rec.update(self._update_stats(before))
         rec["tokens_per_s"] = x.numel() * self.world_size / (time.perf_counter() - t0)
@@ -549,7 +548,7 @@ class Trainer:
         return stats
 
 
-def _moe_record(stats: dict[str, torch.Tensor], slots: int) -> dict[str, float]:
+def _moe_record(stats: dict[str, torch.Tensor]) -> dict[str, float]:
     load = stats["expert_load"].float()
     p = load / load.sum().clamp_min(1e-12)
     entropy = float(-(p * p.clamp_min(1e-12).log()).sum())
