@@ -130,6 +130,34 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def presets_markdown() -> str:
+    """The README's "Reference models" table, computed from the presets (``rlrs presets``)."""
+    from .models import PRESETS, count_params
+    from .train import run_config, total_steps
+
+    def m(n: int) -> str:
+        return f"{n / 1e6:.2f}M"
+
+    lines = [
+        "| preset | d_model | layers | heads | experts | active non-emb. | total non-emb. | total | batch | seq | tokenizer | default steps |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in PRESETS:
+        cfg = run_config(name)
+        mc, counts = cfg.model, count_params(cfg.model)
+        lines.append(
+            f"| `{name}` | {mc.d_model} | {mc.n_layers} | {mc.n_heads} | {mc.n_experts or '-'} "
+            f"| {m(counts['active_non_embedding'])} | {m(counts['total_non_embedding'])} | {m(counts['total'])} "
+            f"| {cfg.train.batch_size} | {cfg.train.seq_len or mc.seq_len} | {cfg.data.tokenizer} | {total_steps(cfg)} |"
+        )
+    return "\n".join(lines)
+
+
+def cmd_presets(args) -> int:
+    print(presets_markdown())
+    return 0
+
+
 def cmd_plot_plan(args) -> int:
     from . import plots, presets
 
@@ -177,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--total-steps", type=int, default=10_000, help="training length for the LR table (default: 10000)")
     p.add_argument("--at", default="0,1%,25%,50%,75%,100%", help="steps or percentages (default: 0,1%%,25%%,50%%,75%%,100%%)")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("presets", help="table of the model size presets (markdown)")
+    p.set_defaults(func=cmd_presets)
 
     p = sub.add_parser("plot-plan", help="PNG of every component's LR over training")
     p.add_argument("--plan", default="paper-moe", help="plan preset or file (default: paper-moe)")

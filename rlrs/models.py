@@ -521,6 +521,17 @@ def micro_moe() -> ModelConfig:
     return dataclasses.replace(micro_dense(), n_experts=8)
 
 
+def small_dense() -> ModelConfig:
+    """``micro-dense`` at twice the width (4.2M non-embedding params, 4× micro): the CPU-sized
+    target for ``rlrs transfer`` from a plan tuned on ``micro-dense``. Head size stays 32."""
+    return dataclasses.replace(micro_dense(), d_model=256, n_heads=8)
+
+
+def small_moe() -> ModelConfig:
+    """``small-dense`` with 8 experts, top-1: the transfer target for ``micro-moe``."""
+    return dataclasses.replace(small_dense(), n_experts=8)
+
+
 def _paper(d_model: int, n_layers: int, seq_len: int, n_experts: int) -> ModelConfig:
     return ModelConfig(
         vocab_size=50257,  # GPT-2 tokenizer
@@ -568,6 +579,8 @@ PRESETS: dict[str, Callable[[], ModelConfig]] = {
     "tiny-moe": tiny_moe,
     "micro-dense": micro_dense,
     "micro-moe": micro_moe,
+    "small-dense": small_dense,
+    "small-moe": small_moe,
     "dense-34m": dense_34m,
     "moe-34m": moe_34m,
     "dense-113m": dense_113m,

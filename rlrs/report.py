@@ -405,8 +405,8 @@ def compare_markdown(results: Mapping[str, Any], lr_files: Mapping[str, Path], m
             "Means, speed-ups and differences use the finished seeds only (see *Runs*).")
     add("\n![loss curves](loss.png)\n")
     add("## The speed-up, defined (appendix A of the paper)\n")
-    add("Every run is measured at every 1% of its steps. The baseline trains **T_base** steps and ends at "
-        "loss **L** (mean over its seeds). **T_relative** is the first measuring step at which the relative "
+    add(f"Every run is measured at every {results.get('eval_interval', 0.01):.0%} of its steps (the paper: 1%). "
+        "The baseline trains **T_base** steps and ends at loss **L** (mean over its seeds). **T_relative** is the first measuring step at which the relative "
         "arm's mean loss is ≤ L. **speed-up = (T_base / T_relative − 1) × 100%**. An arm that never gets to L "
         "has *no speed-up* (not 0%). The relative schedule has not finished decaying at T_relative, so the "
         "number underestimates the gain.\n")

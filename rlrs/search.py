@@ -9,7 +9,8 @@
 
 Each step takes one parameter and multiplies its current value by each of :data:`FACTORS` (×1 is
 the current point, already known); the best candidate becomes the current point (a tie keeps
-the current one). Parameters are visited in an order shuffled per pass by ``random.Random(seed)``.
+the current one; with ``min_improvement`` > 0 it must also beat the current loss by that relative
+margin, so that one noisy seed does not move the search). Parameters are visited in an order shuffled per pass by ``random.Random(seed)``.
 The search stops when a full pass changes nothing (``stopped == "converged"``) or when ``budget``
 distinct points have been evaluated (``"budget"``).
 
@@ -162,6 +163,12 @@ def _json_float(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _improves(new: float, old: float, margin: float) -> bool:
+    if not math.isfinite(old):  # any finite loss beats a failed current point
+        return new < old
+    return new < old - margin * abs(old)
+
+
 def local_search(
     params: Sequence[tuple[str, float]],
     evaluate_many: Callable[[list[dict[str, float]]], Sequence[Any]],
@@ -171,12 +178,14 @@ def local_search(
     cache: MutableMapping[str, Any] | None = None,
     on_step: Callable[[Step, dict[str, float], float], None] | None = None,
     on_start: Callable[[dict[str, float], Result], None] | None = None,
+    min_improvement: float = 0.0,
 ) -> SearchResult:
     """Run algorithm 2 from ``params`` (``(name, initial value)`` pairs); see the module docstring.
 
     ``budget``: the most distinct points evaluated (``None``: until converged). ``on_start`` gets
     the start point and its result; ``on_step`` gets each finished :class:`Step`, the current point
-    and its loss after it (for checkpointing the best-so-far).
+    and its loss after it (for checkpointing the best-so-far). ``min_improvement``: the relative
+    margin by which a candidate must beat the current loss to be taken (0: any gain, as the paper).
     """
     names = [n for n, _ in params]
     if not names:
@@ -185,6 +194,8 @@ def local_search(
         raise ValueError(f"params: a name is repeated in {names}")
     if budget is not None and budget < 1:
         raise ValueError(f"budget: at least 1 evaluation, got {budget}")
+    if not (math.isfinite(min_improvement) and 0 <= min_improvement < 1):
+        raise ValueError(f"min_improvement: a relative margin in [0, 1), got {min_improvement}; e.g. 0.002")
     factors = [float(f) for f in factors]
     if 1.0 not in factors or any(not (math.isfinite(f) and f > 0) for f in factors):
         raise ValueError(f"factors: positive numbers including 1 (the current value), got {factors}")
@@ -228,6 +239,8 @@ def local_search(
                 cands.append(Candidate(p[name], res, cached))
                 if res.loss < best_loss:
                     best_ratio, best_loss = r, res.loss
+            if best_ratio != ratios[name] and not _improves(best_loss, loss, min_improvement):
+                best_ratio, best_loss = ratios[name], loss
             if out_of_budget and len(cands) == 1:  # nothing of this step fitted in the budget
                 return SearchResult(dict(current), loss, "budget", passes, state.used, state.new,
                                     start.loss, steps, cache)

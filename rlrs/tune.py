@@ -139,8 +139,11 @@ class TuneSpec:
     factors: tuple[float, ...] = FACTORS
     prune: Pruning | None = None
     objective: str | None = None  # "module:function": a synthetic loss instead of training
+    min_improvement: float = 0.0  # relative gain a move needs (0: any, as algorithm 2)
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.min_improvement) and 0 <= self.min_improvement < 1):
+            raise ConfigError(f"min_improvement: a relative margin in [0, 1), got {self.min_improvement}; e.g. 0.002")
         if self.seeds < 1:
             raise ConfigError(f"seeds: at least 1, got {self.seeds}")
         if not self.params:
@@ -176,13 +179,15 @@ class TuneSpec:
         search_seed: int = 0,
         prune: Pruning | None = None,
         objective: str | None = None,
+        min_improvement: float = 0.0,
     ) -> "TuneSpec":
         """Resolve the start config like ``rlrs train`` (``steps`` first, ``sets`` win over it)."""
         from .train import run_config
 
         sets = {**({"train.steps": steps} if steps is not None else {}), **(sets or {})}
         cfg = run_config(preset, plan, config_file, sets)
-        return cls(cfg, tuple(params or default_params(cfg)), seeds, search_seed, tuple(FACTORS), prune, objective)
+        return cls(cfg, tuple(params or default_params(cfg)), seeds, search_seed, tuple(FACTORS), prune, objective,
+                   min_improvement)
 
     def start(self) -> list[tuple[str, float]]:
         tree = self.config.to_dict()
@@ -204,6 +209,7 @@ class TuneSpec:
             "factors": list(self.factors),
             "prune": None if self.prune is None else {"rungs": list(self.prune.rungs), "margin": self.prune.margin},
             "objective": self.objective,
+            "min_improvement": self.min_improvement,
         }
 
     @classmethod
@@ -219,6 +225,7 @@ class TuneSpec:
             tuple(float(f) for f in d["factors"]),
             None if p is None else Pruning(tuple(p["rungs"]), float(p["margin"])),
             d.get("objective"),
+            float(d.get("min_improvement", 0.0)),  # absent in studies made before it existed
         )
 
 
@@ -893,7 +900,7 @@ def _adopt(study: _Study, spec: TuneSpec, budget: int | None, log) -> None:
     if "spec" not in attrs:
         study.set_attr("spec", mine)
         attrs = study.attrs()  # two drivers starting at once: the last writer wins, the other stops here
-    theirs = _normal(attrs["spec"])
+    theirs = _normal(TuneSpec.from_dict(attrs["spec"]).to_dict())  # fills settings added since
     if theirs != mine:
         diff = _differences(mine, theirs)
         raise ConfigError(
@@ -1105,7 +1112,8 @@ class _Tuner:
         self.log(f"study {self.study.name!r} in {_redact(self.study.url)}: {len(cache)} finished trials, "
                  f"budget {scan.budget}")
         r = local_search(self.spec.start(), self.evaluate_many, scan.budget, self.spec.search_seed,
-                         self.spec.factors, cache, on_step=self.on_step, on_start=self.on_start)
+                         self.spec.factors, cache, on_step=self.on_step, on_start=self.on_start,
+                         min_improvement=self.spec.min_improvement)
         final = self.study.scan()
         self.done.update(final.done)
         self._write_best(r.best, r.best_loss)
@@ -1132,7 +1140,8 @@ def _json(x: float) -> float | None:
 
 # --- command line -----------------------------------------------------------------------------------
 
-_SPEC_ARGS = ("preset", "plan", "config", "budget", "steps", "seeds", "search_seed", "params", "objective")
+_SPEC_ARGS = ("preset", "plan", "config", "budget", "steps", "seeds", "search_seed", "params", "objective",
+              "min_improvement")
 
 
 def cmd_tune(args) -> int:
@@ -1180,6 +1189,7 @@ def _cmd_tune(args) -> int:
             DEFAULT_STEPS if args.steps is None else args.steps,
             [p.strip() for p in args.params.split(",") if p.strip()] if args.params else None,
             1 if args.seeds is None else args.seeds, args.search_seed or 0, prune, args.objective,
+            args.min_improvement or 0.0,
         )
         result = tune(spec, args.out, args.budget, **common)
     _report(result)
@@ -1227,6 +1237,8 @@ def add_commands(sub) -> None:
     p.add_argument("--prune", action="store_true", help="stop candidates early whose eval loss trails the current best")
     p.add_argument("--prune-at", default=None, metavar="FRACTIONS", help="checkpoints for --prune as fractions of training (default: 0.25,0.5)")
     p.add_argument("--prune-margin", type=float, default=None, help="relative margin for --prune (default: 0.02)")
+    p.add_argument("--min-improvement", type=float, default=None, metavar="FRACTION",
+                   help="relative gain a move needs to be taken, e.g. 0.002 to ignore seed noise (default: 0, any gain)")
     p.add_argument("--search-seed", type=int, default=None, help="seed of the order parameters are visited in (default: 0)")
     p.add_argument("--params", default=None, help="comma-separated dotted keys to search (default: plan.base_lr, each component's start and end, plan.weight_decay, model.init_scale)")
     p.add_argument("--objective", default=None, metavar="MODULE:FUNCTION", help="a synthetic loss fn(point, progress) instead of training (to try the search)")

@@ -22,6 +22,16 @@ def test_inspect_preset_shows_components_counts_and_lrs():
     assert lr_router[1:] == ["0", "0.0018", "1.200e-04"]
 
 
+def test_readme_preset_table_is_what_rlrs_presets_prints():
+    from pathlib import Path
+
+    r = rlrs("presets")
+    assert r.returncode == 0, r.stderr
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert r.stdout.strip() in readme, "README's Reference models table is stale: paste `rlrs presets`"
+    assert "| `small-moe` | 256 | 4 | 8 | 8 | 4.20M |" in r.stdout
+
+
 def test_inspect_hf_config_reports_tied_weights(tmp_path):
     transformers = pytest.importorskip("transformers")
     cfg = transformers.GPT2Config(vocab_size=64, n_positions=32, n_embd=16, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0)

@@ -148,6 +148,16 @@ def test_paper_preset_shapes():
     assert set(PAPER_BATCH_SIZE) <= set(PRESETS)
 
 
+def test_small_presets_are_micro_at_4x_the_non_embedding_params():
+    # The CPU transfer benchmark relies on this ratio (issue 5: "at least 4x larger").
+    for kind in ("dense", "moe"):
+        micro, small = get_preset(f"micro-{kind}"), get_preset(f"small-{kind}")
+        ratio = count_params(small)["active_non_embedding"] / count_params(micro)["active_non_embedding"]
+        assert 3.98 < ratio < 4.01
+        assert small.d_model // small.n_heads == micro.d_model // micro.n_heads
+        assert (small.n_layers, small.seq_len, small.n_experts) == (micro.n_layers, micro.seq_len, micro.n_experts)
+
+
 def test_dense_active_non_embedding_is_16_d_squared_per_layer():
     cfg = get_preset("dense-34m")
     norms = (2 * cfg.n_layers + 1) * cfg.d_model

@@ -202,3 +202,20 @@ def test_bad_arguments_name_the_fix():
         local_search(START, Counting(), budget=5, factors=(0.5, 2.0))
     with pytest.raises(ValueError, match="one per point"):
         local_search(START, lambda pts: [], budget=5)
+    with pytest.raises(ValueError, match="min_improvement: a relative margin in"):
+        local_search(START, Counting(), budget=5, min_improvement=-0.1)
+
+
+def test_min_improvement_ignores_gains_below_the_margin():
+    # x: a slope of 0.05% of the loss per factor 5, the size of seed noise; y: a real optimum at 0.15.
+    def loss(p):
+        return 1.0 - 0.0005 * math.log(p["x"]) / math.log(5) + math.log(p["y"] / 0.15) ** 2
+
+    start = [("x", 1.0), ("y", 0.1)]
+    greedy = local_search(start, per_point(loss), budget=40, seed=0)
+    careful = local_search(start, per_point(loss), budget=40, seed=0, min_improvement=0.002)
+    assert greedy.best["x"] >= 25.0 and greedy.stopped == "budget"  # chased the slope every pass
+    assert careful.best == {"x": 1.0, "y": 0.15} and careful.stopped == "converged"
+    kept = [s for s in careful.steps if s.param == "x"]
+    assert kept and all(not s.changed for s in kept)
+    assert min(c.result.loss for c in kept[0].candidates) < kept[0].loss  # a gain, but too small
