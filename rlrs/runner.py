@@ -47,6 +47,15 @@ class Outcome:
     error: str | None = None
 
 
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity (``taskset``, a batch scheduler's cpuset)
+    where the OS reports one, else every core. Threads beyond it only fight over the same cores."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def _run(job: Job, threads: int) -> Outcome:
     import torch
 
@@ -71,7 +80,7 @@ def run_jobs(
 ) -> list[Outcome]:
     """Run ``jobs`` with ``workers`` processes (threads split evenly); results in job order."""
     workers = max(1, min(workers or default_workers(), len(jobs) or 1))
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = max(1, usable_cores() // workers)
     if workers == 1:
         outcomes = []
         for job in jobs:

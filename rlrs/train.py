@@ -36,7 +36,7 @@ from . import models as _models
 from . import presets as _presets
 from .components import COMPONENTS
 from .config import ConfigError
-from .optim import RelativeLR, param_groups
+from .optim import RelativeLR, assign_components, param_groups
 from .plan import Plan
 
 NONFINITE_POLICIES = ("abort", "skip")
@@ -256,8 +256,11 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.model = _models.build_model(cfg.model).to(self.device)
         self.groups = param_groups(self.model, cfg.plan, tensor_lr=cfg.train.compile)
-        self.components = {c: [p for g in self.groups if c in g["components"] for p in g["params"]]
-                           for c in COMPONENTS if any(c in g["components"] for g in self.groups)}
+        # From each parameter's own component, not from the groups: identical groups are merged
+        # (a uniform plan has one), and diagnostics must still be per component.
+        params, owner = dict(self.model.named_parameters()), assign_components(self.model, cfg.plan)
+        self.components = {c: [params[n] for n, o in owner.items() if o == c]
+                           for c in COMPONENTS if c in owner.values()}
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(
             self.groups, betas=(cfg.train.beta1, cfg.train.beta2), eps=cfg.train.eps, fused=fused or None

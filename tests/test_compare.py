@@ -325,3 +325,16 @@ def test_base_lrs_from_a_grid_without_the_arm(tmp_path, capsys):
     code = main(["compare", "--preset", "tiny-dense", "--plans", "uniform-dense,paper-dense", "--out", str(tmp_path / "o"),
                  "--base-lrs-from", str(grid)])
     assert code == 2 and "no η_base for paper-dense (it has: uniform-dense)" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+def test_runs_use_the_cores_they_are_pinned_to():
+    # Two commands pinned to one core each must not start two threads each and fight over the cores.
+    code = ("import os; from rlrs.runner import usable_cores; "
+            "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); print(usable_cores())")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "1"
+    from rlrs.runner import usable_cores
+
+    assert usable_cores() == len(os.sched_getaffinity(0))

@@ -50,6 +50,21 @@ def test_loss_falls_and_logs_are_complete(tmp_path, tiny_sets):
     assert summary["status"] == "finished" and summary["final_eval_loss"] == evals[-1]["eval_loss"]
 
 
+def test_update_diagnostics_are_per_component_even_when_groups_merge(tmp_path, tiny_sets):
+    # A uniform plan puts every decayed matrix in one param group; the diagnostics must still
+    # measure each component's own tensors, not the merged group's.
+    t = Trainer(cfg_for(tiny_sets, plan="uniform", **{"train.steps": 3}), tmp_path / "run")
+    assert len({id(g) for g in t.groups if "router" in g["components"]}) == 1
+    assert len([g for g in t.groups if "router" in g["components"] and "attention" in g["components"]]) == 1
+    sizes = {c: sum(p.numel() for p in ps) for c, ps in t.components.items()}
+    assert sum(sizes.values()) == sum(p.numel() for p in t.model.parameters())
+    assert sizes["router"] == 2 * 32 * 4  # two layers of a 32 x 4 router: nothing else
+    t.run()
+    diag = [r for r in read_metrics(tmp_path / "run") if "update_ratio/router" in r][-1]
+    ratios = [diag[f"update_ratio/{c}"] for c in ("embedding", "attention", "router", "experts")]
+    assert len(set(ratios)) == len(ratios)
+
+
 def test_same_data_seed_same_batches_whatever_the_plan(tmp_path, tiny_sets):
     a = Trainer(cfg_for(tiny_sets, plan="uniform"), tmp_path / "a")
     b = Trainer(cfg_for(tiny_sets, plan="paper-moe"), tmp_path / "b")
