@@ -612,21 +612,28 @@ def read_metrics(out: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def run_or_reuse(cfg: RunConfig, out: str | Path, progress: bool = False) -> RunResult:
+def run_or_reuse(cfg: RunConfig, out: str | Path, progress: bool = False, lock_wait_s: float = 10.0) -> RunResult:
     """Train ``cfg`` into ``out``, reusing a finished run there and resuming an interrupted one.
 
     A directory holding a different config is never overwritten: that raises. A lock file keeps
-    two processes (say, a restarted command and a worker of the killed one) off the same run.
+    two processes (say, a restarted command and a worker of the killed one) off the same run; a
+    held lock is retried for ``lock_wait_s`` seconds, because a worker that was just killed holds
+    it until the kernel has finished tearing the process down.
     """
     import fcntl
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / ".lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(f"{out} is being trained by another process; wait for it or stop it") from None
+        deadline = time.monotonic() + lock_wait_s
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise RuntimeError(f"{out} is being trained by another process; wait for it or stop it") from None
+                time.sleep(0.1)
         return _run_or_reuse(cfg, out, progress)
 
 

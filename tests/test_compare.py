@@ -226,7 +226,7 @@ def test_killed_compare_resumes_without_redoing_finished_runs(tmp_path, corpus_d
     finished = {p.parent: p.stat().st_mtime_ns for p in out.glob("runs/*/summary.json")}
     assert finished and not (out / "report.md").exists()
     res = compare("tiny-dense", ["uniform-dense", "paper-dense"], seeds=2, out=out, sets=sets, workers=1, log=_quiet)
-    assert all(r.status == "finished" for r in res.runs)
+    assert all(r.status == "finished" for r in res.runs), [(r.status, r.error) for r in res.runs]
     assert {p: (p / "summary.json").stat().st_mtime_ns for p in finished} == finished
     assert not {j.out for j in spy.jobs} & set(finished) and len(spy.jobs) == 4 - len(finished)
     assert {r.out for r in res.runs if r.reused} == set(finished)

@@ -276,5 +276,17 @@ def test_run_or_reuse_refuses_a_run_locked_by_another_process(tmp_path, tiny_set
     with open(tmp_path / "r" / ".lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         with pytest.raises(RuntimeError, match="being trained by another process"):
-            run_or_reuse(cfg, tmp_path / "r")
+            run_or_reuse(cfg, tmp_path / "r", lock_wait_s=0.3)
     assert run_or_reuse(cfg, tmp_path / "r").status == "finished"  # once released, it runs
+
+
+def test_run_or_reuse_waits_for_a_lock_a_dying_process_still_holds(tmp_path, tiny_sets):
+    import fcntl
+    import threading
+
+    cfg = cfg_for(tiny_sets, **{"train.steps": 4})
+    (tmp_path / "r").mkdir()
+    held = open(tmp_path / "r" / ".lock", "w")
+    fcntl.flock(held, fcntl.LOCK_EX)
+    threading.Timer(0.5, held.close).start()  # a killed worker's lock goes when the kernel reaps it
+    assert run_or_reuse(cfg, tmp_path / "r", lock_wait_s=10).status == "finished"
