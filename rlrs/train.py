@@ -120,10 +120,8 @@ class RunConfig:
 _RUN_DEFAULTS: dict[str, dict[str, Any]] = {
     "tiny-dense": {"data.tokenizer": "bytes", "train.batch_size": 8, "train.steps": 40},
     "tiny-moe": {"data.tokenizer": "bytes", "train.batch_size": 8, "train.steps": 40},
-    "micro-dense": {"data.tokenizer": "bpe-4096", "train.batch_size": 16, "train.steps": 2000},
-    "micro-moe": {"data.tokenizer": "bpe-4096", "train.batch_size": 16, "train.steps": 2000},
-    "small-dense": {"data.tokenizer": "bpe-4096", "train.batch_size": 16, "train.steps": 2000},
-    "small-moe": {"data.tokenizer": "bpe-4096", "train.batch_size": 16, "train.steps": 2000},
+    **{name: {"data.tokenizer": "bpe-4096", "train.batch_size": 16, "train.steps": 2000}
+       for name in ("micro-dense", "micro-moe", "small-dense", "small-moe")},
     **{name: {"train.batch_size": bs} for name, bs in _models.PAPER_BATCH_SIZE.items()},
 }
 
