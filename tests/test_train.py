@@ -198,7 +198,7 @@ def test_two_process_data_parallel_matches_one_process(tmp_path, tiny_sets):
     one = _cli(*args, "--out", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          "-m", "rlrs", *args, "--out", str(tmp_path / "two")],
         capture_output=True, text=True, timeout=600,
     )
