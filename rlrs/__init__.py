@@ -7,14 +7,18 @@ Three lines in your own training loop::
     opt = torch.optim.AdamW(rlrs.param_groups(model, plan))
     sched = rlrs.RelativeLR(opt, plan, total_steps)   # sched.step() after each opt.step()
 
-The core (``schedules``, ``components``, ``plan``, ``presets``, ``optim``) imports only torch.
+A script driven by ``rlrs compare/tune --command`` reads its plan with ``rlrs.script.plan()`` and
+reports eval losses with ``rlrs.report(step, loss)`` (:mod:`rlrs.script`).
+
+The core (``schedules``, ``components``, ``plan``, ``presets``, ``optim``, ``script``) imports only torch.
 """
 
-from . import presets, schedules
+from . import presets, schedules, script
 from .components import COMPONENTS, ClassificationError, classify, tied_parameters
 from .config import ConfigError
 from .optim import RelativeLR, assign_components, param_groups
 from .plan import ComponentPlan, Plan
+from .script import report
 
 __version__ = "0.1.0"
 
@@ -29,6 +33,8 @@ __all__ = [
     "classify",
     "param_groups",
     "presets",
+    "report",
     "schedules",
+    "script",
     "tied_parameters",
 ]

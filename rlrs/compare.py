@@ -37,7 +37,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -49,8 +48,11 @@ import numpy as np
 from . import config as _config
 from .config import ConfigError
 from .metrics import Difference, SpeedUp, mean_curve, paired_difference, speedup
-from .runner import Job, Outcome, default_workers, run_dir, run_jobs
-from .train import RunConfig, eval_steps, read_metrics, run_config, total_steps
+from .options import (add_target_args, add_workers_arg, check_workers, command_line, parse_grid,
+                      parse_plans, parse_sets, target_from_args)
+from .engine import (CommandTarget, Job, PresetRun, PresetTarget, RunResult, RunSpec, Target, default_workers,
+                     run_all, run_dir)
+from .train import RunConfig, eval_steps, read_metrics, total_steps
 
 METRICS = ("eval", "train")
 RESERVED_SETS = ("train.seed", "train.data_seed")
@@ -76,28 +78,6 @@ def arm_name(spec: str) -> str:
     return Path(spec).stem if spec.endswith((".toml", ".json")) else spec
 
 
-def parse_plans(text: str) -> list[str]:
-    """``"uniform,paper-moe"`` → ``["uniform", "paper-moe"]``."""
-    plans = [p.strip() for p in text.split(",")]
-    if not plans or any(not p for p in plans):
-        raise ConfigError(f"--plans {text!r}: give comma-separated plans, e.g. --plans uniform-moe,paper-moe")
-    return plans
-
-
-def parse_grid(text: str) -> list[float]:
-    """``"1e-3,2e-3,5e-3"`` → ``[0.001, 0.002, 0.005]``; every value a finite number > 0."""
-    values = []
-    for part in text.split(","):
-        try:
-            v = float(part)
-        except ValueError:
-            raise ConfigError(f"--grid: {part.strip()!r} is not a number; write e.g. --grid 1e-3,2e-3,5e-3") from None
-        if not (math.isfinite(v) and v > 0):
-            raise ConfigError(f"--grid: {part.strip()!r} is not a learning rate > 0; write e.g. --grid 1e-3,2e-3,5e-3")
-        values.append(v)
-    return sorted(set(values))
-
-
 def grid_around(base_lr: float, n: int = 5) -> list[float]:
     """``n`` values of the paper's {1, 2, 5}×10⁻ⁿ ladder centred on the one nearest ``base_lr``.
 
@@ -111,13 +91,6 @@ def grid_around(base_lr: float, n: int = 5) -> list[float]:
     centre = min(range(len(ladder)), key=lambda i: abs(math.log(ladder[i][0] * 10.0**ladder[i][1] / base_lr)))
     lo = centre - (n - 1) // 2
     return [float(f"{m}e{e}") for m, e in ladder[lo: lo + n]]
-
-
-def default_plans(preset: str) -> list[str]:
-    """The uniform baseline and the paper's plan for the preset's model type."""
-    from .models import get_preset
-
-    return ["uniform-moe", "paper-moe"] if get_preset(preset).is_moe else ["uniform-dense", "paper-dense"]
 
 
 # --- one run: status and what its logs say ---------------------------------------------------------
@@ -226,14 +199,20 @@ class RunLogs:
         return (self.eval_steps, self.eval_loss) if metric == "eval" else (self.window_steps, self.window_loss)
 
 
-def read_run(out: str | Path, cfg: RunConfig) -> RunLogs:
-    """Parse a run's logs (complete or cut short by a divergence)."""
+def read_run(out: str | Path, cfg: RunConfig | None = None) -> RunLogs:
+    """Parse a run's logs (complete or cut short by a divergence). ``cfg`` is the run config of
+    a preset run; a command's run (``None``) has only the eval losses its script reported."""
+    from .engine import _eval_curve
+
     path = Path(out)
     recs = read_metrics(path) if (path / "metrics.jsonl").exists() else []
-    evals = [r for r in recs if r.get("kind") == "eval"]
+    eval_x, eval_y = _eval_curve(path)
     train = [r for r in recs if r.get("kind") == "train"]
     losses = [r for r in train if "loss" in r]
-    points = [p for p in eval_steps(total_steps(cfg), cfg.train.eval_interval) if p > 0]
+    if cfg is not None:
+        points = [p for p in eval_steps(total_steps(cfg), cfg.train.eval_interval) if p > 0]
+    else:
+        points = [p for p in eval_x if p > 0]
     step_of = np.asarray([r["step"] for r in train], dtype=np.int64)
     # Window j covers the steps after point j-1 up to point j.
     win = np.searchsorted(np.asarray(points), step_of, side="left")
@@ -258,7 +237,7 @@ def read_run(out: str | Path, cfg: RunConfig) -> RunLogs:
     update_ratio = {c: np.asarray([r.get(f"update_ratio/{c}", math.nan) for r in diag], dtype=np.float64) for c in components}
     update_rms = {c: np.asarray([r.get(f"update_rms/{c}", math.nan) for r in diag], dtype=np.float64) for c in components}
     router = None
-    if cfg.model.is_moe:
+    if cfg is not None and cfg.model.is_moe:
         seq = cfg.train.seq_len or cfg.model.seq_len
         slots = cfg.train.batch_size * seq * cfg.model.top_k * cfg.model.n_layers
         router = {}
@@ -268,8 +247,8 @@ def read_run(out: str | Path, cfg: RunConfig) -> RunLogs:
             router[name] = ys
             router["steps"] = xs
     return RunLogs(
-        eval_steps=np.asarray([r["step"] for r in evals], dtype=np.int64),
-        eval_loss=np.asarray([r["eval_loss"] for r in evals], dtype=np.float64),
+        eval_steps=np.asarray(eval_x, dtype=np.int64),
+        eval_loss=np.asarray(eval_y, dtype=np.float64),
         train_steps=np.asarray([r["step"] for r in losses], dtype=np.int64),
         train_loss=np.asarray([r["loss"] for r in losses], dtype=np.float64),
         window_steps=window_steps,
@@ -323,76 +302,36 @@ def router_health(logs: RunLogs, n_experts: int) -> dict[str, Any] | None:
 class _Spec:
     arm: str
     seed: int
-    cfg: RunConfig
+    run: RunSpec
     out: Path
     label: str  # for progress lines: "paper-moe seed 1", "paper-moe η_base 2e-3 seed 0"
 
-
-def _prior(spec: _Spec) -> dict[str, Any] | None:
-    """The summary of a run that needs no training: finished, or diverged (which, retrained from
-    the same config and checkpoint, diverges again)."""
-    summary, config = spec.out / "summary.json", spec.out / "config.json"
-    if not (summary.exists() and config.exists()):
-        return None
-    if RunConfig.from_dict(_config.load_file(config)) != spec.cfg:
-        return None  # run_or_reuse refuses it with a clear error, recorded as a failed run
-    s = json.loads(summary.read_text())
-    return s if s.get("status") in ("finished", "diverged") else None
+    @property
+    def cfg(self) -> RunConfig | None:
+        """The run config of a preset run; ``None`` for a command (the script owns its config)."""
+        return self.run.cfg if isinstance(self.run, PresetRun) else None
 
 
-def _info(spec: _Spec, summary: Mapping[str, Any] | None, status: str, error: str | None, reused: bool) -> RunInfo:
-    s = summary or {}
+def _info(spec: _Spec, r: RunResult) -> RunInfo:
     return RunInfo(
-        arm=spec.arm, seed=spec.seed, out=spec.out, status=status, error=error, reused=reused,
-        final_eval_loss=s.get("final_eval_loss"), final_train_loss=s.get("final_train_loss"),
-        steps=s.get("steps", 0), total_steps=s.get("total_steps", total_steps(spec.cfg)),
-        skipped_steps=s.get("skipped_steps", 0), wall_s=s.get("wall_s", 0.0),
+        arm=spec.arm, seed=spec.seed, out=spec.out, status=r.status, error=r.error, reused=r.reused,
+        final_eval_loss=r.final_eval_loss, final_train_loss=r.final_train_loss, steps=r.steps,
+        total_steps=r.total_steps or r.steps, skipped_steps=_skipped(spec.out), wall_s=r.wall_s,
     )
 
 
-def _summary(out: Path) -> dict[str, Any] | None:
-    p = out / "summary.json"
-    return json.loads(p.read_text()) if p.exists() else None
+def _skipped(out: Path) -> int:
+    try:
+        return int(json.loads((out / "summary.json").read_text()).get("skipped_steps", 0))
+    except (OSError, ValueError, AttributeError):
+        return 0
 
 
-def _execute(specs: Sequence[_Spec], workers: int | None, log: Callable[[str], None] = print) -> list[RunInfo]:
-    """Train every spec (reusing finished and diverged runs, resuming interrupted ones)."""
-    unique: dict[Path, _Spec] = {}
-    for s in specs:
-        unique.setdefault(s.out, s)  # two arms with the same config share one run
-    done: dict[Path, RunInfo] = {}
-    pending: list[Job] = []
-    for out, s in unique.items():
-        prior = _prior(s)
-        if prior is None:
-            pending.append(Job(s.cfg, out))
-            continue
-        error = None
-        if prior["status"] == "diverged":
-            err = out / "error.txt"
-            error = err.read_text() if err.exists() else f"diverged at step {prior.get('steps')}"
-        done[out] = _info(s, prior, prior["status"], error, reused=True)
-    workers = workers or default_workers()
-    log(f"{len(unique)} runs: {len(done)} reused, {len(pending)} to train"
-        + (f" ({min(workers, len(pending))} at a time)" if pending else ""))
-    count = [len(done)]
-
-    def on_done(job: Job, o: Outcome) -> None:
-        s = unique[job.out]
-        if o.status == "diverged" and o.error and job.out.exists():
-            # Kept beside the run: a later compare reuses the divergence with its message.
-            _config.atomic_write_text(job.out / "error.txt", o.error)
-        done[job.out] = _info(s, _summary(job.out), o.status, o.error, reused=False)
-        count[0] += 1
-        info = done[job.out]
-        if o.status == "finished":
-            what = f"eval loss {info.final_eval_loss:.4f}"
-        else:
-            what = ((o.error or "").strip().splitlines() or [""])[-1].split(";")[0]
-        log(f"  [{count[0]}/{len(unique)}] {s.label}: {o.status} in {info.wall_s:.1f}s, {what}")
-
-    run_jobs(pending, workers=workers, on_done=on_done)
-    return [dataclasses.replace(done[s.out], arm=s.arm, seed=s.seed) for s in specs]
+def _execute(specs: Sequence[_Spec], workers: int | None, log: Callable[[str], None] = print,
+             progress: bool = False) -> list[RunInfo]:
+    """Run every spec on the engine (reusing finished and diverged runs, resuming interrupted ones)."""
+    results = run_all([Job(s.run, s.out, label=s.label) for s in specs], workers, log, progress=progress)
+    return [_info(s, r) for s, r in zip(specs, results)]
 
 
 def _flag_blowups(infos: Sequence[RunInfo], logs: Mapping[Path, RunLogs], metric: str = "eval") -> None:
@@ -462,18 +401,24 @@ def _check_common(seeds: int, sets: Mapping[str, Any] | None, workers: int | Non
     return sets
 
 
-def _spec(preset, arm: str, plan: str, seed: int, sets, base_lr: float | None, config_file, root: Path,
+def _spec(target: Target, arm: str, plan: str, seed: int, sets, base_lr: float | None, root: Path,
           label_lr: bool = False) -> _Spec:
-    extra: dict[str, Any] = {"train.seed": seed, "train.data_seed": seed}
-    if base_lr is not None:
-        extra["plan.base_lr"] = base_lr
-    cfg = run_config(preset, plan, config_file, {**sets, **extra})
-    label = f"{arm} η_base {cfg.plan.base_lr:g} seed {seed}" if label_lr else f"{arm} seed {seed}"
-    return _Spec(arm, seed, cfg, run_dir(root, cfg), label)
+    extra: dict[str, Any] = {} if base_lr is None else {"plan.base_lr": base_lr}
+    run = target.spec(plan, seed, {**sets, **extra})
+    label = f"{arm} η_base {run.plan.base_lr:g} seed {seed}" if label_lr else f"{arm} seed {seed}"
+    return _Spec(arm, seed, run, run_dir(root, run), label)
+
+
+def _target(target: str | Target, config_file: str | Path | None) -> Target:
+    if isinstance(target, str):
+        return PresetTarget(target, None if config_file is None else str(config_file))
+    if config_file is not None:
+        raise ConfigError("config_file: give it inside the PresetTarget (a command's script owns its config)")
+    return target
 
 
 def compare(
-    preset: str,
+    target: str | Target,
     plans: Sequence[str],
     seeds: int = 3,
     out: str | Path = "runs/compare",
@@ -485,55 +430,71 @@ def compare(
     config_file: str | Path | None = None,
     command: str | None = None,
     log: Callable[[str], None] = print,
+    progress: bool = False,
 ) -> CompareResult:
     """Train every plan with ``seeds`` paired seeds and measure the paper's speed-up of each plan
     over the first (the baseline). Writes ``results.json``, ``report.md`` and PNGs into ``out``.
 
-    ``base_lrs`` maps arm names to their η_base (e.g. :func:`load_grid`'s or ``lr_grid().best``);
-    other arms keep their plan's. ``metric`` is ``"eval"`` (held-out loss) or ``"train"``.
-    ``command`` is recorded in ``results.json`` (the CLI passes its command line).
+    ``target`` is a preset name, a :class:`~rlrs.engine.PresetTarget` or the user's own command
+    (:class:`~rlrs.engine.CommandTarget`). ``base_lrs`` maps arm names to their η_base (e.g.
+    :func:`load_grid`'s or ``lr_grid().best``); other arms keep their plan's. ``metric`` is
+    ``"eval"`` (held-out loss) or ``"train"`` (preset runs only). ``command`` is recorded in
+    ``results.json`` (the CLI passes its command line).
     """
     t0 = time.perf_counter()
+    target = _target(target, config_file)
+    preset = target.name
     if metric not in METRICS:
         raise ConfigError(f"metric: {metric!r} is unknown; {_config.closest(metric, METRICS)}")
+    if metric == "train" and isinstance(target, CommandTarget):
+        raise ConfigError("metric: 'train' needs rlrs's own training log; a --command reports eval losses only, use --metric eval")
     arms = _arms(plans, need=2)
     sets = _check_common(seeds, sets, workers)
     lrs = _check_base_lrs(base_lrs, [a for a, _ in arms])
     out = Path(out)
     # Seed-major: an interrupted compare leaves complete pairs behind.
-    specs = [_spec(preset, arm, plan, seed, sets, lrs.get(arm), config_file, out / "runs")
+    specs = [_spec(target, arm, plan, seed, sets, lrs.get(arm), out / "runs")
              for seed in range(seeds) for arm, plan in arms]
+    length = specs[0].run.total_steps
     log(f"rlrs compare: {preset}, plans {', '.join(a for a, _ in arms)} (baseline {arms[0][0]}), "
-        f"{seeds} seed{'s' * (seeds > 1)}, {total_steps(specs[0].cfg)} steps per run -> {out}")
-    infos = _execute(specs, workers, log)
+        f"{seeds} seed{'s' * (seeds > 1)}, {length or 'its own number of'} steps per run -> {out}")
+    infos = _execute(specs, workers, log, progress)
     logs = {s.out: read_run(s.out, s.cfg) for s in specs}
     _flag_blowups(infos, logs, metric)
-    cfg_of = {s.arm: s.cfg for s in specs}
+    plan_of = {s.arm: s.run.plan for s in specs}
+    cfg0 = specs[0].cfg
     results, speedups, diffs = summarize(
-        [a for a, _ in arms], infos, logs, metric=metric, n_experts=specs[0].cfg.model.n_experts
+        [a for a, _ in arms], infos, logs, metric=metric, n_experts=cfg0.model.n_experts if cfg0 else 0
     )
     results.update({
         "command": command or _python_call("compare", preset=preset, plans=list(plans), seeds=seeds, out=str(out),
                                            sets=sets or None, base_lrs=dict(base_lrs or {}) or None, metric=metric),
         "preset": preset,
+        "target": _describe_target(target),
         "plans": dict(arms),
-        "total_steps": total_steps(specs[0].cfg),
-        "eval_interval": specs[0].cfg.train.eval_interval,
+        "total_steps": length or max((i.total_steps for i in infos), default=0),
+        "eval_interval": cfg0.train.eval_interval if cfg0 else None,
         "sets": _clean(sets),
         "wall_s": time.perf_counter() - t0,  # this command: training (new runs only) and analysis
     })
     for arm, _ in arms:
-        results["arms"][arm]["base_lr"] = cfg_of[arm].plan.base_lr
-        results["arms"][arm]["plan"] = cfg_of[arm].plan.to_dict()
+        results["arms"][arm]["base_lr"] = plan_of[arm].base_lr
+        results["arms"][arm]["plan"] = plan_of[arm].to_dict()
     results["components"] = next((lg.components for lg in logs.values() if lg.components), [])
     # The numbers first: a figure that fails to draw must not cost the results.
     results_path = out / "results.json"
     _config.atomic_write_text(results_path, json.dumps(_clean(results), indent=1) + "\n")
-    from . import report
+    from . import reporting as report
 
     series = {(i.arm, i.seed): (logs[i.out].train_steps, logs[i.out].train_loss) for i in infos}
-    files = report.write_compare(out, results, {a: c.plan for a, c in cfg_of.items()}, series)
+    files = report.write_compare(out, results, plan_of, series)
     return CompareResult(out, arms[0][0], [a for a, _ in arms], infos, speedups, diffs, results, [results_path, *files])
+
+
+def _describe_target(target: Target) -> dict[str, Any]:
+    if isinstance(target, CommandTarget):
+        return {"command": target.command, "steps": target.steps, "cwd": str(Path(target.cwd).resolve())}
+    return {"preset": target.preset, "config_file": target.config_file}
 
 
 def _check_base_lrs(base_lrs: Mapping[str, float] | None, arms: Sequence[str]) -> dict[str, float]:
@@ -713,7 +674,7 @@ class GridResult:
 
 
 def lr_grid(
-    preset: str,
+    target: str | Target,
     plans: Sequence[str],
     out: str | Path,
     *,
@@ -724,11 +685,14 @@ def lr_grid(
     config_file: str | Path | None = None,
     command: str | None = None,
     log: Callable[[str], None] = print,
+    progress: bool = False,
 ) -> GridResult:
     """The η_base search of appendix A, separately for each plan: train each plan at each grid
     value (default: 5 values of the {1, 2, 5}×10⁻ⁿ ladder around the plan's η_base) and pick the
     lowest final eval loss. Writes ``grid.json``, ``grid.md`` and ``lr_grid.png`` (figure 3)."""
     t0 = time.perf_counter()
+    target = _target(target, config_file)
+    preset = target.name
     arms = _arms(plans, need=1)
     sets = _check_common(seeds, sets, workers)
     if grid is not None:
@@ -739,18 +703,18 @@ def lr_grid(
         if not grid:
             raise ConfigError("grid: give at least one learning rate, e.g. --grid 1e-3,2e-3,5e-3")
     out = Path(out)
-    values = {arm: list(grid) if grid else grid_around(run_config(preset, plan, config_file, sets).plan.base_lr)
+    values = {arm: list(grid) if grid else grid_around(target.spec(plan, 0, sets).plan.base_lr)
               for arm, plan in arms}
-    specs = [_spec(preset, arm, plan, seed, sets, lr, config_file, out / "runs", label_lr=True)
+    specs = [_spec(target, arm, plan, seed, sets, lr, out / "runs", label_lr=True)
              for seed in range(seeds) for arm, plan in arms for lr in values[arm]]
     log(f"rlrs lr-grid: {preset}, plans {', '.join(a for a, _ in arms)}, η_base grid "
         + "; ".join(f"{a}: {', '.join(f'{v:g}' for v in values[a])}" for a, _ in arms)
         + f", {seeds} seed{'s' * (seeds > 1)} -> {out}")
-    infos = _execute(specs, workers, log)
+    infos = _execute(specs, workers, log, progress)
     logs = {s.out: read_run(s.out, s.cfg) for s in specs}
     _flag_blowups(infos, logs)
-    lr_of = {s.out: s.cfg.plan.base_lr for s in specs}
-    data: dict[str, Any] = {"preset": preset, "seeds": seeds, "metric": "eval", "plans": dict(arms), "arms": {}, "best": {},
+    lr_of = {s.out: s.run.plan.base_lr for s in specs}
+    data: dict[str, Any] = {"preset": preset, "target": _describe_target(target), "seeds": seeds, "metric": "eval", "plans": dict(arms), "arms": {}, "best": {},
                             "command": command or _python_call("lr_grid", preset=preset, plans=list(plans), out=str(out),
                                                                grid=list(grid) if grid else None, seeds=seeds, sets=sets or None)}
     best, edge = {}, {}
@@ -783,7 +747,7 @@ def lr_grid(
     data["wall_s"] = time.perf_counter() - t0
     path = out / "grid.json"
     _config.atomic_write_text(path, json.dumps(_clean(data), indent=1) + "\n")
-    from . import report
+    from . import reporting as report
 
     files = report.write_grid(out, data)
     return GridResult(out, best, edge, data, [path, *files])
@@ -809,15 +773,12 @@ def load_grid(path: str | Path) -> dict[str, float]:
 
 
 def _common_args(p, out_help: str) -> None:
-    p.add_argument("--preset", default="micro-moe", help="model size preset (default: micro-moe)")
+    add_target_args(p)
     p.add_argument("--plans", default=None,
-                   help="comma-separated plans (presets or plan files), baseline first "
-                        "(default: uniform-moe,paper-moe for MoE presets, uniform-dense,paper-dense for dense)")
+                   help="comma-separated plans (presets or plan files), baseline first (default: uniform-moe,paper-moe "
+                        "for MoE presets, uniform-dense,paper-dense for dense presets and for --command)")
     p.add_argument("--out", default=None, help=out_help)
-    p.add_argument("--workers", type=int, default=None, help=f"runs in parallel (default: {default_workers()})")
-    p.add_argument("--config", default=None, help="a .toml/.json run config applied to every run")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting of every run, e.g. train.steps=500 (repeatable)")
+    add_workers_arg(p)
 
 
 def add_commands(sub) -> None:
@@ -826,10 +787,11 @@ def add_commands(sub) -> None:
         "compare", help="the paper's speed-up of relative plans over a baseline, over paired seeds",
         description="Train each plan with each seed (seed i of every arm uses data seed i), then measure "
                     "the paper's speed-up of every plan over the first: (T_base / T_relative - 1) x 100%. "
+                    "Trains a preset, or your own script with --command. "
                     "Writes results.json, report.md and PNG plots into --out. Exit status 1 if a run crashed.")
     _common_args(p, "output directory (default: runs/compare-PRESET); runs go under OUT/runs and are reused")
     p.add_argument("--seeds", type=int, default=3, help="seeds per plan (default: 3, as the paper)")
-    p.add_argument("--metric", choices=METRICS, default="eval", help="eval: held-out loss (default); train: training loss")
+    p.add_argument("--metric", choices=METRICS, default="eval", help="eval: held-out loss (default); train: training loss (presets only)")
     p.add_argument("--base-lrs-from", default=None, metavar="GRID_JSON",
                    help="take each arm's η_base from an `rlrs lr-grid` grid.json (or its directory)")
     p.set_defaults(func=cmd_compare)
@@ -837,8 +799,9 @@ def add_commands(sub) -> None:
     p = sub.add_parser(
         "lr-grid", help="per-plan η_base search over the paper's {1,2,5}x10^-n grid",
         description="Train each plan at each η_base of the grid and report the best per plan (the paper tunes "
-                    "η_base separately for the baseline and the relative plan). Writes grid.json, grid.md and "
-                    "lr_grid.png into --out; `rlrs compare --base-lrs-from OUT/grid.json` uses the result.")
+                    "η_base separately for the baseline and the relative plan). Trains a preset, or your own "
+                    "script with --command. Writes grid.json, grid.md and lr_grid.png into --out; "
+                    "`rlrs compare --base-lrs-from OUT/grid.json` uses the result.")
     _common_args(p, "output directory (default: runs/lr-grid-PRESET); use compare's --out to share runs")
     p.add_argument("--grid", default=None, metavar="LR,LR,...",
                    help="η_base values, e.g. 1e-3,2e-3,5e-3 (default: 5 values around each plan's η_base)")
@@ -846,33 +809,25 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_lr_grid)
 
 
-def _command_line(args, name: str, extra: Sequence[str]) -> str:
-    parts = ["rlrs", name, "--preset", args.preset, "--plans", ",".join(args.plans_list), "--out", str(args.out)]
-    for s in args.set:
-        parts += ["--set", s]
-    if args.config:
-        parts += ["--config", args.config]
-    if args.workers:
-        parts += ["--workers", str(args.workers)]
-    return shlex.join([*parts, *extra])
-
-
-def _prepare(args, name: str) -> None:
-    from .cli import parse_sets
-
-    args.plans_list = parse_plans(args.plans) if args.plans is not None else default_plans(args.preset)
-    args.out = Path(args.out or f"runs/{name}-{args.preset}")
+def _prepare(args, name: str) -> Target:
+    target = target_from_args(args)
+    args.plans_list = parse_plans(args.plans) if args.plans is not None else target.default_plans()
+    args.out = Path(args.out or f"runs/{name}-{target.name}")
     args.sets = parse_sets(args.set)
-    if args.workers is not None and args.workers < 1:
-        raise ConfigError(f"--workers: at least 1, got {args.workers}")
+    check_workers(args.workers)
     if args.seeds < 1:
         raise ConfigError(f"--seeds: at least 1, got {args.seeds}; e.g. --seeds 3 (the paper's count)")
+    return target
+
+
+def _extra_plans(args) -> list[str]:
+    return ["--plans", ",".join(args.plans_list), "--out", str(args.out)]
 
 
 def cmd_compare(args) -> int:
-    _prepare(args, "compare")
+    target = _prepare(args, "compare")
     base_lrs = None
-    extra = ["--seeds", str(args.seeds), "--metric", args.metric]
+    extra = [*_extra_plans(args), "--seeds", str(args.seeds), "--metric", args.metric]
     if args.base_lrs_from:
         base_lrs = load_grid(args.base_lrs_from)
         arms = [arm_name(p) for p in args.plans_list]
@@ -886,12 +841,12 @@ def cmd_compare(args) -> int:
         extra += ["--base-lrs-from", args.base_lrs_from]
         grid_path = Path(args.base_lrs_from)
         tuned_on = json.loads((grid_path / "grid.json" if grid_path.is_dir() else grid_path).read_text()).get("preset")
-        if tuned_on and tuned_on != args.preset:
+        if tuned_on and tuned_on != target.name:
             # Allowed (a deliberate transfer), but η_base rarely transfers across sizes (the paper retunes it).
-            print(f"rlrs compare: note: {args.base_lrs_from} was tuned on {tuned_on}, not {args.preset}", file=sys.stderr)
-    res = compare(args.preset, args.plans_list, args.seeds, args.out, sets=args.sets, base_lrs=base_lrs,
-                  metric=args.metric, workers=args.workers, config_file=args.config,
-                  command=_command_line(args, "compare", extra))
+            print(f"rlrs compare: note: {args.base_lrs_from} was tuned on {tuned_on}, not {target.name}", file=sys.stderr)
+    res = compare(target, args.plans_list, args.seeds, args.out, sets=args.sets, base_lrs=base_lrs,
+                  metric=args.metric, workers=args.workers, command=command_line("compare", args, extra),
+                  progress=sys.stderr.isatty())
     print()
     for line in res.lines():
         print(line)
@@ -900,17 +855,17 @@ def cmd_compare(args) -> int:
             print(f"{arm}: {d.describe()}")
     bad = [r for r in res.runs if r.status != "finished"]
     for r in bad:
-        print(f"{r.arm} seed {r.seed}: {r.status}: {(r.error or '').strip().splitlines()[-1] if r.error else ''}")
+        print(f"{r.arm} seed {r.seed}: {r.status}: {(r.error or '').strip().splitlines()[0] if r.error else ''}")
     print(f"report: {res.out / 'report.md'}  results: {res.out / 'results.json'}")
     return 1 if any(r.status == "failed" for r in res.runs) else 0
 
 
 def cmd_lr_grid(args) -> int:
-    _prepare(args, "lr-grid")
+    target = _prepare(args, "lr-grid")
     grid = parse_grid(args.grid) if args.grid is not None else None
-    extra = ["--seeds", str(args.seeds)] + (["--grid", args.grid] if args.grid else [])
-    res = lr_grid(args.preset, args.plans_list, args.out, grid=grid, seeds=args.seeds, sets=args.sets,
-                  workers=args.workers, config_file=args.config, command=_command_line(args, "lr-grid", extra))
+    extra = [*_extra_plans(args), "--seeds", str(args.seeds)] + (["--grid", args.grid] if args.grid else [])
+    res = lr_grid(target, args.plans_list, args.out, grid=grid, seeds=args.seeds, sets=args.sets,
+                  workers=args.workers, command=command_line("lr-grid", args, extra), progress=sys.stderr.isatty())
     print()
     for arm in (arm_name(p) for p in args.plans_list):
         if arm in res.best:
@@ -921,4 +876,3 @@ def cmd_lr_grid(args) -> int:
     print(f"report: {res.out / 'grid.md'}  grid: {res.out / 'grid.json'}")
     failed = any(r["status"] == "failed" for a in res.grid["arms"].values() for p in a["points"] for r in p["runs"])
     return 1 if failed or len(res.best) < len(res.grid["arms"]) else 0
-

@@ -203,6 +203,7 @@ class RunResult:
     final_train_loss: float | None
     wall_s: float
     skipped_steps: int = 0
+    already_done: bool = False  # resumed where it had already stopped: nothing was trained or written
 
 
 def _device(cfg: TrainConfig) -> torch.device:
@@ -315,6 +316,21 @@ class Trainer:
     def _checkpoints(self) -> list[Path]:
         return sorted((self.out / "checkpoints").glob("step_*.pt"))
 
+    @staticmethod
+    def can_resume(out: str | Path) -> bool:
+        """Whether ``out`` holds a checkpoint to continue from."""
+        return any((Path(out) / "checkpoints").glob("step_*.pt"))
+
+    @staticmethod
+    def clear_partial(out: str | Path) -> None:
+        """Remove what a start that died before its first checkpoint left behind (its config and
+        partial log), so the run can start cleanly. Refuses if there is a checkpoint."""
+        out = Path(out)
+        if Trainer.can_resume(out):
+            raise FileExistsError(f"{out} holds checkpoints; continue it with --resume")
+        for name in ("metrics.jsonl", "summary.json", "config.json", "plan.toml"):
+            (out / name).unlink(missing_ok=True)
+
     def _resume(self) -> None:
         ckpts = self._checkpoints()
         if not ckpts:
@@ -400,9 +416,11 @@ class Trainer:
     def run(self, stop_at: int | None = None) -> RunResult:
         """Train to the end (or until ``stop_at`` completed steps, checkpointed, to resume later)."""
         start = time.perf_counter()
+        end = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
+        if self.step >= end and self.step > 0:
+            return self._already_done()
         log = _Log(self.out / "metrics.jsonl", enabled=self.rank == 0)
         bar = _progress_bar(self.total_steps, self.step, enabled=self.progress and self.rank == 0)
-        end = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
         last_train = None
         final_eval = None
         status = "finished"
@@ -439,6 +457,15 @@ class Trainer:
         if self.rank == 0:
             self._write_summary(status, last_train, final_eval, result.wall_s)
         return result
+
+    def _already_done(self) -> RunResult:
+        # Resumed at (or past) where it was asked to stop: report what the logs hold, write nothing.
+        recs = read_metrics(self.out) if (self.out / "metrics.jsonl").exists() else []
+        evals = [r for r in recs if r.get("kind") == "eval" and r["step"] <= self.step]
+        train = [r for r in recs if r.get("kind") == "train" and "loss" in r and r["step"] <= self.step]
+        status = "finished" if self.step >= self.total_steps else "stopped"
+        return RunResult(self.out, status, self.step, self.total_steps, evals[-1]["eval_loss"] if evals else None,
+                         train[-1]["loss"] if train else None, 0.0, self.skipped, already_done=True)
 
     def _write_summary(self, status, train_loss, eval_loss, wall_s) -> None:
         summary = {
@@ -605,49 +632,19 @@ def _progress_bar(total: int, initial: int, enabled: bool):
 
 
 def read_metrics(out: str | Path) -> list[dict[str, Any]]:
-    """All records of a run's ``metrics.jsonl``."""
+    """All records of a run's ``metrics.jsonl``. A last line cut short by a crash (no newline at
+    its end) is left out; a damaged line anywhere else raises, naming the file and the line."""
     path = Path(out) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def run_or_reuse(cfg: RunConfig, out: str | Path, progress: bool = False, lock_wait_s: float = 10.0) -> RunResult:
-    """Train ``cfg`` into ``out``, reusing a finished run there and resuming an interrupted one.
-
-    A directory holding a different config is never overwritten: that raises. A lock file keeps
-    two processes (say, a restarted command and a worker of the killed one) off the same run; a
-    held lock is retried for ``lock_wait_s`` seconds, because a worker that was just killed holds
-    it until the kernel has finished tearing the process down.
-    """
-    import fcntl
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".lock", "w") as lock:
-        deadline = time.monotonic() + lock_wait_s
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    text = path.read_text()
+    lines = text.split("\n")
+    recs = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            recs.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:  # the line being written when the process died
                 break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise RuntimeError(f"{out} is being trained by another process; wait for it or stop it") from None
-                time.sleep(0.1)
-        return _run_or_reuse(cfg, out, progress)
-
-
-def _run_or_reuse(cfg: RunConfig, out: Path, progress: bool) -> RunResult:
-    summary_path = out / "summary.json"
-    config_path = out / "config.json"
-    if config_path.exists():
-        if RunConfig.from_dict(_config.load_file(config_path)) != cfg:
-            raise ConfigError(f"{out} holds a run with another config; choose another --out")
-        if summary_path.exists():
-            s = json.loads(summary_path.read_text())
-            if s["status"] == "finished":
-                return RunResult(out, "finished", s["steps"], s["total_steps"], s["final_eval_loss"],
-                                 s["final_train_loss"], s["wall_s"], s["skipped_steps"])
-        if list((out / "checkpoints").glob("step_*.pt")):
-            return Trainer(cfg, out, resume=True, progress=progress).run()
-        # Started but never checkpointed: nothing to keep but the partial log; start over.
-        (out / "metrics.jsonl").unlink(missing_ok=True)
-    return Trainer(cfg, out, progress=progress).run()
+            raise ValueError(f"{path}:{i + 1}: damaged record {line[:60]!r}") from None
+    return recs

@@ -29,14 +29,15 @@ from typing import Any, Callable, Mapping, Sequence
 
 from . import config as _config
 from . import presets as _presets
-from .compare import CompareResult, arm_name, compare, lr_grid, parse_grid
+from .compare import CompareResult, arm_name, compare, lr_grid
 from .components import COMPONENTS
 from .config import ConfigError
+from .engine import CommandTarget, Job, PresetTarget, Target, as_target, run_all, run_dir
 from .metrics import speedup
-from .models import count_params, get_preset
+from .models import count_params
+from .options import add_set_arg, add_workers_arg, check_workers, parse_floats, parse_grid, parse_sets
 from .plan import ComponentPlan, Plan
-from .runner import Job, run_dir, run_jobs
-from .train import run_config, total_steps
+from .train import total_steps
 
 FACTORS = (1 / 5, 2 / 3, 3 / 2, 5.0)
 
@@ -44,12 +45,6 @@ FACTORS = (1 / 5, 2 / 3, 3 / 2, 5.0)
 def uniform_like(plan: Plan) -> Plan:
     """``plan`` with every λ at 1: the baseline that differs from it only in the relative rates."""
     return dataclasses.replace(plan, **{c: dataclasses.replace(plan.component(c), start=1.0, end=1.0) for c in COMPONENTS})
-
-
-def model_components(preset: str) -> list[str]:
-    """The components a preset's model has, apart from ``other`` (norms)."""
-    moe = get_preset(preset).is_moe
-    return ["embedding", "unembedding", "attention", *(("router", "experts") if moe else ("feedforward",))]
 
 
 def _write_plan(path: Path, plan: Plan) -> str:
@@ -70,7 +65,7 @@ class TransferResult:
 
 def transfer(
     plan: str | Path,
-    preset: str,
+    target: str | Target,
     out: str | Path,
     *,
     baseline: str | None = None,
@@ -81,22 +76,31 @@ def transfer(
     workers: int | None = None,
     log: Callable[[str], None] = print,
 ) -> TransferResult:
-    """Algorithm 1: the plan's λ values on ``preset``, η_base retuned for both arms, then compared."""
+    """Algorithm 1: the plan's λ values on ``target`` (a larger preset, or the larger model's own
+    command), η_base retuned for both arms, then compared."""
     out = Path(out)
+    target = as_target(target)
+    preset = target.name
     rel = _presets.resolve(str(plan))
     if baseline is None:
         baseline = _write_plan(out / "plans" / "uniform.toml", uniform_like(rel))
     plans = [baseline, str(plan)]
     log(f"rlrs transfer: λ from {arm_name(str(plan))} onto {preset}; η_base searched for both arms")
     # One --out for the grid and the compare: compare reuses the grid's seed-0 runs.
-    grid_result = lr_grid(preset, plans, out, grid=grid, seeds=grid_seeds, sets=sets, workers=workers, log=log)
+    grid_result = lr_grid(target, plans, out, grid=grid, seeds=grid_seeds, sets=sets, workers=workers, log=log)
     missing = [arm_name(p) for p in plans if arm_name(p) not in grid_result.best]
     if missing:
         raise ConfigError(f"every η_base of the grid diverged for {', '.join(missing)}; try a lower --grid")
-    res = compare(preset, plans, seeds=seeds, out=out, sets=sets, base_lrs=grid_result.best, workers=workers, log=log)
-    cfg = run_config(preset, rel, sets=dict(sets or {}))
-    steps = total_steps(cfg)
-    tokens = steps * cfg.train.batch_size * (cfg.train.seq_len or cfg.model.seq_len)
+    res = compare(target, plans, seeds=seeds, out=out, sets=sets, base_lrs=grid_result.best, workers=workers, log=log)
+    if isinstance(target, PresetTarget):
+        cfg = target.spec(rel, 0, sets).cfg
+        steps = total_steps(cfg)
+        tokens: int | None = steps * cfg.train.batch_size * (cfg.train.seq_len or cfg.model.seq_len)
+        params = count_params(cfg.model)
+    else:  # the script's own length and tokens, as its runs reported them
+        done = [r for r in res.runs if r.status == "finished"]
+        steps = target.steps or max((r.total_steps for r in done), default=0)
+        tokens, params = _reported_tokens(res), None
     table = []
     for i, arm in enumerate(res.arms):
         sp = res.results["speedups"].get(arm)
@@ -111,7 +115,7 @@ def transfer(
             "speedup_percent": None if i == 0 else sp["percent"],
             "speedup_text": None if i == 0 else sp["text"],
         })
-    data = {"preset": preset, "plan": str(plan), "lambdas": _lambdas(rel), "params": count_params(cfg.model),
+    data = {"preset": preset, "plan": str(plan), "lambdas": _lambdas(rel), "params": params,
             "steps": steps, "table": table}
     _config.atomic_write_text(out / "transfer.json", json.dumps(data, indent=1) + "\n")
     _config.atomic_write_text(out / "transfer.md", _transfer_md(data))
@@ -119,21 +123,31 @@ def transfer(
     return TransferResult(out, grid_result.best, res, table)
 
 
+def _reported_tokens(res: CompareResult) -> int | None:
+    from .engine import read_result
+
+    counts = [r.tokens for info in res.runs if (r := read_result(info.out)) is not None and r.tokens]
+    return max(counts) if counts else None
+
+
 def _lambdas(plan: Plan) -> dict[str, list[float]]:
     return {c: [plan.component(c).start, plan.component(c).end] for c in COMPONENTS}
 
 
-def _fmt_tokens(n: int) -> str:
-    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+def _fmt_tokens(n: int | None) -> str:
+    if n is None:
+        return "not reported"
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n:,}"
 
 
 def _transfer_md(data: Mapping[str, Any]) -> str:
     p = data["params"]
+    size = (f"{p['active_non_embedding'] / 1e6:.2f}M active non-embedding parameters ({p['total'] / 1e6:.2f}M in total), "
+            if p else "")
     lines = [
         f"# Transfer of {data['plan']} to {data['preset']}",
         "",
-        f"{data['preset']}: {p['active_non_embedding'] / 1e6:.2f}M active non-embedding parameters "
-        f"({p['total'] / 1e6:.2f}M in total), {data['steps']} steps. The λ values are kept; η_base is "
+        f"{data['preset']}: {size}{data['steps']} steps. The λ values are kept; η_base is "
         "searched for each arm on the {1, 2, 5}×10⁻ⁿ grid (`grid.md`), then each arm trains at its best "
         "η_base (`report.md`).",
         "",
@@ -163,7 +177,7 @@ class AblateResult:
 
 
 def ablate(
-    preset: str,
+    target: str | Target,
     plan: str,
     out: str | Path,
     *,
@@ -179,8 +193,10 @@ def ablate(
     if kind not in ("both", "leave-one-out", "vary"):
         raise ConfigError(f"kind: {kind!r} is unknown; {_config.closest(kind, ('both', 'leave-one-out', 'vary'))}")
     out = Path(out)
+    target = as_target(target)
+    preset = target.name
     base = _presets.resolve(plan)
-    comps = list(components or model_components(preset))
+    comps = list(components or target.components())
     for c in comps:
         if c not in COMPONENTS:
             raise ConfigError(f"components: {c!r} is unknown; {_config.closest(c, COMPONENTS)}")
@@ -188,8 +204,8 @@ def ablate(
         if not (isinstance(f, (int, float)) and math.isfinite(f) and f > 0):
             raise ConfigError(f"factors: {f!r} is not a positive number; e.g. 0.2,0.667,1.5,5")
     t0 = time.perf_counter()
-    loo = _leave_one_out(preset, plan, base, comps, out, seeds, sets, workers, log) if kind != "vary" else []
-    vary = _vary(preset, base, comps, factors, out, seeds, sets, workers, log) if kind != "leave-one-out" else []
+    loo = _leave_one_out(target, plan, base, comps, out, seeds, sets, workers, log) if kind != "vary" else []
+    vary = _vary(target, base, comps, factors, out, seeds, sets, workers, log) if kind != "leave-one-out" else []
     data = {"preset": preset, "plan": plan, "seeds": seeds, "leave_one_out": loo, "vary": vary,
             "wall_s": time.perf_counter() - t0}
     _config.atomic_write_text(out / "ablate.json", json.dumps(data, indent=1) + "\n")
@@ -200,13 +216,13 @@ def ablate(
     return AblateResult(out, loo, vary)
 
 
-def _leave_one_out(preset, plan_spec, base: Plan, comps, out: Path, seeds, sets, workers, log) -> list[dict[str, Any]]:
+def _leave_one_out(target: Target, plan_spec, base: Plan, comps, out: Path, seeds, sets, workers, log) -> list[dict[str, Any]]:
     full = "full"
     plans = [_write_plan(out / "plans" / f"{full}.toml", base)]
     for c in comps:
         plans.append(_write_plan(out / "plans" / f"no-{c}.toml", dataclasses.replace(base, **{c: ComponentPlan(
             weight_decay=base.component(c).weight_decay)})))
-    res = compare(preset, plans, seeds=seeds, out=out / "leave-one-out", sets=sets, workers=workers, log=log)
+    res = compare(target, plans, seeds=seeds, out=out / "leave-one-out", sets=sets, workers=workers, log=log)
     arms = res.results["arms"]
     rows = []
     for c in comps:
@@ -225,7 +241,7 @@ def _leave_one_out(preset, plan_spec, base: Plan, comps, out: Path, seeds, sets,
     return rows
 
 
-def _vary(preset, base: Plan, comps, factors, out: Path, seeds, sets, workers, log) -> list[dict[str, Any]]:
+def _vary(target: Target, base: Plan, comps, factors, out: Path, seeds, sets, workers, log) -> list[dict[str, Any]]:
     variants = [("base", None, None, 1.0, base)]
     for c in comps:
         cp = base.component(c)
@@ -236,11 +252,11 @@ def _vary(preset, base: Plan, comps, factors, out: Path, seeds, sets, workers, l
     jobs, index = [], []
     for name, c, which, f, p in variants:
         for seed in range(seeds):
-            cfg = run_config(preset, p, sets={**dict(sets or {}), "train.seed": seed, "train.data_seed": seed})
-            jobs.append(Job(cfg, run_dir(out / "runs", cfg)))
+            spec = target.spec(p, seed, sets)
+            jobs.append(Job(spec, run_dir(out / "runs", spec), label=f"{name} seed {seed}"))
             index.append((name, c, which, f))
     log(f"rlrs ablate: {len(variants)} variants × {seeds} seed(s) = {len(jobs)} runs -> {out / 'runs'}")
-    outcomes = run_jobs(jobs, workers)
+    outcomes = run_all(jobs, workers, log)
     rows: dict[str, dict[str, Any]] = {}
     for (name, c, which, f), o in zip(index, outcomes):
         row = rows.setdefault(name, {"variant": name, "component": c, "which": which, "factor": f,
@@ -310,53 +326,69 @@ def _plot_vary(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> Pat
 
 
 def add_commands(sub) -> None:
-    from .cli import parse_sets
-
-    p = sub.add_parser("transfer", help="reuse a plan's λ on a larger model: η_base grid for both arms, then compare")
+    p = sub.add_parser("transfer", help="reuse a plan's λ on a larger model: η_base grid for both arms, then compare",
+                       description="Algorithm 1 of the paper: keep every λ of --plan, search η_base on the larger "
+                                   "model for the plan and its baseline, then compare them over paired seeds.")
     p.add_argument("--plan", required=True, help="the small model's plan (a tuned.toml, or a preset)")
-    p.add_argument("--preset", required=True, help="the larger model preset")
+    p.add_argument("--preset", default=None, help="the larger reference model preset")
+    p.add_argument("--target-command", default=None, metavar="CMD",
+                   help="the larger model's own training command instead of --preset (see `rlrs compare --help`)")
+    p.add_argument("--steps", type=int, default=None, help="with --target-command: its length, passed as RLRS_STEPS / {steps}")
+    p.add_argument("--cwd", default=".", help="with --target-command: the directory it runs in")
     p.add_argument("--baseline", default=None, help="baseline plan (default: the plan with every λ = 1)")
     p.add_argument("--grid", default=None, help="η_base values, e.g. 1e-3,2e-3,5e-3 (default: 5 around the plan's)")
+    p.add_argument("--grid-seeds", type=int, default=1, help="seeds per η_base grid point (default: 1)")
     p.add_argument("--seeds", type=int, default=3, help="seeds of the final compare (default: 3)")
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=lambda a: _cmd_transfer(a, parse_sets(a.set)))
+    add_workers_arg(p)
+    add_set_arg(p)
+    p.add_argument("--out", required=True, help="output directory (grid.json, report.md, transfer.md, runs/)")
+    p.set_defaults(func=cmd_transfer)
 
     p = sub.add_parser("ablate", help="leave-one-out (table 6) and one-λ-varied (figure 4) ablations of a plan")
-    p.add_argument("--preset", default="micro-moe")
-    p.add_argument("--plan", default=None, help="plan to ablate (default: paper-moe / paper-dense)")
-    p.add_argument("--kind", default="both", choices=("both", "leave-one-out", "vary"))
-    p.add_argument("--components", default=None, help="comma-separated (default: all of the model's)")
-    p.add_argument("--factors", default=None, help="comma-separated (default: 0.2,0.667,1.5,5)")
-    p.add_argument("--seeds", type=int, default=1)
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=lambda a: _cmd_ablate(a, parse_sets(a.set)))
+    p.add_argument("--preset", default=None, help="reference model preset (default: micro-moe)")
+    p.add_argument("--command", default=None, metavar="CMD", help="ablate on your own training command instead of a preset")
+    p.add_argument("--steps", type=int, default=None, help="with --command: its length, passed as RLRS_STEPS / {steps}")
+    p.add_argument("--cwd", default=".", help="with --command: the directory it runs in")
+    p.add_argument("--plan", default=None, help="plan to ablate (default: paper-moe for MoE presets, else paper-dense)")
+    p.add_argument("--kind", default="both", choices=("both", "leave-one-out", "vary"),
+                   help="leave-one-out (table 6), vary (figure 4) or both (default)")
+    p.add_argument("--components", default=None, help="comma-separated components (default: all of the model's)")
+    p.add_argument("--factors", default=None, help="λ multipliers for --kind vary (default: 0.2,0.667,1.5,5)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per variant (default: 1)")
+    add_workers_arg(p)
+    add_set_arg(p)
+    p.add_argument("--out", required=True, help="output directory (ablate.md, ablate.json, runs/)")
+    p.set_defaults(func=cmd_ablate)
 
 
-def _floats(text: str | None, name: str) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"--{name}: {text!r} is not a comma-separated list of numbers") from None
+def _target_of(preset: str | None, command: str | None, steps: int | None, cwd: str, flag: str) -> Target:
+    if command is not None:
+        if preset is not None:
+            raise ConfigError(f"--preset and {flag}: choose one")
+        return CommandTarget(command, steps, cwd)
+    if steps is not None:
+        raise ConfigError(f"--steps: applies to {flag}; for a preset use --set train.steps=N")
+    if preset is None and flag == "--target-command":
+        raise ConfigError("--preset or --target-command: name the larger model to transfer to")
+    return PresetTarget(preset or "micro-moe")
 
 
-def _cmd_transfer(args, sets) -> int:
-    transfer(args.plan, args.preset, args.out, baseline=args.baseline, grid=parse_grid(args.grid) if args.grid else None,
-                 seeds=args.seeds, sets=sets, workers=args.workers)
+def cmd_transfer(args) -> int:
+    check_workers(args.workers)
+    target = _target_of(args.preset, args.target_command, args.steps, args.cwd, "--target-command")
+    transfer(args.plan, target, args.out, baseline=args.baseline, grid=parse_grid(args.grid) if args.grid else None,
+             grid_seeds=args.grid_seeds, seeds=args.seeds, sets=parse_sets(args.set), workers=args.workers)
     print((Path(args.out) / "transfer.md").read_text())
     return 0
 
 
-def _cmd_ablate(args, sets) -> int:
-    plan = args.plan or ("paper-moe" if get_preset(args.preset).is_moe else "paper-dense")
+def cmd_ablate(args) -> int:
+    check_workers(args.workers)
+    target = _target_of(args.preset, args.command, args.steps, args.cwd, "--command")
+    plan = args.plan or target.default_plans()[1]
     comps = [c.strip() for c in args.components.split(",")] if args.components else None
-    factors = _floats(args.factors, "factors") or FACTORS
-    ablate(args.preset, plan, args.out, kind=args.kind, components=comps, factors=factors, seeds=args.seeds,
-           sets=sets, workers=args.workers)
+    factors = parse_floats(args.factors, "factors") or FACTORS
+    ablate(target, plan, args.out, kind=args.kind, components=comps, factors=factors, seeds=args.seeds,
+           sets=parse_sets(args.set), workers=args.workers)
     print((Path(args.out) / "ablate.md").read_text())
     return 0

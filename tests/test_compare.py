@@ -47,20 +47,22 @@ def moe_compare(corpus_dir, tmp_path_factory):
 
 
 class _Spy:
-    """Stands in for runner.run_jobs inside compare and records which jobs it was given."""
+    """Wraps the engine's Pool.run and records which jobs it was given to run."""
 
     def __init__(self, real):
         self.real, self.jobs = real, []
 
-    def __call__(self, jobs, workers=None, on_done=None):
+    def __call__(self, pool, jobs, on_done=None, progress=False):
         self.jobs.extend(jobs)
-        return self.real(jobs, workers=workers, on_done=on_done)
+        return self.real(pool, jobs, on_done=on_done, progress=progress)
 
 
 @pytest.fixture
 def spy(monkeypatch):
-    s = _Spy(cmp.run_jobs)
-    monkeypatch.setattr(cmp, "run_jobs", s)
+    from rlrs import engine
+
+    s = _Spy(engine.Pool.run)
+    monkeypatch.setattr(engine.Pool, "run", lambda pool, jobs, on_done=None, progress=False: s(pool, jobs, on_done, progress))
     return s
 
 
@@ -190,8 +192,10 @@ def test_interrupted_compare_resumes_only_the_unfinished_run(moe_compare, tmp_pa
     victim = next(r for r in moe_compare.runs if (r.arm, r.seed) == ("paper-moe", 1)).out
     victim = out / "runs" / victim.name
     final_before = json.loads((victim / "summary.json").read_text())["final_eval_loss"]
-    # What a kill at step 19 leaves: no summary, the newest checkpoint at 18, the log a bit further.
+    # What a kill at step 19 leaves: no summary or engine record, the newest checkpoint at 18, the
+    # log a bit further.
     (victim / "summary.json").unlink()
+    (victim / "result.json").unlink()
     ckpts = sorted((victim / "checkpoints").glob("step_*.pt"))
     assert ckpts[-1].name == f"step_{STEPS:07d}.pt"
     ckpts[-1].unlink()
@@ -218,16 +222,16 @@ def test_killed_compare_resumes_without_redoing_finished_runs(tmp_path, corpus_d
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while not list(out.glob("runs/*/summary.json")) and time.monotonic() < deadline and proc.poll() is None:
+        while not list(out.glob("runs/*/result.json")) and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.02)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the command and its worker processes, mid-training
         proc.wait()
-    finished = {p.parent: p.stat().st_mtime_ns for p in out.glob("runs/*/summary.json")}
+    finished = {p.parent: p.stat().st_mtime_ns for p in out.glob("runs/*/result.json")}
     assert finished and not (out / "report.md").exists()
     res = compare("tiny-dense", ["uniform-dense", "paper-dense"], seeds=2, out=out, sets=sets, workers=1, log=_quiet)
     assert all(r.status == "finished" for r in res.runs), [(r.status, r.error) for r in res.runs]
-    assert {p: (p / "summary.json").stat().st_mtime_ns for p in finished} == finished
+    assert {p: (p / "result.json").stat().st_mtime_ns for p in finished} == finished
     assert not {j.out for j in spy.jobs} & set(finished) and len(spy.jobs) == 4 - len(finished)
     assert {r.out for r in res.runs if r.reused} == set(finished)
 
@@ -330,11 +334,11 @@ def test_base_lrs_from_a_grid_without_the_arm(tmp_path, capsys):
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
 def test_runs_use_the_cores_they_are_pinned_to():
     # Two commands pinned to one core each must not start two threads each and fight over the cores.
-    code = ("import os; from rlrs.runner import usable_cores; "
+    code = ("import os; from rlrs.engine import usable_cores; "
             "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); print(usable_cores())")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "1"
-    from rlrs.runner import usable_cores
+    from rlrs.engine import usable_cores
 
     assert usable_cores() == len(os.sched_getaffinity(0))

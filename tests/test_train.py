@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from rlrs.config import ConfigError
-from rlrs.train import NonFiniteLoss, Trainer, eval_steps, read_metrics, run_config, run_or_reuse, total_steps
+from rlrs.engine import PresetRun, RunLocked, execute, run_lock
+from rlrs.train import NonFiniteLoss, Trainer, eval_steps, read_metrics, run_config, total_steps
 
 
 def cfg_for(tiny_sets, preset="tiny-moe", plan="paper-moe", **extra):
@@ -180,15 +181,40 @@ def test_nonfinite_skip_leaves_state_unchanged_and_continues(tmp_path, tiny_sets
     assert recs[5]["skipped"] is True and "loss is nan" in recs[5]["reason"]
 
 
-def test_run_or_reuse(tmp_path, tiny_sets):
+def test_the_engine_reuses_a_finished_run_and_refuses_another_spec(tmp_path, tiny_sets):
     cfg = cfg_for(tiny_sets, **{"train.steps": 6})
-    first = run_or_reuse(cfg, tmp_path / "r")
+    first = execute(PresetRun(cfg), tmp_path / "r")
+    assert first.status == "finished" and not first.reused and first.compute_steps == 6
     mtime = (tmp_path / "r" / "metrics.jsonl").stat().st_mtime_ns
-    again = run_or_reuse(cfg, tmp_path / "r")
-    assert again.final_eval_loss == first.final_eval_loss
+    again = execute(PresetRun(cfg), tmp_path / "r")
+    assert again.reused and again.final_eval_loss == first.final_eval_loss and again.eval_loss == first.eval_loss
     assert (tmp_path / "r" / "metrics.jsonl").stat().st_mtime_ns == mtime  # not re-run
-    with pytest.raises(ConfigError, match="another config"):
-        run_or_reuse(cfg_for(tiny_sets, plan="uniform", **{"train.steps": 6}), tmp_path / "r")
+    other = execute(PresetRun(cfg_for(tiny_sets, plan="uniform", **{"train.steps": 6})), tmp_path / "r")
+    assert other.status == "failed" and "another spec" in other.error
+    assert execute(PresetRun(cfg), tmp_path / "r").status == "finished"  # the refusal changed nothing
+
+
+def test_resuming_a_finished_run_reports_it_and_changes_nothing(tmp_path, tiny_sets):
+    from rlrs.cli import main
+
+    cfg = cfg_for(tiny_sets, **{"train.steps": 6})
+    Trainer(cfg, tmp_path / "r").run()
+    before = {p.name: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file()}
+    assert main(["train", "--resume", "--out", str(tmp_path / "r"), "--no-progress"]) == 0
+    after = {p.name: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == {k: v for k, v in before.items() if k != ".lock"}
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["final_eval_loss"] is not None
+
+
+def test_a_start_that_died_before_its_first_checkpoint_is_restarted_cleanly(tmp_path, tiny_sets):
+    cfg = cfg_for(tiny_sets, **{"train.steps": 6})
+    Trainer(cfg, tmp_path / "r")  # wrote config.json and an empty log, then "died"
+    (tmp_path / "r" / "metrics.jsonl").write_text('{"kind": "eval", "step": 0, "eval_loss": 9.9}\n')
+    r = execute(PresetRun(cfg), tmp_path / "r")
+    assert r.status == "finished" and r.eval_steps[0] == 0 and r.eval_loss[0] != 9.9
+    clean = execute(PresetRun(cfg), tmp_path / "clean")
+    assert r.eval_loss == clean.eval_loss
 
 
 @pytest.mark.slow
@@ -268,25 +294,26 @@ def test_cuda_bf16_fused_compiled_run_has_no_recompiles(tmp_path, tiny_sets):
     assert result.status == "finished" and result.final_eval_loss < 5.5
 
 
-def test_run_or_reuse_refuses_a_run_locked_by_another_process(tmp_path, tiny_sets):
-    import fcntl
+def test_a_second_writer_is_refused_naming_the_holder(tmp_path, tiny_sets):
+    from rlrs.cli import main
 
     cfg = cfg_for(tiny_sets, **{"train.steps": 4})
-    (tmp_path / "r").mkdir()
-    with open(tmp_path / "r" / ".lock", "w") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
-        with pytest.raises(RuntimeError, match="being trained by another process"):
-            run_or_reuse(cfg, tmp_path / "r", lock_wait_s=0.3)
-    assert run_or_reuse(cfg, tmp_path / "r").status == "finished"  # once released, it runs
+    with run_lock(tmp_path / "r", wait=False):
+        with pytest.raises(RunLocked, match=f"process {os.getpid()}"):
+            with run_lock(tmp_path / "r", wait=False):
+                pass
+        assert main(["train", "--preset", "tiny-moe", "--out", str(tmp_path / "r"), "--no-progress",
+                     *[f"--set={k}={v!r}" if isinstance(v, str) else f"--set={k}={v}" for k, v in tiny_sets.items()]]) == 2
+    assert execute(PresetRun(cfg), tmp_path / "r").status == "finished"  # once released, it runs
 
 
-def test_run_or_reuse_waits_for_a_lock_a_dying_process_still_holds(tmp_path, tiny_sets):
-    import fcntl
+def test_the_engine_waits_for_a_live_holder_instead_of_failing(tmp_path, tiny_sets):
     import threading
+    import time
 
     cfg = cfg_for(tiny_sets, **{"train.steps": 4})
-    (tmp_path / "r").mkdir()
-    held = open(tmp_path / "r" / ".lock", "w")
-    fcntl.flock(held, fcntl.LOCK_EX)
-    threading.Timer(0.5, held.close).start()  # a killed worker's lock goes when the kernel reaps it
-    assert run_or_reuse(cfg, tmp_path / "r", lock_wait_s=10).status == "finished"
+    held = run_lock(tmp_path / "r", wait=False).__enter__()  # held by this process, which is alive
+    threading.Timer(1.5, held.__exit__, (None, None, None)).start()
+    t0 = time.monotonic()
+    r = execute(PresetRun(cfg), tmp_path / "r")
+    assert time.monotonic() - t0 >= 1.4 and r.status == "finished"

@@ -2,6 +2,7 @@
 workers sharing one SQLite study, early stopping, and one small end-to-end search on tiny-moe."""
 
 import json
+import re
 import math
 import multiprocessing
 import os
@@ -23,7 +24,6 @@ from rlrs.tune import (  # noqa: E402
     SyntheticObjective,
     TrainingObjective,
     TuneSpec,
-    _Study,
     default_params,
     join,
     tune,
@@ -32,6 +32,8 @@ from rlrs.tune import (  # noqa: E402
 PARAMS = ["plan.base_lr", "plan.router.start", "plan.experts.end", "model.init_scale"]
 # Reachable from paper-moe on tiny-moe: base_lr 3e-3 × 5, router 0.6 × 2/3, experts.end 1.125 × 3/2,
 # init_scale 0.15 × 2/3.
+from rlrs.tune.study import _Study  # noqa: E402
+
 OPT = {"plan.base_lr": 0.015, "plan.router.start": 0.4, "plan.experts.end": 1.6875, "model.init_scale": 0.1}
 
 SYNTH = '''
@@ -117,7 +119,7 @@ def test_default_params_follow_the_model():
     )
     dense = TuneSpec.create("tiny-dense", steps=10, plan="uniform-dense")
     assert "plan.feedforward.start" in dense.params and "plan.router.start" not in dense.params
-    assert default_params(dense.config) == list(dense.params)
+    assert default_params(dense.base) == list(dense.params)
     constant = TuneSpec.create("tiny-moe", steps=10, sets={"plan.router.shape": "constant"})
     assert "plan.router.start" in constant.params and "plan.router.end" not in constant.params  # end must stay 1
 
@@ -395,7 +397,10 @@ def test_a_diverged_run_is_a_failed_point(tmp_path, tiny_sets):
     spec = TuneSpec.create("tiny-moe", sets=sets, steps=6, params=["plan.base_lr"])
     obj = TrainingObjective(spec, tmp_path / "runs")
     bad, good = obj.run([{"plan.base_lr": 1e4}, {"plan.base_lr": 3e-3}], 6)
-    assert bad.status == "failed" and "diverged" in bad.error and "gradient norm is nan" in bad.error
+    # Which non-finite value shows first (nan or inf, in the loss or the gradient norm) is an accident
+    # of float rounding; that the run diverged, and says why, is the behaviour.
+    assert bad.status == "failed" and "diverged" in bad.error
+    assert re.search(r"(loss|gradient norm) is (nan|inf|-inf)", bad.error), bad.error
     assert good.status == "ok" and sorted(good.curve) == [0, 3, 6] and good.steps == 6
     assert good.tokens == 6 * 8 * 32
     half = obj.run([{"plan.base_lr": 3e-3}], 3)[0]  # a finished run is reused, not retrained

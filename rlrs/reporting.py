@@ -47,6 +47,12 @@ def _fmt(x: float | None, digits: int = 4) -> str:
     return "—" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
 
+def _where_measured(results: Mapping[str, Any]) -> str:
+    # A command's script chooses its own eval points (it reports them with rlrs.report).
+    interval = results.get("eval_interval")
+    return "at the steps the script reports" if interval is None else f"at every {interval:.0%} of training"
+
+
 def _lr(x: float) -> str:
     mant, exp = f"{x:.0e}".split("e")  # 0.002 -> 2e-3, the paper's grid notation
     return f"{mant}e{int(exp)}"
@@ -360,9 +366,8 @@ def compare_markdown(results: Mapping[str, Any], lr_files: Mapping[str, Path], m
     add = L.append
     add(f"# rlrs compare: {results.get('preset')}, {len(arms)} plans × {seeds} seed{'s' * (seeds > 1)}\n")
     add(f"`{results.get('command', '')}`\n")
-    add(f"Baseline **{base}**; loss: **{loss}**, measured at every "
-        f"{results.get('eval_interval', 0.01):.0%} of training; {results['total_steps']} steps per run; "
-        f"seed i of every arm uses data seed i.\n")
+    add(f"Baseline **{base}**; loss: **{loss}**, measured {_where_measured(results)}; "
+        f"{results['total_steps']} steps per run; seed i of every arm uses data seed i.\n")
     runs = results["runs"]
     reused = sum(r["reused"] for r in runs)
     add(f"Training time {sum(r['wall_s'] for r in runs):.1f} s summed over {len(runs)} runs"
@@ -405,7 +410,7 @@ def compare_markdown(results: Mapping[str, Any], lr_files: Mapping[str, Path], m
             "Means, speed-ups and differences use the finished seeds only (see *Runs*).")
     add("\n![loss curves](loss.png)\n")
     add("## The speed-up, defined (appendix A of the paper)\n")
-    add(f"Every run is measured at every {results.get('eval_interval', 0.01):.0%} of its steps (the paper: 1%). "
+    add(f"Every run is measured {_where_measured(results)} (the paper: every 1% of training). "
         "The baseline trains **T_base** steps and ends at loss **L** (mean over its seeds). **T_relative** is the first measuring step at which the relative "
         "arm's mean loss is ≤ L. **speed-up = (T_base / T_relative − 1) × 100%**. An arm that never gets to L "
         "has *no speed-up* (not 0%). The relative schedule has not finished decaying at T_relative, so the "

@@ -1,0 +1,770 @@
+"""The run engine: the one owner of run directories, and the one job pool.
+
+Every experiment command (compare, lr-grid, tune, transfer, ablate, demo) describes each training
+run as a spec and hands it here:
+
+    >>> from rlrs.engine import CommandRun, PresetRun, execute, run_dir
+    >>> spec = PresetRun(run_config("tiny-moe", "paper-moe", sets={"train.steps": 40}))  # doctest: +SKIP
+    >>> spec = CommandRun("python train.py", plan=rlrs.presets.get("paper-dense"), seed=0)  # doctest: +SKIP
+    >>> result = execute(spec, run_dir("runs", spec))                                     # doctest: +SKIP
+    >>> result.status, result.final_eval_loss                                             # doctest: +SKIP
+
+A spec is either a run of rlrs's own trainer (:class:`PresetRun`: a resolved run config) or a run
+of the user's own command (:class:`CommandRun`: a shell command, the plan it trains with, a seed).
+:func:`run_dir` content-addresses it: the same spec is always the same directory. :func:`execute`
+gives a typed :class:`RunResult` and never raises for a run that fails. Its rules, written once:
+
+- **Lock.** One ``flock`` per run directory (``.lock``, holding the owner's pid). The engine waits
+  while the holder is alive (then reuses what it trained); ``rlrs train`` refuses at once, naming
+  the holder.
+- **Reuse.** ``result.json`` is the engine's record of a run. A finished run is reused; so is a
+  diverged one (the same spec diverges again). A run stopped at ``stop_at`` is reused by any call
+  that needs no more steps. A failed run (a crash, a kill, a non-zero exit) is run again.
+- **Resume.** A preset run continues from its newest checkpoint. A command is started again: it
+  resumes only if it checkpoints into ``$RLRS_RUN_DIR`` itself (see :mod:`rlrs.script`).
+- **Failure record.** Every attempt ends in ``result.json``: the status, the error, and for a
+  command its exit status and the tail of its stderr (the whole of it is in ``stderr.log``).
+
+:class:`Pool` runs many specs at once in spawned worker processes, each with its share of the
+cores this process may use (its CPU affinity) and, on a machine with several GPUs, its own GPU.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import math
+import multiprocessing as mp
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from . import config as _config
+from .config import ConfigError
+from .plan import Plan
+from .train import NonFiniteLoss, RunConfig, Trainer, read_metrics, total_steps
+
+STATUSES = ("finished", "stopped", "diverged", "failed")
+RESULT = "result.json"
+STDERR_TAIL_LINES = 30
+POLL_S = 0.2
+# How long a lock whose holder cannot be seen (another host, or a pid that is gone while the
+# kernel still tears the process down) is waited for before the run is recorded as failed.
+LOCK_WAIT_S = 10.0
+
+
+# --- specs -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PresetRun:
+    """A run of rlrs's own trainer: everything is in the resolved run config."""
+
+    cfg: RunConfig
+
+    @property
+    def plan(self) -> Plan:
+        return self.cfg.plan
+
+    @property
+    def seed(self) -> int:
+        return self.cfg.train.seed
+
+    @property
+    def total_steps(self) -> int:
+        return total_steps(self.cfg)
+
+    @property
+    def prefix(self) -> str:
+        return self.cfg.preset
+
+    def identity(self) -> dict[str, Any]:
+        return self.cfg.to_dict()
+
+
+@dataclass(frozen=True)
+class CommandRun:
+    """A run of the user's own command.
+
+    The engine writes ``plan`` to ``RUN_DIR/plan.toml`` and starts ``command`` through the shell
+    in ``cwd`` with ``RLRS_PLAN``, ``RLRS_RUN_DIR``, ``RLRS_SEED`` (and ``RLRS_STEPS`` when
+    ``steps`` is given) in its environment; ``{plan}``, ``{run_dir}``, ``{seed}`` and ``{steps}``
+    in the command are replaced by the same values. The script reports its eval losses with
+    :func:`rlrs.report`; ``steps`` is its length in steps (needed for pruning at fractions of
+    training; otherwise the last reported step is taken as the length).
+    """
+
+    command: str
+    plan: Plan
+    seed: int = 0
+    steps: int | None = None
+    cwd: str = "."
+
+    def __post_init__(self) -> None:
+        if not self.command.strip():
+            raise ConfigError("--command: empty; give the shell command that trains, e.g. --command 'python train.py'")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"--steps: at least 1, got {self.steps}")
+        try:
+            self.command.format(plan="", run_dir="", seed="", steps="")
+        except (KeyError, IndexError, ValueError) as err:
+            what = f"{{{err.args[0]}}}" if isinstance(err, KeyError) else f"{err}"
+            raise ConfigError(
+                f"--command: {what} is not a placeholder; the command may use {{plan}}, {{run_dir}}, "
+                "{seed} and {steps} (write {{ and }} for literal braces)"
+            ) from None
+
+    @property
+    def total_steps(self) -> int | None:
+        return self.steps
+
+    @property
+    def prefix(self) -> str:
+        return "cmd"
+
+    def identity(self) -> dict[str, Any]:
+        return {"command": self.command, "plan": self.plan.to_dict(), "seed": self.seed, "steps": self.steps,
+                "cwd": str(Path(self.cwd).resolve())}
+
+    def shell_command(self, out: Path) -> str:
+        q = shlex.quote
+        return self.command.format(plan=q(str(out / "plan.toml")), run_dir=q(str(out)), seed=self.seed,
+                                   steps="" if self.steps is None else self.steps)
+
+
+RunSpec = PresetRun | CommandRun
+
+
+def run_dir(root: str | Path, spec: RunSpec) -> Path:
+    """The content-addressed directory of ``spec`` under ``root``: the same spec always maps to
+    the same place, so a repeated or interrupted command finds (and reuses or resumes) its runs."""
+    digest = hashlib.sha256(json.dumps(spec.identity(), sort_keys=True).encode()).hexdigest()[:12]
+    return Path(root) / f"{spec.prefix}-{digest}"
+
+
+# --- results ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    """How a run ended. ``eval_steps``/``eval_loss`` is its eval-loss curve so far."""
+
+    out: Path
+    status: str  # finished | stopped | diverged | failed
+    steps: int = 0
+    total_steps: int | None = None
+    eval_steps: list[int] = field(default_factory=list)
+    eval_loss: list[float] = field(default_factory=list)
+    final_train_loss: float | None = None
+    tokens: int | None = None
+    wall_s: float = 0.0
+    error: str | None = None
+    exit_code: int | None = None
+    reused: bool = False
+    compute_steps: int = 0  # steps trained by this call (0 when reused)
+
+    @property
+    def final_eval_loss(self) -> float | None:
+        v = self.eval_loss[-1] if self.eval_loss else None
+        return v if v is not None and math.isfinite(v) else None
+
+    def headline(self) -> str:
+        """One line: the status and the final loss or the last line of the error."""
+        if self.status == "finished" and self.final_eval_loss is not None:
+            return f"finished in {self.wall_s:.1f}s, eval loss {self.final_eval_loss:.4f}"
+        last = ((self.error or "").strip().splitlines() or [""])[-1]
+        return f"{self.status}: {last.split(';')[0]}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status, "steps": self.steps, "total_steps": self.total_steps,
+            "eval_steps": self.eval_steps, "eval_loss": [_finite(v) for v in self.eval_loss],
+            "final_eval_loss": self.final_eval_loss, "final_train_loss": _finite(self.final_train_loss),
+            "tokens": self.tokens, "wall_s": self.wall_s, "error": self.error, "exit_code": self.exit_code,
+        }
+
+    @classmethod
+    def from_dict(cls, out: Path, d: Mapping[str, Any]) -> "RunResult":
+        return cls(
+            out=out, status=d["status"], steps=int(d["steps"]), total_steps=d.get("total_steps"),
+            eval_steps=[int(s) for s in d.get("eval_steps", [])],
+            eval_loss=[math.nan if v is None else float(v) for v in d.get("eval_loss", [])],
+            final_train_loss=d.get("final_train_loss"), tokens=d.get("tokens"), wall_s=float(d.get("wall_s", 0.0)),
+            error=d.get("error"), exit_code=d.get("exit_code"), reused=True,
+        )
+
+
+def _finite(v: float | None) -> float | None:
+    return v if v is not None and math.isfinite(v) else None
+
+
+def read_result(out: str | Path) -> RunResult | None:
+    """The engine's record of the run in ``out``, or ``None`` if it has none (or it is damaged)."""
+    path = Path(out) / RESULT
+    try:
+        return RunResult.from_dict(Path(out), json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_result(r: RunResult) -> RunResult:
+    _config.atomic_write_text(r.out / RESULT, json.dumps(r.to_dict(), indent=1) + "\n")
+    return r
+
+
+# --- the lock ----------------------------------------------------------------------------------------
+
+
+class RunLocked(RuntimeError):
+    """Another process is writing this run directory."""
+
+
+class run_lock:
+    """Exclusive ownership of a run directory (``with run_lock(out): ...``).
+
+    ``wait=False`` refuses at once with :class:`RunLocked` naming the holder (``rlrs train``).
+    ``wait=True`` waits while the holder (a pid on this host) is alive, and up to ``LOCK_WAIT_S``
+    where it cannot tell, then raises the same error.
+    """
+
+    def __init__(self, out: str | Path, wait: bool = True):
+        self.out = Path(out)
+        self.wait = wait
+        self.f = None
+
+    def __enter__(self) -> "run_lock":
+        import fcntl
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.f = open(self.out / ".lock", "a+")
+        blind_since = None
+        while True:
+            try:
+                fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = self._holder()
+                alive = holder is not None and holder.get("host") == socket.gethostname() and pid_alive(holder.get("pid"))
+                if not self.wait:
+                    self.f.close()
+                    raise RunLocked(f"{self.out} is being written by {_describe(holder)}; wait for it to end or stop it")
+                if alive:
+                    blind_since = None
+                else:
+                    blind_since = blind_since or time.monotonic()
+                    if time.monotonic() - blind_since > LOCK_WAIT_S:
+                        self.f.close()
+                        raise RunLocked(f"{self.out} is locked by {_describe(holder)}, which could not be seen "
+                                        f"for {LOCK_WAIT_S:.0f} s; stop it or remove {self.out / '.lock'}")
+                time.sleep(0.1)
+        self.f.seek(0)
+        self.f.truncate()
+        self.f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
+        self.f.flush()
+        return self
+
+    def _holder(self) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.out / ".lock").read_text() or "null")
+        except (OSError, ValueError):
+            return None
+
+    def __exit__(self, *exc) -> None:
+        if self.f is not None:
+            self.f.close()  # closing releases the lock
+
+
+def _describe(holder: Mapping[str, Any] | None) -> str:
+    if not holder:
+        return "another process"
+    return f"process {holder.get('pid')} on {holder.get('host')}"
+
+
+def pid_alive(pid: Any) -> bool:
+    """Whether process ``pid`` exists on this host (``False`` for a pid that is not a number > 0)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --- executing one run ---------------------------------------------------------------------------------
+
+
+def execute(spec: RunSpec, out: str | Path, stop_at: int | None = None, progress: bool = False) -> RunResult:
+    """Run ``spec`` in ``out`` up to ``stop_at`` steps (default: to the end), reusing or resuming
+    what ``out`` holds. Never raises for a run that fails: the :class:`RunResult` says why."""
+    out = Path(out)
+    t0 = time.perf_counter()
+    try:
+        with run_lock(out, wait=True):
+            return _execute_locked(spec, out, stop_at, progress)
+    except (RunLocked, OSError, ConfigError) as err:
+        return RunResult(out, "failed", error=f"{type(err).__name__}: {err}", wall_s=time.perf_counter() - t0)
+
+
+def _execute_locked(spec: RunSpec, out: Path, stop_at: int | None, progress: bool) -> RunResult:
+    identity = out / "spec.json"
+    mine = json.loads(json.dumps(spec.identity(), sort_keys=True))
+    if identity.exists():
+        try:
+            theirs = json.loads(identity.read_text())
+        except ValueError:
+            theirs = None
+        if theirs != mine:
+            return _write_result(RunResult(out, "failed", error=f"ConfigError: {out} holds a run of another spec; "
+                                                                  "remove it or choose another --out"))
+    else:
+        _config.atomic_write_text(identity, json.dumps(mine, indent=1, sort_keys=True) + "\n")
+    prior = read_result(out)
+    if prior is not None and _reusable(prior, stop_at):
+        return prior
+    if isinstance(spec, PresetRun):
+        return _write_result(_execute_preset(spec, out, stop_at, progress))
+    return _write_result(_execute_command(spec, out, stop_at))
+
+
+def _reusable(prior: RunResult, stop_at: int | None) -> bool:
+    if prior.status in ("finished", "diverged"):
+        return True
+    return prior.status == "stopped" and stop_at is not None and prior.steps >= stop_at
+
+
+def _execute_preset(spec: PresetRun, out: Path, stop_at: int | None, progress: bool) -> RunResult:
+    t0 = time.perf_counter()
+    cfg = spec.cfg
+    done_before = _trained_steps(out)
+    try:
+        resume = Trainer.can_resume(out)
+        if not resume:  # a start that died before its first checkpoint: start again cleanly
+            Trainer.clear_partial(out)
+        r = Trainer(cfg, out, resume=resume, progress=progress).run(stop_at=stop_at)
+        status, error = r.status, None
+        steps, train_loss, wall = r.steps, r.final_train_loss, r.wall_s
+    except NonFiniteLoss as err:
+        status, error, train_loss, wall = "diverged", str(err), None, time.perf_counter() - t0
+        steps = _trained_steps(out)
+    except Exception:  # noqa: BLE001 - recorded in result.json and shown in reports, never dropped
+        status, error, train_loss, wall = "failed", traceback.format_exc(limit=8), None, time.perf_counter() - t0
+        steps = _trained_steps(out)
+    xs, ys = _eval_curve(out)
+    seq = cfg.train.seq_len or cfg.model.seq_len
+    return RunResult(out, status, steps, total_steps(cfg), xs, ys, train_loss, steps * cfg.train.batch_size * seq,
+                     wall, error, compute_steps=max(0, steps - done_before))
+
+
+def _trained_steps(out: Path) -> int:
+    recs = _metrics(out)
+    return max((int(r["step"]) for r in recs if r.get("kind") == "train"), default=0)
+
+
+def _metrics(out: Path) -> list[dict[str, Any]]:
+    try:
+        return read_metrics(out)
+    except (OSError, ValueError):
+        return []
+
+
+def _eval_curve(out: Path) -> tuple[list[int], list[float]]:
+    """The eval-loss curve in ``metrics.jsonl``. A report at step ``s`` after later ones means the
+    script started again (or resumed from a checkpoint at ``s``): what it had reported from ``s``
+    on is replaced."""
+    curve: dict[int, float] = {}
+    for r in _metrics(out):
+        if r.get("kind") != "eval":
+            continue
+        s = int(r["step"])
+        for later in [k for k in curve if k >= s]:
+            del curve[later]
+        v = r.get("eval_loss")
+        curve[s] = math.nan if v is None else float(v)
+    xs = sorted(curve)
+    return xs, [curve[s] for s in xs]
+
+
+def _execute_command(spec: CommandRun, out: Path, stop_at: int | None) -> RunResult:
+    t0 = time.perf_counter()
+    spec.plan.save(out / "plan.toml")
+    lines_before = len(_metrics(out))
+    env = dict(os.environ)
+    env.update({"RLRS_PLAN": str(out / "plan.toml"), "RLRS_RUN_DIR": str(out), "RLRS_SEED": str(spec.seed)})
+    if spec.steps is not None:
+        env["RLRS_STEPS"] = str(spec.steps)
+    threads = env.get("RLRS_THREADS")
+    if threads:  # the pool's share of the cores, unless the user chose
+        env.setdefault("OMP_NUM_THREADS", threads)
+    with open(out / "stdout.log", "ab") as so, open(out / "stderr.log", "ab") as se:
+        se_start = se.tell()
+        proc = subprocess.Popen(spec.shell_command(out), shell=True, cwd=spec.cwd, env=env, stdout=so, stderr=se,
+                                start_new_session=True)  # its own process group: a stop reaches torchrun's children
+        why, status = None, None
+        try:
+            while proc.poll() is None:
+                time.sleep(POLL_S)
+                xs, ys = _eval_curve(out)
+                bad = [(s, v) for s, v in zip(xs, ys) if not math.isfinite(v)]
+                if bad:
+                    status, why = "diverged", f"reported a non-finite eval loss ({bad[0][1]}) at step {bad[0][0]}"
+                    _stop(proc)
+                elif stop_at is not None and xs and xs[-1] >= stop_at and (spec.steps is None or stop_at < spec.steps):
+                    status = "stopped"
+                    _stop(proc)
+        except BaseException:
+            _stop(proc)  # never leave the user's training running when rlrs stops
+            raise
+    code = proc.returncode
+    xs, ys = _eval_curve(out)
+    bad = [(s, v) for s, v in zip(xs, ys) if not math.isfinite(v)]
+    if bad and status is None:
+        status, why = "diverged", f"reported a non-finite eval loss ({bad[0][1]}) at step {bad[0][0]}"
+    tail = _tail(out / "stderr.log", se_start)
+    if status is None:
+        if code != 0:
+            status = "failed"
+            # A shell reports a child killed by signal N as 128 + N.
+            sig = -code if code < 0 else code - 128 if 128 < code < 128 + 65 else None
+            why = f"exit status {code}" + (f" (killed by signal {sig})" if sig else "")
+        elif not xs:
+            status, why = "failed", ("exit status 0 but it never called rlrs.report(step, loss): no eval loss to "
+                                     "compare; call it at the script's eval points")
+        else:
+            status = "finished"
+    error = None
+    if why is not None:
+        error = f"{why}; command: {spec.shell_command(out)}" + (f"\n--- stderr (last lines) ---\n{tail}" if tail else "")
+    steps = xs[-1] if xs else 0
+    total = spec.steps if spec.steps is not None else (steps if status == "finished" else None)
+    return RunResult(out, status, steps, total, xs, ys, None, _reported_tokens(out), time.perf_counter() - t0,
+                     error, code, compute_steps=_attempt_steps(_metrics(out)[lines_before:], xs))
+
+
+def _attempt_steps(new: Sequence[Mapping[str, Any]], curve_steps: Sequence[int]) -> int:
+    # The steps this attempt trained: from where it began (0 for a fresh start; the step it resumed
+    # at, when its first report continues the curve) to its last report.
+    steps = [int(r["step"]) for r in new if r.get("kind") == "eval"]
+    if not steps:
+        return 0
+    first = steps[0]
+    began = first if first > 0 and any(s < first for s in curve_steps) else 0
+    return max(steps) - began
+
+
+def _reported_tokens(out: Path) -> int | None:
+    recs = [r for r in _metrics(out) if r.get("kind") == "eval" and r.get("tokens") is not None]
+    return int(recs[-1]["tokens"]) if recs else None
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the command's process group, SIGKILL it if it has not ended after 10 s."""
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _tail(path: Path, start: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-STDERR_TAIL_LINES:])
+
+
+# --- the job pool ------------------------------------------------------------------------------------
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity (``taskset``, a batch scheduler's cpuset)
+    where the OS reports one, else every core. Threads beyond it only fight over the same cores."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """Runs at once by default: one per usable core, at most 4."""
+    return max(1, min(usable_cores(), 4))
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run for the pool: ``spec`` in ``out``, up to ``stop_at`` steps (``None``: the end)."""
+
+    spec: RunSpec
+    out: Path
+    stop_at: int | None = None
+    label: str = ""
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _init_worker(slots, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    os.environ["RLRS_THREADS"] = str(threads)
+    gpu = slots.get() if slots is not None else None
+    if gpu is not None:  # one run per device: this worker sees only its own GPU
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+
+
+def _work(job: Job) -> RunResult:
+    return execute(job.spec, job.out, job.stop_at)
+
+
+class Pool:
+    """Runs jobs in ``workers`` spawned processes (nothing leaks between runs), each with
+    ``usable_cores() // workers`` threads and, with several GPUs, one GPU of its own.
+
+        >>> with Pool(2) as pool:                                   # doctest: +SKIP
+        ...     results = pool.run([Job(spec_a, out_a), Job(spec_b, out_b)])
+
+    ``run`` returns results in job order; a worker process that dies (killed, out of memory) is a
+    failed result and the pool is rebuilt for the next call. ``progress=True`` shows a bar over
+    all the jobs' training steps with an ETA.
+    """
+
+    def __init__(self, workers: int | None = None):
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+            raise ConfigError(f"workers: at least 1, got {workers!r}")
+        self.workers = workers or default_workers()
+        self._pool: cf.ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> "Pool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def _executor(self, n: int) -> cf.ProcessPoolExecutor:
+        if self._pool is None:
+            ctx = mp.get_context("spawn")
+            gpus = _gpu_count()
+            slots = None
+            if gpus > 1:
+                slots = ctx.Manager().Queue()
+                for i in range(self.workers):
+                    slots.put(i % gpus)
+            threads = max(1, usable_cores() // self.workers)
+            self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+                                                initargs=(slots, threads))
+        return self._pool
+
+    def run(self, jobs: Sequence[Job], on_done: Callable[[Job, RunResult], None] | None = None,
+            progress: bool = False) -> list[RunResult]:
+        jobs = list(jobs)
+        if not jobs:
+            return []
+        bar = _StepBar(jobs) if progress else None
+        results: dict[int, RunResult] = {}
+
+        def done(i: int, r: RunResult) -> None:
+            results[i] = r
+            if bar is not None:
+                bar.finish(i)
+            if on_done:
+                on_done(jobs[i], r)
+
+        try:
+            pool = self._executor(len(jobs))
+            futures = {pool.submit(_work, job): i for i, job in enumerate(jobs)}
+            pending = set(futures)
+            broken = False
+            while pending:
+                finished, pending = cf.wait(pending, timeout=1.0, return_when=cf.FIRST_COMPLETED)
+                for fut in finished:
+                    i = futures[fut]
+                    try:
+                        r = fut.result()
+                    except Exception as err:  # noqa: BLE001 - the worker process died
+                        broken = True
+                        r = RunResult(jobs[i].out, "failed", steps=_trained_steps(jobs[i].out),
+                                      error=f"worker process died: {err!r}")
+                        _write_result(r)
+                    done(i, r)
+                if bar is not None:
+                    bar.poll()
+            if broken:  # a pool that lost a process refuses new work: start a fresh one next time
+                self.close()
+        finally:
+            if bar is not None:
+                bar.close()
+        return [results[i] for i in range(len(jobs))]
+
+
+class _StepBar:
+    """A progress bar over the training steps of many runs, read from their logs (so it works
+    for runs in other processes and for commands alike)."""
+
+    def __init__(self, jobs: Sequence[Job]):
+        tqdm = _config.require("tqdm", "progress").tqdm
+        self.jobs = jobs
+        self.target = [j.stop_at or j.spec.total_steps or 0 for j in jobs]
+        self.seen = [0] * len(jobs)
+        self.bar = tqdm(total=sum(self.target) or None, unit="step", dynamic_ncols=True,
+                        desc=f"{len(jobs)} run{'s' * (len(jobs) > 1)}")
+        self.poll()
+
+    def _steps(self, i: int) -> int:
+        recs = _metrics(self.jobs[i].out)
+        return max((int(r.get("step", 0)) for r in recs), default=0)
+
+    def poll(self) -> None:
+        for i in range(len(self.jobs)):
+            self._advance(i, min(self._steps(i), self.target[i] or self._steps(i)))
+
+    def finish(self, i: int) -> None:
+        self._advance(i, self.target[i] or self._steps(i))
+
+    def _advance(self, i: int, steps: int) -> None:
+        if steps > self.seen[i]:
+            self.bar.update(steps - self.seen[i])
+            self.seen[i] = steps
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_all(jobs: Sequence[Job], workers: int | None = None, log: Callable[[str], None] | None = print,
+            progress: bool = False) -> list[RunResult]:
+    """Run ``jobs`` (duplicates of one directory run once), logging one line per run."""
+    unique: dict[Path, Job] = {}
+    for j in jobs:
+        unique.setdefault(j.out, j)
+    prior = {out: read_result(out) for out in unique}
+    reused = {out for out, j in unique.items() if prior[out] is not None and _reusable(prior[out], j.stop_at)}
+    todo = [j for out, j in unique.items() if out not in reused]
+    with Pool(workers) as pool:
+        if log:
+            log(f"{len(unique)} runs: {len(reused)} reused, {len(todo)} to run"
+                + (f" ({min(pool.workers, len(todo))} at a time)" if todo else ""))
+        count = [len(reused)]
+
+        def on_done(job: Job, r: RunResult) -> None:
+            count[0] += 1
+            if log:
+                log(f"  [{count[0]}/{len(unique)}] {job.label or job.out.name}: {r.headline()}")
+
+        new = dict(zip((j.out for j in todo), pool.run(todo, on_done, progress=progress and bool(todo))))
+    by_out = {out: prior[out] for out in reused} | new
+    return [by_out[j.out] for j in jobs]
+
+
+def iter_results(root: str | Path) -> Iterator[RunResult]:
+    """Every run under ``root`` that has a record (for tools that look back over a directory)."""
+    for d in sorted(Path(root).glob("*/")):
+        r = read_result(d)
+        if r is not None:
+            yield r
+
+
+# --- targets: what the experiment commands train ---------------------------------------------------------
+
+DEFAULT_PRESET = "micro-moe"
+
+
+@dataclass(frozen=True)
+class PresetTarget:
+    """rlrs's reference model ``preset`` (with an optional run-config file), trained by rlrs."""
+
+    preset: str = DEFAULT_PRESET
+    config_file: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.preset
+
+    def spec(self, plan: str | Plan, seed: int, sets: Mapping[str, Any] | None = None) -> PresetRun:
+        """Seed ``seed`` (``train.seed = train.data_seed = seed``) of ``plan``, with ``sets``."""
+        from .train import run_config
+
+        return PresetRun(run_config(self.preset, plan, self.config_file,
+                                    {**dict(sets or {}), "train.seed": seed, "train.data_seed": seed}))
+
+    def default_plans(self) -> list[str]:
+        """The uniform baseline and the paper's plan for the preset's model type."""
+        from .models import get_preset
+
+        return ["uniform-moe", "paper-moe"] if get_preset(self.preset).is_moe else ["uniform-dense", "paper-dense"]
+
+    def components(self) -> list[str]:
+        """The components the model has, apart from ``other`` (norms)."""
+        from .models import get_preset
+
+        moe = get_preset(self.preset).is_moe
+        return ["embedding", "unembedding", "attention", *(("router", "experts") if moe else ("feedforward",))]
+
+
+@dataclass(frozen=True)
+class CommandTarget:
+    """The user's own training command (see :class:`CommandRun` and :mod:`rlrs.script`)."""
+
+    command: str
+    steps: int | None = None
+    cwd: str = "."
+
+    def __post_init__(self) -> None:
+        CommandRun(self.command, Plan(), 0, self.steps, self.cwd)  # the same checks, at once
+
+    @property
+    def name(self) -> str:
+        return "command"
+
+    def spec(self, plan: str | Plan, seed: int, sets: Mapping[str, Any] | None = None) -> CommandRun:
+        """Seed ``seed`` of ``plan``; ``sets`` may only hold ``plan.*`` keys (the script owns the rest)."""
+        from . import presets
+
+        base = plan if isinstance(plan, Plan) else presets.resolve(plan)
+        other = [k for k in (sets or {}) if not k.startswith("plan.")]
+        if other:
+            raise ConfigError(
+                f"{other[0]}: with --command only plan.* settings apply (the script sets its own model, data "
+                "and training); pass the rest to your script, e.g. through its own arguments in --command"
+            )
+        resolved = _config.replace(base, {k[len("plan."):]: v for k, v in (sets or {}).items()})
+        return CommandRun(self.command, resolved, seed, self.steps, self.cwd)
+
+    def default_plans(self) -> list[str]:
+        return ["uniform-dense", "paper-dense"]
+
+    def components(self) -> list[str]:
+        return ["embedding", "unembedding", "attention", "feedforward"]
+
+
+Target = PresetTarget | CommandTarget
+
+
+def as_target(target: "str | Target") -> "Target":
+    """A preset name is a :class:`PresetTarget`; targets pass through."""
+    return PresetTarget(target) if isinstance(target, str) else target

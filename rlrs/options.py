@@ -1,0 +1,130 @@
+"""Command-line pieces every ``rlrs`` command shares: ``--set`` values, plan and grid lists, and
+what to train (a preset or the user's own ``--command``). Command modules import this; nothing
+here imports a command module, so ``rlrs.cli`` can import them all plainly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tomllib
+from typing import Any, Sequence
+
+from .config import ConfigError
+from .engine import DEFAULT_PRESET, CommandTarget, PresetTarget, Target, default_workers
+
+
+def _value(text: str) -> Any:
+    # TOML syntax for values (numbers, true/false, "strings", [lists]); a bare word is a string.
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_sets(items: Sequence[str]) -> dict[str, Any]:
+    """``["train.steps=100", "plan.router.start=0.5"]`` to ``{"train.steps": 100, ...}``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: write key=value, e.g. --set train.steps=100")
+        out[key.strip()] = _value(value.strip())
+    return out
+
+
+def parse_plans(text: str) -> list[str]:
+    """``"uniform,paper-moe"`` → ``["uniform", "paper-moe"]``."""
+    plans = [p.strip() for p in text.split(",")]
+    if not plans or any(not p for p in plans):
+        raise ConfigError(f"--plans {text!r}: give comma-separated plans, e.g. --plans uniform-moe,paper-moe")
+    return plans
+
+
+def parse_floats(text: str | None, name: str, positive: bool = True, what: str = "number") -> list[float] | None:
+    """``"1e-3,2e-3"`` → ``[0.001, 0.002]``; every value a finite number (> 0 with ``positive``)."""
+    if text is None:
+        return None
+    values = []
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        try:
+            v = float(part)
+        except ValueError:
+            raise ConfigError(f"--{name}: {part.strip()!r} is not a number; write e.g. --{name} 1e-3,2e-3,5e-3") from None
+        if not math.isfinite(v) or (positive and v <= 0):
+            raise ConfigError(f"--{name}: {part.strip()!r} is not a {what}{' > 0' if positive else ''}; "
+                              f"write e.g. --{name} 1e-3,2e-3,5e-3")
+        values.append(v)
+    if not values:
+        raise ConfigError(f"--{name}: give at least one number")
+    return values
+
+
+def parse_grid(text: str) -> list[float]:
+    """``"1e-3,2e-3,5e-3"`` → ``[0.001, 0.002, 0.005]``; every value a learning rate > 0."""
+    return sorted(set(parse_floats(text, "grid", what="learning rate")))
+
+
+def add_set_arg(p: argparse.ArgumentParser, what: str = "every run") -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override a setting of {what}, e.g. train.steps=500 or plan.router.start=0.5 (repeatable; "
+                        "with --command only plan.* keys)")
+
+
+def add_target_args(p: argparse.ArgumentParser, preset_default: str | None = DEFAULT_PRESET) -> None:
+    """``--preset`` / ``--command`` (what trains), ``--steps``, ``--cwd``, ``--config``, ``--set``."""
+    shown = preset_default or DEFAULT_PRESET
+    p.add_argument("--preset", default=None, help=f"rlrs reference model to train (default: {shown}); see `rlrs presets`")
+    p.add_argument("--command", default=None, metavar="CMD",
+                   help="train with your own script instead of a preset: CMD runs once per run with RLRS_PLAN, "
+                        "RLRS_RUN_DIR, RLRS_SEED (and RLRS_STEPS) set; {plan} {run_dir} {seed} {steps} in CMD are "
+                        "replaced. The script reports eval losses with rlrs.report(step, loss)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="with --command: the run length in steps, passed as RLRS_STEPS / {steps} (needed for --prune)")
+    p.add_argument("--cwd", default=".", help="with --command: the directory CMD runs in (default: the current one)")
+    p.add_argument("--config", default=None, help="with --preset: a .toml/.json run config applied to every run")
+    add_set_arg(p)
+
+
+def add_workers_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=None, help=f"runs at once (default: {default_workers()}: one per usable core, at most 4)")
+
+
+def target_from_args(args, preset_default: str = DEFAULT_PRESET) -> Target:
+    """The :class:`~rlrs.engine.PresetTarget` or :class:`~rlrs.engine.CommandTarget` the flags name."""
+    if args.command is not None:
+        if args.preset is not None:
+            raise ConfigError("--preset and --command: choose one (a reference model, or your own script)")
+        if args.config is not None:
+            raise ConfigError("--config: applies to --preset runs; your --command script owns its config")
+        return CommandTarget(args.command, args.steps, args.cwd)
+    if args.steps is not None:
+        raise ConfigError("--steps: applies to --command; for a preset use --set train.steps=N")
+    return PresetTarget(args.preset or preset_default, args.config)
+
+
+def check_workers(workers: int | None) -> None:
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers: at least 1, got {workers}")
+
+
+def command_line(name: str, args, extra: Sequence[str]) -> str:
+    """The ``rlrs`` command line that reproduces ``args`` (recorded in results files)."""
+    import shlex
+
+    parts = ["rlrs", name]
+    if getattr(args, "command", None) is not None:
+        parts += ["--command", args.command] + (["--steps", str(args.steps)] if args.steps is not None else [])
+        if args.cwd != ".":
+            parts += ["--cwd", args.cwd]
+    elif getattr(args, "preset", None) is not None:
+        parts += ["--preset", args.preset]
+    for s in getattr(args, "set", []):
+        parts += ["--set", s]
+    if getattr(args, "config", None):
+        parts += ["--config", args.config]
+    if getattr(args, "workers", None):
+        parts += ["--workers", str(args.workers)]
+    return shlex.join([*parts, *extra])

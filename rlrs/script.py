@@ -1,0 +1,102 @@
+"""What a training script needs to be driven by ``rlrs compare/lr-grid/tune/transfer/ablate --command``.
+
+rlrs starts your command once per run with the run's plan, directory and seed in its environment;
+the script builds its optimizer from that plan and reports its eval losses::
+
+    import rlrs
+
+    plan = rlrs.script.plan("paper-dense")          # $RLRS_PLAN when rlrs runs it, else this preset
+    torch.manual_seed(rlrs.script.seed())           # $RLRS_SEED (paired seeds across arms)
+    steps = rlrs.script.steps(2000)                 # $RLRS_STEPS when the tool gives --steps
+    opt = torch.optim.AdamW(rlrs.param_groups(model, plan))
+    sched = rlrs.RelativeLR(opt, plan, steps)
+    for step in range(steps):
+        ...
+        if step % 20 == 0 or step == steps - 1:
+            rlrs.report(step + 1, eval_loss)        # completed steps, held-out loss
+
+The same script runs unchanged outside rlrs: ``report`` then does nothing and the helpers return
+their defaults. Under ``torchrun`` only rank 0 writes. ``{plan}``, ``{run_dir}``, ``{seed}`` and
+``{steps}`` in the command are replaced too, for scripts that take arguments instead.
+
+**Resuming.** rlrs restarts a command whose run was interrupted (a kill, a crash, ``--prune``
+stopping it at a rung). A script that saves checkpoints into :func:`run_dir` and loads the newest
+one at start-up resumes instead of starting over; its reports then continue from the resumed step
+(reports from an earlier attempt at or after that step are replaced, so either way the curve is
+one consistent run).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from .plan import Plan
+
+
+def run_dir() -> Path | None:
+    """The run directory rlrs gave this run (``$RLRS_RUN_DIR``), or ``None`` outside rlrs."""
+    d = os.environ.get("RLRS_RUN_DIR")
+    return Path(d) if d else None
+
+
+def plan(default: str | Plan = "paper-dense") -> Plan:
+    """The plan of this run: ``$RLRS_PLAN`` when rlrs runs the script, else ``default`` (a preset
+    name, a plan file or a :class:`Plan`)."""
+    from . import presets
+
+    path = os.environ.get("RLRS_PLAN")
+    if path:
+        return Plan.load(path)
+    return default if isinstance(default, Plan) else presets.resolve(default)
+
+
+def seed(default: int = 0) -> int:
+    """The seed of this run (``$RLRS_SEED``): seed ``i`` of every arm should start from the same
+    weights and see the same data, so use it for both."""
+    return _int_env("RLRS_SEED", default)
+
+
+def steps(default: int) -> int:
+    """The run's length in steps: ``$RLRS_STEPS`` when the tool was given ``--steps``, else ``default``."""
+    return _int_env("RLRS_STEPS", default)
+
+
+def _int_env(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"${name}={text!r} is not an integer") from None
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def report(step: int, loss: float, *, tokens: int | None = None) -> None:
+    """Record the held-out (eval) loss after ``step`` completed optimizer steps.
+
+    Call it at the script's eval points, including step 0 if you evaluate there and the last step.
+    rlrs reads these reports for the speed-up, the tuner and pruning; a NaN or infinite loss makes
+    the run a diverged one (rlrs stops it). Outside rlrs, or on a rank other than 0, it does nothing.
+    """
+    out = run_dir()
+    if out is None or _rank() != 0:
+        return
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"rlrs.report: step must be an int >= 0 (completed steps), got {step!r}")
+    value = float(loss)
+    rec = {"kind": "eval", "step": step, "eval_loss": value if math.isfinite(value) else None, "time": time.time()}
+    if not math.isfinite(value):
+        rec["nonfinite"] = repr(value)
+    if tokens is not None:
+        rec["tokens"] = int(tokens)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(rec) + "\n")
+        f.flush()

@@ -1,0 +1,133 @@
+"""``rlrs tune``: the command line over :func:`rlrs.tune.tune` and :func:`rlrs.tune.join`."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+from .. import config as _config
+from ..config import ConfigError
+from ..engine import default_workers
+from ..options import add_set_arg, check_workers, parse_floats, parse_sets
+from .driver import TuneResult, fmt_loss, join, tune
+from .spec import DEFAULT_STEPS, Pruning, TuneSpec
+from .study import STUDY_NAME
+
+# --- command line -----------------------------------------------------------------------------------
+
+_SPEC_ARGS = ("preset", "command", "plan", "config", "budget", "steps", "seeds", "search_seed", "params", "objective",
+              "min_improvement")
+
+
+def cmd_tune(args) -> int:
+    try:
+        return _cmd_tune(args)
+    except KeyboardInterrupt:
+        print("rlrs tune: interrupted; finished trials are in the study and runs resume from their "
+              "checkpoints: rerun the same command to continue", file=sys.stderr)
+        return 130
+
+
+def _cmd_tune(args) -> int:
+    optuna = _config.require("optuna", "tune")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    check_workers(args.workers)
+    workers = args.workers or default_workers()
+    common = dict(storage=args.storage, study_name=args.study_name, workers=workers, poll_s=args.poll,
+                  stale_s=args.stale_after, log=print)
+    if args.worker:
+        given = [f"--{a.replace('_', '-')}" for a in _SPEC_ARGS if getattr(args, a) is not None]
+        given += ["--set"] * bool(args.set) + ["--prune"] * bool(args.prune)
+        if given:
+            raise ConfigError(
+                f"--worker: {', '.join(given)} cannot be given: a worker takes the search settings "
+                "from the study; give only --out, --storage, --study-name, --workers"
+            )
+        result = join(args.out, **common)
+    else:
+        spec = _spec_from_args(args)
+        result = tune(spec, args.out, args.budget, **common)
+    _report(result)
+    return 0 if math.isfinite(result.best_loss) else 1
+
+
+def _spec_from_args(args) -> TuneSpec:
+    if args.budget is None:
+        raise ConfigError("--budget: how many points to evaluate at most, e.g. --budget 60")
+    prune = None
+    if args.prune or args.prune_at or args.prune_margin is not None:
+        rungs = tuple(parse_floats(args.prune_at or "0.25,0.5", "prune-at"))
+        prune = Pruning(rungs, 0.02 if args.prune_margin is None else args.prune_margin)
+    params = [p.strip() for p in args.params.split(",") if p.strip()] if args.params else None
+    seeds = 1 if args.seeds is None else args.seeds
+    if args.command is not None:
+        for flag, given in (("--preset", args.preset), ("--config", args.config), ("--objective", args.objective)):
+            if given is not None:
+                raise ConfigError(f"{flag}: not with --command (your script owns its model and config)")
+        return TuneSpec.for_command(args.command, args.plan or "paper-dense", parse_sets(args.set), args.steps,
+                                    args.cwd, params, seeds, args.search_seed or 0, prune, args.min_improvement or 0.0)
+    return TuneSpec.create(
+        args.preset or "micro-moe", args.plan, parse_sets(args.set), args.config,
+        DEFAULT_STEPS if args.steps is None else args.steps, params, seeds, args.search_seed or 0, prune,
+        args.objective, args.min_improvement or 0.0,
+    )
+
+
+def _report(r: TuneResult) -> None:
+    print(f"best eval loss {fmt_loss(r.best_loss)} (start {fmt_loss(r.start_loss)}) after {r.evaluations} "
+          f"evaluations; stopped: {r.stopped}")
+    changed = {k: (r.start[k], v) for k, v in r.best.items() if v != r.start[k]}
+    for k, (a, b) in changed.items():
+        print(f"  {k}: {a:.4g} -> {b:.4g}")
+    sets = " ".join(f"--set {k}={v!r}" for k, v in r.best.items() if not k.startswith("plan.") and k in changed)
+    if r.spec.config is not None:
+        print(f"plan: {r.plan_path}   use: rlrs train --preset {r.spec.config.preset} --plan {r.plan_path}"
+              + (f" {sets}" if sets else ""))
+    else:
+        print(f"plan: {r.plan_path}   use: RLRS_PLAN={r.plan_path} in your script's environment, or "
+              f"rlrs.script.plan({str(r.plan_path)!r})")
+    if r.config_path:
+        print(f"non-plan settings: {r.config_path} (or the --set flags above)")
+    states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(r.trials.items()) if n)
+    print(f"compute: {r.compute_steps} training steps ({r.compute_tokens} tokens); trials: {states}")
+    print(f"trajectory: {r.search_path}")
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="local search (paper appendix A.1) over η_base, every λ, weight decay and init scale",
+        description=(
+            "Tune a plan with the paper's local search; trials persist in an Optuna study, so a rerun "
+            "resumes and --worker processes share one search. Writes OUT/tuned.toml (a plan for --plan), "
+            "OUT/tuned_config.json (model settings such as init_scale, when they moved) and OUT/search.json."
+        ),
+    )
+    p.add_argument("--preset", default=None, help="model size preset (default: micro-moe)")
+    p.add_argument("--command", default=None, metavar="CMD",
+                   help="tune the plan of your own training script instead of a preset (see `rlrs compare --help`); "
+                        "only plan.* keys are searched")
+    p.add_argument("--cwd", default=".", help="with --command: the directory CMD runs in")
+    p.add_argument("--plan", default=None, help="start plan: a preset (paper-moe, paper-dense, uniform, ...) or a plan file (default: paper-moe/paper-dense)")
+    p.add_argument("--config", default=None, help="a .toml/.json run config (sections model, data, train, plan)")
+    add_set_arg(p)
+    p.add_argument("--budget", type=int, default=None, help="most points evaluated, over all workers (a rerun with a larger one extends the search)")
+    p.add_argument("--out", required=True, help="output directory (tuned.toml, search.json, runs/, study.db)")
+    p.add_argument("--steps", type=int, default=None, help=f"training steps per run (default: {DEFAULT_STEPS}; --set train.steps wins); with --command: "
+                                                                  "passed as RLRS_STEPS / {{steps}} (needed for --prune)")
+    p.add_argument("--seeds", type=int, default=None, help="runs per point; the objective is their mean final eval loss (default: 1)")
+    p.add_argument("--workers", type=int, default=None, help=f"training runs at once in this process (default: {default_workers()}: one per usable core, at most 4)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///OUT/study.db; also postgresql://..., mysql+pymysql://..., journal:///path/file.log)")
+    p.add_argument("--study-name", default=STUDY_NAME, help=f"study name in the storage (default: {STUDY_NAME})")
+    p.add_argument("--worker", action="store_true", help="join the search already in the study (settings come from it)")
+    p.add_argument("--prune", action="store_true", help="stop candidates early whose eval loss trails the current best")
+    p.add_argument("--prune-at", default=None, metavar="FRACTIONS", help="checkpoints for --prune as fractions of training (default: 0.25,0.5)")
+    p.add_argument("--prune-margin", type=float, default=None, help="relative margin for --prune (default: 0.02)")
+    p.add_argument("--min-improvement", type=float, default=None, metavar="FRACTION",
+                   help="relative gain a move needs to be taken, e.g. 0.002 to ignore seed noise (default: 0, any gain)")
+    p.add_argument("--search-seed", type=int, default=None, help="seed of the order parameters are visited in (default: 0)")
+    p.add_argument("--params", default=None, help="comma-separated dotted keys to search (default: plan.base_lr, each component's start and end, plan.weight_decay, model.init_scale)")
+    p.add_argument("--objective", default=None, metavar="MODULE:FUNCTION", help="a synthetic loss fn(point, progress) instead of training (to try the search)")
+    p.add_argument("--poll", type=float, default=2.0, help="seconds between looks at other workers' claims (default: 2)")
+    p.add_argument("--stale-after", type=float, default=300.0, help="a claim without heartbeat for this long is taken over (default: 300)")
+    p.set_defaults(func=cmd_tune)

@@ -1,0 +1,358 @@
+"""The search driver: algorithm 2 over the study's trials, outputs (tuned.toml, search.json)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .. import config as _config
+from ..config import ConfigError
+from ..search import Result, SearchResult, Step, canonical, local_search, point_key
+from .objective import Objective, make_objective
+from .spec import TuneSpec
+from .study import STUDY_NAME, _redact, _Study, _trial_result, storage_url
+
+# --- the driver -------------------------------------------------------------------------------------
+
+
+@dataclass
+class TuneResult:
+    best: dict[str, float]
+    best_loss: float
+    start: dict[str, float]
+    start_loss: float
+    stopped: str  # "converged" | "budget"
+    evaluations: int
+    plan: Any  # rlrs.plan.Plan
+    plan_path: Path
+    config_path: Path | None  # tuned_config.json, when a non-plan setting moved
+    search_path: Path
+    compute_steps: int
+    compute_tokens: int
+    trials: dict[str, int]  # counted trials by state, plus "abandoned"
+    search: SearchResult
+    spec: TuneSpec
+
+
+def tune(
+    spec: TuneSpec,
+    out: str | Path,
+    budget: int | None,
+    *,
+    storage: str | None = None,
+    study_name: str = STUDY_NAME,
+    workers: int = 1,
+    objective: Objective | None = None,
+    poll_s: float = 2.0,
+    heartbeat_s: float = 30.0,
+    stale_s: float = 300.0,
+    log: Callable[[str], None] | None = None,
+) -> TuneResult:
+    """Run (or resume, or join) the search ``spec`` with trials in the study at ``storage``.
+
+    ``budget``: the most distinct points evaluated, across every process sharing the study; it is
+    stored in the study (``None``: keep the study's, as a worker does). ``objective`` replaces the
+    one ``spec`` names (tests inject synthetic ones); ``workers`` trains that many runs at once.
+    """
+    if budget is not None and budget < 1:
+        raise ConfigError(f"budget: at least 1 evaluation, got {budget}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    url = storage_url(out, storage)
+    study = _Study(url, study_name, heartbeat_s, stale_s)
+    try:
+        _adopt(study, spec, budget, log)
+        obj = objective or make_objective(spec, out, workers)
+        try:
+            return _Tuner(spec, out, study, obj, workers, poll_s, log).run()
+        finally:
+            if objective is None:
+                obj.close()
+    finally:
+        study.close()
+
+
+def join(
+    out: str | Path,
+    *,
+    storage: str | None = None,
+    study_name: str = STUDY_NAME,
+    workers: int = 1,
+    objective: Objective | None = None,
+    poll_s: float = 2.0,
+    heartbeat_s: float = 30.0,
+    stale_s: float = 300.0,
+    log: Callable[[str], None] | None = None,
+) -> TuneResult:
+    """Work on the search already in the study (``rlrs tune --worker``): its settings and budget
+    come from the study; runs and outputs go to ``out``."""
+    out = Path(out)
+    url = storage_url(out, storage)
+    if storage is None and not (out / "study.db").exists():
+        raise ConfigError(f"--worker: {out / 'study.db'} does not exist; start the search without --worker, or give --storage")
+    study = _Study(url, study_name, heartbeat_s, stale_s, create=False)
+    try:
+        attrs = study.attrs()
+    finally:
+        study.close()
+    if "spec" not in attrs:
+        raise ConfigError(
+            f"--worker: study {study_name!r} in {_redact(url)} holds no search yet; start it with "
+            "`rlrs tune --preset ... --budget N` (without --worker) first"
+        )
+    spec = TuneSpec.from_dict(attrs["spec"])
+    return tune(spec, out, None, storage=url, study_name=study_name, workers=workers, objective=objective,
+                poll_s=poll_s, heartbeat_s=heartbeat_s, stale_s=stale_s, log=log)
+
+
+def _adopt(study: _Study, spec: TuneSpec, budget: int | None, log) -> None:
+    """Store the spec and budget in a new study; check them against an existing one."""
+    mine = _normal(spec.to_dict())
+    attrs = study.attrs()
+    if "spec" not in attrs:
+        study.set_attr("spec", mine)
+        attrs = study.attrs()  # two drivers starting at once: the last writer wins, the other stops here
+    theirs = _normal(TuneSpec.from_dict(attrs["spec"]).to_dict())  # fills settings added since
+    if theirs != mine:
+        diff = _differences(mine, theirs)
+        raise ConfigError(
+            f"study {study.name!r} in {_redact(study.url)} holds a search with other settings (differs in: "
+            f"{', '.join(diff)}); rerun with the same arguments, join it with --worker, or use another "
+            "--out, --storage or --study-name"
+        )
+    if budget is not None and attrs.get("budget") != budget:
+        if "budget" in attrs and log:
+            log(f"budget: {attrs['budget']} -> {budget}")
+        study.set_attr("budget", budget)
+    elif "budget" not in attrs:
+        raise ConfigError("budget: the study has none yet; give --budget N")
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys where two nested dicts differ (``config.train.steps``)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _differences(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def _normal(d: Any) -> Any:
+    return json.loads(json.dumps(d, sort_keys=True))
+
+
+class _Tuner:
+    def __init__(self, spec: TuneSpec, out: Path, study: _Study, objective, workers: int, poll_s: float, log):
+        self.spec = spec
+        self.out = out
+        self.study = study
+        self.objective = objective
+        self.slots = max(1, math.ceil(workers / spec.seeds))  # points trained at once by this process
+        self.poll_s = poll_s
+        self.log = log or (lambda _msg: None)
+        self.done: dict[str, Any] = {}  # key -> finished trial (counted)
+        self.incumbent: str | None = None
+        self.best_written: str | None = None
+        self.steps: list[dict[str, Any]] = []
+        self.start_point = {k: canonical(v) for k, v in spec.start()}
+        self.start_loss = math.inf
+        self.rng = random.Random(study.owner["id"])
+
+    # the search's objective ------------------------------------------------------------------------
+    def evaluate_many(self, points: list[dict[str, float]]) -> list[Result | None]:
+        keys = [point_key(p) for p in points]
+        by_key = dict(zip(keys, points))
+        results: dict[str, Result | None] = {}
+        while True:
+            scan = self.study.scan()
+            self.done.update(scan.done)
+            for t in scan.invalid:  # a claim of ours that lost and was not taken back yet
+                if t._trial_id in self.study.mine:
+                    self.study.abandon(t, "lost its claim")
+            for k in keys:
+                if k in scan.done:
+                    results[k] = _trial_result(scan.done[k])
+            pending = [k for k in keys if k not in results]
+            if not pending:
+                break
+            free = [k for k in pending if k not in scan.running]
+            self.rng.shuffle(free)  # workers that start a step together then rarely claim the same point
+            room = scan.budget - scan.count
+            if free and room > 0:
+                won = self.study.claim([(by_key[k], k) for k in free[: min(self.slots, room)]])
+                if won:
+                    self._evaluate(won)
+                    continue
+            elif not any(k in scan.running for k in pending):
+                for k in pending:  # the global budget is spent and nobody is on these
+                    results[k] = None
+                break
+            time.sleep(self.poll_s)
+        return [results[k] for k in keys]
+
+    def _evaluate(self, claims: list[Any]) -> None:
+        total = self.objective.total_steps
+        ref = self._reference()
+        stops = [*self._rungs(ref), total]
+        alive = list(claims)
+        for stop in stops:
+            partials = self.objective.run([dict(t.user_attrs["point"]) for t in alive], stop)
+            survivors = []
+            for t, p in zip(alive, partials):
+                attrs = {"compute_steps": p.steps, "tokens": p.tokens}
+                # The loss at the rung; at the end, the last one reported (a command's length may be unknown).
+                at = p.curve.get(stop) if stop is not None else (p.curve[max(p.curve)] if p.curve else None)
+                if p.status != "ok":
+                    self._finish(t, "FAIL", None, {**attrs, "error": p.error or "failed"}, {})
+                elif stop == total:
+                    if at is None or not math.isfinite(at):
+                        why = "no eval loss at the last step" if at is None else f"final eval loss is {at}"
+                        self._finish(t, "FAIL", None, {**attrs, "error": why}, {})
+                    else:
+                        curve = [[s, v] for s, v in sorted(p.curve.items())]
+                        self._finish(t, "COMPLETE", at, {**attrs, "curve": curve}, {})
+                elif at is not None and ref is not None and stop in ref and at > ref[stop] + self._margin() * abs(ref[stop]):
+                    note = (f"stopped at step {stop}/{total}: eval loss {at:.4f} > {ref[stop]:.4f} of the "
+                            f"current best (+{self._margin():.0%})")
+                    self._finish(t, "PRUNED", at, {**attrs, "note": note, "pruned_at": stop}, {stop: at})
+                else:
+                    survivors.append(t)
+            alive = survivors
+            if not alive:
+                break
+
+    def _finish(self, trial, state, value, attrs, curve) -> None:
+        if self.study.finish(trial, state, value, attrs, curve):
+            self.objective.discard([dict(trial.user_attrs["point"])])  # after the record, never before
+        else:
+            self.log(f"trial {trial.number} was taken over by another process meanwhile; its result is dropped")
+
+    def _margin(self) -> float:
+        return self.spec.prune.margin if self.spec.prune else 0.0
+
+    def _reference(self) -> dict[int, float] | None:
+        if self.spec.prune is None or self.incumbent is None or self.incumbent not in self.done:
+            return None
+        curve = self.done[self.incumbent].user_attrs.get("curve")
+        return {int(s): float(v) for s, v in curve} if curve else None
+
+    def _rungs(self, ref) -> list[int]:
+        if ref is None:
+            return []
+        total = self.objective.total_steps
+        rungs = set()
+        # A command's eval points are its own: the incumbent's curve shows where it reports.
+        points = self.objective.eval_at or sorted(ref)
+        for frac in self.spec.prune.rungs:
+            below = [s for s in points if 0 < s <= frac * total]
+            if below and below[-1] < total:
+                rungs.add(below[-1])
+        return sorted(rungs)
+
+    # progress and outputs --------------------------------------------------------------------------
+    def on_start(self, point: dict[str, float], result: Result) -> None:
+        self.incumbent = point_key(point)
+        self.start_loss = result.loss
+        self.log(f"start: loss {fmt_loss(result.loss)}" + (f" ({result.status}: {result.note})" if result.status != "ok" else ""))
+        self._write_best(point, result.loss)
+        self._write_search(point, result.loss, "running")
+
+    def on_step(self, step: Step, current: dict[str, float], loss: float) -> None:
+        self.incumbent = point_key(current)
+        rec = step.to_dict()
+        for c in rec["candidates"]:
+            t = self.done.get(point_key({**current, step.param: c["value"]}))
+            c["compute_steps"] = t.user_attrs.get("compute_steps", 0) if t is not None else 0
+        self.steps.append(rec)
+        cands = step.candidates[1:]
+        counts = {s: sum(c.result.status == s for c in cands) for s in ("failed", "pruned")}
+        extra = "".join(f", {n} {s}" for s, n in counts.items() if n)
+        new = sum(not c.cached for c in cands)
+        arrow = f"{step.before:.4g} -> {step.after:.4g}" if step.changed else f"{step.before:.4g} (kept)"
+        self.log(f"pass {step.pass_index} step {step.index + 1}: {step.param} {arrow}  loss {fmt_loss(loss)}  "
+                 f"[{new} new, {len(cands) - new} cached{extra}]")
+        self._write_best(current, loss)
+        self._write_search(current, loss, "running")
+
+    def _write_best(self, point: dict[str, float], loss: float) -> None:
+        key = point_key(point)
+        if key == self.best_written:
+            return
+        plan_keys = {k[len("plan."):]: v for k, v in point.items() if k.startswith("plan.")}
+        plan = _config.replace(self.spec.base.plan, plan_keys)
+        plan.save(self.out / "tuned.toml")
+        moved = {k: v for k, v in point.items() if not k.startswith("plan.") and v != self.start_point[k]}
+        cfg_path = self.out / "tuned_config.json"
+        if moved:
+            nested: dict[str, Any] = {}
+            for k, v in moved.items():
+                node = nested
+                *parents, leaf = k.split(".")
+                for part in parents:
+                    node = node.setdefault(part, {})
+                node[leaf] = v
+            _config.atomic_write_text(cfg_path, json.dumps(nested, indent=2) + "\n")
+        else:
+            cfg_path.unlink(missing_ok=True)
+        self.best_written = key
+
+    def _compute(self) -> tuple[int, int, dict[str, int]]:
+        steps = sum(int(t.user_attrs.get("compute_steps", 0)) for t in self.done.values())
+        tokens = sum(int(t.user_attrs.get("tokens", 0)) for t in self.done.values())
+        states: dict[str, int] = {}
+        for t in self.done.values():
+            states[t.state.name] = states.get(t.state.name, 0) + 1
+        return steps, tokens, states
+
+    def _write_search(self, point, loss, stopped: str, abandoned: int = 0) -> None:
+        steps, tokens, states = self._compute()
+        doc = {
+            "study": {"storage": _redact(self.study.url), "name": self.study.name},
+            "spec": self.spec.to_dict(),
+            "start": self.start_point,
+            "start_loss": _json(self.start_loss),
+            "best": point,
+            "best_loss": _json(loss),
+            "stopped": stopped,
+            "compute": {"steps": steps, "tokens": tokens, "trials": {**states, "abandoned": abandoned}},
+            "steps": self.steps,
+        }
+        _config.atomic_write_text(self.out / "search.json", json.dumps(doc, indent=2) + "\n")
+
+    def run(self) -> TuneResult:
+        scan = self.study.scan()
+        self.done.update(scan.done)
+        cache = {k: _trial_result(t) for k, t in scan.done.items()}
+        self.log(f"study {self.study.name!r} in {_redact(self.study.url)}: {len(cache)} finished trials, "
+                 f"budget {scan.budget}")
+        r = local_search(self.spec.start(), self.evaluate_many, scan.budget, self.spec.search_seed,
+                         self.spec.factors, cache, on_step=self.on_step, on_start=self.on_start,
+                         min_improvement=self.spec.min_improvement)
+        final = self.study.scan()
+        self.done.update(final.done)
+        self._write_best(r.best, r.best_loss)
+        self._write_search(r.best, r.best_loss, r.stopped, final.abandoned)
+        steps, tokens, states = self._compute()
+        cfg_path = self.out / "tuned_config.json"
+        plan = _config.replace(self.spec.base.plan, {k[5:]: v for k, v in r.best.items() if k.startswith("plan.")})
+        return TuneResult(
+            best=r.best, best_loss=r.best_loss, start=self.start_point, start_loss=r.start_loss,
+            stopped=r.stopped, evaluations=r.evaluations, plan=plan, plan_path=self.out / "tuned.toml",
+            config_path=cfg_path if cfg_path.exists() else None, search_path=self.out / "search.json",
+            compute_steps=steps, compute_tokens=tokens, trials={**states, "abandoned": final.abandoned}, search=r,
+            spec=self.spec,
+        )
+
+
+def fmt_loss(x: float) -> str:
+    return f"{x:.4f}" if math.isfinite(x) else "inf (failed)"
+
+
+def _json(x: float) -> float | None:
+    return x if math.isfinite(x) else None

@@ -1,0 +1,338 @@
+"""The shared state of a search in an Optuna study: trials, claims, heartbeats (see :mod:`rlrs.tune`, Workers)."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import re
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .. import config as _config
+from ..config import ConfigError
+from ..engine import pid_alive
+from ..search import Result
+
+STUDY_NAME = "rlrs-tune"
+
+
+_LIVE_OWNERS: set[str] = set()  # claim owners alive in this process (a stale one here is a crashed tune())
+
+
+def storage_url(out: str | Path, storage: str | None) -> str:
+    """``storage``, or the default SQLite file ``OUT/study.db``."""
+    if storage:
+        return storage
+    return f"sqlite:///{(Path(out) / 'study.db').resolve()}"
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+def open_storage(url: str):
+    """An Optuna storage for ``url``: an RDB URL, or ``journal:///path/file.log`` (journal file)."""
+    optuna = _config.require("optuna", "tune")
+    if url.startswith("journal:"):
+        path = url[len("journal:"):]
+        path = path[2:] if path.startswith("//") else path
+        if not path:
+            raise ConfigError("storage: journal:///path/to/file.log names the journal file; the path is missing")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(path))
+    if "://" not in url:
+        raise ConfigError(
+            f"storage: {url!r} is not a storage URL; use sqlite:///file.db, postgresql://user@host/db, "
+            "mysql+pymysql://user@host/db or journal:///path/file.log"
+        )
+    if not url.startswith("sqlite"):
+        return _cached(optuna, _retry_init(lambda: optuna.storages.RDBStorage(url)))
+    db = url.split(":///", 1)[-1]
+    if not db or db == ":memory:":
+        return _cached(optuna, optuna.storages.RDBStorage(url))
+    import sqlalchemy
+
+    Path(db).parent.mkdir(parents=True, exist_ok=True)
+    # Several processes write one file: wait for its lock instead of failing after 5 s.
+    engine_kwargs = {"connect_args": {"timeout": 120}}
+    if not _has_schema(db):
+        # Optuna creates the schema of a new file without a lock: processes started together race
+        # on it. One creates it; the others wait here, then open it as it is.
+        with _file_lock(Path(db + ".lock")):
+            if not _has_schema(db):
+                first = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+                with first.engine.connect() as conn:
+                    conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+                first.engine.dispose()
+    storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    # Write-ahead logging: readers never block the writer and a commit costs one fsync; it stays
+    # durable (synchronous=FULL) but needs a local disk, as SQLite across machines does anyway.
+    sqlalchemy.event.listen(storage.engine, "connect", _sqlite_wal)
+    storage.engine.dispose()  # reconnect the pooled connections with the pragma
+    return _cached(optuna, storage)
+
+
+def _cached(optuna, rdb):
+    # What optuna.create_study(storage=URL) itself uses: finished trials are read and decoded once
+    # per process, unfinished and new ones on every read. Plain RDB where a version lacks it.
+    cached = getattr(optuna.storages, "_CachedStorage", None)
+    return cached(rdb) if cached is not None else rdb
+
+
+def _has_schema(db: str) -> bool:
+    """Whether the SQLite file ``db`` already holds Optuna's tables (stamped with a version)."""
+    import sqlite3
+
+    if not Path(db).exists():
+        return False
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=120)
+        try:
+            return bool(conn.execute("SELECT count(*) FROM alembic_version").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+
+
+def _retry_init(make, tries: int = 5):
+    # Optuna creates the schema of a new database without a lock: workers started together race on
+    # it, and all but one fail once the others have created it. Retrying then finds it made.
+    for attempt in range(tries):
+        try:
+            return make()
+        except Exception:  # noqa: BLE001 - the last attempt re-raises
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.2 + random.random())
+
+
+class _file_lock:
+    """An exclusive lock on ``path`` between processes of one machine (fcntl; none elsewhere)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.f = None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        self.f = open(self.path, "a")
+        fcntl.flock(self.f, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.f is not None:
+            self.f.close()  # closing releases the lock
+
+
+def _sqlite_wal(conn, _record) -> None:
+    cur = conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.close()
+
+
+@dataclass
+class _Scan:
+    done: dict[str, Any]  # key -> its finished trial (counted)
+    running: dict[str, Any]  # key -> its valid claim
+    invalid: list[Any]  # RUNNING claims that lost: a duplicate or beyond the budget
+    count: int  # distinct points done or validly claimed
+    budget: int
+    abandoned: int
+
+
+class _Study:
+    """The shared state of a search in an Optuna study (see the module docstring, Workers)."""
+
+    def __init__(self, url: str, name: str, heartbeat_s: float, stale_s: float, create: bool = True):
+        optuna = _config.require("optuna", "tune")
+        self.optuna = optuna
+        self.url = url
+        self.name = name
+        self.storage = open_storage(url)
+        if create:
+            optuna.create_study(storage=self.storage, study_name=name, direction="minimize", load_if_exists=True)
+        try:
+            self.study_id = self.storage.get_study_id_from_name(name)
+        except KeyError:
+            raise ConfigError(
+                f"--worker: {_redact(url)} holds no study {name!r}; start the search without --worker "
+                "first, or check --storage and --study-name"
+            ) from None
+        self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "id": uuid.uuid4().hex}
+        self.stale_s = stale_s
+        self.mine: set[int] = set()  # trial ids of this process's live claims
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._beat = threading.Thread(target=self._heartbeat, args=(heartbeat_s,), daemon=True)
+        _LIVE_OWNERS.add(self.owner["id"])
+        self._beat.start()
+
+    # study attributes
+    def attrs(self) -> dict[str, Any]:
+        return self.storage.get_study_user_attrs(self.study_id)
+
+    def set_attr(self, key: str, value: Any) -> None:
+        self.storage.set_study_user_attr(self.study_id, key, value)
+
+    # claims
+    def scan(self) -> _Scan:
+        """Read every trial, abandon stale claims, and work out which claims hold."""
+        budget = int(self.attrs()["budget"])
+        trials = self.storage.get_all_trials(self.study_id, deepcopy=False)
+        RUNNING = self.optuna.trial.TrialState.RUNNING
+        now = time.time()
+        done: dict[str, Any] = {}
+        running: dict[str, Any] = {}
+        invalid: list[Any] = []
+        abandoned = 0
+        for t in sorted(trials, key=lambda t: t.number):
+            ua = t.user_attrs
+            key = ua.get("key")
+            if key is None:
+                continue  # not ours (someone used the study for something else)
+            if "abandoned" in ua:
+                abandoned += 1
+                continue
+            if t.state == RUNNING:
+                why = self._stale(ua, now)
+                if why:
+                    self.abandon(t, why)
+                    abandoned += 1
+                    continue
+            elif not t.state.is_finished():
+                continue
+            if key in done or key in running:
+                if t.state == RUNNING:
+                    invalid.append(t)
+                continue
+            if t.state == RUNNING:
+                if len(done) + len(running) >= budget:
+                    invalid.append(t)
+                else:
+                    running[key] = t
+            else:
+                done[key] = t
+        return _Scan(done, running, invalid, len(done) + len(running), budget, abandoned)
+
+    def _stale(self, ua: Mapping[str, Any], now: float) -> str | None:
+        owner = ua.get("owner") or {}
+        if owner.get("id") == self.owner["id"]:
+            return None
+        if owner.get("host") == self.owner["host"]:
+            pid = owner.get("pid")
+            if pid == self.owner["pid"]:
+                if owner.get("id") not in _LIVE_OWNERS:
+                    return f"stale: its tune() in this process (pid {pid}) has ended"
+            elif isinstance(pid, int) and pid > 0 and not pid_alive(pid):  # unknown pids: the heartbeat decides
+                return f"stale: its process (pid {pid} on {owner.get('host')}) is gone"
+        beat = ua.get("heartbeat")
+        if isinstance(beat, (int, float)) and now - beat > self.stale_s:
+            return f"stale: no heartbeat for {now - beat:.0f} s (owner {owner.get('host')}:{owner.get('pid')})"
+        return None
+
+    def claim(self, items: Sequence[tuple[dict[str, float], str]]) -> list[Any]:
+        """Create one RUNNING trial per ``(point, key)``; return the trials that won their claim."""
+        FrozenTrial = self.optuna.trial.FrozenTrial
+        Float = self.optuna.distributions.FloatDistribution
+        RUNNING = self.optuna.trial.TrialState.RUNNING
+        ids = []
+        for point, key in items:
+            template = FrozenTrial(
+                number=-1, state=RUNNING, value=None, datetime_start=_now(), datetime_complete=None,
+                params={k: float(v) for k, v in point.items()},
+                distributions={k: Float(float(v), float(v)) for k, v in point.items()},
+                user_attrs={"key": key, "point": dict(point), "owner": self.owner, "heartbeat": time.time()},
+                system_attrs={}, intermediate_values={}, trial_id=-1,
+            )
+            tid = self.storage.create_new_trial(self.study_id, template)
+            with self._lock:
+                self.mine.add(tid)
+            ids.append(tid)
+        scan = self.scan()
+        won = {t._trial_id: t for t in scan.running.values()}
+        for t in scan.invalid:
+            if t._trial_id in self.mine:
+                first = scan.running.get(t.user_attrs["key"]) or scan.done.get(t.user_attrs["key"])
+                why = f"duplicate of trial {first.number}" if first is not None else f"beyond the budget of {scan.budget}"
+                self.abandon(t, why)
+        return [won[tid] for tid in ids if tid in won]
+
+    def abandon(self, trial: Any, reason: str) -> None:
+        """Take a claim back: it no longer counts and its point is free again."""
+        FAIL = self.optuna.trial.TrialState.FAIL
+        try:
+            self.storage.set_trial_user_attr(trial._trial_id, "abandoned", reason)
+            self.storage.set_trial_state_values(trial._trial_id, FAIL)
+        except Exception:  # noqa: BLE001 - finished meanwhile by its owner: the attr alone decides
+            pass
+        with self._lock:
+            self.mine.discard(trial._trial_id)
+
+    def finish(self, trial: Any, state: str, value: float | None, attrs: Mapping[str, Any],
+               intermediate: Mapping[int, float]) -> bool:
+        """Record a claim's result; ``False`` if someone abandoned it meanwhile (then it is dropped)."""
+        TrialState = self.optuna.trial.TrialState
+        tid = trial._trial_id
+        try:
+            for step, v in intermediate.items():
+                if math.isfinite(v):
+                    self.storage.set_trial_intermediate_value(tid, step, v)
+            for k, v in attrs.items():
+                self.storage.set_trial_user_attr(tid, k, v)
+            # The state is written last: until then the trial is unfinished and gets rerun.
+            self.storage.set_trial_state_values(tid, getattr(TrialState, state), None if value is None else [value])
+            return True
+        except self.optuna.exceptions.UpdateFinishedTrialError:
+            return False
+        finally:
+            with self._lock:
+                self.mine.discard(tid)
+
+    def _heartbeat(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            with self._lock:
+                ids = list(self.mine)
+            for tid in ids:
+                try:
+                    self.storage.set_trial_user_attr(tid, "heartbeat", time.time())
+                except Exception:  # noqa: BLE001 - finished or abandoned meanwhile; the next beat retries others
+                    pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._beat.join(timeout=5)
+        with self._lock:
+            left = list(self.mine)
+        if left:
+            for t in self.storage.get_all_trials(self.study_id, deepcopy=False):
+                if t._trial_id in left and not t.state.is_finished():
+                    self.abandon(t, "interrupted: its process stopped before finishing it")
+        _LIVE_OWNERS.discard(self.owner["id"])
+
+
+def _now():
+    import datetime
+
+    return datetime.datetime.now()
+
+
+def _trial_result(t: Any) -> Result:
+    state = t.state.name
+    if state == "COMPLETE":
+        return Result(float(t.value))
+    if state == "PRUNED":
+        return Result(math.inf, "pruned", t.user_attrs.get("note"))
+    return Result(math.inf, "failed", t.user_attrs.get("error", "failed"))

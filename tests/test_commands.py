@@ -1,0 +1,225 @@
+"""The experiment commands on the user's own script (``--command``): the engine's command runs,
+failures, pruning, workers, and the three examples in ``examples/`` at tiny sizes."""
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlrs.cli import main
+from rlrs.compare import compare
+from rlrs.engine import CommandRun, CommandTarget, execute, run_dir
+from rlrs.presets import get as plan_preset
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKE = Path(__file__).parent / "scripts" / "fake_train.py"
+PY = shlex.quote(sys.executable)
+
+
+def fake(mode: str, steps: int = 20) -> str:
+    return f"{PY} {shlex.quote(str(FAKE))} {mode} {steps}"
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+# --- the engine on commands ---------------------------------------------------------------------------
+
+
+def test_a_command_run_gets_its_plan_seed_and_directory(tmp_path):
+    plan = plan_preset("paper-dense")
+    cmd = f"{fake('ok')} && echo {{plan}} {{run_dir}} {{seed}} > where.txt"
+    spec = CommandRun(cmd, plan, seed=3, cwd=str(tmp_path))
+    out = run_dir(tmp_path / "runs", spec)
+    r = execute(spec, out)
+    assert r.status == "finished" and r.exit_code == 0 and r.steps == 20
+    assert r.eval_steps == list(range(0, 21, 2)) and r.final_eval_loss == pytest.approx(r.eval_loss[-1])
+    assert (out / "plan.toml").exists() and str(out) in (out / "stdout.log").read_text()
+    assert (tmp_path / "where.txt").read_text().split() == [str(out / "plan.toml"), str(out), "3"]
+    assert "seed 3" in (out / "stdout.log").read_text()
+    again = execute(spec, out)
+    assert again.reused and again.eval_loss == r.eval_loss
+
+
+@pytest.mark.parametrize("mode,status,words", [
+    ("crash", "failed", ["exit status 3", "something broke in the data loader"]),
+    ("kill", "failed", ["killed by signal 9"]),
+    ("nan", "diverged", ["non-finite eval loss"]),
+    ("silent", "failed", ["never called rlrs.report"]),
+])
+def test_a_failing_command_is_a_recorded_failure(tmp_path, mode, status, words):
+    spec = CommandRun(fake(mode), plan_preset("paper-dense"))
+    r = execute(spec, tmp_path / "r")
+    assert r.status == status, r.error
+    for w in words:
+        assert w in r.error
+    record = json.loads((tmp_path / "r" / "result.json").read_text())
+    assert record["status"] == status and record["error"] == r.error
+
+
+def test_a_failed_command_runs_again_and_a_diverged_one_is_reused(tmp_path):
+    crash = execute(CommandRun(fake("crash"), plan_preset("paper-dense")), tmp_path / "c")
+    assert not execute(CommandRun(fake("crash"), plan_preset("paper-dense")), tmp_path / "c").reused
+    assert crash.status == "failed"
+    execute(CommandRun(fake("nan"), plan_preset("paper-dense")), tmp_path / "n")
+    assert execute(CommandRun(fake("nan"), plan_preset("paper-dense")), tmp_path / "n").reused
+
+
+def test_stop_at_a_rung_stops_the_command_and_a_later_call_continues(tmp_path):
+    spec = CommandRun(fake("slow", 20), plan_preset("paper-dense"), steps=20)
+    half = execute(spec, tmp_path / "r", stop_at=10)
+    assert half.status == "stopped" and 10 <= half.steps < 20
+    assert execute(spec, tmp_path / "r", stop_at=10).reused  # far enough already
+    full = execute(spec, tmp_path / "r")
+    assert full.status == "finished" and full.steps == 20
+    # The restarted script reported from step 0 again: one consistent curve, no duplicates.
+    assert full.eval_steps == list(range(0, 21, 2))
+
+
+def test_bad_commands_get_clear_errors(tmp_path, capsys):
+    assert main(["compare", "--command", "python x.py {model}", "--out", str(tmp_path)]) == 2
+    assert "--command: {model} is not a placeholder" in capsys.readouterr().err
+    assert main(["compare", "--command", fake("ok"), "--set", "model.d_model=8", "--out", str(tmp_path / "o")]) == 2
+    assert "with --command only plan.* settings apply" in capsys.readouterr().err
+    assert main(["compare", "--command", fake("ok"), "--preset", "tiny-moe", "--out", str(tmp_path / "o")]) == 2
+    assert "choose one" in capsys.readouterr().err
+    assert main(["tune", "--command", fake("ok"), "--budget", "2", "--prune", "--out", str(tmp_path / "t")]) == 2
+    assert "--prune with --command needs --steps" in capsys.readouterr().err
+    assert main(["tune", "--command", fake("ok"), "--budget", "2", "--params", "model.init_scale",
+                 "--out", str(tmp_path / "t")]) == 2
+    assert "not a plan key" in capsys.readouterr().err
+
+
+# --- the tools on commands ---------------------------------------------------------------------------------
+
+
+def test_compare_on_a_command_with_a_crashing_arm_goes_on_and_reports_it(tmp_path):
+    target = CommandTarget(fake("ok"))
+    res = compare(target, ["uniform-dense", "paper-dense"], seeds=2, out=tmp_path, log=_quiet)
+    assert all(r.status == "finished" for r in res.runs)
+    # paper-dense starts the embedding at 5 (nearer the fake optimum of 10): it gets there sooner.
+    assert res.speedups["paper-dense"].percent > 0
+    assert (tmp_path / "report.md").exists() and (tmp_path / "loss.png").exists()
+    assert json.loads((tmp_path / "results.json").read_text())["target"]["command"] == fake("ok")
+    bad = tmp_path / "bad.toml"
+    plan_preset("paper-dense").save(bad)
+    crash = CommandTarget(f"{PY} -c \"import rlrs, sys; p = rlrs.script.plan(); "
+                          f"sys.exit(4) if p.embedding.start == 5.0 else [rlrs.report(s, 3 - s / 10) for s in range(11)]\"")
+    res = compare(crash, ["uniform-dense", str(bad)], seeds=1, out=tmp_path / "c2", log=_quiet)
+    assert [r.status for r in res.runs] == ["finished", "failed"]
+    assert "exit status 4" in res.runs[1].error
+    md = (tmp_path / "c2" / "report.md").read_text()
+    assert "failed" in md and "no speed-up" in md
+
+
+def test_tune_on_a_command_with_pruning_and_two_workers(tmp_path):
+    out = tmp_path / "t"
+    code = main(["tune", "--command", fake("ok", 20), "--steps", "20", "--budget", "6", "--prune",
+                 "--params", "plan.base_lr,plan.embedding.start", "--workers", "2", "--out", str(out)])
+    assert code == 0
+    doc = json.loads((out / "search.json").read_text())
+    assert doc["best_loss"] < doc["start_loss"]
+    assert doc["compute"]["trials"].get("COMPLETE", 0) + doc["compute"]["trials"].get("PRUNED", 0) == 6
+    assert (out / "tuned.toml").exists()
+    assert doc["spec"]["command"]["steps"] == 20
+
+
+@pytest.mark.slow
+def test_two_tune_processes_share_one_study_on_a_command(tmp_path):
+    out = tmp_path / "t"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    lead = subprocess.Popen([sys.executable, "-m", "rlrs", "tune", "--command", fake("slow", 20), "--steps", "20",
+                             "--budget", "8", "--params", "plan.base_lr,plan.embedding.start", "--workers", "1",
+                             "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    import time
+
+    deadline = time.monotonic() + 60
+    while not (out / "study.db").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(2.0)
+    worker = subprocess.run([sys.executable, "-m", "rlrs", "tune", "--worker", "--workers", "1", "--out", str(out)],
+                            env=env, capture_output=True, text=True, timeout=600)
+    lead_out = lead.communicate(timeout=600)[0]
+    assert lead.returncode == 0, lead_out
+    assert worker.returncode == 0, worker.stdout + worker.stderr
+    import optuna
+
+    trials = optuna.load_study(study_name="rlrs-tune", storage=f"sqlite:///{out / 'study.db'}").trials
+    counted = [t for t in trials if "abandoned" not in t.user_attrs]
+    assert len(counted) == 8 and len({t.user_attrs["key"] for t in counted}) == 8
+    owners = {t.user_attrs["owner"]["pid"] for t in counted}
+    assert len(owners) == 2  # both processes evaluated points
+
+
+# --- the examples ---------------------------------------------------------------------------------------------
+
+
+def _example(name: str, corpus_dir, extra: str = "") -> str:
+    return (f"{PY} {shlex.quote(str(ROOT / 'examples' / name))} --corpus {shlex.quote(str(corpus_dir / 'docs'))} "
+            f"--cache-dir {shlex.quote(str(corpus_dir / 'cache'))} {extra}")
+
+
+@pytest.mark.slow
+def test_nanogpt_example_under_compare_and_tune(tmp_path, corpus_dir):
+    cmd = _example("nanogpt.py", corpus_dir, "--d-model 32 --layers 1 --batch-size 4 --seq-len 32 --eval-every 4 "
+                                             "--checkpoint-every 4")
+    assert main(["compare", "--command", cmd, "--steps", "12", "--seeds", "2", "--workers", "2",
+                 "--out", str(tmp_path / "c")]) == 0
+    res = json.loads((tmp_path / "c" / "results.json").read_text())
+    assert [r["status"] for r in res["runs"]] == ["finished"] * 4
+    assert all(r["curve"]["steps"] == [0, 4, 8, 12] for r in res["runs"])
+    # seed i of both arms starts from the same weights: the same loss before any step
+    by = {(r["arm"], r["seed"]): r["curve"]["loss"][0] for r in res["runs"]}
+    assert by[("uniform-dense", 0)] == by[("paper-dense", 0)] != by[("uniform-dense", 1)]
+    assert main(["tune", "--command", cmd, "--steps", "12", "--budget", "3", "--prune",
+                 "--params", "plan.base_lr", "--out", str(tmp_path / "t")]) == 0
+    assert json.loads((tmp_path / "t" / "search.json").read_text())["compute"]["trials"]
+
+
+@pytest.mark.slow
+def test_nanogpt_example_resumes_from_its_own_checkpoint(tmp_path, corpus_dir):
+    cmd = _example("nanogpt.py", corpus_dir, "--d-model 32 --layers 1 --batch-size 4 --seq-len 32 --eval-every 2 "
+                                             "--checkpoint-every 2")
+    spec = CommandRun(cmd, plan_preset("paper-dense"), steps=8)
+    stopped = execute(spec, tmp_path / "r", stop_at=4)
+    assert stopped.status == "stopped"
+    full = execute(spec, tmp_path / "r")
+    assert full.status == "finished" and full.eval_steps == [0, 2, 4, 6, 8]
+    assert full.compute_steps < 8  # it continued from its checkpoint instead of starting over
+    clean = execute(spec, tmp_path / "clean")
+    assert clean.eval_loss == pytest.approx(full.eval_loss, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_hf_trainer_example_under_compare_and_tune(tmp_path, corpus_dir):
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    cmd = _example("hf_trainer.py", corpus_dir, "--batch-size 4 --seq-len 32 --eval-every 3")
+    assert main(["compare", "--command", cmd, "--steps", "6", "--seeds", "1", "--workers", "2",
+                 "--out", str(tmp_path / "c")]) == 0
+    res = json.loads((tmp_path / "c" / "results.json").read_text())
+    assert [r["status"] for r in res["runs"]] == ["finished", "finished"]
+    assert res["runs"][0]["curve"]["steps"] == [3, 6]
+    assert main(["tune", "--command", cmd, "--steps", "6", "--budget", "2", "--params", "plan.base_lr",
+                 "--out", str(tmp_path / "t")]) == 0
+
+
+@pytest.mark.slow
+def test_torchrun_example_under_compare_and_tune(tmp_path, corpus_dir):
+    script = _example("torchrun_ddp.py", corpus_dir, "--batch-size 4 --seq-len 32 --eval-every 3")
+    cmd = f"{PY} -m torch.distributed.run --standalone --nproc_per_node 2 {script.split(' ', 1)[1]}"
+    assert main(["compare", "--command", cmd, "--steps", "6", "--seeds", "1", "--workers", "1",
+                 "--out", str(tmp_path / "c")]) == 0
+    res = json.loads((tmp_path / "c" / "results.json").read_text())
+    assert [r["status"] for r in res["runs"]] == ["finished", "finished"]
+    assert res["runs"][0]["curve"]["steps"] == [0, 3, 6]  # rank 0 alone wrote: no duplicate reports
+    lines = (Path(res["runs"][0]["out"]) / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+    assert main(["tune", "--command", cmd, "--steps", "6", "--budget", "2", "--params", "plan.base_lr",
+                 "--workers", "1", "--out", str(tmp_path / "t")]) == 0
