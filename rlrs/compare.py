@@ -50,7 +50,7 @@ from .config import ConfigError
 from .metrics import Difference, SpeedUp, mean_curve, paired_difference, speedup
 from .options import (add_target_args, add_workers_arg, check_workers, command_line, parse_grid,
                       parse_plans, parse_sets, target_from_args)
-from .engine import (CommandTarget, Job, PresetRun, PresetTarget, RunResult, RunSpec, Target, default_workers,
+from .engine import (CommandTarget, eval_curve, Job, PresetRun, PresetTarget, RunResult, RunSpec, Target, default_workers,
                      run_all, run_dir)
 from .train import RunConfig, eval_steps, read_metrics, total_steps
 
@@ -202,11 +202,9 @@ class RunLogs:
 def read_run(out: str | Path, cfg: RunConfig | None = None) -> RunLogs:
     """Parse a run's logs (complete or cut short by a divergence). ``cfg`` is the run config of
     a preset run; a command's run (``None``) has only the eval losses its script reported."""
-    from .engine import _eval_curve
-
     path = Path(out)
     recs = read_metrics(path) if (path / "metrics.jsonl").exists() else []
-    eval_x, eval_y = _eval_curve(path)
+    eval_x, eval_y = eval_curve(path)
     train = [r for r in recs if r.get("kind") == "train"]
     losses = [r for r in train if "loss" in r]
     if cfg is not None:

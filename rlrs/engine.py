@@ -360,7 +360,7 @@ def _execute_preset(spec: PresetRun, out: Path, stop_at: int | None, progress: b
     except Exception:  # noqa: BLE001 - recorded in result.json and shown in reports, never dropped
         status, error, train_loss, wall = "failed", traceback.format_exc(limit=8), None, time.perf_counter() - t0
         steps = _trained_steps(out)
-    xs, ys = _eval_curve(out)
+    xs, ys = eval_curve(out)
     seq = cfg.train.seq_len or cfg.model.seq_len
     return RunResult(out, status, steps, total_steps(cfg), xs, ys, train_loss, steps * cfg.train.batch_size * seq,
                      wall, error, compute_steps=max(0, steps - done_before))
@@ -378,7 +378,7 @@ def _metrics(out: Path) -> list[dict[str, Any]]:
         return []
 
 
-def _eval_curve(out: Path) -> tuple[list[int], list[float]]:
+def eval_curve(out: Path) -> tuple[list[int], list[float]]:
     """The eval-loss curve in ``metrics.jsonl``. A report at step ``s`` after later ones means the
     script started again (or resumed from a checkpoint at ``s``): what it had reported from ``s``
     on is replaced."""
@@ -414,7 +414,7 @@ def _execute_command(spec: CommandRun, out: Path, stop_at: int | None) -> RunRes
         try:
             while proc.poll() is None:
                 time.sleep(POLL_S)
-                xs, ys = _eval_curve(out)
+                xs, ys = eval_curve(out)
                 bad = [(s, v) for s, v in zip(xs, ys) if not math.isfinite(v)]
                 if bad:
                     status, why = "diverged", f"reported a non-finite eval loss ({bad[0][1]}) at step {bad[0][0]}"
@@ -426,7 +426,7 @@ def _execute_command(spec: CommandRun, out: Path, stop_at: int | None) -> RunRes
             _stop(proc)  # never leave the user's training running when rlrs stops
             raise
     code = proc.returncode
-    xs, ys = _eval_curve(out)
+    xs, ys = eval_curve(out)
     bad = [(s, v) for s, v in zip(xs, ys) if not math.isfinite(v)]
     if bad and status is None:
         status, why = "diverged", f"reported a non-finite eval loss ({bad[0][1]}) at step {bad[0][0]}"
