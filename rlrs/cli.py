@@ -11,6 +11,7 @@ from typing import Any, Sequence
 from . import compare, transfer, tune
 from .config import ConfigError, MissingExtra
 from .engine import RunLocked
+from .models import DEFAULT_PRESET
 from .options import parse_sets
 
 
@@ -75,10 +76,11 @@ def cmd_demo(args) -> int:
     # 40 measuring points instead of 100: on a 400-step run, evaluating every 1% would cost more
     # than the training itself.
     sets = {"train.steps": args.steps, "train.eval_interval": 0.025, **parse_sets(args.set)}
-    arms = {"uniform": "uniform-moe", "paper-moe": "paper-moe"}
-    cfgs = {name: run_config("micro-moe", plan, sets=sets) for name, plan in arms.items()}
+    baseline, relative = presets.default_plans(moe=True)
+    arms = {"uniform": baseline, relative: relative}
+    cfgs = {name: run_config(DEFAULT_PRESET, plan, sets=sets) for name, plan in arms.items()}
     steps = total_steps(cfgs["uniform"])
-    print(f"rlrs demo: micro-moe on Shakespeare, {steps} steps per plan, plans: {', '.join(arms)}")
+    print(f"rlrs demo: {DEFAULT_PRESET} on Shakespeare, {steps} steps per plan, plans: {', '.join(arms)}")
     t0 = time.perf_counter()
     jobs = [Job(PresetRun(cfg), out / name, label=name) for name, cfg in cfgs.items()]
     outcomes = run_all(jobs, workers=args.workers, log=None, progress=not args.no_progress)
@@ -90,10 +92,10 @@ def cmd_demo(args) -> int:
         curves[name] = (o.eval_steps, o.eval_loss, None)
         print(f"  {name:10s} final eval loss {o.final_eval_loss:.4f}   ({o.out})")
     if len(curves) == 2:
-        diff = curves["uniform"][1][-1] - curves["paper-moe"][1][-1]
-        print(f"  paper-moe - uniform: {-diff:+.4f} eval loss")
-    loss_png = plots.plot_losses(curves, out / "eval_loss.png", title="micro-moe on Shakespeare")
-    lr_png = plots.plot_plan(presets.get("paper-moe"), steps, out / "lr_paper-moe.png",
+        diff = curves["uniform"][1][-1] - curves[relative][1][-1]
+        print(f"  {relative} - uniform: {-diff:+.4f} eval loss")
+    loss_png = plots.plot_losses(curves, out / "eval_loss.png", title=f"{DEFAULT_PRESET} on Shakespeare")
+    lr_png = plots.plot_plan(presets.get(relative), steps, out / f"lr_{relative}.png",
                              components=("embedding", "unembedding", "attention", "router", "experts", "other"))
     print(f"plots: {loss_png}, {lr_png}; logs: {out}/*/metrics.jsonl  ({time.perf_counter() - t0:.0f}s)")
     return 0 if len(curves) == 2 else 1
@@ -168,7 +170,7 @@ def cmd_plot_plan(args) -> int:
 
 
 def _add_run_args(p: argparse.ArgumentParser, out_default: str | None = None) -> None:
-    p.add_argument("--preset", default="micro-moe", help="model size preset (default: micro-moe); see `rlrs inspect`")
+    p.add_argument("--preset", default=DEFAULT_PRESET, help=f"model size preset (default: {DEFAULT_PRESET}); see `rlrs presets`")
     p.add_argument("--plan", default=None, help="plan preset (paper-moe, paper-dense, uniform, uniform-dense) or a .toml/.json plan file")
     p.add_argument("--config", default=None, help="a .toml/.json run config (sections model, data, train, plan)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting, e.g. train.steps=100 (repeatable)")
@@ -189,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("demo", help="train micro-moe with the uniform and paper-moe plans on Shakespeare and compare")
+    p = sub.add_parser("demo", help=f"train {DEFAULT_PRESET} with the uniform and paper-moe plans on Shakespeare and compare")
     p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     p.add_argument("--steps", type=int, default=400, help="steps per plan (default: 400)")
     p.add_argument("--workers", type=int, default=2, help="runs in parallel (default: 2)")
@@ -198,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("inspect", help="component table of a model and a plan's LR per component")
-    p.add_argument("model", nargs="?", default="micro-moe", help="an rlrs preset or a Hugging Face config.json")
+    p.add_argument("model", nargs="?", default=DEFAULT_PRESET, help=f"an rlrs preset or a Hugging Face config.json (default: {DEFAULT_PRESET})")
     p.add_argument("--plan", default="paper-moe", help="plan preset or file (default: paper-moe)")
     p.add_argument("--total-steps", type=int, default=10_000, help="training length for the LR table (default: 10000)")
     p.add_argument("--at", default="0,1%,25%,50%,75%,100%", help="steps or percentages (default: 0,1%%,25%%,50%%,75%%,100%%)")

@@ -46,28 +46,18 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from . import config as _config
+from . import reporting
+from .analysis import (Difference, RouterCurve, RouterHealth, RunLogs, Spike, SpeedUp, UpdateCurves, detect_spikes,
+                       mean_curve, mean_router, mean_updates, paired_difference, read_run, router_health, speedup)
 from .config import ConfigError
-from .metrics import Difference, SpeedUp, mean_curve, paired_difference, speedup
+from .engine import (CommandTarget, Job, PresetRun, PresetTarget, RunResult, RunSpec, Target, run_all, run_dir)
 from .options import (add_target_args, add_workers_arg, check_workers, command_line, parse_grid,
                       parse_plans, parse_sets, target_from_args)
-from .engine import (CommandTarget, eval_curve, Job, PresetRun, PresetTarget, RunResult, RunSpec, Target, default_workers,
-                     run_all, run_dir)
-from .train import RunConfig, eval_steps, read_metrics, total_steps
+from .plan import Plan
+from .train import RunConfig
 
 METRICS = ("eval", "train")
 RESERVED_SETS = ("train.seed", "train.data_seed")
-
-# Loss-spike detection (see detect_spikes): a jump of SPIKE_Z times the step-to-step noise *and*
-# of SPIKE_RISE over the recent level. Both: the z-score alone fires on a very quiet stretch, the
-# ratio alone on a noisy one.
-SPIKE_WINDOW = 25
-SPIKE_Z = 6.0
-SPIKE_RISE = 0.05
-
-# Router collapse: over the last 10% of training the expert load's normalised entropy is below
-# COLLAPSE_ENTROPY, or one expert takes more than max(COLLAPSE_SHARE, 2 / n_experts) of the tokens.
-COLLAPSE_ENTROPY = 0.5
-COLLAPSE_SHARE = 0.5
 
 
 # --- small parsers (CLI and API share them) -------------------------------------------------------
@@ -93,12 +83,12 @@ def grid_around(base_lr: float, n: int = 5) -> list[float]:
     return [float(f"{m}e{e}") for m, e in ladder[lo: lo + n]]
 
 
-# --- one run: status and what its logs say ---------------------------------------------------------
+# --- one run: how it ended and what its logs say ---------------------------------------------------
 
 
 @dataclass
 class RunInfo:
-    """One (arm, seed) run: where it lives, how it ended, and its final losses."""
+    """One (arm, seed) run: where it lives, how it ended, its losses and diagnostics."""
 
     arm: str
     seed: int
@@ -112,185 +102,34 @@ class RunInfo:
     total_steps: int = 0
     skipped_steps: int = 0
     wall_s: float = 0.0
-
-
-@dataclass
-class Spike:
-    """A loss spike: consecutive steps whose training loss jumped above the recent median."""
-
-    start: int
-    end: int
-    peak_step: int
-    peak_loss: float
-    reference: float  # the recent level (median of the last 5 normal steps) before the spike
+    # From the run's logs (summarize):
+    final_loss: float | None = None  # on the comparison's metric; None unless finished
+    final_train_1pct: float | None = None  # mean training loss over the last 1% of steps
+    curve_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    curve_loss: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    spikes: list[Spike] = field(default_factory=list)
+    router: RouterHealth | None = None
+    updates: UpdateCurves | None = None
+    router_curve: RouterCurve | None = None
 
     @property
-    def rise(self) -> float:
-        return self.peak_loss / self.reference - 1.0
+    def finished(self) -> bool:
+        return self.status == "finished"
 
-
-def detect_spikes(
-    steps: Sequence[int],
-    losses: Sequence[float],
-    window: int = SPIKE_WINDOW,
-    z: float = SPIKE_Z,
-    min_rise: float = SPIKE_RISE,
-) -> list[Spike]:
-    """Loss spikes in a per-step training-loss series (figure 2 of the paper).
-
-    >>> loss = [3.0 + 0.01 * (i % 3) for i in range(60)]
-    >>> loss[40] = 4.0
-    >>> [(s.peak_step, s.peak_loss) for s in detect_spikes(range(60), loss)]
-    [(40, 4.0)]
-
-    A point is a spike when it exceeds the recent level (median of the last 5 non-spike points)
-    by ``z`` times the step-to-step noise (robust, from the previous ``window`` points, at least
-    ``window // 2`` of them) *and* by ``min_rise`` of the level. Spike points stay out of the
-    reference so a long spike cannot become its own baseline; spikes no more than 2 steps apart
-    merge into one event.
-    """
-    steps = np.asarray(steps, dtype=np.int64)
-    losses = np.asarray(losses, dtype=np.float64)
-    ref: list[float] = []
-    flagged: list[tuple[int, float, float]] = []
-    for s, v in zip(steps, losses):
-        if not math.isfinite(v):
-            continue
-        recent = np.asarray(ref[-window:])
-        if recent.size >= max(3, window // 2):
-            # Level: the median of the last 5 points (little lag on a falling curve). Noise: the
-            # MAD of first differences, which a slow trend hardly inflates (a plain MAD would).
-            level = float(np.median(recent[-5:]))
-            d = np.diff(recent)
-            noise = 1.4826 * float(np.median(np.abs(d - np.median(d)))) / math.sqrt(2.0)
-            if v > level + z * noise and v > level * (1.0 + min_rise):
-                flagged.append((int(s), float(v), level))
-                continue
-        ref.append(float(v))
-    spikes: list[Spike] = []
-    for s, v, med in flagged:
-        last = spikes[-1] if spikes else None
-        if last is not None and s - last.end <= 2:
-            last.end = s
-            if v > last.peak_loss:
-                last.peak_step, last.peak_loss = s, v
-        else:
-            spikes.append(Spike(s, s, s, v, med))
-    return spikes
-
-
-@dataclass
-class RunLogs:
-    """What a run's ``metrics.jsonl`` holds, on the 1% measuring points where that applies."""
-
-    eval_steps: np.ndarray
-    eval_loss: np.ndarray
-    train_steps: np.ndarray  # every step that updated (skipped steps have no loss)
-    train_loss: np.ndarray
-    window_steps: np.ndarray  # the 1% points; train loss and router stats averaged over each 1%
-    window_loss: np.ndarray
-    components: list[str]
-    update_steps: np.ndarray
-    update_ratio: dict[str, np.ndarray]
-    update_rms: dict[str, np.ndarray]
-    router: dict[str, np.ndarray] | None  # load_entropy, max_load, dropped_share on window_steps
-
-    def curve(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
-        return (self.eval_steps, self.eval_loss) if metric == "eval" else (self.window_steps, self.window_loss)
-
-
-def read_run(out: str | Path, cfg: RunConfig | None = None) -> RunLogs:
-    """Parse a run's logs (complete or cut short by a divergence). ``cfg`` is the run config of
-    a preset run; a command's run (``None``) has only the eval losses its script reported."""
-    path = Path(out)
-    recs = read_metrics(path) if (path / "metrics.jsonl").exists() else []
-    eval_x, eval_y = eval_curve(path)
-    train = [r for r in recs if r.get("kind") == "train"]
-    losses = [r for r in train if "loss" in r]
-    if cfg is not None:
-        points = [p for p in eval_steps(total_steps(cfg), cfg.train.eval_interval) if p > 0]
-    else:
-        points = [p for p in eval_x if p > 0]
-    step_of = np.asarray([r["step"] for r in train], dtype=np.int64)
-    # Window j covers the steps after point j-1 up to point j.
-    win = np.searchsorted(np.asarray(points), step_of, side="left")
-
-    last = int(step_of.max()) if step_of.size else 0
-
-    def window_mean(key: str, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-        # Every point the run got to, NaN where a window holds only skipped steps: the seeds of an
-        # arm must share their measuring points to be averaged.
-        vals = np.asarray([r.get(key, math.nan) for r in train], dtype=np.float64) * scale
-        xs = [p for p in points if p <= last]
-        ys = []
-        for j in range(len(xs)):
-            v = vals[(win == j) & np.isfinite(vals)]
-            ys.append(v.mean() if v.size else math.nan)
-        return np.asarray(xs, dtype=np.int64), np.asarray(ys, dtype=np.float64)
-
-    window_steps, window_loss = window_mean("loss")
-    components = sorted({k.split("/", 1)[1] for r in recs[:3] for k in r if k.startswith("lr/")},
-                        key=_component_order)
-    diag = [r for r in train if any(k.startswith("update_ratio/") for k in r)]
-    update_ratio = {c: np.asarray([r.get(f"update_ratio/{c}", math.nan) for r in diag], dtype=np.float64) for c in components}
-    update_rms = {c: np.asarray([r.get(f"update_rms/{c}", math.nan) for r in diag], dtype=np.float64) for c in components}
-    router = None
-    if cfg is not None and cfg.model.is_moe:
-        seq = cfg.train.seq_len or cfg.model.seq_len
-        slots = cfg.train.batch_size * seq * cfg.model.top_k * cfg.model.n_layers
-        router = {}
-        for key, name, scale in (("moe/load_entropy", "load_entropy", 1.0), ("moe/max_load", "max_load", 1.0),
-                                 ("moe/dropped_tokens", "dropped_share", 1.0 / slots)):
-            xs, ys = window_mean(key, scale)
-            router[name] = ys
-            router["steps"] = xs
-    return RunLogs(
-        eval_steps=np.asarray(eval_x, dtype=np.int64),
-        eval_loss=np.asarray(eval_y, dtype=np.float64),
-        train_steps=np.asarray([r["step"] for r in losses], dtype=np.int64),
-        train_loss=np.asarray([r["loss"] for r in losses], dtype=np.float64),
-        window_steps=window_steps,
-        window_loss=window_loss,
-        components=components,
-        update_steps=np.asarray([r["step"] for r in diag], dtype=np.int64),
-        update_ratio=update_ratio,
-        update_rms=update_rms,
-        router=router,
-    )
-
-
-def _component_order(c: str) -> int:
-    from .components import COMPONENTS
-
-    return COMPONENTS.index(c) if c in COMPONENTS else len(COMPONENTS)
-
-
-def router_health(logs: RunLogs, n_experts: int) -> dict[str, Any] | None:
-    """Expert load over the last 10% of training (and its worst point) and a collapse verdict."""
-    r = logs.router
-    if r is None or not len(r["steps"]):
-        return None
-    tail = r["steps"] >= 0.9 * r["steps"][-1]
-    if not np.isfinite(r["load_entropy"][tail]).any():
-        return None  # only skipped steps at the end: nothing to judge
-    ent, share, drop = (float(np.nanmean(r[k][tail])) for k in ("load_entropy", "max_load", "dropped_share"))
-    share_limit = max(COLLAPSE_SHARE, 2.0 / n_experts)
-    problems = []
-    if ent < COLLAPSE_ENTROPY:
-        problems.append(f"load entropy {ent:.2f} < {COLLAPSE_ENTROPY}")
-    if share > share_limit:
-        problems.append(f"one expert takes {share:.0%} of the tokens")
-    return {
-        "load_entropy_final": ent,
-        "load_entropy_min": float(np.nanmin(r["load_entropy"])),
-        "max_load_final": share,
-        "max_load_peak": float(np.nanmax(r["max_load"])),
-        "dropped_share_final": drop,
-        "dropped_share_peak": float(np.nanmax(r["dropped_share"])),
-        "n_experts": n_experts,
-        "collapsed": bool(problems),
-        "verdict": "collapse: " + "; ".join(problems) if problems else "healthy",
-    }
+    def to_dict(self) -> dict[str, Any]:
+        """The run's entry in ``results.json``."""
+        return {
+            "arm": self.arm, "seed": self.seed, "data_seed": self.seed, "out": str(self.out), "status": self.status,
+            "error": self.error, "reused": self.reused, "final_eval_loss": self.final_eval_loss,
+            "final_train_loss": self.final_train_loss, "steps": self.steps, "total_steps": self.total_steps,
+            "skipped_steps": self.skipped_steps, "wall_s": self.wall_s, "final_loss": self.final_loss,
+            "final_train_1pct": self.final_train_1pct,
+            "curve": {"steps": self.curve_steps, "loss": self.curve_loss},
+            "spikes": [{**dataclasses.asdict(s), "rise": s.rise} for s in self.spikes],
+            "router": None if self.router is None else dataclasses.asdict(self.router),
+            "updates": None if self.updates is None else dataclasses.asdict(self.updates),
+            "router_curve": None if self.router_curve is None else dataclasses.asdict(self.router_curve),
+        }
 
 
 # --- running many runs -----------------------------------------------------------------------------
@@ -325,49 +164,155 @@ def _skipped(out: Path) -> int:
         return 0
 
 
-def _execute(specs: Sequence[_Spec], workers: int | None, log: Callable[[str], None] = print,
-             progress: bool = False) -> list[RunInfo]:
-    """Run every spec on the engine (reusing finished and diverged runs, resuming interrupted ones)."""
+def _execute(specs: Sequence[_Spec], workers: int | None, metric: str = "eval", log: Callable[[str], None] = print,
+             progress: bool = False) -> tuple[list[RunInfo], dict[Path, RunLogs]]:
+    """Run every spec on the engine (reusing finished and diverged runs, resuming interrupted
+    ones), then read each run's logs. A run that finished but blew up counts as diverged."""
     results = run_all([Job(s.run, s.out, label=s.label) for s in specs], workers, log, progress=progress)
-    return [_info(s, r) for s, r in zip(specs, results)]
-
-
-def _flag_blowups(infos: Sequence[RunInfo], logs: Mapping[Path, RunLogs], metric: str = "eval") -> None:
-    # A run that "finishes" above its loss before training learned nothing: it diverged without
-    # ever producing a NaN (too high an LR often does that), so it must not enter the means.
+    infos = [_info(s, r) for s, r in zip(specs, results)]
+    logs = {s.out: read_run(s.out, s.cfg) for s in specs}
     for info in infos:
-        lg = logs.get(info.out)
-        if info.status != "finished" or lg is None or not lg.eval_loss.size:
-            continue
-        final, first = lg.eval_loss[-1], lg.eval_loss[0]
-        measured = lg.curve(metric)[1]
-        if not math.isfinite(final) or final > first:
-            info.status = "diverged"
-            info.error = f"finished, but its final eval loss {final:.4f} is above its initial {first:.4f}"
-        elif not measured.size or not math.isfinite(measured[-1]):
-            info.status = "diverged"
-            info.error = f"finished, but its final {metric} loss is not finite (every last step skipped?)"
+        why = logs[info.out].blowup(metric) if info.finished else None
+        if why is not None:
+            info.status, info.error = "diverged", why
+    return infos, logs
 
 
 # --- compare ----------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class MeanCurve:
+    """An arm's loss at the measuring points: mean and std over its finished seeds."""
+
+    steps: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+
+
+@dataclass(frozen=True)
+class LossStat:
+    mean: float
+    std: float  # over seeds (0 with one seed)
+    n: int
+
+
+@dataclass(frozen=True)
+class SeedSpeedUp:
+    seed: int
+    percent: float | None  # None: measured, but never reaches the baseline's final loss
+    measured: bool  # False: this seed of the baseline or of the arm did not finish
+
+
+@dataclass
+class ArmResult:
+    """One arm of a comparison: its runs, mean curve, final loss and, for a relative arm, its
+    speed-up and paired difference against the baseline."""
+
+    name: str
+    plan: Plan
+    runs: list[RunInfo]
+    diagnostics_seeds: list[int]  # the finished seeds; the runs that died if none finished
+    updates: UpdateCurves
+    router: RouterCurve | None
+    curve: MeanCurve | None = None  # None: no seed finished
+    final_loss: LossStat | None = None
+    # Relative arms only (the baseline keeps the defaults):
+    speedup: SpeedUp | None = None
+    difference: Difference | None = None
+    paired_seeds: list[int] = field(default_factory=list)
+    per_seed: list[SeedSpeedUp] = field(default_factory=list)
+    text: str = ""  # the speed-up in one sentence, or why there is none
+
+    @property
+    def base_lr(self) -> float:
+        return self.plan.base_lr
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.seed for r in self.runs]
+
+    @property
+    def finished(self) -> list[RunInfo]:
+        return [r for r in self.runs if r.finished]
+
+    @property
+    def not_finished(self) -> list[RunInfo]:
+        return [r for r in self.runs if not r.finished]
+
+
 @dataclass
 class CompareResult:
-    """What :func:`compare` found; ``results`` is what ``results.json`` holds."""
+    """What :func:`compare` found. ``to_dict()`` is what ``results.json`` holds."""
 
     out: Path
-    baseline: str
-    arms: list[str]
+    preset: str  # the target's name: a preset, or the command's
+    target: dict[str, Any]
+    command: str
+    metric: str
+    seeds: int
+    total_steps: int
+    eval_interval: float | None  # None: a command's script chooses its eval points
+    sets: dict[str, Any]
+    components: list[str]
+    plans: dict[str, str]  # arm -> the plan preset or file it came from
+    arms: dict[str, ArmResult]  # the baseline first
     runs: list[RunInfo]
-    speedups: dict[str, SpeedUp | None]  # None: no finished run to measure it on
-    differences: dict[str, Difference | None]
-    results: dict[str, Any]
+    wall_s: float = 0.0  # this command: training (new runs only) and analysis
     files: list[Path] = field(default_factory=list)
+
+    @property
+    def baseline(self) -> str:
+        return next(iter(self.arms))
+
+    @property
+    def relative(self) -> list[ArmResult]:
+        return list(self.arms.values())[1:]
+
+    @property
+    def speedups(self) -> dict[str, SpeedUp | None]:
+        """Each relative arm's speed-up (``None``: no finished run on one side to measure it)."""
+        return {a.name: a.speedup for a in self.relative}
+
+    @property
+    def differences(self) -> dict[str, Difference | None]:
+        return {a.name: a.difference for a in self.relative}
 
     def lines(self) -> list[str]:
         """One sentence per relative arm: its speed-up (or why there is none)."""
-        return [self.results["speedups"][a]["text"] for a in self.arms[1:]]
+        return [a.text for a in self.relative]
+
+    def to_dict(self) -> dict[str, Any]:
+        arms = {}
+        for a in self.arms.values():
+            arms[a.name] = {
+                "seeds": a.seeds, "seeds_finished": [r.seed for r in a.finished],
+                "not_finished": [{"seed": r.seed, "status": r.status, "error": r.error} for r in a.not_finished],
+                "diagnostics_seeds": a.diagnostics_seeds, "base_lr": a.base_lr, "plan": a.plan.to_dict(),
+                "updates": dataclasses.asdict(a.updates),
+                "router": None if a.router is None else dataclasses.asdict(a.router),
+            }
+            if a.curve is not None:
+                arms[a.name]["curve"] = dataclasses.asdict(a.curve)
+            if a.final_loss is not None:
+                arms[a.name]["final_loss"] = dataclasses.asdict(a.final_loss)
+        speedups, diffs = {}, {}
+        n_base = len(self.arms[self.baseline].finished)
+        for a in self.relative:
+            sp = a.speedup
+            speedups[a.name] = {
+                **(dataclasses.asdict(sp) if sp else {"t_base": None, "t_relative": None, "target_loss": None, "percent": None}),
+                "seeds_baseline": n_base, "seeds_relative": len(a.finished), "seeds": self.seeds,
+                "per_seed": [dataclasses.asdict(p) for p in a.per_seed], "text": a.text,
+            }
+            diffs[a.name] = None if a.difference is None else {**dataclasses.asdict(a.difference), "seeds": a.paired_seeds}
+        return _clean({
+            "command": self.command, "preset": self.preset, "target": self.target, "baseline": self.baseline,
+            "metric": self.metric, "seeds": self.seeds, "plans": self.plans,
+            "total_steps": self.total_steps, "eval_interval": self.eval_interval, "sets": self.sets,
+            "components": self.components, "wall_s": self.wall_s, "runs": [r.to_dict() for r in self.runs],
+            "arms": arms, "speedups": speedups, "differences": diffs,
+        })
 
 
 def _arms(plans: Sequence[str], need: int) -> list[tuple[str, str]]:
@@ -456,37 +401,26 @@ def compare(
     length = specs[0].run.total_steps
     log(f"rlrs compare: {preset}, plans {', '.join(a for a, _ in arms)} (baseline {arms[0][0]}), "
         f"{seeds} seed{'s' * (seeds > 1)}, {length or 'its own number of'} steps per run -> {out}")
-    infos = _execute(specs, workers, log, progress)
-    logs = {s.out: read_run(s.out, s.cfg) for s in specs}
-    _flag_blowups(infos, logs, metric)
+    infos, logs = _execute(specs, workers, metric, log, progress)
     plan_of = {s.arm: s.run.plan for s in specs}
     cfg0 = specs[0].cfg
-    results, speedups, diffs = summarize(
-        [a for a, _ in arms], infos, logs, metric=metric, n_experts=cfg0.model.n_experts if cfg0 else 0
+    res = CompareResult(
+        out=out, preset=preset, target=_describe_target(target),
+        command=command or _python_call("compare", preset=preset, plans=list(plans), seeds=seeds, out=str(out),
+                                        sets=sets or None, base_lrs=dict(base_lrs or {}) or None, metric=metric),
+        metric=metric, seeds=seeds, total_steps=length or max((i.total_steps for i in infos), default=0),
+        eval_interval=cfg0.train.eval_interval if cfg0 else None, sets=sets,
+        components=next((lg.components for lg in logs.values() if lg.components), []), plans=dict(arms),
+        arms=summarize(plan_of, infos, logs, metric=metric, n_experts=cfg0.model.n_experts if cfg0 else 0),
+        runs=infos,
     )
-    results.update({
-        "command": command or _python_call("compare", preset=preset, plans=list(plans), seeds=seeds, out=str(out),
-                                           sets=sets or None, base_lrs=dict(base_lrs or {}) or None, metric=metric),
-        "preset": preset,
-        "target": _describe_target(target),
-        "plans": dict(arms),
-        "total_steps": length or max((i.total_steps for i in infos), default=0),
-        "eval_interval": cfg0.train.eval_interval if cfg0 else None,
-        "sets": _clean(sets),
-        "wall_s": time.perf_counter() - t0,  # this command: training (new runs only) and analysis
-    })
-    for arm, _ in arms:
-        results["arms"][arm]["base_lr"] = plan_of[arm].base_lr
-        results["arms"][arm]["plan"] = plan_of[arm].to_dict()
-    results["components"] = next((lg.components for lg in logs.values() if lg.components), [])
+    res.wall_s = time.perf_counter() - t0
     # The numbers first: a figure that fails to draw must not cost the results.
     results_path = out / "results.json"
-    _config.atomic_write_text(results_path, json.dumps(_clean(results), indent=1) + "\n")
-    from . import reporting as report
-
+    _config.atomic_write_text(results_path, json.dumps(res.to_dict(), indent=1) + "\n")
     series = {(i.arm, i.seed): (logs[i.out].train_steps, logs[i.out].train_loss) for i in infos}
-    files = report.write_compare(out, results, plan_of, series)
-    return CompareResult(out, arms[0][0], [a for a, _ in arms], infos, speedups, diffs, results, [results_path, *files])
+    res.files = [results_path, *reporting.write_compare(res, series)]
+    return res
 
 
 def _describe_target(target: Target) -> dict[str, Any]:
@@ -511,79 +445,52 @@ def _python_call(fn: str, **kwargs) -> str:
 
 
 def summarize(
-    arms: Sequence[str],
+    plans: Mapping[str, Plan],
     runs: Sequence[RunInfo],
     logs: Mapping[Path, RunLogs],
     metric: str = "eval",
     n_experts: int = 0,
-) -> tuple[dict[str, Any], dict[str, SpeedUp | None], dict[str, Difference | None]]:
+) -> dict[str, ArmResult]:
     """Per-arm means over finished seeds, the speed-up and paired final-loss difference of every
-    arm against ``arms[0]``, spikes and router health per run: the body of ``results.json``."""
-    by_arm = {a: [r for r in runs if r.arm == a] for a in arms}
-    ok = {a: [r for r in rs if r.status == "finished"] for a, rs in by_arm.items()}
-    final = {(r.arm, r.seed): float(logs[r.out].curve(metric)[1][-1]) for r in runs if r.status == "finished"}
-    results: dict[str, Any] = {"baseline": arms[0], "metric": metric, "seeds": max((r.seed for r in runs), default=-1) + 1,
-                               "runs": [], "arms": {}, "speedups": {}, "differences": {}}
+    arm against the first (the baseline); fills each run's losses, spikes and router health."""
     for r in runs:
         lg = logs[r.out]
-        spikes = detect_spikes(lg.train_steps, lg.train_loss)
-        steps, loss = lg.curve(metric)
-        results["runs"].append({
-            **{k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(r).items()},
-            "data_seed": r.seed,
-            "final_loss": final.get((r.arm, r.seed)),
-            "final_train_1pct": float(lg.window_loss[-1]) if lg.window_loss.size else None,
-            "curve": {"steps": steps, "loss": loss},
-            "spikes": [{**dataclasses.asdict(s), "rise": s.rise} for s in spikes],
-            "router": router_health(lg, n_experts) if lg.router is not None else None,
-            "updates": {"steps": lg.update_steps, "update_ratio": lg.update_ratio, "update_rms": lg.update_rms},
-            "router_curve": lg.router,
-        })
-    curves = {}
-    for a in arms:
-        fin = ok[a]
-        entry: dict[str, Any] = {
-            "seeds": [r.seed for r in by_arm[a]],
-            "seeds_finished": [r.seed for r in fin],
-            "not_finished": [{"seed": r.seed, "status": r.status, "error": r.error} for r in by_arm[a] if r.status != "finished"],
-        }
+        r.curve_steps, r.curve_loss = lg.curve(metric)
+        r.final_loss = float(r.curve_loss[-1]) if r.finished else None
+        r.final_train_1pct = float(lg.window_loss[-1]) if lg.window_loss.size else None
+        r.spikes = detect_spikes(lg.train_steps, lg.train_loss)
+        r.router = router_health(lg, n_experts) if lg.router is not None else None
+        r.updates, r.router_curve = lg.updates, lg.router
+    arms: dict[str, ArmResult] = {}
+    for name, plan in plans.items():
+        mine = [r for r in runs if r.arm == name]
+        fin = [r for r in mine if r.finished]
+        diag = fin or mine  # diagnostics of the finished seeds; if none finished, of the runs that died
+        arm = ArmResult(name, plan, mine, [r.seed for r in diag], mean_updates([logs[r.out] for r in diag]),
+                        mean_router([logs[r.out] for r in diag]))
         if fin:
-            steps, mean, std = mean_curve([logs[r.out].curve(metric) for r in fin])
-            curves[a] = (steps, mean)
-            finals = [final[(a, r.seed)] for r in fin]
-            entry["curve"] = {"steps": steps, "mean": mean, "std": std}
-            entry["final_loss"] = {"mean": float(np.mean(finals)), "std": float(np.std(finals, ddof=1)) if len(finals) > 1 else 0.0,
-                                   "n": len(finals)}
-        # Diagnostics describe the finished seeds; if none finished, the runs that died (up to the end).
-        diag_runs = fin or by_arm[a]
-        entry["diagnostics_seeds"] = [r.seed for r in diag_runs]
-        entry["updates"] = _mean_updates([logs[r.out] for r in diag_runs])
-        entry["router"] = _mean_router([logs[r.out] for r in diag_runs])
-        results["arms"][a] = entry
-    speedups: dict[str, SpeedUp | None] = {}
-    diffs: dict[str, Difference | None] = {}
-    base = arms[0]
-    for a in arms[1:]:
-        sp = None
-        if base in curves and a in curves:
-            sp = speedup(*curves[base], *curves[a])
-        speedups[a] = sp
-        paired = sorted({r.seed for r in ok[base]} & {r.seed for r in ok[a]})
-        diffs[a] = paired_difference([final[(base, s)] for s in paired], [final[(a, s)] for s in paired]) if paired else None
-        per_seed = []
-        for s in sorted({r.seed for r in by_arm[a]}):
-            rb = next((r for r in ok[base] if r.seed == s), None)
-            ra = next((r for r in ok[a] if r.seed == s), None)
-            per_seed.append({"seed": s, "percent": speedup(*logs[rb.out].curve(metric), *logs[ra.out].curve(metric)).percent
-                             if rb and ra else None, "measured": bool(rb and ra)})
-        results["speedups"][a] = {
-            **(dataclasses.asdict(sp) if sp else {"t_base": None, "t_relative": None, "target_loss": None, "percent": None}),
-            "seeds_baseline": len(ok[base]), "seeds_relative": len(ok[a]), "seeds": results["seeds"],
-            "per_seed": per_seed,
-            "text": _speedup_text(a, sp, len(ok[base]), len(ok[a]), results["seeds"], metric),
-        }
-        results["differences"][a] = {**dataclasses.asdict(diffs[a]), "seeds": paired} if diffs[a] else None
-    return results, speedups, diffs
+            arm.curve = MeanCurve(*mean_curve([(r.curve_steps, r.curve_loss) for r in fin]))
+            finals = [r.final_loss for r in fin]
+            arm.final_loss = LossStat(float(np.mean(finals)), float(np.std(finals, ddof=1)) if len(finals) > 1 else 0.0,
+                                      len(finals))
+        arms[name] = arm
+    base, *relative = arms.values()
+    seeds = max((r.seed for r in runs), default=-1) + 1
+    base_by_seed = {r.seed: r for r in base.finished}
+    for arm in relative:
+        if base.curve is not None and arm.curve is not None:
+            arm.speedup = speedup(base.curve.steps, base.curve.mean, arm.curve.steps, arm.curve.mean)
+        mine = {r.seed: r for r in arm.finished}
+        arm.paired_seeds = sorted(base_by_seed.keys() & mine.keys())
+        if arm.paired_seeds:
+            arm.difference = paired_difference([base_by_seed[s].final_loss for s in arm.paired_seeds],
+                                               [mine[s].final_loss for s in arm.paired_seeds])
+        for s in sorted({r.seed for r in arm.runs}):
+            rb, ra = base_by_seed.get(s), mine.get(s)
+            pct = speedup(rb.curve_steps, rb.curve_loss, ra.curve_steps, ra.curve_loss).percent if rb and ra else None
+            arm.per_seed.append(SeedSpeedUp(s, pct, bool(rb and ra)))
+        arm.text = _speedup_text(arm.name, arm.speedup, len(base.finished), len(arm.finished), seeds, metric)
+    return arms
 
 
 def _speedup_text(arm: str, sp: SpeedUp | None, n_base: int, n_rel: int, seeds: int, metric: str) -> str:
@@ -601,41 +508,6 @@ def _speedup_text(arm: str, sp: SpeedUp | None, n_base: int, n_rel: int, seeds: 
     slower = " (slower than the baseline)" if sp.percent < 0 else ""
     return (f"{arm}: speed-up {sp.percent:+.1f}%{slower}: reaches the baseline's final {loss} "
             f"{sp.target_loss:.4f} at step {sp.t_relative} instead of {sp.t_base} ({over})")
-
-
-def _mean_updates(logs: Sequence[RunLogs]) -> dict[str, Any]:
-    if not logs:
-        return {"steps": [], "update_ratio": {}, "update_rms": {}}
-    steps = max((lg.update_steps for lg in logs), key=len)
-    out: dict[str, Any] = {"steps": steps}
-    for key in ("update_ratio", "update_rms"):
-        comps = logs[0].components
-        out[key] = {c: _nanmean_aligned(steps, [(lg.update_steps, getattr(lg, key).get(c)) for lg in logs]) for c in comps}
-    return out
-
-
-def _mean_router(logs: Sequence[RunLogs]) -> dict[str, Any] | None:
-    logs = [lg for lg in logs if lg.router is not None]
-    if not logs:
-        return None
-    steps = max((lg.router["steps"] for lg in logs), key=len)
-    return {"steps": steps, **{k: _nanmean_aligned(steps, [(lg.router["steps"], lg.router[k]) for lg in logs])
-                               for k in ("load_entropy", "max_load", "dropped_share")}}
-
-
-def _nanmean_aligned(steps: np.ndarray, series: Sequence[tuple[np.ndarray, np.ndarray | None]]) -> np.ndarray:
-    # Runs cut short by a divergence have fewer points: average what each step has.
-    grid = np.full((len(series), len(steps)), np.nan)
-    index = {int(s): j for j, s in enumerate(steps)}
-    for i, (xs, ys) in enumerate(series):
-        if ys is None:
-            continue
-        for x, y in zip(xs, ys):
-            if int(x) in index:
-                grid[i, index[int(x)]] = y
-    with np.errstate(all="ignore"):
-        counts = np.isfinite(grid).sum(axis=0)
-        return np.where(counts > 0, np.nansum(grid, axis=0) / np.maximum(counts, 1), np.nan)
 
 
 def _clean(obj: Any) -> Any:
@@ -659,16 +531,98 @@ def _clean(obj: Any) -> Any:
 
 
 @dataclass
+class GridPoint:
+    """One η_base of one arm: its runs (one per seed) and their mean final eval loss."""
+
+    base_lr: float
+    runs: list[RunInfo]
+
+    @property
+    def finished(self) -> list[float]:
+        return [r.final_eval_loss for r in self.runs if r.finished]
+
+    @property
+    def status(self) -> str:
+        """``finished`` when every seed finished, else the first other run's status."""
+        return next((r.status for r in self.runs if not r.finished), "finished")
+
+    @property
+    def mean(self) -> float | None:
+        return float(np.mean(self.finished)) if self.finished else None
+
+    @property
+    def std(self) -> float | None:
+        fin = self.finished
+        return float(np.std(fin, ddof=1)) if len(fin) > 1 else 0.0 if fin else None
+
+
+@dataclass
+class GridArm:
+    """One arm's grid: every point, the best η_base among points where every seed finished, and
+    whether the best lies at the grid's low or high end (then the optimum may lie beyond)."""
+
+    name: str
+    points: list[GridPoint]
+
+    @property
+    def best_point(self) -> GridPoint | None:
+        ok = [p for p in self.points if p.status == "finished"]
+        return min(ok, key=lambda p: p.mean) if ok else None
+
+    @property
+    def best(self) -> float | None:
+        b = self.best_point
+        return None if b is None else b.base_lr
+
+    @property
+    def best_loss(self) -> float | None:
+        b = self.best_point
+        return None if b is None else b.mean
+
+    @property
+    def edge(self) -> str | None:
+        b = self.best
+        if b is None or len(self.points) < 2:
+            return None
+        return "low" if b == self.points[0].base_lr else "high" if b == self.points[-1].base_lr else None
+
+
+@dataclass
 class GridResult:
-    """What :func:`lr_grid` found. ``best[arm]`` is the η_base with the lowest mean final eval
-    loss among those where every seed finished; ``edge[arm]`` says whether it lies at the grid's
-    low or high end (then the optimum may lie beyond: extend the grid)."""
+    """What :func:`lr_grid` found; ``to_dict()`` is what ``grid.json`` holds."""
 
     out: Path
-    best: dict[str, float]
-    edge: dict[str, str | None]
-    grid: dict[str, Any]  # what grid.json holds
+    preset: str
+    target: dict[str, Any]
+    command: str
+    seeds: int
+    plans: dict[str, str]  # arm -> plan preset or file
+    arms: dict[str, GridArm]
+    wall_s: float = 0.0
     files: list[Path] = field(default_factory=list)
+
+    @property
+    def best(self) -> dict[str, float]:
+        """The best η_base per arm (arms where every value diverged are left out)."""
+        return {a.name: a.best for a in self.arms.values() if a.best is not None}
+
+    @property
+    def edge(self) -> dict[str, str | None]:
+        return {a.name: a.edge for a in self.arms.values()}
+
+    def to_dict(self) -> dict[str, Any]:
+        arms = {}
+        for a in self.arms.values():
+            points = [{"base_lr": p.base_lr, "status": p.status, "mean": p.mean, "std": p.std,
+                       "n_finished": len(p.finished),
+                       "runs": [{"seed": r.seed, "status": r.status, "final_eval_loss": r.final_eval_loss,
+                                 "error": r.error, "out": str(r.out), "reused": r.reused, "wall_s": r.wall_s}
+                                for r in p.runs]}
+                      for p in a.points]
+            arms[a.name] = {"points": points, "best": a.best, "best_loss": a.best_loss, "edge": a.edge}
+        return _clean({"preset": self.preset, "target": self.target, "seeds": self.seeds, "metric": "eval",
+                       "plans": self.plans, "arms": arms, "best": self.best, "command": self.command,
+                       "wall_s": self.wall_s})
 
 
 def lr_grid(
@@ -708,47 +662,22 @@ def lr_grid(
     log(f"rlrs lr-grid: {preset}, plans {', '.join(a for a, _ in arms)}, η_base grid "
         + "; ".join(f"{a}: {', '.join(f'{v:g}' for v in values[a])}" for a, _ in arms)
         + f", {seeds} seed{'s' * (seeds > 1)} -> {out}")
-    infos = _execute(specs, workers, log, progress)
-    logs = {s.out: read_run(s.out, s.cfg) for s in specs}
-    _flag_blowups(infos, logs)
+    infos, _ = _execute(specs, workers, "eval", log, progress)
     lr_of = {s.out: s.run.plan.base_lr for s in specs}
-    data: dict[str, Any] = {"preset": preset, "target": _describe_target(target), "seeds": seeds, "metric": "eval", "plans": dict(arms), "arms": {}, "best": {},
-                            "command": command or _python_call("lr_grid", preset=preset, plans=list(plans), out=str(out),
-                                                               grid=list(grid) if grid else None, seeds=seeds, sets=sets or None)}
-    best, edge = {}, {}
-    for arm, _ in arms:
-        points = []
-        for lr in values[arm]:
-            rs = [r for r in infos if r.arm == arm and lr_of[r.out] == lr]
-            fin = [r.final_eval_loss for r in rs if r.status == "finished"]
-            bad = [r for r in rs if r.status != "finished"]
-            points.append({
-                "base_lr": lr,
-                "status": "finished" if not bad else bad[0].status,
-                "mean": float(np.mean(fin)) if fin else None,
-                "std": float(np.std(fin, ddof=1)) if len(fin) > 1 else 0.0 if fin else None,
-                "n_finished": len(fin),
-                "runs": [{"seed": r.seed, "status": r.status, "final_eval_loss": r.final_eval_loss, "error": r.error,
-                          "out": str(r.out), "reused": r.reused, "wall_s": r.wall_s} for r in rs],
-            })
-        ok = [p for p in points if p["status"] == "finished"]
-        entry: dict[str, Any] = {"points": points, "best": None, "best_loss": None, "edge": None}
-        if ok:
-            b = min(ok, key=lambda p: p["mean"])
-            best[arm] = b["base_lr"]
-            entry.update(best=b["base_lr"], best_loss=b["mean"])
-            if len(values[arm]) > 1 and b["base_lr"] in (values[arm][0], values[arm][-1]):
-                entry["edge"] = "low" if b["base_lr"] == values[arm][0] else "high"
-        edge[arm] = entry["edge"]
-        data["arms"][arm] = entry
-    data["best"] = best
-    data["wall_s"] = time.perf_counter() - t0
+    res = GridResult(
+        out=out, preset=preset, target=_describe_target(target),
+        command=command or _python_call("lr_grid", preset=preset, plans=list(plans), out=str(out),
+                                        grid=list(grid) if grid else None, seeds=seeds, sets=sets or None),
+        seeds=seeds, plans=dict(arms),
+        arms={arm: GridArm(arm, [GridPoint(lr, [r for r in infos if r.arm == arm and lr_of[r.out] == lr])
+                                 for lr in values[arm]])
+              for arm, _ in arms},
+    )
+    res.wall_s = time.perf_counter() - t0
     path = out / "grid.json"
-    _config.atomic_write_text(path, json.dumps(_clean(data), indent=1) + "\n")
-    from . import reporting as report
-
-    files = report.write_grid(out, data)
-    return GridResult(out, best, edge, data, [path, *files])
+    _config.atomic_write_text(path, json.dumps(res.to_dict(), indent=1) + "\n")
+    res.files = [path, *reporting.write_grid(res)]
+    return res
 
 
 def load_grid(path: str | Path) -> dict[str, float]:
@@ -868,9 +797,9 @@ def cmd_lr_grid(args) -> int:
     for arm in (arm_name(p) for p in args.plans_list):
         if arm in res.best:
             note = f" (at the {res.edge[arm]} edge of the grid: the optimum may lie beyond it)" if res.edge[arm] else ""
-            print(f"{arm}: best η_base {res.best[arm]:g}, final eval loss {res.grid['arms'][arm]['best_loss']:.4f}{note}")
+            print(f"{arm}: best η_base {res.best[arm]:g}, final eval loss {res.arms[arm].best_loss:.4f}{note}")
         else:
             print(f"{arm}: no η_base of the grid finished without diverging; try lower values with --grid")
     print(f"report: {res.out / 'grid.md'}  grid: {res.out / 'grid.json'}")
-    failed = any(r["status"] == "failed" for a in res.grid["arms"].values() for p in a["points"] for r in p["runs"])
-    return 1 if failed or len(res.best) < len(res.grid["arms"]) else 0
+    failed = any(r.status == "failed" for a in res.arms.values() for p in a.points for r in p.runs)
+    return 1 if failed or len(res.best) < len(res.arms) else 0

@@ -48,7 +48,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from . import config as _config
+from . import presets
 from .config import ConfigError
+from .models import DEFAULT_PRESET, get_preset
 from .plan import Plan
 from .train import NonFiniteLoss, RunConfig, Trainer, read_metrics, total_steps
 
@@ -384,15 +386,53 @@ def eval_curve(out: Path) -> tuple[list[int], list[float]]:
     on is replaced."""
     curve: dict[int, float] = {}
     for r in _metrics(out):
-        if r.get("kind") != "eval":
-            continue
-        s = int(r["step"])
-        for later in [k for k in curve if k >= s]:
-            del curve[later]
-        v = r.get("eval_loss")
-        curve[s] = math.nan if v is None else float(v)
+        _add_eval(curve, r)
+    return _sorted(curve)
+
+
+def _add_eval(curve: dict[int, float], r: Mapping[str, Any]) -> None:
+    if r.get("kind") != "eval":
+        return
+    s = int(r["step"])
+    for later in [k for k in curve if k >= s]:
+        del curve[later]
+    v = r.get("eval_loss")
+    curve[s] = math.nan if v is None else float(v)
+
+
+def _sorted(curve: Mapping[int, float]) -> tuple[list[int], list[float]]:
     xs = sorted(curve)
     return xs, [curve[s] for s in xs]
+
+
+class _EvalWatch:
+    """Follows a running command's ``metrics.jsonl``: each look reads only what was appended since
+    the last one (a long run's log is not parsed again five times a second)."""
+
+    def __init__(self, out: Path):
+        self.path = out / "metrics.jsonl"
+        self.offset = 0
+        self.curve: dict[int, float] = {}
+
+    def look(self) -> tuple[list[int], list[float]]:
+        try:
+            with open(self.path, "rb") as f:
+                if os.fstat(f.fileno()).st_size < self.offset:  # replaced or truncated: start over
+                    self.offset, self.curve = 0, {}
+                f.seek(self.offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            chunk = b""
+        end = chunk.rfind(b"\n") + 1  # a line still being written waits for its newline
+        for line in chunk[:end].splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # the final read (read_metrics) names a damaged line
+            if isinstance(rec, dict):
+                _add_eval(self.curve, rec)
+        self.offset += end
+        return _sorted(self.curve)
 
 
 def _execute_command(spec: CommandRun, out: Path, stop_at: int | None) -> RunResult:
@@ -411,10 +451,11 @@ def _execute_command(spec: CommandRun, out: Path, stop_at: int | None) -> RunRes
         proc = subprocess.Popen(spec.shell_command(out), shell=True, cwd=spec.cwd, env=env, stdout=so, stderr=se,
                                 start_new_session=True)  # its own process group: a stop reaches torchrun's children
         why, status = None, None
+        watch = _EvalWatch(out)
         try:
             while proc.poll() is None:
                 time.sleep(POLL_S)
-                xs, ys = eval_curve(out)
+                xs, ys = watch.look()
                 bad = [(s, v) for s, v in zip(xs, ys) if not math.isfinite(v)]
                 if bad:
                     status, why = "diverged", f"reported a non-finite eval loss ({bad[0][1]}) at step {bad[0][0]}"
@@ -691,9 +732,6 @@ def iter_results(root: str | Path) -> Iterator[RunResult]:
 
 # --- targets: what the experiment commands train ---------------------------------------------------------
 
-DEFAULT_PRESET = "micro-moe"
-
-
 @dataclass(frozen=True)
 class PresetTarget:
     """rlrs's reference model ``preset`` (with an optional run-config file), trained by rlrs."""
@@ -714,14 +752,10 @@ class PresetTarget:
 
     def default_plans(self) -> list[str]:
         """The uniform baseline and the paper's plan for the preset's model type."""
-        from .models import get_preset
-
-        return ["uniform-moe", "paper-moe"] if get_preset(self.preset).is_moe else ["uniform-dense", "paper-dense"]
+        return list(presets.default_plans(get_preset(self.preset).is_moe))
 
     def components(self) -> list[str]:
         """The components the model has, apart from ``other`` (norms)."""
-        from .models import get_preset
-
         moe = get_preset(self.preset).is_moe
         return ["embedding", "unembedding", "attention", *(("router", "experts") if moe else ("feedforward",))]
 
@@ -743,8 +777,6 @@ class CommandTarget:
 
     def spec(self, plan: str | Plan, seed: int, sets: Mapping[str, Any] | None = None) -> CommandRun:
         """Seed ``seed`` of ``plan``; ``sets`` may only hold ``plan.*`` keys (the script owns the rest)."""
-        from . import presets
-
         base = plan if isinstance(plan, Plan) else presets.resolve(plan)
         other = [k for k in (sets or {}) if not k.startswith("plan.")]
         if other:
@@ -756,7 +788,8 @@ class CommandTarget:
         return CommandRun(self.command, resolved, seed, self.steps, self.cwd)
 
     def default_plans(self) -> list[str]:
-        return ["uniform-dense", "paper-dense"]
+        """A script's model is taken to be dense (the paper's dense plan); name MoE plans with --plans."""
+        return list(presets.default_plans(moe=False))
 
     def components(self) -> list[str]:
         return ["embedding", "unembedding", "attention", "feedforward"]

@@ -589,6 +589,9 @@ PRESETS: dict[str, Callable[[], ModelConfig]] = {
     "moe-906m": moe_906m,
 }
 
+# What every command trains when no --preset is given: the MoE model that fits a laptop CPU.
+DEFAULT_PRESET = "micro-moe"
+
 # Table 3's batch sizes (sequences per step); a training setting, kept apart from ModelConfig.
 PAPER_BATCH_SIZE: dict[str, int] = {
     "dense-34m": 256,

@@ -11,7 +11,8 @@ import tomllib
 from typing import Any, Sequence
 
 from .config import ConfigError
-from .engine import DEFAULT_PRESET, CommandTarget, PresetTarget, Target, default_workers
+from .engine import CommandTarget, PresetTarget, Target, default_workers
+from .models import DEFAULT_PRESET
 
 
 def _value(text: str) -> Any:
@@ -73,18 +74,19 @@ def add_set_arg(p: argparse.ArgumentParser, what: str = "every run") -> None:
                         "with --command only plan.* keys)")
 
 
-def add_target_args(p: argparse.ArgumentParser, preset_default: str | None = DEFAULT_PRESET) -> None:
-    """``--preset`` / ``--command`` (what trains), ``--steps``, ``--cwd``, ``--config``, ``--set``."""
-    shown = preset_default or DEFAULT_PRESET
-    p.add_argument("--preset", default=None, help=f"rlrs reference model to train (default: {shown}); see `rlrs presets`")
-    p.add_argument("--command", default=None, metavar="CMD",
-                   help="train with your own script instead of a preset: CMD runs once per run with RLRS_PLAN, "
+def add_target_args(p: argparse.ArgumentParser, command_flag: str = "--command", what: str = "") -> None:
+    """``--preset`` / ``--command`` (what trains; the command flag may be renamed, e.g.
+    ``--target-command``), ``--steps``, ``--cwd``, ``--config``, ``--set``."""
+    p.add_argument("--preset", default=None, help=f"rlrs reference model to train{what} (default: {DEFAULT_PRESET}); see `rlrs presets`")
+    p.add_argument(command_flag, dest="command", default=None, metavar="CMD",
+                   help=f"train{what} with your own script instead of a preset: CMD runs once per run with RLRS_PLAN, "
                         "RLRS_RUN_DIR, RLRS_SEED (and RLRS_STEPS) set; {plan} {run_dir} {seed} {steps} in CMD are "
                         "replaced. The script reports eval losses with rlrs.report(step, loss)")
     p.add_argument("--steps", type=int, default=None,
-                   help="with --command: the run length in steps, passed as RLRS_STEPS / {steps} (needed for --prune)")
-    p.add_argument("--cwd", default=".", help="with --command: the directory CMD runs in (default: the current one)")
+                   help=f"with {command_flag}: the run length in steps, passed as RLRS_STEPS / {{steps}} (needed for --prune)")
+    p.add_argument("--cwd", default=".", help=f"with {command_flag}: the directory CMD runs in (default: the current one)")
     p.add_argument("--config", default=None, help="with --preset: a .toml/.json run config applied to every run")
+    p.set_defaults(command_flag=command_flag)
     add_set_arg(p)
 
 
@@ -92,17 +94,21 @@ def add_workers_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None, help=f"runs at once (default: {default_workers()}: one per usable core, at most 4)")
 
 
-def target_from_args(args, preset_default: str = DEFAULT_PRESET) -> Target:
-    """The :class:`~rlrs.engine.PresetTarget` or :class:`~rlrs.engine.CommandTarget` the flags name."""
+def target_from_args(args, required: bool = False) -> Target:
+    """The :class:`~rlrs.engine.PresetTarget` or :class:`~rlrs.engine.CommandTarget` the flags of
+    :func:`add_target_args` name; ``required``: no default preset, the user must name one."""
+    flag = args.command_flag
     if args.command is not None:
         if args.preset is not None:
-            raise ConfigError("--preset and --command: choose one (a reference model, or your own script)")
+            raise ConfigError(f"--preset and {flag}: choose one (a reference model, or your own script)")
         if args.config is not None:
-            raise ConfigError("--config: applies to --preset runs; your --command script owns its config")
+            raise ConfigError(f"--config: applies to --preset runs; your {flag} script owns its config")
         return CommandTarget(args.command, args.steps, args.cwd)
     if args.steps is not None:
-        raise ConfigError("--steps: applies to --command; for a preset use --set train.steps=N")
-    return PresetTarget(args.preset or preset_default, args.config)
+        raise ConfigError(f"--steps: applies to {flag}; for a preset use --set train.steps=N")
+    if args.preset is None and required:
+        raise ConfigError(f"--preset or {flag}: name the model to train")
+    return PresetTarget(args.preset or DEFAULT_PRESET, args.config)
 
 
 def check_workers(workers: int | None) -> None:
@@ -116,7 +122,7 @@ def command_line(name: str, args, extra: Sequence[str]) -> str:
 
     parts = ["rlrs", name]
     if getattr(args, "command", None) is not None:
-        parts += ["--command", args.command] + (["--steps", str(args.steps)] if args.steps is not None else [])
+        parts += [getattr(args, "command_flag", "--command"), args.command] + (["--steps", str(args.steps)] if args.steps is not None else [])
         if args.cwd != ".":
             parts += ["--cwd", args.cwd]
     elif getattr(args, "preset", None) is not None:

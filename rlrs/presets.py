@@ -71,6 +71,16 @@ PRESETS: dict[str, Callable[[], Plan]] = {
 }
 
 
+def default_plans(moe: bool) -> tuple[str, str]:
+    """The uniform baseline and the paper's plan for a model type: what ``train``, ``compare``,
+    ``tune`` and ``ablate`` use when no plan is given.
+
+    >>> default_plans(moe=True)
+    ('uniform-moe', 'paper-moe')
+    """
+    return ("uniform-moe", "paper-moe") if moe else ("uniform-dense", "paper-dense")
+
+
 def get(name: str) -> Plan:
     """The preset plan called ``name``; an unknown name gets the closest valid one."""
     try:

@@ -5,6 +5,9 @@
     >>> [p.name for p in res.files]                                                     # doctest: +SKIP
     ['results.json', 'loss.png', 'train_loss.png', 'lr_uniform-moe.png', ..., 'report.md']
 
+Everything here reads the typed results (:class:`~rlrs.compare.CompareResult`,
+:class:`~rlrs.compare.GridResult`) by attribute; ``results.json`` is written from the same objects.
+
 The figures: ``loss.png`` (mean ± std over seeds per arm, the speed-up marked: the paper's
 figure 1), ``train_loss.png`` (every run's per-step training loss with loss spikes circled:
 figure 2), ``lr_<arm>.png`` (every component's LR, from ``Plan.lr``), ``updates.png`` (per-component
@@ -16,19 +19,21 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
 from . import plots
 from .components import COMPONENTS
 from .config import atomic_write_text
-from .plan import Plan
+
+if TYPE_CHECKING:  # annotations only: compare imports this module, not the other way round
+    from .compare import ArmResult, CompareResult, GridResult
 
 
-def _diag_label(results: Mapping[str, Any], arm: str) -> str:
+def _diag_label(arm: ArmResult) -> str:
     # Diagnostics fall back to the runs that died when none finished: say so in the legend.
-    return arm if results["arms"][arm]["seeds_finished"] else f"{arm} (runs that diverged/failed)"
+    return arm.name if arm.finished else f"{arm.name} (runs that diverged/failed)"
 
 
 def _color(i: int) -> str:
@@ -47,9 +52,9 @@ def _fmt(x: float | None, digits: int = 4) -> str:
     return "—" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
 
-def _where_measured(results: Mapping[str, Any]) -> str:
+def _where_measured(res: CompareResult) -> str:
     # A command's script chooses its own eval points (it reports them with rlrs.report).
-    interval = results.get("eval_interval")
+    interval = res.eval_interval
     return "at the steps the script reports" if interval is None else f"at every {interval:.0%} of training"
 
 
@@ -61,29 +66,29 @@ def _lr(x: float) -> str:
 # --- figures --------------------------------------------------------------------------------------
 
 
-def plot_speedup(results: Mapping[str, Any], path: str | Path) -> Path:
+def plot_speedup(res: CompareResult, path: str | Path) -> Path:
     """Figure 1: each arm's mean loss ± std over seeds, the baseline's final loss as a dashed line
     and each arm's T_relative as a dotted one; the right panel zooms on the end of training."""
     plt = plots._plt()
-    arms = list(results["arms"])
-    colors = _arm_colors(arms)
-    base = results["baseline"]
+    colors = _arm_colors(list(res.arms))
+    base = res.baseline
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), dpi=120, gridspec_kw={"width_ratios": [1.1, 1]})
-    t_base = results.get("total_steps") or 1
-    rel_steps = [s["t_relative"] for s in results["speedups"].values() if s.get("t_relative")]
+    t_base = res.total_steps or 1
+    measured = {a.name: a.speedup for a in res.relative if a.speedup is not None}
+    rel_steps = [sp.t_relative for sp in measured.values() if sp.t_relative]
     x0 = min([0.5 * t_base, *(0.85 * t for t in rel_steps)])
-    target = results["speedups"][arms[1]]["target_loss"] if len(arms) > 1 else None
+    target = next((sp.target_loss for sp in measured.values()), None)
     visible = []
     for ax, zoom in zip(axes, (False, True)):
-        for a in arms:
-            entry = results["arms"][a]
-            n, total = len(entry["seeds_finished"]), len(entry["seeds"])
+        for arm in res.arms.values():
+            a = arm.name
+            n, total = len(arm.finished), len(arm.runs)
             label = f"{a}{' (baseline)' if a == base else ''}, {n}/{total} seed{'s' * (total > 1)}"
-            if "curve" not in entry:
+            if arm.curve is None:
                 ax.plot([], [], color=colors[a], ls="--", label=f"{a}: every run diverged/failed")
                 continue
-            steps = np.asarray(entry["curve"]["steps"], float)
-            mean, std = np.asarray(entry["curve"]["mean"], float), np.asarray(entry["curve"]["std"], float)
+            steps = np.asarray(arm.curve.steps, float)
+            mean, std = np.asarray(arm.curve.mean, float), np.asarray(arm.curve.std, float)
             ax.plot(steps, mean, color=colors[a], lw=2 if a == base else 1.8, label=label)
             if n > 1:
                 ax.fill_between(steps, mean - std, mean + std, color=colors[a], alpha=0.18, lw=0)
@@ -93,26 +98,26 @@ def plot_speedup(results: Mapping[str, Any], path: str | Path) -> Path:
         if target is not None:
             ax.axhline(target, color=colors[base], ls="--", lw=1, alpha=0.8,
                        label=f"baseline final loss {target:.3f}" if zoom else None)
-        for a, sp in results["speedups"].items():
-            if sp.get("t_relative"):
-                ax.axvline(sp["t_relative"], color=colors[a], ls=":", lw=1.3)
+        for a, sp in measured.items():
+            if sp.t_relative:
+                ax.axvline(sp.t_relative, color=colors[a], ls=":", lw=1.3)
                 if zoom:
-                    ax.plot(sp["t_relative"], target, "o", color=colors[a], ms=6, zorder=5)
-                    ax.annotate(f"{a}: {sp['percent']:+.1f}%\nstep {sp['t_relative']} vs {sp['t_base']}",
-                                (sp["t_relative"], target), textcoords="offset points", xytext=(7, -26),
+                    ax.plot(sp.t_relative, target, "o", color=colors[a], ms=6, zorder=5)
+                    ax.annotate(f"{a}: {sp.percent:+.1f}%\nstep {sp.t_relative} vs {sp.t_base}",
+                                (sp.t_relative, target), textcoords="offset points", xytext=(7, -26),
                                 ha="left", fontsize=8.5, color=colors[a], fontweight="bold",
                                 bbox={"boxstyle": "round,pad=0.25", "fc": "white", "ec": colors[a], "alpha": 0.9})
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     left, right = axes
-    left.set_ylabel(_loss_name(results["metric"]))
-    finite = np.concatenate([np.asarray(e["curve"]["mean"], float) for e in results["arms"].values() if "curve" in e] or [np.zeros(0)])
+    left.set_ylabel(_loss_name(res.metric))
+    finite = np.concatenate([np.asarray(a.curve.mean, float) for a in res.arms.values() if a.curve is not None] or [np.zeros(0)])
     finite = finite[np.isfinite(finite)]
     if finite.size:
         # The first measurements sit far above the rest: show from 90% of the way down.
         lo, hi = finite.min(), np.percentile(finite, 90)
         left.set_ylim(lo - 0.05 * (hi - lo or 1), hi + 0.05 * (hi - lo or 1))
-    _mark_spikes(left, results, colors)
+    _mark_spikes(left, res, colors)
     left.set_title("whole run")
     right.set_xlim(x0, t_base * 1.01)
     vis = np.asarray(visible, float)
@@ -123,25 +128,26 @@ def plot_speedup(results: Mapping[str, Any], path: str | Path) -> Path:
             lo, hi = min(lo, target), max(hi, target)
         right.set_ylim(lo - 0.08 * (hi - lo or 1), hi + 0.15 * (hi - lo or 1))
     right.set_title("end of training (zoom)")
-    for a, sp in results["speedups"].items():
-        if sp.get("percent") is None:
-            why = "no speed-up" if "curve" in results["arms"][a] else "no speed-up (all runs diverged/failed)"
+    for arm in res.relative:
+        if arm.speedup is None or arm.speedup.percent is None:
+            a = arm.name
+            why = "no speed-up" if arm.curve is not None else "no speed-up (all runs diverged/failed)"
             right.annotate(f"{a}: {why}", (0.02, 0.04), xycoords="axes fraction", fontsize=8, color=colors[a])
     right.legend(frameon=False, fontsize=8, loc="upper right")
-    seeds = results["seeds"]
-    fig.suptitle(f"{results.get('preset', '')}: {_loss_name(results['metric'])}, mean ± std over "
+    seeds = res.seeds
+    fig.suptitle(f"{res.preset}: {_loss_name(res.metric)}, mean ± std over "
                  f"{seeds} paired seed{'s' * (seeds > 1)}", fontsize=11)
     return plots._save(fig, path)
 
 
-def _mark_spikes(ax, results, colors) -> None:
+def _mark_spikes(ax, res: CompareResult, colors) -> None:
     import matplotlib.transforms as mtransforms
 
     trans = mtransforms.blended_transform_factory(ax.transData, ax.transAxes)
     n = 0
-    for r in results["runs"]:
-        for s in r["spikes"]:
-            ax.plot(s["peak_step"], 0.97, marker="v", color=colors[r["arm"]], ms=6, transform=trans, clip_on=False)
+    for r in res.runs:
+        for s in r.spikes:
+            ax.plot(s.peak_step, 0.97, marker="v", color=colors[r.arm], ms=6, transform=trans, clip_on=False)
             n += 1
     if n:
         ax.plot([], [], "v", color="gray", label=f"loss spike ({n}; see train_loss.png)")
@@ -149,14 +155,14 @@ def _mark_spikes(ax, results, colors) -> None:
 
 
 def plot_train_losses(
-    results: Mapping[str, Any],
+    res: CompareResult,
     series: Mapping[tuple[str, int], tuple[Sequence[int], Sequence[float]]],
     path: str | Path,
 ) -> Path:
     """Figure 2: every run's per-step training loss (thin) with its smoothed trend, and the
     detected loss spikes circled."""
     plt = plots._plt()
-    arms = list(results["arms"])
+    arms = list(res.arms)
     colors = _arm_colors(arms)
     fig, ax = plt.subplots(figsize=(9, 4.4), dpi=120)
     values = []
@@ -176,20 +182,20 @@ def plot_train_losses(
     top = None
     if allv.size:
         lo, top = np.percentile(allv, 0.5), np.percentile(allv, 95)
-        peaks = [s["peak_loss"] for r in results["runs"] for s in r["spikes"]]
+        peaks = [s.peak_loss for r in res.runs for s in r.spikes]
         if peaks:
             top = max(top, min(max(peaks), top + 0.6 * (top - lo)))  # show spikes, not only their feet
         ax.set_ylim(lo - 0.05 * (top - lo or 1), top + 0.05 * (top - lo or 1))
     n = 0
-    for r in results["runs"]:
-        for s in r["spikes"]:
-            y = s["peak_loss"] if top is None else min(s["peak_loss"], top)
-            ax.plot(s["peak_step"], y, "o", mfc="none", mec="red", ms=9, mew=1.5)
+    for r in res.runs:
+        for s in r.spikes:
+            y = s.peak_loss if top is None else min(s.peak_loss, top)
+            ax.plot(s.peak_step, y, "o", mfc="none", mec="red", ms=9, mew=1.5)
             n += 1
     ax.plot([], [], "o", mfc="none", mec="red", label=f"loss spikes: {n}" if n else "no loss spikes detected")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
-    ax.set_title(f"{results.get('preset', '')}: training loss of every run, loss spikes circled")
+    ax.set_title(f"{res.preset}: training loss of every run, loss spikes circled")
     ax.grid(alpha=0.3)
     ax.legend(frameon=False, fontsize=8, loc="upper right")
     return plots._save(fig, path)
@@ -209,24 +215,24 @@ def _smooth(x: np.ndarray, width: int) -> np.ndarray:
         return np.where(n > 0, (csum[hi] - csum[lo]) / n, np.nan)
 
 
-def plot_updates(results: Mapping[str, Any], path: str | Path) -> Path:
+def plot_updates(res: CompareResult, path: str | Path) -> Path:
     """Per-component update-to-weight ratio ‖ΔW‖/‖W‖ at every 1% of training, one panel per
     component, one line per arm (mean over its seeds): what relative LRs change."""
     plt = plots._plt()
-    arms = list(results["arms"])
+    arms = list(res.arms)
     colors = _arm_colors(arms)
-    comps = results.get("components") or []
+    comps = res.components
     ncols = min(3, max(1, len(comps)))
     nrows = max(1, math.ceil(len(comps) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows), dpi=120, sharex=True, squeeze=False)
     for ax, comp in zip(axes.flat, comps):
-        for a in arms:
-            u = results["arms"][a]["updates"]
-            y = np.asarray(u["update_ratio"].get(comp, []), float)
-            x = np.asarray(u["steps"], float)[: len(y)]
+        for arm in res.arms.values():
+            u = arm.updates
+            y = np.asarray(u.update_ratio.get(comp, []), float)
+            x = np.asarray(u.steps, float)[: len(y)]
             ok = np.isfinite(y) & (y > 0)  # the first step's warmup LR is 0: nothing to show on a log axis
             if ok.any():
-                ax.plot(x[ok], y[ok], color=colors[a], lw=1.5, label=_diag_label(results, a))
+                ax.plot(x[ok], y[ok], color=colors[arm.name], lw=1.5, label=_diag_label(arm))
         ax.set_yscale("log")
         ax.set_title(comp, fontsize=10, color=plots.COLORS.get(comp, "k"))
         ax.grid(alpha=0.3, which="both")
@@ -239,26 +245,25 @@ def plot_updates(results: Mapping[str, Any], path: str | Path) -> Path:
     handles, labels = axes.flat[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="upper right", frameon=False, fontsize=9, ncol=len(arms))
-    fig.suptitle(f"{results.get('preset', '')}: update-to-weight ratio per component (mean over seeds)",
+    fig.suptitle(f"{res.preset}: update-to-weight ratio per component (mean over seeds)",
                  fontsize=11, x=0.02, ha="left")
     return plots._save(fig, path)
 
 
-def plot_router(results: Mapping[str, Any], path: str | Path) -> Path:
+def plot_router(res: CompareResult, path: str | Path) -> Path:
     """MoE router health over training: normalised expert-load entropy (1 = perfectly balanced),
     the largest expert's share of tokens, and the share of token slots dropped for capacity."""
     plt = plots._plt()
-    arms = list(results["arms"])
-    colors = _arm_colors(arms)
-    n_exp = next((r["router"]["n_experts"] for r in results["runs"] if r.get("router")), 0)
+    colors = _arm_colors(list(res.arms))
+    n_exp = next((r.router.n_experts for r in res.runs if r.router is not None), 0)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), dpi=120, sharex=True)
     panels = (("load_entropy", "expert-load entropy (normalised)"), ("max_load", "largest expert's share"),
               ("dropped_share", "dropped token slots (share)"))
     for ax, (key, title) in zip(axes, panels):
-        for a in arms:
-            rt = results["arms"][a].get("router")
-            if rt and len(rt["steps"]):
-                ax.plot(rt["steps"], rt[key], color=colors[a], lw=1.6, label=_diag_label(results, a))
+        for arm in res.arms.values():
+            rt = arm.router
+            if rt is not None and len(rt.steps):
+                ax.plot(rt.steps, getattr(rt, key), color=colors[arm.name], lw=1.6, label=_diag_label(arm))
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -271,56 +276,56 @@ def plot_router(results: Mapping[str, Any], path: str | Path) -> Path:
     axes[2].set_ylim(bottom=0)
     for ax in axes[:2]:
         ax.legend(frameon=False, fontsize=8)
-    fig.suptitle(f"{results.get('preset', '')}: MoE router health (mean over seeds, per 1% of training)", fontsize=11)
+    fig.suptitle(f"{res.preset}: MoE router health (mean over seeds, per 1% of training)", fontsize=11)
     return plots._save(fig, path)
 
 
-def plot_lr_grid(grid: Mapping[str, Any], path: str | Path) -> Path:
+def plot_lr_grid(grid: GridResult, path: str | Path) -> Path:
     """Figure 3: final eval loss against η_base per arm (log x); the best point starred, a
     diverged point drawn as ✕ at the top of the axes."""
     import matplotlib.transforms as mtransforms
 
     plt = plots._plt()
-    arms = list(grid["arms"])
+    arms = list(grid.arms)
     colors = _arm_colors(arms)
     fig, ax = plt.subplots(figsize=(7.5, 4.4), dpi=120)
     trans = mtransforms.blended_transform_factory(ax.transData, ax.transAxes)
     any_bad = False
     for i, a in enumerate(arms):
-        pts = grid["arms"][a]["points"]
-        ok = [p for p in pts if p["status"] == "finished"]
+        pts = grid.arms[a].points
+        ok = [p for p in pts if p.status == "finished"]
         if ok:
-            x = [p["base_lr"] for p in ok]
-            y = [p["mean"] for p in ok]
-            err = [p["std"] or 0.0 for p in ok]
-            ax.errorbar(x, y, yerr=err if grid["seeds"] > 1 else None, color=colors[a], marker="o", ms=5, lw=1.6,
+            x = [p.base_lr for p in ok]
+            y = [p.mean for p in ok]
+            err = [p.std or 0.0 for p in ok]
+            ax.errorbar(x, y, yerr=err if grid.seeds > 1 else None, color=colors[a], marker="o", ms=5, lw=1.6,
                         capsize=3, label=a)
         for p in pts:
-            if p["status"] != "finished":
-                ax.plot(p["base_lr"], 0.96 - 0.05 * i, marker="x", color=colors[a], ms=9, mew=2, transform=trans, clip_on=False)
+            if p.status != "finished":
+                ax.plot(p.base_lr, 0.96 - 0.05 * i, marker="x", color=colors[a], ms=9, mew=2, transform=trans, clip_on=False)
                 any_bad = True
-        b = grid["arms"][a]["best"]
+        b = grid.arms[a].best
         if b is not None:
-            ax.plot(b, grid["arms"][a]["best_loss"], marker="*", color=colors[a], ms=16, mec="k", mew=0.6, zorder=5)
+            ax.plot(b, grid.arms[a].best_loss, marker="*", color=colors[a], ms=16, mec="k", mew=0.6, zorder=5)
     if any_bad:
         ax.plot([], [], "x", color="gray", ms=8, mew=2, label="diverged / failed")
     ax.plot([], [], "*", color="gray", ms=12, mec="k", label="best per arm")
     ax.set_xscale("log")
-    lrs = sorted({p["base_lr"] for e in grid["arms"].values() for p in e["points"]})
+    lrs = sorted({p.base_lr for e in grid.arms.values() for p in e.points})
     ax.set_xticks(lrs)
     ax.set_xticklabels([_lr(v) for v in lrs], rotation=30 if len(lrs) > 6 else 0, fontsize=8)
     ax.minorticks_off()
     if lrs:
         ax.set_xlim(lrs[0] / 1.5, lrs[-1] * 1.5)
-    ys = np.asarray([p["mean"] for e in grid["arms"].values() for p in e["points"] if p["mean"] is not None], float)
+    ys = np.asarray([p.mean for e in grid.arms.values() for p in e.points if p.mean is not None], float)
     ys = ys[np.isfinite(ys)]
     if ys.size:
         lo, hi = ys.min(), ys.max()
         ax.set_ylim(lo - 0.08 * (hi - lo or 1), hi + 0.2 * (hi - lo or 1))
     ax.set_xlabel("η_base (log scale)")
     ax.set_ylabel("final eval loss")
-    s = grid["seeds"]
-    ax.set_title(f"{grid.get('preset', '')}: final eval loss vs η_base"
+    s = grid.seeds
+    ax.set_title(f"{grid.preset}: final eval loss vs η_base"
                  + (f" (mean ± std over {s} seeds)" if s > 1 else " (one seed)"))
     ax.grid(alpha=0.3)
     ax.legend(frameon=False, fontsize=8)
@@ -331,128 +336,119 @@ def plot_lr_grid(grid: Mapping[str, Any], path: str | Path) -> Path:
 
 
 def write_compare(
-    out: str | Path,
-    results: Mapping[str, Any],
-    plans: Mapping[str, Plan],
+    res: CompareResult,
     series: Mapping[tuple[str, int], tuple[Sequence[int], Sequence[float]]],
 ) -> list[Path]:
-    """Write the figures and ``report.md`` of a compare into ``out``; returns their paths."""
-    out = Path(out)
-    files = [plot_speedup(results, out / "loss.png"), plot_train_losses(results, series, out / "train_loss.png")]
-    comps = results.get("components") or None
-    total = results["total_steps"]
+    """Write the figures and ``report.md`` of a compare into ``res.out``; returns their paths."""
+    out = Path(res.out)
+    files = [plot_speedup(res, out / "loss.png"), plot_train_losses(res, series, out / "train_loss.png")]
     lr_files = {}
-    for arm, plan in plans.items():
-        lr_files[arm] = plots.plot_plan(
-            plan, total, out / f"lr_{arm}.png", components=comps or COMPONENTS,
-            title=f"{arm}: LR per component (η_base = {plan.base_lr:g}, λ_base = {plan.final_fraction:g})")
+    for arm in res.arms.values():
+        plan = arm.plan
+        lr_files[arm.name] = plots.plot_plan(
+            plan, res.total_steps, out / f"lr_{arm.name}.png", components=res.components or COMPONENTS,
+            title=f"{arm.name}: LR per component (η_base = {plan.base_lr:g}, λ_base = {plan.final_fraction:g})")
     files += lr_files.values()
-    files.append(plot_updates(results, out / "updates.png"))
-    moe = any(e.get("router") for e in results["arms"].values())
+    files.append(plot_updates(res, out / "updates.png"))
+    moe = any(a.router is not None for a in res.arms.values())
     if moe:
-        files.append(plot_router(results, out / "router.png"))
+        files.append(plot_router(res, out / "router.png"))
     md = out / "report.md"
-    atomic_write_text(md, compare_markdown(results, lr_files, moe))
+    atomic_write_text(md, compare_markdown(res, lr_files, moe))
     return [*files, md]
 
 
-def compare_markdown(results: Mapping[str, Any], lr_files: Mapping[str, Path], moe: bool) -> str:
-    arms = list(results["arms"])
-    base = results["baseline"]
-    metric = results["metric"]
-    seeds = results["seeds"]
-    loss = _loss_name(metric)
+def _final(arm: ArmResult) -> str:
+    fl = arm.final_loss
+    if fl is None:
+        return "—"
+    return f"{fl.mean:.4f} ± {fl.std:.4f}" if fl.n > 1 else _fmt(fl.mean)
+
+
+def compare_markdown(res: CompareResult, lr_files: Mapping[str, Path], moe: bool) -> str:
+    base = res.baseline
+    seeds = res.seeds
+    loss = _loss_name(res.metric)
     L: list[str] = []
     add = L.append
-    add(f"# rlrs compare: {results.get('preset')}, {len(arms)} plans × {seeds} seed{'s' * (seeds > 1)}\n")
-    add(f"`{results.get('command', '')}`\n")
-    add(f"Baseline **{base}**; loss: **{loss}**, measured {_where_measured(results)}; "
-        f"{results['total_steps']} steps per run; seed i of every arm uses data seed i.\n")
-    runs = results["runs"]
-    reused = sum(r["reused"] for r in runs)
-    add(f"Training time {sum(r['wall_s'] for r in runs):.1f} s summed over {len(runs)} runs"
+    add(f"# rlrs compare: {res.preset}, {len(res.arms)} plans × {seeds} seed{'s' * (seeds > 1)}\n")
+    add(f"`{res.command}`\n")
+    add(f"Baseline **{base}**; loss: **{loss}**, measured {_where_measured(res)}; "
+        f"{res.total_steps} steps per run; seed i of every arm uses data seed i.\n")
+    reused = sum(r.reused for r in res.runs)
+    add(f"Training time {sum(r.wall_s for r in res.runs):.1f} s summed over {len(res.runs)} runs"
         + (f" ({reused} reused from earlier commands)" if reused else "") + ".\n")
     add("## Result\n")
     add(f"| arm | η_base | seeds finished | final {loss.split(' (')[0]} (mean ± std) | Δ vs baseline (paired) | speed-up | T_relative / T_base |")
     add("|---|---|---|---|---|---|---|")
-    for a in arms:
-        e = results["arms"][a]
-        fl = e.get("final_loss")
-        final = f"{fl['mean']:.4f} ± {fl['std']:.4f}" if fl and fl["n"] > 1 else _fmt(fl["mean"]) if fl else "—"
-        fin = f"{len(e['seeds_finished'])}/{len(e['seeds'])}"
-        if a == base:
-            add(f"| **{a}** (baseline) | {e.get('base_lr', 0):g} | {fin} | {final} | — | — | — |")
+    for arm in res.arms.values():
+        fin = f"{len(arm.finished)}/{len(arm.runs)}"
+        if arm.name == base:
+            add(f"| **{arm.name}** (baseline) | {arm.base_lr:g} | {fin} | {_final(arm)} | — | — | — |")
             continue
-        sp = results["speedups"][a]
-        d = results["differences"][a]
-        diff = "—" if d is None else (f"{d['mean']:+.4f} ± {d['std']:.4f}" if d["n"] > 1 else f"{d['mean']:+.4f}")
-        if sp["percent"] is not None:
-            spd = f"**{sp['percent']:+.1f}%**"
-            t = f"{sp['t_relative']} / {sp['t_base']}"
+        d, sp = arm.difference, arm.speedup
+        diff = "—" if d is None else (f"{d.mean:+.4f} ± {d.std:.4f}" if d.n > 1 else f"{d.mean:+.4f}")
+        if sp is not None and sp.percent is not None:
+            spd, t = f"**{sp.percent:+.1f}%**", f"{sp.t_relative} / {sp.t_base}"
         else:
             spd, t = "no speed-up", "—"
-        add(f"| {a} | {e.get('base_lr', 0):g} | {fin} | {final} | {diff} | {spd} | {t} |")
+        add(f"| {arm.name} | {arm.base_lr:g} | {fin} | {_final(arm)} | {diff} | {spd} | {t} |")
     add("")
-    for a in arms[1:]:
-        sp = results["speedups"][a]
-        per = [f"seed {p['seed']}: " + (f"{p['percent']:+.1f}%" if p["percent"] is not None else
-                                        "no speed-up" if p["measured"] else "not measured")
-               for p in sp["per_seed"]]
-        add(f"- {sp['text']}." + (f" Per seed: {', '.join(per)}." if len(per) > 1 else ""))
-        d = results["differences"][a]
+    for arm in res.relative:
+        per = [f"seed {p.seed}: " + (f"{p.percent:+.1f}%" if p.percent is not None else
+                                     "no speed-up" if p.measured else "not measured")
+               for p in arm.per_seed]
+        add(f"- {arm.text}." + (f" Per seed: {', '.join(per)}." if len(per) > 1 else ""))
+        d = arm.difference
         if d is not None:
-            spread = f" ± {d['std']:.4f} (std of the paired differences over {d['n']} seeds)" if d["n"] > 1 else " (one seed)"
-            add(f"- {a} final {loss.split(' (')[0]} − baseline: {d['mean']:+.4f}{spread}; negative is better.")
-    dropped = [(a, x) for a in arms for x in results["arms"][a]["not_finished"]]
+            spread = f" ± {d.std:.4f} (std of the paired differences over {d.n} seeds)" if d.n > 1 else " (one seed)"
+            add(f"- {arm.name} final {loss.split(' (')[0]} − baseline: {d.mean:+.4f}{spread}; negative is better.")
+    dropped = [r for arm in res.arms.values() for r in arm.not_finished]
     if dropped:
-        which = ", ".join(f"{a} seed {x['seed']} {x['status']}" for a, x in dropped)
+        which = ", ".join(f"{r.arm} seed {r.seed} {r.status}" for r in dropped)
         add(f"- **Not every run finished**: {which}. "
             "Means, speed-ups and differences use the finished seeds only (see *Runs*).")
     add("\n![loss curves](loss.png)\n")
     add("## The speed-up, defined (appendix A of the paper)\n")
-    add(f"Every run is measured {_where_measured(results)} (the paper: every 1% of training). "
+    add(f"Every run is measured {_where_measured(res)} (the paper: every 1% of training). "
         "The baseline trains **T_base** steps and ends at loss **L** (mean over its seeds). **T_relative** is the first measuring step at which the relative "
         "arm's mean loss is ≤ L. **speed-up = (T_base / T_relative − 1) × 100%**. An arm that never gets to L "
         "has *no speed-up* (not 0%). The relative schedule has not finished decaying at T_relative, so the "
         "number underestimates the gain.\n")
-    add(_worked_example(results))
+    add(_worked_example(res))
     add("\n## Runs\n")
     add("| arm | seed | status | final eval loss | final train loss (last 1%) | steps | skipped | spikes | wall (s) | run |")
     add("|---|---|---|---|---|---|---|---|---|---|")
-    out_root = None
-    for r in results["runs"]:
-        run = Path(r["out"])
-        out_root = out_root or run.parent.parent
-        ok = r["status"] == "finished"
-        status = r["status"] if ok else f"**{r['status']}**"
-        status += " (reused)" if r["reused"] else ""
-        add(f"| {r['arm']} | {r['seed']} | {status} | {_fmt(r['final_eval_loss'] if ok else None)} | "
-            f"{_fmt(r['final_train_1pct'] if ok else None)} | "
-            f"{r['steps']}/{r['total_steps']} | {r['skipped_steps']} | {len(r['spikes'])} | {r['wall_s']:.1f} | "
-            f"`runs/{run.name}` |")
-    bad = [r for r in results["runs"] if r["status"] != "finished"]
+    for r in res.runs:
+        status = r.status if r.finished else f"**{r.status}**"
+        status += " (reused)" if r.reused else ""
+        add(f"| {r.arm} | {r.seed} | {status} | {_fmt(r.final_eval_loss if r.finished else None)} | "
+            f"{_fmt(r.final_train_1pct if r.finished else None)} | "
+            f"{r.steps}/{r.total_steps} | {r.skipped_steps} | {len(r.spikes)} | {r.wall_s:.1f} | "
+            f"`runs/{Path(r.out).name}` |")
+    bad = [r for r in res.runs if not r.finished]
     if bad:
         add("\nErrors:\n")
         for r in bad:
-            err = (r.get("error") or "").strip()
+            err = (r.error or "").strip()
             lines = err.splitlines()
             if len(lines) <= 1:
-                add(f"- **{r['arm']} seed {r['seed']}** {r['status']}: {err or 'no message'}")
+                add(f"- **{r.arm} seed {r.seed}** {r.status}: {err or 'no message'}")
             else:
-                add(f"- **{r['arm']} seed {r['seed']}** {r['status']}:\n\n  ```\n"
+                add(f"- **{r.arm} seed {r.seed}** {r.status}:\n\n  ```\n"
                     + "\n".join("  " + ln for ln in lines[-10:]) + "\n  ```")
     add("\n## Diagnostics\n")
     add("### Loss spikes\n")
     add("A step's training loss is a spike when it exceeds the recent level (median of the last 5 steps) by 6× "
         "the step-to-step noise (robust, over the last 25 steps) and by 5%; spikes ≤ 2 steps apart count as one.\n")
-    spiky = [r for r in results["runs"] if r["spikes"]]
+    spiky = [r for r in res.runs if r.spikes]
     if not spiky:
         add("No loss spikes detected in any run.\n")
     for r in spiky:
-        items = [f"step {s['start']}" + (f"–{s['end']}" if s["end"] > s["start"] else "")
-                 + f" (peak {s['peak_loss']:.3f}, {s['rise']:+.0%} over {s['reference']:.3f})" for s in r["spikes"][:8]]
-        more = f" and {len(r['spikes']) - 8} more" if len(r["spikes"]) > 8 else ""
-        add(f"- {r['arm']} seed {r['seed']}: {len(r['spikes'])} spike{'s' * (len(r['spikes']) > 1)}: {'; '.join(items)}{more}")
+        items = [f"step {s.start}" + (f"–{s.end}" if s.end > s.start else "")
+                 + f" (peak {s.peak_loss:.3f}, {s.rise:+.0%} over {s.reference:.3f})" for s in r.spikes[:8]]
+        more = f" and {len(r.spikes) - 8} more" if len(r.spikes) > 8 else ""
+        add(f"- {r.arm} seed {r.seed}: {len(r.spikes)} spike{'s' * (len(r.spikes) > 1)}: {'; '.join(items)}{more}")
     add("\n![training loss and spikes](train_loss.png)\n")
     if moe:
         add("### MoE router health\n")
@@ -461,30 +457,29 @@ def compare_markdown(results: Mapping[str, Any], lr_files: Mapping[str, Path], m
             "expert above max(50%, 2/n_experts) of the slots.\n")
         add("| arm | seed | load entropy (min) | largest share (peak) | dropped (peak) | verdict |")
         add("|---|---|---|---|---|---|")
-        for r in results["runs"]:
-            h = r.get("router")
-            if not h:
+        for r in res.runs:
+            h = r.router
+            if h is None:
                 continue
-            verdict = h["verdict"] if not h["collapsed"] else f"**{h['verdict']}**"
-            add(f"| {r['arm']} | {r['seed']} | {h['load_entropy_final']:.3f} ({h['load_entropy_min']:.3f}) | "
-                f"{h['max_load_final']:.1%} ({h['max_load_peak']:.1%}) | {h['dropped_share_final']:.2%} "
-                f"({h['dropped_share_peak']:.2%}) | {verdict} |")
+            verdict = h.verdict if not h.collapsed else f"**{h.verdict}**"
+            add(f"| {r.arm} | {r.seed} | {h.load_entropy_final:.3f} ({h.load_entropy_min:.3f}) | "
+                f"{h.max_load_final:.1%} ({h.max_load_peak:.1%}) | {h.dropped_share_final:.2%} "
+                f"({h.dropped_share_peak:.2%}) | {verdict} |")
         add("\n![router health](router.png)\n")
     add("### Update size per component\n")
     add("‖ΔW‖/‖W‖ of one optimizer step, per component, at every 1% of training; the table gives its "
         "geometric mean over training (mean over seeds). Update RMS is in `results.json`.\n")
-    comps = results.get("components") or []
+    comps = res.components
     if comps:
         add("| arm | " + " | ".join(comps) + " |")
         add("|---|" + "---|" * len(comps))
-        for a in arms:
-            ratios = results["arms"][a]["updates"]["update_ratio"]
+        for arm in res.arms.values():
             cells = []
             for c in comps:
-                v = np.asarray(ratios.get(c, []), float)
+                v = np.asarray(arm.updates.update_ratio.get(c, []), float)
                 v = v[np.isfinite(v) & (v > 0)]
                 cells.append(f"{math.exp(np.log(v).mean()):.2e}" if v.size else "—")
-            add(f"| {a} | " + " | ".join(cells) + " |")
+            add(f"| {arm.name} | " + " | ".join(cells) + " |")
     add("\n![update-to-weight ratio](updates.png)\n")
     add("### LR schedules\n")
     for a, p in lr_files.items():
@@ -493,22 +488,21 @@ def compare_markdown(results: Mapping[str, Any], lr_files: Mapping[str, Path], m
     return "\n".join(L) + "\n"
 
 
-def _worked_example(results: Mapping[str, Any]) -> str:
-    base = results["baseline"]
-    loss = _loss_name(results["metric"]).split(" (")[0]
-    for a, sp in results["speedups"].items():
-        if sp["percent"] is None:
+def _worked_example(res: CompareResult) -> str:
+    loss = _loss_name(res.metric).split(" (")[0]
+    for arm in res.relative:
+        sp = arm.speedup
+        if sp is None or sp.percent is None:
             continue
-        c = results["arms"][a]["curve"]
-        steps, mean = list(c["steps"]), list(c["mean"])
-        i = steps.index(sp["t_relative"])
+        steps, mean = [int(x) for x in arm.curve.steps], list(arm.curve.mean)
+        i = steps.index(sp.t_relative)
         before = ""
         if i > 0 and steps[i - 1] > 0:
             before = f"its mean {loss} is {_fmt(mean[i - 1])} at step {steps[i - 1]} (> L) and "
-        return (f"**Worked example, with this run's numbers.** The baseline {base} trains T_base = {sp['t_base']} "
-                f"steps and ends at mean {loss} L = {sp['target_loss']:.4f}. For {a}, {before}"
-                f"{_fmt(mean[i])} at step {sp['t_relative']} (≤ L), so T_relative = {sp['t_relative']} and "
-                f"speed-up = ({sp['t_base']} / {sp['t_relative']} − 1) × 100% = **{sp['percent']:+.1f}%**.\n")
+        return (f"**Worked example, with this run's numbers.** The baseline {res.baseline} trains T_base = {sp.t_base} "
+                f"steps and ends at mean {loss} L = {sp.target_loss:.4f}. For {arm.name}, {before}"
+                f"{_fmt(mean[i])} at step {sp.t_relative} (≤ L), so T_relative = {sp.t_relative} and "
+                f"speed-up = ({sp.t_base} / {sp.t_relative} − 1) × 100% = **{sp.percent:+.1f}%**.\n")
     return ("**Worked example.** The baseline ends at L = 3.70 after T_base = 10,000 steps; the relative arm's mean "
             "loss is 3.72 at step 6,900 and 3.69 at step 7,000, so T_relative = 7,000 and speed-up = "
             "(10000 / 7000 − 1) × 100% = +42.9%. (No arm of this comparison reached the baseline's final loss.)\n")
@@ -517,56 +511,55 @@ def _worked_example(results: Mapping[str, Any]) -> str:
 # --- lr-grid's report -----------------------------------------------------------------------------
 
 
-def write_grid(out: str | Path, grid: Mapping[str, Any]) -> list[Path]:
-    """Write ``lr_grid.png`` and ``grid.md`` of an lr-grid into ``out``."""
-    out = Path(out)
+def write_grid(grid: GridResult) -> list[Path]:
+    """Write ``lr_grid.png`` and ``grid.md`` of an lr-grid into ``grid.out``."""
+    out = Path(grid.out)
     png = plot_lr_grid(grid, out / "lr_grid.png")
     md = out / "grid.md"
     atomic_write_text(md, grid_markdown(grid))
     return [png, md]
 
 
-def grid_markdown(grid: Mapping[str, Any]) -> str:
-    arms = list(grid["arms"])
-    s = grid["seeds"]
-    L = [f"# rlrs lr-grid: {grid.get('preset')}\n", f"`{grid.get('command', '')}`\n",
+def grid_markdown(grid: GridResult) -> str:
+    s = grid.seeds
+    L = [f"# rlrs lr-grid: {grid.preset}\n", f"`{grid.command}`\n",
          f"Final eval loss per η_base ({'mean ± std over ' + str(s) + ' seeds' if s > 1 else 'one seed'}); "
          "the paper tunes η_base separately for the baseline and the relative plan, on the {1, 2, 5}×10⁻ⁿ grid. "
-         f"Wall time {grid.get('wall_s', 0):.0f} s.\n", "## Best η_base\n"]
-    for a in arms:
-        e = grid["arms"][a]
-        if e["best"] is None:
-            L.append(f"- **{a}**: every grid value diverged or failed; try lower values with `--grid`.")
+         f"Wall time {grid.wall_s:.0f} s.\n", "## Best η_base\n"]
+    for e in grid.arms.values():
+        if e.best is None:
+            L.append(f"- **{e.name}**: every grid value diverged or failed; try lower values with `--grid`.")
             continue
         note = ""
-        if e["edge"]:
-            way = "lower" if e["edge"] == "low" else "higher"
-            note = (f" **At the {e['edge']} edge of the grid**: the optimum may be {way}; extend `--grid` "
+        if e.edge:
+            way = "lower" if e.edge == "low" else "higher"
+            note = (f" **At the {e.edge} edge of the grid**: the optimum may be {way}; extend `--grid` "
                     f"{way} to be sure.")
-        L.append(f"- **{a}**: η_base = **{e['best']:g}** (final eval loss {e['best_loss']:.4f}).{note}")
+        L.append(f"- **{e.name}**: η_base = **{e.best:g}** (final eval loss {e.best_loss:.4f}).{note}")
     L.append("\nUse it: `rlrs compare ... --base-lrs-from grid.json` (the same `--out` reuses these runs).\n")
     L.append("## All points\n")
-    lrs = sorted({p["base_lr"] for e in grid["arms"].values() for p in e["points"]})
+    lrs = sorted({p.base_lr for e in grid.arms.values() for p in e.points})
     L.append("| arm | " + " | ".join(f"{v:g}" for v in lrs) + " |")
     L.append("|---|" + "---|" * len(lrs))
-    for a in arms:
-        by = {p["base_lr"]: p for p in grid["arms"][a]["points"]}
+    for e in grid.arms.values():
+        by = {p.base_lr: p for p in e.points}
         cells = []
         for v in lrs:
             p = by.get(v)
             if p is None:
                 cells.append("")
-            elif p["status"] != "finished":
-                cells.append(f"{p['status']}" + (f" ({p['n_finished']}/{len(p['runs'])} finished)" if p["n_finished"] else ""))
+            elif p.status != "finished":
+                n = len(p.finished)
+                cells.append(p.status + (f" ({n}/{len(p.runs)} finished)" if n else ""))
             else:
-                txt = f"{p['mean']:.4f}" + (f" ± {p['std']:.4f}" if s > 1 else "")
-                cells.append(f"**{txt}**" if v == grid["arms"][a]["best"] else txt)
-        L.append(f"| {a} | " + " | ".join(cells) + " |")
-    errors = [(a, r) for a in arms for p in grid["arms"][a]["points"] for r in p["runs"] if r["status"] != "finished"]
+                txt = f"{p.mean:.4f}" + (f" ± {p.std:.4f}" if s > 1 else "")
+                cells.append(f"**{txt}**" if v == e.best else txt)
+        L.append(f"| {e.name} | " + " | ".join(cells) + " |")
+    errors = [(e.name, r) for e in grid.arms.values() for p in e.points for r in p.runs if not r.finished]
     if errors:
         L.append("\nRuns that did not finish:\n")
         for a, r in errors:
-            msg = (r.get("error") or "").strip().splitlines()
-            L.append(f"- {a} seed {r['seed']} (`runs/{Path(r['out']).name}`): {r['status']}: {msg[-1] if msg else ''}")
+            msg = (r.error or "").strip().splitlines()
+            L.append(f"- {a} seed {r.seed} (`runs/{Path(r.out).name}`): {r.status}: {msg[-1] if msg else ''}")
     L.append("\n![final loss vs η_base](lr_grid.png)\n")
     return "\n".join(L) + "\n"

@@ -43,14 +43,16 @@ def run_dir() -> Path | None:
     return Path(d) if d else None
 
 
-def plan(default: str | Plan = "paper-dense") -> Plan:
+def plan(default: str | Plan | None = None) -> Plan:
     """The plan of this run: ``$RLRS_PLAN`` when rlrs runs the script, else ``default`` (a preset
-    name, a plan file or a :class:`Plan`)."""
+    name, a plan file or a :class:`Plan`; ``None``: the paper's dense plan)."""
     from . import presets
 
     path = os.environ.get("RLRS_PLAN")
     if path:
         return Plan.load(path)
+    if default is None:
+        default = presets.default_plans(moe=False)[1]
     return default if isinstance(default, Plan) else presets.resolve(default)
 
 

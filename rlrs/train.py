@@ -99,7 +99,7 @@ class TrainConfig:
 class RunConfig:
     """Everything a run needs: the model, the data, the training settings and the plan."""
 
-    preset: str = "micro-moe"
+    preset: str = _models.DEFAULT_PRESET
     model: _models.ModelConfig = field(default_factory=_models.ModelConfig)
     data: _data.DataConfig = field(default_factory=_data.DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -127,7 +127,7 @@ _RUN_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 def run_config(
-    preset: str = "micro-moe",
+    preset: str = _models.DEFAULT_PRESET,
     plan: str | Plan | None = None,
     config_file: str | Path | None = None,
     sets: Mapping[str, Any] | None = None,
@@ -141,7 +141,7 @@ def run_config(
     """
     model = _models.get_preset(preset)
     if plan is None:
-        plan = "paper-moe" if model.is_moe else "paper-dense"
+        plan = _presets.default_plans(model.is_moe)[1]
     plan_obj = plan if isinstance(plan, Plan) else _presets.resolve(plan)
     base = RunConfig(preset=preset, model=model, plan=plan_obj)
     overrides: dict[str, Any] = dict(_RUN_DEFAULTS.get(preset, {}))

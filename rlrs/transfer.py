@@ -32,10 +32,11 @@ from . import presets as _presets
 from .compare import CompareResult, arm_name, compare, lr_grid
 from .components import COMPONENTS
 from .config import ConfigError
-from .engine import CommandTarget, Job, PresetTarget, Target, as_target, run_all, run_dir
-from .metrics import speedup
+from .analysis import speedup
+from .engine import Job, PresetTarget, Target, as_target, run_all, run_dir
 from .models import count_params
-from .options import add_set_arg, add_workers_arg, check_workers, parse_floats, parse_grid, parse_sets
+from .options import (add_target_args, add_workers_arg, check_workers, parse_floats, parse_grid, parse_sets,
+                      target_from_args)
 from .plan import ComponentPlan, Plan
 from .train import total_steps
 
@@ -102,18 +103,17 @@ def transfer(
         steps = target.steps or max((r.total_steps for r in done), default=0)
         tokens, params = _reported_tokens(res), None
     table = []
-    for i, arm in enumerate(res.arms):
-        sp = res.results["speedups"].get(arm)
+    for i, arm in enumerate(res.arms.values()):
         table.append({
             "type": preset,
             "lr_type": "baseline" if i == 0 else "relative",
-            "arm": arm,
-            "base_lr": grid_result.best[arm],
-            "grid_edge": grid_result.edge.get(arm),
+            "arm": arm.name,
+            "base_lr": grid_result.best[arm.name],
+            "grid_edge": grid_result.edge.get(arm.name),
             "train_tokens": tokens,
-            "final_loss": (res.results["arms"][arm].get("final_loss") or {}).get("mean"),
-            "speedup_percent": None if i == 0 else sp["percent"],
-            "speedup_text": None if i == 0 else sp["text"],
+            "final_loss": None if arm.final_loss is None else arm.final_loss.mean,
+            "speedup_percent": None if i == 0 or arm.speedup is None else arm.speedup.percent,
+            "speedup_text": None if i == 0 else arm.text,
         })
     data = {"preset": preset, "plan": str(plan), "lambdas": _lambdas(rel), "params": params,
             "steps": steps, "table": table}
@@ -223,17 +223,16 @@ def _leave_one_out(target: Target, plan_spec, base: Plan, comps, out: Path, seed
         plans.append(_write_plan(out / "plans" / f"no-{c}.toml", dataclasses.replace(base, **{c: ComponentPlan(
             weight_decay=base.component(c).weight_decay)})))
     res = compare(target, plans, seeds=seeds, out=out / "leave-one-out", sets=sets, workers=workers, log=log)
-    arms = res.results["arms"]
     rows = []
+    whole = res.arms[full]
     for c in comps:
-        arm = f"no-{c}"
+        without = res.arms[f"no-{c}"]
         row: dict[str, Any] = {"component": c, "lambdas": [base.component(c).start, base.component(c).end]}
-        if "curve" in arms.get(arm, {}) and "curve" in arms.get(full, {}):
+        if without.curve is not None and whole.curve is not None:
             # Table 6's direction: how much faster the full plan is than the plan without c.
-            sp = speedup(arms[arm]["curve"]["steps"], arms[arm]["curve"]["mean"],
-                         arms[full]["curve"]["steps"], arms[full]["curve"]["mean"])
+            sp = speedup(without.curve.steps, without.curve.mean, whole.curve.steps, whole.curve.mean)
             row.update(speedup_percent=sp.percent, text=sp.describe(),
-                       final_loss=arms[arm]["final_loss"]["mean"], full_final_loss=arms[full]["final_loss"]["mean"])
+                       final_loss=without.final_loss.mean, full_final_loss=whole.final_loss.mean)
         else:
             row.update(speedup_percent=None, text="not measurable: a run diverged or failed (see leave-one-out/report.md)",
                        final_loss=None, full_final_loss=None)
@@ -330,25 +329,17 @@ def add_commands(sub) -> None:
                        description="Algorithm 1 of the paper: keep every λ of --plan, search η_base on the larger "
                                    "model for the plan and its baseline, then compare them over paired seeds.")
     p.add_argument("--plan", required=True, help="the small model's plan (a tuned.toml, or a preset)")
-    p.add_argument("--preset", default=None, help="the larger reference model preset")
-    p.add_argument("--target-command", default=None, metavar="CMD",
-                   help="the larger model's own training command instead of --preset (see `rlrs compare --help`)")
-    p.add_argument("--steps", type=int, default=None, help="with --target-command: its length, passed as RLRS_STEPS / {steps}")
-    p.add_argument("--cwd", default=".", help="with --target-command: the directory it runs in")
+    add_target_args(p, "--target-command", what=" (the larger model; required)")
     p.add_argument("--baseline", default=None, help="baseline plan (default: the plan with every λ = 1)")
     p.add_argument("--grid", default=None, help="η_base values, e.g. 1e-3,2e-3,5e-3 (default: 5 around the plan's)")
     p.add_argument("--grid-seeds", type=int, default=1, help="seeds per η_base grid point (default: 1)")
     p.add_argument("--seeds", type=int, default=3, help="seeds of the final compare (default: 3)")
     add_workers_arg(p)
-    add_set_arg(p)
     p.add_argument("--out", required=True, help="output directory (grid.json, report.md, transfer.md, runs/)")
     p.set_defaults(func=cmd_transfer)
 
     p = sub.add_parser("ablate", help="leave-one-out (table 6) and one-λ-varied (figure 4) ablations of a plan")
-    p.add_argument("--preset", default=None, help="reference model preset (default: micro-moe)")
-    p.add_argument("--command", default=None, metavar="CMD", help="ablate on your own training command instead of a preset")
-    p.add_argument("--steps", type=int, default=None, help="with --command: its length, passed as RLRS_STEPS / {steps}")
-    p.add_argument("--cwd", default=".", help="with --command: the directory it runs in")
+    add_target_args(p)
     p.add_argument("--plan", default=None, help="plan to ablate (default: paper-moe for MoE presets, else paper-dense)")
     p.add_argument("--kind", default="both", choices=("both", "leave-one-out", "vary"),
                    help="leave-one-out (table 6), vary (figure 4) or both (default)")
@@ -356,26 +347,13 @@ def add_commands(sub) -> None:
     p.add_argument("--factors", default=None, help="λ multipliers for --kind vary (default: 0.2,0.667,1.5,5)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per variant (default: 1)")
     add_workers_arg(p)
-    add_set_arg(p)
     p.add_argument("--out", required=True, help="output directory (ablate.md, ablate.json, runs/)")
     p.set_defaults(func=cmd_ablate)
 
 
-def _target_of(preset: str | None, command: str | None, steps: int | None, cwd: str, flag: str) -> Target:
-    if command is not None:
-        if preset is not None:
-            raise ConfigError(f"--preset and {flag}: choose one")
-        return CommandTarget(command, steps, cwd)
-    if steps is not None:
-        raise ConfigError(f"--steps: applies to {flag}; for a preset use --set train.steps=N")
-    if preset is None and flag == "--target-command":
-        raise ConfigError("--preset or --target-command: name the larger model to transfer to")
-    return PresetTarget(preset or "micro-moe")
-
-
 def cmd_transfer(args) -> int:
     check_workers(args.workers)
-    target = _target_of(args.preset, args.target_command, args.steps, args.cwd, "--target-command")
+    target = target_from_args(args, required=True)
     transfer(args.plan, target, args.out, baseline=args.baseline, grid=parse_grid(args.grid) if args.grid else None,
              grid_seeds=args.grid_seeds, seeds=args.seeds, sets=parse_sets(args.set), workers=args.workers)
     print((Path(args.out) / "transfer.md").read_text())
@@ -384,7 +362,7 @@ def cmd_transfer(args) -> int:
 
 def cmd_ablate(args) -> int:
     check_workers(args.workers)
-    target = _target_of(args.preset, args.command, args.steps, args.cwd, "--command")
+    target = target_from_args(args)
     plan = args.plan or target.default_plans()[1]
     comps = [c.strip() for c in args.components.split(",")] if args.components else None
     factors = parse_floats(args.factors, "factors") or FACTORS

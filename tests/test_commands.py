@@ -13,7 +13,7 @@ import pytest
 
 from rlrs.cli import main
 from rlrs.compare import compare
-from rlrs.engine import CommandRun, CommandTarget, execute, run_dir
+from rlrs.engine import CommandRun, CommandTarget, _EvalWatch, eval_curve, execute, run_dir
 from rlrs.presets import get as plan_preset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +30,24 @@ def _quiet(_msg: str) -> None:
 
 
 # --- the engine on commands ---------------------------------------------------------------------------
+
+
+def test_the_watch_on_a_running_command_reads_only_whole_new_lines(tmp_path):
+    watch = _EvalWatch(tmp_path)
+    assert watch.look() == ([], [])  # no log yet
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"kind": "eval", "step": 0, "eval_loss": 5.0}\n{"kind": "eval", "step": 10, "eval_')
+    assert watch.look() == ([0], [5.0])  # the half-written line waits for its newline
+    with log.open("a") as f:
+        f.write('loss": 4.0}\n{"kind": "train", "step": 11}\n')
+    assert watch.look() == ([0, 10], [5.0, 4.0])
+    with log.open("a") as f:  # the script restarted from its step-0 checkpoint: later reports are replaced
+        f.write('{"kind": "eval", "step": 0, "eval_loss": 5.5}\n{"kind": "eval", "step": 10, "eval_loss": null}\n')
+    xs, ys = watch.look()
+    assert xs == [0, 10] and ys[0] == 5.5 and ys[1] != ys[1]  # null: NaN, a divergence
+    assert (xs, ys[:1]) == (eval_curve(tmp_path)[0], eval_curve(tmp_path)[1][:1])  # the same rule as the final read
+    log.write_text('{"kind": "eval", "step": 0, "eval_loss": 6.0}\n')  # replaced by a shorter file
+    assert watch.look() == ([0], [6.0])
 
 
 def test_a_command_run_gets_its_plan_seed_and_directory(tmp_path):

@@ -14,8 +14,9 @@ import pytest
 
 import rlrs.compare as cmp
 from rlrs.cli import main
-from rlrs.compare import (RunInfo, RunLogs, compare, detect_spikes, grid_around, load_grid, parse_grid,
-                          parse_plans, summarize)
+from rlrs.analysis import RunLogs, UpdateCurves, detect_spikes
+from rlrs.compare import RunInfo, compare, grid_around, load_grid, parse_grid, parse_plans, summarize
+from rlrs.plan import Plan
 from rlrs.config import ConfigError
 from rlrs.train import read_metrics
 
@@ -105,8 +106,8 @@ def _logs(losses):
     steps = np.arange(0, 11) * 10
     loss = np.asarray(losses, float)
     empty = np.zeros(0)
-    return RunLogs(steps, loss, steps[1:], loss[1:], steps[1:], loss[1:], ["attention"], empty,
-                   {"attention": empty}, {"attention": empty}, None)
+    return RunLogs(steps, loss, steps[1:], loss[1:], steps[1:], loss[1:], ["attention"],
+                   UpdateCurves(empty, {"attention": empty}, {"attention": empty}), None)
 
 
 def test_summary_uses_finished_seeds_and_says_so():
@@ -119,15 +120,16 @@ def test_summary_uses_finished_seeds_and_says_so():
             status = "finished" if c is not None else "diverged"
             runs.append(RunInfo(arm, seed, out, status, None if c is not None else "step 3: loss is nan"))
             logs[out] = _logs(c if c is not None else [6.0, 9.0])
-    results, speedups, diffs = summarize(["uniform", "paper"], runs, logs)
-    sp = speedups["paper"]
+    arms = summarize({"uniform": Plan(), "paper": Plan()}, runs, logs)
+    paper = arms["paper"]
+    sp = paper.speedup
     # target: the baseline's mean final loss 3.71; paper's one finished seed first gets there at step 70
     assert sp.target_loss == pytest.approx(3.71) and sp.t_relative == 70
-    assert diffs["paper"].n == 1 and diffs["paper"].mean == pytest.approx(3.5 - 3.7)
-    text = results["speedups"]["paper"]["text"]
-    assert "fewer seeds: 2 of 2 baseline, 1 of 2 paper" in text
-    assert results["arms"]["paper"]["not_finished"] == [{"seed": 1, "status": "diverged", "error": "step 3: loss is nan"}]
-    assert [p["measured"] for p in results["speedups"]["paper"]["per_seed"]] == [True, False]
+    assert paper.difference.n == 1 and paper.difference.mean == pytest.approx(3.5 - 3.7) and paper.paired_seeds == [0]
+    assert "fewer seeds: 2 of 2 baseline, 1 of 2 paper" in paper.text
+    assert [(r.seed, r.status, r.error) for r in paper.not_finished] == [(1, "diverged", "step 3: loss is nan")]
+    assert [p.measured for p in paper.per_seed] == [True, False]
+    assert arms["uniform"].final_loss.n == 2 and arms["uniform"].final_loss.mean == pytest.approx(3.71)
 
 
 # --- compare on a tiny preset ---------------------------------------------------------------------
@@ -183,7 +185,7 @@ def test_rerun_reuses_every_run(moe_compare, tmp_path, corpus_dir, spy):
     res = compare("tiny-moe", ["uniform-moe", "paper-moe"], seeds=2, out=out, sets=_sets(corpus_dir), workers=1, log=_quiet)
     assert spy.jobs == [] and all(r.reused for r in res.runs)
     assert _mtimes(runs) == before and len(list(runs.iterdir())) == 4
-    assert res.results["speedups"]["paper-moe"]["text"] == moe_compare.lines()[0]
+    assert res.arms["paper-moe"].text == moe_compare.lines()[0]
 
 
 def test_interrupted_compare_resumes_only_the_unfinished_run(moe_compare, tmp_path, corpus_dir, spy):
@@ -242,12 +244,13 @@ def test_metric_train(moe_compare, tmp_path, corpus_dir, spy):
     res = compare("tiny-moe", ["uniform-moe", "paper-moe"], seeds=2, out=out, sets=_sets(corpus_dir), workers=1,
                   metric="train", log=_quiet)
     assert spy.jobs == []
-    r = res.results
-    assert r["metric"] == "train" and r["arms"]["uniform-moe"]["curve"]["steps"][0] == 1  # no train loss at step 0
-    base_final = [x["final_loss"] for x in r["runs"] if x["arm"] == "uniform-moe"]
-    assert base_final == [x["final_train_1pct"] for x in r["runs"] if x["arm"] == "uniform-moe"]
-    assert r["speedups"]["paper-moe"]["target_loss"] == pytest.approx(np.mean(base_final))
-    assert "final train loss" in r["speedups"]["paper-moe"]["text"]
+    assert res.metric == "train" and res.arms["uniform-moe"].curve.steps[0] == 1  # no train loss at step 0
+    base_final = [x.final_loss for x in res.arms["uniform-moe"].runs]
+    assert base_final == [x.final_train_1pct for x in res.arms["uniform-moe"].runs]
+    assert res.speedups["paper-moe"].target_loss == pytest.approx(np.mean(base_final))
+    assert "final train loss" in res.arms["paper-moe"].text
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["metric"] == "train" and saved["speedups"]["paper-moe"]["text"] == res.arms["paper-moe"].text
     assert "loss: **train loss" in (out / "report.md").read_text()
     with pytest.raises(ConfigError, match="metric: 'evall' is unknown; did you mean 'eval'"):
         compare("tiny-moe", ["uniform-moe", "paper-moe"], out=out, sets=_sets(corpus_dir), metric="evall")

@@ -21,6 +21,7 @@ from rlrs.plan import Plan  # noqa: E402
 from rlrs.search import canonical, point_key  # noqa: E402
 from rlrs.tune import (  # noqa: E402
     Pruning,
+    StudyOptions,
     SyntheticObjective,
     TrainingObjective,
     TuneSpec,
@@ -189,13 +190,13 @@ def test_other_settings_in_the_same_study_are_refused(tmp_path, synth):
     with pytest.raises(ConfigError, match="other settings.*search_seed"):
         tune(spec_for(search_seed=1), tmp_path, 3)
     with pytest.raises(ConfigError, match="holds no study 'rlrs-tune'"):
-        join(tmp_path, storage=f"journal:///{tmp_path}/empty.log")
+        join(tmp_path, study=StudyOptions(storage=f"journal:///{tmp_path}/empty.log"))
     with pytest.raises(ConfigError, match="study.db does not exist"):
         join(tmp_path / "nothing")
     with pytest.raises(ConfigError, match="params: plan.rooter: unknown key; did you mean 'router'"):
         spec_for(params=["plan.rooter.start"])
     with pytest.raises(ConfigError, match="storage: 'nonsense' is not a storage URL"):
-        tune(spec_for(), tmp_path, 3, storage="nonsense")
+        tune(spec_for(), tmp_path, 3, study=StudyOptions(storage="nonsense"))
     with pytest.raises(ConfigError, match="budget: at least 1"):
         tune(spec_for(), tmp_path, 0)
     with pytest.raises(ConfigError, match="not a float setting"):
@@ -222,8 +223,8 @@ def test_min_improvement_takes_only_large_gains_and_older_studies_still_resume(t
 
 def test_journal_storage_and_join(tmp_path, synth):
     url = f"journal:///{tmp_path}/study.log"
-    r = tune(spec_for(), tmp_path / "a", 7, storage=url)
-    joined = join(tmp_path / "b", storage=url)  # settings and budget from the study: nothing left to do
+    r = tune(spec_for(), tmp_path / "a", 7, study=StudyOptions(storage=url))
+    joined = join(tmp_path / "b", study=StudyOptions(storage=url))  # settings and budget from the study: nothing left to do
     assert joined.best == r.best and joined.evaluations == 7
     assert len(trials(tmp_path, storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(f"{tmp_path}/study.log")))) == 7
@@ -353,7 +354,7 @@ def test_two_worker_processes_share_one_sqlite_study(tmp_path, synth):
 
 def _tune_in_child(out, budget):
     os.environ["SYNTH_SLEEP"] = "0.02"
-    r = tune(spec_for(), out, budget, poll_s=0.02)
+    r = tune(spec_for(), out, budget, study=StudyOptions(poll_s=0.02))
     sys.exit(0 if r.evaluations == budget else 1)
 
 

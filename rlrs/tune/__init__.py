@@ -62,9 +62,9 @@ the total compute (training steps and tokens over all trials) to compare with an
 from .driver import TuneResult, join, tune
 from .objective import Objective, Partial, SyntheticObjective, TrainingObjective, make_objective
 from .spec import DEFAULT_STEPS, Pruning, TuneSpec, default_params
-from .study import STUDY_NAME, open_storage, storage_url
+from .study import STUDY_NAME, StudyOptions, open_storage, storage_url
 from .cli import add_commands, cmd_tune
 
-__all__ = ["DEFAULT_STEPS", "STUDY_NAME", "Objective", "Partial", "Pruning", "SyntheticObjective", "TrainingObjective",
+__all__ = ["DEFAULT_STEPS", "STUDY_NAME", "Objective", "Partial", "Pruning", "StudyOptions", "SyntheticObjective", "TrainingObjective",
            "TuneResult", "TuneSpec", "add_commands", "cmd_tune", "default_params", "join", "make_objective",
            "open_storage", "storage_url", "tune"]

@@ -8,10 +8,15 @@ import sys
 from .. import config as _config
 from ..config import ConfigError
 from ..engine import default_workers
+from ..models import DEFAULT_PRESET
 from ..options import add_set_arg, check_workers, parse_floats, parse_sets
 from .driver import TuneResult, fmt_loss, join, tune
 from .spec import DEFAULT_STEPS, Pruning, TuneSpec
-from .study import STUDY_NAME
+from .study import StudyOptions
+
+# The defaults the help texts show, read from the dataclasses that own them.
+STUDY = StudyOptions()
+PRUNE = Pruning()
 
 # --- command line -----------------------------------------------------------------------------------
 
@@ -33,8 +38,8 @@ def _cmd_tune(args) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     check_workers(args.workers)
     workers = args.workers or default_workers()
-    common = dict(storage=args.storage, study_name=args.study_name, workers=workers, poll_s=args.poll,
-                  stale_s=args.stale_after, log=print)
+    study = {"storage": args.storage, "name": args.study_name, "poll_s": args.poll, "stale_s": args.stale_after}
+    common = dict(study=StudyOptions(**{k: v for k, v in study.items() if v is not None}), workers=workers, log=print)
     if args.worker:
         given = [f"--{a.replace('_', '-')}" for a in _SPEC_ARGS if getattr(args, a) is not None]
         given += ["--set"] * bool(args.set) + ["--prune"] * bool(args.prune)
@@ -56,18 +61,19 @@ def _spec_from_args(args) -> TuneSpec:
         raise ConfigError("--budget: how many points to evaluate at most, e.g. --budget 60")
     prune = None
     if args.prune or args.prune_at or args.prune_margin is not None:
-        rungs = tuple(parse_floats(args.prune_at or "0.25,0.5", "prune-at"))
-        prune = Pruning(rungs, 0.02 if args.prune_margin is None else args.prune_margin)
+        given = {"rungs": None if args.prune_at is None else tuple(parse_floats(args.prune_at, "prune-at")),
+                 "margin": args.prune_margin}
+        prune = Pruning(**{k: v for k, v in given.items() if v is not None})
     params = [p.strip() for p in args.params.split(",") if p.strip()] if args.params else None
     seeds = 1 if args.seeds is None else args.seeds
     if args.command is not None:
         for flag, given in (("--preset", args.preset), ("--config", args.config), ("--objective", args.objective)):
             if given is not None:
                 raise ConfigError(f"{flag}: not with --command (your script owns its model and config)")
-        return TuneSpec.for_command(args.command, args.plan or "paper-dense", parse_sets(args.set), args.steps,
+        return TuneSpec.for_command(args.command, args.plan, parse_sets(args.set), args.steps,
                                     args.cwd, params, seeds, args.search_seed or 0, prune, args.min_improvement or 0.0)
     return TuneSpec.create(
-        args.preset or "micro-moe", args.plan, parse_sets(args.set), args.config,
+        args.preset or DEFAULT_PRESET, args.plan, parse_sets(args.set), args.config,
         DEFAULT_STEPS if args.steps is None else args.steps, params, seeds, args.search_seed or 0, prune,
         args.objective, args.min_improvement or 0.0,
     )
@@ -103,7 +109,7 @@ def add_commands(sub) -> None:
             "OUT/tuned_config.json (model settings such as init_scale, when they moved) and OUT/search.json."
         ),
     )
-    p.add_argument("--preset", default=None, help="model size preset (default: micro-moe)")
+    p.add_argument("--preset", default=None, help=f"model size preset (default: {DEFAULT_PRESET})")
     p.add_argument("--command", default=None, metavar="CMD",
                    help="tune the plan of your own training script instead of a preset (see `rlrs compare --help`); "
                         "only plan.* keys are searched")
@@ -118,16 +124,18 @@ def add_commands(sub) -> None:
     p.add_argument("--seeds", type=int, default=None, help="runs per point; the objective is their mean final eval loss (default: 1)")
     p.add_argument("--workers", type=int, default=None, help=f"training runs at once in this process (default: {default_workers()}: one per usable core, at most 4)")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///OUT/study.db; also postgresql://..., mysql+pymysql://..., journal:///path/file.log)")
-    p.add_argument("--study-name", default=STUDY_NAME, help=f"study name in the storage (default: {STUDY_NAME})")
+    p.add_argument("--study-name", default=None, help=f"study name in the storage (default: {STUDY.name})")
     p.add_argument("--worker", action="store_true", help="join the search already in the study (settings come from it)")
     p.add_argument("--prune", action="store_true", help="stop candidates early whose eval loss trails the current best")
-    p.add_argument("--prune-at", default=None, metavar="FRACTIONS", help="checkpoints for --prune as fractions of training (default: 0.25,0.5)")
-    p.add_argument("--prune-margin", type=float, default=None, help="relative margin for --prune (default: 0.02)")
+    p.add_argument("--prune-at", default=None, metavar="FRACTIONS",
+                   help=f"checkpoints for --prune as fractions of training (default: {','.join(map(str, PRUNE.rungs))})")
+    p.add_argument("--prune-margin", type=float, default=None, help=f"relative margin for --prune (default: {PRUNE.margin})")
     p.add_argument("--min-improvement", type=float, default=None, metavar="FRACTION",
                    help="relative gain a move needs to be taken, e.g. 0.002 to ignore seed noise (default: 0, any gain)")
     p.add_argument("--search-seed", type=int, default=None, help="seed of the order parameters are visited in (default: 0)")
     p.add_argument("--params", default=None, help="comma-separated dotted keys to search (default: plan.base_lr, each component's start and end, plan.weight_decay, model.init_scale)")
     p.add_argument("--objective", default=None, metavar="MODULE:FUNCTION", help="a synthetic loss fn(point, progress) instead of training (to try the search)")
-    p.add_argument("--poll", type=float, default=2.0, help="seconds between looks at other workers' claims (default: 2)")
-    p.add_argument("--stale-after", type=float, default=300.0, help="a claim without heartbeat for this long is taken over (default: 300)")
+    p.add_argument("--poll", type=float, default=None, help=f"seconds between looks at other workers' claims (default: {STUDY.poll_s:g})")
+    p.add_argument("--stale-after", type=float, default=None,
+                   help=f"seconds: a claim without heartbeat for this long is taken over (default: {STUDY.stale_s:g})")
     p.set_defaults(func=cmd_tune)

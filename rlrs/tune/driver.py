@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -15,7 +16,7 @@ from ..config import ConfigError
 from ..search import Result, SearchResult, Step, canonical, local_search, point_key
 from .objective import Objective, make_objective
 from .spec import TuneSpec
-from .study import STUDY_NAME, _redact, _Study, _trial_result, storage_url
+from .study import StudyOptions, _redact, _Study, _trial_result, storage_url
 
 # --- the driver -------------------------------------------------------------------------------------
 
@@ -44,16 +45,13 @@ def tune(
     out: str | Path,
     budget: int | None,
     *,
-    storage: str | None = None,
-    study_name: str = STUDY_NAME,
+    study: StudyOptions = StudyOptions(),
     workers: int = 1,
     objective: Objective | None = None,
-    poll_s: float = 2.0,
-    heartbeat_s: float = 30.0,
-    stale_s: float = 300.0,
     log: Callable[[str], None] | None = None,
 ) -> TuneResult:
-    """Run (or resume, or join) the search ``spec`` with trials in the study at ``storage``.
+    """Run (or resume, or join) the search ``spec`` with trials in the study ``study`` names
+    (default: ``OUT/study.db``).
 
     ``budget``: the most distinct points evaluated, across every process sharing the study; it is
     stored in the study (``None``: keep the study's, as a worker does). ``objective`` replaces the
@@ -63,51 +61,46 @@ def tune(
         raise ConfigError(f"budget: at least 1 evaluation, got {budget}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    url = storage_url(out, storage)
-    study = _Study(url, study_name, heartbeat_s, stale_s)
+    trials = _Study(storage_url(out, study.storage), study.name, study.heartbeat_s, study.stale_s)
     try:
-        _adopt(study, spec, budget, log)
+        _adopt(trials, spec, budget, log)
         obj = objective or make_objective(spec, out, workers)
         try:
-            return _Tuner(spec, out, study, obj, workers, poll_s, log).run()
+            return _Tuner(spec, out, trials, obj, workers, study.poll_s, log).run()
         finally:
             if objective is None:
                 obj.close()
     finally:
-        study.close()
+        trials.close()
 
 
 def join(
     out: str | Path,
     *,
-    storage: str | None = None,
-    study_name: str = STUDY_NAME,
+    study: StudyOptions = StudyOptions(),
     workers: int = 1,
     objective: Objective | None = None,
-    poll_s: float = 2.0,
-    heartbeat_s: float = 30.0,
-    stale_s: float = 300.0,
     log: Callable[[str], None] | None = None,
 ) -> TuneResult:
     """Work on the search already in the study (``rlrs tune --worker``): its settings and budget
     come from the study; runs and outputs go to ``out``."""
     out = Path(out)
-    url = storage_url(out, storage)
-    if storage is None and not (out / "study.db").exists():
+    url = storage_url(out, study.storage)
+    if study.storage is None and not (out / "study.db").exists():
         raise ConfigError(f"--worker: {out / 'study.db'} does not exist; start the search without --worker, or give --storage")
-    study = _Study(url, study_name, heartbeat_s, stale_s, create=False)
+    trials = _Study(url, study.name, study.heartbeat_s, study.stale_s, create=False)
     try:
-        attrs = study.attrs()
+        attrs = trials.attrs()
     finally:
-        study.close()
+        trials.close()
     if "spec" not in attrs:
         raise ConfigError(
-            f"--worker: study {study_name!r} in {_redact(url)} holds no search yet; start it with "
+            f"--worker: study {study.name!r} in {_redact(url)} holds no search yet; start it with "
             "`rlrs tune --preset ... --budget N` (without --worker) first"
         )
     spec = TuneSpec.from_dict(attrs["spec"])
-    return tune(spec, out, None, storage=url, study_name=study_name, workers=workers, objective=objective,
-                poll_s=poll_s, heartbeat_s=heartbeat_s, stale_s=stale_s, log=log)
+    return tune(spec, out, None, study=dataclasses.replace(study, storage=url), workers=workers, objective=objective,
+                log=log)
 
 
 def _adopt(study: _Study, spec: TuneSpec, budget: int | None, log) -> None:

@@ -10,7 +10,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .. import config as _config
 from ..config import ConfigError
-from ..engine import CommandRun, PresetRun, RunSpec
+from ..engine import CommandRun, CommandTarget, PresetRun, RunSpec
+from ..models import DEFAULT_PRESET
 from ..plan import Plan
 from ..search import FACTORS
 
@@ -129,7 +130,7 @@ class TuneSpec:
     @classmethod
     def create(
         cls,
-        preset: str = "micro-moe",
+        preset: str = DEFAULT_PRESET,
         plan: str | Plan | None = None,
         sets: Mapping[str, Any] | None = None,
         config_file: str | Path | None = None,
@@ -153,7 +154,7 @@ class TuneSpec:
     def for_command(
         cls,
         command: str,
-        plan: str | Plan = "paper-dense",
+        plan: str | Plan | None = None,
         sets: Mapping[str, Any] | None = None,
         steps: int | None = None,
         cwd: str = ".",
@@ -164,9 +165,8 @@ class TuneSpec:
         min_improvement: float = 0.0,
     ) -> "TuneSpec":
         """A search over the plan of the user's own command (``rlrs tune --command``)."""
-        from ..engine import CommandTarget
-
-        base = CommandTarget(command, steps, cwd).spec(plan, 0, sets)
+        target = CommandTarget(command, steps, cwd)
+        base = target.spec(plan or target.default_plans()[1], 0, sets)
         return cls(base, tuple(params or default_params(base)), seeds, search_seed, tuple(FACTORS), prune, None,
                    min_improvement)
 

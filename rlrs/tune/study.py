@@ -22,6 +22,30 @@ from ..search import Result
 STUDY_NAME = "rlrs-tune"
 
 
+@dataclass(frozen=True)
+class StudyOptions:
+    """Where a search's trials live and how the processes sharing them coordinate.
+
+    >>> StudyOptions(storage="journal:///tmp/tune.log", poll_s=0.5).name
+    'rlrs-tune'
+    """
+
+    storage: str | None = None  # an Optuna storage URL; None: sqlite:///OUT/study.db
+    name: str = STUDY_NAME
+    poll_s: float = 2.0  # seconds between looks at other workers' claims
+    heartbeat_s: float = 30.0  # how often a claim says its owner is alive
+    stale_s: float = 300.0  # a claim without a heartbeat for this long is taken over
+
+    def __post_init__(self) -> None:
+        for key in ("poll_s", "heartbeat_s", "stale_s"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+                raise ConfigError(f"{key}: a number of seconds > 0, got {v!r}")
+        if self.heartbeat_s >= self.stale_s:
+            raise ConfigError(f"stale_s: must exceed heartbeat_s ({self.heartbeat_s} s), got {self.stale_s} s; "
+                              "a live worker would be taken over")
+
+
 _LIVE_OWNERS: set[str] = set()  # claim owners alive in this process (a stale one here is a crashed tune())
 
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from rlrs.metrics import mean_curve, paired_difference, speedup
+from rlrs.analysis import mean_curve, paired_difference, speedup
 
 STEPS = list(range(0, 101, 10))
 
@@ -71,3 +71,12 @@ def test_mean_curve_and_paired_difference():
         mean_curve([([0, 1], [1, 1]), ([0, 2], [1, 1])])
     d = paired_difference([3.0, 3.2, 3.1], [2.9, 3.0, 3.05])
     assert d.mean == pytest.approx(-0.11666666666) and d.n == 3 and d.std == pytest.approx(np.std([-0.1, -0.2, -0.05], ddof=1))
+
+
+def test_docstring_examples():
+    import doctest
+
+    import rlrs.analysis
+
+    result = doctest.testmod(rlrs.analysis)
+    assert result.failed == 0 and result.attempted >= 5
