@@ -39,7 +39,12 @@ def cmd_train(args) -> int:
     from . import config as _config
 
     out = Path(args.out)
+    if args.stop_at is not None and args.stop_at < 1:
+        raise ConfigError(f"--stop-at: a step >= 1, got {args.stop_at}")
     if args.resume and not (args.config or args.set or args.plan or args.preset_given):
+        if not (out / "config.json").exists():
+            raise ConfigError(f"--resume: {out} holds no run to resume (no config.json); to start one there, "
+                              "give its --preset, --plan and --set")
         cfg = RunConfig.from_dict(_config.load_file(out / "config.json"))
     else:
         cfg = _run_config(args)
@@ -63,8 +68,10 @@ def cmd_train(args) -> int:
               f"(eval loss {loss})")
     else:
         print(f"{result.status} at step {result.steps}/{result.total_steps} in {result.wall_s:.1f}s; eval loss {loss}")
+    if result.reason:
+        print(f"rlrs train: {result.status}: {result.reason}", file=sys.stderr)
     print(f"metrics: {out / 'metrics.jsonl'}  checkpoints: {out / 'checkpoints'}")
-    return 0
+    return 3 if result.status == "unstable" else 0
 
 
 def cmd_demo(args) -> int:
@@ -111,9 +118,10 @@ def cmd_inspect(args) -> int:
     print(f"model: {args.model}")
     print(format_table(rows, ["component", "tensors", "params", "share"]))
     if not args.model.endswith(".json"):
-        from .models import count_params, get_preset
+        from .models import count_params
+        from .train import run_config
 
-        counts = count_params(get_preset(args.model))
+        counts = count_params(run_config(args.model).model)  # as trained: the tokenizer's vocabulary
         print()
         print(format_table([{"count": k, "params": v} for k, v in counts.items()], ["count", "params"]))
     tied = tied_report(model)
@@ -186,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a reference model with a plan")
     _add_run_args(p)
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest intact checkpoint in --out (a run that has none starts from the beginning)")
     p.add_argument("--stop-at", type=int, default=None, metavar="STEP", help="stop (checkpointed) after STEP steps")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
@@ -228,13 +237,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.preset_given = "--preset" in argv
     from .components import ClassificationError
     from .data import DataError
-    from .train import NonFiniteLoss
+    from .train import CheckpointError, NonFiniteLoss
 
     try:
         return args.func(args)
     except (ConfigError, ClassificationError, DataError, MissingExtra, FileExistsError, FileNotFoundError,
-            RunLocked) as err:
+            RunLocked, CheckpointError) as err:
         print(f"rlrs {args.subcommand}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the disk: full, read-only, a path through a file
+        print(f"rlrs {args.subcommand}: error: {disk_error(err)}", file=sys.stderr)
         return 2
     except NonFiniteLoss as err:
         print(f"rlrs {args.subcommand}: diverged: {err}", file=sys.stderr)
@@ -242,6 +254,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"rlrs {args.subcommand}: interrupted (completed checkpoints are kept; --resume continues)", file=sys.stderr)
         return 130
+
+
+def disk_error(err: OSError) -> str:
+    """An OS error as a sentence that names the file and what to do."""
+    import errno
+
+    where = f"{err.filename}: " if err.filename else ""
+    fix = {
+        errno.ENOSPC: "the disk is full; free some space or choose another --out",
+        errno.EDQUOT: "the disk quota is used up; free some space or choose another --out",
+        errno.EROFS: "the file system is read-only; choose another --out",
+        errno.EACCES: "no permission; choose another --out or fix the permissions",
+        errno.ENOTDIR: "a part of the path is a file, not a directory",
+    }.get(err.errno, "")
+    return f"{where}{err.strerror or err}" + (f" ({fix})" if fix else "")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ from typing import Callable, Sequence
 
 from torch import nn
 
+from .config import ConfigError, closest
+
 __all__ = [
     "COMPONENTS",
     "Rule",
@@ -51,6 +53,27 @@ COMPONENTS: tuple[str, ...] = (
     "experts",
     "other",
 )
+
+
+
+def component_names(names: Sequence[str], where: str = "components") -> tuple[str, ...]:
+    """Check a list of component names: a sequence (not one string), each name known.
+
+    >>> component_names(["router", "experts"])
+    ('router', 'experts')
+    >>> component_names("embedding")
+    Traceback (most recent call last):
+    ...
+    rlrs.config.ConfigError: components: give a list of component names, e.g. ['embedding'], not the string 'embedding'
+    """
+    if isinstance(names, str):
+        raise ConfigError(f"{where}: give a list of component names, e.g. [{names!r}], not the string {names!r}")
+    out = tuple(names)
+    for n in out:
+        if n not in COMPONENTS:
+            raise ConfigError(f"{where}: {n!r} is unknown; {closest(str(n), COMPONENTS)}")
+    return out
+
 
 Rule = tuple[str, str]
 """``(regex, component)``: the regex is searched (``re.search``) in a parameter's name."""

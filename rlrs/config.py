@@ -28,6 +28,8 @@ from typing import Any, Mapping, TypeVar
 
 T = TypeVar("T")
 
+INT_LIMIT = 2**63 - 1  # what torch and numpy hold in an int64; larger integers are never meaningful here
+
 
 class ConfigError(ValueError):
     """A config value or key is wrong. The message names the field and the fix."""
@@ -103,11 +105,20 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if abs(value) > INT_LIMIT:
+            raise ConfigError(f"{where}: {value} is too large (an integer must fit in 64 bits)")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ConfigError(f"{where}: {value} is too large for a float") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}"
+                              + (" (a number this large overflows to inf)" if math.isinf(value) else ""))
+        return value
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
@@ -125,22 +136,26 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str | None = None) -
     Missing keys take the field defaults; unknown keys and wrong types raise ``ConfigError``
     naming the dotted path of the field (``plan.router.start``) and the fix.
     """
-    where = where or _snake(cls.__name__)
+    where = _snake(cls.__name__) if where is None else where
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected a table, got {data!r}")
+        raise ConfigError(f"{where or 'config'}: expected a table, got {data!r}")
     types_ = _field_types(cls)
     unknown = [k for k in data if k not in types_]
     if unknown:
         k = unknown[0]
-        raise ConfigError(f"{where}.{k}: unknown key; {closest(str(k), types_)}")
-    kwargs = {k: _coerce(v, types_[k], f"{where}.{k}") for k, v in data.items()}
+        raise ConfigError(f"{_join(where, k)}: unknown key; {closest(str(k), types_)}")
+    kwargs = {k: _coerce(v, types_[k], _join(where, k)) for k, v in data.items()}
     try:
         return cls(**kwargs)
     except ConfigError as err:
         # __post_init__ messages start with the field name: make it the dotted path.
-        raise ConfigError(f"{where}.{err}") from None
+        raise ConfigError(_join(where, str(err))) from None
     except (ValueError, TypeError) as err:
-        raise ConfigError(f"{where}: {err}") from err
+        raise ConfigError(f"{where or 'config'}: {err}") from err
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
 
 
 def to_dict(obj) -> dict[str, Any]:
@@ -156,8 +171,9 @@ def to_dict(obj) -> dict[str, Any]:
     return out
 
 
-def replace(obj: T, overrides: Mapping[str, Any]) -> T:
-    """Apply dotted-key overrides (``{"router.start": 0.5}``) strictly, returning a new object."""
+def replace(obj: T, overrides: Mapping[str, Any], where: str | None = None) -> T:
+    """Apply dotted-key overrides (``{"router.start": 0.5}``) strictly, returning a new object.
+    ``where`` prefixes error paths (default: the class name, ``plan``; ``""`` for none)."""
     data = to_dict(obj)
     for key, value in overrides.items():
         node = data
@@ -171,7 +187,7 @@ def replace(obj: T, overrides: Mapping[str, Any]) -> T:
                 node[part] = value
             else:
                 node = node[part]
-    return from_dict(type(obj), data)
+    return from_dict(type(obj), data, where)
 
 
 def _snake(name: str) -> str:
@@ -181,25 +197,69 @@ def _snake(name: str) -> str:
 # --- files --------------------------------------------------------------------------------------
 
 
+MAX_DEPTH = 16  # rlrs configs nest 3 deep; anything deeper is not a config (and could exhaust the stack)
+
+
 def load_file(path: str | Path) -> dict[str, Any]:
-    """Read a ``.toml`` or ``.json`` file into a dict (the format follows the suffix)."""
+    """Read a ``.toml`` or ``.json`` file into a dict (the format follows the suffix).
+
+    Errors name the file: not UTF-8, invalid syntax, a JSON key given twice (JSON would silently
+    keep the last), nesting deeper than any config, or a top level that is not a table.
+    """
     path = Path(path)
     if path.suffix not in (".toml", ".json"):
         raise ConfigError(f"{path}: unsupported config file type; use .toml or .json")
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
-    if path.suffix == ".toml":
-        import tomllib
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror})") from None
+    try:
+        if path.suffix == ".toml":
+            import tomllib
 
-        try:
-            return tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"{path}: invalid TOML: {err}") from err
-    if path.suffix == ".json":
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}: invalid JSON: {err}") from err
+            try:
+                data = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as err:
+                raise ConfigError(f"{path}: invalid TOML: {err}") from None
+        else:
+            try:
+                data = json.loads(text, object_pairs_hook=_unique_keys)
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"{path}: invalid JSON: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config") from None
+    except ConfigError as err:
+        if str(err).startswith(str(path)):
+            raise
+        raise ConfigError(f"{path}: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a table of settings, got {type(data).__name__}")
+    if _depth(data) > MAX_DEPTH:
+        raise ConfigError(f"{path}: nested more than {MAX_DEPTH} deep; not a config")
+    return data
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ConfigError(f"key {k!r} appears twice; keep one")
+        out[k] = v
+    return out
+
+
+def _depth(obj: Any, level: int = 0) -> int:
+    if level > MAX_DEPTH:
+        return level
+    if isinstance(obj, Mapping):
+        return max((_depth(v, level + 1) for v in obj.values()), default=level + 1)
+    if isinstance(obj, list):
+        return max((_depth(v, level + 1) for v in obj), default=level + 1)
+    return level
 
 
 def dumps_toml(data: Mapping[str, Any]) -> str:
@@ -255,6 +315,20 @@ def dumps(data: Mapping[str, Any], suffix: str) -> str:
     if suffix == ".json":
         return json.dumps(data, indent=2) + "\n"
     raise ConfigError(f"unsupported config file type {suffix!r}; use .toml or .json")
+
+
+def make_dir(path: str | Path, what: str = "--out") -> Path:
+    """Create a directory (and its parents), with an error that names ``what`` and the fix."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"{what} {path}: a file of that name exists; choose a directory path") from None
+    except NotADirectoryError:
+        raise ConfigError(f"{what} {path}: a part of the path is a file, not a directory; choose another path") from None
+    except PermissionError:
+        raise ConfigError(f"{what} {path}: no permission to create it (read-only?); choose another path") from None
+    return path
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -617,7 +617,7 @@ def _read_jsonl(path: Path, text_field: str) -> list[str]:
             fields = ", ".join(map(repr, list(record)[:10])) or "none"
             raise DataError(
                 f"{path}: line {lineno} has no field {text_field!r} (its fields: {fields}); set "
-                "DataConfig.text_field to the field that holds the text"
+                "data.text_field to the field that holds the text (--set data.text_field=NAME)"
             )
         value = record[text_field]
         if value is None or value == "":
@@ -642,7 +642,7 @@ def _read_parquet(path: Path, text_field: str) -> list[str]:
     if text_field not in names:
         raise DataError(
             f"{path}: has no column {text_field!r} (its columns: {', '.join(map(repr, names))}); "
-            "set DataConfig.text_field to the column that holds the text"
+            "set data.text_field to the column that holds the text (--set data.text_field=NAME)"
         )
     column = pq.read_table(path, columns=[text_field]).column(0)
     docs = []
@@ -1016,7 +1016,7 @@ def get_batch(
     if n < seq_len + 1:
         raise DataError(
             f"the token stream has {n} tokens, fewer than seq_len + 1 = {seq_len + 1}; use a "
-            "shorter seq_len or a larger corpus"
+            "shorter train.seq_len (--set train.seq_len=N) or a larger corpus (data.corpus)"
         )
     rng = np.random.default_rng([int(seed), int(step)])
     starts = rng.integers(0, n - seq_len, size=batch_size, dtype=np.int64)
@@ -1048,7 +1048,8 @@ def val_batches(
     if n < seq_len + 1:
         raise DataError(
             f"the validation split has {n} tokens, fewer than seq_len + 1 = {seq_len + 1}; use a "
-            "shorter seq_len, a larger val_fraction or a larger corpus"
+            "shorter train.seq_len, a larger data.val_fraction (--set data.val_fraction=0.1) or a larger "
+            "corpus (data.corpus)"
         )
     rng = np.random.default_rng([_VAL_STREAM, int(seed)])
     needed = n_batches * batch_size

@@ -54,7 +54,7 @@ from .models import DEFAULT_PRESET, get_preset
 from .plan import Plan
 from .train import NonFiniteLoss, RunConfig, Trainer, read_metrics, total_steps
 
-STATUSES = ("finished", "stopped", "diverged", "failed")
+STATUSES = ("finished", "stopped", "diverged", "unstable", "failed")
 RESULT = "result.json"
 STDERR_TAIL_LINES = 30
 POLL_S = 0.2
@@ -160,7 +160,7 @@ class RunResult:
     """How a run ended. ``eval_steps``/``eval_loss`` is its eval-loss curve so far."""
 
     out: Path
-    status: str  # finished | stopped | diverged | failed
+    status: str  # finished | stopped | diverged | unstable | failed (STATUSES)
     steps: int = 0
     total_steps: int | None = None
     eval_steps: list[int] = field(default_factory=list)
@@ -245,7 +245,7 @@ class run_lock:
     def __enter__(self) -> "run_lock":
         import fcntl
 
-        self.out.mkdir(parents=True, exist_ok=True)
+        _config.make_dir(self.out)
         self.f = open(self.out / ".lock", "a+")
         blind_since = None
         while True:
@@ -340,7 +340,7 @@ def _execute_locked(spec: RunSpec, out: Path, stop_at: int | None, progress: boo
 
 
 def _reusable(prior: RunResult, stop_at: int | None) -> bool:
-    if prior.status in ("finished", "diverged"):
+    if prior.status in ("finished", "diverged", "unstable"):  # another attempt would end the same way
         return True
     return prior.status == "stopped" and stop_at is not None and prior.steps >= stop_at
 
@@ -354,7 +354,7 @@ def _execute_preset(spec: PresetRun, out: Path, stop_at: int | None, progress: b
         if not resume:  # a start that died before its first checkpoint: start again cleanly
             Trainer.clear_partial(out)
         r = Trainer(cfg, out, resume=resume, progress=progress).run(stop_at=stop_at)
-        status, error = r.status, None
+        status, error = r.status, r.reason
         steps, train_loss, wall = r.steps, r.final_train_loss, r.wall_s
     except NonFiniteLoss as err:
         status, error, train_loss, wall = "diverged", str(err), None, time.perf_counter() - t0

@@ -18,13 +18,14 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .components import COMPONENTS, Rule, classify, tied_parameters
+from .components import COMPONENTS, Rule, classify, component_names, tied_parameters
 from .config import ConfigError, require
 from .plan import Plan
 
 
 def load_model(spec: str) -> nn.Module:
-    """An rlrs size preset name, or a Hugging Face ``config.json`` path, built on ``meta``."""
+    """An rlrs size preset name (as ``rlrs train`` builds it), or a Hugging Face ``config.json``
+    path, built on ``meta``."""
     if spec.endswith(".json"):
         path = Path(spec)
         if not path.is_file():
@@ -37,8 +38,10 @@ def load_model(spec: str) -> nn.Module:
         with torch.device("meta"):
             return transformers.AutoModelForCausalLM.from_config(config)
     from . import models
+    from .train import run_config
 
-    cfg = models.get_preset(spec)
+    # The model as rlrs trains it: the vocabulary follows the preset's tokenizer.
+    cfg = run_config(spec).model
     with torch.device("meta"):
         return models.build_model(cfg)
 
@@ -92,7 +95,8 @@ def _fmt(v) -> str:
 
 
 def parse_steps(spec: str, total_steps: int) -> list[int]:
-    """``"0,1%,50%,100%,1234"`` to step numbers (``100%`` is the last step, ``total_steps - 1``)."""
+    """``"0,1%,50%,100%,1234"`` to distinct step numbers, in order (``100%`` is the last step,
+    ``total_steps - 1``; a percentage that rounds to a step already listed is listed once)."""
     steps = []
     for part in spec.split(","):
         part = part.strip()
@@ -111,11 +115,12 @@ def parse_steps(spec: str, total_steps: int) -> list[int]:
             raise ConfigError(
                 f"--at: {part!r} is not a step in [0, {total_steps - 1}] or a percentage in [0%, 100%]"
             ) from None
-    return steps
+    return list(dict.fromkeys(steps))
 
 
 def lr_table(plan: Plan, components: Sequence[str], steps: Sequence[int], total_steps: int) -> list[dict]:
     """Rows of each component's LR at the given steps."""
+    components = component_names(components)
     return [{"component": c, **{f"step {s}": plan.lr(c, s, total_steps) for s in steps}} for c in components]
 
 

@@ -87,9 +87,13 @@ class ModelConfig:
             _check_int("d_ff", self.d_ff, minimum=1)
         _check_int("n_experts", self.n_experts, minimum=0)
         _check_int("top_k", self.top_k, minimum=1)
+        for name, limit in MAX_SIZE.items():
+            v = getattr(self, name)
+            if v is not None and v > limit:
+                raise ConfigError(f"{name}: {v} is beyond any model this code can build (at most {limit})")
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
             # RoPE rotates pairs of channels, so head_dim must also be even.
-            valid = [h for h in range(1, self.d_model + 1)
+            valid = [h for h in range(1, min(self.d_model, 4 * self.n_heads + 64) + 1)
                      if self.d_model % h == 0 and (self.d_model // h) % 2 == 0]
             hint = min(valid, key=lambda h: abs(h - self.n_heads)) if valid else None
             raise ConfigError(
@@ -105,6 +109,10 @@ class ModelConfig:
             _check_float("capacity_factor", self.capacity_factor, positive=True,
                          hint="use a value > 0 (1.25 is usual) or None to never drop tokens")
         _check_float("init_scale", self.init_scale, positive=True, hint="the paper uses 0.15")
+        if self.init_scale > MAX_INIT_SCALE:
+            # The init std is init_scale / sqrt(fan_in): far above 1 the logits saturate and nothing trains.
+            raise ConfigError(f"init_scale: {self.init_scale} is far too large to train (at most {MAX_INIT_SCALE}); "
+                              "the paper uses 0.15")
         _check_float("z_loss_weight", self.z_loss_weight, positive=False, hint="0 disables it")
         _check_float("balance_loss_weight", self.balance_loss_weight, positive=False,
                      hint="0 disables it")
@@ -124,6 +132,13 @@ class ModelConfig:
     @property
     def is_moe(self) -> bool:
         return self.n_experts > 0
+
+
+# Upper bounds: far beyond any model this code trains, but small enough that a typo (an extra
+# digit run) gets a clear error instead of an out-of-memory crash or a hang.
+MAX_SIZE = {"vocab_size": 2**24, "seq_len": 2**20, "d_model": 2**16, "n_layers": 1024, "n_heads": 2**12,
+            "d_ff": 2**18, "n_experts": 2**12, "top_k": 2**12}
+MAX_INIT_SCALE = 100.0
 
 
 def _check_int(name: str, value, minimum: int) -> None:

@@ -12,7 +12,7 @@ Groups carry ``"component"`` (``"router"``; merged groups ``"attention+feedforwa
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -112,6 +112,11 @@ def param_groups(
                 "decay": b["decay"],
             }
         )
+    if not groups:
+        raise ConfigError(
+            f"model: {type(model).__name__} has no trainable parameter (every one has requires_grad=False); "
+            "unfreeze what should train before building the optimizer"
+        )
     groups.sort(key=lambda g: (COMPONENTS.index(g["components"][0]), not g["decay"]))
     return groups
 
@@ -160,7 +165,18 @@ class RelativeLR(LRScheduler):
 
     def get_lr(self) -> list[float]:
         step = self.last_epoch
+        self._check_groups()
         return [self.plan.lr(g["components"][0], step, self.total_steps) for g in self.optimizer.param_groups]
+
+    def _check_groups(self) -> None:
+        for i, g in enumerate(self.optimizer.param_groups):
+            if "components" not in g:
+                raise ConfigError(
+                    f"optimizer.param_groups[{i}] has no 'components' (added with add_param_group after "
+                    "RelativeLR was built?): give every group a component, e.g. "
+                    "opt.add_param_group({'params': [...], 'components': ('other',)}), or build the "
+                    "optimizer from rlrs.param_groups(model, plan)"
+                )
 
     _get_closed_form_lr = get_lr
 
@@ -192,10 +208,28 @@ class RelativeLR(LRScheduler):
             "plan": self.plan.to_dict(),
         }
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the plan, length and step, then set every group's LR for that step."""
-        self.plan = Plan.from_dict(state_dict["plan"])
-        self.total_steps = int(state_dict["total_steps"])
+    def load_state_dict(self, state_dict: dict[str, Any], adopt: bool = False) -> None:
+        """Restore the step, then set every group's LR for that step.
+
+        The state must come from a scheduler with this plan and length: resuming with other ones
+        would silently train a different schedule, so that is refused naming what differs, unless
+        ``adopt=True`` (then the saved plan and length replace this scheduler's).
+        """
+        keys = ("plan", "total_steps", "last_epoch", "_step_count")
+        if not isinstance(state_dict, Mapping) or any(k not in state_dict for k in keys):
+            found = sorted(state_dict) if isinstance(state_dict, Mapping) else type(state_dict).__name__
+            raise ConfigError(f"RelativeLR.load_state_dict: not a RelativeLR state (needs {', '.join(keys)}; "
+                              f"got {found}); give it what RelativeLR.state_dict() returned")
+        plan = Plan.from_dict(state_dict["plan"])
+        total = int(state_dict["total_steps"])
+        if not adopt and (plan != self.plan or total != self.total_steps):
+            diff = [f"total_steps {total} (saved) vs {self.total_steps} (now)"] if total != self.total_steps else []
+            diff += [f"plan.{k}" for k in _differing_keys(plan.to_dict(), self.plan.to_dict())]
+            raise ConfigError(
+                f"RelativeLR.load_state_dict: the saved state is of another schedule ({', '.join(diff)}); "
+                "build the scheduler with the saved plan and length, or pass adopt=True to take them over"
+            )
+        self.plan, self.total_steps = plan, total
         self.last_epoch = int(state_dict["last_epoch"])
         self._step_count = int(state_dict["_step_count"])
         values = self.get_lr()
@@ -204,6 +238,17 @@ class RelativeLR(LRScheduler):
         self._last_lr = [float(g["lr"]) for g in self.optimizer.param_groups]
         if self.plan.independent_wd:
             self._set_independent_wd()
+
+
+def _differing_keys(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, Mapping) and isinstance(vb, Mapping):
+            out += _differing_keys(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}")
+    return out
 
 
 def _decoupled_decay(optimizer: torch.optim.Optimizer) -> bool:

@@ -18,9 +18,10 @@ from .models import DEFAULT_PRESET
 def _value(text: str) -> Any:
     # TOML syntax for values (numbers, true/false, "strings", [lists]); a bare word is a string.
     try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+        parsed = tomllib.loads(f"v = {text}")
+    except (tomllib.TOMLDecodeError, RecursionError):
         return text
+    return parsed["v"] if list(parsed) == ["v"] else text
 
 
 def parse_sets(items: Sequence[str]) -> dict[str, Any]:
@@ -30,6 +31,8 @@ def parse_sets(items: Sequence[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: write key=value, e.g. --set train.steps=100")
+        if "\n" in item or "\r" in item:
+            raise ConfigError(f"--set {key.strip()}: the value spans several lines; give one value on one line")
         out[key.strip()] = _value(value.strip())
     return out
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -129,6 +130,14 @@ class Plan:
             )
         if not (0.0 < self.wsd_decay <= 1.0):
             raise ConfigError(f"wsd_decay: a fraction of training in (0, 1], got {self.wsd_decay!r}")
+        for name in COMPONENTS:
+            c = getattr(self, name)
+            for key, lr in (("start", self.base_lr * c.start), ("end", self.base_lr * self.final_fraction * c.end)):
+                # Each factor is finite and > 0, but their product can still leave the float range.
+                if not math.isfinite(lr) or lr < sys.float_info.min:
+                    way = "overflows to inf" if not math.isfinite(lr) else "underflows to 0"
+                    raise ConfigError(f"{name}.{key}: the learning rate base_lr × λ {way} ({lr!r}); "
+                                      "choose base_lr and λ whose product is a usable learning rate")
 
     # --- lookup --------------------------------------------------------------------------------
 
@@ -144,8 +153,15 @@ class Plan:
         return self.weight_decay if wd is None else wd
 
     def warmup_steps(self, total_steps: int) -> int:
-        """Warmup length in steps: ``round(warmup · total_steps)``."""
-        return round(self.warmup * total_steps)
+        """Warmup length in steps: ``round(warmup · total_steps)``, and at least one step when
+        ``warmup > 0`` (on a short run the 1% would round to none, and step 0 would start at
+        the peak LR).
+
+        >>> Plan(warmup=0.01).warmup_steps(1000), Plan(warmup=0.01).warmup_steps(40), Plan(warmup=0.0).warmup_steps(40)
+        (10, 1, 0)
+        """
+        steps = round(self.warmup * total_steps)
+        return max(1, steps) if self.warmup > 0 else steps
 
     def schedule(self, name: str, total_steps: int) -> Schedule:
         """Component ``name``'s multiplier of η_base as a pure function of the step."""

@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .components import COMPONENTS
+from .components import COMPONENTS, component_names
 from .config import require
 from .plan import Plan
 
@@ -36,6 +36,7 @@ def plot_plan(
     title: str | None = None,
 ) -> Path:
     """Every component's learning rate over training, from :meth:`Plan.lr`."""
+    components = component_names(components)
     plt = _plt()
     steps = np.unique(np.linspace(0, total_steps - 1, min(total_steps, 1000)).round().astype(int))
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
@@ -92,13 +93,24 @@ def plot_losses(
 
 
 def _save(fig, path: str | Path) -> Path:
+    import os
+    import tempfile
+
     import matplotlib.pyplot as plt
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.tight_layout()
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    # A temp name of its own: two processes drawing the same figure must not share one.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.png")
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; figures are meant to be shared
+    try:
+        fig.tight_layout()
+        fig.savefig(tmp)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
     return path

@@ -18,10 +18,12 @@ The evaluation (a fixed set of held-out batches) runs at step 0, every ``eval_in
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +42,9 @@ from .optim import RelativeLR, assign_components, param_groups
 from .plan import Plan
 
 NONFINITE_POLICIES = ("abort", "skip")
+# A run that skipped more than this share of its steps (train.nonfinite = "skip") did not really
+# train: it ends "unstable", not "finished", and stays out of comparisons.
+UNSTABLE_SKIP_SHARE = 0.5
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -93,6 +98,26 @@ class TrainConfig:
             raise ConfigError(f"keep_checkpoints: at least 1, got {self.keep_checkpoints}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads: at least 1, got {self.threads}")
+        for name in ("beta1", "beta2"):
+            v = getattr(self, name)
+            if not (0.0 <= v < 1.0):
+                raise ConfigError(f"{name}: an Adam moment decay in [0, 1), got {v}; the paper uses 0.9 and 0.95")
+        if not self.eps > 0:
+            raise ConfigError(f"eps: must be > 0, got {self.eps}; 1e-8 is usual")
+        for name in ("seed", "data_seed"):
+            v = getattr(self, name)
+            if not (0 <= v < 2**32):
+                raise ConfigError(f"{name}: an integer in [0, 2**32), got {v} (numpy's seeds are 32-bit)")
+        _check_device(self.device)
+
+
+def _check_device(device: str) -> None:
+    if device == "auto":
+        return
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device: {device!r} is not a torch device; use auto, cpu, cuda, cuda:1 or mps") from None
 
 
 @dataclass(frozen=True)
@@ -110,7 +135,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RunConfig":
-        return _config.from_dict(cls, data, "config")
+        return _config.from_dict(cls, data, "")
 
 
 # --- presets: size defaults for the training side --------------------------------------------------
@@ -152,7 +177,7 @@ def run_config(
     if "preset" in explicit:
         raise ConfigError("preset: choose the size preset with --preset, not in the config")
     overrides.update(explicit)
-    cfg = _config.replace(base, overrides)
+    cfg = _config.replace(base, overrides, where="")
     if "model.vocab_size" not in explicit:
         vocab = _data.tokenizer_vocab_size(cfg.data.tokenizer)
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab))
@@ -193,17 +218,22 @@ class NonFiniteLoss(RuntimeError):
     """Training met a NaN or infinite loss or gradient norm under ``nonfinite = "abort"``."""
 
 
+class CheckpointError(RuntimeError):
+    """No intact checkpoint to resume from, or one that belongs to another run config."""
+
+
 @dataclass
 class RunResult:
     out: Path
-    status: str  # "finished", "stopped" (stop_at reached), "diverged"
+    status: str  # "finished", "stopped" (stop_at reached), "diverged", "unstable" (see reason)
     steps: int
     total_steps: int
     final_eval_loss: float | None
     final_train_loss: float | None
     wall_s: float
     skipped_steps: int = 0
-    already_done: bool = False  # resumed where it had already stopped: nothing was trained or written
+    already_done: bool = False  # resumed where it had already stopped: nothing was trained
+    reason: str | None = None  # why the run is "unstable"
 
 
 def _device(cfg: TrainConfig) -> torch.device:
@@ -275,6 +305,12 @@ class Trainer:
         self.autocast = (
             cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and self.device.type == "cuda")
         )
+        self.wall_before = 0.0  # training time of earlier attempts (from the checkpoint)
+        self._t_start: float | None = None  # when run() began
+        if resume and not self._checkpoints() and not (self.out / "summary.json").exists():
+            # Nothing to continue from (it died before its first checkpoint, or never started):
+            # start it, cleanly (below).
+            resume = False
         if resume:
             self._resume()
         elif self.rank == 0:
@@ -302,24 +338,35 @@ class Trainer:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(self.device)
 
+    def _died_before_first_checkpoint(self) -> bool:
+        # It wrote its config (and maybe some log lines), then died: nothing worth keeping.
+        return (self.out / "config.json").exists() and not (self.out / "summary.json").exists()
+
     def _start_fresh(self) -> None:
-        if (self.out / "metrics.jsonl").exists() or list(self._checkpoints()):
+        if self._checkpoints():
             raise FileExistsError(
                 f"{self.out} already holds a run; continue it with --resume or choose another --out"
             )
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self._died_before_first_checkpoint():
+            Trainer.clear_partial(self.out)
+        elif (self.out / "metrics.jsonl").exists() or (self.out / "summary.json").exists():
+            raise FileExistsError(
+                f"{self.out} holds the logs of a run but no checkpoint to continue it from; "
+                "choose another --out (or remove the directory to train it again)"
+            )
+        _config.make_dir(self.out)
         # JSON, not TOML: TOML has no null, and a field set to None must round-trip exactly.
         _config.atomic_write_text(self.out / "config.json", json.dumps(self.cfg.to_dict(), indent=2) + "\n")
         self.cfg.plan.save(self.out / "plan.toml")
         (self.out / "metrics.jsonl").touch()
 
     def _checkpoints(self) -> list[Path]:
-        return sorted((self.out / "checkpoints").glob("step_*.pt"))
+        return _checkpoints(self.out)
 
     @staticmethod
     def can_resume(out: str | Path) -> bool:
         """Whether ``out`` holds a checkpoint to continue from."""
-        return any((Path(out) / "checkpoints").glob("step_*.pt"))
+        return bool(_checkpoints(Path(out)))
 
     @staticmethod
     def clear_partial(out: str | Path) -> None:
@@ -330,42 +377,79 @@ class Trainer:
             raise FileExistsError(f"{out} holds checkpoints; continue it with --resume")
         for name in ("metrics.jsonl", "summary.json", "config.json", "plan.toml"):
             (out / name).unlink(missing_ok=True)
+        for tmp in out.glob(".*.tmp"):  # an atomic write cut short
+            tmp.unlink(missing_ok=True)
 
     def _resume(self) -> None:
-        ckpts = self._checkpoints()
-        if not ckpts:
+        if not self._checkpoints():
             raise FileNotFoundError(f"{self.out}: no checkpoint to resume from; start without --resume")
-        saved = _config.load_file(self.out / "config.json")
-        if RunConfig.from_dict(saved) != self.cfg:
+        saved = RunConfig.from_dict(_config.load_file(self.out / "config.json"))
+        if saved != self.cfg:
             raise ConfigError(
-                f"{self.out}/config.json differs from the config given now; resume with the same "
-                "command (or --config pointing at that file)"
+                f"{self.out}/config.json differs from the config given now in "
+                f"{', '.join(_differences(saved.to_dict(), self.cfg.to_dict()))}; resume with the same "
+                "command (or without --config/--set/--plan: --resume alone reads config.json)"
             )
-        state = torch.load(ckpts[-1], map_location=self.device, weights_only=True)
+        state = self._newest_intact_checkpoint()
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
         self.skipped = state["skipped"]
+        self.wall_before = float(state.get("wall_s", 0.0))
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(_np_state(state["rng"]["numpy"]))
         random.setstate(_py_state(state["rng"]["python"]))
         if self.rank == 0:
             self._truncate_metrics(self.step)
 
+    def _newest_intact_checkpoint(self) -> dict[str, Any]:
+        """The newest checkpoint whose checksum holds and that loads; a damaged one is named,
+        set aside (``*.damaged``) and the next older one tried. One of another config is refused."""
+        damaged = []
+        for path in reversed(self._checkpoints()):
+            why = _checksum_problem(path)
+            state = None
+            if why is None:
+                try:
+                    state = torch.load(path, map_location=self.device, weights_only=True)
+                except Exception as err:  # noqa: BLE001 - any failure to load means a damaged file
+                    why = f"does not load ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+            if why is not None:
+                damaged.append(f"{path.name} {why}")
+                _warn(f"rlrs: {path} {why}; set aside as {path.name}.damaged, trying the next older checkpoint")
+                if self.rank == 0:
+                    os.replace(path, path.with_name(path.name + ".damaged"))
+                    _checksum_path(path).unlink(missing_ok=True)
+                continue
+            theirs = state.get("config")
+            if theirs is not None and theirs != self.cfg.to_dict():
+                raise CheckpointError(
+                    f"{path}: belongs to another run config (differs in {', '.join(_differences(theirs, self.cfg.to_dict()))}); "
+                    "resume with the config it was trained with"
+                )
+            return state
+        raise CheckpointError(f"{self.out}: no intact checkpoint to resume from ({'; '.join(damaged)}); "
+                              "train it again in a fresh --out")
+
     def _truncate_metrics(self, step: int) -> None:
-        # Records written after the checkpoint will be written again by the resumed run.
+        # Records after the checkpoint's step will be written again by the resumed run. A damaged
+        # line is reported and dropped; every intact record up to the step is kept.
         path = self.out / "metrics.jsonl"
-        lines = path.read_text().splitlines() if path.exists() else []
+        lines = path.read_text(errors="replace").split("\n") if path.exists() else []
         keep = []
-        for line in lines:
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
             try:
                 rec = json.loads(line)
-            except json.JSONDecodeError:
-                break  # a line cut by the crash: it and anything after it are rewritten
-            if rec["step"] > step:
-                break
-            keep.append(line)
+                at = int(rec["step"])
+            except (ValueError, KeyError, TypeError):
+                if i < len(lines) - 1:  # not the line the crash cut short: say so
+                    _warn(f"rlrs: {path}:{i + 1}: damaged record {line[:60]!r} dropped")
+                continue
+            if at <= step:
+                keep.append(line)
         _config.atomic_write_text(path, "".join(k + "\n" for k in keep))
 
     # --- checkpoints ----------------------------------------------------------------------------
@@ -378,6 +462,8 @@ class Trainer:
         state = {
             "step": self.step,
             "skipped": self.skipped,
+            "wall_s": self.wall_before + (time.perf_counter() - self._t_start if self._t_start else 0.0),
+            "config": self.cfg.to_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -388,13 +474,20 @@ class Trainer:
             },
         }
         tmp = ckdir / f".{path.name}.tmp"
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            # The checksum first: a checkpoint is only ever visible with the checksum it must match.
+            _config.atomic_write_text(_checksum_path(path), _sha256(tmp) + "\n")
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         for old in self._checkpoints()[: -self.cfg.train.keep_checkpoints]:
             old.unlink()
+            _checksum_path(old).unlink(missing_ok=True)
         return path
 
     # --- training -------------------------------------------------------------------------------
@@ -415,7 +508,9 @@ class Trainer:
 
     def run(self, stop_at: int | None = None) -> RunResult:
         """Train to the end (or until ``stop_at`` completed steps, checkpointed, to resume later)."""
-        start = time.perf_counter()
+        if stop_at is not None and (isinstance(stop_at, bool) or not isinstance(stop_at, int) or stop_at < 1):
+            raise ConfigError(f"stop_at: a step >= 1, got {stop_at!r}; e.g. --stop-at 100")
+        start = self._t_start = time.perf_counter()
         end = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
         if self.step >= end and self.step > 0:
             return self._already_done()
@@ -449,27 +544,51 @@ class Trainer:
             if bar is not None:
                 bar.close()
             if status == "diverged" and self.rank == 0:
-                self._write_summary("diverged", last_train, final_eval, time.perf_counter() - start)
+                self._write_summary("diverged", last_train, final_eval, self._wall())
         if self.step < self.total_steps:
             status = "stopped"
+        reason = self._unstable(final_eval) if status == "finished" else None
+        status = "unstable" if reason else status
         result = RunResult(self.out, status, self.step, self.total_steps, final_eval, last_train,
-                           time.perf_counter() - start, self.skipped)
+                           time.perf_counter() - start, self.skipped, reason=reason)
         if self.rank == 0:
-            self._write_summary(status, last_train, final_eval, result.wall_s)
+            self._write_summary(status, last_train, final_eval, self._wall(), reason)
         return result
 
+    def _wall(self) -> float:
+        """Training time over every attempt of this run."""
+        return self.wall_before + time.perf_counter() - self._t_start
+
+    def _unstable(self, final_eval: float | None) -> str | None:
+        if self.skipped > UNSTABLE_SKIP_SHARE * self.total_steps:
+            return (f"{self.skipped} of {self.total_steps} steps were skipped for a non-finite loss or gradient "
+                    "(train.nonfinite = skip): it barely trained; lower plan.base_lr")
+        if final_eval is None or not math.isfinite(final_eval):
+            return f"its final eval loss is {final_eval}: not a result"
+        return None
+
     def _already_done(self) -> RunResult:
-        # Resumed at (or past) where it was asked to stop: report what the logs hold, write nothing.
+        # Resumed at (or past) where it was asked to stop: report what the logs hold and change
+        # nothing. Only a summary that a kill after the last checkpoint never let be written is
+        # written now, from the checkpoint's state and the log.
         recs = read_metrics(self.out) if (self.out / "metrics.jsonl").exists() else []
         evals = [r for r in recs if r.get("kind") == "eval" and r["step"] <= self.step]
         train = [r for r in recs if r.get("kind") == "train" and "loss" in r and r["step"] <= self.step]
+        final_eval = evals[-1]["eval_loss"] if evals else None
+        final_eval = math.nan if final_eval is None and evals else final_eval  # null in the log: not finite
         status = "finished" if self.step >= self.total_steps else "stopped"
-        return RunResult(self.out, status, self.step, self.total_steps, evals[-1]["eval_loss"] if evals else None,
-                         train[-1]["loss"] if train else None, 0.0, self.skipped, already_done=True)
+        reason = self._unstable(final_eval) if status == "finished" else None
+        status = "unstable" if reason else status
+        result = RunResult(self.out, status, self.step, self.total_steps, final_eval,
+                           train[-1]["loss"] if train else None, 0.0, self.skipped, already_done=True, reason=reason)
+        if self.rank == 0 and not _readable_json(self.out / "summary.json"):
+            self._write_summary(status, result.final_train_loss, final_eval, self.wall_before, reason)
+        return result
 
-    def _write_summary(self, status, train_loss, eval_loss, wall_s) -> None:
+    def _write_summary(self, status, train_loss, eval_loss, wall_s, reason: str | None = None) -> None:
         summary = {
             "status": status,
+            "reason": reason,
             "steps": self.step,
             "total_steps": self.total_steps,
             "tokens": self.step * self.cfg.train.batch_size * self.seq_len,
@@ -479,7 +598,7 @@ class Trainer:
             "wall_s": wall_s,
             "params": _models.count_params(self.cfg.model),
         }
-        _config.atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        _config.atomic_write_text(self.out / "summary.json", json.dumps(_strict(summary), indent=2) + "\n")
 
     def _eval_record(self, log: "_Log") -> float:
         loss = self.evaluate()
@@ -608,6 +727,65 @@ def _py_state(plain) -> tuple:
     return (plain[0], tuple(plain[1]), plain[2])
 
 
+def _strict(obj: Any) -> Any:
+    """JSON has no NaN or inf: write them as null (the eval curve reads null back as NaN)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_strict(v) for v in obj]
+    return obj
+
+
+def _readable_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    return sorted((out / "checkpoints").glob("step_*.pt"))
+
+
+def _checksum_path(ckpt: Path) -> Path:
+    return ckpt.with_name(ckpt.name + ".sha256")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _checksum_problem(ckpt: Path) -> str | None:
+    try:
+        expected = _checksum_path(ckpt).read_text().strip()
+    except FileNotFoundError:
+        return "has no checksum file"
+    return None if _sha256(ckpt) == expected else "fails its checksum (the file changed after it was written)"
+
+
+def _differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ, with both values: ``train.steps (200 vs 300)``."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, Mapping) and isinstance(vb, Mapping):
+            out += _differences(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k} ({va!r} vs {vb!r})")
+    return out
+
+
+def _warn(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
 class _Log:
     """Appends JSON lines; flushed per record so a crash loses at most the line being written."""
 
@@ -616,7 +794,7 @@ class _Log:
 
     def write(self, rec: dict[str, Any]) -> None:
         if self.f is not None:
-            self.f.write(json.dumps(rec) + "\n")
+            self.f.write(json.dumps(_strict(rec), allow_nan=False) + "\n")
             self.f.flush()
 
     def close(self) -> None:

@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 from . import config as _config
 from . import presets as _presets
 from .compare import CompareResult, arm_name, compare, lr_grid
-from .components import COMPONENTS
+from .components import COMPONENTS, component_names
 from .config import ConfigError
 from .analysis import speedup
 from .engine import Job, PresetTarget, Target, as_target, run_all, run_dir
@@ -196,10 +196,7 @@ def ablate(
     target = as_target(target)
     preset = target.name
     base = _presets.resolve(plan)
-    comps = list(components or target.components())
-    for c in comps:
-        if c not in COMPONENTS:
-            raise ConfigError(f"components: {c!r} is unknown; {_config.closest(c, COMPONENTS)}")
+    comps = list(component_names(target.components() if components is None else components))
     for f in factors:
         if not (isinstance(f, (int, float)) and math.isfinite(f) and f > 0):
             raise ConfigError(f"factors: {f!r} is not a positive number; e.g. 0.2,0.667,1.5,5")

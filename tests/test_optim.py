@@ -136,12 +136,15 @@ def test_state_dict_round_trip_through_weights_only_load(toy):
     buf.seek(0)
     state = torch.load(buf, weights_only=True)
 
-    # a scheduler built with *different* arguments continues exactly like the original
+    # a scheduler built with another length refuses the state, and adopts it when asked to;
+    # then it continues exactly like the original
     other = ToyLM()
     opt2 = torch.optim.AdamW(param_groups(other, plan))
     sched2 = RelativeLR(opt2, presets.get("paper-moe"), 5000)
     opt2.load_state_dict(state["opt"])
-    sched2.load_state_dict(state["sched"])
+    with pytest.raises(ConfigError, match="total_steps 100"):
+        sched2.load_state_dict(state["sched"])
+    sched2.load_state_dict(state["sched"], adopt=True)
     assert sched2.total_steps == 100 and sched2.plan == plan and sched2.last_epoch == 37
     for _ in range(20):
         assert [g["lr"] for g in opt2.param_groups] == [g["lr"] for g in opt.param_groups]

@@ -242,9 +242,9 @@ def test_two_process_data_parallel_matches_one_process(tmp_path, tiny_sets):
     "args, message",
     [
         (["--set", "train.stpes=5"], "train.stpes: unknown key; did you mean 'steps'"),
-        (["--set", "train.steps=abc"], "config.train.steps: expected an integer"),
+        (["--set", "train.steps=abc"], "train.steps: expected an integer"),
         (["--set", "train.steps"], "write key=value"),
-        (["--set", "plan.router.start=-1"], "config.plan.router.start: must be a finite number > 0"),
+        (["--set", "plan.router.start=-1"], "plan.router.start: must be a finite number > 0"),
         (["--set", "train.nonfinite=skp"], "did you mean 'skip'"),
         (["--preset", "micro-mo"], "did you mean 'micro-moe'"),
         (["--plan", "paper-dens"], "did you mean 'paper-dense'"),

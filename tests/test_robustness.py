@@ -1,0 +1,554 @@
+"""Runs that never lose or misreport results, and bad input that always gets a clear answer.
+
+Kills at every phase of a run (simulated by the exact files each phase leaves behind), damage to
+each file of a run directory, concurrent writers, ``nonfinite=skip`` runs that barely trained,
+the scheduler's state, and a property-based fuzz of plans, run configs, ``--set`` values and
+config files: every input either works or raises rlrs's own error naming the field.
+"""
+
+import collections
+import errno
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlrs.cli import disk_error, main
+from rlrs.config import ConfigError, atomic_write_text, load_file
+from rlrs.engine import PresetRun, execute, read_result
+from rlrs.optim import RelativeLR, param_groups
+from rlrs.plan import Plan
+from rlrs.presets import get as plan_preset
+from rlrs.train import CheckpointError, RunConfig, Trainer, read_metrics, run_config
+
+STEPS = 12  # checkpoints every 25%: steps 3, 6, 9, 12
+
+
+def _cfg(tiny_sets, **extra):
+    return run_config("tiny-moe", "paper-moe", sets={**tiny_sets, "train.steps": STEPS,
+                                                     "train.checkpoint_interval": 0.25, **extra})
+
+
+def _set_args(tiny_sets, **extra):
+    args = ["--preset", "tiny-moe", "--plan", "paper-moe", "--no-progress"]
+    for k, v in {**tiny_sets, "train.steps": STEPS, "train.checkpoint_interval": 0.25, **extra}.items():
+        args.append(f"--set={k}={json.dumps(v) if isinstance(v, str) else v}")
+    return args
+
+
+def _log(out: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in read_metrics(out)]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, corpus_dir):
+    """One uninterrupted run: what every interrupted one must end up equal to."""
+    sets = {"data.corpus": str(corpus_dir / "docs"), "data.cache_dir": str(corpus_dir / "cache"),
+            "data.val_fraction": 0.2, "train.threads": 1}
+    out = tmp_path_factory.mktemp("reference") / "run"
+    Trainer(_cfg(sets), out).run()
+    return out
+
+
+def _ckpts(out: Path) -> list[str]:
+    return [p.name for p in sorted((out / "checkpoints").glob("step_*.pt"))]
+
+
+# --- kills at every phase -------------------------------------------------------------------------
+
+
+def _killed_before_config(cfg, out):
+    out.mkdir(parents=True)
+    (out / ".lock").write_text(json.dumps({"pid": 999_999_999, "host": "gone"}))  # the lock was taken, then the kill
+
+
+def _killed_before_first_checkpoint(cfg, out):
+    Trainer(cfg, out)  # config.json, plan.toml, an empty log
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "eval", "step": 0, "eval_loss": 9.9}\n{"kind": "train", "step": 1, "loss": 9.8}\n{"kind": "tr')
+
+
+def _killed_during_a_checkpoint_write(cfg, out):
+    Trainer(cfg, out).run(stop_at=6)
+    (out / "summary.json").unlink()
+    ck = out / "checkpoints"
+    (ck / ".step_0000009.pt.tmp").write_bytes(b"half a checkpoint")
+    (ck / "step_0000009.pt.sha256").write_text("0" * 64 + "\n")  # its checksum was written, the rename never came
+    with open(out / "metrics.jsonl", "a") as f:
+        for s in (7, 8, 9):
+            f.write(json.dumps({"kind": "train", "step": s, "loss": 1.0}) + "\n")
+
+
+def _killed_after_the_last_checkpoint(cfg, out):
+    Trainer(cfg, out).run()
+    (out / "summary.json").unlink()
+
+
+def _killed_between_checkpoints(cfg, out):
+    Trainer(cfg, out).run(stop_at=7)  # checkpoints at 3, 6 and the stop at 7
+    newest = out / "checkpoints" / "step_0000007.pt"
+    newest.unlink()
+    Path(str(newest) + ".sha256").unlink()
+    (out / "summary.json").unlink()  # as if killed after logging step 7, before its checkpoint
+
+
+PHASES = {
+    "before-config": _killed_before_config,
+    "before-first-checkpoint": _killed_before_first_checkpoint,
+    "during-checkpoint-write": _killed_during_a_checkpoint_write,
+    "after-last-checkpoint": _killed_after_the_last_checkpoint,
+    "between-checkpoints": _killed_between_checkpoints,
+}
+
+
+@pytest.mark.parametrize("how", ["--resume", "rerun"])
+@pytest.mark.parametrize("phase", list(PHASES))
+def test_a_kill_at_any_phase_then_resume_or_rerun_equals_an_uninterrupted_run(tmp_path, tiny_sets, reference, phase, how):
+    cfg = _cfg(tiny_sets)
+    out = tmp_path / "run"
+    PHASES[phase](cfg, out)
+    if how == "--resume":
+        assert main(["train", "--resume", "--out", str(out), *_set_args(tiny_sets)]) == 0
+    else:  # what compare, lr-grid and tune do: the engine runs it again
+        assert execute(PresetRun(cfg), out).status == "finished"
+    assert _log(out) == _log(reference)
+    summary, ref = (json.loads((d / "summary.json").read_text()) for d in (out, reference))
+    assert summary["status"] == "finished" and summary["final_eval_loss"] == ref["final_eval_loss"]
+    assert summary["steps"] == STEPS and summary["skipped_steps"] == 0
+    assert _ckpts(out) == _ckpts(reference)
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_a_plain_train_on_a_checkpointed_run_says_to_resume(tmp_path, tiny_sets, capsys):
+    _killed_between_checkpoints(_cfg(tiny_sets), tmp_path / "run")
+    assert main(["train", "--out", str(tmp_path / "run"), *_set_args(tiny_sets)]) == 2
+    assert "continue it with --resume" in capsys.readouterr().err
+
+
+# --- damage to each file of a run directory -----------------------------------------------------------
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 40):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "flipped bytes": _flip,
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 3]),
+    "empty": lambda p: p.write_bytes(b""),
+    "no checksum file": lambda p: Path(str(p) + ".sha256").unlink(),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_newest_checkpoint_is_named_and_skipped_for_the_older_one(tmp_path, tiny_sets, reference, capsys, damage):
+    cfg = _cfg(tiny_sets)
+    out = tmp_path / "run"
+    Trainer(cfg, out).run(stop_at=7)  # checkpoints 6 and 7
+    DAMAGE[damage](out / "checkpoints" / "step_0000007.pt")
+    t = Trainer(cfg, out, resume=True)
+    err = capsys.readouterr().err
+    assert t.step == 6 and "step_0000007.pt" in err and "trying the next older checkpoint" in err
+    assert (out / "checkpoints" / "step_0000007.pt.damaged").exists()  # kept for inspection, out of the way
+    t.run()
+    assert _log(out) == _log(reference)
+
+
+def test_no_intact_checkpoint_is_a_clear_error(tmp_path, tiny_sets, capsys):
+    cfg = _cfg(tiny_sets)
+    Trainer(cfg, tmp_path / "run").run(stop_at=7)
+    for p in (tmp_path / "run" / "checkpoints").glob("step_*.pt"):
+        _flip(p)
+    with pytest.raises(CheckpointError, match="no intact checkpoint to resume from .*fails its checksum"):
+        Trainer(cfg, tmp_path / "run", resume=True)
+
+
+def test_an_edited_config_is_refused_naming_the_keys_that_differ(tmp_path, tiny_sets, capsys):
+    out = tmp_path / "run"
+    Trainer(_cfg(tiny_sets), out).run(stop_at=6)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["train"]["steps"] = 18
+    (out / "config.json").write_text(json.dumps(cfg))
+    assert main(["train", "--resume", "--out", str(out), "--no-progress"]) == 2
+    assert "train.steps (12 vs 18)" in capsys.readouterr().err
+    assert _ckpts(out) == ["step_0000003.pt", "step_0000006.pt"]  # nothing trained on the wrong schedule
+
+
+def test_a_damaged_log_line_is_reported_and_later_rows_are_kept(tmp_path, tiny_sets, reference, capsys):
+    out = tmp_path / "run"
+    Trainer(_cfg(tiny_sets), out).run(stop_at=9)
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    lines[3] = lines[3][:25]  # a damaged record in the middle, long before the checkpoint
+    (out / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"metrics.jsonl:4: damaged record"):
+        read_metrics(out)  # never a silent loss
+    t = Trainer(_cfg(tiny_sets), out, resume=True)
+    assert "metrics.jsonl:4: damaged record" in capsys.readouterr().err
+    t.run()
+    ref = _log(reference)
+    assert _log(out) == ref[:3] + ref[4:]  # only the damaged record is gone; every later row is there
+
+
+def test_damaged_record_files_are_rebuilt_without_training_again(tmp_path, tiny_sets):
+    cfg = _cfg(tiny_sets)
+    out = tmp_path / "run"
+    first = execute(PresetRun(cfg), out)
+    (out / "result.json").write_text('{"status": "fini')  # the engine's record
+    again = execute(PresetRun(cfg), out)
+    assert again.status == "finished" and again.compute_steps == 0 and again.eval_loss == first.eval_loss
+    assert read_result(out).status == "finished"
+    summary = (out / "summary.json").read_text()
+    (out / "summary.json").write_text(summary[:20])  # the trainer's record
+    assert main(["train", "--resume", "--out", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "summary.json").read_text())["final_eval_loss"] == json.loads(summary)["final_eval_loss"]
+
+
+# --- concurrent writers ------------------------------------------------------------------------------
+
+
+def _spawn(*args):
+    return subprocess.Popen([sys.executable, "-m", "rlrs", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("resume", [False, True])
+def test_two_trains_on_one_directory_one_is_refused_and_nothing_is_mixed(tmp_path, tiny_sets, reference, resume):
+    out = tmp_path / "run"
+    if resume:
+        Trainer(_cfg(tiny_sets), out).run(stop_at=3)
+    args = ["train", "--out", str(out), *_set_args(tiny_sets)] + (["--resume"] if resume else [])
+    procs = [_spawn(*args), _spawn(*args)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(c for c, _ in results)
+    # The second is refused while the first holds the run; if the first was already done when the
+    # second looked, a plain start is refused and a resume finds the run finished.
+    assert codes == [0, 2] or (resume and codes == [0, 0]), results
+    for code, err in results:
+        if code == 2:
+            assert "is being written by process" in err or "already holds a run" in err, err
+    assert _log(out) == _log(reference)  # every row once, from one run
+
+
+@pytest.mark.slow
+def test_two_compares_on_one_directory_train_each_run_once_and_agree(tmp_path, tiny_sets):
+    args = ["compare", "--preset", "tiny-dense", "--plans", "uniform-dense,paper-dense", "--seeds", "1",
+            "--out", str(tmp_path / "c"), "--workers", "1",
+            *[f"--set={k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in {**tiny_sets, "train.steps": 6}.items()]]
+    procs = [_spawn(*args), _spawn(*args)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    assert [c for c, _ in results] == [0, 0], results
+    runs = sorted((tmp_path / "c" / "runs").iterdir())
+    assert len(runs) == 2
+    for run in runs:  # the second process waited for each run and reused it: every row once
+        keys = [(r["kind"], r["step"]) for r in read_metrics(run)]
+        assert len(keys) == len(set(keys)), run
+    data = json.loads((tmp_path / "c" / "results.json").read_text())
+    assert all(r["status"] == "finished" for r in data["runs"])
+
+
+# --- runs that barely trained ------------------------------------------------------------------------
+
+
+def test_a_run_that_skipped_most_steps_is_unstable_not_finished(tmp_path, tiny_sets):
+    cfg = _cfg(tiny_sets, **{"train.nonfinite": "skip"})
+    t = Trainer(cfg, tmp_path / "run")
+
+    def hook(module, args, out):
+        if t.step >= 2:
+            out.loss = out.loss * float("nan")
+        return out
+
+    t.model.register_forward_hook(hook)
+    r = t.run()
+    assert r.status == "unstable" and r.skipped_steps == STEPS - 2 and "were skipped" in r.reason
+    text = (tmp_path / "run" / "summary.json").read_text()
+    summary = json.loads(text, parse_constant=lambda c: pytest.fail(f"summary.json holds {c}: not JSON"))
+    assert summary["status"] == "unstable" and summary["reason"] == r.reason
+    for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"metrics.jsonl holds {c}: not JSON"))
+
+
+def test_a_run_whose_final_loss_is_not_finite_exits_non_zero_and_is_recorded_as_unstable(tmp_path, tiny_sets, capsys,
+                                                                                          monkeypatch):
+    monkeypatch.setattr(Trainer, "evaluate", lambda self: float("nan"))  # the model's eval loss is NaN
+    assert main(["train", "--out", str(tmp_path / "run"), *_set_args(tiny_sets, **{"train.steps": 4})]) == 3
+    assert "unstable: its final eval loss is nan" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["final_eval_loss"] is None and summary["status"] == "unstable"
+    cfg = _cfg(tiny_sets, **{"train.steps": 4})
+    r = execute(PresetRun(cfg), tmp_path / "run2")
+    assert r.status == "unstable" and "not a result" in r.error
+    again = execute(PresetRun(cfg), tmp_path / "run2")  # as deterministic as a divergence: reused, not retrained
+    assert again.reused and again.status == "unstable" and read_result(tmp_path / "run2").status == "unstable"
+
+
+# --- the scheduler's state ---------------------------------------------------------------------------
+
+
+def _sched(toy, plan, total=100):
+    opt = torch.optim.AdamW(param_groups(toy, plan))
+    return opt, RelativeLR(opt, plan, total)
+
+
+def test_relative_lr_refuses_another_schedules_state_unless_told_to_adopt_it(toy):
+    paper = plan_preset("paper-moe")
+    _, a = _sched(toy, paper)
+    for _ in range(5):
+        a.optimizer.step()
+        a.step()
+    _, b = _sched(toy, plan_preset("uniform-moe"))
+    with pytest.raises(ConfigError, match=r"another schedule \(plan\.embedding\.end, plan\.embedding\.start, .*pass adopt=True"):
+        b.load_state_dict(a.state_dict())
+    _, c = _sched(toy, paper, total=200)
+    with pytest.raises(ConfigError, match=r"total_steps 100 \(saved\) vs 200 \(now\)"):
+        c.load_state_dict(a.state_dict())
+    c.load_state_dict(a.state_dict(), adopt=True)
+    assert c.total_steps == 100 and c.plan == paper and c.get_last_lr() == a.get_last_lr()
+
+
+def test_relative_lr_rejects_foreign_states_and_groups_without_a_component(toy):
+    opt, sched = _sched(toy, plan_preset("paper-moe"))
+    step_lr = torch.optim.lr_scheduler.StepLR(torch.optim.SGD([torch.zeros(1, requires_grad=True)]), 10)
+    with pytest.raises(ConfigError, match="not a RelativeLR state"):
+        sched.load_state_dict(step_lr.state_dict())
+    opt.add_param_group({"params": [torch.zeros(3, requires_grad=True)]})
+    opt.step()
+    with pytest.raises(ConfigError, match=r"param_groups\[\d+\] has no 'components' .*add_param_group"):
+        sched.step()
+
+
+def test_an_all_frozen_model_is_a_clear_error(toy):
+    for p in toy.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ConfigError, match="no trainable parameter"):
+        param_groups(toy, Plan())
+
+
+# --- bad input gets a clear error --------------------------------------------------------------------
+
+
+def _write(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return str(path)
+
+
+BAD_INPUTS = [
+    (lambda t: ["--plan", _write(t, "p.toml", b"base_lr = 3e-3 # \xff\xfe")], "not UTF-8"),
+    (lambda t: ["--plan", _write(t, "p.toml", "base_lr = 1e400")], "finite number"),
+    (lambda t: ["--config", _write(t, "c.json", "[" * 2000 + "]" * 2000)], "nested too deeply"),
+    (lambda t: ["--config", _write(t, "c.json", '{"train": {"steps": 5, "steps": 6}}')], "'steps' appears twice"),
+    (lambda t: ["--set", "train.seed=99999999999999999999"], "train.seed: 99999999999999999999 is too large"),
+    (lambda t: ["--set", "train.seed=4294967296"], "train.seed: an integer in [0, 2**32)"),
+    (lambda t: ["--set", "train.beta1=1"], "train.beta1: an Adam moment decay in [0, 1)"),
+    (lambda t: ["--set", "train.eps=-1"], "train.eps: must be > 0"),
+    (lambda t: ["--set", "train.eps=nan"], "train.eps: expected a finite number"),
+    (lambda t: ["--set", "train.eps=inf"], "train.eps: expected a finite number"),
+    (lambda t: ["--set", "train.device=gpu"], "train.device: 'gpu' is not a torch device"),
+    (lambda t: ["--set", "model.d_model=99999999999999999999"], "model.d_model: 99999999999999999999 is too large"),
+    (lambda t: ["--set", "model.d_model=65534"], "model.n_heads: d_model=65534 must split"),
+    (lambda t: ["--set", "model.init_scale=1e20"], "model.init_scale: 1e+20 is far too large"),
+    (lambda t: ["--set", "plan.base_lr=1e300", "--set", "plan.embedding.start=1e10"], "embedding.start: the learning rate base_lr × λ overflows"),
+    (lambda t: ["--set", "plan.base_lr=1e-300", "--set", "plan.final_fraction=1e-20"], "underflows to 0"),
+    (lambda t: ["--set", "plan.base_lr=1e-3\nplan.warmup=0.5"], "plan.base_lr: the value spans several lines"),
+    (lambda t: ["--stop-at", "-1"], "--stop-at: a step >= 1"),
+    (lambda t: ["--out", _write(t, "afile", "x")], "a file of that name exists"),
+    (lambda t: ["--out", str(Path(_write(t, "afile2", "x")) / "sub")], "a part of the path is a file"),
+]
+
+
+@pytest.mark.parametrize("make, message", BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
+def test_bad_input_gets_a_clear_error_fast(tmp_path, tiny_sets, capsys, make, message):
+    args = ["train", "--out", str(tmp_path / "out"), "--preset", "tiny-moe", "--no-progress",
+            *[f"--set={k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in tiny_sets.items()]]
+    extra = make(tmp_path)
+    if "--out" in extra:
+        args = [args[0], *args[3:]]  # the test's own --out replaces the default
+    t0 = time.perf_counter()
+    code = main([*args, *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert time.perf_counter() - t0 < 10
+
+
+def test_disk_errors_name_the_file_and_the_fix(tmp_path, monkeypatch):
+    full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.json"))
+    assert disk_error(full) == f"{tmp_path / 'x.json'}: No space left on device (the disk is full; free some space or choose another --out)"
+    assert "read-only" in disk_error(OSError(errno.EROFS, "Read-only file system", "/r"))
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(OSError):
+        atomic_write_text(tmp_path / "summary.json", "{}")
+    assert list(tmp_path.iterdir()) == []  # no partial .tmp left behind
+
+
+def test_a_component_list_given_as_one_string_is_refused(tmp_path):
+    from rlrs.plots import plot_plan
+    from rlrs.transfer import ablate
+
+    with pytest.raises(ConfigError, match=r"give a list of component names, e.g. \['embedding'\]"):
+        plot_plan(Plan(), 100, tmp_path / "x.png", components="embedding")
+    with pytest.raises(ConfigError, match="not the string 'router'"):
+        ablate("tiny-moe", "paper-moe", tmp_path / "a", components="router")
+
+
+def test_short_runs_keep_one_warmup_step_and_inspect_lists_each_step_once():
+    from rlrs.inspection import parse_steps
+
+    plan = Plan(base_lr=1e-3, warmup=0.01)
+    assert plan.lr("attention", 0, 40) == 0.0 and plan.lr("attention", 1, 40) == pytest.approx(1e-3)
+    assert parse_steps("0,1%,50%,100%", 40) == [0, 20, 39]
+
+
+def test_inspect_counts_the_parameters_training_builds(tiny_sets):
+    from rlrs.inspection import load_model
+    from rlrs.models import build_model, count_params
+
+    trained = build_model(run_config("tiny-moe").model)
+    counted = count_params(run_config("tiny-moe").model)["total"]
+    shown = sum(p.numel() for p in load_model("tiny-moe").parameters())
+    assert shown == counted == sum(p.numel() for p in trained.parameters())
+
+
+# --- the fuzz: every input works or gets rlrs's own error ----------------------------------------------
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+FUZZ = collections.Counter()
+FUZZ_SETTINGS = settings(max_examples=250, deadline=2000, derandomize=True,
+                         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+def _keys(obj, prefix=""):
+    from rlrs.config import to_dict
+
+    out = []
+    for k, v in (obj if isinstance(obj, dict) else to_dict(obj)).items():
+        out += _keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+    return out
+
+
+RUN_KEYS = [k for k in _keys(run_config("tiny-moe")) if k != "preset"]
+NUMBERS = st.one_of(
+    st.integers(min_value=-(10**25), max_value=10**25),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0, 1, 2, -1, 0.5, 1e-300, 1e300, 2**31, 2**63, 1e400]),
+)
+VALUES = st.one_of(
+    NUMBERS.map(repr),
+    st.sampled_from(["true", "false", '"cosine"', "skip", "cuda:0", "[1, 2]", "[", "{a=1}", "nan", "inf", "-inf",
+                     '""', "a\nb", "1\nplan.warmup = 0", "1e400", "9" * 30]),
+    st.text(max_size=12),
+)
+
+
+def _judge(fn) -> None:
+    """Run ``fn``; count how it ended. Anything but success or rlrs's ConfigError fails the test."""
+    FUZZ["inputs"] += 1
+    try:
+        fn()
+    except ConfigError as err:
+        assert str(err).strip(), "an error without a message"
+        FUZZ["clear errors"] += 1
+        return
+    FUZZ["worked"] += 1
+
+
+def _check_run_config(cfg: RunConfig) -> None:
+    """What 'works' means for a run config: the model, its param groups, the optimizer and the
+    schedule build, and every component's LR is a finite number at the start, middle and end."""
+    from rlrs.models import build_model, count_params
+    from rlrs.train import total_steps
+
+    total = total_steps(cfg)
+    for comp in ("embedding", "attention", "router"):
+        for step in (0, total // 2, total - 1):
+            assert math.isfinite(cfg.plan.lr(comp, step, total))
+    if count_params(cfg.model)["total"] < 3_000_000:
+        with torch.device("meta"):
+            model = build_model(cfg.model)
+        opt = torch.optim.AdamW(param_groups(model, cfg.plan), eps=cfg.train.eps, betas=(cfg.train.beta1, cfg.train.beta2))
+        RelativeLR(opt, cfg.plan, total)
+
+
+@FUZZ_SETTINGS
+@given(st.lists(st.tuples(st.sampled_from(RUN_KEYS + ["train.stpes", "plan.router", "model", "nokey"]), VALUES),
+                min_size=1, max_size=3))
+def test_fuzz_set_values(pairs):
+    from rlrs.options import parse_sets
+
+    def attempt():
+        t0 = time.perf_counter()
+        try:
+            cfg = run_config("tiny-moe", sets=parse_sets([f"{k}={v}" for k, v in pairs]))
+            _check_run_config(cfg)
+        finally:
+            assert time.perf_counter() - t0 < 2.0, "took too long"
+
+    _judge(attempt)
+
+
+PLAN_VALUES = st.one_of(NUMBERS, st.booleans(), st.none(), st.text(max_size=8),
+                        st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=5), NUMBERS, max_size=2))
+
+
+@FUZZ_SETTINGS
+@given(st.dictionaries(st.sampled_from(_keys(Plan()) + ["warmpu", "router", "experts"]), PLAN_VALUES, max_size=4),
+       st.integers(min_value=-5, max_value=10**7))
+def test_fuzz_plans(flat, total_steps):
+    def attempt():
+        tree: dict = {}
+        for k, v in flat.items():
+            node = tree
+            *parents, last = k.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"{k}: conflicts with a value given for {p}")  # the input itself is contradictory
+            node[last] = v
+        plan = Plan.from_dict(tree)
+        opt = torch.optim.AdamW([{"params": [torch.zeros(2, 2, requires_grad=True)], "components": ("router",)}])
+        sched = RelativeLR(opt, plan, total_steps)
+        assert all(math.isfinite(lr) and lr >= 0 for lr in sched.get_last_lr())
+        for step in (total_steps // 2, total_steps - 1):
+            assert math.isfinite(plan.lr("router", step, total_steps))
+
+    _judge(attempt)
+
+
+@FUZZ_SETTINGS
+@given(st.one_of(st.binary(max_size=64), st.text(max_size=64).map(str.encode),
+                 st.sampled_from([b"[" * 3000, b"a = " + b"[" * 3000, b'{"a": 1, "a": 2}', b"base_lr = 1e400",
+                                  b"\xef\xbb\xbfbase_lr = 1", b"[router]\nstart = -1", b"null", b"[]"])),
+       st.sampled_from([".toml", ".json"]))
+def test_fuzz_plan_files(tmp_path_factory, content, suffix):
+    path = tmp_path_factory.getbasetemp() / f"fuzz{suffix}"
+    path.write_bytes(content)
+    _judge(lambda: Plan.load(path))
+    _judge(lambda: load_file(path))
+
+
+def test_fuzz_counts_are_reported():
+    """Runs after the fuzz tests (file order): prints what they tried; zero raw tracebacks, or
+    they would have failed."""
+    if not FUZZ:
+        pytest.skip("the fuzz tests did not run in this session")
+    line = (f"fuzz: {FUZZ['inputs']} inputs tried, {FUZZ['worked']} worked, {FUZZ['clear errors']} clear errors, "
+            f"0 raw tracebacks")
+    print("\n" + line)
+    assert FUZZ["inputs"] == FUZZ["worked"] + FUZZ["clear errors"] and FUZZ["clear errors"] > 0 and FUZZ["worked"] > 0
