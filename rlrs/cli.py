@@ -112,9 +112,11 @@ def cmd_inspect(args) -> int:
     from . import presets
     from .components import COMPONENTS
     from .inspection import component_table, format_table, load_model, lr_table, parse_steps, tied_report
+    from .optim import DEFAULT_TIED
 
     model = load_model(args.model)
-    rows = component_table(model)
+    rules = [_rule(r) for r in args.rule]
+    rows = component_table(model, rules or None)
     print(f"model: {args.model}")
     print(format_table(rows, ["component", "tensors", "params", "share"]))
     if not args.model.endswith(".json"):
@@ -126,7 +128,8 @@ def cmd_inspect(args) -> int:
         print(format_table([{"count": k, "params": v} for k, v in counts.items()], ["count", "params"]))
     tied = tied_report(model)
     if tied:
-        print("\ntied (one tensor, several names; the plan's `tied` decides its schedule):")
+        print(f"\ntied (one tensor, several names): it follows plan.tied, or {DEFAULT_TIED} when the plan "
+              "leaves it unset (--set plan.tied=embedding to change it)")
         for line in tied:
             print(f"  {line}")
     plan = presets.resolve(args.plan)
@@ -135,6 +138,13 @@ def cmd_inspect(args) -> int:
     print(f"\nplan {args.plan}: LR per component ({args.total_steps} steps)")
     print(format_table(lr_table(plan, comps, steps, args.total_steps), ["component", *[f"step {s}" for s in steps]]))
     return 0
+
+
+def _rule(text: str) -> tuple[str, str]:
+    regex, sep, component = text.rpartition("=")
+    if not sep or not regex:
+        raise ConfigError(f"--rule {text!r}: write REGEX=COMPONENT, e.g. --rule '\\.ffn\\.=feedforward'")
+    return regex, component
 
 
 def presets_markdown() -> str:
@@ -209,7 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("inspect", help="component table of a model and a plan's LR per component")
-    p.add_argument("model", nargs="?", default=DEFAULT_PRESET, help=f"an rlrs preset or a Hugging Face config.json (default: {DEFAULT_PRESET})")
+    p.add_argument("model", nargs="?", default=DEFAULT_PRESET,
+                   help=f"an rlrs preset, a Hugging Face config.json or model directory (default: {DEFAULT_PRESET})")
+    p.add_argument("--rule", action="append", default=[], metavar="REGEX=COMPONENT",
+                   help="a classification rule tried before anything else, e.g. --rule '\\.ffn\\.=feedforward' (repeatable)")
     p.add_argument("--plan", default="paper-moe", help="plan preset or file (default: paper-moe)")
     p.add_argument("--total-steps", type=int, default=10_000, help="training length for the LR table (default: 10000)")
     p.add_argument("--at", default="0,1%,25%,50%,75%,100%", help="steps or percentages (default: 0,1%%,25%%,50%%,75%%,100%%)")

@@ -51,7 +51,7 @@ from .analysis import (Difference, RouterCurve, RouterHealth, RunLogs, Spike, Sp
                        mean_curve, mean_router, mean_updates, paired_difference, read_run, router_health, speedup)
 from .config import ConfigError
 from .engine import (CommandTarget, Job, PresetRun, PresetTarget, RunResult, RunSpec, Target, run_all, run_dir)
-from .options import (add_target_args, add_workers_arg, check_workers, command_line, parse_grid,
+from .options import (add_target_args, add_workers_arg, check_workers, command_line, default_of, parse_grid,
                       parse_plans, parse_sets, target_from_args)
 from .plan import Plan
 from .train import RunConfig
@@ -717,8 +717,10 @@ def add_commands(sub) -> None:
                     "Trains a preset, or your own script with --command. "
                     "Writes results.json, report.md and PNG plots into --out. Exit status 1 if a run crashed.")
     _common_args(p, "output directory (default: runs/compare-PRESET); runs go under OUT/runs and are reused")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per plan (default: 3, as the paper)")
-    p.add_argument("--metric", choices=METRICS, default="eval", help="eval: held-out loss (default); train: training loss (presets only)")
+    p.add_argument("--seeds", type=int, default=default_of(compare, "seeds"),
+                   help=f"seeds per plan (default: {default_of(compare, 'seeds')}, as the paper)")
+    p.add_argument("--metric", choices=METRICS, default=default_of(compare, "metric"),
+                   help=f"eval: held-out loss; train: training loss (presets only) (default: {default_of(compare, 'metric')})")
     p.add_argument("--base-lrs-from", default=None, metavar="GRID_JSON",
                    help="take each arm's η_base from an `rlrs lr-grid` grid.json (or its directory)")
     p.set_defaults(func=cmd_compare)
@@ -732,7 +734,8 @@ def add_commands(sub) -> None:
     _common_args(p, "output directory (default: runs/lr-grid-PRESET); use compare's --out to share runs")
     p.add_argument("--grid", default=None, metavar="LR,LR,...",
                    help="η_base values, e.g. 1e-3,2e-3,5e-3 (default: 5 values around each plan's η_base)")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per grid point (default: 1)")
+    p.add_argument("--seeds", type=int, default=default_of(lr_grid, "seeds"),
+                   help=f"seeds per grid point (default: {default_of(lr_grid, 'seeds')})")
     p.set_defaults(func=cmd_lr_grid)
 
 

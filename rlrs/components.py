@@ -3,23 +3,34 @@
 RLRS gives every component (embedding, attention, router, ...) its own learning-rate schedule,
 so the first step is to label every trainable parameter with its component::
 
-    >>> comp = rlrs.components.classify(model)
-    >>> comp["transformer.h.0.attn.c_attn.weight"]
-    'attention'
+    comp = rlrs.components.classify(model)
+    comp["model.layers.0.self_attn.q_proj.weight"]   # 'attention'
 
-Labels come from ordered ``(regex, component)`` rules searched (``re.search``) on parameter
-names; the first matching rule wins. Built-in rule sets cover rlrs's own models, nanoGPT and the
-Hugging Face GPT-2, Llama, Mistral, Qwen2, Mixtral and Qwen2-MoE families; the right one is
-picked from the parameter names and ``model.config.model_type``. Your own rules go first, so
-they override the built-ins and can cover any other model::
+Labels come, in this order, from
 
-    >>> comp = rlrs.components.classify(model, rules=[(r"\\.ffn\\.", "feedforward")])
+1. **your rules**: ordered ``(regex, component)`` pairs searched (``re.search``) in parameter
+   names; the first match wins, so they override everything below;
+2. **family rule sets**: fast, exact name tables for rlrs's own models, nanoGPT and the Hugging
+   Face GPT-2, Llama, Mistral, Qwen2, Mixtral and Qwen2-MoE layouts;
+3. **structure**: what the modules are, for any ``nn.Module`` (see :func:`structural_components`):
+   the model's input and output embeddings (``get_input_embeddings()`` /
+   ``get_output_embeddings()`` where it has them), attention modules (self and cross, fused qkv,
+   low-rank MLA projections, the q/k norms inside them), MoE blocks (the router that scores the
+   experts, with its bias terms; the experts, fused 3-D or a list of modules), feed-forward
+   modules, norms and scalars (``other``). Names break ties (``embed``, ``lm_head``, ``mlp``).
 
-Nothing is guessed: a parameter no rule matches, or a rule of yours that matches nothing, raises
-``ClassificationError`` naming it.
+Only a parameter that structure cannot place raises ``ClassificationError``, naming every such
+parameter and the ``rules=`` fix::
+
+    comp = rlrs.components.classify(model, rules=[(r"\\.ffn\\.", "feedforward")])
+
+**Shared experts** (Qwen2-MoE, DeepSeek) are dense feed-forward networks every token goes
+through, so they are ``feedforward``; their scalar gate is ``router``. **Pooler and
+classification heads** sit with the output head: ``unembedding``.
 
 Imports only torch and the standard library: it belongs to the core. Hugging Face models are
-recognised duck-typed (``model.config.model_type``), so transformers is never imported.
+recognised duck-typed (``model.config``, ``get_input_embeddings``), so transformers is never
+imported.
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ from .config import ConfigError, closest
 
 __all__ = [
     "COMPONENTS",
+    "structural_components",
     "Rule",
     "ClassificationError",
     "RuleSet",
@@ -315,45 +327,236 @@ def _apply(
     return left
 
 
+# --- Structure ---------------------------------------------------------------------------
+# What a module *is*, from its class and its place; names only break ties. Each test looks at one
+# module; a module's role passes down to everything inside it until a descendant has its own.
+
+# Token mixers count as attention: linear attention and state-space/recurrent mixers (Mamba,
+# GatedDeltaNet, xLSTM, short convolutions) do in a hybrid what attention does in a Transformer.
+_ATTENTION_CLASS = re.compile(r"Attention|Attn|Mamba|DeltaNet|Recurrent|RGLRU|SSM|[ms]LSTM|ShortConv|Fourier")
+_ATTENTION_NAMES = {"attn", "attention", "self_attn", "self_attention", "cross_attn", "cross_attention",
+                    "crossattention", "encoder_attn", "mixer_attn", "attn_layer", "mha", "linear_attn", "mamba",
+                    "mixer", "temporal_block", "mlstm_layer", "slstm_layer", "conv", "short_conv", "token_mixer"}
+_MLP_CLASS = re.compile(r"MLP|Mlp|FeedForward|FFN|Ffn|LayerFF|DenseReluDense|DenseGatedActDense|Intermediate|SwiGLU|GLU$")
+_MLP_NAMES = {"mlp", "ffn", "ff", "feed_forward", "feedforward", "intermediate", "fc", "dense_ffn", "c_mlp",
+              "mlp_block"}
+_SHARED_EXPERT_NAMES = re.compile(r"^shared_(expert|experts|mlp)$")
+_SHARED_GATE_NAMES = re.compile(r"^shared_expert_gate$")
+_EXPERTS_CLASS = re.compile(r"Experts$|ParallelExperts|ExpertsFused")
+_EXPERTS_NAMES = {"experts", "expert_list", "local_experts"}
+_ROUTER_CLASS = re.compile(r"Router|Gating|TopK|TopkGate|MoEGate|MoeGate")
+_ROUTER_NAMES = {"router", "gate", "gating", "switch", "wg"}
+_NORM_CLASS = re.compile(r"Norm")
+_QK_NORM = re.compile(r"^(q|k|kv|query|key)(_a)?_?(layer_?)?norm$", re.IGNORECASE)
+_HEAD_NAMES = re.compile(r"^(lm_head|head|classifier|score|unembed|output_layer|pooler|cls|qa_outputs|embed_out|"
+                         r"output_projection|\w*predictions|\w*_head|vocab_\w+)$")
+# Input-side modules of multimodal models: what turns pixels or audio into the model's input.
+_INPUT_NAMES = re.compile(r"(projector|projection|_tower|patch\w*|stem)$")
+_TOKEN_PARAMS = re.compile(r"emb|^(cls|mask|dist|register)_tokens?$")
+
+
+def _segment(prefix: str) -> str:
+    return prefix.rsplit(".", 1)[-1]
+
+
+def _cls(module: nn.Module) -> str:
+    """The class name without its Hugging Face family prefix: ``RecurrentGemmaMlp`` → ``Mlp``,
+    ``MambaRMSNorm`` → ``RMSNorm``, so a family's own name never reads as a module kind."""
+    name = type(module).__name__
+    family = re.match(r"transformers\.models\.(\w+)\.", type(module).__module__)
+    if family:
+        prefix = family.group(1).replace("_", "").lower()
+        if name.lower().startswith(prefix) and len(name) > len(prefix):
+            return name[len(prefix):]
+    return name
+
+
+def _is_attention(name: str, module: nn.Module) -> bool:
+    if not (_ATTENTION_CLASS.search(_cls(module)) or _segment(name) in _ATTENTION_NAMES):
+        return False
+    # A whole layer named after its mixer ("JambaMambaDecoderLayer", "...CrossAttentionDecoderLayer")
+    # holds a feed-forward part too: it is a layer, not attention.
+    return not any(_is_mlp(n, m) for n, m in module.named_modules() if n)
+
+
+def _is_norm(seg: str, cls: str) -> bool:
+    return bool(_NORM_CLASS.search(cls)) or "norm" in seg.lower() or seg.startswith("ln")
+
+
+def _is_mlp(name: str, module: nn.Module) -> bool:
+    return bool(_MLP_CLASS.search(_cls(module))) or _segment(name) in _MLP_NAMES
+
+
+def _is_experts(name: str, module: nn.Module) -> bool:
+    if _SHARED_EXPERT_NAMES.match(_segment(name)):
+        return False
+    return bool(_EXPERTS_CLASS.search(_cls(module))) or _segment(name) in _EXPERTS_NAMES
+
+
+def _has_experts_child(module: nn.Module) -> bool:
+    return any(_is_experts(n, c) for n, c in module.named_children())
+
+
+class _Walk:
+    """One walk over the module tree: the role of each module, then each parameter's component."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        inner = _unwrap(model)  # a compiled or DDP wrapper does not have the model's own methods
+        self.input_ids = self._ids(inner, "get_input_embeddings")
+        self.output_ids = self._ids(inner, "get_output_embeddings")
+        self.attention_below: dict[int, bool] = {}
+        self.head_ids = self._head_ancestors()
+        self.out: dict[str, str] = {}
+        self.unplaced: list[str] = []
+
+    @staticmethod
+    def _ids(model: nn.Module, method: str) -> set[int]:
+        # Hugging Face models (and any model that follows their convention) name these modules.
+        fn = getattr(model, method, None)
+        if not callable(fn):
+            return set()
+        try:
+            found = fn()
+        except (NotImplementedError, AttributeError, TypeError):
+            return set()
+        return {id(found)} if isinstance(found, nn.Module) else set()
+
+    def _attention_inside(self, module: nn.Module) -> bool:
+        key = id(module)
+        if key not in self.attention_below:
+            self.attention_below[key] = any(_is_attention(n, m) for n, m in module.named_modules())
+        return self.attention_below[key]
+
+    def _head_ancestors(self) -> set[int]:
+        # The output head is the output embedding and every module around it that holds no
+        # attention: BERT's "cls.predictions" (transform, bias) as well as its decoder.
+        ids: set[int] = set()
+        for name, module in self.model.named_modules():
+            if id(module) in self.output_ids:
+                parts = name.split(".") if name else []
+                for i in range(len(parts), 0, -1):
+                    ancestor = self.model.get_submodule(".".join(parts[:i]))
+                    if self._attention_inside(ancestor):
+                        break
+                    ids.add(id(ancestor))
+        return ids
+
+    def role(self, name: str, module: nn.Module, parent: nn.Module | None, ctx: str | None, in_layer: bool) -> str | None:
+        """The component ``module`` (at ``name``) gives what it holds, or ``None`` to inherit ``ctx``."""
+        seg = _segment(name)
+        cls = _cls(module)
+        if id(module) in self.output_ids or id(module) in self.head_ids:
+            return "unembedding"
+        if id(module) in self.input_ids:
+            return "embedding"
+        if ctx == "attention":
+            # Everything inside attention is attention (MLA's low-rank parts, q/k norms), except a
+            # residual norm that a wrapper holds (T5's layer_norm, BERT's attention.output.LayerNorm).
+            return "other" if _is_norm(seg, cls) and not _QK_NORM.match(seg) else None
+        if _is_attention(name, module):
+            return "attention"
+        if _SHARED_GATE_NAMES.match(seg):
+            return "router"
+        if _SHARED_EXPERT_NAMES.match(seg):
+            return "feedforward"  # a dense FFN every token uses (documented choice)
+        if ctx in ("experts", "router"):
+            return None
+        if _is_experts(name, module):
+            return "experts"
+        if seg in _ROUTER_NAMES and parent is not None and _has_experts_child(parent):
+            return "router"
+        if _is_mlp(name, module):
+            return "feedforward"  # before the router test: a "GatingMLP" is a gated feed-forward
+        if _ROUTER_CLASS.search(cls):
+            return "router"
+        if _is_norm(seg, cls):
+            return "other"
+        if (isinstance(module, (nn.Embedding, nn.EmbeddingBag)) or "Embedding" in cls
+                or ("embed" in seg.lower() and "unembed" not in seg.lower())):
+            return "embedding"
+        if not in_layer and ctx is None and _HEAD_NAMES.match(seg):
+            return "unembedding"
+        if not in_layer and ctx is None and _INPUT_NAMES.search(seg):
+            return "embedding"
+        return None
+
+    def visit(self, name: str, module: nn.Module, parent: nn.Module | None, ctx: str | None, in_layer: bool) -> None:
+        role = self.role(name, module, parent, ctx, in_layer) if name else None
+        here = role or ctx
+        for pname, _ in module.named_parameters(recurse=False, remove_duplicate=False):
+            full = f"{name}.{pname}" if name else pname
+            comp = here or self._fallback(pname, module, in_layer)
+            if comp is None:
+                self.unplaced.append(full)
+            else:
+                self.out[full] = comp
+        layer_list = isinstance(module, (nn.ModuleList, nn.Sequential))
+        for cname, child in module.named_children():
+            child_in_layer = in_layer or (layer_list and self._attention_inside(child))
+            self.visit(f"{name}.{cname}" if name else cname, child, module, here, child_in_layer)
+
+    @staticmethod
+    def _fallback(pname: str, module: nn.Module, in_layer: bool) -> str | None:
+        # Inside a Transformer layer, what is not attention, routing, experts or a norm is the
+        # feed-forward part (OPT's fc1/fc2, BERT's output.dense); a lone scalar is "other".
+        if _TOKEN_PARAMS.search(pname):
+            return "embedding"  # ViT's cls_token, XLNet's mask_emb, a pos_embed parameter
+        param = getattr(module, pname)
+        if in_layer:
+            return "feedforward" if _is_projection(module) else "other"
+        if param.ndim <= 1 and not _is_projection(module):
+            return "other"  # a scale or bias of the residual stream (a layer's bias goes with its weight)
+        return None
+
+
+def _is_projection(module: nn.Module) -> bool:
+    weight = getattr(module, "weight", None)
+    return isinstance(weight, nn.Parameter) and weight.ndim >= 2
+
+
+def structural_components(model: nn.Module) -> tuple[dict[str, str], list[str]]:
+    """Each parameter's component from what its modules are (no names needed), and the names
+    structure could not place. Covers every parameter, frozen and tied aliases included.
+
+        >>> from torch import nn
+        >>> block = nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16)
+        >>> comp, unplaced = structural_components(nn.ModuleDict({"emb": nn.Embedding(10, 8), "layers": nn.ModuleList([block])}))
+        >>> comp["layers.0.self_attn.in_proj_weight"], comp["layers.0.linear1.weight"], comp["layers.0.norm1.weight"], unplaced
+        ('attention', 'feedforward', 'other', [])
+    """
+    walk = _Walk(model)
+    walk.visit("", model, None, None, False)
+    return walk.out, walk.unplaced
+
+
 # --- Public API ----------------------------------------------------------------------------
 
 
-def pick_rule_set(model: nn.Module) -> RuleSet:
-    """The first built-in rule set in ``RULE_SETS`` whose ``detect`` accepts ``model``.
-
-        >>> rlrs.components.pick_rule_set(model).name
-        'llama'
-
-    Raises ``ClassificationError`` (listing the rule sets and how to pass rules) if none does.
-    """
+def pick_rule_set(model: nn.Module) -> RuleSet | None:
+    """The first built-in rule set in ``RULE_SETS`` whose ``detect`` accepts ``model``, or
+    ``None`` (then structure alone labels it)."""
     inner = _unwrap(model)
     names = [name for name, _ in inner.named_parameters(remove_duplicate=False)]
-    for rule_set in RULE_SETS:
-        if rule_set.detect(inner, names):
-            return rule_set
-    raise ClassificationError(
-        f"no built-in rule set recognises {type(inner).__name__} "
-        f"(config.model_type={_model_type(inner)!r}). Built-in rule sets: "
-        f"{', '.join(r.name for r in RULE_SETS)}.\n{_how_to_fix()}"
-    )
+    return next((r for r in RULE_SETS if r.detect(inner, names)), None)
 
 
-def classify(model: nn.Module, rules: Sequence[Rule] | None = None) -> dict[str, str]:
+def classify(model: nn.Module, rules: Sequence[Rule] | None = None, *, strict: bool = False) -> dict[str, str]:
     """Map every trainable parameter name of ``model`` to its component.
 
-        >>> comp = rlrs.components.classify(model)
-        >>> comp = rlrs.components.classify(model, rules=[(r"\\.moe\\.w_gate$", "router")])
+        comp = rlrs.components.classify(model)
+        comp = rlrs.components.classify(model, rules=[(r"\\.moe\\.w_gate$", "router")])
 
     Keys are the names from ``model.named_parameters(remove_duplicate=False)`` whose tensor has
     ``requires_grad``; tied aliases (GPT-2's ``lm_head.weight`` and ``transformer.wte.weight``)
     each get their own entry, which may differ: see ``tied_parameters``. Frozen parameters are
     left out.
 
-    ``rules`` (``(regex, component)`` pairs) are tried first, in order, then the built-in rule
-    set picked by ``pick_rule_set``; the first match wins. If your rules already cover every
-    parameter, no built-in set is needed. Raises ``ClassificationError`` when a rule is
-    malformed, when one of your rules matches no parameter name at all (frozen ones count, so a
-    rule set can be reused after freezing), or when some parameter matches no rule.
+    ``rules`` (``(regex, component)`` pairs) are tried first, in order; then the family rule set
+    ``pick_rule_set`` finds, then the model's structure (:func:`structural_components`). A rule
+    of yours that matches no parameter is fine (a rule list can be reused across models) unless
+    ``strict=True``. Raises ``ClassificationError`` for a malformed rule, and for parameters
+    that nothing can place, naming every one of them.
     """
     all_names = [name for name, _ in model.named_parameters(remove_duplicate=False)]
     trainable = [n for n, p in model.named_parameters(remove_duplicate=False) if p.requires_grad]
@@ -362,34 +565,30 @@ def classify(model: nn.Module, rules: Sequence[Rule] | None = None) -> dict[str,
 
     compiled = _compile_rules(rules) if rules is not None else []
     if compiled:
-        for regex, _, rule in compiled:
-            if not any(regex.search(name) for name in all_names):
-                raise ClassificationError(
-                    f"rule {_show_rule(rule)} matches no parameter of {type(model).__name__}; "
-                    f"parameter names are:\n{_list_names(all_names)}"
-                )
+        if strict:
+            for regex, _, rule in compiled:
+                if not any(regex.search(name) for name in all_names):
+                    raise ClassificationError(
+                        f"rule {_show_rule(rule)} matches no parameter of {type(model).__name__} (strict=True); "
+                        f"parameter names are:\n{_list_names(all_names)}"
+                    )
         left = _apply(compiled, trainable, out)
-    if not left:  # user rules covered everything (or nothing is trainable): no detection
+    if not left:  # user rules covered everything (or nothing is trainable)
         return out
-
-    try:
-        rule_set = pick_rule_set(model)
-    except ClassificationError:
-        where = "match none of your rules" if rules else "need rules"
+    rule_set = pick_rule_set(model)
+    if rule_set is not None:
+        left = _apply(_compile_rules(rule_set.rules), left, out)
+    if not left:
+        return out
+    by_structure, _ = structural_components(model)
+    unplaced = [n for n in left if n not in by_structure]
+    if unplaced:
         raise ClassificationError(
-            f"no built-in rule set recognises {type(_unwrap(model)).__name__} "
-            f"(config.model_type={_model_type(_unwrap(model))!r}; built-in rule sets: "
-            f"{', '.join(r.name for r in RULE_SETS)}), and {len(left)} trainable "
-            f"parameter(s) {where}:\n{_list_names(left)}\n{_how_to_fix()}"
-        ) from None
-
-    left = _apply(_compile_rules(rule_set.rules), left, out)
-    if left:
-        raise ClassificationError(
-            f"{len(left)} trainable parameter(s) of {type(model).__name__} match no rule "
-            f"(built-in rule set {rule_set.name!r}"
-            f"{' after your rules' if rules else ''}):\n{_list_names(left)}\n{_how_to_fix()}"
+            f"{len(unplaced)} trainable parameter(s) of {type(_unwrap(model)).__name__} could not be placed "
+            f"by their module's structure{' or your rules' if rules else ''}"
+            f"{f' or the {rule_set.name!r} rule set' if rule_set else ''}:\n{_list_names(unplaced)}\n{_how_to_fix()}"
         )
+    out.update({n: by_structure[n] for n in left})
     return out
 
 

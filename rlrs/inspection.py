@@ -24,10 +24,14 @@ from .plan import Plan
 
 
 def load_model(spec: str) -> nn.Module:
-    """An rlrs size preset name (as ``rlrs train`` builds it), or a Hugging Face ``config.json``
-    path, built on ``meta``."""
+    """An rlrs size preset name (as ``rlrs train`` builds it), a Hugging Face ``config.json``, or
+    a model directory holding one, built on ``meta`` (no weights are read, nothing is fetched)."""
+    path = Path(spec)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"{spec}: a directory without config.json; give a Hugging Face model directory")
+        path, spec = path / "config.json", str(path / "config.json")
     if spec.endswith(".json"):
-        path = Path(spec)
         if not path.is_file():
             raise ConfigError(f"{spec}: no such Hugging Face config file")
         transformers = require("transformers", "hf")
@@ -50,7 +54,8 @@ def component_table(model: nn.Module, rules: Sequence[Rule] | None = None) -> li
     """Rows of (component, tensors, params, share of all trainable params).
 
     Each tensor counts once; a tensor tied across components (GPT-2's embedding and unembedding)
-    gets its own row, ``embedding+unembedding (tied)``, since the plan decides which it follows.
+    gets its own row, ``embedding+unembedding (tied)``: it follows ``plan.tied``, by default the
+    unembedding (``rlrs.optim.DEFAULT_TIED``).
     """
     comp = classify(model, rules)
     aliases = {name: group for group in tied_parameters(model) for name in group}

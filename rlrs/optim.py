@@ -12,6 +12,8 @@ Groups carry ``"component"`` (``"router"``; merged groups ``"attention+feedforwa
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -20,17 +22,37 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from .components import COMPONENTS, Rule, classify, tied_parameters
 from .config import ConfigError
+from . import presets
 from .plan import Plan
 
 
+# A tensor shared by the input embedding and the output head follows the output head's schedule
+# unless the plan says otherwise: its gradient comes mostly from the head (every position of every
+# step, against the embedding's few rows), and the output layer is the one a too-large LR upsets
+# first (the paper's embedding λ_start is 5).
+DEFAULT_TIED = "unembedding"
+
+
+def as_plan(plan: Plan | str) -> Plan:
+    """A :class:`Plan`, a preset name (``"paper-dense"``) or a ``.toml``/``.json`` plan file."""
+    if isinstance(plan, Plan):
+        return plan
+    if isinstance(plan, (str, os.PathLike)):
+        return presets.resolve(str(plan))
+    raise ConfigError(f"plan: expected a Plan, a preset name or a plan file, got {type(plan).__name__}")
+
+
 def assign_components(
-    model: nn.Module, plan: Plan, rules: Sequence[Rule] | None = None
+    model: nn.Module, plan: Plan | str, rules: Sequence[Rule] | None = None
 ) -> dict[str, str]:
     """Each trainable parameter (by its first name) to the component whose schedule it follows.
 
-    A tensor shared by two components (tied embedding and unembedding) follows ``plan.tied``;
-    without it this raises, because picking one silently would change what the plan means.
+    A tensor shared by the embedding and the unembedding (tied weights) follows ``plan.tied``,
+    or ``DEFAULT_TIED`` (``"unembedding"``) when the plan leaves it unset. A tensor shared by
+    any other pair of components raises, naming the rule that settles it: picking one silently
+    would change what the plan means.
     """
+    plan = as_plan(plan)
     by_name = classify(model, rules)
     alias_of = {}
     for group in tied_parameters(model):
@@ -45,23 +67,21 @@ def assign_components(
         if len(comps) == 1:
             out[name] = comps[0]
             continue
+        if set(comps) == {"embedding", "unembedding"}:
+            out[name] = plan.tied or DEFAULT_TIED
+            continue
         detail = ", ".join(f"{n} ({by_name[n]})" for n in names)
-        if plan.tied is None:
-            raise ConfigError(
-                f"plan.tied: one tensor is shared by {detail}; say which schedule it follows with "
-                f"plan.tied = {comps[0]!r} or {comps[1]!r} (e.g. --set tied={comps[0]})"
-            )
-        if plan.tied not in comps:
-            raise ConfigError(
-                f"plan.tied: {plan.tied!r} is not one of the components sharing {detail}"
-            )
-        out[name] = plan.tied
+        rule = (f"^{re.escape(names[-1])}$", by_name[names[0]])
+        raise ConfigError(
+            f"one tensor is shared by {detail}; it can follow only one schedule, so give all its names one "
+            f"component with a rule, e.g. rlrs.param_groups(model, plan, rules=[(r\"{rule[0]}\", \"{rule[1]}\")])"
+        )
     return out
 
 
 def param_groups(
     model: nn.Module,
-    plan: Plan,
+    plan: Plan | str,
     rules: Sequence[Rule] | None = None,
     *,
     merge: bool = True,
@@ -71,7 +91,8 @@ def param_groups(
 
     Args:
         model: any ``nn.Module``; parameters are classified by :func:`rlrs.components.classify`.
-        plan: the :class:`~rlrs.plan.Plan` giving each component's schedule and weight decay.
+        plan: the :class:`~rlrs.plan.Plan` giving each component's schedule and weight decay,
+            or a preset name (``"paper-dense"``) or plan file.
         rules: extra ``(regex, component)`` rules, checked before the built-in ones.
         merge: merge groups whose schedule and weight decay are identical (fewer groups means
             fewer foreach/fused kernel launches); the merged group lists all its components.
@@ -82,6 +103,7 @@ def param_groups(
     ``weight_decay``, ``component``, ``components`` and ``decay`` (whether it is weight-decayed:
     tensors with ``ndim < 2`` are not, unless ``plan.decay_1d``).
     """
+    plan = as_plan(plan)
     comp_of = assign_components(model, plan, rules)
     buckets: dict[tuple, dict[str, Any]] = {}
     for name, p in model.named_parameters():
@@ -145,7 +167,8 @@ class RelativeLR(LRScheduler):
             ...; opt.step(); sched.step()
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, plan: Plan, total_steps: int, last_epoch: int = -1):
+    def __init__(self, optimizer: torch.optim.Optimizer, plan: Plan | str, total_steps: int, last_epoch: int = -1):
+        plan = as_plan(plan)
         for i, g in enumerate(optimizer.param_groups):
             if "components" not in g:
                 raise ConfigError(

@@ -6,13 +6,25 @@ here imports a command module, so ``rlrs.cli`` can import them all plainly.
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import tomllib
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from .config import ConfigError
 from .engine import CommandTarget, PresetTarget, Target, default_workers
 from .models import DEFAULT_PRESET
+
+
+def default_of(fn: Callable[..., Any], name: str) -> Any:
+    """The default of ``fn``'s parameter ``name``: CLI defaults are read from the function that
+    owns them, never written a second time.
+
+    >>> from rlrs.compare import compare
+    >>> default_of(compare, "seeds")
+    3
+    """
+    return inspect.signature(fn).parameters[name].default
 
 
 def _value(text: str) -> Any:

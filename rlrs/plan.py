@@ -88,8 +88,9 @@ class Plan:
             ``weight_decay · shape(t)`` (``shape`` is the component's schedule with λ = 1), not by
             ``lr · weight_decay``. ``weight_decay`` is then a per-step fraction (about 1e-4, that is
             η_base times the coupled value), not 0.1.
-        tied: which component a tensor shared by two components (tied embedding and unembedding)
-            follows: ``"embedding"``, ``"unembedding"``, or unset (then tied weights are an error).
+        tied: which schedule a tensor shared by the embedding and the unembedding (tied weights)
+            follows: ``"embedding"`` or ``"unembedding"``; unset, it follows ``"unembedding"``
+            (``rlrs.optim.DEFAULT_TIED``, which explains why).
         wsd_decay: fraction of training spent decaying, for components with shape ``wsd``.
         embedding … other: the per-component :class:`ComponentPlan`.
     """

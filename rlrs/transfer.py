@@ -35,12 +35,13 @@ from .config import ConfigError
 from .analysis import speedup
 from .engine import Job, PresetTarget, Target, as_target, run_all, run_dir
 from .models import count_params
-from .options import (add_target_args, add_workers_arg, check_workers, parse_floats, parse_grid, parse_sets,
+from .options import (add_target_args, add_workers_arg, check_workers, default_of, parse_floats, parse_grid, parse_sets,
                       target_from_args)
 from .plan import ComponentPlan, Plan
 from .train import total_steps
 
 FACTORS = (1 / 5, 2 / 3, 3 / 2, 5.0)
+ABLATIONS = ("both", "leave-one-out", "vary")
 
 
 def uniform_like(plan: Plan) -> Plan:
@@ -56,12 +57,41 @@ def _write_plan(path: Path, plan: Plan) -> str:
 # --- transfer -------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TransferRow:
+    """One arm on the larger model, as a row of the paper's table 2."""
+
+    type: str  # the larger model: a preset, or "command"
+    lr_type: str  # "baseline" or "relative"
+    arm: str
+    base_lr: float  # the η_base its grid found
+    grid_edge: str | None  # "low"/"high": the best η_base sat at that edge of the grid
+    train_tokens: int | None  # None: a command that did not report tokens
+    final_loss: float | None  # mean over seeds; None: every run diverged or failed
+    speedup_percent: float | None  # relative arm only; None: no speed-up
+    speedup_text: str | None
+
+
 @dataclass
 class TransferResult:
+    """What :func:`transfer` found; ``to_dict()`` is what ``transfer.json`` holds."""
+
     out: Path
-    best_lrs: dict[str, float]
+    preset: str
+    plan: str
+    lambdas: dict[str, tuple[float, float]]  # the source plan's (start, end) per component, kept
+    params: dict[str, int] | None  # the larger preset's parameter counts; None for a command
+    steps: int
+    rows: list[TransferRow]
     compare: CompareResult
-    table: list[dict[str, Any]]
+
+    @property
+    def best_lrs(self) -> dict[str, float]:
+        return {r.arm: r.base_lr for r in self.rows}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"preset": self.preset, "plan": self.plan, "lambdas": {c: list(v) for c, v in self.lambdas.items()},
+                "params": self.params, "steps": self.steps, "table": [dataclasses.asdict(r) for r in self.rows]}
 
 
 def transfer(
@@ -102,25 +132,21 @@ def transfer(
         done = [r for r in res.runs if r.status == "finished"]
         steps = target.steps or max((r.total_steps for r in done), default=0)
         tokens, params = _reported_tokens(res), None
-    table = []
-    for i, arm in enumerate(res.arms.values()):
-        table.append({
-            "type": preset,
-            "lr_type": "baseline" if i == 0 else "relative",
-            "arm": arm.name,
-            "base_lr": grid_result.best[arm.name],
-            "grid_edge": grid_result.edge.get(arm.name),
-            "train_tokens": tokens,
-            "final_loss": None if arm.final_loss is None else arm.final_loss.mean,
-            "speedup_percent": None if i == 0 or arm.speedup is None else arm.speedup.percent,
-            "speedup_text": None if i == 0 else arm.text,
-        })
-    data = {"preset": preset, "plan": str(plan), "lambdas": _lambdas(rel), "params": params,
-            "steps": steps, "table": table}
-    _config.atomic_write_text(out / "transfer.json", json.dumps(data, indent=1) + "\n")
-    _config.atomic_write_text(out / "transfer.md", _transfer_md(data))
+    rows = [
+        TransferRow(
+            type=preset, lr_type="baseline" if i == 0 else "relative", arm=arm.name,
+            base_lr=grid_result.best[arm.name], grid_edge=grid_result.edge.get(arm.name), train_tokens=tokens,
+            final_loss=None if arm.final_loss is None else arm.final_loss.mean,
+            speedup_percent=None if i == 0 or arm.speedup is None else arm.speedup.percent,
+            speedup_text=None if i == 0 else arm.text,
+        )
+        for i, arm in enumerate(res.arms.values())
+    ]
+    result = TransferResult(out, preset, str(plan), _lambdas(rel), params, steps, rows, res)
+    _config.atomic_write_text(out / "transfer.json", json.dumps(result.to_dict(), indent=1) + "\n")
+    _config.atomic_write_text(out / "transfer.md", _transfer_md(result))
     log(f"wrote {out / 'transfer.md'}")
-    return TransferResult(out, grid_result.best, res, table)
+    return result
 
 
 def _reported_tokens(res: CompareResult) -> int | None:
@@ -130,8 +156,8 @@ def _reported_tokens(res: CompareResult) -> int | None:
     return max(counts) if counts else None
 
 
-def _lambdas(plan: Plan) -> dict[str, list[float]]:
-    return {c: [plan.component(c).start, plan.component(c).end] for c in COMPONENTS}
+def _lambdas(plan: Plan) -> dict[str, tuple[float, float]]:
+    return {c: (plan.component(c).start, plan.component(c).end) for c in COMPONENTS}
 
 
 def _fmt_tokens(n: int | None) -> str:
@@ -140,40 +166,86 @@ def _fmt_tokens(n: int | None) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n:,}"
 
 
-def _transfer_md(data: Mapping[str, Any]) -> str:
-    p = data["params"]
+def _transfer_md(t: TransferResult) -> str:
+    p = t.params
     size = (f"{p['active_non_embedding'] / 1e6:.2f}M active non-embedding parameters ({p['total'] / 1e6:.2f}M in total), "
             if p else "")
     lines = [
-        f"# Transfer of {data['plan']} to {data['preset']}",
+        f"# Transfer of {t.plan} to {t.preset}",
         "",
-        f"{data['preset']}: {size}{data['steps']} steps. The λ values are kept; η_base is "
+        f"{t.preset}: {size}{t.steps} steps. The λ values are kept; η_base is "
         "searched for each arm on the {1, 2, 5}×10⁻ⁿ grid (`grid.md`), then each arm trains at its best "
         "η_base (`report.md`).",
         "",
         "| Type | LR type | Base LR | Train tokens | Final loss | Speed-up |",
         "|---|---|---|---|---|---|",
     ]
-    for row in data["table"]:
-        sp = "-" if row["lr_type"] == "baseline" else (
-            "no speed-up" if row["speedup_percent"] is None else f"{row['speedup_percent']:+.1f}%")
-        edge = f" (grid {row['grid_edge']} edge)" if row["grid_edge"] else ""
-        loss = "diverged" if row["final_loss"] is None else f"{row['final_loss']:.4f}"
-        lines.append(f"| {row['type']} | {row['lr_type']} ({row['arm']}) | {row['base_lr']:g}{edge} | "
-                     f"{_fmt_tokens(row['train_tokens'])} | {loss} | {sp} |")
+    for row in t.rows:
+        sp = "-" if row.lr_type == "baseline" else (
+            "no speed-up" if row.speedup_percent is None else f"{row.speedup_percent:+.1f}%")
+        edge = f" (grid {row.grid_edge} edge)" if row.grid_edge else ""
+        loss = "diverged" if row.final_loss is None else f"{row.final_loss:.4f}"
+        lines.append(f"| {row.type} | {row.lr_type} ({row.arm}) | {row.base_lr:g}{edge} | "
+                     f"{_fmt_tokens(row.train_tokens)} | {loss} | {sp} |")
     lines += ["", "λ (start → end) kept from the source plan:", ""]
-    lines += [f"- {c}: {s:g} → {e:g}" for c, (s, e) in data["lambdas"].items()]
+    lines += [f"- {c}: {s:g} → {e:g}" for c, (s, e) in t.lambdas.items()]
     return "\n".join(lines) + "\n"
 
 
 # --- ablate ---------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class LeaveOneOut:
+    """Table 6: the plan without one component's relative rates (reset to 1 → 1)."""
+
+    component: str
+    lambdas: tuple[float, float]  # the plan's (start, end) for it
+    speedup_percent: float | None  # of the full plan over the plan without it; None: none or not measurable
+    text: str
+    final_loss: float | None  # without it (mean over seeds)
+    full_final_loss: float | None
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Figure 4: one component's λ_start or λ_end multiplied by ``factor`` (``base``: the plan)."""
+
+    variant: str
+    component: str | None
+    which: str | None  # "start" or "end"
+    factor: float
+    losses: tuple[float | None, ...]  # final eval loss per seed; None where it did not finish
+    statuses: tuple[str, ...]
+    errors: tuple[str, ...]
+
+    @property
+    def diverged(self) -> bool:
+        return any(v is None for v in self.losses)
+
+    @property
+    def final_loss(self) -> float | None:
+        fin = [v for v in self.losses if v is not None]
+        return sum(fin) / len(fin) if fin else None
+
+
 @dataclass
 class AblateResult:
+    """What :func:`ablate` found; ``to_dict()`` is what ``ablate.json`` holds."""
+
     out: Path
-    leave_one_out: list[dict[str, Any]]
-    vary: list[dict[str, Any]]
+    preset: str
+    plan: str
+    seeds: int
+    leave_one_out: list[LeaveOneOut]
+    vary: list[Variant]
+    wall_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"preset": self.preset, "plan": self.plan, "seeds": self.seeds,
+                "leave_one_out": [dataclasses.asdict(r) for r in self.leave_one_out],
+                "vary": [{**dataclasses.asdict(v), "diverged": v.diverged, "final_loss": v.final_loss} for v in self.vary],
+                "wall_s": self.wall_s}
 
 
 def ablate(
@@ -190,8 +262,8 @@ def ablate(
     log: Callable[[str], None] = print,
 ) -> AblateResult:
     """Table 6 (``kind="leave-one-out"``), figure 4 (``kind="vary"``) or both, for ``plan``."""
-    if kind not in ("both", "leave-one-out", "vary"):
-        raise ConfigError(f"kind: {kind!r} is unknown; {_config.closest(kind, ('both', 'leave-one-out', 'vary'))}")
+    if kind not in ABLATIONS:
+        raise ConfigError(f"kind: {kind!r} is unknown; {_config.closest(kind, ABLATIONS)}")
     out = Path(out)
     target = as_target(target)
     preset = target.name
@@ -201,19 +273,18 @@ def ablate(
         if not (isinstance(f, (int, float)) and math.isfinite(f) and f > 0):
             raise ConfigError(f"factors: {f!r} is not a positive number; e.g. 0.2,0.667,1.5,5")
     t0 = time.perf_counter()
-    loo = _leave_one_out(target, plan, base, comps, out, seeds, sets, workers, log) if kind != "vary" else []
+    loo = _leave_one_out(target, base, comps, out, seeds, sets, workers, log) if kind != "vary" else []
     vary = _vary(target, base, comps, factors, out, seeds, sets, workers, log) if kind != "leave-one-out" else []
-    data = {"preset": preset, "plan": plan, "seeds": seeds, "leave_one_out": loo, "vary": vary,
-            "wall_s": time.perf_counter() - t0}
-    _config.atomic_write_text(out / "ablate.json", json.dumps(data, indent=1) + "\n")
-    _config.atomic_write_text(out / "ablate.md", _ablate_md(data))
+    result = AblateResult(out, preset, plan, seeds, loo, vary, time.perf_counter() - t0)
+    _config.atomic_write_text(out / "ablate.json", json.dumps(result.to_dict(), indent=1) + "\n")
+    _config.atomic_write_text(out / "ablate.md", _ablate_md(result))
     if vary:
         _plot_vary(vary, out / "ablate_vary.png", f"{preset}: one λ varied, others as {plan}")
     log(f"wrote {out / 'ablate.md'}")
-    return AblateResult(out, loo, vary)
+    return result
 
 
-def _leave_one_out(target: Target, plan_spec, base: Plan, comps, out: Path, seeds, sets, workers, log) -> list[dict[str, Any]]:
+def _leave_one_out(target: Target, base: Plan, comps, out: Path, seeds, sets, workers, log) -> list[LeaveOneOut]:
     full = "full"
     plans = [_write_plan(out / "plans" / f"{full}.toml", base)]
     for c in comps:
@@ -224,20 +295,19 @@ def _leave_one_out(target: Target, plan_spec, base: Plan, comps, out: Path, seed
     whole = res.arms[full]
     for c in comps:
         without = res.arms[f"no-{c}"]
-        row: dict[str, Any] = {"component": c, "lambdas": [base.component(c).start, base.component(c).end]}
+        lambdas = (base.component(c).start, base.component(c).end)
         if without.curve is not None and whole.curve is not None:
             # Table 6's direction: how much faster the full plan is than the plan without c.
             sp = speedup(without.curve.steps, without.curve.mean, whole.curve.steps, whole.curve.mean)
-            row.update(speedup_percent=sp.percent, text=sp.describe(),
-                       final_loss=without.final_loss.mean, full_final_loss=whole.final_loss.mean)
+            rows.append(LeaveOneOut(c, lambdas, sp.percent, sp.describe(), without.final_loss.mean,
+                                    whole.final_loss.mean))
         else:
-            row.update(speedup_percent=None, text="not measurable: a run diverged or failed (see leave-one-out/report.md)",
-                       final_loss=None, full_final_loss=None)
-        rows.append(row)
+            rows.append(LeaveOneOut(c, lambdas, None, "not measurable: a run diverged or failed (see "
+                                    "leave-one-out/report.md)", None, None))
     return rows
 
 
-def _vary(target: Target, base: Plan, comps, factors, out: Path, seeds, sets, workers, log) -> list[dict[str, Any]]:
+def _vary(target: Target, base: Plan, comps, factors, out: Path, seeds, sets, workers, log) -> list[Variant]:
     variants = [("base", None, None, 1.0, base)]
     for c in comps:
         cp = base.component(c)
@@ -245,71 +315,67 @@ def _vary(target: Target, base: Plan, comps, factors, out: Path, seeds, sets, wo
             for f in factors:
                 variants.append((f"{c}.{which}×{f:.3g}", c, which, f,
                                  dataclasses.replace(base, **{c: dataclasses.replace(cp, **{which: getattr(cp, which) * f})})))
-    jobs, index = [], []
-    for name, c, which, f, p in variants:
+    jobs = []
+    for name, *_, p in variants:
         for seed in range(seeds):
             spec = target.spec(p, seed, sets)
             jobs.append(Job(spec, run_dir(out / "runs", spec), label=f"{name} seed {seed}"))
-            index.append((name, c, which, f))
     log(f"rlrs ablate: {len(variants)} variants × {seeds} seed(s) = {len(jobs)} runs -> {out / 'runs'}")
     outcomes = run_all(jobs, workers, log)
-    rows: dict[str, dict[str, Any]] = {}
-    for (name, c, which, f), o in zip(index, outcomes):
-        row = rows.setdefault(name, {"variant": name, "component": c, "which": which, "factor": f,
-                                     "losses": [], "statuses": [], "errors": []})
-        row["statuses"].append(o.status)
-        row["losses"].append(o.final_eval_loss if o.status == "finished" else None)
-        if o.error:
-            row["errors"].append(o.error.strip().splitlines()[-1])
-    for row in rows.values():
-        fin = [l for l in row["losses"] if l is not None]
-        row["diverged"] = len(fin) < len(row["losses"])
-        row["final_loss"] = sum(fin) / len(fin) if fin else None
-    return list(rows.values())
+    rows = []
+    for i, (name, c, which, f, _) in enumerate(variants):
+        mine = outcomes[i * seeds:(i + 1) * seeds]
+        rows.append(Variant(
+            name, c, which, f,
+            losses=tuple(o.final_eval_loss if o.status == "finished" else None for o in mine),
+            statuses=tuple(o.status for o in mine),
+            errors=tuple(o.error.strip().splitlines()[-1] for o in mine if o.error and o.error.strip()),
+        ))
+    return rows
 
 
-def _ablate_md(data: Mapping[str, Any]) -> str:
-    lines = [f"# Ablations of {data['plan']} on {data['preset']} ({data['seeds']} seed(s))", ""]
-    if data["leave_one_out"]:
+def _ablate_md(a: AblateResult) -> str:
+    lines = [f"# Ablations of {a.plan} on {a.preset} ({a.seeds} seed(s))", ""]
+    if a.leave_one_out:
         lines += ["## Leave one component out (table 6)", "",
                   "Each row resets one component to 1 → 1; the speed-up is the full plan's over that ablated plan.",
                   "", "| Component | λ start → end | Final loss without it | Full plan | Speed-up of the full plan |",
                   "|---|---|---|---|---|"]
-        for r in data["leave_one_out"]:
-            sp = "no speed-up" if r["speedup_percent"] is None else f"{r['speedup_percent']:+.1f}%"
-            fl = "-" if r["final_loss"] is None else f"{r['final_loss']:.4f}"
-            ff = "-" if r["full_final_loss"] is None else f"{r['full_final_loss']:.4f}"
-            lines.append(f"| {r['component']} | {r['lambdas'][0]:g} → {r['lambdas'][1]:g} | {fl} | {ff} | {sp} |")
+        for r in a.leave_one_out:
+            sp = "no speed-up" if r.speedup_percent is None else f"{r.speedup_percent:+.1f}%"
+            fl = "-" if r.final_loss is None else f"{r.final_loss:.4f}"
+            ff = "-" if r.full_final_loss is None else f"{r.full_final_loss:.4f}"
+            lines.append(f"| {r.component} | {r.lambdas[0]:g} → {r.lambdas[1]:g} | {fl} | {ff} | {sp} |")
         lines.append("")
-    if data["vary"]:
+    if a.vary:
         lines += ["## One λ varied (figure 4)", "", "![varied](ablate_vary.png)", "",
                   "| Variant | Final loss |", "|---|---|"]
-        for r in data["vary"]:
-            loss = "diverged" if r["final_loss"] is None else f"{r['final_loss']:.4f}" + (" (some seeds diverged)" if r["diverged"] else "")
-            lines.append(f"| {r['variant']} | {loss} |")
+        for v in a.vary:
+            loss = "diverged" if v.final_loss is None else f"{v.final_loss:.4f}" + (" (some seeds diverged)" if v.diverged else "")
+            lines.append(f"| {v.variant} | {loss} |")
     return "\n".join(lines) + "\n"
 
 
-def _plot_vary(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> Path:
+def _plot_vary(rows: Sequence[Variant], path: Path, title: str) -> Path:
     from .plots import COLORS, _plt, _save
 
     plt = _plt()
-    base = next(r for r in rows if r["component"] is None)
-    others = [r for r in rows if r["component"] is not None]
-    finite = [r["final_loss"] for r in rows if r["final_loss"] is not None]
+    base = next(r for r in rows if r.component is None)
+    others = [r for r in rows if r.component is not None]
+    finite = [r.final_loss for r in rows if r.final_loss is not None]
     top = max(finite) if finite else 1.0
     bottom = min(finite) if finite else 0.0
     cap = top + 0.15 * (top - bottom + 1e-9)  # diverged bars reach above everything, hatched
     fig, ax = plt.subplots(figsize=(max(7, 0.28 * len(others) + 2), 4.2), dpi=120)
     for i, r in enumerate(others):
-        h = cap if r["final_loss"] is None else r["final_loss"]
-        ax.bar(i, h - bottom + 0.02, bottom=bottom - 0.02, color=COLORS[r["component"]],
-               alpha=0.45 if r["which"] == "end" else 0.9, hatch="xx" if r["final_loss"] is None else None,
-               edgecolor="k" if r["final_loss"] is None else "none")
-    if base["final_loss"] is not None:
-        ax.axhline(base["final_loss"], color="green", lw=1.5, label=f"plan as given: {base['final_loss']:.4f}")
+        h = cap if r.final_loss is None else r.final_loss
+        ax.bar(i, h - bottom + 0.02, bottom=bottom - 0.02, color=COLORS[r.component],
+               alpha=0.45 if r.which == "end" else 0.9, hatch="xx" if r.final_loss is None else None,
+               edgecolor="k" if r.final_loss is None else "none")
+    if base.final_loss is not None:
+        ax.axhline(base.final_loss, color="green", lw=1.5, label=f"plan as given: {base.final_loss:.4f}")
     ax.set_xticks(range(len(others)))
-    ax.set_xticklabels([r["variant"] for r in others], rotation=75, fontsize=7)
+    ax.set_xticklabels([r.variant for r in others], rotation=75, fontsize=7)
     ax.set_ylim(bottom - 0.03, cap + 0.02)
     ax.set_ylabel("final eval loss")
     ax.set_title(title + "  (hatched: diverged; pale: λ_end)", fontsize=9)
@@ -329,8 +395,10 @@ def add_commands(sub) -> None:
     add_target_args(p, "--target-command", what=" (the larger model; required)")
     p.add_argument("--baseline", default=None, help="baseline plan (default: the plan with every λ = 1)")
     p.add_argument("--grid", default=None, help="η_base values, e.g. 1e-3,2e-3,5e-3 (default: 5 around the plan's)")
-    p.add_argument("--grid-seeds", type=int, default=1, help="seeds per η_base grid point (default: 1)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds of the final compare (default: 3)")
+    p.add_argument("--grid-seeds", type=int, default=default_of(transfer, "grid_seeds"),
+                   help=f"seeds per η_base grid point (default: {default_of(transfer, 'grid_seeds')})")
+    p.add_argument("--seeds", type=int, default=default_of(transfer, "seeds"),
+                   help=f"seeds of the final compare (default: {default_of(transfer, 'seeds')})")
     add_workers_arg(p)
     p.add_argument("--out", required=True, help="output directory (grid.json, report.md, transfer.md, runs/)")
     p.set_defaults(func=cmd_transfer)
@@ -338,11 +406,13 @@ def add_commands(sub) -> None:
     p = sub.add_parser("ablate", help="leave-one-out (table 6) and one-λ-varied (figure 4) ablations of a plan")
     add_target_args(p)
     p.add_argument("--plan", default=None, help="plan to ablate (default: paper-moe for MoE presets, else paper-dense)")
-    p.add_argument("--kind", default="both", choices=("both", "leave-one-out", "vary"),
+    p.add_argument("--kind", default=default_of(ablate, "kind"), choices=ABLATIONS,
                    help="leave-one-out (table 6), vary (figure 4) or both (default)")
     p.add_argument("--components", default=None, help="comma-separated components (default: all of the model's)")
-    p.add_argument("--factors", default=None, help="λ multipliers for --kind vary (default: 0.2,0.667,1.5,5)")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per variant (default: 1)")
+    p.add_argument("--factors", default=None,
+                   help=f"λ multipliers for --kind vary (default: {','.join(f'{f:.3g}' for f in FACTORS)})")
+    p.add_argument("--seeds", type=int, default=default_of(ablate, "seeds"),
+                   help=f"seeds per variant (default: {default_of(ablate, 'seeds')})")
     add_workers_arg(p)
     p.add_argument("--out", required=True, help="output directory (ablate.md, ablate.json, runs/)")
     p.set_defaults(func=cmd_ablate)

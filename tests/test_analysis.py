@@ -72,11 +72,3 @@ def test_mean_curve_and_paired_difference():
     d = paired_difference([3.0, 3.2, 3.1], [2.9, 3.0, 3.05])
     assert d.mean == pytest.approx(-0.11666666666) and d.n == 3 and d.std == pytest.approx(np.std([-0.1, -0.2, -0.05], ddof=1))
 
-
-def test_docstring_examples():
-    import doctest
-
-    import rlrs.analysis
-
-    result = doctest.testmod(rlrs.analysis)
-    assert result.failed == 0 and result.attempted >= 5

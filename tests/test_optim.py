@@ -9,7 +9,7 @@ import torch
 from rlrs import presets
 from rlrs.components import COMPONENTS
 from rlrs.config import ConfigError
-from rlrs.optim import RelativeLR, assign_components, param_groups
+from rlrs.optim import DEFAULT_TIED, RelativeLR, assign_components, param_groups
 from rlrs.plan import ComponentPlan, Plan
 
 from conftest import ToyLM
@@ -97,16 +97,28 @@ def test_merge_joins_identical_components_only(toy):
     assert len(merged) < len(param_groups(toy, plan, merge=False))
 
 
-def test_tied_weights_need_a_plan_decision():
+def test_tied_weights_follow_the_unembedding_unless_the_plan_says_otherwise():
     model = ToyLM(tie=True)
-    with pytest.raises(ConfigError, match=r"plan.tied: one tensor is shared by embed.weight \(embedding\), unembed.weight \(unembedding\)"):
-        param_groups(model, presets.get("paper-moe"))
+    comp = assign_components(model, presets.get("paper-moe"))  # the plan leaves tied unset
+    assert comp["embed.weight"] == DEFAULT_TIED == "unembedding" and "unembed.weight" not in comp
     for choice in ("embedding", "unembedding"):
         plan = Plan(tied=choice)
         comp = assign_components(model, plan)
         assert comp["embed.weight"] == choice and "unembed.weight" not in comp
         groups = param_groups(model, plan, merge=False)
         assert sum(p is model.embed.weight for g in groups for p in g["params"]) == 1
+
+
+def test_a_tensor_shared_by_other_components_gets_a_fix_that_runs_as_written():
+    model = ToyLM()
+    model.blocks[0].mlp.up.weight = model.blocks[0].attn.qkv.weight  # attention and feed-forward share one
+    with pytest.raises(ConfigError, match="it can follow only one schedule") as info:
+        param_groups(model, presets.get("paper-moe"))
+    fix = str(info.value).split("e.g. ", 1)[1]
+    assert fix == 'rlrs.param_groups(model, plan, rules=[(r"^blocks\\.0\\.mlp\\.up\\.weight$", "attention")])'
+    rlrs = __import__("rlrs")
+    groups = eval(fix, {"rlrs": rlrs, "model": model, "plan": presets.get("paper-moe")})  # noqa: S307 - the message's own code
+    assert sum(p is model.blocks[0].attn.qkv.weight for g in groups for p in g["params"]) == 1
 
 
 def test_scheduler_follows_the_closed_form(toy):

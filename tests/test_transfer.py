@@ -29,7 +29,7 @@ def test_transfer_writes_a_table_2_report(tmp_path, tiny_sets):
     data = json.loads((tmp_path / "t" / "transfer.json").read_text())
     assert data["lambdas"]["router"] == [0.6, 1.0]  # the source plan's λ are kept
     rel = next(row for row in data["table"] if row["lr_type"] == "relative")
-    assert rel["base_lr"] == r.best_lrs["tuned"]
+    assert rel["base_lr"] == r.best_lrs["tuned"] == next(row.base_lr for row in r.rows if row.lr_type == "relative")
     # the relative arm trained with the source λ and the grid's η_base
     used = Plan.load(tmp_path / "t" / "plans" / "uniform.toml")
     assert used.router.start == 1.0 and used.final_fraction == plan.final_fraction
@@ -42,10 +42,12 @@ def test_ablate_leave_one_out_and_vary(tmp_path, tiny_sets):
     sets = {**tiny_sets, "train.steps": 10}
     r = ablate("tiny-moe", "paper-moe", tmp_path / "a", components=["embedding", "router"], factors=[0.2, 5.0],
                seeds=1, sets=sets, workers=1, log=lambda s: None)
-    assert [row["component"] for row in r.leave_one_out] == ["embedding", "router"]
-    assert all(row["final_loss"] is not None for row in r.leave_one_out)
-    names = [row["variant"] for row in r.vary]
+    assert [row.component for row in r.leave_one_out] == ["embedding", "router"]
+    assert all(row.final_loss is not None for row in r.leave_one_out)
+    names = [row.variant for row in r.vary]
     assert names[0] == "base" and "embedding.start×0.2" in names and "router.end×5" in names and len(names) == 9
+    saved = json.loads((tmp_path / "a" / "ablate.json").read_text())
+    assert [v["variant"] for v in saved["vary"]] == names and saved["leave_one_out"][1]["lambdas"] == [0.6, 1.0]
     md = (tmp_path / "a" / "ablate.md").read_text()
     assert "Leave one component out" in md and "| router | 0.6 → 1 |" in md
     assert (tmp_path / "a" / "ablate_vary.png").stat().st_size > 10_000

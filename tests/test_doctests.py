@@ -1,0 +1,17 @@
+"""The usage examples in docstrings run as written."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["rlrs.analysis", "rlrs.components", "rlrs.config", "rlrs.options", "rlrs.plan", "rlrs.presets",
+           "rlrs.schedules", "rlrs.tune.study"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0, f"{name} has no examples to run"
+    assert result.failed == 0
