@@ -595,8 +595,11 @@ def classify(model: nn.Module, rules: Sequence[Rule] | None = None, *, strict: b
 def tied_parameters(model: nn.Module) -> list[tuple[str, ...]]:
     """Groups of trainable parameter names that share one tensor, e.g. GPT-2's tied head.
 
-        >>> rlrs.components.tied_parameters(gpt2)
-        [('lm_head.weight', 'transformer.wte.weight')]
+        >>> from torch import nn
+        >>> gpt = nn.ModuleDict({"wte": nn.Embedding(10, 4), "lm_head": nn.Linear(4, 10, bias=False)})
+        >>> gpt.lm_head.weight = gpt.wte.weight
+        >>> tied_parameters(gpt)
+        [('lm_head.weight', 'wte.weight')]
 
     Each group is a sorted tuple of two or more names; groups are sorted by their first name.
     A tensor can sit in only one optimizer param group, so callers must pick one component for
