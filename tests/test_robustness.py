@@ -552,3 +552,33 @@ def test_fuzz_counts_are_reported():
             f"0 raw tracebacks")
     print("\n" + line)
     assert FUZZ["inputs"] == FUZZ["worked"] + FUZZ["clear errors"] and FUZZ["clear errors"] > 0 and FUZZ["worked"] > 0
+
+
+# --- the smaller things: messages that name the key, reports that say what they mean ---------------
+
+
+def test_data_errors_name_the_keys_to_set(tmp_path):
+    from rlrs.data import DataError, _read_jsonl, val_batches
+
+    jl = tmp_path / "docs.jsonl"
+    jl.write_text('{"body": "some text"}\n')
+    with pytest.raises(DataError, match=r"--set data.text_field=NAME"):
+        _read_jsonl(jl, "text")
+    with pytest.raises(DataError, match=r"train.seq_len.*data.val_fraction"):
+        val_batches(torch.zeros(10, dtype=torch.int64).numpy(), n_batches=1, batch_size=1, seq_len=64)
+
+
+def test_transfer_reports_tokens_it_knows_and_says_when_it_does_not():
+    from rlrs.transfer import _fmt_tokens
+
+    assert (_fmt_tokens(None), _fmt_tokens(0), _fmt_tokens(1_234_567), _fmt_tokens(2_500_000_000)) == (
+        "not reported", "0", "1.23M", "2.50B")
+
+
+@pytest.mark.parametrize("command", ["transfer", "ablate", "compare", "lr-grid", "tune", "train"])
+def test_every_option_of_every_experiment_command_has_help(command):
+    from rlrs.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "subcommand")
+    missing = [a.option_strings[0] for a in sub.choices[command]._actions if a.option_strings and not a.help]
+    assert not missing, f"rlrs {command}: no help for {missing}"
