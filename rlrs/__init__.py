@@ -16,7 +16,7 @@ The core (``schedules``, ``components``, ``plan``, ``presets``, ``optim``, ``scr
 from . import presets, schedules, script
 from .components import COMPONENTS, ClassificationError, classify, tied_parameters
 from .config import ConfigError
-from .optim import RelativeLR, assign_components, param_groups
+from .optim import RelativeLR, assign_components, muon_split, param_groups
 from .plan import ComponentPlan, Plan
 from .script import report
 
@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "COMPONENTS",
+    "muon_split",
     "ClassificationError",
     "ComponentPlan",
     "ConfigError",

@@ -177,9 +177,17 @@ def cmd_presets(args) -> int:
 
 def cmd_plot_plan(args) -> int:
     from . import plots, presets
+    from .components import COMPONENTS, classify
 
     plan = presets.resolve(args.plan)
-    path = plots.plot_plan(plan, args.total_steps, Path(args.out) / f"lr_{Path(args.plan).stem}.png")
+    components = COMPONENTS
+    if args.model is not None:  # only the components this model has
+        from .inspection import load_model
+
+        found = set(classify(load_model(args.model)).values())
+        components = tuple(c for c in COMPONENTS if c in found)
+    path = plots.plot_plan(plan, args.total_steps, Path(args.out) / f"lr_{Path(args.plan).stem}.png",
+                           components=components, log=not args.linear)
     print(f"wrote {path}")
     return 0
 
@@ -235,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", default="paper-moe", help="plan preset or file (default: paper-moe)")
     p.add_argument("--total-steps", type=int, default=10_000)
     p.add_argument("--out", default=".", help="output directory (default: .)")
+    p.add_argument("--model", default=None, help="draw only this model's components (a preset, HF config.json or model directory)")
+    p.add_argument("--linear", action="store_true", help="a linear LR axis instead of the log one")
     p.set_defaults(func=cmd_plot_plan)
 
     # Commands defined next to their logic: each module has add_commands(subparsers).

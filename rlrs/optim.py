@@ -169,6 +169,7 @@ class RelativeLR(LRScheduler):
 
     def __init__(self, optimizer: torch.optim.Optimizer, plan: Plan | str, total_steps: int, last_epoch: int = -1):
         plan = as_plan(plan)
+        _check_optimizer(optimizer)
         for i, g in enumerate(optimizer.param_groups):
             if "components" not in g:
                 raise ConfigError(
@@ -261,6 +262,54 @@ class RelativeLR(LRScheduler):
         self._last_lr = [float(g["lr"]) for g in self.optimizer.param_groups]
         if self.plan.independent_wd:
             self._set_independent_wd()
+
+
+def _check_optimizer(optimizer: torch.optim.Optimizer) -> None:
+    """Refuse optimizers on which a schedule would silently do nothing, or fail at the first step."""
+    name = type(optimizer).__name__
+    if "ScheduleFree" in name:
+        raise ConfigError(
+            f"optimizer: {name} is schedule-free: it replaces the LR schedule, so RelativeLR would fight it; "
+            "use a regular optimizer (torch.optim.AdamW) with RelativeLR, or the schedule-free one alone"
+        )
+    for i, g in enumerate(optimizer.param_groups):
+        if g.get("relative_step"):
+            raise ConfigError(
+                f"optimizer: {name} with relative_step=True sets its own step size and ignores lr "
+                f"(param_groups[{i}]), so the plan would change nothing; use "
+                f"{name}(params, lr=plan.base_lr, relative_step=False, scale_parameter=False, warmup_init=False)"
+            )
+        lr = g.get("lr")
+        if isinstance(lr, torch.Tensor) and not g.get("fused") and not g.get("capturable"):
+            on_cuda = any(p.is_cuda for p in g["params"])
+            if g.get("foreach") or (g.get("foreach") is None and on_cuda):
+                raise ConfigError(
+                    f"optimizer: {name} would run its foreach path with a tensor LR (param_groups(..., "
+                    "tensor_lr=True)), which torch refuses at the first step; pass fused=True or "
+                    "capturable=True (or foreach=False), or build the groups with tensor_lr=False"
+                )
+
+
+def muon_split(groups: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Split :func:`param_groups` into groups for Muon (the 2-D matrices of attention and
+    feed-forward) and groups for AdamW (embeddings, the head, routers, experts' 3-D tensors,
+    norms and biases). Every group keeps its component, so one plan drives both optimizers::
+
+        muon, adamw = rlrs.muon_split(rlrs.param_groups(model, plan))
+        opts = [torch.optim.Muon(muon, adjust_lr_fn="match_rms_adamw"), torch.optim.AdamW(adamw)]
+        scheds = [rlrs.RelativeLR(o, plan, total_steps) for o in opts]
+
+    ``adjust_lr_fn="match_rms_adamw"`` scales Muon's update to AdamW's size, so one η_base serves both.
+    """
+    muon, adamw = [], []
+    for g in groups:
+        hidden = set(g["components"]) <= {"attention", "feedforward"}
+        matrices = [p for p in g["params"] if hidden and p.ndim == 2]
+        rest = [p for p in g["params"] if not (hidden and p.ndim == 2)]
+        for params, into in ((matrices, muon), (rest, adamw)):
+            if params:
+                into.append({**g, "params": params})
+    return muon, adamw
 
 
 def _differing_keys(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:

@@ -34,8 +34,12 @@ def plot_plan(
     path: str | Path,
     components: Sequence[str] = COMPONENTS,
     title: str | None = None,
+    log: bool = True,
 ) -> Path:
-    """Every component's learning rate over training, from :meth:`Plan.lr`."""
+    """Every component's learning rate over training, from :meth:`Plan.lr`. ``components``:
+    draw only these (the model's own, not all seven). ``log``: a log LR axis, on which λ_end
+    differences (0.04 against 0.4 of η_base) are as visible as λ_start ones; the warmup's
+    first step (LR 0) is then left out."""
     components = component_names(components)
     plt = _plt()
     steps = np.unique(np.linspace(0, total_steps - 1, min(total_steps, 1000)).round().astype(int))
@@ -45,12 +49,17 @@ def plot_plan(
         lrs = [plan.lr(comp, int(s), total_steps) for s in steps]
         # Components with the same schedule would hide each other: dash the later ones.
         style = (0, (4, 2 + 2 * sum(d == lrs for d in drawn)))
-        ax.plot(steps, lrs, label=comp, color=COLORS[comp], lw=1.8, ls="-" if lrs not in drawn else style)
+        xs, ys = np.asarray(steps), np.asarray(lrs)
+        if log:
+            xs, ys = xs[ys > 0], ys[ys > 0]
+        ax.plot(xs, ys, label=comp, color=COLORS[comp], lw=1.8, ls="-" if lrs not in drawn else style)
         drawn.append(lrs)
+    if log:
+        ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel("learning rate")
+    ax.set_ylabel("learning rate" + (" (log scale)" if log else ""))
     ax.set_title(title or f"LR per component (η_base = {plan.base_lr:g}, λ_base = {plan.final_fraction:g})")
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both" if log else "major")
     ax.legend(frameon=False, fontsize=8, ncol=2)
     return _save(fig, path)
 

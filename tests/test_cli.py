@@ -76,3 +76,21 @@ def test_demo_runs_both_plans_and_reports(tmp_path, corpus_dir):
     assert "uniform" in r.stdout and "paper-moe" in r.stdout and "final eval loss" in r.stdout
     for name in ("eval_loss.png", "lr_paper-moe.png", "uniform/metrics.jsonl", "paper-moe/summary.json"):
         assert (tmp_path / "demo" / name).exists(), name
+
+
+def test_plot_plan_draws_the_models_own_components_on_a_log_axis(tmp_path, monkeypatch):
+    import rlrs.plots as plots
+    from rlrs.cli import main
+
+    drawn = {}
+    real = plots.plot_plan
+
+    def spy(plan, total, path, components=(), title=None, log=True):
+        drawn.update(components=tuple(components), log=log)
+        return real(plan, total, path, components=components, title=title, log=log)
+
+    monkeypatch.setattr(plots, "plot_plan", spy)
+    assert main(["plot-plan", "--plan", "paper-dense", "--model", "tiny-dense", "--total-steps", "200",
+                 "--out", str(tmp_path)]) == 0
+    assert drawn == {"components": ("embedding", "unembedding", "attention", "feedforward", "other"), "log": True}
+    assert (tmp_path / "lr_paper-dense.png").stat().st_size > 10_000

@@ -9,7 +9,7 @@ import torch
 from rlrs import presets
 from rlrs.components import COMPONENTS
 from rlrs.config import ConfigError
-from rlrs.optim import DEFAULT_TIED, RelativeLR, assign_components, param_groups
+from rlrs.optim import DEFAULT_TIED, RelativeLR, assign_components, muon_split, param_groups
 from rlrs.plan import ComponentPlan, Plan
 
 from conftest import ToyLM
@@ -231,3 +231,43 @@ def test_any_optimizer_accepts_the_groups(toy):
         opt = make(param_groups(toy, plan))
         sched = RelativeLR(opt, plan, 30)
         train(toy, opt, sched, steps=3)
+
+
+def test_optimizers_that_would_ignore_the_schedule_are_refused(toy):
+    groups = param_groups(toy, presets.get("paper-moe"))
+
+    class AdamWScheduleFree(torch.optim.AdamW):  # the schedulefree package's class name
+        pass
+
+    with pytest.raises(ConfigError, match="schedule-free"):
+        RelativeLR(AdamWScheduleFree(groups), "paper-moe", 10)
+    adafactor_like = torch.optim.SGD([{**g, "relative_step": True} for g in param_groups(toy, "paper-moe")], lr=0.1)
+    with pytest.raises(ConfigError, match=r"relative_step=True sets its own step size .*relative_step=False"):
+        RelativeLR(adafactor_like, "paper-moe", 10)
+    foreach = torch.optim.AdamW(param_groups(toy, "paper-moe", tensor_lr=True), foreach=True)
+    with pytest.raises(ConfigError, match="foreach path with a tensor LR .*fused=True"):
+        RelativeLR(foreach, "paper-moe", 10)
+
+
+@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="this torch has no Muon")
+def test_muon_for_matrices_and_adamw_for_the_rest_follow_one_plan(toy):
+    plan = presets.get("paper-moe")
+    muon, adamw = muon_split(param_groups(toy, plan))
+    assert all(p.ndim == 2 for g in muon for p in g["params"]) and {c for g in muon for c in g["components"]} <= {
+        "attention", "feedforward"}
+    split = [p for g in muon + adamw for p in g["params"]]
+    assert len(split) == len({id(p) for p in split}) == len([p for p in toy.parameters() if p.requires_grad])
+    opts = [torch.optim.Muon(muon, adjust_lr_fn="match_rms_adamw"), torch.optim.AdamW(adamw)]
+    scheds = [RelativeLR(o, plan, 50) for o in opts]
+    before = toy.blocks[0].attn.qkv.weight.detach().clone()
+    for step in range(3):
+        for o in opts:
+            for g in o.param_groups:
+                assert g["lr"] == plan.lr(g["components"][0], step, 50)
+        toy(torch.randint(0, 32, (2, 5))).logsumexp(-1).mean().backward()
+        for o in opts:
+            o.step()
+            o.zero_grad()
+        for s in scheds:
+            s.step()
+    assert not torch.equal(before, toy.blocks[0].attn.qkv.weight)  # Muon moved the attention matrix
