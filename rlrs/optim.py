@@ -101,7 +101,10 @@ def param_groups(
 
     Each group has ``params``, ``lr`` (η_base; :class:`RelativeLR` sets the scheduled value),
     ``weight_decay``, ``component``, ``components`` and ``decay`` (whether it is weight-decayed:
-    tensors with ``ndim < 2`` are not, unless ``plan.decay_1d``).
+    tensors with ``ndim < 2`` are not, unless ``plan.decay_1d``). With ``plan.lora_plus``, PEFT's
+    LoRA B matrices get groups of their own with ``lora_b: True`` (their LR is ``lora_plus`` times
+    the component's); LoRA adapters take the component of the module they adapt, and the frozen
+    base weights are left out, like every frozen parameter.
     """
     plan = as_plan(plan)
     comp_of = assign_components(model, plan, rules)
@@ -113,10 +116,12 @@ def param_groups(
         decay = plan.decay_1d or p.ndim >= 2
         wd = plan.weight_decay_of(comp) if decay else 0.0
         c = plan.component(comp)
+        lora_b = plan.lora_plus is not None and bool(_LORA_B.search(name))
         # Components with the same schedule and decay can share a group: same LR every step.
-        key = (c.start, c.end, c.shape, wd, decay) if merge else (comp, decay)
+        key = (c.start, c.end, c.shape, wd, decay, lora_b) if merge else (comp, decay, lora_b)
         bucket = buckets.setdefault(key, {"params": [], "components": [], "weight_decay": wd})
         bucket["decay"] = decay
+        bucket["lora_b"] = lora_b
         bucket["params"].append(p)
         if comp not in bucket["components"]:
             bucket["components"].append(comp)
@@ -129,9 +134,10 @@ def param_groups(
                 "params": b["params"],
                 "lr": lr,
                 "weight_decay": b["weight_decay"],
-                "component": "+".join(comps),
+                "component": "+".join(comps) + ("/lora_B" if b["lora_b"] else ""),
                 "components": comps,
                 "decay": b["decay"],
+                **({"lora_b": True} if b["lora_b"] else {}),
             }
         )
     if not groups:
@@ -139,8 +145,12 @@ def param_groups(
             f"model: {type(model).__name__} has no trainable parameter (every one has requires_grad=False); "
             "unfreeze what should train before building the optimizer"
         )
-    groups.sort(key=lambda g: (COMPONENTS.index(g["components"][0]), not g["decay"]))
+    groups.sort(key=lambda g: (COMPONENTS.index(g["components"][0]), not g["decay"], g.get("lora_b", False)))
     return groups
+
+
+# PEFT names LoRA's up-projection "lora_B" (and "lora_embedding_B" for embeddings): LoRA+ speeds it up.
+_LORA_B = re.compile(r"(^|\.)lora_(embedding_)?B(\.|$)")
 
 
 def _set(group: dict, key: str, value: float) -> None:
@@ -190,7 +200,8 @@ class RelativeLR(LRScheduler):
     def get_lr(self) -> list[float]:
         step = self.last_epoch
         self._check_groups()
-        return [self.plan.lr(g["components"][0], step, self.total_steps) for g in self.optimizer.param_groups]
+        return [self.plan.lr(g["components"][0], step, self.total_steps, g.get("lora_b", False))
+                for g in self.optimizer.param_groups]
 
     def _check_groups(self) -> None:
         for i, g in enumerate(self.optimizer.param_groups):
@@ -215,7 +226,7 @@ class RelativeLR(LRScheduler):
             if not g.get("decay", True):
                 continue
             comp = g["components"][0]
-            lr = self.plan.lr(comp, step, self.total_steps)
+            lr = self.plan.lr(comp, step, self.total_steps, g.get("lora_b", False))
             per_step = self.plan.weight_decay_of(comp) * self.plan.decay_shape(comp, step, self.total_steps)
             _set(g, "weight_decay", per_step / lr if lr > 0 else 0.0)
 

@@ -92,6 +92,8 @@ class Plan:
             follows: ``"embedding"`` or ``"unembedding"``; unset, it follows ``"unembedding"``
             (``rlrs.optim.DEFAULT_TIED``, which explains why).
         wsd_decay: fraction of training spent decaying, for components with shape ``wsd``.
+        lora_plus: LoRA+ (paper appendix D.2): the LR of LoRA's B matrices is this multiple of
+            the A matrices' (their component's LR); the LoRA+ paper uses 16. Unset: the same LR.
         embedding … other: the per-component :class:`ComponentPlan`.
     """
 
@@ -103,6 +105,7 @@ class Plan:
     independent_wd: bool = False
     tied: str | None = None
     wsd_decay: float = 0.2
+    lora_plus: float | None = None
     embedding: ComponentPlan = field(default_factory=ComponentPlan)
     unembedding: ComponentPlan = field(default_factory=ComponentPlan)
     attention: ComponentPlan = field(default_factory=ComponentPlan)
@@ -129,6 +132,8 @@ class Plan:
                 f"tied: {self.tied!r} is unknown; "
                 f"{_config.closest(str(self.tied), ('embedding', 'unembedding'))}"
             )
+        if self.lora_plus is not None and not (math.isfinite(self.lora_plus) and self.lora_plus > 0):
+            raise ConfigError(f"lora_plus: the B-to-A LR ratio, a number > 0 (16 in the LoRA+ paper), got {self.lora_plus!r}")
         if not (0.0 < self.wsd_decay <= 1.0):
             raise ConfigError(f"wsd_decay: a fraction of training in (0, 1], got {self.wsd_decay!r}")
         for name in COMPONENTS:
@@ -172,9 +177,10 @@ class Plan:
         """λ_m(t): component ``name``'s multiplier of η_base at ``step``."""
         return _schedule(self, name, total_steps)(step)
 
-    def lr(self, name: str, step: int, total_steps: int) -> float:
-        """Component ``name``'s learning rate at ``step``: the one LR formula of rlrs."""
-        return self.base_lr * self.multiplier(name, step, total_steps)
+    def lr(self, name: str, step: int, total_steps: int, lora_b: bool = False) -> float:
+        """Component ``name``'s learning rate at ``step``: the one LR formula of rlrs.
+        ``lora_b``: for a LoRA B matrix of that component (times ``lora_plus``, if set)."""
+        return self.base_lr * self.multiplier(name, step, total_steps) * ((self.lora_plus or 1.0) if lora_b else 1.0)
 
     def decay_shape(self, name: str, step: int, total_steps: int) -> float:
         """The shape of component ``name``'s schedule with λ = 1 (for independent weight decay)."""

@@ -1,0 +1,93 @@
+"""Integrations with the trainers people use, end to end on tiny models."""
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from rlrs import presets  # noqa: E402
+from rlrs.integrations.hf import RelativeLRTrainer  # noqa: E402
+
+STEPS = 6
+
+
+class Windows(torch.utils.data.Dataset):
+    def __init__(self, n=64, seq=16, vocab=64):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randint(0, vocab, (n, seq), generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.x[i], "labels": self.x[i]}
+
+
+def _llama():
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=16, tie_word_embeddings=False))
+
+
+def _trainer(out, **kw):
+    args = transformers.TrainingArguments(
+        output_dir=str(out), max_steps=STEPS, per_device_train_batch_size=4, learning_rate=3e-3, logging_steps=1,
+        save_strategy="steps", save_steps=3, report_to=[], use_cpu=True, seed=0, data_seed=0, disable_tqdm=True,
+        dataloader_num_workers=0, weight_decay=0.5, lr_scheduler_type="linear", warmup_steps=2)
+    return RelativeLRTrainer(plan="paper-dense", model=_llama(), args=args, train_dataset=Windows(), **kw)
+
+
+def test_hf_trainer_follows_the_plan_logs_every_component_and_resumes_exactly(tmp_path):
+    full = _trainer(tmp_path / "full")
+    full.train()
+    plan = full.plan
+    assert plan.base_lr == 3e-3 and plan.embedding == presets.get("paper-dense").embedding  # η_base from the args
+    groups = full.optimizer.param_groups
+    assert {c for g in groups for c in g["components"]} >= {"embedding", "unembedding", "attention", "feedforward"}
+    assert all(g["weight_decay"] in (0.0, plan.weight_decay_of(g["components"][0])) for g in groups)  # the plan's, not 0.5
+    logged = [e for e in full.state.log_history if "lr/attention" in e]
+    assert [e["step"] for e in logged] == list(range(1, STEPS + 1))
+    for e in logged:  # the LR each optimizer step used: Plan.lr at step - 1, not the linear warmup asked for
+        for comp in ("embedding", "attention", "feedforward", "unembedding"):
+            assert e[f"lr/{comp}"] == pytest.approx(plan.lr(comp, e["step"] - 1, STEPS), rel=1e-12)
+
+    resumed = _trainer(tmp_path / "resumed")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-3"))
+    for (name, a), b in zip(full.model.named_parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_hf_trainer_refuses_an_optimizer_of_its_own(tmp_path):
+    from rlrs.config import ConfigError
+
+    opt = torch.optim.SGD(_llama().parameters(), lr=0.1)
+    with pytest.raises(ConfigError, match="builds the optimizer and scheduler from the plan"):
+        _trainer(tmp_path, optimizers=(opt, None))
+
+
+def test_peft_lora_adapters_take_their_modules_component_and_lora_plus_speeds_up_b(tmp_path):
+    peft = pytest.importorskip("peft")
+    import dataclasses
+
+    import rlrs
+
+    model = peft.get_peft_model(_llama(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"]))
+    plan = dataclasses.replace(presets.get("paper-dense"), lora_plus=16.0)
+    groups = rlrs.param_groups(model, plan)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    grouped = [p for g in groups for p in g["params"]]
+    assert len(grouped) == len(trainable) and {id(p) for p in grouped} == {id(p) for p in trainable}  # base frozen: out
+    comp = rlrs.classify(model)
+    assert comp["base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"] == "attention"
+    assert comp["base_model.model.model.layers.1.mlp.up_proj.lora_B.default.weight"] == "feedforward"
+    opt = torch.optim.AdamW(groups)
+    sched = rlrs.RelativeLR(opt, plan, 10)
+    x = Windows().x[:2]
+    for step in range(3):
+        by = {(g["components"][0], g.get("lora_b", False)): g["lr"] for g in opt.param_groups}
+        for c in ("attention", "feedforward"):
+            assert by[(c, True)] == pytest.approx(16.0 * by[(c, False)]) and by[(c, False)] == plan.lr(c, step, 10)
+        model(input_ids=x, labels=x).loss.backward()
+        opt.step(); opt.zero_grad(); sched.step()  # noqa: E702
+    assert all(g.get("lora_b") for g in opt.param_groups if "lora_B" in g["component"])
