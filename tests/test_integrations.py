@@ -91,3 +91,18 @@ def test_peft_lora_adapters_take_their_modules_component_and_lora_plus_speeds_up
         model(input_ids=x, labels=x).loss.backward()
         opt.step(); opt.zero_grad(); sched.step()  # noqa: E702
     assert all(g.get("lora_b") for g in opt.param_groups if "lora_B" in g["component"])
+
+
+def test_the_readme_integration_examples_run_as_written(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    pytest.importorskip("peft")
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    hf, lora = re.findall(r"### Hugging Face Trainer.*?```python\n(.*?)```.*?### PEFT.*?```python\n(.*?)```", readme, re.S)[0]
+    monkeypatch.chdir(tmp_path)  # the example writes runs/hf
+    scope: dict = {}
+    exec(compile(hf, "README: Hugging Face Trainer", "exec"), scope)  # noqa: S102 - the README's own code
+    assert scope["trainer"].state.global_step == 20
+    exec(compile("import torch\ntotal_steps = 10\n" + lora, "README: PEFT", "exec"), scope)  # noqa: S102
+    assert any(g.get("lora_b") for g in scope["opt"].param_groups)
