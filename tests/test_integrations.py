@@ -106,3 +106,51 @@ def test_the_readme_integration_examples_run_as_written(tmp_path, monkeypatch):
     assert scope["trainer"].state.global_step == 20
     exec(compile("import torch\ntotal_steps = 10\n" + lora, "README: PEFT", "exec"), scope)  # noqa: S102
     assert any(g.get("lora_b") for g in scope["opt"].param_groups)
+
+
+# --- distributed wrappers -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_fsdp2_fully_shard_two_processes_follow_the_plan(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "scripts" / "fsdp_train.py"
+    out = tmp_path / "fsdp.json"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(script), str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["same_names"] and report["sharded"]  # FSDP2 keeps the names; the params are DTensors
+    comps = {c for g in report["groups"] for c in g["components"]}
+    assert {"embedding", "unembedding", "attention", "router", "experts"} <= comps
+    for g in report["groups"]:  # after 3 steps every group holds Plan.lr at step 3
+        assert g["lr"] == report["expected"][g["components"][0]]
+
+
+def test_ddp_and_compile_wrappers_keep_every_component():
+    import socket
+
+    import torch.distributed as dist
+
+    import rlrs
+    from rlrs.models import ModelConfig, build_model
+
+    cfg = ModelConfig(vocab_size=64, seq_len=16, d_model=32, n_layers=2, n_heads=2, n_experts=4, top_k=1)
+    plain = rlrs.classify(build_model(cfg))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(build_model(cfg))
+        assert rlrs.classify(ddp) == {f"module.{n}": c for n, c in plain.items()}
+        groups = rlrs.param_groups(ddp, "paper-moe")
+        assert sum(len(g["params"]) for g in groups) == len(list(ddp.parameters()))
+    finally:
+        dist.destroy_process_group()
+    compiled = torch.compile(build_model(cfg))  # not run: wrapping is enough to prefix the names
+    assert rlrs.classify(compiled) == {f"_orig_mod.{n}": c for n, c in plain.items()}
