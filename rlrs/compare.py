@@ -306,7 +306,7 @@ class CompareResult:
                 "per_seed": [dataclasses.asdict(p) for p in a.per_seed], "text": a.text,
             }
             diffs[a.name] = None if a.difference is None else {**dataclasses.asdict(a.difference), "seeds": a.paired_seeds}
-        return _clean({
+        return _config.json_safe({
             "command": self.command, "preset": self.preset, "target": self.target, "baseline": self.baseline,
             "metric": self.metric, "seeds": self.seeds, "plans": self.plans,
             "total_steps": self.total_steps, "eval_interval": self.eval_interval, "sets": self.sets,
@@ -510,23 +510,6 @@ def _speedup_text(arm: str, sp: SpeedUp | None, n_base: int, n_rel: int, seeds: 
             f"{sp.target_loss:.4f} at step {sp.t_relative} instead of {sp.t_base} ({over})")
 
 
-def _clean(obj: Any) -> Any:
-    """JSON-safe: arrays to lists, NaN and inf to null (strict JSON has neither), paths to text."""
-    if isinstance(obj, Mapping):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return [_clean(v) for v in obj.tolist()]
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 # --- lr-grid ----------------------------------------------------------------------------------------
 
 
@@ -620,7 +603,7 @@ class GridResult:
                                 for r in p.runs]}
                       for p in a.points]
             arms[a.name] = {"points": points, "best": a.best, "best_loss": a.best_loss, "edge": a.edge}
-        return _clean({"preset": self.preset, "target": self.target, "seeds": self.seeds, "metric": "eval",
+        return _config.json_safe({"preset": self.preset, "target": self.target, "seeds": self.seeds, "metric": "eval",
                        "plans": self.plans, "arms": arms, "best": self.best, "command": self.command,
                        "wall_s": self.wall_s})
 

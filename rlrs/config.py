@@ -317,6 +317,26 @@ def dumps(data: Mapping[str, Any], suffix: str) -> str:
     raise ConfigError(f"unsupported config file type {suffix!r}; use .toml or .json")
 
 
+def json_safe(obj: Any) -> Any:
+    """JSON-ready data: NaN and inf become null (strict JSON has neither), arrays and numpy
+    scalars plain lists and numbers, paths text. The one place results are made JSON-safe.
+
+    >>> json_safe({"loss": float("nan"), "steps": (1, 2), "out": Path("runs/a")})
+    {'loss': None, 'steps': [1, 2], 'out': 'runs/a'}
+    """
+    if isinstance(obj, Mapping):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, float):  # numpy's float64 too
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):  # numpy arrays and scalars
+        return json_safe(obj.tolist())
+    return obj
+
+
 def make_dir(path: str | Path, what: str = "--out") -> Path:
     """Create a directory (and its parents), with an error that names ``what`` and the fix."""
     path = Path(path)

@@ -188,8 +188,8 @@ class RunResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "status": self.status, "steps": self.steps, "total_steps": self.total_steps,
-            "eval_steps": self.eval_steps, "eval_loss": [_finite(v) for v in self.eval_loss],
-            "final_eval_loss": self.final_eval_loss, "final_train_loss": _finite(self.final_train_loss),
+            "eval_steps": self.eval_steps, "eval_loss": _config.json_safe(self.eval_loss),
+            "final_eval_loss": self.final_eval_loss, "final_train_loss": _config.json_safe(self.final_train_loss),
             "tokens": self.tokens, "wall_s": self.wall_s, "error": self.error, "exit_code": self.exit_code,
         }
 
@@ -202,10 +202,6 @@ class RunResult:
             final_train_loss=d.get("final_train_loss"), tokens=d.get("tokens"), wall_s=float(d.get("wall_s", 0.0)),
             error=d.get("error"), exit_code=d.get("exit_code"), reused=True,
         )
-
-
-def _finite(v: float | None) -> float | None:
-    return v if v is not None and math.isfinite(v) else None
 
 
 def read_result(out: str | Path) -> RunResult | None:

@@ -598,7 +598,7 @@ class Trainer:
             "wall_s": wall_s,
             "params": _models.count_params(self.cfg.model),
         }
-        _config.atomic_write_text(self.out / "summary.json", json.dumps(_strict(summary), indent=2) + "\n")
+        _config.atomic_write_text(self.out / "summary.json", json.dumps(_config.json_safe(summary), indent=2) + "\n")
 
     def _eval_record(self, log: "_Log") -> float:
         loss = self.evaluate()
@@ -727,17 +727,6 @@ def _py_state(plain) -> tuple:
     return (plain[0], tuple(plain[1]), plain[2])
 
 
-def _strict(obj: Any) -> Any:
-    """JSON has no NaN or inf: write them as null (the eval curve reads null back as NaN)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _strict(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_strict(v) for v in obj]
-    return obj
-
-
 def _readable_json(path: Path) -> bool:
     try:
         json.loads(path.read_text())
@@ -794,7 +783,7 @@ class _Log:
 
     def write(self, rec: dict[str, Any]) -> None:
         if self.f is not None:
-            self.f.write(json.dumps(_strict(rec), allow_nan=False) + "\n")
+            self.f.write(json.dumps(_config.json_safe(rec), allow_nan=False) + "\n")
             self.f.flush()
 
     def close(self) -> None:
