@@ -402,9 +402,11 @@ class _Walk:
 
     def __init__(self, model: nn.Module):
         self.model = model
-        inner = _unwrap(model)  # a compiled or DDP wrapper does not have the model's own methods
-        self.input_ids = self._ids(inner, "get_input_embeddings")
-        self.output_ids = self._ids(inner, "get_output_embeddings")
+        # The model's own methods, and those of a Hugging Face model inside a wrapper (a
+        # LightningModule, PEFT, DDP or a compiled module).
+        owners = [_unwrap(model), *(m for m in model.modules() if hasattr(m, "config"))]
+        self.input_ids = set().union(*(self._ids(m, "get_input_embeddings") for m in owners))
+        self.output_ids = set().union(*(self._ids(m, "get_output_embeddings") for m in owners))
         self.attention_below: dict[int, bool] = {}
         self.head_ids = self._head_ancestors()
         self.out: dict[str, str] = {}
