@@ -72,6 +72,7 @@ class TrainConfig:
     precision: str = "auto"
     compile: bool = False
     threads: int | None = None
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         if self.steps is not None and self.steps < 2:
@@ -514,7 +515,8 @@ class Trainer:
         end = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
         if self.step >= end and self.step > 0:
             return self._already_done()
-        log = _Log(self.out / "metrics.jsonl", enabled=self.rank == 0)
+        log = _Log(self.out / "metrics.jsonl", enabled=self.rank == 0, tensorboard=self.cfg.train.tensorboard,
+                   resume_step=self.step)
         bar = _progress_bar(self.total_steps, self.step, enabled=self.progress and self.rank == 0)
         last_train = None
         final_eval = None
@@ -776,19 +778,35 @@ def _warn(msg: str) -> None:
 
 
 class _Log:
-    """Appends JSON lines; flushed per record so a crash loses at most the line being written."""
+    """Appends JSON lines; flushed per record so a crash loses at most the line being written.
 
-    def __init__(self, path: Path, enabled: bool):
+    With ``tensorboard`` it also writes every number of every record as a TensorBoard scalar
+    (``train/loss``, ``train/lr/router``, ``eval/eval_loss``) to ``<out>/tensorboard``; a
+    resumed run hides what the earlier attempt wrote after ``resume_step`` (``purge_step``),
+    as the JSONL is cut there too.
+    """
+
+    def __init__(self, path: Path, enabled: bool, tensorboard: bool = False, resume_step: int = 0):
         self.f = open(path, "a") if enabled else None
+        self.tb = None
+        if enabled and tensorboard:
+            writer = _config.require("tensorboardX", "tensorboard").SummaryWriter
+            self.tb = writer(str(path.parent / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
 
     def write(self, rec: dict[str, Any]) -> None:
         if self.f is not None:
             self.f.write(json.dumps(_config.json_safe(rec), allow_nan=False) + "\n")
             self.f.flush()
+        if self.tb is not None and rec.get("kind") in ("train", "eval"):
+            for key, value in rec.items():
+                if key not in ("kind", "step") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.tb.add_scalar(f"{rec['kind']}/{key}", value, rec["step"])
 
     def close(self) -> None:
         if self.f is not None:
             self.f.close()
+        if self.tb is not None:
+            self.tb.close()
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):

@@ -209,3 +209,41 @@ def test_lightning_follows_the_plan_logs_every_component_and_resumes_exactly(tmp
     resumed, _ = _lightning_fit(tmp_path / "resumed", ckpt_path=str(ckpt))
     for (name, a), b in zip(full.named_parameters(), resumed.parameters()):
         assert torch.equal(a, b), name
+
+
+# --- TensorBoard from rlrs's own trainer ----------------------------------------------------------
+
+
+def _events(directory):
+    """Every (tag, step, value) in the TensorBoard event files under ``directory`` (TFRecord framing:
+    length, its CRC, the Event proto, its CRC)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out = []
+    for path in sorted(directory.rglob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        i = 0
+        while i + 12 <= len(data):
+            (n,) = struct.unpack("<Q", data[i:i + 8])
+            event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+            i += 12 + n + 4
+            out += [(v.tag, event.step, v.simple_value) for v in event.summary.value]
+    return out
+
+
+def test_rlrs_train_writes_every_metric_to_tensorboard_too(tmp_path, tiny_sets):
+    pytest.importorskip("tensorboardX")
+    from rlrs.train import Trainer, read_metrics, run_config
+
+    cfg = run_config("tiny-moe", "paper-moe", sets={**tiny_sets, "train.steps": 6, "train.tensorboard": True})
+    Trainer(cfg, tmp_path / "run").run()
+    events = _events(tmp_path / "run" / "tensorboard")
+    by = {(tag, step): v for tag, step, v in events}
+    for rec in read_metrics(tmp_path / "run"):
+        if rec["kind"] == "train":
+            assert by[("train/loss", rec["step"])] == pytest.approx(rec["loss"], rel=1e-6)
+            assert by[("train/lr/router", rec["step"])] == pytest.approx(rec["lr/router"], rel=1e-6)
+        if rec["kind"] == "eval":
+            assert by[("eval/eval_loss", rec["step"])] == pytest.approx(rec["eval_loss"], rel=1e-6)
