@@ -73,6 +73,7 @@ class TrainConfig:
     compile: bool = False
     threads: int | None = None
     tensorboard: bool = False
+    wandb: bool = False
 
     def __post_init__(self) -> None:
         if self.steps is not None and self.steps < 2:
@@ -516,7 +517,7 @@ class Trainer:
         if self.step >= end and self.step > 0:
             return self._already_done()
         log = _Log(self.out / "metrics.jsonl", enabled=self.rank == 0, tensorboard=self.cfg.train.tensorboard,
-                   resume_step=self.step)
+                   resume_step=self.step, wandb=self.cfg.train.wandb, config=self.cfg.to_dict())
         bar = _progress_bar(self.total_steps, self.step, enabled=self.progress and self.rank == 0)
         last_train = None
         final_eval = None
@@ -783,30 +784,48 @@ class _Log:
     With ``tensorboard`` it also writes every number of every record as a TensorBoard scalar
     (``train/loss``, ``train/lr/router``, ``eval/eval_loss``) to ``<out>/tensorboard``; a
     resumed run hides what the earlier attempt wrote after ``resume_step`` (``purge_step``),
-    as the JSONL is cut there too.
+    as the JSONL is cut there too. With ``wandb`` it logs the same numbers to a W&B run in
+    ``<out>/wandb``: offline unless ``WANDB_MODE`` says otherwise (``wandb sync`` uploads it),
+    one W&B run per run directory, continued by a resume (W&B keeps the first value it got for a
+    step, so steps an interrupted attempt had logged keep that attempt's values there).
     """
 
-    def __init__(self, path: Path, enabled: bool, tensorboard: bool = False, resume_step: int = 0):
+    def __init__(self, path: Path, enabled: bool, tensorboard: bool = False, resume_step: int = 0,
+                 wandb: bool = False, config: Mapping[str, Any] | None = None):
         self.f = open(path, "a") if enabled else None
-        self.tb = None
+        self.tb = self.wb = None
         if enabled and tensorboard:
             writer = _config.require("tensorboardX", "tensorboard").SummaryWriter
             self.tb = writer(str(path.parent / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+        if enabled and wandb:
+            import hashlib
+
+            wb = _config.require("wandb", "wandb")
+            run_id = hashlib.sha256(str(path.parent.resolve()).encode()).hexdigest()[:16]
+            self.wb = wb.init(project=os.environ.get("WANDB_PROJECT", "rlrs"), dir=str(path.parent), id=run_id,
+                              resume="allow", mode=os.environ.get("WANDB_MODE", "offline"), config=dict(config or {}),
+                              name=path.parent.name)
 
     def write(self, rec: dict[str, Any]) -> None:
         if self.f is not None:
             self.f.write(json.dumps(_config.json_safe(rec), allow_nan=False) + "\n")
             self.f.flush()
-        if self.tb is not None and rec.get("kind") in ("train", "eval"):
-            for key, value in rec.items():
-                if key not in ("kind", "step") and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self.tb.add_scalar(f"{rec['kind']}/{key}", value, rec["step"])
+        if rec.get("kind") in ("train", "eval") and (self.tb is not None or self.wb is not None):
+            scalars = {f"{rec['kind']}/{key}": value for key, value in rec.items()
+                       if key not in ("kind", "step") and isinstance(value, (int, float)) and not isinstance(value, bool)}
+            if self.tb is not None:
+                for tag, value in scalars.items():
+                    self.tb.add_scalar(tag, value, rec["step"])
+            if self.wb is not None:
+                self.wb.log(scalars, step=rec["step"])
 
     def close(self) -> None:
         if self.f is not None:
             self.f.close()
         if self.tb is not None:
             self.tb.close()
+        if self.wb is not None:
+            self.wb.finish()
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):

@@ -247,3 +247,51 @@ def test_rlrs_train_writes_every_metric_to_tensorboard_too(tmp_path, tiny_sets):
             assert by[("train/lr/router", rec["step"])] == pytest.approx(rec["lr/router"], rel=1e-6)
         if rec["kind"] == "eval":
             assert by[("eval/eval_loss", rec["step"])] == pytest.approx(rec["eval_loss"], rel=1e-6)
+
+
+def _wandb_history(run_dir):
+    """(step, {key: value}) of every history record in a W&B offline run file (LevelDB-log framing:
+    32 KiB blocks of records with a 7-byte header, a 7-byte file header first)."""
+    import json
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = next(run_dir.rglob("run-*.wandb")).read_bytes()
+    pos, block, pending, out = 7, 32768, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if length == 0 and kind == 0:  # padding to the block's end
+            pos += left
+            continue
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):  # a whole record, or the last piece of one
+            rec = pb.Record.FromString(pending)
+            if rec.HasField("history"):
+                out.append((rec.history.step.num, {it.key or "/".join(it.nested_key): json.loads(it.value_json)
+                                                   for it in rec.history.item}))
+    return out
+
+
+def test_rlrs_train_logs_every_metric_to_wandb_offline(tmp_path, tiny_sets, monkeypatch):
+    pytest.importorskip("wandb")
+    from rlrs.train import Trainer, read_metrics, run_config
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # offline is rlrs's default
+    cfg = run_config("tiny-moe", "paper-moe", sets={**tiny_sets, "train.steps": 6, "train.wandb": True})
+    Trainer(cfg, tmp_path / "run").run()
+    history = {}
+    for step, items in _wandb_history(tmp_path / "run" / "wandb"):
+        history.setdefault(step, {}).update(items)
+    for rec in read_metrics(tmp_path / "run"):
+        if rec["kind"] == "train":
+            assert history[rec["step"]]["train/loss"] == pytest.approx(rec["loss"], rel=1e-9)
+            assert history[rec["step"]]["train/lr/router"] == pytest.approx(rec["lr/router"], rel=1e-9)
+        if rec["kind"] == "eval":
+            assert history[rec["step"]]["eval/eval_loss"] == pytest.approx(rec["eval_loss"], rel=1e-9)
