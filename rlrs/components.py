@@ -483,23 +483,36 @@ class _Walk:
             return "embedding"
         return None
 
-    def visit(self, name: str, module: nn.Module, parent: nn.Module | None, ctx: str | None, in_layer: bool) -> None:
+    def visit(self, name: str, module: nn.Module, parent: nn.Module | None, ctx: str | None, in_layer: bool,
+              side: str | None = None) -> None:
         role = self.role(name, module, parent, ctx, in_layer) if name else None
         here = role or ctx
         for pname, _ in module.named_parameters(recurse=False, remove_duplicate=False):
             full = f"{name}.{pname}" if name else pname
-            comp = here or self._fallback(pname, module, in_layer)
+            comp = here or self._fallback(pname, module, in_layer, side)
             if comp is None:
                 self.unplaced.append(full)
             else:
                 self.out[full] = comp
         layer_list = isinstance(module, (nn.ModuleList, nn.Sequential))
+        stack = self._layer_stack(module) if not in_layer else None
+        seen_stack = False
         for cname, child in module.named_children():
             child_in_layer = in_layer or (layer_list and self._attention_inside(child))
-            self.visit(f"{name}.{cname}" if name else cname, child, module, here, child_in_layer)
+            if stack is not None and child is stack:
+                seen_stack = True
+            child_side = side if stack is None or child is stack else ("after" if seen_stack else "before")
+            self.visit(f"{name}.{cname}" if name else cname, child, module, here, child_in_layer, child_side)
+
+    def _layer_stack(self, module: nn.Module) -> nn.Module | None:
+        """The child of ``module`` that is a list of Transformer layers, if it has one."""
+        for child in module.children():
+            if isinstance(child, (nn.ModuleList, nn.Sequential)) and any(self._attention_inside(c) for c in child):
+                return child
+        return None
 
     @staticmethod
-    def _fallback(pname: str, module: nn.Module, in_layer: bool) -> str | None:
+    def _fallback(pname: str, module: nn.Module, in_layer: bool, side: str | None = None) -> str | None:
         # Inside a Transformer layer, what is not attention, routing, experts or a norm is the
         # feed-forward part (OPT's fc1/fc2, BERT's output.dense); a lone scalar is "other".
         if _TOKEN_PARAMS.search(pname):
@@ -509,6 +522,10 @@ class _Walk:
             return "feedforward" if _is_projection(module) else "other"
         if param.ndim <= 1 and not _is_projection(module):
             return "other"  # a scale or bias of the residual stream (a layer's bias goes with its weight)
+        if side is not None and _is_projection(module):
+            # A projection beside a stack of layers: before it, the stack's input stem (a speech
+            # encoder's input_linear, an upsampler); after it, the stack's output head (CTC outputs).
+            return "embedding" if side == "before" else "unembedding"
         return None
 
 

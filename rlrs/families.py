@@ -36,11 +36,8 @@ LAYER_KEYS = ("num_hidden_layers", "num_layers", "n_layer", "n_layers", "num_dec
 EXEMPT = {"mamba": "neither feedforward nor experts", "mamba2": "neither feedforward nor experts",
           "falcon_mamba": "neither feedforward nor experts", "fnet": "no attention"}
 # Classes with parameters no structural rule can place without guessing: they need rules=.
-NEEDS_RULES = {
-    "granite_speech": "a speech conformer encoder (input_linear, out, out_mid)",
-    "granite_speech_plus": "a speech conformer encoder (input_linear, out, out_mid)",
-    "nemo_speechlm": "a word-timestamp upsampler outside any layer",
-}
+# (Empty with transformers 5.24; tests/test_families.py keeps the list honest.)
+NEEDS_RULES: dict[str, str] = {}
 EXPERT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts", "num_routed_experts")
 
 

@@ -420,6 +420,18 @@ class Unknown(nn.Module):
         self.out = nn.Linear(4, 10)
 
 
+def test_projections_beside_a_stack_of_layers_are_its_stem_and_head():
+    layer = nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16)
+    encoder = nn.Module()  # a speech encoder: features -> input_linear -> layers -> out (CTC logits)
+    encoder.input_linear = nn.Linear(5, 8)
+    encoder.layers = nn.ModuleList([layer])
+    encoder.out = nn.Linear(8, 12)
+    comp = classify(nn.ModuleDict({"encoder": encoder}))
+    assert comp["encoder.input_linear.weight"] == comp["encoder.input_linear.bias"] == "embedding"
+    assert comp["encoder.out.weight"] == comp["encoder.out.bias"] == "unembedding"
+    assert comp["encoder.layers.0.linear1.weight"] == "feedforward"
+
+
 def test_what_structure_cannot_place_is_listed_with_how_to_pass_rules():
     with pytest.raises(ClassificationError) as info:
         classify(Unknown())
