@@ -17,7 +17,8 @@ Labels come, in this order, from
    ``get_output_embeddings()`` where it has them), attention modules (self and cross, fused qkv,
    low-rank MLA projections, the q/k norms inside them), MoE blocks (the router that scores the
    experts, with its bias terms; the experts, fused 3-D or a list of modules), feed-forward
-   modules, norms and scalars (``other``). Names break ties (``embed``, ``lm_head``, ``mlp``).
+   modules, norms and scalars (``other``), and the projections beside a stack of layers (its
+   stem: ``embedding``; its head: ``unembedding``). Names break ties (``embed``, ``lm_head``).
 
 Only a parameter that structure cannot place raises ``ClassificationError``, naming every such
 parameter and the ``rules=`` fix::
