@@ -106,6 +106,10 @@ def test_the_readme_integration_examples_run_as_written(tmp_path, monkeypatch):
     assert scope["trainer"].state.global_step == 20
     exec(compile("import torch\ntotal_steps = 10\n" + lora, "README: PEFT", "exec"), scope)  # noqa: S102
     assert any(g.get("lora_b") for g in scope["opt"].param_groups)
+    lightning = re.search(r"### PyTorch Lightning.*?```python\n(.*?)```", readme, re.S).group(1)
+    pytest.importorskip("lightning")
+    exec(compile(lightning, "README: Lightning", "exec"), scope)  # noqa: S102 - on the LoRA model above
+    assert (tmp_path / "lightning_logs").is_dir()
 
 
 # --- distributed wrappers -------------------------------------------------------------------------
