@@ -68,6 +68,20 @@ def arm_name(spec: str) -> str:
     return Path(spec).stem if spec.endswith((".toml", ".json")) else spec
 
 
+def ladder_next(value: float, direction: int) -> float:
+    """The next value of the paper's {1, 2, 5}×10⁻ⁿ ladder above (``direction=1``) or below
+    (``-1``) ``value``.
+
+    >>> ladder_next(2e-3, 1), ladder_next(1e-3, -1), ladder_next(3e-3, 1)
+    (0.005, 0.0005, 0.005)
+    """
+    exp = math.floor(math.log10(value))
+    ladder = [float(f"{m}e{e}") for e in range(exp - 1, exp + 2) for m in (1, 2, 5)]
+    if direction > 0:
+        return min(v for v in ladder if v > value * (1 + 1e-9))
+    return max(v for v in ladder if v < value * (1 - 1e-9))
+
+
 def grid_around(base_lr: float, n: int = 5) -> list[float]:
     """``n`` values of the paper's {1, 2, 5}×10⁻ⁿ ladder centred on the one nearest ``base_lr``.
 
@@ -619,12 +633,17 @@ def lr_grid(
     workers: int | None = None,
     config_file: str | Path | None = None,
     command: str | None = None,
+    extend: int = 3,
     log: Callable[[str], None] = print,
     progress: bool = False,
 ) -> GridResult:
     """The η_base search of appendix A, separately for each plan: train each plan at each grid
     value (default: 5 values of the {1, 2, 5}×10⁻ⁿ ladder around the plan's η_base) and pick the
-    lowest final eval loss. Writes ``grid.json``, ``grid.md`` and ``lr_grid.png`` (figure 3)."""
+    lowest final eval loss. Writes ``grid.json``, ``grid.md`` and ``lr_grid.png`` (figure 3).
+
+    A best value at the grid's low or high end says nothing about the optimum, so the grid grows
+    by the next ladder value beyond that end, up to ``extend`` times per arm (0: never), until the
+    best lies inside (a diverged neighbour bounds it too)."""
     t0 = time.perf_counter()
     target = _target(target, config_file)
     preset = target.name
@@ -640,21 +659,36 @@ def lr_grid(
     out = Path(out)
     values = {arm: list(grid) if grid else grid_around(target.spec(plan, 0, sets).plan.base_lr)
               for arm, plan in arms}
-    specs = [_spec(target, arm, plan, seed, sets, lr, out / "runs", label_lr=True)
-             for seed in range(seeds) for arm, plan in arms for lr in values[arm]]
+    if isinstance(extend, bool) or not isinstance(extend, int) or extend < 0:
+        raise ConfigError(f"extend: how many values a grid may grow by at an edge, an integer >= 0, got {extend!r}")
     log(f"rlrs lr-grid: {preset}, plans {', '.join(a for a, _ in arms)}, η_base grid "
         + "; ".join(f"{a}: {', '.join(f'{v:g}' for v in values[a])}" for a, _ in arms)
         + f", {seeds} seed{'s' * (seeds > 1)} -> {out}")
-    infos, _ = _execute(specs, workers, "eval", log, progress)
-    lr_of = {s.out: s.run.plan.base_lr for s in specs}
+    grown = {arm: 0 for arm, _ in arms}
+    while True:
+        # Every round lists every point: the engine reuses the runs earlier rounds trained.
+        specs = [_spec(target, arm, plan, seed, sets, lr, out / "runs", label_lr=True)
+                 for seed in range(seeds) for arm, plan in arms for lr in values[arm]]
+        infos, _ = _execute(specs, workers, "eval", log, progress)
+        lr_of = {s.out: s.run.plan.base_lr for s in specs}
+        grid_arms = {arm: GridArm(arm, [GridPoint(lr, [r for r in infos if r.arm == arm and lr_of[r.out] == lr])
+                                        for lr in values[arm]])
+                     for arm, _ in arms}
+        more = False
+        for arm, a in grid_arms.items():
+            if a.edge is not None and grown[arm] < extend:
+                beyond = ladder_next(values[arm][0 if a.edge == "low" else -1], -1 if a.edge == "low" else 1)
+                values[arm] = sorted({*values[arm], beyond})
+                grown[arm] += 1
+                more = True
+                log(f"rlrs lr-grid: {arm}: best η_base at the {a.edge} edge; adding {beyond:g}")
+        if not more:
+            break
     res = GridResult(
         out=out, preset=preset, target=_describe_target(target),
         command=command or _python_call("lr_grid", preset=preset, plans=list(plans), out=str(out),
                                         grid=list(grid) if grid else None, seeds=seeds, sets=sets or None),
-        seeds=seeds, plans=dict(arms),
-        arms={arm: GridArm(arm, [GridPoint(lr, [r for r in infos if r.arm == arm and lr_of[r.out] == lr])
-                                 for lr in values[arm]])
-              for arm, _ in arms},
+        seeds=seeds, plans=dict(arms), arms=grid_arms,
     )
     res.wall_s = time.perf_counter() - t0
     path = out / "grid.json"
@@ -719,6 +753,9 @@ def add_commands(sub) -> None:
                    help="η_base values, e.g. 1e-3,2e-3,5e-3 (default: 5 values around each plan's η_base)")
     p.add_argument("--seeds", type=int, default=default_of(lr_grid, "seeds"),
                    help=f"seeds per grid point (default: {default_of(lr_grid, 'seeds')})")
+    p.add_argument("--extend", type=int, default=default_of(lr_grid, "extend"),
+                   help="values a grid may grow by, per arm, while its best η_base sits at an edge "
+                        f"(default: {default_of(lr_grid, 'extend')}; 0: never)")
     p.set_defaults(func=cmd_lr_grid)
 
 
@@ -776,9 +813,11 @@ def cmd_compare(args) -> int:
 def cmd_lr_grid(args) -> int:
     target = _prepare(args, "lr-grid")
     grid = parse_grid(args.grid) if args.grid is not None else None
-    extra = [*_extra_plans(args), "--seeds", str(args.seeds)] + (["--grid", args.grid] if args.grid else [])
+    extra = [*_extra_plans(args), "--seeds", str(args.seeds), "--extend", str(args.extend)] + (
+        ["--grid", args.grid] if args.grid else [])
     res = lr_grid(target, args.plans_list, args.out, grid=grid, seeds=args.seeds, sets=args.sets,
-                  workers=args.workers, command=command_line("lr-grid", args, extra), progress=sys.stderr.isatty())
+                  workers=args.workers, command=command_line("lr-grid", args, extra), extend=args.extend,
+                  progress=sys.stderr.isatty())
     print()
     for arm in (arm_name(p) for p in args.plans_list):
         if arm in res.best:

@@ -102,6 +102,7 @@ def transfer(
     baseline: str | None = None,
     grid: Sequence[float] | None = None,
     grid_seeds: int = 1,
+    extend: int = 3,
     seeds: int = 3,
     sets: Mapping[str, Any] | None = None,
     workers: int | None = None,
@@ -118,7 +119,8 @@ def transfer(
     plans = [baseline, str(plan)]
     log(f"rlrs transfer: λ from {arm_name(str(plan))} onto {preset}; η_base searched for both arms")
     # One --out for the grid and the compare: compare reuses the grid's seed-0 runs.
-    grid_result = lr_grid(target, plans, out, grid=grid, seeds=grid_seeds, sets=sets, workers=workers, log=log)
+    grid_result = lr_grid(target, plans, out, grid=grid, seeds=grid_seeds, sets=sets, workers=workers, extend=extend,
+                          log=log)
     missing = [arm_name(p) for p in plans if arm_name(p) not in grid_result.best]
     if missing:
         raise ConfigError(f"every η_base of the grid diverged for {', '.join(missing)}; try a lower --grid")
@@ -399,6 +401,8 @@ def add_commands(sub) -> None:
                    help=f"seeds per η_base grid point (default: {default_of(transfer, 'grid_seeds')})")
     p.add_argument("--seeds", type=int, default=default_of(transfer, "seeds"),
                    help=f"seeds of the final compare (default: {default_of(transfer, 'seeds')})")
+    p.add_argument("--extend", type=int, default=default_of(transfer, "extend"),
+                   help=f"values the η_base grid may grow by at an edge, per arm (default: {default_of(transfer, 'extend')})")
     add_workers_arg(p)
     p.add_argument("--out", required=True, help="output directory (grid.json, report.md, transfer.md, runs/)")
     p.set_defaults(func=cmd_transfer)
@@ -422,7 +426,8 @@ def cmd_transfer(args) -> int:
     check_workers(args.workers)
     target = target_from_args(args, required=True)
     transfer(args.plan, target, args.out, baseline=args.baseline, grid=parse_grid(args.grid) if args.grid else None,
-             grid_seeds=args.grid_seeds, seeds=args.seeds, sets=parse_sets(args.set), workers=args.workers)
+             grid_seeds=args.grid_seeds, extend=args.extend, seeds=args.seeds, sets=parse_sets(args.set),
+             workers=args.workers)
     print((Path(args.out) / "transfer.md").read_text())
     return 0
 

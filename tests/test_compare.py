@@ -283,7 +283,7 @@ def test_lr_grid_then_compare_with_its_best(tmp_path, corpus_dir, capsys, spy):
     for k, v in _sets(corpus_dir, **{"train.steps": 12}).items():
         sets += ["--set", f"{k}={json.dumps(v) if isinstance(v, str) else v}"]
     common = ["--preset", "tiny-dense", "--plans", "uniform-dense,paper-dense", "--out", str(out), "--workers", "1", *sets]
-    assert main(["lr-grid", "--grid", "1e-3,1e-2", *common]) == 0
+    assert main(["lr-grid", "--grid", "1e-3,1e-2", "--extend", "0", *common]) == 0
     text = capsys.readouterr().out
     grid = json.loads((out / "grid.json").read_text())
     for arm in ("uniform-dense", "paper-dense"):
@@ -302,6 +302,21 @@ def test_lr_grid_then_compare_with_its_best(tmp_path, corpus_dir, capsys, spy):
     assert res["command"].startswith("rlrs compare --preset tiny-dense") and "--base-lrs-from" in res["command"]
     for r in res["runs"]:
         assert json.loads((Path(r["out"]) / "config.json").read_text())["plan"]["base_lr"] == grid["best"][r["arm"]]
+
+
+def test_lr_grid_grows_past_an_edge_until_the_best_is_inside(tmp_path, corpus_dir, spy):
+    from rlrs.compare import lr_grid
+
+    messages = []
+    res = lr_grid("tiny-dense", ["uniform-dense"], tmp_path / "g", grid=[1e-5, 2e-5], extend=2,
+                  sets=_sets(corpus_dir, **{"train.steps": 8}), workers=1, log=messages.append)
+    arm = res.arms["uniform-dense"]
+    values = [p.base_lr for p in arm.points]
+    # Tiny LRs: the best sits at the high end, so the grid grows upward along the ladder, twice.
+    assert values == [1e-5, 2e-5, 5e-5, 1e-4]
+    assert sum("adding" in m for m in messages) == 2 and len(spy.jobs) == 4  # each run trained once
+    assert arm.best == 1e-4 and arm.edge == "high"  # still rising after the allowed growth: said so
+    assert json.loads((tmp_path / "g" / "grid.json").read_text())["arms"]["uniform-dense"]["edge"] == "high"
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["rlrs.analysis", "rlrs.components", "rlrs.config", "rlrs.options", "rlrs.plan", "rlrs.presets",
+MODULES = ["rlrs.analysis", "rlrs.compare", "rlrs.components", "rlrs.config", "rlrs.options", "rlrs.plan", "rlrs.presets",
            "rlrs.schedules", "rlrs.tune.study"]
 
 

@@ -22,7 +22,8 @@ def test_transfer_writes_a_table_2_report(tmp_path, tiny_sets):
     plan = presets.get("paper-moe")
     src = plan.save(tmp_path / "tuned.toml")
     sets = {**tiny_sets, "train.steps": 12}
-    r = transfer(src, "tiny-moe", tmp_path / "t", grid=[1e-3, 3e-3], seeds=1, sets=sets, workers=1, log=lambda s: None)
+    r = transfer(src, "tiny-moe", tmp_path / "t", grid=[1e-3, 3e-3], extend=0, seeds=1, sets=sets, workers=1,
+                 log=lambda s: None)
     assert set(r.best_lrs) == {"uniform", "tuned"} and all(v in (1e-3, 3e-3) for v in r.best_lrs.values())
     md = (tmp_path / "t" / "transfer.md").read_text()
     assert "| tiny-moe | baseline (uniform) |" in md and "| tiny-moe | relative (tuned) |" in md
