@@ -118,6 +118,55 @@ class Difference:
         return f"final loss relative − baseline: {self.mean:+.4f}{spread}"
 
 
+@dataclass(frozen=True)
+class Interval:
+    """A bootstrap interval of the speed-up in percent. ``low`` is ``None`` when more than the
+    interval's lower tail of resamples never reaches the baseline's final loss (no speed-up)."""
+
+    low: float | None
+    high: float | None
+    level: float
+    resamples: int
+
+    def describe(self) -> str:
+        lo = "no speed-up" if self.low is None else f"{self.low:+.1f}%"
+        hi = "no speed-up" if self.high is None else f"{self.high:+.1f}%"
+        return f"{self.level:.0%} interval [{lo}, {hi}] (bootstrap over seeds, {self.resamples} resamples)"
+
+
+def bootstrap_speedup(
+    base_curves: Sequence[tuple[Sequence[int], Sequence[float]]],
+    rel_curves: Sequence[tuple[Sequence[int], Sequence[float]]],
+    resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Interval | None:
+    """A paired percentile bootstrap of the speed-up over seeds: the seeds are resampled with
+    replacement, the same seeds for both arms (seed i of each saw the same data), and the
+    speed-up of the resampled mean curves is measured. ``None`` with fewer than 2 paired seeds.
+
+    >>> base = [([0, 10, 20], [5.0, 4.0, 3.0]), ([0, 10, 20], [5.0, 4.1, 3.1])]
+    >>> rel = [([0, 10, 20], [5.0, 2.9, 2.5]), ([0, 10, 20], [5.0, 3.0, 2.6])]
+    >>> bootstrap_speedup(base, rel).describe()
+    '95% interval [+100.0%, +100.0%] (bootstrap over seeds, 2000 resamples)'
+    """
+    k = len(base_curves)
+    if k < 2 or len(rel_curves) != k:
+        return None
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        idx = rng.integers(0, k, size=k)
+        bs, bm, _ = mean_curve([base_curves[i] for i in idx])
+        rs, rm, _ = mean_curve([rel_curves[i] for i in idx])
+        sp = speedup(bs, bm, rs, rm)
+        values.append(-math.inf if sp.percent is None else sp.percent)
+    # "lower"/"higher": no interpolation, which has no meaning next to a resample with no speed-up (-inf).
+    lo = np.percentile(values, 50 * (1 - level), method="lower")
+    hi = np.percentile(values, 50 * (1 + level), method="higher")
+    return Interval(float(lo) if math.isfinite(lo) else None, float(hi) if math.isfinite(hi) else None, level, resamples)
+
+
 def paired_difference(base_final: Sequence[float], rel_final: Sequence[float]) -> Difference:
     """Final-loss difference with its spread; seeds are paired by position (the same data seed)."""
     b = np.asarray(base_final, dtype=np.float64)

@@ -47,7 +47,8 @@ import numpy as np
 
 from . import config as _config
 from . import reporting
-from .analysis import (Difference, RouterCurve, RouterHealth, RunLogs, Spike, SpeedUp, UpdateCurves, detect_spikes,
+from .analysis import (Difference, Interval, RouterCurve, RouterHealth, RunLogs, Spike, SpeedUp, UpdateCurves,
+                       bootstrap_speedup, detect_spikes,
                        mean_curve, mean_router, mean_updates, paired_difference, read_run, router_health, speedup)
 from .config import ConfigError
 from .engine import (CommandTarget, Job, PresetRun, PresetTarget, RunResult, RunSpec, Target, run_all, run_dir)
@@ -237,6 +238,7 @@ class ArmResult:
     paired_seeds: list[int] = field(default_factory=list)
     per_seed: list[SeedSpeedUp] = field(default_factory=list)
     text: str = ""  # the speed-up in one sentence, or why there is none
+    interval: Interval | None = None  # 95% bootstrap interval over paired seeds (2 or more)
 
     @property
     def base_lr(self) -> float:
@@ -318,6 +320,7 @@ class CompareResult:
                 **(dataclasses.asdict(sp) if sp else {"t_base": None, "t_relative": None, "target_loss": None, "percent": None}),
                 "seeds_baseline": n_base, "seeds_relative": len(a.finished), "seeds": self.seeds,
                 "per_seed": [dataclasses.asdict(p) for p in a.per_seed], "text": a.text,
+                "interval": None if a.interval is None else dataclasses.asdict(a.interval),
             }
             diffs[a.name] = None if a.difference is None else {**dataclasses.asdict(a.difference), "seeds": a.paired_seeds}
         return _config.json_safe({
@@ -504,6 +507,9 @@ def summarize(
             pct = speedup(rb.curve_steps, rb.curve_loss, ra.curve_steps, ra.curve_loss).percent if rb and ra else None
             arm.per_seed.append(SeedSpeedUp(s, pct, bool(rb and ra)))
         arm.text = _speedup_text(arm.name, arm.speedup, len(base.finished), len(arm.finished), seeds, metric)
+        if arm.speedup is not None:
+            arm.interval = bootstrap_speedup([(base_by_seed[s].curve_steps, base_by_seed[s].curve_loss) for s in arm.paired_seeds],
+                                             [(mine[s].curve_steps, mine[s].curve_loss) for s in arm.paired_seeds])
     return arms
 
 

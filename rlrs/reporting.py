@@ -399,6 +399,8 @@ def compare_markdown(res: CompareResult, lr_files: Mapping[str, Path], moe: bool
                                      "no speed-up" if p.measured else "not measured")
                for p in arm.per_seed]
         add(f"- {arm.text}." + (f" Per seed: {', '.join(per)}." if len(per) > 1 else ""))
+        if arm.interval is not None:
+            add(f"- {arm.name}: speed-up {arm.interval.describe()}.")
         d = arm.difference
         if d is not None:
             spread = f" ± {d.std:.4f} (std of the paired differences over {d.n} seeds)" if d.n > 1 else " (one seed)"

@@ -72,3 +72,20 @@ def test_mean_curve_and_paired_difference():
     d = paired_difference([3.0, 3.2, 3.1], [2.9, 3.0, 3.05])
     assert d.mean == pytest.approx(-0.11666666666) and d.n == 3 and d.std == pytest.approx(np.std([-0.1, -0.2, -0.05], ddof=1))
 
+
+
+def test_bootstrap_interval_of_the_speedup_over_paired_seeds():
+    from rlrs.analysis import bootstrap_speedup
+
+    steps = [0, 10, 20, 30, 40]
+    base = [(steps, [5.0, 4.0, 3.5, 3.2, 3.0]), (steps, [5.0, 4.0, 3.5, 3.2, 3.0])]
+    fast = [(steps, [5.0, 3.6, 3.1, 2.95, 2.8]), (steps, [5.0, 3.6, 3.0, 2.9, 2.8])]
+    iv = bootstrap_speedup(base, fast)
+    point = speedup(*mean_curve(base)[:2], *mean_curve(fast)[:2]).percent
+    assert iv.low <= point <= iv.high and iv.level == 0.95 and iv.resamples == 2000
+    # one seed of the relative arm never gets there: resamples made of it have no speed-up
+    mixed = [fast[0], (steps, [5.0, 4.5, 4.0, 3.6, 3.4])]
+    iv = bootstrap_speedup(base, mixed)
+    assert iv.low is None and iv.high is not None and "no speed-up" in iv.describe()
+    assert bootstrap_speedup(base[:1], fast[:1]) is None  # one seed: no interval
+    assert bootstrap_speedup(base, fast, seed=3) == bootstrap_speedup(base, fast, seed=3)  # reproducible

@@ -166,6 +166,10 @@ def test_compare_writes_results_report_and_plots(moe_compare):
     sp = res["speedups"]["paper-moe"]
     assert sp["t_base"] == STEPS and sp["target_loss"] == pytest.approx(res["arms"]["uniform-moe"]["final_loss"]["mean"])
     assert sp["text"] == moe_compare.lines()[0]
+    iv = sp["interval"]  # 2 paired seeds: a bootstrap interval of the speed-up
+    assert iv["level"] == 0.95 and iv["resamples"] == 2000
+    if sp["percent"] is not None and iv["low"] is not None:
+        assert iv["low"] <= sp["percent"] <= iv["high"]
     assert len(res["arms"]["paper-moe"]["curve"]["steps"]) == STEPS + 1  # step 0 and every 1% (= 1 step here)
     assert set(res["arms"]["paper-moe"]["updates"]["update_ratio"]) == {"embedding", "unembedding", "attention", "router", "experts", "other"}
     health = res["runs"][0]["router"]
