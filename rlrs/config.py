@@ -154,6 +154,23 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str | None = None) -
         raise ConfigError(f"{where or 'config'}: {err}") from err
 
 
+def differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, value in a, value in b)`` for every key whose values differ, nested tables
+    walked, keys sorted: what error messages list when two configs or plans disagree.
+
+    >>> differences({"train": {"steps": 200, "seed": 0}}, {"train": {"steps": 300, "seed": 0}})
+    [('train.steps', 200, 300)]
+    """
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, Mapping) and isinstance(vb, Mapping):
+            out += differences(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append((f"{prefix}{k}", va, vb))
+    return out
+
+
 def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 

@@ -21,7 +21,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from .components import COMPONENTS, Rule, classify, tied_parameters
-from .config import ConfigError
+from .config import ConfigError, differences
 from . import presets
 from .plan import Plan
 
@@ -259,7 +259,7 @@ class RelativeLR(LRScheduler):
         total = int(state_dict["total_steps"])
         if not adopt and (plan != self.plan or total != self.total_steps):
             diff = [f"total_steps {total} (saved) vs {self.total_steps} (now)"] if total != self.total_steps else []
-            diff += [f"plan.{k}" for k in _differing_keys(plan.to_dict(), self.plan.to_dict())]
+            diff += [f"plan.{k}" for k, _, _ in differences(plan.to_dict(), self.plan.to_dict())]
             raise ConfigError(
                 f"RelativeLR.load_state_dict: the saved state is of another schedule ({', '.join(diff)}); "
                 "build the scheduler with the saved plan and length, or pass adopt=True to take them over"
@@ -321,17 +321,6 @@ def muon_split(groups: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], 
             if params:
                 into.append({**g, "params": params})
     return muon, adamw
-
-
-def _differing_keys(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, Mapping) and isinstance(vb, Mapping):
-            out += _differing_keys(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            out.append(f"{prefix}{k}")
-    return out
 
 
 def _decoupled_decay(optimizer: torch.optim.Optimizer) -> bool:

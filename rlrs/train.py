@@ -762,16 +762,9 @@ def _checksum_problem(ckpt: Path) -> str | None:
     return None if _sha256(ckpt) == expected else "fails its checksum (the file changed after it was written)"
 
 
-def _differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
+def _differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     """Dotted keys whose values differ, with both values: ``train.steps (200 vs 300)``."""
-    out = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, Mapping) and isinstance(vb, Mapping):
-            out += _differences(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            out.append(f"{prefix}{k} ({va!r} vs {vb!r})")
-    return out
+    return [f"{k} ({va!r} vs {vb!r})" for k, va, vb in _config.differences(a, b)]
 
 
 def _warn(msg: str) -> None:
