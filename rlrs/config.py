@@ -354,6 +354,17 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
+def sha256_file(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks (checkpoints, downloaded wheels)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def make_dir(path: str | Path, what: str = "--out") -> Path:
     """Create a directory (and its parents), with an error that names ``what`` and the fix."""
     path = Path(path)

