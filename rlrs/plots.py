@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .components import COMPONENTS, component_names
-from .config import require
+from .config import require, temp_beside
 from .plan import Plan
 
 # One colour per component, the same in every figure.
@@ -103,23 +103,16 @@ def plot_losses(
 
 def _save(fig, path: str | Path) -> Path:
     import os
-    import tempfile
 
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A temp name of its own: two processes drawing the same figure must not share one.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.png")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; figures are meant to be shared
+    tmp = temp_beside(path, suffix=".tmp.png")  # the suffix tells savefig the format
     try:
         fig.tight_layout()
         fig.savefig(tmp)
         os.replace(tmp, path)
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
     return path
