@@ -640,12 +640,13 @@ def lr_grid(
     config_file: str | Path | None = None,
     command: str | None = None,
     extend: int = 3,
+    points: int = 5,
     log: Callable[[str], None] = print,
     progress: bool = False,
 ) -> GridResult:
     """The η_base search of appendix A, separately for each plan: train each plan at each grid
-    value (default: 5 values of the {1, 2, 5}×10⁻ⁿ ladder around the plan's η_base) and pick the
-    lowest final eval loss. Writes ``grid.json``, ``grid.md`` and ``lr_grid.png`` (figure 3).
+    value (default: ``points`` values of the {1, 2, 5}×10⁻ⁿ ladder around the plan's η_base) and
+    pick the lowest final eval loss. Writes ``grid.json``, ``grid.md`` and ``lr_grid.png`` (figure 3).
 
     A best value at the grid's low or high end says nothing about the optimum, so the grid grows
     by the next ladder value beyond that end, up to ``extend`` times per arm (0: never), until the
@@ -662,8 +663,10 @@ def lr_grid(
         grid = sorted({float(v) for v in grid})
         if not grid:
             raise ConfigError("grid: give at least one learning rate, e.g. --grid 1e-3,2e-3,5e-3")
+    if isinstance(points, bool) or not isinstance(points, int) or points < 1:
+        raise ConfigError(f"points: how many ladder values the default grid has, an integer >= 1, got {points!r}")
     out = Path(out)
-    values = {arm: list(grid) if grid else grid_around(target.spec(plan, 0, sets).plan.base_lr)
+    values = {arm: list(grid) if grid else grid_around(target.spec(plan, 0, sets).plan.base_lr, points)
               for arm, plan in arms}
     if isinstance(extend, bool) or not isinstance(extend, int) or extend < 0:
         raise ConfigError(f"extend: how many values a grid may grow by at an edge, an integer >= 0, got {extend!r}")
@@ -756,7 +759,9 @@ def add_commands(sub) -> None:
                     "`rlrs compare --base-lrs-from OUT/grid.json` uses the result.")
     _common_args(p, "output directory (default: runs/lr-grid-PRESET); use compare's --out to share runs")
     p.add_argument("--grid", default=None, metavar="LR,LR,...",
-                   help="η_base values, e.g. 1e-3,2e-3,5e-3 (default: 5 values around each plan's η_base)")
+                   help="η_base values, e.g. 1e-3,2e-3,5e-3 (default: --points values around each plan's η_base)")
+    p.add_argument("--points", type=int, default=default_of(lr_grid, "points"),
+                   help=f"size of the default grid around each plan's η_base (default: {default_of(lr_grid, 'points')})")
     p.add_argument("--seeds", type=int, default=default_of(lr_grid, "seeds"),
                    help=f"seeds per grid point (default: {default_of(lr_grid, 'seeds')})")
     p.add_argument("--extend", type=int, default=default_of(lr_grid, "extend"),
@@ -820,9 +825,10 @@ def cmd_lr_grid(args) -> int:
     target = _prepare(args, "lr-grid")
     grid = parse_grid(args.grid) if args.grid is not None else None
     extra = [*_extra_plans(args), "--seeds", str(args.seeds), "--extend", str(args.extend)] + (
-        ["--grid", args.grid] if args.grid else [])
+        ["--grid", args.grid] if args.grid else ["--points", str(args.points)])
     res = lr_grid(target, args.plans_list, args.out, grid=grid, seeds=args.seeds, sets=args.sets,
                   workers=args.workers, command=command_line("lr-grid", args, extra), extend=args.extend,
+                  points=args.points,
                   progress=sys.stderr.isatty())
     print()
     for arm in (arm_name(p) for p in args.plans_list):

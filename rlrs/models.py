@@ -46,6 +46,7 @@ __all__ = [
     "get_preset",
     "PRESETS",
     "PAPER_BATCH_SIZE",
+    "LADDER",
 ]
 
 _NORM_EPS = 1e-6
@@ -547,6 +548,61 @@ def small_moe() -> ModelConfig:
     return dataclasses.replace(small_dense(), n_experts=8)
 
 
+def _ladder(d_model: int, n_layers: int, n_experts: int = 0) -> ModelConfig:
+    return ModelConfig(vocab_size=1024, seq_len=128, d_model=d_model, n_layers=n_layers,
+                       n_heads=d_model // 16, n_experts=n_experts)
+
+
+def ladder_xs_dense() -> ModelConfig:
+    """The compute-optimal ladder's smallest rung (32.9k active non-embedding params): d_model 32,
+    2 layers, heads of 16, seq_len 128, a 1024-id BPE. At the default 20 tokens per parameter a
+    run is 322 steps of 16 × 128 tokens, about a minute on one core: the rung ``tune`` searches.
+
+    Why these shapes: the rungs grow width and depth together (d_model/layers 32/2, 48/3, 64/5,
+    heads of 16) so that the ladder spans 10× in active non-embedding parameters while its top rung
+    still trains to 20 tokens per parameter in about 10 minutes on one core. The 1024-id vocabulary keeps each
+    embedding matrix at 1.0× the non-embedding part on this rung and 0.2× on the top one: the
+    paper's 34M models sit at 0.75× with GPT-2's 50k ids, whereas a 4096-id vocabulary would make
+    the embeddings 4× the whole model here. ``seq_len`` 128 keeps attention's share of compute
+    near the paper's (seq_len / d_model ≈ 2 to 4, the paper's 512 / 512 = 1 at 34M).
+    """
+    return _ladder(32, 2)
+
+
+def ladder_xs_moe() -> ModelConfig:
+    """``ladder-xs-dense`` with 8 experts, top-1 (same active parameters)."""
+    return _ladder(32, 2, n_experts=8)
+
+
+def ladder_s_dense() -> ModelConfig:
+    """The ladder's middle rung: d_model 48, 3 layers (110.9k active non-embedding params, 3.4×
+    ``ladder-xs``); 1084 steps at 20 tokens per parameter."""
+    return _ladder(48, 3)
+
+
+def ladder_s_moe() -> ModelConfig:
+    """``ladder-s-dense`` with 8 experts, top-1."""
+    return _ladder(48, 3, n_experts=8)
+
+
+def ladder_m_dense() -> ModelConfig:
+    """The ladder's top CPU rung: d_model 64, 5 layers (328.4k active non-embedding params, 10×
+    ``ladder-xs``); 3207 steps at 20 tokens per parameter, about 10 minutes on one core."""
+    return _ladder(64, 5)
+
+
+def ladder_m_moe() -> ModelConfig:
+    """``ladder-m-dense`` with 8 experts, top-1."""
+    return _ladder(64, 5, n_experts=8)
+
+
+LADDER: dict[str, tuple[str, ...]] = {
+    "dense": ("ladder-xs-dense", "ladder-s-dense", "ladder-m-dense"),
+    "moe": ("ladder-xs-moe", "ladder-s-moe", "ladder-m-moe"),
+}
+"""The compute-optimal ladder's rungs per model type, smallest first (see ``ladder_xs_dense``)."""
+
+
 def _paper(d_model: int, n_layers: int, seq_len: int, n_experts: int) -> ModelConfig:
     return ModelConfig(
         vocab_size=50257,  # GPT-2 tokenizer
@@ -596,6 +652,12 @@ PRESETS: dict[str, Callable[[], ModelConfig]] = {
     "micro-moe": micro_moe,
     "small-dense": small_dense,
     "small-moe": small_moe,
+    "ladder-xs-dense": ladder_xs_dense,
+    "ladder-xs-moe": ladder_xs_moe,
+    "ladder-s-dense": ladder_s_dense,
+    "ladder-s-moe": ladder_s_moe,
+    "ladder-m-dense": ladder_m_dense,
+    "ladder-m-moe": ladder_m_moe,
     "dense-34m": dense_34m,
     "moe-34m": moe_34m,
     "dense-113m": dense_113m,

@@ -4,14 +4,15 @@
     >>> presets.get("paper-moe").router
     ComponentPlan(start=0.6, end=1.0, shape='cosine', weight_decay=None)
     >>> sorted(presets.PRESETS)
-    ['paper-dense', 'paper-moe', 'uniform', 'uniform-dense', 'uniform-moe']
+    ['blockwise-dense', 'blockwise-moe', 'paper-dense', 'paper-moe', 'uniform', 'uniform-dense', 'uniform-moe']
 
 ``paper-moe`` is table 4 of the paper, ``paper-dense`` table 5; both use the paper's λ_base
 (0.04 MoE, 0.06 dense), weight decay 0.1, 1% warmup and the η_base it found on its smallest
 models (3e-3 MoE, 2e-3 dense; retune η_base for another model with ``rlrs lr-grid``). The baselines
 keep every λ at 1 with the same λ_base, so that a comparison changes only the relative rates:
 ``uniform-moe`` pairs with ``paper-moe``, ``uniform-dense`` with ``paper-dense``; ``uniform`` is
-``uniform-moe``.
+``uniform-moe``. ``blockwise-moe``/``blockwise-dense`` are Blockwise LR's constant per-block
+multipliers (arXiv 2502.19002), the static alternative a user might try instead.
 """
 
 from __future__ import annotations
@@ -62,12 +63,42 @@ def uniform_dense() -> Plan:
     return Plan(base_lr=2e-3, final_fraction=0.06, weight_decay=0.1)
 
 
+def _blockwise(final_fraction: float) -> Plan:
+    # Blockwise LR (Wang et al. 2025, arXiv 2502.19002) scales each block type's LR by a constant
+    # (embedding 10, feed-forward 6, attention query/key 8 and value/output 4, norms 1). rlrs has
+    # one attention component, so it takes 6, the mean over its four equal-sized matrices; the
+    # untied output head and the MoE router are not among the paper's block types and keep 1.
+    return Plan(
+        base_lr=5e-4,
+        final_fraction=final_fraction,
+        weight_decay=0.1,
+        embedding=C(10.0, 10.0),
+        attention=C(6.0, 6.0),
+        feedforward=C(6.0, 6.0),
+        experts=C(6.0, 6.0),
+    )
+
+
+def blockwise_moe() -> Plan:
+    """Blockwise LR's static multipliers on the MoE baseline's schedule (embedding 10, attention
+    6, feed-forward and experts 6, others 1; η_base 5e-4, about 3e-3 / 6): the arm a user would try
+    instead of a tuned plan. Retune η_base with ``rlrs lr-grid``."""
+    return _blockwise(0.04)
+
+
+def blockwise_dense() -> Plan:
+    """``blockwise-moe`` on the dense baseline's schedule (λ_base 0.06)."""
+    return _blockwise(0.06)
+
+
 PRESETS: dict[str, Callable[[], Plan]] = {
     "paper-moe": paper_moe,
     "paper-dense": paper_dense,
     "uniform": uniform_moe,
     "uniform-moe": uniform_moe,
     "uniform-dense": uniform_dense,
+    "blockwise-moe": blockwise_moe,
+    "blockwise-dense": blockwise_dense,
 }
 
 

@@ -4,7 +4,6 @@ failures, pruning, workers, and the three examples in ``examples/`` at tiny size
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path

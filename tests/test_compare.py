@@ -323,6 +323,19 @@ def test_lr_grid_grows_past_an_edge_until_the_best_is_inside(tmp_path, corpus_di
     assert json.loads((tmp_path / "g" / "grid.json").read_text())["arms"]["uniform-dense"]["edge"] == "high"
 
 
+def test_lr_grid_default_grid_has_points_values_around_each_plans_own_base_lr(tmp_path, corpus_dir, spy):
+    from rlrs.compare import lr_grid
+
+    res = lr_grid("tiny-dense", ["uniform-dense", "blockwise-dense"], tmp_path / "g", points=3, extend=0,
+                  sets=_sets(corpus_dir, **{"train.steps": 4}), workers=1, log=_quiet)
+    # uniform-dense's η_base is 2e-3, blockwise-dense's 5e-4: each arm gets its own three ladder values.
+    assert [p.base_lr for p in res.arms["uniform-dense"].points] == [1e-3, 2e-3, 5e-3]
+    assert [p.base_lr for p in res.arms["blockwise-dense"].points] == [2e-4, 5e-4, 1e-3]
+    assert len(spy.jobs) == 6
+    with pytest.raises(ConfigError, match="points: how many ladder values"):
+        lr_grid("tiny-dense", ["uniform-dense"], tmp_path / "h", points=0)
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -158,6 +158,29 @@ def test_small_presets_are_micro_at_4x_the_non_embedding_params():
         assert (small.n_layers, small.seq_len, small.n_experts) == (micro.n_layers, micro.seq_len, micro.n_experts)
 
 
+def test_the_ladder_spans_8x_and_its_embeddings_do_not_dwarf_it():
+    # Issue 13: 3+ rungs spanning >= 8x in active non-embedding params, at 20 tokens per param,
+    # the embedding no larger than the non-embedding part (paper's 34M: 0.75x per matrix).
+    from rlrs.models import LADDER
+    from rlrs.train import run_config, total_steps
+
+    for kind, rungs in LADDER.items():
+        assert len(rungs) >= 3
+        counts = [count_params(get_preset(r)) for r in rungs]
+        active = [c["active_non_embedding"] for c in counts]
+        assert active == sorted(active) and active[-1] / active[0] >= 8.0
+        for name, c in zip(rungs, counts):
+            cfg = run_config(name)
+            assert cfg.model.is_moe == (kind == "moe") and cfg.data.tokenizer == "bpe-1024"
+            assert cfg.model.vocab_size == 1024 and cfg.train.steps is None and cfg.train.tokens_per_param == 20
+            per_matrix = cfg.model.vocab_size * cfg.model.d_model
+            assert per_matrix <= 1.0 * c["active_non_embedding"]
+            tokens = total_steps(cfg) * cfg.train.batch_size * cfg.model.seq_len
+            assert 20 * c["active_non_embedding"] <= tokens < 20 * c["active_non_embedding"] + cfg.train.batch_size * cfg.model.seq_len
+    dense, moe = (count_params(get_preset(r))["active_non_embedding"] for r in ("ladder-m-dense", "ladder-m-moe"))
+    assert moe - dense == 5 * 8 * 64  # the same active parameters but the routers (5 layers x 8 experts x d)
+
+
 def test_dense_active_non_embedding_is_16_d_squared_per_layer():
     cfg = get_preset("dense-34m")
     norms = (2 * cfg.n_layers + 1) * cfg.d_model

@@ -32,6 +32,23 @@ def test_uniform_baselines_differ_from_paper_only_in_lambdas():
     assert presets.get("uniform") == presets.get("uniform-moe")
 
 
+def test_blockwise_presets_are_static_multipliers_on_the_baseline_schedule():
+    from rlrs.plan import Plan as P
+
+    for fam in ("moe", "dense"):
+        b, u = presets.get(f"blockwise-{fam}"), presets.get(f"uniform-{fam}")
+        want = {"embedding": 10, "unembedding": 1, "attention": 6, "feedforward": 6, "router": 1, "experts": 6, "other": 1}
+        for comp, m in want.items():
+            assert (b.component(comp).start, b.component(comp).end, b.component(comp).shape) == (m, m, "cosine"), comp
+        assert (b.final_fraction, b.weight_decay, b.warmup) == (u.final_fraction, u.weight_decay, u.warmup)
+        # Static: every component's LR keeps its ratio to the norms' at every step after warmup.
+        total = 1000
+        for step in (10, 500, 999):
+            assert b.lr("embedding", step, total) / b.lr("other", step, total) == pytest.approx(10)
+            assert b.lr("attention", step, total) / b.lr("other", step, total) == pytest.approx(6)
+        assert isinstance(b, P)
+
+
 def test_unknown_preset_names_closest():
     with pytest.raises(ConfigError, match="did you mean 'paper-moe'"):
         presets.get("paper-mo")

@@ -442,3 +442,67 @@ def test_worker_refuses_search_settings(tmp_path, capsys):
     assert "--budget cannot be given" in capsys.readouterr().err
     assert main(["tune", "--out", str(tmp_path)]) == 2
     assert "--budget" in capsys.readouterr().err
+
+
+# --- Optuna's samplers over the same space (tune --sampler) -----------------------------------------
+
+from rlrs.tune.samplers import SPREAD, sampler_search, search_space  # noqa: E402
+
+
+def _sampler_trials(out, sampler):
+    return optuna.load_study(study_name=f"rlrs-{sampler}", storage=f"sqlite:///{Path(out) / 'study.db'}").get_trials()
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "cmaes"])
+def test_a_sampler_spends_the_budget_from_the_start_point_and_improves(tmp_path, synth, sampler):
+    spec = spec_for(params=PARAMS[:3])
+    space = search_space(spec)
+    start = dict(spec.start())
+    assert space == {k: (v / SPREAD, v * SPREAD) for k, v in start.items()}
+    r = sampler_search(spec, tmp_path, 16, sampler, fail_loss=50.0, log=lambda s: None)
+    assert r.evaluations == 16 and r.trials[0].point == start  # every search begins where the local one does
+    assert r.start_loss == pytest.approx(1.0 + sum(math.log(start[k] / OPT[k]) ** 2 for k in start))
+    assert r.best_loss < r.start_loss and r.best_loss == min(t.loss for t in r.trials if t.loss is not None)
+    for t in r.trials:  # every point inside the log-scale box
+        assert all(space[k][0] <= v <= space[k][1] for k, v in t.point.items())
+    assert Plan.load(tmp_path / "tuned.toml").base_lr == pytest.approx(r.best["plan.base_lr"])
+    doc = json.loads((tmp_path / "search.json").read_text())
+    assert doc["sampler"] == sampler and len(doc["trials"]) == 16 and doc["compute"]["steps"] == 16 * 100
+    # A failed point (base_lr > 0.05 raises in synth) is told fail_loss and kept with its error.
+    for t in _sampler_trials(tmp_path, sampler):
+        if "error" in t.user_attrs:
+            assert t.value == 50.0 and t.params["plan.base_lr"] > 0.05
+
+
+def test_a_sampler_resumes_a_killed_search_and_refuses_another(tmp_path, synth):
+    spec = spec_for(params=PARAMS[:3])
+    first = sampler_search(spec, tmp_path, 5, "tpe", fail_loss=50.0, log=lambda s: None)
+    # A process killed mid-trial leaves it RUNNING: the rerun marks it failed and asks its point again.
+    study = optuna.load_study(study_name="rlrs-tpe", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    left = study.ask({k: optuna.distributions.FloatDistribution(lo, hi, log=True)
+                      for k, (lo, hi) in search_space(spec).items()})
+    lines = []
+    r = sampler_search(spec, tmp_path, 8, "tpe", fail_loss=50.0, log=lines.append)
+    assert [t.point for t in r.trials[:5]] == [t.point for t in first.trials]  # kept, not re-evaluated
+    assert r.evaluations == 8 and any(t.point == dict(left.params) for t in r.trials[5:])
+    assert any(f"trial {left.number} was left running" in s for s in lines)
+    with pytest.raises(ConfigError, match="another search"):
+        sampler_search(spec_for(params=PARAMS[:2]), tmp_path, 8, "tpe", fail_loss=50.0, log=lambda s: None)
+    with pytest.raises(ConfigError, match="--prune"):
+        sampler_search(spec_for(params=PARAMS[:2], prune=Pruning()), tmp_path / "p", 8, "tpe")
+    with pytest.raises(ConfigError, match="sampler: 'tpf' is unknown; did you mean 'tpe'"):
+        sampler_search(spec_for(params=PARAMS[:2]), tmp_path / "q", 8, "tpf")
+
+
+def test_cli_sampler_trains_tiny_moe(tmp_path, tiny_sets, capsys):
+    from rlrs.cli import main
+
+    args = ["tune", "--preset", "tiny-moe", "--steps", "6", "--params", "plan.base_lr,plan.router.start",
+            "--budget", "3", "--sampler", "tpe", "--workers", "1", "--out", str(tmp_path)]
+    for k, v in tiny_sets.items():
+        args += ["--set", f"{k}={v}"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "after 3 evaluations (tpe)" in out and (tmp_path / "tuned.toml").exists()
+    assert main([*args[:1], "--sampler", "tpe", "--worker", "--out", str(tmp_path)]) == 2
+    assert "--worker: joins a local search's study" in capsys.readouterr().err

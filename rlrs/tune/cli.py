@@ -12,6 +12,7 @@ from ..models import DEFAULT_PRESET
 from ..options import add_set_arg, check_workers, parse_floats, parse_sets
 from .driver import TuneResult, fmt_loss, join, tune
 from .spec import DEFAULT_STEPS, Pruning, TuneSpec
+from .samplers import SAMPLERS, sampler_search
 from .study import StudyOptions
 
 # The defaults the help texts show, read from the dataclasses that own them.
@@ -40,6 +41,16 @@ def _cmd_tune(args) -> int:
     workers = args.workers or default_workers()
     study = {"storage": args.storage, "name": args.study_name, "poll_s": args.poll, "stale_s": args.stale_after}
     common = dict(study=StudyOptions(**{k: v for k, v in study.items() if v is not None}), workers=workers, log=print)
+    if args.sampler != "local":
+        if args.worker:
+            raise ConfigError(f"--worker: joins a local search's study; --sampler {args.sampler} runs in one process "
+                              "(use --workers N for parallel runs)")
+        spec = _spec_from_args(args)
+        res = sampler_search(spec, args.out, args.budget, args.sampler, workers=workers)
+        print(f"best eval loss {fmt_loss(res.best_loss)} (start {fmt_loss(res.start_loss or math.inf)}) after "
+              f"{res.evaluations} evaluations ({args.sampler}); {res.compute_steps} training steps")
+        print(f"plan: {res.plan_path}   trials: {res.search_path}")
+        return 0
     if args.worker:
         given = [f"--{a.replace('_', '-')}" for a in _SPEC_ARGS if getattr(args, a) is not None]
         given += ["--set"] * bool(args.set) + ["--prune"] * bool(args.prune)
@@ -126,6 +137,9 @@ def add_commands(sub) -> None:
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///OUT/study.db; also postgresql://..., mysql+pymysql://..., journal:///path/file.log)")
     p.add_argument("--study-name", default=None, help=f"study name in the storage (default: {STUDY.name})")
     p.add_argument("--worker", action="store_true", help="join the search already in the study (settings come from it)")
+    p.add_argument("--sampler", default="local", choices=("local", *SAMPLERS),
+                   help="the search: local (the paper's algorithm 2, default) or Optuna's tpe / cmaes over the same "
+                        "parameters in log scale (start/25 to start*25), for comparison")
     p.add_argument("--prune", action="store_true", help="stop candidates early whose eval loss trails the current best")
     p.add_argument("--prune-at", default=None, metavar="FRACTIONS",
                    help=f"checkpoints for --prune as fractions of training (default: {','.join(map(str, PRUNE.rungs))})")

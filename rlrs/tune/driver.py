@@ -277,22 +277,7 @@ class _Tuner:
         key = point_key(point)
         if key == self.best_written:
             return
-        plan_keys = {k[len("plan."):]: v for k, v in point.items() if k.startswith("plan.")}
-        plan = _config.replace(self.spec.base.plan, plan_keys)
-        plan.save(self.out / "tuned.toml")
-        moved = {k: v for k, v in point.items() if not k.startswith("plan.") and v != self.start_point[k]}
-        cfg_path = self.out / "tuned_config.json"
-        if moved:
-            nested: dict[str, Any] = {}
-            for k, v in moved.items():
-                node = nested
-                *parents, leaf = k.split(".")
-                for part in parents:
-                    node = node.setdefault(part, {})
-                node[leaf] = v
-            _config.atomic_write_text(cfg_path, json.dumps(nested, indent=2) + "\n")
-        else:
-            cfg_path.unlink(missing_ok=True)
+        write_best(self.spec, self.out, point)
         self.best_written = key
 
     def _compute(self) -> tuple[int, int, dict[str, int]]:
@@ -341,6 +326,27 @@ class _Tuner:
             compute_steps=steps, compute_tokens=tokens, trials={**states, "abandoned": final.abandoned}, search=r,
             spec=self.spec,
         )
+
+
+def write_best(spec: TuneSpec, out: Path, point: dict[str, float]) -> None:
+    """Write ``out/tuned.toml`` (the plan keys of ``point``) and ``out/tuned_config.json`` (the
+    searched non-plan settings that moved from the start point; removed when none did)."""
+    plan_keys = {k[len("plan."):]: v for k, v in point.items() if k.startswith("plan.")}
+    _config.replace(spec.base.plan, plan_keys).save(out / "tuned.toml")
+    start = {k: canonical(v) for k, v in spec.start()}
+    moved = {k: v for k, v in point.items() if not k.startswith("plan.") and canonical(v) != start[k]}
+    cfg_path = out / "tuned_config.json"
+    if moved:
+        nested: dict[str, Any] = {}
+        for k, v in moved.items():
+            node = nested
+            *parents, leaf = k.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = v
+        _config.atomic_write_text(cfg_path, json.dumps(nested, indent=2) + "\n")
+    else:
+        cfg_path.unlink(missing_ok=True)
 
 
 def fmt_loss(x: float) -> str:

@@ -1,0 +1,226 @@
+"""Issue 13's evidence ladder: the paper's protocol on the compute-optimal ladder presets.
+
+    python benchmarks/evidence.py ladder --out bench/evidence --families moe,dense --rungs xs,s
+    python benchmarks/evidence.py tune   --out bench/evidence --families moe --budget 30
+    python benchmarks/evidence.py rows   --out bench/evidence      # rebuild evidence.json only
+
+``ladder``: for every family (``moe``, ``dense``) and rung (``xs``, ``s``, ``m``: the
+``ladder-*`` presets, trained at 20 tokens per active non-embedding parameter), ``lr-grid`` on the
+{1, 2, 5}×10⁻ⁿ ladder for each arm (uniform baseline, the paper's tables 4/5, Blockwise LR's static
+multipliers and, once ``tune`` has run, the plan tuned on the smallest rung) until every arm's best
+η_base is inside its grid, then ``compare`` at each arm's own best η_base with 3 paired seeds.
+A larger rung's grid starts around the η_base the arm chose one rung below.
+
+``tune``: on the smallest rung, the same evaluation budget spent by rlrs's local search (algorithm
+2) with and without pruning, and by Optuna's TPE and CMA-ES over the same parameters in log scale.
+
+Every stage runs on rlrs's run engine: runs are content-addressed under ``--out`` and reused, so
+rerunning the same command after a kill trains only what is missing. After every stage
+``benchmarks/results/evidence.json`` is rebuilt from the finished results (one row per model and
+arm); an arm that diverged is a row with its status, never dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+import rlrs
+from rlrs import presets
+from rlrs.compare import compare, lr_grid
+from rlrs.config import atomic_write_text, json_safe
+from rlrs.models import LADDER, count_params, get_preset
+from rlrs.plan import Plan
+from rlrs.train import run_config
+
+RUNGS = ("xs", "s", "m")
+SEEDS = 3
+EXTEND = 6  # grid values an arm may grow by at an edge
+# One thread per run and two runs at once: on 2 cores that beats one 2-thread run for models this
+# small (see BENCHMARKS.md, throughput), and it is what "about 10 minutes on one core" means.
+SETS = {"train.threads": 1}
+EVIDENCE = Path(__file__).resolve().parent / "results" / "evidence.json"
+
+
+def rung_preset(family: str, rung: str) -> str:
+    return LADDER[family][RUNGS.index(rung)]
+
+
+def active_params(preset: str) -> int:
+    return count_params(get_preset(preset))["active_non_embedding"]
+
+
+def arm_plans(family: str, out: Path) -> list[tuple[str, Plan]]:
+    """(arm, plan) in compare order: the baseline first; the tuned plan once ``tune`` made one."""
+    arms = [(f"uniform-{family}", presets.get(f"uniform-{family}")),
+            (f"paper-{family}", presets.get(f"paper-{family}")),
+            (f"blockwise-{family}", presets.get(f"blockwise-{family}"))]
+    tuned = out / f"tune-{family}-local" / "tuned.toml"
+    if tuned.exists():
+        arms.append((f"tuned-{family}", Plan.load(tuned)))
+    return arms
+
+
+def plan_files(family: str, rung: str, out: Path, centres: dict[str, float]) -> list[str]:
+    """Write each arm's plan with η_base at its grid centre; the file stem is the arm's name."""
+    d = out / "plans" / f"{family}-{rung}"
+    d.mkdir(parents=True, exist_ok=True)
+    files = []
+    for arm, plan in arm_plans(family, out):
+        if arm in centres:
+            plan = dataclasses.replace(plan, base_lr=centres[arm])
+        path = d / f"{arm}.toml"
+        text = plan.dumps()
+        if not path.exists() or path.read_text() != text:
+            atomic_write_text(path, text)
+        files.append(str(path))
+    return files
+
+
+def run_ladder(out: Path, families: list[str], rungs: list[str], workers: int) -> None:
+    for family in families:
+        for rung in rungs:
+            preset = rung_preset(family, rung)
+            d = out / f"{family}-{rung}"
+            below = _grid(out / f"{family}-{RUNGS[RUNGS.index(rung) - 1]}") if RUNGS.index(rung) else None
+            centres = {a: v for a, v in (below or {}).get("best", {}).items() if v is not None}
+            files = plan_files(family, rung, out, centres)
+            print(f"== {datetime.datetime.now():%H:%M:%S} lr-grid {preset}", flush=True)
+            grid = lr_grid(preset, files, d, sets=SETS, workers=workers, points=3, extend=EXTEND)
+            best = dict(grid.best)
+            print(f"== {datetime.datetime.now():%H:%M:%S} compare {preset} at {best}", flush=True)
+            compare(preset, files, SEEDS, d, sets=SETS, base_lrs=best, workers=workers)
+            write_rows(out)
+
+
+def _grid(d: Path) -> dict | None:
+    p = d / "grid.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def _results(d: Path) -> dict | None:
+    p = d / "results.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def environment() -> dict:
+    return {
+        "machine": f"{platform.machine()} {_cpu_name()}, {os.cpu_count()} cores, no GPU"
+        if not torch.cuda.is_available() else torch.cuda.get_device_name(),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "rlrs": rlrs.__version__},
+        "threads": SETS["train.threads"],
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "CPU"
+
+
+def rows_for(out: Path, family: str, rung: str) -> list[dict]:
+    """One row per relative arm of a finished compare on one rung."""
+    d = out / f"{family}-{rung}"
+    res, grid = _results(d), _grid(d)
+    if res is None or grid is None:
+        return []
+    preset = rung_preset(family, rung)
+    source = rung_preset(family, RUNGS[0])
+    base = res["baseline"]
+    rows = []
+    for arm, sp in res["speedups"].items():
+        tuned = arm.startswith("tuned-")
+        kind = ("tuned" if rung == RUNGS[0] else "transfer") if tuned else "compare"
+        arm_res = res["arms"][arm]
+        interval = sp.get("interval")
+        diff = res["differences"].get(arm)
+        n_ok = len(arm_res["seeds_finished"])
+        status = "ok" if n_ok == res["seeds"] else ("diverged" if n_ok == 0 else "partly diverged")
+        rows.append({
+            "kind": kind,
+            "model": preset,
+            "arm": arm,
+            "baseline": base,
+            "active_params": active_params(preset),
+            "size_ratio": round(active_params(preset) / active_params(source), 3) if kind == "transfer" else None,
+            "tokens_per_param": run_config(preset).train.tokens_per_param,
+            "total_steps": res["total_steps"],
+            "seeds": res["seeds"],
+            "status": status,
+            "not_finished": arm_res["not_finished"] + res["arms"][base]["not_finished"],
+            "base_lr": arm_res["base_lr"],
+            "base_lr_interior": grid["arms"][arm]["edge"] is None and grid["arms"][arm]["best"] is not None,
+            "baseline_base_lr": res["arms"][base]["base_lr"],
+            "baseline_base_lr_interior": grid["arms"][base]["edge"] is None and grid["arms"][base]["best"] is not None,
+            "speedup": sp["percent"],
+            "speedup_ci95": None if interval is None else [interval["low"], interval["high"]],
+            "final_loss": arm_res.get("final_loss", {}).get("mean"),
+            "baseline_final_loss": res["arms"][base].get("final_loss", {}).get("mean"),
+            "loss_difference": None if diff is None else diff["mean"],
+            "loss_difference_std": None if diff is None else diff["std"],
+            "source": str(d / "results.json"),
+        })
+    return rows
+
+
+def write_rows(out: Path) -> Path:
+    """Rebuild ``benchmarks/results/evidence.json`` from every finished result under ``out``."""
+    rows = [r for family in LADDER for rung in RUNGS for r in rows_for(out, family, rung)]
+    tuners = out / "tuners.json"
+    doc = {
+        "about": "Issue 13: the paper's protocol on rlrs's compute-optimal ladder (benchmarks/evidence.py).",
+        "date": datetime.date.today().isoformat(),
+        **environment(),
+        "rows": rows,
+        "tuners": json.loads(tuners.read_text()) if tuners.exists() else None,
+    }
+    EVIDENCE.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(EVIDENCE, json.dumps(json_safe(doc), indent=1) + "\n")
+    print(f"evidence: {len(rows)} rows -> {EVIDENCE}", flush=True)
+    return EVIDENCE
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("stage", choices=("ladder", "tune", "rows"))
+    p.add_argument("--out", default="bench/evidence")
+    p.add_argument("--families", default="moe,dense")
+    p.add_argument("--rungs", default=",".join(RUNGS))
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--budget", type=int, default=30, help="tune: evaluations per search")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    families = [f for f in args.families.split(",") if f]
+    rungs = [r for r in args.rungs.split(",") if r]
+    for f in families:
+        if f not in LADDER:
+            p.error(f"--families: {f!r} is not one of {', '.join(LADDER)}")
+    for r in rungs:
+        if r not in RUNGS:
+            p.error(f"--rungs: {r!r} is not one of {', '.join(RUNGS)}")
+    if args.stage == "ladder":
+        run_ladder(out, families, rungs, args.workers)
+    elif args.stage == "tune":
+        from tuners import run_tuners  # benchmarks/tuners.py
+
+        run_tuners(out, families, args.budget, args.workers)
+        write_rows(out)
+    else:
+        write_rows(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
