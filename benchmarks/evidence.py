@@ -2,6 +2,7 @@
 
     python benchmarks/evidence.py ladder --out bench/evidence --families moe,dense --rungs xs,s
     python benchmarks/evidence.py tune   --out bench/evidence --families moe --budget 30
+    python benchmarks/evidence.py ablate --out bench/evidence      # table 6 on the smallest rung
     python benchmarks/evidence.py rows   --out bench/evidence      # rebuild evidence.json only
 
 ``ladder``: for every family (``moe``, ``dense``) and rung (``xs``, ``s``, ``m``: the
@@ -101,6 +102,25 @@ def run_ladder(out: Path, families: list[str], rungs: list[str], workers: int) -
             write_rows(out)
 
 
+def run_ablate(out: Path, families: list[str], workers: int) -> None:
+    """Table 6 on the smallest rung: the paper's plan at its best η_base, each component's λ reset
+    to 1 in turn, 3 seeds."""
+    from rlrs.transfer import ablate
+
+    for family in families:
+        grid = _grid(out / f"{family}-xs")
+        if grid is None:
+            raise SystemExit(f"ablate: run `evidence.py ladder --rungs xs` first ({out / f'{family}-xs'} has no grid)")
+        plan = dataclasses.replace(presets.get(f"paper-{family}"), base_lr=grid["best"][f"paper-{family}"])
+        path = out / "plans" / f"{family}-xs-ablate" / f"paper-{family}.toml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists() or path.read_text() != plan.dumps():
+            atomic_write_text(path, plan.dumps())
+        print(f"== {datetime.datetime.now():%H:%M:%S} ablate {rung_preset(family, 'xs')}", flush=True)
+        ablate(rung_preset(family, "xs"), str(path), out / f"ablate-{family}", kind="leave-one-out", seeds=SEEDS,
+               sets=SETS, workers=workers)
+
+
 def _grid(d: Path) -> dict | None:
     p = d / "grid.json"
     return json.loads(p.read_text()) if p.exists() else None
@@ -194,7 +214,7 @@ def write_rows(out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("stage", choices=("ladder", "tune", "rows"))
+    p.add_argument("stage", choices=("ladder", "tune", "ablate", "rows"))
     p.add_argument("--out", default="bench/evidence")
     p.add_argument("--families", default="moe,dense")
     p.add_argument("--rungs", default=",".join(RUNGS))
@@ -217,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
 
         run_tuners(out, families, args.budget, args.workers)
         write_rows(out)
+    elif args.stage == "ablate":
+        run_ablate(out, families, args.workers)
     else:
         write_rows(out)
     return 0

@@ -9,6 +9,7 @@ E="python benchmarks/evidence.py"
 $E ladder --out "$OUT" --rungs xs             # η_base grids and 3-seed compares on the smallest rung
 $E tune --out "$OUT" --budget 40              # tuners on the smallest rung (moe: 4 searches, dense: local)
 $E ladder --out "$OUT" --rungs xs             # adds the tuned arm on the smallest rung
+$E ablate --out "$OUT"                        # table 6 (leave-one-out) on the smallest rung
 $E ladder --out "$OUT" --rungs s              # transfer to 3.4x
 $E ladder --out "$OUT" --rungs m              # transfer to 8x
 echo "evidence chain done"

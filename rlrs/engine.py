@@ -41,6 +41,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -564,11 +565,21 @@ def _gpu_count() -> int:
 def _init_worker(slots, threads: int) -> None:
     import torch
 
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True, name="rlrs-parent-watch").start()
     torch.set_num_threads(threads)
     os.environ["RLRS_THREADS"] = str(threads)
     gpu = slots.get() if slots is not None else None
     if gpu is not None:  # one run per device: this worker sees only its own GPU
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+
+
+def _exit_with_parent(parent: int, poll_s: float = 1.0) -> None:
+    # A worker whose parent was killed (kill, OOM) would otherwise train on unseen, holding its
+    # run's lock and a core. It stops as a killed run does; rerunning the command resumes the run
+    # from its last checkpoint.
+    while os.getppid() == parent:
+        time.sleep(poll_s)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _work(job: Job) -> RunResult:

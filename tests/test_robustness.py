@@ -259,6 +259,55 @@ def test_two_compares_on_one_directory_train_each_run_once_and_agree(tmp_path, t
 # --- runs that barely trained ------------------------------------------------------------------------
 
 
+POOL_SCRIPT = """
+import sys
+from rlrs.engine import Job, Pool, PresetRun
+from rlrs.train import run_config
+sets = {k: v for k, v in (a.split("=", 1) for a in sys.argv[2:])}
+spec = PresetRun(run_config("tiny-dense", sets={**sets, "train.steps": 100000, "data.val_fraction": 0.2}))
+with Pool(1) as pool:
+    pool.run([Job(spec, sys.argv[1])])
+"""
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc to find the worker")
+def test_a_pool_worker_stops_when_its_parent_is_killed(tmp_path, tiny_sets):
+    # kill -9 of a compare/tune/lr-grid process must not leave its training runs going on unseen.
+    sets = [f"{k}={v}" for k, v in tiny_sets.items() if k in ("data.corpus", "data.cache_dir")]
+    parent = subprocess.Popen([sys.executable, "-c", POOL_SCRIPT, str(tmp_path / "run"), *sets])
+    workers: list[int] = []
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (tmp_path / "run" / "metrics.jsonl").exists():
+            time.sleep(0.2)
+        workers = [c for c in _children(parent.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
+        assert workers, "the pool's worker never started training"
+        parent.kill()
+        parent.wait()
+        deadline = time.time() + 15
+        while time.time() < deadline and any(_alive(w) for w in workers):
+            time.sleep(0.2)
+        assert not any(_alive(w) for w in workers), "a worker trained on after its parent was killed"
+    finally:
+        parent.kill()
+        for w in workers:
+            if _alive(w):
+                os.kill(w, 9)
+
+
 def test_a_run_that_skipped_most_steps_is_unstable_not_finished(tmp_path, tiny_sets):
     cfg = _cfg(tiny_sets, **{"train.nonfinite": "skip"})
     t = Trainer(cfg, tmp_path / "run")
