@@ -42,12 +42,14 @@ from rlrs.models import LADDER, count_params, get_preset
 from rlrs.plan import Plan
 from rlrs.train import run_config
 
-RUNGS = ("xs", "s", "m")
+RUNGS = ("xs", "s", "m", "l")  # xs, s, m on a CPU; l on a GPU (benchmarks/gpu_ladder.sh)
+CPU_RUNGS = ("xs", "s", "m")
+ARMS = ("uniform", "paper", "blockwise", "tuned")
 SEEDS = 3
 EXTEND = 6  # grid values an arm may grow by at an edge
 # One thread per run and two runs at once: on 2 cores that beats one 2-thread run for models this
 # small (see BENCHMARKS.md, throughput), and it is what "about 10 minutes on one core" means.
-SETS = {"train.threads": 1}
+SETS: dict = {"train.threads": 1}  # --set adds to it (e.g. train.precision=bf16 on a GPU)
 EVIDENCE = Path(__file__).resolve().parent / "results" / "evidence.json"
 
 
@@ -59,23 +61,52 @@ def active_params(preset: str) -> int:
     return count_params(get_preset(preset))["active_non_embedding"]
 
 
-def arm_plans(family: str, out: Path) -> list[tuple[str, Plan]]:
+def tuned_plan(family: str, out: Path) -> Path | None:
+    """The plan ``tune`` found on the smallest rung: from ``out``, else the copy kept in
+    ``benchmarks/results`` (so a GPU machine without ``out`` transfers the same λ)."""
+    for p in (out / f"tune-{family}-local" / "tuned.toml", EVIDENCE.parent / f"tuned-{family}.toml"):
+        if p.exists():
+            return p
+    return None
+
+
+def arm_plans(family: str, out: Path, arms: tuple[str, ...] = ARMS) -> list[tuple[str, Plan]]:
     """(arm, plan) in compare order: the baseline first; the tuned plan once ``tune`` made one."""
-    arms = [(f"uniform-{family}", presets.get(f"uniform-{family}")),
-            (f"paper-{family}", presets.get(f"paper-{family}")),
-            (f"blockwise-{family}", presets.get(f"blockwise-{family}"))]
-    tuned = out / f"tune-{family}-local" / "tuned.toml"
-    if tuned.exists():
-        arms.append((f"tuned-{family}", Plan.load(tuned)))
-    return arms
+    plans = []
+    for kind in ("uniform", "paper", "blockwise"):
+        if kind in arms or kind == "uniform":
+            plans.append((f"{kind}-{family}", presets.get(f"{kind}-{family}")))
+    tuned = tuned_plan(family, out)
+    if "tuned" in arms and tuned is not None:
+        plans.append((f"tuned-{family}", Plan.load(tuned)))
+    return plans
 
 
-def plan_files(family: str, rung: str, out: Path, centres: dict[str, float]) -> list[str]:
+def _centres_below(out: Path, family: str, rung: str) -> dict[str, float]:
+    """Each arm's best η_base on the rung below: its grid in ``out``, else evidence.json's rows."""
+    i = RUNGS.index(rung)
+    if i == 0:
+        return {}
+    below = rung_preset(family, RUNGS[i - 1])
+    grid = _grid(out / f"{family}-{RUNGS[i - 1]}")
+    if grid is not None:
+        return {a: v for a, v in grid["best"].items() if v is not None}
+    if not EVIDENCE.exists():
+        return {}
+    centres = {}
+    for r in json.loads(EVIDENCE.read_text())["rows"]:
+        if r["model"] == below:
+            centres[r["arm"]] = r["base_lr"]
+            centres[r["baseline"]] = r["baseline_base_lr"]
+    return {a: v for a, v in centres.items() if v is not None}
+
+
+def plan_files(family: str, rung: str, out: Path, centres: dict[str, float], arms: tuple[str, ...] = ARMS) -> list[str]:
     """Write each arm's plan with η_base at its grid centre; the file stem is the arm's name."""
     d = out / "plans" / f"{family}-{rung}"
     d.mkdir(parents=True, exist_ok=True)
     files = []
-    for arm, plan in arm_plans(family, out):
+    for arm, plan in arm_plans(family, out, arms):
         if arm in centres:
             plan = dataclasses.replace(plan, base_lr=centres[arm])
         path = d / f"{arm}.toml"
@@ -86,20 +117,20 @@ def plan_files(family: str, rung: str, out: Path, centres: dict[str, float]) -> 
     return files
 
 
-def run_ladder(out: Path, families: list[str], rungs: list[str], workers: int) -> None:
+def run_ladder(out: Path, families: list[str], rungs: list[str], workers: int, arms: tuple[str, ...] = ARMS,
+               write: bool = True) -> None:
     for family in families:
         for rung in rungs:
             preset = rung_preset(family, rung)
             d = out / f"{family}-{rung}"
-            below = _grid(out / f"{family}-{RUNGS[RUNGS.index(rung) - 1]}") if RUNGS.index(rung) else None
-            centres = {a: v for a, v in (below or {}).get("best", {}).items() if v is not None}
-            files = plan_files(family, rung, out, centres)
+            files = plan_files(family, rung, out, _centres_below(out, family, rung), arms)
             print(f"== {datetime.datetime.now():%H:%M:%S} lr-grid {preset}", flush=True)
             grid = lr_grid(preset, files, d, sets=SETS, workers=workers, points=3, extend=EXTEND)
             best = dict(grid.best)
             print(f"== {datetime.datetime.now():%H:%M:%S} compare {preset} at {best}", flush=True)
             compare(preset, files, SEEDS, d, sets=SETS, base_lrs=best, workers=workers)
-            write_rows(out)
+            if write:
+                write_rows(out)
 
 
 def run_ablate(out: Path, families: list[str], workers: int) -> None:
@@ -191,6 +222,8 @@ def rows_for(out: Path, family: str, rung: str) -> list[dict]:
             "loss_difference": None if diff is None else diff["mean"],
             "loss_difference_std": None if diff is None else diff["std"],
             "source": str(d / "results.json"),
+            "date": datetime.date.fromtimestamp((d / "results.json").stat().st_mtime).isoformat(),
+            **environment(),
         })
     return rows
 
@@ -198,11 +231,13 @@ def rows_for(out: Path, family: str, rung: str) -> list[dict]:
 def write_rows(out: Path) -> Path:
     """Rebuild ``benchmarks/results/evidence.json`` from every finished result under ``out``."""
     rows = [r for family in LADDER for rung in RUNGS for r in rows_for(out, family, rung)]
+    if EVIDENCE.exists():  # keep rows measured elsewhere (a GPU's rung) that ``out`` does not hold
+        mine = {(r["model"], r["arm"]) for r in rows}
+        rows += [r for r in json.loads(EVIDENCE.read_text())["rows"] if (r["model"], r["arm"]) not in mine]
     tuners = out / "tuners.json"
     doc = {
         "about": "Issue 13: the paper's protocol on rlrs's compute-optimal ladder (benchmarks/evidence.py).",
-        "date": datetime.date.today().isoformat(),
-        **environment(),
+        "updated": datetime.date.today().isoformat(),
         "rows": rows,
         "tuners": json.loads(tuners.read_text()) if tuners.exists() else None,
     }
@@ -217,11 +252,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("stage", choices=("ladder", "tune", "ablate", "rows"))
     p.add_argument("--out", default="bench/evidence")
     p.add_argument("--families", default="moe,dense")
-    p.add_argument("--rungs", default=",".join(RUNGS))
+    p.add_argument("--rungs", default=",".join(CPU_RUNGS))
+    p.add_argument("--arms", default=",".join(ARMS), help="ladder: which arms besides the uniform baseline")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a run setting for every run, e.g. train.precision=bf16 (GPU)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--budget", type=int, default=30, help="tune: evaluations per search")
+    p.add_argument("--no-rows", action="store_true", help="do not rewrite benchmarks/results/evidence.json (checks)")
     args = p.parse_args(argv)
     out = Path(args.out)
+    from rlrs.options import parse_sets
+
+    SETS.update(parse_sets(args.set))
+    arms = tuple(a for a in args.arms.split(",") if a)
+    for a in arms:
+        if a not in ARMS:
+            p.error(f"--arms: {a!r} is not one of {', '.join(ARMS)}")
     families = [f for f in args.families.split(",") if f]
     rungs = [r for r in args.rungs.split(",") if r]
     for f in families:
@@ -231,11 +277,15 @@ def main(argv: list[str] | None = None) -> int:
         if r not in RUNGS:
             p.error(f"--rungs: {r!r} is not one of {', '.join(RUNGS)}")
     if args.stage == "ladder":
-        run_ladder(out, families, rungs, args.workers)
+        run_ladder(out, families, rungs, args.workers, arms, write=not args.no_rows)
     elif args.stage == "tune":
         from tuners import run_tuners  # benchmarks/tuners.py
 
         run_tuners(out, families, args.budget, args.workers)
+        for family in families:  # the tuned λ as data beside evidence.json
+            src = out / f"tune-{family}-local" / "tuned.toml"
+            if src.exists():
+                atomic_write_text(EVIDENCE.parent / f"tuned-{family}.toml", src.read_text())
         write_rows(out)
     elif args.stage == "ablate":
         run_ablate(out, families, args.workers)

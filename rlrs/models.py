@@ -596,11 +596,24 @@ def ladder_m_moe() -> ModelConfig:
     return _ladder(64, 5, n_experts=8)
 
 
+def ladder_l_dense() -> ModelConfig:
+    """The ladder's first GPU rung: d_model 128, 8 layers (2.1M active non-embedding params, 64×
+    ``ladder-xs``); 20 tokens per parameter is 42M tokens, an hour on one CPU core, under a minute
+    on one GPU (``benchmarks/gpu_ladder.sh``)."""
+    return _ladder(128, 8)
+
+
+def ladder_l_moe() -> ModelConfig:
+    """``ladder-l-dense`` with 8 experts, top-1."""
+    return _ladder(128, 8, n_experts=8)
+
+
 LADDER: dict[str, tuple[str, ...]] = {
-    "dense": ("ladder-xs-dense", "ladder-s-dense", "ladder-m-dense"),
-    "moe": ("ladder-xs-moe", "ladder-s-moe", "ladder-m-moe"),
+    "dense": ("ladder-xs-dense", "ladder-s-dense", "ladder-m-dense", "ladder-l-dense"),
+    "moe": ("ladder-xs-moe", "ladder-s-moe", "ladder-m-moe", "ladder-l-moe"),
 }
-"""The compute-optimal ladder's rungs per model type, smallest first (see ``ladder_xs_dense``)."""
+"""The compute-optimal ladder's rungs per model type, smallest first (see ``ladder_xs_dense``):
+``xs``, ``s`` and ``m`` train on a CPU, ``l`` is for a GPU."""
 
 
 def _paper(d_model: int, n_layers: int, seq_len: int, n_experts: int) -> ModelConfig:
@@ -658,6 +671,8 @@ PRESETS: dict[str, Callable[[], ModelConfig]] = {
     "ladder-s-moe": ladder_s_moe,
     "ladder-m-dense": ladder_m_dense,
     "ladder-m-moe": ladder_m_moe,
+    "ladder-l-dense": ladder_l_dense,
+    "ladder-l-moe": ladder_l_moe,
     "dense-34m": dense_34m,
     "moe-34m": moe_34m,
     "dense-113m": dense_113m,
