@@ -247,9 +247,91 @@ def write_rows(out: Path) -> Path:
     return EVIDENCE
 
 
+def figures(out: Path) -> list[Path]:
+    """The evidence's figures in ``benchmarks/results``: speed-up against model size with 95%
+    intervals, figure 3 (final loss against η_base per rung) and figure 2 (MoE training loss at
+    a high η_base against the best one, per arm)."""
+    from rlrs.analysis import detect_spikes, read_run
+    from rlrs.plots import _plt, _save
+
+    plt = _plt()
+    made = []
+    rows = json.loads(EVIDENCE.read_text())["rows"] if EVIDENCE.exists() else []
+    if rows:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+        for ax, family in zip(axes, LADDER):
+            for arm in sorted({r["arm"].rsplit("-", 1)[0] for r in rows if r["model"].endswith(family)}):
+                rs = sorted((r for r in rows if r["model"].endswith(family) and r["arm"] == f"{arm}-{family}"),
+                            key=lambda r: r["active_params"])
+                xs = [r["active_params"] for r in rs]
+                ys = [r["speedup"] if r["speedup"] is not None else 0.0 for r in rs]
+                lo = [y - (r["speedup_ci95"][0] if r["speedup_ci95"] and r["speedup_ci95"][0] is not None else 0.0)
+                      for y, r in zip(ys, rs)]
+                hi = [(r["speedup_ci95"][1] if r["speedup_ci95"] and r["speedup_ci95"][1] is not None else 0.0) - y
+                      for y, r in zip(ys, rs)]
+                ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=arm)
+            ax.axhline(0, color="grey", lw=0.8)
+            ax.set_xscale("log")
+            ax.set_xlabel("active non-embedding parameters")
+            ax.set_title(f"{family}: speed-up over the tuned uniform baseline")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(frameon=False, fontsize=8)
+        axes[0].set_ylabel("steps saved to the baseline's final loss, % (95% interval)")
+        made.append(_save(fig, EVIDENCE.parent / "evidence-speedup.png"))
+    grids = {(f, r): _grid(out / f"{f}-{r}") for f in LADDER for r in RUNGS}
+    grids = {k: v for k, v in grids.items() if v is not None}
+    if grids:
+        rungs = [r for r in RUNGS if any(k[1] == r for k in grids)]
+        fig, axes = plt.subplots(len(LADDER), len(rungs), figsize=(4 * len(rungs), 7), squeeze=False)
+        for i, family in enumerate(LADDER):
+            for j, rung in enumerate(rungs):
+                ax = axes[i][j]
+                g = grids.get((family, rung))
+                if g is None:
+                    ax.set_visible(False)
+                    continue
+                for arm, a in g["arms"].items():
+                    pts = [(p["base_lr"], p["mean"]) for p in a["points"] if p["mean"] is not None]
+                    if pts:
+                        ax.plot(*zip(*pts), marker="o", label=arm)
+                    bad = [p["base_lr"] for p in a["points"] if p["mean"] is None]
+                    if bad:
+                        ax.scatter(bad, [ax.get_ylim()[1]] * len(bad), marker="x", color="red")
+                ax.set_xscale("log")
+                ax.set_title(rung_preset(family, rung), fontsize=9)
+                ax.set_xlabel("η_base")
+                ax.legend(frameon=False, fontsize=7)
+            axes[i][0].set_ylabel("final eval loss (seed 0)")
+        made.append(_save(fig, EVIDENCE.parent / "evidence-lr-grid.png"))
+    moe_rungs = [r for r in RUNGS if ("moe", r) in grids]
+    if moe_rungs:  # figure 2 on the largest MoE rung with a grid
+        rung = moe_rungs[-1]
+        g = grids[("moe", rung)]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for arm in ("uniform-moe", "paper-moe"):
+            a = g["arms"].get(arm)
+            if a is None:
+                continue
+            high = max((p for p in a["points"] if p["runs"]), key=lambda p: p["base_lr"])
+            for p, style in ((next(q for q in a["points"] if q["base_lr"] == a["best"]), "-"), (high, ":")):
+                logs = read_run(p["runs"][0]["out"])
+                if not logs.train_steps.size:
+                    continue
+                spikes = detect_spikes(logs.train_steps, logs.train_loss)
+                ax.plot(logs.train_steps, logs.train_loss, style, lw=0.8,
+                        label=f"{arm} η_base {p['base_lr']:g} ({len(spikes)} spikes)")
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.set_title(f"{rung_preset('moe', rung)}: the best and the highest η_base (figure 2)")
+        ax.legend(frameon=False, fontsize=7)
+        made.append(_save(fig, EVIDENCE.parent / "evidence-spikes-moe.png"))
+    return made
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("stage", choices=("ladder", "tune", "ablate", "rows"))
+    p.add_argument("stage", choices=("ladder", "tune", "ablate", "rows", "figures"))
     p.add_argument("--out", default="bench/evidence")
     p.add_argument("--families", default="moe,dense")
     p.add_argument("--rungs", default=",".join(CPU_RUNGS))
@@ -289,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
         write_rows(out)
     elif args.stage == "ablate":
         run_ablate(out, families, args.workers)
+    elif args.stage == "figures":
+        for f in figures(out):
+            print(f"figure: {f}")
     else:
         write_rows(out)
     return 0
