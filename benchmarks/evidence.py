@@ -329,9 +329,64 @@ def figures(out: Path) -> list[Path]:
     return made
 
 
+def _pct(x: float | None) -> str:
+    return "no speed-up" if x is None else f"{x:+.1f}%"
+
+
+def tables(out: Path) -> str:
+    """The markdown BENCHMARKS.md shows: evidence rows, the tuner comparison, leave-one-out."""
+    lines = []
+    rows = json.loads(EVIDENCE.read_text())["rows"] if EVIDENCE.exists() else []
+    if rows:
+        lines += ["| model | kind | arm | active params | steps | η_base (interior) | baseline η_base (interior) | "
+                  "final loss: arm / baseline | paired diff ± std | speed-up | 95% interval |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            ci = r["speedup_ci95"] or [None, None]
+            ratio = f" ({r['size_ratio']:g}× source)" if r["size_ratio"] else ""
+            status = "" if r["status"] == "ok" else f" **{r['status']}**"
+            lines.append(
+                f"| {r['model']} | {r['kind']}{ratio} | {r['arm']}{status} | {r['active_params']:,} | {r['total_steps']} | "
+                f"{r['base_lr']:g} ({'yes' if r['base_lr_interior'] else 'edge'}) | "
+                f"{r['baseline_base_lr']:g} ({'yes' if r['baseline_base_lr_interior'] else 'edge'}) | "
+                f"{_f(r['final_loss'])} / {_f(r['baseline_final_loss'])} | "
+                f"{_f(r['loss_difference'], '+.4f')} ± {_f(r['loss_difference_std'])} | "
+                f"**{_pct(r['speedup'])}** | [{_pct(ci[0])}, {_pct(ci[1])}] |")
+    tuners = out / "tuners.json"
+    if tuners.exists():
+        for family, fam in json.loads(tuners.read_text()).items():
+            u = fam.get("uniform_confirmed") or {}
+            lines += ["", f"Tuners on {fam['preset']} (budget {fam['budget']}, {len(fam['params'])} parameters; "
+                      f"confirmed: mean final loss of the best plan over seeds {u.get('seeds')}; uniform baseline "
+                      f"at η_base {u.get('base_lr')}: {_f(u.get('mean'))}):", "",
+                      "| search | evaluations | training steps | start loss | best loss (seed 0) | "
+                      "best after 10 / 20 / 30 | confirmed (3 new seeds) |", "|---|---|---|---|---|---|---|"]
+            for m, r in fam["methods"].items():
+                b = r["best_after"]
+                at = " / ".join(_f(b[i - 1]) if len(b) >= i else "-" for i in (10, 20, 30))
+                lines.append(f"| {m} | {r['evaluations']} | {r['compute_steps']:,} | {_f(r['start_loss'])} | "
+                             f"{_f(r['best_loss'])} | {at} | {_f((r.get('confirmed') or {}).get('mean'))} |")
+    for family in LADDER:
+        p = out / f"ablate-{family}" / "ablate.json"
+        if p.exists():
+            a = json.loads(p.read_text())
+            lines += ["", f"Leave-one-out on {a['preset']} ({a['seeds']} seeds; table 6):", "",
+                      "| component reset to λ = 1 | its λ in the plan | final loss without it | full plan | "
+                      "speed-up of the full plan over it |", "|---|---|---|---|---|"]
+            for r in a["leave_one_out"]:
+                lam = " → ".join(f"{v:g}" for v in r["lambdas"])
+                lines.append(f"| {r['component']} | {lam} | {_f(r['final_loss'])} | {_f(r['full_final_loss'])} | "
+                             f"{_pct(r['speedup_percent'])} |")
+    return "\n".join(lines)
+
+
+def _f(x, fmt: str = ".4f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("stage", choices=("ladder", "tune", "ablate", "rows", "figures"))
+    p.add_argument("stage", choices=("ladder", "tune", "ablate", "rows", "figures", "tables"))
     p.add_argument("--out", default="bench/evidence")
     p.add_argument("--families", default="moe,dense")
     p.add_argument("--rungs", default=",".join(CPU_RUNGS))
@@ -371,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
         write_rows(out)
     elif args.stage == "ablate":
         run_ablate(out, families, args.workers)
+    elif args.stage == "tables":
+        print(tables(out))
     elif args.stage == "figures":
         for f in figures(out):
             print(f"figure: {f}")
