@@ -40,7 +40,7 @@ from rlrs.compare import compare, lr_grid
 from rlrs.config import atomic_write_text, json_safe
 from rlrs.models import LADDER, count_params, get_preset
 from rlrs.plan import Plan
-from rlrs.train import run_config
+from rlrs.train import RunConfig
 
 RUNGS = ("xs", "s", "m", "l")  # xs, s, m on a CPU; l on a GPU (benchmarks/gpu_ladder.sh)
 CPU_RUNGS = ("xs", "s", "m")
@@ -70,14 +70,18 @@ def tuned_plan(family: str, out: Path) -> Path | None:
     return None
 
 
-def arm_plans(family: str, out: Path, arms: tuple[str, ...] = ARMS) -> list[tuple[str, Plan]]:
-    """(arm, plan) in compare order: the baseline first; the tuned plan once ``tune`` made one."""
+def arm_plans(family: str, out: Path, arms: tuple[str, ...] | None = None) -> list[tuple[str, Plan]]:
+    """(arm, plan) in compare order, the uniform baseline first. ``arms=None``: every arm, the
+    tuned one once ``tune`` has made it; named arms must all exist."""
     plans = []
     for kind in ("uniform", "paper", "blockwise"):
-        if kind in arms or kind == "uniform":
+        if arms is None or kind in arms or kind == "uniform":
             plans.append((f"{kind}-{family}", presets.get(f"{kind}-{family}")))
     tuned = tuned_plan(family, out)
-    if "tuned" in arms and tuned is not None:
+    if arms is not None and "tuned" in arms and tuned is None:
+        raise SystemExit(f"--arms tuned: no tuned plan for {family} in {out} or {EVIDENCE.parent}; "
+                         "run `evidence.py tune` first or leave tuned out of --arms")
+    if (arms is None or "tuned" in arms) and tuned is not None:
         plans.append((f"tuned-{family}", Plan.load(tuned)))
     return plans
 
@@ -101,7 +105,7 @@ def _centres_below(out: Path, family: str, rung: str) -> dict[str, float]:
     return {a: v for a, v in centres.items() if v is not None}
 
 
-def plan_files(family: str, rung: str, out: Path, centres: dict[str, float], arms: tuple[str, ...] = ARMS) -> list[str]:
+def plan_files(family: str, rung: str, out: Path, centres: dict[str, float], arms: tuple[str, ...] | None = None) -> list[str]:
     """Write each arm's plan with η_base at its grid centre; the file stem is the arm's name."""
     d = out / "plans" / f"{family}-{rung}"
     d.mkdir(parents=True, exist_ok=True)
@@ -117,13 +121,19 @@ def plan_files(family: str, rung: str, out: Path, centres: dict[str, float], arm
     return files
 
 
-def run_ladder(out: Path, families: list[str], rungs: list[str], workers: int, arms: tuple[str, ...] = ARMS,
+def run_ladder(out: Path, families: list[str], rungs: list[str], workers: int, arms: tuple[str, ...] | None = None,
                write: bool = True) -> None:
     for family in families:
         for rung in rungs:
             preset = rung_preset(family, rung)
             d = out / f"{family}-{rung}"
-            files = plan_files(family, rung, out, _centres_below(out, family, rung), arms)
+            centres = _centres_below(out, family, rung)
+            if RUNGS.index(rung):
+                print(f"grid centres from the rung below: {centres or 'none found, each plan its own η_base'}", flush=True)
+            files = plan_files(family, rung, out, centres, arms)
+            d.mkdir(parents=True, exist_ok=True)
+            if not (d / "environment.json").exists():  # the machine that trains this rung
+                atomic_write_text(d / "environment.json", json.dumps(environment(), indent=1) + "\n")
             print(f"== {datetime.datetime.now():%H:%M:%S} lr-grid {preset}", flush=True)
             grid = lr_grid(preset, files, d, sets=SETS, workers=workers, points=3, extend=EXTEND)
             best = dict(grid.best)
@@ -190,6 +200,12 @@ def rows_for(out: Path, family: str, rung: str) -> list[dict]:
     preset = rung_preset(family, rung)
     source = rung_preset(family, RUNGS[0])
     base = res["baseline"]
+    # What the runs really were (a --set may have changed the model or the length).
+    cfg = RunConfig.from_dict(json.loads((Path(res["runs"][0]["out"]) / "config.json").read_text()))
+    active = count_params(cfg.model)["active_non_embedding"]
+    tokens = res["total_steps"] * cfg.train.batch_size * (cfg.train.seq_len or cfg.model.seq_len)
+    env_path = d / "environment.json"
+    env = json.loads(env_path.read_text()) if env_path.exists() else {"machine": None, "versions": None, "threads": None}
     rows = []
     for arm, sp in res["speedups"].items():
         tuned = arm.startswith("tuned-")
@@ -204,9 +220,9 @@ def rows_for(out: Path, family: str, rung: str) -> list[dict]:
             "model": preset,
             "arm": arm,
             "baseline": base,
-            "active_params": active_params(preset),
-            "size_ratio": round(active_params(preset) / active_params(source), 3) if kind == "transfer" else None,
-            "tokens_per_param": run_config(preset).train.tokens_per_param,
+            "active_params": active,
+            "size_ratio": round(active / active_params(source), 3) if kind == "transfer" else None,
+            "tokens_per_param": round(tokens / active, 2),
             "total_steps": res["total_steps"],
             "seeds": res["seeds"],
             "status": status,
@@ -223,7 +239,7 @@ def rows_for(out: Path, family: str, rung: str) -> list[dict]:
             "loss_difference_std": None if diff is None else diff["std"],
             "source": str(d / "results.json"),
             "date": datetime.date.fromtimestamp((d / "results.json").stat().st_mtime).isoformat(),
-            **environment(),
+            **env,
         })
     return rows
 
@@ -235,11 +251,12 @@ def write_rows(out: Path) -> Path:
         mine = {(r["model"], r["arm"]) for r in rows}
         rows += [r for r in json.loads(EVIDENCE.read_text())["rows"] if (r["model"], r["arm"]) not in mine]
     tuners = out / "tuners.json"
+    old = json.loads(EVIDENCE.read_text()).get("tuners") if EVIDENCE.exists() else None
     doc = {
         "about": "Issue 13: the paper's protocol on rlrs's compute-optimal ladder (benchmarks/evidence.py).",
         "updated": datetime.date.today().isoformat(),
         "rows": rows,
-        "tuners": json.loads(tuners.read_text()) if tuners.exists() else None,
+        "tuners": json.loads(tuners.read_text()) if tuners.exists() else old,  # never dropped by another --out
     }
     EVIDENCE.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(EVIDENCE, json.dumps(json_safe(doc), indent=1) + "\n")
@@ -263,13 +280,17 @@ def figures(out: Path) -> list[Path]:
             for arm in sorted({r["arm"].rsplit("-", 1)[0] for r in rows if r["model"].endswith(family)}):
                 rs = sorted((r for r in rows if r["model"].endswith(family) and r["arm"] == f"{arm}-{family}"),
                             key=lambda r: r["active_params"])
-                xs = [r["active_params"] for r in rs]
-                ys = [r["speedup"] if r["speedup"] is not None else 0.0 for r in rs]
-                lo = [y - (r["speedup_ci95"][0] if r["speedup_ci95"] and r["speedup_ci95"][0] is not None else 0.0)
-                      for y, r in zip(ys, rs)]
-                hi = [(r["speedup_ci95"][1] if r["speedup_ci95"] and r["speedup_ci95"][1] is not None else 0.0) - y
-                      for y, r in zip(ys, rs)]
-                ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=arm)
+                got = [r for r in rs if r["speedup"] is not None]
+                none = [r for r in rs if r["speedup"] is None]
+                ci = [r["speedup_ci95"] or [None, None] for r in got]
+                # An interval end with no speed-up has no number: the bar stops at the point.
+                lo = [max(0.0, r["speedup"] - c[0]) if c[0] is not None else 0.0 for r, c in zip(got, ci)]
+                hi = [max(0.0, c[1] - r["speedup"]) if c[1] is not None else 0.0 for r, c in zip(got, ci)]
+                line = ax.errorbar([r["active_params"] for r in got], [r["speedup"] for r in got], yerr=[lo, hi],
+                                   marker="o", capsize=3, label=arm)
+                if none:  # never reached the baseline's loss: no speed-up, not 0%
+                    ax.scatter([r["active_params"] for r in none], [0.0] * len(none), marker="x", s=60,
+                               color=line[0].get_color(), label=f"{arm}: no speed-up")
             ax.axhline(0, color="grey", lw=0.8)
             ax.set_xscale("log")
             ax.set_xlabel("active non-embedding parameters")
@@ -359,13 +380,17 @@ def tables(out: Path) -> str:
             lines += ["", f"Tuners on {fam['preset']} (budget {fam['budget']}, {len(fam['params'])} parameters; "
                       f"confirmed: mean final loss of the best plan over seeds {u.get('seeds')}; uniform baseline "
                       f"at η_base {u.get('base_lr')}: {_f(u.get('mean'))}):", "",
-                      "| search | evaluations | training steps | start loss | best loss (seed 0) | "
-                      "best after 10 / 20 / 30 | confirmed (3 new seeds) |", "|---|---|---|---|---|---|---|"]
+                      "| search | evaluations | training steps | start loss | chosen point's loss (seed 0) | "
+                      "lowest seen after 10 / 20 / 30 / 40 | chosen point on 3 new seeds |",
+                      "|---|---|---|---|---|---|---|"]
             for m, r in fam["methods"].items():
-                b = r["best_after"]
-                at = " / ".join(_f(b[i - 1]) if len(b) >= i else "-" for i in (10, 20, 30))
+                b = r["lowest_after"]
+                at = " / ".join(_f(b[i - 1]) if len(b) >= i else "-" for i in (10, 20, 30, 40))
+                c = r.get("confirmed") or {}
+                conf = _f(c.get("mean")) if c.get("mean") is not None else (
+                    f"{c.get('n_finished')} of 3 seeds finished" if c else "-")
                 lines.append(f"| {m} | {r['evaluations']} | {r['compute_steps']:,} | {_f(r['start_loss'])} | "
-                             f"{_f(r['best_loss'])} | {at} | {_f((r.get('confirmed') or {}).get('mean'))} |")
+                             f"{_f(r['best_loss'])} | {at} | {conf} |")
     for family in LADDER:
         p = out / f"ablate-{family}" / "ablate.json"
         if p.exists():
@@ -390,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="bench/evidence")
     p.add_argument("--families", default="moe,dense")
     p.add_argument("--rungs", default=",".join(CPU_RUNGS))
-    p.add_argument("--arms", default=",".join(ARMS), help="ladder: which arms besides the uniform baseline")
+    p.add_argument("--arms", default=None,
+                   help=f"ladder: arms besides the uniform baseline, from {','.join(ARMS)} (default: all, tuned once it exists)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a run setting for every run, e.g. train.precision=bf16 (GPU)")
     p.add_argument("--workers", type=int, default=2)
@@ -401,8 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     from rlrs.options import parse_sets
 
     SETS.update(parse_sets(args.set))
-    arms = tuple(a for a in args.arms.split(",") if a)
-    for a in arms:
+    arms = None if args.arms is None else tuple(a for a in args.arms.split(",") if a)
+    for a in arms or ():
         if a not in ARMS:
             p.error(f"--arms: {a!r} is not one of {', '.join(ARMS)}")
     families = [f for f in args.families.split(",") if f]

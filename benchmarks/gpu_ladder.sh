@@ -4,13 +4,21 @@
 #   SMOKE=1 benchmarks/gpu_ladder.sh      # on a CPU: checks the script with tiny settings
 # 1. tokens/s and MFU of the paper's 34M presets (bf16, fused AdamW, torch.compile);
 # 2. the ladder's next rung (ladder-l-dense, 2.1M active non-embedding params, 64x ladder-xs) with
-#    the CPU rungs' protocol: lr-grid per arm (uniform, the paper's table 5, the plan tuned on
-#    ladder-xs-dense) around the η_base each chose on ladder-m, then compare with 3 paired seeds.
-# Rows land in benchmarks/results/evidence.json beside the CPU rows; the figures go to OUT.
+#    the CPU rungs' protocol: lr-grid per arm (uniform, the paper's table 5 and, when
+#    benchmarks/results/tuned-dense.toml exists, the plan tuned on ladder-xs-dense) around the
+#    η_base each chose on ladder-m (from evidence.json), then compare with 3 paired seeds.
+#    Differences from the CPU rungs, to fit ~7 minutes: batch 256 (the paper's; 1282 steps for
+#    42M tokens) and eager steps (compiling each run would cost more than it saves).
+#    Data: $CORPUS (default shakespeare, which this rung sees 20 times: prefer a larger corpus).
+# The GPU machine has no network: the token cache must travel with the tree (RLRS_CACHE=.cache/rlrs
+#    prepared here by `RLRS_CACHE=.cache/rlrs rlrs fetch` and a first CPU run of the corpus).
+# Rows go to benchmarks/results/evidence.json beside the CPU rows; it is copied into OUT (the
+# folder that comes back from the GPU machine) with the runs' results and figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-${OUT:-gpu-evidence}}
 mkdir -p "$OUT"
+if [ -z "${RLRS_CACHE:-}" ] && [ -d .cache/rlrs ]; then export RLRS_CACHE="$PWD/.cache/rlrs"; fi
 stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
 python -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
 if [ "${SMOKE:-0}" = 1 ]; then
@@ -23,8 +31,12 @@ if [ "${SMOKE:-0}" = 1 ]; then
   exit 0
 fi
 stamp "throughput and MFU: dense-34m, moe-34m"
-timeout 240 python benchmarks/gpu_throughput.py --batch 32 --steps 30 --out "$OUT/throughput.json" || echo "throughput: failed or timed out"
-stamp "ladder-l-dense: lr-grid and compare (bf16, compile)"
-timeout 420 python benchmarks/evidence.py ladder --out "$OUT" --families dense --rungs l --arms paper,tuned --workers 1 \
-  --set train.device=cuda --set train.precision=bf16 --set train.compile=true || echo "ladder: stopped (rerun resumes)"
+timeout 180 python benchmarks/gpu_throughput.py --batch 32 --steps 20 --out "$OUT/throughput.json" || echo "throughput: failed or timed out"
+ARMS=paper
+[ -f benchmarks/results/tuned-dense.toml ] && ARMS=paper,tuned
+stamp "ladder-l-dense: lr-grid and compare (bf16, batch 256, arms uniform,$ARMS, corpus ${CORPUS:-shakespeare})"
+timeout 420 python benchmarks/evidence.py ladder --out "$OUT" --families dense --rungs l --arms "$ARMS" --workers 1 \
+  --set train.device=cuda --set train.precision=bf16 --set train.batch_size=256 \
+  --set data.corpus="${CORPUS:-shakespeare}" || echo "ladder: stopped (a rerun on the same machine resumes)"
+cp benchmarks/results/evidence.json "$OUT/evidence.json"
 stamp "done"

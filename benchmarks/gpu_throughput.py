@@ -22,8 +22,10 @@ import torch
 from rlrs.models import count_params
 from rlrs.train import Trainer, run_config
 
-# Dense bf16 peak (no sparsity), TFLOP/s, by a substring of torch.cuda.get_device_name().
-PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
+# Dense bf16 peak (no sparsity), TFLOP/s, by a substring of torch.cuda.get_device_name(); the
+# first match wins, so the PCIe and NVL H100s (lower clocks) come before the SXM default.
+PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.0,
+               "A10G": 125.0}
 
 
 def flops_per_token(cfg) -> float:

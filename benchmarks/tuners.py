@@ -52,9 +52,10 @@ def run_tuners(out: Path, families: list[str], budget: int, workers: int,
     for family in families:
         preset = rung_preset(family, "xs")
         plan = _start_plan(family, out)
-        fam = doc.setdefault(family, {"preset": preset, "budget": budget, "params": _params(family),
-                                      "start_base_lr": plan.base_lr, "min_improvement": MIN_IMPROVEMENT,
-                                      "methods": {}})
+        fam = doc.setdefault(family, {"methods": {}})
+        # The settings of this run (a rerun with others updates them; methods keep their results).
+        fam.update({"preset": preset, "budget": budget, "params": _params(family), "start_base_lr": plan.base_lr,
+                    "min_improvement": MIN_IMPROVEMENT})
         for method in methods[family]:
             d = out / f"tune-{family}-{method}"
             prune = Pruning() if method == "local-prune" else None
@@ -78,7 +79,9 @@ def run_tuners(out: Path, families: list[str], budget: int, workers: int,
 
 
 def _history(d: Path, study_name: str) -> dict:
-    """Best loss after each counted evaluation, and the training steps spent so far."""
+    """The lowest loss seen after each counted evaluation (``lowest_after``) and the training
+    steps spent so far. For the local search this is not its chosen point: a move needs a 0.5%
+    gain, so it may keep a point while a lower (within-noise) loss was seen."""
     import optuna
 
     study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{d / 'study.db'}")
@@ -93,7 +96,7 @@ def _history(d: Path, study_name: str) -> dict:
             best = min(best, float(t.value))
         curve.append(best)
         steps.append(spent)
-    return {"best_after": curve, "steps_after": steps, "compute_steps": spent}
+    return {"lowest_after": curve, "steps_after": steps, "compute_steps": spent}
 
 
 def _confirm(out: Path, family: str, fam: dict, methods, workers: int) -> None:
@@ -116,13 +119,17 @@ def _confirm(out: Path, family: str, fam: dict, methods, workers: int) -> None:
     res = compare(rung_preset(family, "xs"), plans, len(CONFIRM_SEEDS) + 1, d, sets=SETS, base_lrs=base,
                   workers=workers)
     for m in methods:
-        arm = res.arms[m]
-        losses = [r.final_loss for r in arm.finished if r.seed in CONFIRM_SEEDS]
-        fam["methods"][m]["confirmed"] = {"seeds": list(CONFIRM_SEEDS), "losses": losses,
-                                          "mean": sum(losses) / len(losses) if losses else None}
-    b = [r.final_loss for r in res.arms[f"uniform-{family}"].finished if r.seed in CONFIRM_SEEDS]
-    fam["uniform_confirmed"] = {"seeds": list(CONFIRM_SEEDS), "losses": b, "mean": sum(b) / len(b) if b else None,
-                                "base_lr": base[f"uniform-{family}"]}
+        fam["methods"][m]["confirmed"] = _confirmed(res.arms[m])
+    fam["uniform_confirmed"] = {**_confirmed(res.arms[f"uniform-{family}"]), "base_lr": base[f"uniform-{family}"]}
+
+
+def _confirmed(arm) -> dict:
+    """Final losses over the confirmation seeds; the mean only when every seed finished (a plan
+    that diverges on some seeds must not look fine)."""
+    losses = {r.seed: r.final_loss for r in arm.finished if r.seed in CONFIRM_SEEDS}
+    ok = len(losses) == len(CONFIRM_SEEDS)
+    return {"seeds": list(CONFIRM_SEEDS), "losses": [losses.get(s) for s in CONFIRM_SEEDS],
+            "n_finished": len(losses), "mean": sum(losses.values()) / len(losses) if ok else None}
 
 
 def _plot(family: str, fam: dict) -> None:
@@ -131,10 +138,12 @@ def _plot(family: str, fam: dict) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     for m, r in fam["methods"].items():
-        xs = list(range(1, len(r["best_after"]) + 1))
-        ax.step(xs, r["best_after"], where="post", label=f"{m} (confirmed {r.get('confirmed', {}).get('mean') or float('nan'):.4f})")
+        xs = list(range(1, len(r["lowest_after"]) + 1))
+        conf = (r.get("confirmed") or {}).get("mean")
+        ax.step(xs, r["lowest_after"], where="post",
+                label=f"{m} (chosen point on 3 new seeds: {'-' if conf is None else f'{conf:.4f}'})")
     ax.set_xlabel("evaluations")
-    ax.set_ylabel("best final eval loss so far (seed 0)")
+    ax.set_ylabel("lowest final eval loss seen so far (seed 0)")
     ax.set_title(f"{fam['preset']}: tuners at a budget of {fam['budget']}")
     ax.legend(frameon=False, fontsize=8)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -59,6 +59,7 @@ from .train import RunConfig
 
 METRICS = ("eval", "train")
 RESERVED_SETS = ("train.seed", "train.data_seed")
+MAX_POINTS = 15  # a default η_base grid spans at most five decades of the {1, 2, 5} ladder
 
 
 # --- small parsers (CLI and API share them) -------------------------------------------------------
@@ -91,8 +92,12 @@ def grid_around(base_lr: float, n: int = 5) -> list[float]:
     """
     if not (math.isfinite(base_lr) and base_lr > 0):
         raise ConfigError(f"base_lr: must be a finite number > 0, got {base_lr!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_POINTS:
+        raise ConfigError(f"points: how many ladder values the default grid has, 1 to {MAX_POINTS} "
+                          f"({MAX_POINTS // 3} decades), got {n!r}")
     exp = math.floor(math.log10(base_lr))
-    ladder = [(m, e) for e in range(exp - 2, exp + 3) for m in (1, 2, 5)]
+    span = n // 3 + 2  # decades either side: enough for n values centred on any of them
+    ladder = [(m, e) for e in range(exp - span, exp + span + 1) for m in (1, 2, 5)]
     centre = min(range(len(ladder)), key=lambda i: abs(math.log(ladder[i][0] * 10.0**ladder[i][1] / base_lr)))
     lo = centre - (n - 1) // 2
     return [float(f"{m}e{e}") for m, e in ladder[lo: lo + n]]
@@ -663,8 +668,8 @@ def lr_grid(
         grid = sorted({float(v) for v in grid})
         if not grid:
             raise ConfigError("grid: give at least one learning rate, e.g. --grid 1e-3,2e-3,5e-3")
-    if isinstance(points, bool) or not isinstance(points, int) or points < 1:
-        raise ConfigError(f"points: how many ladder values the default grid has, an integer >= 1, got {points!r}")
+    if isinstance(points, bool) or not isinstance(points, int) or not 1 <= points <= MAX_POINTS:
+        raise ConfigError(f"points: how many ladder values the default grid has, 1 to {MAX_POINTS}, got {points!r}")
     out = Path(out)
     values = {arm: list(grid) if grid else grid_around(target.spec(plan, 0, sets).plan.base_lr, points)
               for arm, plan in arms}

@@ -432,6 +432,10 @@ class _EvalWatch:
         return _sorted(self.curve)
 
 
+_COMMANDS: set[subprocess.Popen] = set()
+"""The user's commands this process is running: a terminated pool worker stops them first."""
+
+
 def _execute_command(spec: CommandRun, out: Path, stop_at: int | None) -> RunResult:
     t0 = time.perf_counter()
     spec.plan.save(out / "plan.toml")
@@ -447,6 +451,7 @@ def _execute_command(spec: CommandRun, out: Path, stop_at: int | None) -> RunRes
         se_start = se.tell()
         proc = subprocess.Popen(spec.shell_command(out), shell=True, cwd=spec.cwd, env=env, stdout=so, stderr=se,
                                 start_new_session=True)  # its own process group: a stop reaches torchrun's children
+        _COMMANDS.add(proc)
         why, status = None, None
         watch = _EvalWatch(out)
         try:
@@ -463,6 +468,8 @@ def _execute_command(spec: CommandRun, out: Path, stop_at: int | None) -> RunRes
         except BaseException:
             _stop(proc)  # never leave the user's training running when rlrs stops
             raise
+        finally:
+            _COMMANDS.discard(proc)
     code = proc.returncode
     xs, ys = eval_curve(out)
     bad = [(s, v) for s, v in zip(xs, ys) if not math.isfinite(v)]
@@ -562,10 +569,12 @@ def _gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _init_worker(slots, threads: int) -> None:
+def _init_worker(slots, threads: int, parent: int) -> None:
+    # A terminated worker stops the user's commands it started (their own process groups) first.
+    signal.signal(signal.SIGTERM, _terminated)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="rlrs-parent-watch").start()
     import torch
 
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True, name="rlrs-parent-watch").start()
     torch.set_num_threads(threads)
     os.environ["RLRS_THREADS"] = str(threads)
     gpu = slots.get() if slots is not None else None
@@ -573,13 +582,21 @@ def _init_worker(slots, threads: int) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
 
 
+def _terminated(signum: int, frame=None) -> None:
+    # Not SystemExit: the pool's worker loop catches BaseException from a job and would live on.
+    for proc in list(_COMMANDS):
+        _stop(proc)
+    os._exit(128 + signum)
+
+
 def _exit_with_parent(parent: int, poll_s: float = 1.0) -> None:
     # A worker whose parent was killed (kill, OOM) would otherwise train on unseen, holding its
-    # run's lock and a core. It stops as a killed run does; rerunning the command resumes the run
-    # from its last checkpoint.
+    # run's lock and a core. It stops as a killed run does (a --command's processes with it);
+    # rerunning the command resumes the run from its last checkpoint. ``parent`` is the pid the
+    # pool recorded, not getppid() here: a parent that died during start-up is caught too.
     while os.getppid() == parent:
         time.sleep(poll_s)
-    os.kill(os.getpid(), signal.SIGTERM)
+    _terminated(signal.SIGTERM)
 
 
 def _work(job: Job) -> RunResult:
@@ -626,7 +643,7 @@ class Pool:
                     slots.put(i % gpus)
             threads = max(1, usable_cores() // self.workers)
             self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
-                                                initargs=(slots, threads))
+                                                initargs=(slots, threads, os.getpid()))
         return self._pool
 
     def run(self, jobs: Sequence[Job], on_done: Callable[[Job, RunResult], None] | None = None,

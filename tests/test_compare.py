@@ -91,6 +91,12 @@ def test_spike_detection_finds_the_known_spike():
 def test_grid_and_plan_parsers():
     assert grid_around(3e-3) == [5e-4, 1e-3, 2e-3, 5e-3, 1e-2]
     assert grid_around(1e-3, n=3) == [5e-4, 1e-3, 2e-3]
+    for n in range(1, 16):  # every allowed size, centred on any value: n distinct ladder values
+        for base in (1e-5, 3e-3, 0.7):
+            g = grid_around(base, n)
+            assert len(g) == len(set(g)) == n and g == sorted(g)
+    with pytest.raises(ConfigError, match="points: .* 1 to 15"):
+        grid_around(1e-3, 16)
     assert parse_grid("5e-3, 1e-3,2e-3") == [1e-3, 2e-3, 5e-3]
     with pytest.raises(ConfigError, match="--grid: 'abc' is not a number"):
         parse_grid("1e-3,abc")

@@ -11,6 +11,7 @@ import errno
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -261,13 +262,20 @@ def test_two_compares_on_one_directory_train_each_run_once_and_agree(tmp_path, t
 
 POOL_SCRIPT = """
 import sys
-from rlrs.engine import Job, Pool, PresetRun
+from rlrs.engine import CommandRun, Job, Pool, PresetRun
+from rlrs.plan import Plan
 from rlrs.train import run_config
-sets = {k: v for k, v in (a.split("=", 1) for a in sys.argv[2:])}
-spec = PresetRun(run_config("tiny-dense", sets={**sets, "train.steps": 100000, "data.val_fraction": 0.2}))
+if sys.argv[2] == "command":
+    spec = CommandRun(sys.argv[3], Plan())
+else:
+    sets = {k: v for k, v in (a.split("=", 1) for a in sys.argv[3:])}
+    spec = PresetRun(run_config("tiny-dense", sets={**sets, "train.steps": 100000, "data.val_fraction": 0.2}))
 with Pool(1) as pool:
     pool.run([Job(spec, sys.argv[1])])
 """
+
+# A user's training command that never ends; it writes its pid where the test can find it.
+FOREVER = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(600)"
 
 
 def _children(pid: int) -> list[int]:
@@ -284,26 +292,36 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc to find the worker")
-def test_a_pool_worker_stops_when_its_parent_is_killed(tmp_path, tiny_sets):
-    # kill -9 of a compare/tune/lr-grid process must not leave its training runs going on unseen.
-    sets = [f"{k}={v}" for k, v in tiny_sets.items() if k in ("data.corpus", "data.cache_dir")]
-    parent = subprocess.Popen([sys.executable, "-c", POOL_SCRIPT, str(tmp_path / "run"), *sets])
-    workers: list[int] = []
+@pytest.mark.parametrize("kind", ["preset", "command"])
+def test_a_pool_worker_stops_when_its_parent_is_killed(tmp_path, tiny_sets, kind):
+    # kill -9 of a compare/tune/lr-grid process must not leave its training runs going on unseen:
+    # neither rlrs's own training nor the user's --command (its own process group).
+    if kind == "command":
+        pidfile = tmp_path / "user.pid"
+        args = ["command", f"{sys.executable} -c {shlex.quote(FOREVER)} {pidfile}"]
+        started = pidfile
+    else:
+        args = ["preset", *(f"{k}={v}" for k, v in tiny_sets.items() if k in ("data.corpus", "data.cache_dir"))]
+        started = tmp_path / "run" / "metrics.jsonl"
+    parent = subprocess.Popen([sys.executable, "-c", POOL_SCRIPT, str(tmp_path / "run"), *args])
+    watched: list[int] = []
     try:
         deadline = time.time() + 120
-        while time.time() < deadline and not (tmp_path / "run" / "metrics.jsonl").exists():
+        while time.time() < deadline and not (started.exists() and started.stat().st_size):
             time.sleep(0.2)
-        workers = [c for c in _children(parent.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
-        assert workers, "the pool's worker never started training"
+        watched = [c for c in _children(parent.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
+        assert watched, "the pool's worker never started the run"
+        if kind == "command":
+            watched.append(int(started.read_text()))
         parent.kill()
         parent.wait()
-        deadline = time.time() + 15
-        while time.time() < deadline and any(_alive(w) for w in workers):
+        deadline = time.time() + 20
+        while time.time() < deadline and any(_alive(w) for w in watched):
             time.sleep(0.2)
-        assert not any(_alive(w) for w in workers), "a worker trained on after its parent was killed"
+        assert not any(_alive(w) for w in watched), "a run went on after the process that started it was killed"
     finally:
         parent.kill()
-        for w in workers:
+        for w in watched:
             if _alive(w):
                 os.kill(w, 9)
 

@@ -469,9 +469,11 @@ def test_a_sampler_spends_the_budget_from_the_start_point_and_improves(tmp_path,
     doc = json.loads((tmp_path / "search.json").read_text())
     assert doc["sampler"] == sampler and len(doc["trials"]) == 16 and doc["compute"]["steps"] == 16 * 100
     # A failed point (base_lr > 0.05 raises in synth) is told fail_loss and kept with its error.
-    for t in _sampler_trials(tmp_path, sampler):
-        if "error" in t.user_attrs:
-            assert t.value == 50.0 and t.params["plan.base_lr"] > 0.05
+    ts = _sampler_trials(tmp_path, sampler)
+    assert any("error" in t.user_attrs for t in ts)  # the box reaches past 0.05: some point failed
+    for t in ts:
+        assert ("error" in t.user_attrs) == (t.params["plan.base_lr"] > 0.05)
+        assert (t.value == 50.0) == ("error" in t.user_attrs)
 
 
 def test_a_sampler_resumes_a_killed_search_and_refuses_another(tmp_path, synth):
@@ -492,6 +494,11 @@ def test_a_sampler_resumes_a_killed_search_and_refuses_another(tmp_path, synth):
         sampler_search(spec_for(params=PARAMS[:2], prune=Pruning()), tmp_path / "p", 8, "tpe")
     with pytest.raises(ConfigError, match="sampler: 'tpf' is unknown; did you mean 'tpe'"):
         sampler_search(spec_for(params=PARAMS[:2]), tmp_path / "q", 8, "tpf")
+    # Two searches in one folder would overwrite each other's tuned.toml: refused both ways.
+    with pytest.raises(ConfigError, match=r"holds another search \(rlrs-tpe\)"):
+        sampler_search(spec, tmp_path, 8, "cmaes", fail_loss=50.0, log=lambda s: None)
+    with pytest.raises(ConfigError, match=r"holds another search \(rlrs-tpe\)"):
+        tune(spec, tmp_path, 8)
 
 
 def test_cli_sampler_trains_tiny_moe(tmp_path, tiny_sets, capsys):
@@ -506,3 +513,5 @@ def test_cli_sampler_trains_tiny_moe(tmp_path, tiny_sets, capsys):
     assert "after 3 evaluations (tpe)" in out and (tmp_path / "tuned.toml").exists()
     assert main([*args[:1], "--sampler", "tpe", "--worker", "--out", str(tmp_path)]) == 2
     assert "--worker: joins a local search's study" in capsys.readouterr().err
+    assert main([*args, "--storage", "sqlite:///x.db"]) == 2
+    assert "--storage: options of the local search's shared study" in capsys.readouterr().err

@@ -12,7 +12,7 @@ from ..models import DEFAULT_PRESET
 from ..options import add_set_arg, check_workers, parse_floats, parse_sets
 from .driver import TuneResult, fmt_loss, join, tune
 from .spec import DEFAULT_STEPS, Pruning, TuneSpec
-from .samplers import SAMPLERS, sampler_search
+from .samplers import SAMPLERS, SPREAD, sampler_search
 from .study import StudyOptions
 
 # The defaults the help texts show, read from the dataclasses that own them.
@@ -45,6 +45,11 @@ def _cmd_tune(args) -> int:
         if args.worker:
             raise ConfigError(f"--worker: joins a local search's study; --sampler {args.sampler} runs in one process "
                               "(use --workers N for parallel runs)")
+        given = [f"--{k.replace('_', '-')}" for k in ("storage", "study_name", "poll", "stale_after")
+                 if getattr(args, k) is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: options of the local search's shared study; --sampler "
+                              f"{args.sampler} keeps its trials in OUT/study.db (study rlrs-{args.sampler})")
         spec = _spec_from_args(args)
         res = sampler_search(spec, args.out, args.budget, args.sampler, workers=workers)
         print(f"best eval loss {fmt_loss(res.best_loss)} (start {fmt_loss(res.start_loss or math.inf)}) after "
@@ -139,7 +144,7 @@ def add_commands(sub) -> None:
     p.add_argument("--worker", action="store_true", help="join the search already in the study (settings come from it)")
     p.add_argument("--sampler", default="local", choices=("local", *SAMPLERS),
                    help="the search: local (the paper's algorithm 2, default) or Optuna's tpe / cmaes over the same "
-                        "parameters in log scale (start/25 to start*25), for comparison")
+                        f"parameters in log scale (start/{SPREAD:g} to start*{SPREAD:g}), for comparison")
     p.add_argument("--prune", action="store_true", help="stop candidates early whose eval loss trails the current best")
     p.add_argument("--prune-at", default=None, metavar="FRACTIONS",
                    help=f"checkpoints for --prune as fractions of training (default: {','.join(map(str, PRUNE.rungs))})")

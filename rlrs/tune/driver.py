@@ -16,7 +16,7 @@ from ..config import ConfigError
 from ..search import Result, SearchResult, Step, canonical, local_search, point_key
 from .objective import Objective, make_objective
 from .spec import TuneSpec
-from .study import StudyOptions, _redact, _Study, _trial_result, storage_url
+from .study import StudyOptions, _redact, _Study, _trial_result, other_searches, storage_url
 
 # --- the driver -------------------------------------------------------------------------------------
 
@@ -61,6 +61,11 @@ def tune(
         raise ConfigError(f"budget: at least 1 evaluation, got {budget}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if study.storage is None:
+        others = [n for n in other_searches(out, study.name) if n.startswith("rlrs-")]
+        if others:
+            raise ConfigError(f"{out}: holds another search ({', '.join(others)}); give each search its own --out "
+                              "(their tuned.toml and search.json would overwrite each other)")
     trials = _Study(storage_url(out, study.storage), study.name, study.heartbeat_s, study.stale_s)
     try:
         _adopt(trials, spec, budget, log)

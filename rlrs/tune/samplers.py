@@ -42,6 +42,7 @@ from ..config import ConfigError
 from .driver import fmt_loss, write_best
 from .objective import Objective, make_objective
 from .spec import TuneSpec
+from .study import other_searches
 
 SAMPLERS = ("tpe", "cmaes")
 """Optuna samplers ``rlrs tune --sampler`` offers besides ``local`` (algorithm 2)."""
@@ -93,7 +94,9 @@ def search_space(spec: TuneSpec) -> dict[str, tuple[float, float]]:
 
 def _sampler(optuna, name: str, seed: int):
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
+        # constant_liar spreads the points asked together (--workers) apart; Optuna >= 5 defaults
+        # to it, older versions do not.
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
     if name == "cmaes":
         _config.require("cmaes", "tune")  # Optuna's CmaEsSampler imports it lazily
         # Its initial mean is the centre of the box, which on a log scale is the start point.
@@ -138,6 +141,10 @@ def sampler_search(
     dists = {k: optuna.distributions.FloatDistribution(lo, hi, log=True) for k, (lo, hi) in space.items()}
     worst = failure_loss(spec) if fail_loss is None else fail_loss
     name = f"rlrs-{sampler}"
+    others = other_searches(out, name)
+    if others:
+        raise ConfigError(f"{out}: holds another search ({', '.join(others)}); give each search its own --out "
+                          "(their tuned.toml and search.json would overwrite each other)")
     study = optuna.create_study(storage=f"sqlite:///{out / 'study.db'}", study_name=name, load_if_exists=True,
                                 sampler=_sampler(optuna, sampler, spec.search_seed), direction="minimize")
     mine = json.loads(json.dumps(spec.to_dict()))
@@ -147,8 +154,8 @@ def sampler_search(
             raise ConfigError(f"{out}: its study holds another search (differs in "
                               f"{', '.join(str(k) for k, _, _ in diff[:4])}); use another --out")
     else:
+        study.enqueue_trial(start, skip_if_exists=True)  # first: a kill right after still starts there
         study.set_user_attr("spec", mine)
-        study.enqueue_trial(start)
     obj = objective or make_objective(spec, out, workers)
     try:
         TrialState = optuna.trial.TrialState

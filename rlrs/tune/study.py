@@ -56,6 +56,17 @@ def storage_url(out: str | Path, storage: str | None) -> str:
     return f"sqlite:///{(Path(out) / 'study.db').resolve()}"
 
 
+def other_searches(out: Path, name: str) -> list[str]:
+    """Studies other than ``name`` in ``out/study.db``: searches whose outputs (tuned.toml,
+    search.json) would collide with this one's in the same folder."""
+    db = Path(out) / "study.db"
+    if not db.exists():
+        return []
+    import optuna
+
+    return [n for n in optuna.get_all_study_names(f"sqlite:///{db}") if n != name]
+
+
 def _redact(url: str) -> str:
     return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
