@@ -50,7 +50,9 @@ EXTEND = 6  # grid values an arm may grow by at an edge
 # One thread per run and two runs at once: on 2 cores that beats one 2-thread run for models this
 # small (see BENCHMARKS.md, throughput), and it is what "about 10 minutes on one core" means.
 SETS: dict = {"train.threads": 1}  # --set adds to it (e.g. train.precision=bf16 on a GPU)
-EVIDENCE = Path(__file__).resolve().parent / "results" / "evidence.json"
+# Where evidence.json, the tuned plans and the figures go: benchmarks/results, or
+# $RLRS_EVIDENCE_DIR (a chain run from a snapshot of the code writes into the working tree's).
+EVIDENCE = Path(os.environ.get("RLRS_EVIDENCE_DIR") or Path(__file__).resolve().parent / "results") / "evidence.json"
 
 
 def rung_preset(family: str, rung: str) -> str:
@@ -444,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.stage == "tune":
         from tuners import run_tuners  # benchmarks/tuners.py
 
-        run_tuners(out, families, args.budget, args.workers)
+        run_tuners(out, families, args.budget, args.workers, sets=dict(SETS),
+                   presets_of={f: rung_preset(f, RUNGS[0]) for f in families}, results=EVIDENCE.parent)
         for family in families:  # the tuned λ as data beside evidence.json
             src = out / f"tune-{family}-local" / "tuned.toml"
             if src.exists():

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Issue 13's whole evidence chain, in the order later stages need (see benchmarks/evidence.py).
 # Resumable: every stage reuses finished runs, so rerunning after a kill trains only what is missing.
-#   nohup benchmarks/evidence.sh bench/evidence > bench/evidence.log 2>&1 &
+# Run it from a snapshot of the code: the pool's spawned workers import rlrs afresh, so editing the
+# working tree under a running chain would change (or break) the runs it starts next.
+#   git worktree add --detach /tmp/rlrs-bench HEAD
+#   RLRS_EVIDENCE_DIR=$PWD/benchmarks/results PYTHONPATH=/tmp/rlrs-bench \
+#     nohup /tmp/rlrs-bench/benchmarks/evidence.sh $PWD/bench/evidence > bench/evidence.log 2>&1 &
 set -euo pipefail
 OUT=${1:-bench/evidence}
 cd "$(dirname "$0")/.."

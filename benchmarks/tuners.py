@@ -29,7 +29,6 @@ from rlrs.tune.samplers import sampler_search
 METHODS = ("local", "local-prune", "tpe", "cmaes")
 MIN_IMPROVEMENT = 0.005
 CONFIRM_SEEDS = (1, 2, 3)  # not seed 0, which every search trained on
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _start_plan(family: str, out: Path):
@@ -43,14 +42,13 @@ def _params(family: str) -> list[str]:
     return ["plan.base_lr"] + [f"plan.{c}.{e}" for c in comps for e in ("start", "end")]
 
 
-def run_tuners(out: Path, families: list[str], budget: int, workers: int,
-               methods: dict[str, tuple[str, ...]] | None = None) -> dict:
-    from evidence import SETS, rung_preset
-
+def run_tuners(out: Path, families: list[str], budget: int, workers: int, *, sets: dict, presets_of: dict[str, str],
+               results: Path, methods: dict[str, tuple[str, ...]] | None = None) -> dict:
+    """``presets_of``: the smallest rung's preset per family; figures go to ``results``."""
     methods = methods or {"moe": METHODS, "dense": ("local",)}
     doc = json.loads((out / "tuners.json").read_text()) if (out / "tuners.json").exists() else {}
     for family in families:
-        preset = rung_preset(family, "xs")
+        preset = presets_of[family]
         plan = _start_plan(family, out)
         fam = doc.setdefault(family, {"methods": {}})
         # The settings of this run (a rerun with others updates them; methods keep their results).
@@ -60,7 +58,7 @@ def run_tuners(out: Path, families: list[str], budget: int, workers: int,
             d = out / f"tune-{family}-{method}"
             prune = Pruning() if method == "local-prune" else None
             local = method.startswith("local")
-            spec = TuneSpec.create(preset, plan, SETS, steps=None, params=_params(family), prune=prune,
+            spec = TuneSpec.create(preset, plan, sets, steps=None, params=_params(family), prune=prune,
                                    min_improvement=MIN_IMPROVEMENT if local else 0.0)
             print(f"== tune {family} {method} (budget {budget}) -> {d}", flush=True)
             if local:
@@ -72,9 +70,9 @@ def run_tuners(out: Path, families: list[str], budget: int, workers: int,
                 fam["methods"][method] = {"evaluations": r.evaluations, "best_loss": r.best_loss,
                                           "start_loss": r.start_loss, "stopped": "budget", **_history(d, f"rlrs-{method}")}
             atomic_write_text(out / "tuners.json", json.dumps(json_safe(doc), indent=1) + "\n")
-        _confirm(out, family, fam, methods[family], workers)
+        _confirm(out, family, fam, methods[family], workers, sets)
         atomic_write_text(out / "tuners.json", json.dumps(json_safe(doc), indent=1) + "\n")
-        _plot(family, fam)
+        _plot(family, fam, results)
     return doc
 
 
@@ -99,10 +97,8 @@ def _history(d: Path, study_name: str) -> dict:
     return {"lowest_after": curve, "steps_after": steps, "compute_steps": spent}
 
 
-def _confirm(out: Path, family: str, fam: dict, methods, workers: int) -> None:
+def _confirm(out: Path, family: str, fam: dict, methods, workers: int, sets: dict) -> None:
     """Train each search's best plan with fresh seeds against the uniform baseline."""
-    from evidence import SETS, rung_preset
-
     d = out / f"tune-{family}-confirm"
     plans = [f"uniform-{family}"]
     plan_dir = d / "plans"
@@ -116,7 +112,7 @@ def _confirm(out: Path, family: str, fam: dict, methods, workers: int) -> None:
     grid = json.loads((out / f"{family}-xs" / "grid.json").read_text())
     base = {f"uniform-{family}": grid["best"][f"uniform-{family}"]}
     # Seeds 1..3: compare numbers seeds from 0, so ask for 4 and leave seed 0 out of the summary.
-    res = compare(rung_preset(family, "xs"), plans, len(CONFIRM_SEEDS) + 1, d, sets=SETS, base_lrs=base,
+    res = compare(fam["preset"], plans, len(CONFIRM_SEEDS) + 1, d, sets=sets, base_lrs=base,
                   workers=workers)
     for m in methods:
         fam["methods"][m]["confirmed"] = _confirmed(res.arms[m])
@@ -132,7 +128,7 @@ def _confirmed(arm) -> dict:
             "n_finished": len(losses), "mean": sum(losses.values()) / len(losses) if ok else None}
 
 
-def _plot(family: str, fam: dict) -> None:
+def _plot(family: str, fam: dict, results: Path) -> None:
     from rlrs.plots import _plt, _save
 
     plt = _plt()
@@ -146,5 +142,5 @@ def _plot(family: str, fam: dict) -> None:
     ax.set_ylabel("lowest final eval loss seen so far (seed 0)")
     ax.set_title(f"{fam['preset']}: tuners at a budget of {fam['budget']}")
     ax.legend(frameon=False, fontsize=8)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    _save(fig, RESULTS / f"tuners-{family}.png")
+    results.mkdir(parents=True, exist_ok=True)
+    _save(fig, results / f"tuners-{family}.png")
