@@ -164,6 +164,12 @@ def run_ablate(out: Path, families: list[str], workers: int) -> None:
                sets=SETS, workers=workers)
 
 
+def _run_dir(d: Path, recorded: str) -> Path:
+    # results.json records a run's directory as the command saw it (maybe relative to another
+    # working directory); every run of a rung lives in that rung's runs/ folder.
+    return d / "runs" / Path(recorded).name
+
+
 def _grid(d: Path) -> dict | None:
     p = d / "grid.json"
     return json.loads(p.read_text()) if p.exists() else None
@@ -203,7 +209,7 @@ def rows_for(out: Path, family: str, rung: str) -> list[dict]:
     source = rung_preset(family, RUNGS[0])
     base = res["baseline"]
     # What the runs really were (a --set may have changed the model or the length).
-    cfg = RunConfig.from_dict(json.loads((Path(res["runs"][0]["out"]) / "config.json").read_text()))
+    cfg = RunConfig.from_dict(json.loads((_run_dir(d, res["runs"][0]["out"]) / "config.json").read_text()))
     active = count_params(cfg.model)["active_non_embedding"]
     tokens = res["total_steps"] * cfg.train.batch_size * (cfg.train.seq_len or cfg.model.seq_len)
     env_path = d / "environment.json"
@@ -337,7 +343,7 @@ def figures(out: Path) -> list[Path]:
                 continue
             high = max((p for p in a["points"] if p["runs"]), key=lambda p: p["base_lr"])
             for p, style in ((next(q for q in a["points"] if q["base_lr"] == a["best"]), "-"), (high, ":")):
-                logs = read_run(p["runs"][0]["out"])
+                logs = read_run(_run_dir(out / f"moe-{rung}", p["runs"][0]["out"]))
                 if not logs.train_steps.size:
                     continue
                 spikes = detect_spikes(logs.train_steps, logs.train_loss)
