@@ -114,7 +114,10 @@ def cmd_inspect(args) -> int:
     from .inspection import component_table, format_table, load_model, lr_table, parse_steps, tied_report
     from .optim import DEFAULT_TIED
 
-    model = load_model(args.model)
+    sets = parse_sets(args.set)
+    if (sets and args.model.endswith(".json")) or any(not k.startswith("model.") for k in sets):
+        raise ConfigError("--set: only model.* settings of an rlrs preset, e.g. --set model.parametrization=mup")
+    model = load_model(args.model, sets)
     rules = [_rule(r) for r in args.rule]
     rows = component_table(model, rules or None)
     print(f"model: {args.model}")
@@ -123,7 +126,7 @@ def cmd_inspect(args) -> int:
         from .models import count_params
         from .train import run_config
 
-        counts = count_params(run_config(args.model).model)  # as trained: the tokenizer's vocabulary
+        counts = count_params(run_config(args.model, sets=sets).model)  # as trained: the tokenizer's vocabulary
         print()
         print(format_table([{"count": k, "params": v} for k, v in counts.items()], ["count", "params"]))
     tied = tied_report(model)
@@ -135,8 +138,20 @@ def cmd_inspect(args) -> int:
     plan = presets.resolve(args.plan)
     steps = parse_steps(args.at, args.total_steps)
     comps = sorted({c for r in rows for c in r["component"].split(" ")[0].split("+")}, key=COMPONENTS.index)
+    widths = {}
+    if not args.model.endswith(".json"):
+        from .models import width_factors
+        from .train import run_config
+
+        cfg = run_config(args.model, sets=sets).model
+        widths = width_factors(cfg)
+        if cfg.parametrization == "mup":
+            print(f"\nmuP: width multiplier m = d_model / base_width = {cfg.d_model} / {cfg.base_width} = "
+                  f"{cfg.width_mult:g}; LR width factor per component: "
+                  + ", ".join(f"{c} ×{widths.get(c, 1.0):g}" for c in comps))
     print(f"\nplan {args.plan}: LR per component ({args.total_steps} steps)")
-    print(format_table(lr_table(plan, comps, steps, args.total_steps), ["component", *[f"step {s}" for s in steps]]))
+    print(format_table(lr_table(plan, comps, steps, args.total_steps, widths),
+                       ["component", *[f"step {s}" for s in steps]]))
     return 0
 
 
@@ -234,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", default="paper-moe", help="plan preset or file (default: paper-moe)")
     p.add_argument("--total-steps", type=int, default=10_000, help="training length for the LR table (default: 10000)")
     p.add_argument("--at", default="0,1%,25%,50%,75%,100%", help="steps or percentages (default: 0,1%%,25%%,50%%,75%%,100%%)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a model setting of an rlrs preset, e.g. --set model.parametrization=mup --set model.base_width=32")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("presets", help="table of the model size presets (markdown)")

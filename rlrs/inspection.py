@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -23,7 +23,7 @@ from .config import ConfigError, require
 from .plan import Plan
 
 
-def load_model(spec: str) -> nn.Module:
+def load_model(spec: str, sets: Mapping[str, Any] | None = None) -> nn.Module:
     """An rlrs size preset name (as ``rlrs train`` builds it), a Hugging Face ``config.json``, or
     a model directory holding one, built on ``meta`` (no weights are read, nothing is fetched)."""
     path = Path(spec)
@@ -45,7 +45,7 @@ def load_model(spec: str) -> nn.Module:
     from .train import run_config
 
     # The model as rlrs trains it: the vocabulary follows the preset's tokenizer.
-    cfg = run_config(spec).model
+    cfg = run_config(spec, sets=sets).model
     with torch.device("meta"):
         return models.build_model(cfg)
 
@@ -123,10 +123,13 @@ def parse_steps(spec: str, total_steps: int) -> list[int]:
     return list(dict.fromkeys(steps))
 
 
-def lr_table(plan: Plan, components: Sequence[str], steps: Sequence[int], total_steps: int) -> list[dict]:
-    """Rows of each component's LR at the given steps."""
+def lr_table(plan: Plan, components: Sequence[str], steps: Sequence[int], total_steps: int,
+             width_factors: Mapping[str, float] | None = None) -> list[dict]:
+    """Rows of each component's LR at the given steps (times its muP width factor, if any)."""
     components = component_names(components)
-    return [{"component": c, **{f"step {s}": plan.lr(c, s, total_steps) for s in steps}} for c in components]
+    w = width_factors or {}
+    return [{"component": c, **{f"step {s}": plan.lr(c, s, total_steps, width=w.get(c, 1.0)) for s in steps}}
+            for c in components]
 
 
 def tied_report(model: nn.Module) -> list[str]:

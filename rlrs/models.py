@@ -47,6 +47,8 @@ __all__ = [
     "PRESETS",
     "PAPER_BATCH_SIZE",
     "LADDER",
+    "PARAMETRIZATIONS",
+    "width_factors",
 ]
 
 _NORM_EPS = 1e-6
@@ -63,7 +65,8 @@ class ModelConfig:
     ``n_experts`` SwiGLU experts of width ``d_ff`` and ``top_k`` active per token.
     ``d_ff = None`` means ``4 * d_model``, which gives the paper's 16·d_model² active
     non-embedding parameters per layer (4d² attention + 12d² SwiGLU). ``capacity_factor = None``
-    never drops a token. Change fields with ``dataclasses.replace(cfg, vocab_size=...)``.
+    never drops a token. ``parametrization``: ``"sp"`` or ``"mup"`` relative to ``base_width``
+    (see :data:`PARAMETRIZATIONS`). Change fields with ``dataclasses.replace(cfg, vocab_size=...)``.
     """
 
     vocab_size: int = 50257
@@ -80,6 +83,8 @@ class ModelConfig:
     balance_loss_weight: float = 0.01
     tie_embeddings: bool = False
     rope_base: float = 10000.0
+    parametrization: str = "sp"
+    base_width: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "seq_len", "d_model", "n_layers", "n_heads"):
@@ -120,6 +125,27 @@ class ModelConfig:
         _check_float("rope_base", self.rope_base, positive=True, hint="10000 is usual")
         if not isinstance(self.tie_embeddings, bool):
             raise ConfigError(f"tie_embeddings: must be true or false, got {self.tie_embeddings!r}")
+        self._check_parametrization()
+
+    def _check_parametrization(self) -> None:
+        if self.parametrization not in PARAMETRIZATIONS:
+            raise ConfigError(f"parametrization: {self.parametrization!r} is unknown; "
+                              f"{closest(str(self.parametrization), PARAMETRIZATIONS)}")
+        if self.parametrization == "sp":
+            if self.base_width is not None:
+                raise ConfigError("base_width: only muP uses it; set parametrization = 'mup' or leave base_width unset")
+            return
+        if self.base_width is None:
+            raise ConfigError(f"base_width: muP needs the width its learning rates were tuned at, e.g. "
+                              f"model.base_width={self.d_model} (muP equals SP there)")
+        _check_int("base_width", self.base_width, minimum=1)
+        if self.base_width > self.d_model:
+            raise ConfigError(f"base_width: {self.base_width} is larger than d_model={self.d_model}; muP scales up "
+                              f"from a smaller base model: use a base_width <= {self.d_model}")
+        # muP here keeps n_heads fixed across widths (heads grow with width), as the mup package.
+        if self.base_width % self.n_heads or (self.base_width // self.n_heads) % 2:
+            raise ConfigError(f"base_width: {self.base_width} does not split into n_heads={self.n_heads} heads of even "
+                              f"size (the base model keeps the heads); use a multiple of {2 * self.n_heads}")
 
     @property
     def ff_dim(self) -> int:
@@ -133,6 +159,42 @@ class ModelConfig:
     @property
     def is_moe(self) -> bool:
         return self.n_experts > 0
+
+    @property
+    def width_mult(self) -> float:
+        """muP's width multiplier m = d_model / base_width (1 for SP)."""
+        return 1.0 if self.parametrization == "sp" else self.d_model / self.base_width
+
+    @property
+    def attention_scale(self) -> float | None:
+        """The attention logits' scale: ``None`` (SDPA's 1/√d_head) for SP and at muP's base
+        width; else muP's 1/d_head, times √(base d_head) so that it meets SP at the base width."""
+        if self.width_mult == 1.0:
+            return None
+        base_head = self.base_width // self.n_heads
+        return math.sqrt(base_head) / self.head_dim
+
+
+PARAMETRIZATIONS = ("sp", "mup")
+"""``sp``: standard parametrization. ``mup``: muP for Adam (Tensor Programs V, table 3) relative
+to ``base_width``: hidden matrices' LR × 1/m (:func:`width_factors`), output and router logits ×
+1/m, embedding init independent of width, attention scaled by 1/d_head. With m = 1 it is SP."""
+
+
+def width_factors(config: ModelConfig) -> dict[str, float]:
+    """muP's LR multiplier per component for Adam: 1/m for the hidden matrices (attention,
+    feed-forward, experts), 1 for the rest (embedding and norms are vector-like; the output head
+    and router take 1/m on their logits instead). Empty for SP: every factor is 1.
+
+        >>> import dataclasses
+        >>> cfg = dataclasses.replace(get_preset("tiny-moe"), d_model=64, parametrization="mup", base_width=32)
+        >>> width_factors(cfg)
+        {'attention': 0.5, 'feedforward': 0.5, 'experts': 0.5}
+    """
+    m = config.width_mult
+    if m == 1.0:
+        return {}
+    return {"attention": 1.0 / m, "feedforward": 1.0 / m, "experts": 1.0 / m}
 
 
 # Upper bounds: far beyond any model this code trains, but small enough that a typo (an extra
@@ -213,6 +275,7 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.n_heads = cfg.n_heads
+        self.scale = cfg.attention_scale
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
@@ -223,7 +286,7 @@ class Attention(nn.Module):
             h = F.linear(x.float(), self.qkv.weight.float())
             q, k, v = h.view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
             q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
             y = F.linear(y.transpose(1, 2).reshape(b, t, d), self.proj.weight.float())
         return y.to(x.dtype)
 
@@ -293,6 +356,8 @@ class MoE(nn.Module):
         # The paper computes the router in high precision: softmax and z-loss are sensitive.
         with torch.autocast(x.device.type, enabled=False):
             logits = F.linear(xf.float(), self.router.weight.float())  # [n, e]
+            if cfg.width_mult != 1.0:
+                logits = logits / cfg.width_mult  # muP: the router reads out of the width
             log_probs = logits.log_softmax(dim=-1)
             probs = log_probs.exp()
             weight, choice = probs.topk(k, dim=-1)  # [n, k]
@@ -386,7 +451,9 @@ class Transformer(nn.Module):
         scale = self.config.init_scale
         for module in self.modules():
             if isinstance(module, nn.Embedding):
-                _trunc_normal(module.weight, fan_in=module.embedding_dim, scale=scale)
+                # muP: an input layer's init does not shrink with width (the base model's).
+                fan_in = self.config.base_width if self.config.parametrization == "mup" else module.embedding_dim
+                _trunc_normal(module.weight, fan_in=fan_in, scale=scale)
             elif isinstance(module, nn.Linear):
                 if module.weight is not self.embed.weight:  # tied: drawn once, as embed
                     _trunc_normal(module.weight, fan_in=module.in_features, scale=scale)
@@ -414,7 +481,8 @@ class Transformer(nn.Module):
             x, aux = block(x, cos, sin)
             layer_aux.append(aux)
         logits = self.unembed(self.norm(x))
-
+        if self.config.width_mult != 1.0:
+            logits = logits / self.config.width_mult  # muP's output multiplier
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())

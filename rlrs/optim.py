@@ -12,6 +12,7 @@ Groups carry ``"component"`` (``"router"``; merged groups ``"attention+feedforwa
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from typing import Any, Mapping, Sequence
@@ -21,7 +22,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from .components import COMPONENTS, Rule, classify, tied_parameters
-from .config import ConfigError, differences
+from .config import ConfigError, closest, differences
 from . import presets
 from .plan import Plan
 
@@ -86,6 +87,7 @@ def param_groups(
     *,
     merge: bool = True,
     tensor_lr: bool = False,
+    width_factors: Mapping[str, float] | None = None,
 ) -> list[dict[str, Any]]:
     """Param groups for ``torch.optim`` optimizers, one per (component, decayed or not).
 
@@ -98,6 +100,9 @@ def param_groups(
             fewer foreach/fused kernel launches); the merged group lists all its components.
         tensor_lr: hold each group's LR in a 0-dim tensor (needed for ``fused=True`` or
             ``capturable=True`` optimizers and for ``torch.compile`` without recompiles).
+        width_factors: a parametrization's LR factor per component (muP:
+            :func:`rlrs.models.width_factors`); a group carries its factor as ``width_factor``
+            and :class:`RelativeLR` passes it to ``Plan.lr``. Unlisted components: 1.
 
     Each group has ``params``, ``lr`` (η_base; :class:`RelativeLR` sets the scheduled value),
     ``weight_decay``, ``component``, ``components`` and ``decay`` (whether it is weight-decayed:
@@ -108,6 +113,12 @@ def param_groups(
     """
     plan = as_plan(plan)
     comp_of = assign_components(model, plan, rules)
+    widths = dict(width_factors or {})
+    for comp, f in widths.items():
+        if comp not in COMPONENTS:
+            raise ConfigError(f"width_factors: {comp!r} is not a component; {closest(comp, COMPONENTS)}")
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not (math.isfinite(f) and f > 0):
+            raise ConfigError(f"width_factors: {comp}'s factor must be a number > 0, got {f!r}")
     buckets: dict[tuple, dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if name not in comp_of:
@@ -118,8 +129,9 @@ def param_groups(
         c = plan.component(comp)
         lora_b = plan.lora_plus is not None and bool(_LORA_B.search(name))
         # Components with the same schedule and decay can share a group: same LR every step.
-        key = (c.start, c.end, c.shape, wd, decay, lora_b) if merge else (comp, decay, lora_b)
-        bucket = buckets.setdefault(key, {"params": [], "components": [], "weight_decay": wd})
+        width = float(widths.get(comp, 1.0))
+        key = (c.start, c.end, c.shape, wd, decay, lora_b, width) if merge else (comp, decay, lora_b)
+        bucket = buckets.setdefault(key, {"params": [], "components": [], "weight_decay": wd, "width_factor": width})
         bucket["decay"] = decay
         bucket["lora_b"] = lora_b
         bucket["params"].append(p)
@@ -138,6 +150,7 @@ def param_groups(
                 "components": comps,
                 "decay": b["decay"],
                 **({"lora_b": True} if b["lora_b"] else {}),
+                **({"width_factor": b["width_factor"]} if b["width_factor"] != 1.0 else {}),
             }
         )
     if not groups:
@@ -200,7 +213,7 @@ class RelativeLR(LRScheduler):
     def get_lr(self) -> list[float]:
         step = self.last_epoch
         self._check_groups()
-        return [self.plan.lr(g["components"][0], step, self.total_steps, g.get("lora_b", False))
+        return [self.plan.lr(g["components"][0], step, self.total_steps, g.get("lora_b", False), g.get("width_factor", 1.0))
                 for g in self.optimizer.param_groups]
 
     def _check_groups(self) -> None:
@@ -226,14 +239,15 @@ class RelativeLR(LRScheduler):
             if not g.get("decay", True):
                 continue
             comp = g["components"][0]
-            lr = self.plan.lr(comp, step, self.total_steps, g.get("lora_b", False))
+            lr = self.plan.lr(comp, step, self.total_steps, g.get("lora_b", False), g.get("width_factor", 1.0))
             per_step = self.plan.weight_decay_of(comp) * self.plan.decay_shape(comp, step, self.total_steps)
             _set(g, "weight_decay", per_step / lr if lr > 0 else 0.0)
 
     def lrs_by_component(self, step: int | None = None) -> dict[str, float]:
         """Every component's LR at ``step`` (default: the current step), for logs: ``lr/router``."""
         step = self.last_epoch if step is None else step
-        return {c: self.plan.lr(c, step, self.total_steps) for g in self.optimizer.param_groups for c in g["components"]}
+        return {c: self.plan.lr(c, step, self.total_steps, width=g.get("width_factor", 1.0))
+                for g in self.optimizer.param_groups for c in g["components"]}
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -177,10 +177,13 @@ class Plan:
         """λ_m(t): component ``name``'s multiplier of η_base at ``step``."""
         return _schedule(self, name, total_steps)(step)
 
-    def lr(self, name: str, step: int, total_steps: int, lora_b: bool = False) -> float:
+    def lr(self, name: str, step: int, total_steps: int, lora_b: bool = False, width: float = 1.0) -> float:
         """Component ``name``'s learning rate at ``step``: the one LR formula of rlrs.
-        ``lora_b``: for a LoRA B matrix of that component (times ``lora_plus``, if set)."""
-        return self.base_lr * self.multiplier(name, step, total_steps) * ((self.lora_plus or 1.0) if lora_b else 1.0)
+        ``lora_b``: for a LoRA B matrix of that component (times ``lora_plus``, if set).
+        ``width``: the parametrization's factor for the component (muP: 1/m for hidden matrices;
+        :func:`rlrs.models.width_factors`), multiplying its whole λ schedule."""
+        return (self.base_lr * self.multiplier(name, step, total_steps) * ((self.lora_plus or 1.0) if lora_b else 1.0)
+                * width)
 
     def decay_shape(self, name: str, step: int, total_steps: int) -> float:
         """The shape of component ``name``'s schedule with λ = 1 (for independent weight decay)."""

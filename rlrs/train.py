@@ -289,7 +289,8 @@ class Trainer:
 
         torch.manual_seed(cfg.train.seed)
         self.model = _models.build_model(cfg.model).to(self.device)
-        self.groups = param_groups(self.model, cfg.plan, tensor_lr=cfg.train.compile)
+        self.width = _models.width_factors(cfg.model)  # muP's per-component LR factors ({} for SP)
+        self.groups = param_groups(self.model, cfg.plan, tensor_lr=cfg.train.compile, width_factors=self.width)
         # From each parameter's own component, not from the groups: identical groups are merged
         # (a uniform plan has one), and diagnostics must still be per component.
         params, owner = dict(self.model.named_parameters()), assign_components(self.model, cfg.plan)
@@ -615,7 +616,8 @@ class Trainer:
         return self.step * self.cfg.train.batch_size * self.seq_len
 
     def _lrs(self, step: int) -> dict[str, float]:
-        return {f"lr/{c}": self.cfg.plan.lr(c, min(step, self.total_steps - 1), self.total_steps) for c in self.components}
+        return {f"lr/{c}": self.cfg.plan.lr(c, min(step, self.total_steps - 1), self.total_steps,
+                                            width=self.width.get(c, 1.0)) for c in self.components}
 
     def _train_step(self, diag: bool) -> dict[str, Any]:
         cfg = self.cfg.train

@@ -22,6 +22,17 @@ def test_inspect_preset_shows_components_counts_and_lrs():
     assert lr_router[1:] == ["0", "0.0018", "1.200e-04"]
 
 
+def test_inspect_shows_mup_width_factors_in_the_lrs():
+    r = rlrs("inspect", "tiny-moe", "--plan", "paper-moe", "--total-steps", "1000", "--at", "1%",
+             "--set", "model.parametrization=mup", "--set", "model.base_width=16")
+    assert r.returncode == 0, r.stderr
+    assert "m = d_model / base_width = 32 / 16 = 2" in r.stdout and "experts ×0.5" in r.stdout and "router ×1" in r.stdout
+    lrs = {l.split()[0]: l.split()[1] for l in r.stdout.split("LR per component")[1].splitlines()[3:] if l.strip()}
+    assert float(lrs["experts"]) == pytest.approx(3e-3 * 0.3 / 2) and float(lrs["router"]) == pytest.approx(3e-3 * 0.6)
+    bad = rlrs("inspect", "tiny-moe", "--set", "train.steps=3")
+    assert bad.returncode == 2 and "--set: only model.* settings" in bad.stderr
+
+
 def test_readme_preset_table_is_what_rlrs_presets_prints():
     from pathlib import Path
 

@@ -1,0 +1,114 @@
+"""muP for the reference models (issue 14, part 1): identity at the base width, width factors
+through Plan.lr, init and multipliers that follow Tensor Programs V's table 3 for Adam."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from rlrs import param_groups, presets
+from rlrs.config import ConfigError
+from rlrs.models import ModelConfig, build_model, get_preset, width_factors
+from rlrs.optim import RelativeLR
+
+
+def cfg_at(width: int, parametrization: str = "mup", base: int | None = 32, moe: bool = True) -> ModelConfig:
+    c = get_preset("tiny-moe" if moe else "tiny-dense")  # d_model 32, 2 heads
+    return dataclasses.replace(c, d_model=width, parametrization=parametrization,
+                               base_width=base if parametrization == "mup" else None)
+
+
+def test_mup_at_its_base_width_is_sp_bit_for_bit():
+    sp, mup = cfg_at(32, "sp"), cfg_at(32, "mup", base=32)
+    torch.manual_seed(0)
+    a = build_model(sp)
+    torch.manual_seed(0)
+    b = build_model(mup)
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(p, q), n
+    x = torch.randint(0, sp.vocab_size, (2, 16))
+    oa, ob = a(x, x), b(x, x)
+    assert torch.equal(oa.logits, ob.logits) and torch.equal(oa.aux_loss, ob.aux_loss)
+    assert width_factors(mup) == {} and mup.width_mult == 1.0 and mup.attention_scale is None
+    plan = presets.get("paper-moe")
+    ga = param_groups(a, plan, width_factors=width_factors(sp))
+    gb = param_groups(b, plan, width_factors=width_factors(mup))
+    assert [(g["component"], g.get("width_factor")) for g in ga] == [(g["component"], g.get("width_factor")) for g in gb]
+
+
+def test_width_factors_reach_every_lr_through_plan_lr():
+    cfg = cfg_at(64, base=32)  # m = 2
+    assert cfg.width_mult == 2.0
+    assert width_factors(cfg) == {"attention": 0.5, "feedforward": 0.5, "experts": 0.5}
+    model = build_model(cfg)
+    plan = presets.get("paper-moe")
+    groups = param_groups(model, plan, width_factors=width_factors(cfg))
+    opt = torch.optim.AdamW(groups, lr=plan.base_lr)
+    sched = RelativeLR(opt, plan, total_steps=100)
+    for _ in range(30):
+        opt.step()
+        sched.step()
+    for g in opt.param_groups:
+        comp = g["components"][0]
+        want = plan.lr(comp, 30, 100) * (0.5 if comp in ("attention", "experts") else 1.0)
+        assert g["lr"] == pytest.approx(want, rel=1e-12), comp
+    lrs = sched.lrs_by_component()
+    assert lrs["experts"] == pytest.approx(plan.lr("experts", 30, 100) / 2) and lrs["router"] == plan.lr("router", 30, 100)
+
+
+def test_independent_decay_ignores_the_width_factor_and_coupled_decay_follows_it():
+    cfg = cfg_at(64, base=32)
+    plan = dataclasses.replace(presets.get("paper-moe"), independent_wd=True, weight_decay=1e-4)
+    groups = param_groups(build_model(cfg), plan, width_factors=width_factors(cfg))
+    opt = torch.optim.AdamW(groups, lr=plan.base_lr)
+    sched = RelativeLR(opt, plan, total_steps=100)
+    sched.step()
+    for g in opt.param_groups:
+        if g["decay"]:  # the shrink per step, lr × wd, is the plan's, whatever the width factor
+            comp = g["components"][0]
+            assert g["lr"] * g["weight_decay"] == pytest.approx(plan.weight_decay_of(comp) * plan.decay_shape(comp, 1, 100))
+
+
+def test_mup_multipliers_and_init_follow_the_width():
+    torch.manual_seed(0)
+    stds = {}
+    for w in (32, 64, 128):
+        for par in ("sp", "mup"):
+            m = build_model(cfg_at(w, par))
+            stds[(w, par)] = m.embed.weight.std().item()
+    # muP: the input layer's init does not shrink with width; SP's shrinks like 1/sqrt(width).
+    assert stds[(128, "mup")] == pytest.approx(stds[(32, "mup")], rel=0.05)
+    assert stds[(128, "sp")] == pytest.approx(stds[(32, "sp")] / 2, rel=0.05)
+    # Attention: 1/d_head with heads fixed (2), meeting SP's 1/sqrt(d_head) at the base width.
+    cfg = cfg_at(128)
+    assert cfg.head_dim == 64 and cfg.attention_scale == pytest.approx(math.sqrt(16) / 64)
+    # Output logits: the same weights give 1/m the logits of SP at m = 4 (attention and router
+    # also change, so compare with everything but the output multiplier equal: a dense model
+    # whose attention sees one token).
+    sp, mup = cfg_at(128, "sp", moe=False), cfg_at(128, "mup", moe=False)
+    torch.manual_seed(1)
+    a = build_model(sp)
+    b = build_model(mup)
+    b.load_state_dict(a.state_dict())
+    x = torch.randint(0, sp.vocab_size, (3, 1))  # one position: attention's softmax is 1 whatever its scale
+    assert torch.allclose(b(x).logits, a(x).logits / 4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"parametrization": "mpu"}, "parametrization: 'mpu' is unknown; did you mean 'mup'"),
+    ({"parametrization": "mup"}, "base_width: muP needs the width"),
+    ({"parametrization": "mup", "base_width": 64}, "base_width: 64 is larger than d_model=32"),
+    ({"parametrization": "mup", "base_width": 6}, "base_width: 6 does not split into n_heads=2 heads of even size"),
+    ({"base_width": 16}, "base_width: only muP uses it"),
+])
+def test_bad_parametrization_names_the_field(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        dataclasses.replace(get_preset("tiny-dense"), **kwargs)
+
+
+def test_width_factors_are_checked():
+    with pytest.raises(ConfigError, match="width_factors: 'atention' is not a component; did you mean 'attention'"):
+        param_groups(build_model(get_preset("tiny-dense")), "paper-dense", width_factors={"atention": 0.5})
+    with pytest.raises(ConfigError, match="width_factors: attention's factor must be a number > 0"):
+        param_groups(build_model(get_preset("tiny-dense")), "paper-dense", width_factors={"attention": 0.0})
