@@ -32,7 +32,7 @@ from typing import Any, Mapping
 from . import config as _config
 from .components import COMPONENTS
 from .config import ConfigError
-from .schedules import Constant, Cosine, Linear, Schedule, stable_then_decay, warmup_then
+from .schedules import Constant, Cosine, DecayAway, ExpRecovery, Linear, Product, Schedule, stable_then_decay, warmup_then
 
 SHAPES = ("cosine", "linear", "constant", "wsd")
 """Schedule shapes after warmup: the paper's ``cosine``; ``linear`` decay; ``constant`` (holds
@@ -94,6 +94,14 @@ class Plan:
         wsd_decay: fraction of training spent decaying, for components with shape ``wsd``.
         lora_plus: LoRA+ (paper appendix D.2): the LR of LoRA's B matrices is this multiple of
             the A matrices' (their component's LR); the LoRA+ paper uses 16. Unset: the same LR.
+        width_warmup: seed 003's replacement for muP's implicit warmup, a factor on the hidden
+            matrices' schedules (attention, feed-forward, experts) that starts at
+            ``1/width_warmup_m`` and recovers to 1: ``"decay-away"``
+            (:class:`~rlrs.schedules.DecayAway`) or ``"exponential"``
+            (:class:`~rlrs.schedules.ExpRecovery`), with the per-step shrink
+            ``a = 1 − base_lr · weight_decay`` (``1 − weight_decay`` with ``independent_wd``).
+            Unset: no factor.
+        width_warmup_m: the ``m`` of that factor (the width multiplier; 1: no effect).
         embedding … other: the per-component :class:`ComponentPlan`.
     """
 
@@ -106,6 +114,8 @@ class Plan:
     tied: str | None = None
     wsd_decay: float = 0.2
     lora_plus: float | None = None
+    width_warmup: str | None = None
+    width_warmup_m: float = 1.0
     embedding: ComponentPlan = field(default_factory=ComponentPlan)
     unembedding: ComponentPlan = field(default_factory=ComponentPlan)
     attention: ComponentPlan = field(default_factory=ComponentPlan)
@@ -134,6 +144,16 @@ class Plan:
             )
         if self.lora_plus is not None and not (math.isfinite(self.lora_plus) and self.lora_plus > 0):
             raise ConfigError(f"lora_plus: the B-to-A LR ratio, a number > 0 (16 in the LoRA+ paper), got {self.lora_plus!r}")
+        if self.width_warmup not in (None, *WIDTH_WARMUPS):
+            raise ConfigError(f"width_warmup: {self.width_warmup!r} is unknown; "
+                              f"{_config.closest(str(self.width_warmup), WIDTH_WARMUPS)} (or unset for none)")
+        if not (math.isfinite(self.width_warmup_m) and self.width_warmup_m >= 1.0):
+            raise ConfigError(f"width_warmup_m: the width multiplier, a number >= 1, got {self.width_warmup_m!r}")
+        if self.width_warmup is not None:
+            for name in HIDDEN:
+                if not self.weight_decay_of(name) > 0:
+                    raise ConfigError(f"width_warmup: its recovery runs at the weight decay's pace, and {name} has "
+                                      "weight decay 0; give it (or plan.weight_decay) a value > 0")
         if not (0.0 < self.wsd_decay <= 1.0):
             raise ConfigError(f"wsd_decay: a fraction of training in (0, 1], got {self.wsd_decay!r}")
         for name in COMPONENTS:
@@ -220,9 +240,19 @@ class Plan:
             raise ConfigError(f"{path}: {err}") from None
 
 
+WIDTH_WARMUPS = ("decay-away", "exponential")
+HIDDEN = ("attention", "feedforward", "experts")
+"""The components ``width_warmup`` applies to: muP's hidden matrices."""
+
+
 @functools.lru_cache(maxsize=4096)
 def _schedule(plan: Plan, name: str, total_steps: int) -> Schedule:
-    return _build(plan, plan.component(name), total_steps)
+    s = _build(plan, plan.component(name), total_steps)
+    if plan.width_warmup is None or name not in HIDDEN:
+        return s
+    a = 1.0 - (plan.weight_decay_of(name) if plan.independent_wd else plan.base_lr * plan.weight_decay_of(name))
+    piece = DecayAway if plan.width_warmup == "decay-away" else ExpRecovery
+    return Product((s, piece(plan.width_warmup_m, a)))
 
 
 def _build(plan: Plan, c: ComponentPlan, total_steps: int) -> Schedule:

@@ -103,6 +103,54 @@ class Join:
         return self.pieces[i](step - offset)
 
 
+@dataclass(frozen=True)
+class Product:
+    """The pieces multiplied step by step (a factor on top of a schedule)."""
+
+    pieces: tuple
+
+    def __call__(self, step: int) -> float:
+        out = 1.0
+        for piece in self.pieces:
+            out *= piece(step)
+        return out
+
+
+@dataclass(frozen=True)
+class DecayAway:
+    """``(1 + (m² − 1)·a^(2t))^(−1/2)``: starts at ``1/m`` and recovers to 1 as the initial
+    weights decay away (``a`` is the per-step weight shrink ``1 − η·λ``). Seed 003's closed form
+    of the implicit warmup that muP's 1/m LR gives a width-m model's hidden matrices.
+
+        >>> f = DecayAway(m=4.0, a=0.99)
+        >>> f(0), round(f(10_000), 12)
+        (0.25, 1.0)
+    """
+
+    m: float
+    a: float
+
+    def __call__(self, step: int) -> float:
+        return (1.0 + (self.m**2 - 1.0) * self.a ** (2 * max(step, 0))) ** -0.5
+
+
+@dataclass(frozen=True)
+class ExpRecovery:
+    """``m^(−a^t)``: starts at ``1/m`` and recovers to 1 geometrically (log of the factor shrinks
+    by ``a`` per step): the "exponential" replacement of muP's implicit warmup.
+
+        >>> f = ExpRecovery(m=4.0, a=0.99)
+        >>> f(0), round(f(10_000), 12)
+        (0.25, 1.0)
+    """
+
+    m: float
+    a: float
+
+    def __call__(self, step: int) -> float:
+        return self.m ** -(self.a ** max(step, 0))
+
+
 def warmup_then(peak: float, warmup_steps: int, then: Schedule) -> Schedule:
     """Linear warmup from 0 to ``peak`` over ``warmup_steps`` steps, then ``then`` (from its step 0).
 

@@ -1,5 +1,6 @@
 """Plans as data: presets, strict loading, round trips through dict, TOML and JSON."""
 
+import dataclasses
 import math
 import tomllib
 
@@ -144,3 +145,35 @@ def test_bad_files(tmp_path):
 def test_dumps_toml_nested_tables():
     text = dumps_toml({"a": 1, "b": {"c": "x", "d": {"e": [1.5, 2.0]}}, "f": None})
     assert tomllib.loads(text) == {"a": 1, "b": {"c": "x", "d": {"e": [1.5, 2.0]}}}
+
+
+
+def test_width_warmup_multiplies_only_the_hidden_matrices_and_defaults_to_nothing():
+    from rlrs.schedules import DecayAway, ExpRecovery
+
+    base = Plan(base_lr=1e-3, weight_decay=0.1)
+    for kind, piece in (("decay-away", DecayAway), ("exponential", ExpRecovery)):
+        p = dataclasses.replace(base, width_warmup=kind, width_warmup_m=4.0)
+        for t in (1, 500, 5000, 9999):
+            f = piece(4.0, 1 - 1e-3 * 0.1)(t)
+            for comp in ("attention", "feedforward", "experts"):
+                assert p.lr(comp, t, 10_000) == pytest.approx(base.lr(comp, t, 10_000) * f, rel=1e-12)
+            for comp in ("embedding", "unembedding", "router", "other"):
+                assert p.lr(comp, t, 10_000) == base.lr(comp, t, 10_000)
+    # With independent decay the pace is the per-step fraction itself.
+    ind = Plan(base_lr=1e-3, weight_decay=1e-4, independent_wd=True, width_warmup="decay-away", width_warmup_m=2.0)
+    ref = Plan(base_lr=1e-3, weight_decay=1e-4, independent_wd=True)
+    assert ind.lr("attention", 777, 10_000) == pytest.approx(ref.lr("attention", 777, 10_000) * DecayAway(2.0, 1 - 1e-4)(777))
+    # m = 1 changes nothing.
+    one = dataclasses.replace(base, width_warmup="exponential", width_warmup_m=1.0)
+    assert all(one.lr("attention", t, 1000) == base.lr("attention", t, 1000) for t in (0, 10, 500, 999))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"width_warmup": "decay_away"}, "width_warmup: 'decay_away' is unknown; did you mean 'decay-away'"),
+    ({"width_warmup": "exponential", "width_warmup_m": 0.5}, "width_warmup_m: the width multiplier, a number >= 1"),
+    ({"width_warmup": "exponential", "width_warmup_m": 2.0, "weight_decay": 0.0}, "width_warmup: its recovery runs"),
+])
+def test_bad_width_warmup_names_the_field(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        Plan(**kwargs)

@@ -97,3 +97,21 @@ def test_lr_is_base_times_multiplier():
     plan = Plan(base_lr=3e-3, final_fraction=0.04, experts=ComponentPlan(0.3, 1.125))
     assert close(plan.lr("experts", 10, T), 3e-3 * 0.3)
     assert close(plan.lr("experts", 1000, T), 3e-3 * 0.04 * 1.125)
+
+
+# --- seed 003's replacements for muP's implicit warmup ------------------------------------------
+
+
+def test_decay_away_and_exponential_start_at_one_over_m_and_recover_to_one():
+    from rlrs.schedules import DecayAway, ExpRecovery, Product
+
+    for piece in (DecayAway(m=4.0, a=0.9), ExpRecovery(m=4.0, a=0.9)):
+        assert piece(0) == 0.25 and piece(-3) == 0.25
+        values = [piece(t) for t in range(0, 400)]
+        assert all(b >= a for a, b in zip(values, values[1:])) and values[10] > values[1] > values[0]  # rises
+        assert piece(1000) == pytest.approx(1.0, abs=1e-12)
+    # Hand values: t = 1, a = 0.9, m = 4.
+    assert DecayAway(4.0, 0.9)(1) == pytest.approx((1 + 15 * 0.81) ** -0.5)
+    assert ExpRecovery(4.0, 0.9)(1) == pytest.approx(4.0 ** -0.9)
+    assert DecayAway(1.0, 0.9)(0) == 1.0 and ExpRecovery(1.0, 0.9)(5) == 1.0  # m = 1: no factor
+    assert Product((lambda t: 2.0, DecayAway(4.0, 0.9)))(0) == 0.5
