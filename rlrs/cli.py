@@ -11,8 +11,8 @@ from typing import Any, Sequence
 from . import compare, transfer, tune
 from .config import ConfigError, MissingExtra
 from .engine import RunLocked
-from .models import DEFAULT_PRESET
-from .options import parse_sets
+from .models import DEFAULT_PRESET, PARAMETRIZATIONS
+from .options import default_of, parse_sets
 
 
 def _run_config(args) -> "Any":
@@ -185,6 +185,27 @@ def presets_markdown() -> str:
     return "\n".join(lines)
 
 
+def cmd_coord_check(args) -> int:
+    import json
+
+    from .config import atomic_write_text, make_dir
+    from .coordcheck import coord_check, plot, slope_text
+    from .options import parse_floats
+
+    widths = parse_floats(args.widths, "widths")
+    if any(w != int(w) for w in widths):
+        raise ConfigError(f"--widths: whole numbers (d_model values), got {args.widths!r}; e.g. 32,64,128,256")
+    res = coord_check(args.preset, [int(w) for w in widths], parametrization=args.parametrization,
+                      base_width=args.base_width, plan=args.plan, base_lr=args.base_lr, steps=args.steps,
+                      seeds=args.seeds)
+    out = make_dir(Path(args.out), "--out")
+    atomic_write_text(out / "coord_check.json", json.dumps(res.to_dict(), indent=1) + "\n")
+    png = plot(res, out / "coord_check.png")
+    print(slope_text(res))
+    print(f"results: {out / 'coord_check.json'}  figure: {png}")
+    return 0
+
+
 def cmd_presets(args) -> int:
     print(presets_markdown())
     return 0
@@ -252,6 +273,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a model setting of an rlrs preset, e.g. --set model.parametrization=mup --set model.base_width=32")
     p.set_defaults(func=cmd_inspect)
+
+    from .coordcheck import coord_check
+
+    p = sub.add_parser("coord-check", help="activation scale of every layer against width, at init and after a few steps",
+                       description="Rebuild a preset at several widths (heads kept), train a few AdamW steps at one "
+                                   "η_base and plot each layer's output RMS against width: under muP the slopes stay "
+                                   "near 0, under SP they grow. Writes coord_check.json and coord_check.png.")
+    p.add_argument("--preset", default="tiny-dense", help="model preset whose width is varied (default: tiny-dense)")
+    p.add_argument("--widths", default="32,64,128,256", help="d_model values (default: 32,64,128,256)")
+    p.add_argument("--parametrization", default=default_of(coord_check, "parametrization"), choices=PARAMETRIZATIONS)
+    p.add_argument("--base-width", type=int, default=None, help="muP's base width (needed with --parametrization mup)")
+    p.add_argument("--plan", default=default_of(coord_check, "plan"), help="plan preset or file (default: uniform)")
+    p.add_argument("--base-lr", type=float, default=None, help="η_base (default: the plan's)")
+    p.add_argument("--steps", type=int, default=default_of(coord_check, "steps"))
+    p.add_argument("--seeds", type=int, default=default_of(coord_check, "seeds"))
+    p.add_argument("--out", default="runs/coord-check", help="output directory (default: runs/coord-check)")
+    p.set_defaults(func=cmd_coord_check)
 
     p = sub.add_parser("presets", help="table of the model size presets (markdown)")
     p.set_defaults(func=cmd_presets)

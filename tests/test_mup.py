@@ -112,3 +112,34 @@ def test_width_factors_are_checked():
         param_groups(build_model(get_preset("tiny-dense")), "paper-dense", width_factors={"atention": 0.5})
     with pytest.raises(ConfigError, match="width_factors: attention's factor must be a number > 0"):
         param_groups(build_model(get_preset("tiny-dense")), "paper-dense", width_factors={"attention": 0.0})
+
+
+def test_coordinate_check_slopes_are_flat_under_mup_and_grow_under_sp():
+    from rlrs.coordcheck import coord_check
+
+    kw = dict(base_width=32, base_lr=1e-2, steps=3, seeds=2)
+    sp = coord_check("tiny-dense", [32, 64, 128, 256], parametrization="sp", **kw)
+    mup = coord_check("tiny-dense", [32, 64, 128, 256], parametrization="mup", **kw)
+    for layer in ("embedding", "attention", "feedforward"):
+        assert abs(mup.slope(layer, 3)) < 0.3, (layer, mup.slopes())
+    # SP with one η for every width: the hidden layers' updates grow with width after a few steps.
+    assert sp.slope("attention", 3) > 0.8 and sp.slope("feedforward", 3) > 0.8, sp.slopes()
+    assert sp.slope("embedding", 0) < -0.3  # SP's embedding init shrinks like 1/sqrt(width); muP's does not
+    # Logits: muP's output multiplier makes them shrink like 1/m at init, and training brings the
+    # slope up toward 0; SP's logits grow with width once training starts.
+    assert mup.slope("logits", 0) == pytest.approx(-1.0, abs=0.1) and mup.slope("logits", 3) > mup.slope("logits", 0) + 0.3
+    assert sp.slope("logits", 3) > mup.slope("logits", 3) + 0.5
+
+
+def test_coord_check_command_writes_its_results(tmp_path, capsys):
+    import json
+
+    from rlrs.cli import main
+
+    assert main(["coord-check", "--widths", "32,64", "--steps", "1", "--seeds", "1", "--parametrization", "mup",
+                 "--base-width", "32", "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "coord_check.json").read_text())
+    assert doc["widths"] == [32, 64] and set(doc["slopes"]) == {"embedding", "attention", "feedforward", "logits"}
+    assert (tmp_path / "coord_check.png").stat().st_size > 0 and "slope of log RMS" in capsys.readouterr().out
+    assert main(["coord-check", "--parametrization", "mup", "--out", str(tmp_path)]) == 2
+    assert "--base-width" in capsys.readouterr().err
