@@ -269,6 +269,18 @@ def _apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
+class Float32Linear(nn.Linear):
+    """A bias-free ``nn.Linear`` computed in float32 whatever the input's or the weight's dtype
+    (attention and the router stay in high precision under bf16). A module call, so forward
+    hooks see its input like any ``nn.Linear``'s."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x.float(), self.weight.float())
+
+
 class Attention(nn.Module):
     """Causal multi-head self-attention with RoPE, computed in float32."""
 
@@ -276,18 +288,18 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads = cfg.n_heads
         self.scale = cfg.attention_scale
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.qkv = Float32Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = Float32Linear(cfg.d_model, cfg.d_model)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         b, t, d = x.shape
         # The paper keeps attention in high precision under mixed precision training.
         with torch.autocast(x.device.type, enabled=False):
-            h = F.linear(x.float(), self.qkv.weight.float())
+            h = self.qkv(x)
             q, k, v = h.view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
             q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
-            y = F.linear(y.transpose(1, 2).reshape(b, t, d), self.proj.weight.float())
+            y = self.proj(y.transpose(1, 2).reshape(b, t, d))
         return y.to(x.dtype)
 
 
@@ -342,7 +354,7 @@ class MoE(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.router = nn.Linear(cfg.d_model, cfg.n_experts, bias=False)
+        self.router = Float32Linear(cfg.d_model, cfg.n_experts)
         self.experts = Experts(cfg.n_experts, cfg.d_model, cfg.ff_dim)
 
     def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -355,7 +367,7 @@ class MoE(nn.Module):
 
         # The paper computes the router in high precision: softmax and z-loss are sensitive.
         with torch.autocast(x.device.type, enabled=False):
-            logits = F.linear(xf.float(), self.router.weight.float())  # [n, e]
+            logits = self.router(xf)  # [n, e]
             if cfg.width_mult != 1.0:
                 logits = logits / cfg.width_mult  # muP: the router reads out of the width
             log_probs = logits.log_softmax(dim=-1)

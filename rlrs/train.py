@@ -30,6 +30,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from . import config as _config
 from . import data as _data
@@ -626,8 +627,15 @@ class Trainer:
         x, y = _data.get_batch(self.data.train, step, cfg.batch_size, self.seq_len, cfg.data_seed,
                                rank=self.rank, world_size=self.world_size)
         x, y = x.to(self.device), y.to(self.device)
-        with self._autocast():
-            out = self.forward(x, y)
+        # Diagnostics steps keep a sample of every matrix's input (not under torch.compile: hooks
+        # would recompile the graph) for the representation change below.
+        taps = _InputTaps(self.model) if diag and not cfg.compile else None
+        try:
+            with self._autocast():
+                out = self.forward(x, y)
+        finally:
+            if taps is not None:
+                taps.remove()
         loss = out.loss + out.aux_loss
         rec: dict[str, Any] = {"kind": "train", "step": step + 1, "tokens": (step + 1) * cfg.batch_size * self.seq_len}
         rec.update(self._lrs(step))
@@ -653,6 +661,8 @@ class Trainer:
             rec.update(_moe_record(out.stats))
         if before is not None:
             rec.update(self._update_stats(before))
+            if taps is not None:
+                rec.update(self._representation_stats(taps, before))
         rec["tokens_per_s"] = x.numel() * self.world_size / (time.perf_counter() - t0)
         return rec
 
@@ -703,6 +713,86 @@ class Trainer:
             stats[f"update_rms/{c}"] = math.sqrt(du / n)
             stats[f"update_ratio/{c}"] = math.sqrt(du / w) if w > 0 else float("nan")
         return stats
+
+
+    def _representation_stats(self, taps: "_InputTaps", before: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+        # Relative representation change ‖ΔY‖/‖Y‖ of each component (Y = W X on this step's
+        # inputs, ΔW this step's update), with seed 003's decomposition into the update's and
+        # the weights' alignment with X: ‖ΔY‖/‖Y‖ = (α_ΔW / α_W) · ‖ΔW‖/‖W‖, where
+        # α_ΔW = ‖ΔW X‖ / (‖ΔW‖ ‖X‖) and α_W = ‖W X‖ / (‖W‖ ‖X‖). A component's matrices count as
+        # one block-diagonal map (sums of squares), so the identity holds per component too.
+        old = {id(p): b for c, ps in self.components.items() for p, b in zip(ps, before[c])}
+        comp_of = {id(p): c for c, ps in self.components.items() for p in ps}
+        sums: dict[str, list[float]] = {}
+        for w, w0, x, kind in taps.matrices(old):
+            c = comp_of.get(id(w))
+            if c is None:
+                continue
+            dw = w.detach().float() - w0
+            y, dy, x2 = _outputs(kind, w0, dw, x)
+            s = sums.setdefault(c, [0.0] * 5)
+            for i, v in enumerate((float(y.pow(2).sum()), float(dy.pow(2).sum()), x2,
+                                   float(w0.pow(2).sum()), float(dw.pow(2).sum()))):
+                s[i] += v
+        stats = {}
+        for c, (y2, dy2, x2, w2, dw2) in sums.items():
+            if y2 > 0 and w2 > 0 and x2 > 0:
+                stats[f"rep_change/{c}"] = math.sqrt(dy2 / y2)
+                stats[f"align_weight/{c}"] = math.sqrt(y2 / (w2 * x2))
+                stats[f"align_update/{c}"] = math.sqrt(dy2 / (dw2 * x2)) if dw2 > 0 else float("nan")
+        return stats
+
+
+TAP_ROWS = 1024
+"""Input rows (tokens) a diagnostics step keeps per matrix: enough for the norms, cheap at any size."""
+
+
+class _InputTaps:
+    """Forward pre-hooks that keep a sample of the input of every ``nn.Linear``, ``nn.Embedding``
+    and :class:`~rlrs.models.Experts` for one forward pass."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.inputs: list[tuple[torch.nn.Module, torch.Tensor]] = []
+        self.handles = [m.register_forward_pre_hook(self._keep) for m in model.modules()
+                        if isinstance(m, (torch.nn.Linear, torch.nn.Embedding, _models.Experts))]
+
+    def _keep(self, module: torch.nn.Module, args: tuple) -> None:
+        x = args[0].detach()
+        if isinstance(module, _models.Experts):  # [E, capacity, d]: a sample of each expert's slots
+            x = x[:, : max(1, TAP_ROWS // x.shape[0])].float()
+        elif isinstance(module, torch.nn.Embedding):
+            x = x.reshape(-1)[:TAP_ROWS]
+        else:
+            x = x.reshape(-1, x.shape[-1])[:TAP_ROWS].float()
+        self.inputs.append((module, x))
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def matrices(self, old: dict[int, torch.Tensor]):
+        """(weight, its value before the step, input sample, kind) for every tapped matrix."""
+        for module, x in self.inputs:
+            if isinstance(module, _models.Experts):
+                wg, wu, wd = module.w_gate, module.w_up, module.w_down
+                if not all(id(w) in old for w in (wg, wu, wd)):
+                    continue
+                yield wg, old[id(wg)].float(), x, "bmm"
+                yield wu, old[id(wu)].float(), x, "bmm"
+                h = F.silu(torch.bmm(x, old[id(wg)].float())) * torch.bmm(x, old[id(wu)].float())
+                yield wd, old[id(wd)].float(), h, "bmm"
+            elif id(module.weight) in old:
+                kind = "rows" if isinstance(module, torch.nn.Embedding) else "linear"
+                yield module.weight, old[id(module.weight)].float(), x, kind
+
+
+def _outputs(kind: str, w0: torch.Tensor, dw: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(W X, ΔW X, ‖X‖²) for a linear layer, a batched expert matmul or an embedding lookup."""
+    if kind == "rows":  # X is one-hot token ids: W X picks rows
+        return w0[x], dw[x], float(x.numel())
+    if kind == "bmm":
+        return torch.bmm(x, w0), torch.bmm(x, dw), float(x.pow(2).sum())
+    return x @ w0.t(), x @ dw.t(), float(x.pow(2).sum())
 
 
 def _moe_record(stats: dict[str, torch.Tensor]) -> dict[str, float]:

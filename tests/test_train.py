@@ -66,6 +66,22 @@ def test_update_diagnostics_are_per_component_even_when_groups_merge(tmp_path, t
     assert len(set(ratios)) == len(ratios)
 
 
+@pytest.mark.parametrize("preset", ["tiny-moe", "tiny-dense"])
+def test_representation_change_and_its_alignment_decomposition_per_component(tmp_path, tiny_sets, preset):
+    # Seed 003's measurement: ‖ΔY‖/‖Y‖ = (α_ΔW / α_W) · ‖ΔW‖/‖W‖ per component, at the eval points.
+    plan = "paper-moe" if preset == "tiny-moe" else "paper-dense"
+    Trainer(cfg_for(tiny_sets, preset, plan, **{"train.steps": 8, "train.eval_interval": 0.25}), tmp_path / "run").run()
+    diags = [r for r in read_metrics(tmp_path / "run") if any(k.startswith("rep_change/") for k in r)]
+    assert [r["step"] for r in diags] == [2, 4, 6, 8]
+    matrices = ["embedding", "unembedding", "attention"] + (["router", "experts"] if preset == "tiny-moe" else ["feedforward"])
+    for r in diags:
+        assert sorted(k.split("/")[1] for k in r if k.startswith("rep_change/")) == sorted(matrices)  # norms have no X
+        for c in matrices:
+            ratio, a_dw, a_w = r[f"rep_change/{c}"], r[f"align_update/{c}"], r[f"align_weight/{c}"]
+            assert ratio == pytest.approx(a_dw / a_w * r[f"update_ratio/{c}"], rel=1e-9)
+            assert 0 < a_w <= 1 + 1e-9 and 0 < a_dw <= 1 + 1e-9  # Cauchy-Schwarz: ‖W X‖ <= ‖W‖ ‖X‖
+
+
 def test_same_data_seed_same_batches_whatever_the_plan(tmp_path, tiny_sets):
     a = Trainer(cfg_for(tiny_sets, plan="uniform"), tmp_path / "a")
     b = Trainer(cfg_for(tiny_sets, plan="paper-moe"), tmp_path / "b")
