@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import compare, transfer, tune
+from . import compare, transfer, tune, widths
 from .config import ConfigError, MissingExtra
 from .engine import RunLocked
 from .models import DEFAULT_PRESET, PARAMETRIZATIONS
@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plot_plan)
 
     # Commands defined next to their logic: each module has add_commands(subparsers).
-    for module in (compare, tune, transfer):
+    for module in (compare, tune, transfer, widths):
         module.add_commands(sub)
     return parser
 

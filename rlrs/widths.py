@@ -1,0 +1,268 @@
+"""Width transfer: does η_base's optimum stay put as the model widens? (seed 003, paper D.1)
+
+    $ rlrs width-transfer --preset ladder-s-dense --widths 48,96,192 --variants sp,mup-iwd --out runs/wt
+
+or from Python::
+
+    >>> from rlrs.widths import VARIANTS, variant_sets
+    >>> sorted(VARIANTS)
+    ['mup', 'mup-iwd', 'sp', 'sp-iwd', 'sp-warmup']
+    >>> variant_sets("mup-iwd", width=96, base_width=48, iwd=1e-4)["model.parametrization"]
+    'mup'
+
+For every variant and width, ``lr-grid`` trains each plan (default: the uniform baseline and the
+paper's plan for the preset's type) on the {1, 2, 5}×10⁻ⁿ grid, growing it until the best η_base
+is inside, with ``--seeds`` seeds per point. The preset is rebuilt at ``d_model = width`` with its
+number of heads kept (what muP here assumes); the smallest width is muP's base width. Variants:
+
+- ``sp``: standard parametrization, AdamW's decay coupled to the LR (PyTorch's);
+- ``sp-iwd``: SP with independent weight decay (``plan.independent_wd``, ``--iwd`` per step);
+- ``mup``: muP (``model.parametrization = "mup"``), coupled decay;
+- ``mup-iwd``: muP with independent decay (seed 003: the combination whose optimum transfers);
+- ``sp-warmup``: SP with independent decay and seed 003's warmup replacement of muP
+  (``plan.width_warmup = "decay-away"``, m = width / base width).
+
+Everything runs on the run engine under ``OUT/<variant>/w<width>/``, so a rerun reuses finished
+runs and resumes interrupted ones. ``results.json`` holds each (variant, plan, width)'s best η_base
+and whether it is interior, and per (variant, plan) the drift of the optimum across widths in steps
+of the ladder; ``report.md`` the tables; ``width_transfer.png`` the final loss against η_base per
+width (seed 003's figure).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from . import config as _config
+from .compare import GridResult, arm_name, lr_grid
+from .config import ConfigError
+from .engine import PresetTarget
+from .models import get_preset
+from .options import add_set_arg, add_workers_arg, check_workers, default_of, parse_floats, parse_grid, parse_sets
+from .presets import default_plans
+
+VARIANTS = ("sp", "sp-iwd", "mup", "mup-iwd", "sp-warmup")
+RESERVED = ("model.d_model", "model.parametrization", "model.base_width", "plan.independent_wd",
+            "plan.width_warmup", "plan.width_warmup_m")
+
+
+def variant_sets(variant: str, width: int, base_width: int, iwd: float) -> dict[str, Any]:
+    """The settings a variant adds to a run at ``width``."""
+    if variant not in VARIANTS:
+        raise ConfigError(f"variants: {variant!r} is unknown; {_config.closest(variant, VARIANTS)}")
+    sets: dict[str, Any] = {"model.d_model": width}
+    if variant.startswith("mup"):
+        sets.update({"model.parametrization": "mup", "model.base_width": base_width})
+    if variant.endswith("iwd") or variant == "sp-warmup":
+        sets.update({"plan.independent_wd": True, "plan.weight_decay": iwd})
+    if variant == "sp-warmup":
+        sets.update({"plan.width_warmup": "decay-away", "plan.width_warmup_m": width / base_width})
+    return sets
+
+
+def ladder_position(value: float) -> float:
+    """Index of ``value`` on the {1, 2, 5}×10⁻ⁿ ladder (1e-3 → -9, 2e-3 → -8, 5e-3 → -7, 1e-2 → -6):
+    differences are grid steps.
+
+        >>> ladder_position(2e-3) - ladder_position(5e-4)
+        2.0
+    """
+    exp = math.floor(math.log10(value) + 1e-9)
+    mantissa = value / 10**exp
+    step = min(range(3), key=lambda i: abs(math.log(mantissa / (1, 2, 5)[i])))
+    return float(3 * exp + step)
+
+
+@dataclass
+class WidthPoint:
+    width: int
+    best: float | None  # None: every grid value diverged
+    interior: bool
+    best_loss: float | None
+    losses: dict[float, float | None]  # η_base -> mean final loss (None: diverged)
+
+
+@dataclass
+class WidthSeries:
+    variant: str
+    plan: str
+    points: list[WidthPoint]
+
+    @property
+    def drift(self) -> float | None:
+        """How far the best η_base moves across widths, in ladder steps (max − min); ``None``
+        unless every width has an interior optimum."""
+        bests = [p.best for p in self.points]
+        if any(b is None for b in bests) or not all(p.interior for p in self.points):
+            return None
+        pos = [ladder_position(b) for b in bests]
+        return max(pos) - min(pos)
+
+
+@dataclass
+class WidthTransferResult:
+    out: Path
+    preset: str
+    widths: list[int]
+    base_width: int
+    seeds: int
+    series: list[WidthSeries]
+    wall_s: float = 0.0
+    files: list[Path] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _config.json_safe({
+            "preset": self.preset, "widths": self.widths, "base_width": self.base_width, "seeds": self.seeds,
+            "series": [{"variant": s.variant, "plan": s.plan, "drift_steps": s.drift,
+                        "points": [{"width": p.width, "best_base_lr": p.best, "interior": p.interior,
+                                    "best_loss": p.best_loss,
+                                    "losses": [{"base_lr": k, "loss": v} for k, v in sorted(p.losses.items())]}
+                                   for p in s.points]}
+                       for s in self.series],
+            "wall_s": self.wall_s,
+        })
+
+
+def width_transfer(
+    preset: str,
+    widths: Sequence[int],
+    out: str | Path,
+    *,
+    variants: Sequence[str] = ("sp", "mup-iwd"),
+    plans: Sequence[str] | None = None,
+    grid: Sequence[float] | None = None,
+    seeds: int = 2,
+    iwd: float = 1e-4,
+    extend: int = 3,
+    sets: Mapping[str, Any] | None = None,
+    workers: int | None = None,
+    log: Callable[[str], None] = print,
+) -> WidthTransferResult:
+    """The η_base grid at every width for every variant and plan; see the module docstring."""
+    t0 = time.perf_counter()
+    widths = sorted({int(w) for w in widths})
+    if len(widths) < 2:
+        raise ConfigError(f"widths: at least two, got {list(widths)}; e.g. 64,128,256,512")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ConfigError(f"variants: {unknown[0]!r} is unknown; {_config.closest(unknown[0], VARIANTS)}")
+    sets = dict(sets or {})
+    clash = [k for k in RESERVED if k in sets]
+    if clash:
+        raise ConfigError(f"{clash[0]}: width-transfer sets it per width and variant; choose them with "
+                          "--widths and --variants")
+    base_cfg = get_preset(preset)
+    base_width = widths[0]
+    for w in widths:  # fail before any training on a width the preset's heads cannot split
+        for v in variants:
+            try:
+                PresetTarget(preset).spec(default_plans(base_cfg.is_moe)[0], 0, {**sets, **variant_sets(v, w, base_width, iwd)})
+            except ConfigError as err:
+                raise ConfigError(f"widths: {w} ({v}): {err}") from None
+    plans = list(plans or default_plans(base_cfg.is_moe))
+    out = Path(out)
+    log(f"rlrs width-transfer: {preset} at widths {', '.join(map(str, widths))} (base {base_width}), variants "
+        f"{', '.join(variants)}, plans {', '.join(arm_name(p) for p in plans)}, {seeds} seed(s) per point -> {out}")
+    series = []
+    for v in variants:
+        grids: dict[int, GridResult] = {}
+        for w in widths:
+            log(f"== {v}, width {w}")
+            grids[w] = lr_grid(preset, plans, out / v / f"w{w}", grid=grid, seeds=seeds, extend=extend,
+                               sets={**sets, **variant_sets(v, w, base_width, iwd)}, workers=workers, log=log)
+        for p in plans:
+            arm = arm_name(p)
+            pts = []
+            for w in widths:
+                a = grids[w].arms[arm]
+                pts.append(WidthPoint(w, a.best, a.best is not None and a.edge is None, a.best_loss,
+                                      {pt.base_lr: pt.mean for pt in a.points}))
+            series.append(WidthSeries(v, arm, pts))
+    res = WidthTransferResult(out, preset, widths, base_width, seeds, series, time.perf_counter() - t0)
+    path = out / "results.json"
+    _config.atomic_write_text(path, json.dumps(res.to_dict(), indent=1) + "\n")
+    _config.atomic_write_text(out / "report.md", _report(res))
+    res.files = [path, out / "report.md", _plot(res, out / "width_transfer.png")]
+    log(f"wrote {out / 'report.md'}")
+    return res
+
+
+def _report(r: WidthTransferResult) -> str:
+    lines = [f"# rlrs width-transfer: {r.preset}", "",
+             f"Widths {', '.join(map(str, r.widths))} (muP base width {r.base_width}), {r.seeds} seed(s) per "
+             "grid point. Best η_base per width (an edge value means the optimum may lie beyond the grid); "
+             "drift: how many {1, 2, 5} ladder steps the best η_base moves across widths.", "",
+             "| variant | plan | " + " | ".join(f"w{w}" for w in r.widths) + " | drift (steps) |",
+             "|---|---|" + "---|" * len(r.widths) + "---|"]
+    for s in r.series:
+        cells = [("diverged" if p.best is None else f"{p.best:g}" + ("" if p.interior else " (edge)")) for p in s.points]
+        drift = "-" if s.drift is None else f"{s.drift:g}"
+        lines.append(f"| {s.variant} | {s.plan} | " + " | ".join(cells) + f" | {drift} |")
+    return "\n".join(lines) + "\n\n![final loss against η_base per width](width_transfer.png)\n"
+
+
+def _plot(r: WidthTransferResult, path: Path) -> Path:
+    from .plots import _plt, _save
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(r.series), figsize=(4 * len(r.series), 3.6), squeeze=False)
+    for ax, s in zip(axes[0], r.series):
+        for p in s.points:
+            pts = sorted((k, v) for k, v in p.losses.items() if v is not None)
+            if pts:
+                line, = ax.plot(*zip(*pts), marker="o", label=f"width {p.width}")
+                if p.best is not None:
+                    ax.scatter([p.best], [p.best_loss], s=80, facecolors="none", edgecolors=line.get_color())
+        ax.set_xscale("log")
+        ax.set_xlabel("η_base")
+        ax.set_title(f"{s.variant}, {s.plan}" + ("" if s.drift is None else f" (drift {s.drift:g})"), fontsize=9)
+        ax.legend(frameon=False, fontsize=7)
+    axes[0][0].set_ylabel("final eval loss")
+    return _save(fig, path)
+
+
+# --- command line -----------------------------------------------------------------------------------
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("width-transfer", help="η_base grid x widths x variants (sp, mup, independent decay, warmup)",
+                       description="For each variant and width, search η_base for each plan and report how far the "
+                                   "optimum moves as the model widens (seed 003; paper appendix D.1).")
+    p.add_argument("--preset", required=True, help="the model preset whose d_model is varied (its heads are kept)")
+    p.add_argument("--widths", required=True, help="d_model values, the smallest is muP's base width, e.g. 64,128,256,512")
+    p.add_argument("--variants", default=",".join(default_of(width_transfer, "variants")),
+                   help=f"from {', '.join(VARIANTS)} (default: {','.join(default_of(width_transfer, 'variants'))})")
+    p.add_argument("--plans", default=None, help="plans to grid (default: the uniform baseline and the paper's plan)")
+    p.add_argument("--grid", default=None, help="η_base values (default: 5 around each plan's η_base, grown at an edge)")
+    p.add_argument("--seeds", type=int, default=default_of(width_transfer, "seeds"))
+    p.add_argument("--iwd", type=float, default=default_of(width_transfer, "iwd"),
+                   help=f"independent weight decay per step for the *-iwd and sp-warmup variants (default: {default_of(width_transfer, 'iwd'):g})")
+    p.add_argument("--extend", type=int, default=default_of(width_transfer, "extend"))
+    add_set_arg(p)
+    add_workers_arg(p)
+    p.add_argument("--command", default=None,
+                   help="not supported: a script owns its model's width and parametrization (refused with the alternative)")
+    p.add_argument("--out", required=True, help="output directory (results.json, report.md, width_transfer.png, runs)")
+    p.set_defaults(func=cmd_width_transfer)
+
+
+def cmd_width_transfer(args) -> int:
+    if args.command is not None:
+        raise ConfigError("--command: width-transfer rebuilds the model at each width and parametrization, which "
+                          "a script owns; use `rlrs lr-grid --command` at each width instead")
+    check_workers(args.workers)
+    widths = parse_floats(args.widths, "widths")
+    if any(w != int(w) for w in widths):
+        raise ConfigError(f"--widths: whole numbers (d_model values), got {args.widths!r}")
+    plans = [p.strip() for p in args.plans.split(",") if p.strip()] if args.plans else None
+    res = width_transfer(args.preset, [int(w) for w in widths], args.out,
+                         variants=[v.strip() for v in args.variants.split(",") if v.strip()], plans=plans,
+                         grid=parse_grid(args.grid) if args.grid else None, seeds=args.seeds, iwd=args.iwd,
+                         extend=args.extend, sets=parse_sets(args.set), workers=args.workers)
+    print(_report(res))
+    return 0
