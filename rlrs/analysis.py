@@ -23,7 +23,7 @@ command reported with ``rlrs.report`` into a :class:`RunLogs`; ``detect_spikes``
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -257,11 +257,13 @@ class RouterCurve:
 
 @dataclass
 class UpdateCurves:
-    """Per-component ‖ΔW‖/‖W‖ and update RMS at the steps where the trainer measured them."""
+    """Per-component ‖ΔW‖/‖W‖, update RMS and representation change ‖ΔY‖/‖Y‖ (NaN where a run
+    did not log it: norms, compiled runs, older runs) at the steps where the trainer measured them."""
 
     steps: np.ndarray
     update_ratio: dict[str, np.ndarray]
     update_rms: dict[str, np.ndarray]
+    rep_change: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -345,7 +347,7 @@ def read_run(out: str | Path, cfg: RunConfig | None = None) -> RunLogs:
         window_loss=window_mean("loss"),
         components=components,
         updates=UpdateCurves(np.asarray([r["step"] for r in diag], dtype=np.int64),
-                             per_component("update_ratio"), per_component("update_rms")),
+                             per_component("update_ratio"), per_component("update_rms"), per_component("rep_change")),
         router=router,
     )
 
@@ -403,7 +405,7 @@ def mean_updates(logs: Sequence[RunLogs]) -> UpdateCurves:
         return {c: _nanmean_aligned(steps, [(lg.updates.steps, getattr(lg.updates, key).get(c)) for lg in logs])
                 for c in comps}
 
-    return UpdateCurves(steps, mean("update_ratio"), mean("update_rms"))
+    return UpdateCurves(steps, mean("update_ratio"), mean("update_rms"), mean("rep_change"))
 
 
 def mean_router(logs: Sequence[RunLogs]) -> RouterCurve | None:

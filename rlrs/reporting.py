@@ -233,6 +233,10 @@ def plot_updates(res: CompareResult, path: str | Path) -> Path:
             ok = np.isfinite(y) & (y > 0)  # the first step's warmup LR is 0: nothing to show on a log axis
             if ok.any():
                 ax.plot(x[ok], y[ok], color=colors[arm.name], lw=1.5, label=_diag_label(arm))
+            r = np.asarray(u.rep_change.get(comp, []), float)
+            ok = np.isfinite(r) & (r > 0)
+            if ok.any():  # dashed: what the update does to the component's outputs
+                ax.plot(np.asarray(u.steps, float)[: len(r)][ok], r[ok], color=colors[arm.name], lw=1.0, ls="--")
         ax.set_yscale("log")
         ax.set_title(comp, fontsize=10, color=plots.COLORS.get(comp, "k"))
         ax.grid(alpha=0.3, which="both")
@@ -241,11 +245,11 @@ def plot_updates(res: CompareResult, path: str | Path) -> Path:
     for ax in axes[-1]:
         ax.set_xlabel("step")
     for row in axes:
-        row[0].set_ylabel("‖ΔW‖ / ‖W‖ per step")
+        row[0].set_ylabel("‖ΔW‖/‖W‖ (solid), ‖ΔY‖/‖Y‖ (dashed)")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="upper right", frameon=False, fontsize=9, ncol=len(arms))
-    fig.suptitle(f"{res.preset}: update-to-weight ratio per component (mean over seeds)",
+    fig.suptitle(f"{res.preset}: relative update and representation change per component (mean over seeds)",
                  fontsize=11, x=0.02, ha="left")
     return plots._save(fig, path)
 
