@@ -60,11 +60,12 @@ def other_searches(out: Path, name: str) -> list[str]:
     """Studies other than ``name`` in ``out/study.db``: searches whose outputs (tuned.toml,
     search.json) would collide with this one's in the same folder."""
     db = Path(out) / "study.db"
-    if not db.exists():
+    if not _has_schema(str(db)):  # no file, or one whose schema another process is creating now
         return []
     import optuna
 
-    return [n for n in optuna.get_all_study_names(f"sqlite:///{db}") if n != name]
+    # Through open_storage: processes started together on one new file must not race on it.
+    return [n for n in optuna.get_all_study_names(open_storage(f"sqlite:///{db}")) if n != name]
 
 
 def _redact(url: str) -> str:
