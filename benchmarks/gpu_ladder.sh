@@ -2,6 +2,7 @@
 # Issue 13, point 5: the GPU part of the evidence, as one prepared script for one GPU (~10 min).
 #   benchmarks/gpu_ladder.sh [OUT]        # on a GPU machine; OUT defaults to $OUT or ./gpu-evidence
 #   SMOKE=1 benchmarks/gpu_ladder.sh      # on a CPU: checks the script with tiny settings
+#   PART=width benchmarks/gpu_ladder.sh   # instead: issue 14's width study extended to wider models
 # 1. tokens/s and MFU of the paper's 34M presets (bf16, fused AdamW, torch.compile);
 # 2. the ladder's next rung (ladder-l-dense, 2.1M active non-embedding params, 64x ladder-xs) with
 #    the CPU rungs' protocol: lr-grid per arm (uniform, the paper's table 5 and, when
@@ -28,6 +29,18 @@ if [ "${SMOKE:-0}" = 1 ]; then
   python benchmarks/evidence.py ladder --out "$OUT" --families dense --rungs l --arms paper --workers 1 \
     --set train.steps=6 --set train.batch_size=2 --set train.eval_interval=0.5 --set train.eval_batches=1 --no-rows
   stamp "smoke done"
+  exit 0
+fi
+if [ "${PART:-ladder}" = width ]; then
+  # Issue 14 on wider models than the CPU study (benchmarks/width_study.sh: widths 16..128): the
+  # same preset, horizon and decay at widths 128..1024 (64x the CPU study's widest in parameters),
+  # the two variants that matter most (sp, mup-iwd), the uniform plan, one seed, bf16.
+  stamp "width transfer: ladder-xs-dense at widths 128..1024, sp and mup-iwd"
+  timeout 480 python -m rlrs width-transfer --preset ladder-xs-dense --widths 128,256,512,1024 \
+    --variants sp,mup-iwd --plans uniform-dense --grid 1e-3,2e-3,5e-3,1e-2 --extend 1 --seeds 1 --iwd 3e-3 \
+    --set train.steps=1500 --set plan.weight_decay=0.3 --set train.device=cuda --set train.precision=bf16 \
+    --workers 1 --out "$OUT/width" || echo "width transfer: stopped (a rerun on the same machine resumes)"
+  stamp "done"
   exit 0
 fi
 stamp "throughput and MFU: dense-34m, moe-34m"
