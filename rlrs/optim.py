@@ -113,6 +113,7 @@ def param_groups(
     """
     plan = as_plan(plan)
     comp_of = assign_components(model, plan, rules)
+    depth_of = layer_depths(model) if plan.depth_decay is not None else {}
     widths = dict(width_factors or {})
     for comp, f in widths.items():
         if comp not in COMPONENTS:
@@ -130,8 +131,10 @@ def param_groups(
         lora_b = plan.lora_plus is not None and bool(_LORA_B.search(name))
         # Components with the same schedule and decay can share a group: same LR every step.
         width = float(widths.get(comp, 1.0))
-        key = (c.start, c.end, c.shape, wd, decay, lora_b, width) if merge else (comp, decay, lora_b)
-        bucket = buckets.setdefault(key, {"params": [], "components": [], "weight_decay": wd, "width_factor": width})
+        depth = depth_of.get(name, 0)
+        key = (c.start, c.end, c.shape, wd, decay, lora_b, width, depth) if merge else (comp, decay, lora_b, depth)
+        bucket = buckets.setdefault(key, {"params": [], "components": [], "weight_decay": wd, "width_factor": width,
+                                          "depth": depth})
         bucket["decay"] = decay
         bucket["lora_b"] = lora_b
         bucket["params"].append(p)
@@ -151,6 +154,7 @@ def param_groups(
                 "decay": b["decay"],
                 **({"lora_b": True} if b["lora_b"] else {}),
                 **({"width_factor": b["width_factor"]} if b["width_factor"] != 1.0 else {}),
+                **({"depth": b["depth"]} if b["depth"] else {}),
             }
         )
     if not groups:
@@ -158,8 +162,32 @@ def param_groups(
             f"model: {type(model).__name__} has no trainable parameter (every one has requires_grad=False); "
             "unfreeze what should train before building the optimizer"
         )
-    groups.sort(key=lambda g: (COMPONENTS.index(g["components"][0]), not g["decay"], g.get("lora_b", False)))
+    groups.sort(key=lambda g: (COMPONENTS.index(g["components"][0]), not g["decay"], g.get("lora_b", False),
+                               g.get("depth", 0)))
     return groups
+
+
+_LAYER = re.compile(r"(?:^|\.)(?:layers|blocks|block|layer|h)\.(\d+)\.")
+
+
+def layer_depths(model: nn.Module) -> dict[str, int]:
+    """How many Transformer layers lie above each parameter: ``L − 1 − l`` inside layer ``l`` of
+    ``L`` (found by name: ``layers.N.``, ``blocks.N.``, ``h.N.``, ...); ``L`` for parameters
+    before the first layer (the embedding), 0 after the last (final norm, head).
+
+        >>> from rlrs.models import build_model, get_preset
+        >>> d = layer_depths(build_model(get_preset("tiny-dense")))   # 2 layers
+        >>> d["embed.weight"], d["blocks.0.attn.qkv.weight"], d["blocks.1.mlp.up.weight"], d["unembed.weight"]
+        (2, 1, 0, 0)
+    """
+    names = [n for n, _ in model.named_parameters()]
+    layer = {n: int(m.group(1)) for n in names if (m := _LAYER.search(n))}
+    if not layer:
+        raise ConfigError(f"plan.depth_decay: {type(model).__name__} has no numbered layers (layers.N, blocks.N, h.N) "
+                          "to count depth by; unset depth_decay for this model")
+    n_layers = max(layer.values()) + 1
+    first = min(i for i, n in enumerate(names) if n in layer)
+    return {n: n_layers - 1 - layer[n] if n in layer else (n_layers if i < first else 0) for i, n in enumerate(names)}
 
 
 # PEFT names LoRA's up-projection "lora_B" (and "lora_embedding_B" for embeddings): LoRA+ speeds it up.
@@ -213,7 +241,8 @@ class RelativeLR(LRScheduler):
     def get_lr(self) -> list[float]:
         step = self.last_epoch
         self._check_groups()
-        return [self.plan.lr(g["components"][0], step, self.total_steps, g.get("lora_b", False), g.get("width_factor", 1.0))
+        return [self.plan.lr(g["components"][0], step, self.total_steps, g.get("lora_b", False), g.get("width_factor", 1.0),
+                             g.get("depth", 0))
                 for g in self.optimizer.param_groups]
 
     def _check_groups(self) -> None:
@@ -239,7 +268,8 @@ class RelativeLR(LRScheduler):
             if not g.get("decay", True):
                 continue
             comp = g["components"][0]
-            lr = self.plan.lr(comp, step, self.total_steps, g.get("lora_b", False), g.get("width_factor", 1.0))
+            lr = self.plan.lr(comp, step, self.total_steps, g.get("lora_b", False), g.get("width_factor", 1.0),
+                              g.get("depth", 0))
             per_step = self.plan.weight_decay_of(comp) * self.plan.decay_shape(comp, step, self.total_steps)
             _set(g, "weight_decay", per_step / lr if lr > 0 else 0.0)
 

@@ -102,6 +102,10 @@ class Plan:
             ``a = 1 − base_lr · weight_decay`` (``1 − weight_decay`` with ``independent_wd``).
             Unset: no factor.
         width_warmup_m: the ``m`` of that factor (the width multiplier; 1: no effect).
+        depth_decay: layer-wise LR decay (LLRD, ULMFiT's discriminative rates) as a plan
+            dimension: a tensor with ``d`` Transformer layers above it gets ``depth_decay ** d``
+            times its component's LR (the top layer and the head 1, the embedding
+            ``depth_decay ** L``), so relative rates × depth is one plan. Unset: no factor.
         embedding … other: the per-component :class:`ComponentPlan`.
     """
 
@@ -116,6 +120,7 @@ class Plan:
     lora_plus: float | None = None
     width_warmup: str | None = None
     width_warmup_m: float = 1.0
+    depth_decay: float | None = None
     embedding: ComponentPlan = field(default_factory=ComponentPlan)
     unembedding: ComponentPlan = field(default_factory=ComponentPlan)
     attention: ComponentPlan = field(default_factory=ComponentPlan)
@@ -154,6 +159,9 @@ class Plan:
                 if not self.weight_decay_of(name) > 0:
                     raise ConfigError(f"width_warmup: its recovery runs at the weight decay's pace, and {name} has "
                                       "weight decay 0; give it (or plan.weight_decay) a value > 0")
+        if self.depth_decay is not None and not (math.isfinite(self.depth_decay) and self.depth_decay > 0):
+            raise ConfigError(f"depth_decay: the LR factor per layer from the top, a number > 0 (LLRD: 0.65 to 0.95), "
+                              f"got {self.depth_decay!r}")
         if not (0.0 < self.wsd_decay <= 1.0):
             raise ConfigError(f"wsd_decay: a fraction of training in (0, 1], got {self.wsd_decay!r}")
         for name in COMPONENTS:
@@ -197,13 +205,15 @@ class Plan:
         """λ_m(t): component ``name``'s multiplier of η_base at ``step``."""
         return _schedule(self, name, total_steps)(step)
 
-    def lr(self, name: str, step: int, total_steps: int, lora_b: bool = False, width: float = 1.0) -> float:
+    def lr(self, name: str, step: int, total_steps: int, lora_b: bool = False, width: float = 1.0,
+           depth: int = 0) -> float:
         """Component ``name``'s learning rate at ``step``: the one LR formula of rlrs.
         ``lora_b``: for a LoRA B matrix of that component (times ``lora_plus``, if set).
         ``width``: the parametrization's factor for the component (muP: 1/m for hidden matrices;
-        :func:`rlrs.models.width_factors`), multiplying its whole λ schedule."""
+        :func:`rlrs.models.width_factors`), multiplying its whole λ schedule.
+        ``depth``: how many Transformer layers lie above the tensor (times ``depth_decay ** depth``)."""
         return (self.base_lr * self.multiplier(name, step, total_steps) * ((self.lora_plus or 1.0) if lora_b else 1.0)
-                * width)
+                * width * (self.depth_decay or 1.0) ** depth)
 
     def decay_shape(self, name: str, step: int, total_steps: int) -> float:
         """The shape of component ``name``'s schedule with λ = 1 (for independent weight decay)."""

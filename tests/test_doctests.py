@@ -5,8 +5,9 @@ import importlib
 
 import pytest
 
-MODULES = ["rlrs.analysis", "rlrs.compare", "rlrs.components", "rlrs.config", "rlrs.options", "rlrs.plan", "rlrs.presets",
-           "rlrs.schedules", "rlrs.tune.study"]
+MODULES = ["rlrs.analysis", "rlrs.compare", "rlrs.components", "rlrs.config", "rlrs.coordcheck", "rlrs.optim",
+           "rlrs.options", "rlrs.plan", "rlrs.presets", "rlrs.schedules", "rlrs.tune.samplers", "rlrs.tune.study",
+           "rlrs.widths"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+from torch import nn
 
 from rlrs import presets
 from rlrs.components import COMPONENTS
@@ -271,3 +272,46 @@ def test_muon_for_matrices_and_adamw_for_the_rest_follow_one_plan(toy):
         for s in scheds:
             s.step()
     assert not torch.equal(before, toy.blocks[0].attn.qkv.weight)  # Muon moved the attention matrix
+
+
+# --- depth as a plan dimension (LLRD) -------------------------------------------------------------
+
+
+def test_depth_decay_scales_each_layer_through_plan_lr():
+    import dataclasses
+
+    from rlrs.models import build_model, get_preset
+    from rlrs.optim import RelativeLR, param_groups
+
+    model = build_model(get_preset("tiny-dense"))  # 2 layers
+    plain = presets.get("paper-dense")
+    assert all("depth" not in g for g in param_groups(model, plain))  # unset: groups as before
+    plan = dataclasses.replace(plain, depth_decay=0.5)
+    groups = param_groups(model, plan)
+    opt = torch.optim.AdamW(groups, lr=plan.base_lr)
+    sched = RelativeLR(opt, plan, total_steps=100)
+    for _ in range(20):
+        opt.step()
+        sched.step()
+    seen = {}
+    for g in opt.param_groups:
+        comp, depth = g["components"][0], g.get("depth", 0)
+        assert g["lr"] == pytest.approx(plain.lr(comp, 20, 100) * 0.5**depth, rel=1e-12)
+        seen[(comp, depth)] = g
+    # The embedding sits below both layers, the head above them; each layer's attention has its own group.
+    assert ("embedding", 2) in seen and ("unembedding", 0) in seen
+    assert {("attention", 0), ("attention", 1), ("feedforward", 0), ("feedforward", 1)} <= set(seen)
+    assert sum(p.numel() for g in groups for p in g["params"]) == sum(p.numel() for p in model.parameters())
+
+
+def test_depth_decay_needs_numbered_layers_and_a_positive_factor():
+    import dataclasses
+
+    from rlrs.optim import param_groups
+
+    flat = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 10))
+    with pytest.raises(ConfigError, match="depth_decay: Sequential has no numbered layers"):
+        param_groups(flat, dataclasses.replace(presets.get("paper-dense"), depth_decay=0.8),
+                     rules=[(r"^0\.", "embedding"), (r"^1\.", "unembedding")])
+    with pytest.raises(ConfigError, match="depth_decay: the LR factor per layer from the top, a number > 0"):
+        dataclasses.replace(presets.get("paper-dense"), depth_decay=0.0)
