@@ -188,6 +188,28 @@ def to_dict(obj) -> dict[str, Any]:
     return out
 
 
+ADDED = {"added": True}
+"""Field metadata of a setting added after runs already existed: ``field(default=..., metadata=ADDED)``.
+While it holds its default it is left out of :func:`identity`, so the run directories and
+checkpoints made before it existed still match the configs that now carry it."""
+
+
+def identity(obj) -> dict[str, Any]:
+    """What names a run: :func:`to_dict` without the added fields (``metadata=ADDED``) that hold
+    their default. Hash this, not ``to_dict``, for content-addressed directories."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if f.metadata.get("added") and v == f.default:
+            continue
+        if dataclasses.is_dataclass(v):
+            v = identity(v)
+        elif isinstance(v, tuple):
+            v = list(v)
+        out[f.name] = v
+    return out
+
+
 def replace(obj: T, overrides: Mapping[str, Any], where: str | None = None) -> T:
     """Apply dotted-key overrides (``{"router.start": 0.5}``) strictly, returning a new object.
     ``where`` prefixes error paths (default: the class name, ``plan``; ``""`` for none)."""

@@ -90,7 +90,7 @@ class PresetRun:
         return self.cfg.preset
 
     def identity(self) -> dict[str, Any]:
-        return self.cfg.to_dict()
+        return _config.identity(self.cfg)
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ class CommandRun:
         return "cmd"
 
     def identity(self) -> dict[str, Any]:
-        return {"command": self.command, "plan": self.plan.to_dict(), "seed": self.seed, "steps": self.steps,
+        return {"command": self.command, "plan": _config.identity(self.plan), "seed": self.seed, "steps": self.steps,
                 "cwd": str(Path(self.cwd).resolve())}
 
     def shell_command(self, out: Path) -> str:

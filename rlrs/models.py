@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import ConfigError, closest
+from .config import ADDED, ConfigError, closest
 
 __all__ = [
     "ModelConfig",
@@ -83,8 +83,8 @@ class ModelConfig:
     balance_loss_weight: float = 0.01
     tie_embeddings: bool = False
     rope_base: float = 10000.0
-    parametrization: str = "sp"
-    base_width: int | None = None
+    parametrization: str = field(default="sp", metadata=ADDED)
+    base_width: int | None = field(default=None, metadata=ADDED)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "seq_len", "d_model", "n_layers", "n_heads"):

@@ -118,9 +118,9 @@ class Plan:
     tied: str | None = None
     wsd_decay: float = 0.2
     lora_plus: float | None = None
-    width_warmup: str | None = None
-    width_warmup_m: float = 1.0
-    depth_decay: float | None = None
+    width_warmup: str | None = field(default=None, metadata=_config.ADDED)
+    width_warmup_m: float = field(default=1.0, metadata=_config.ADDED)
+    depth_decay: float | None = field(default=None, metadata=_config.ADDED)
     embedding: ComponentPlan = field(default_factory=ComponentPlan)
     unembedding: ComponentPlan = field(default_factory=ComponentPlan)
     attention: ComponentPlan = field(default_factory=ComponentPlan)

@@ -430,7 +430,9 @@ class Trainer:
                     _checksum_path(path).unlink(missing_ok=True)
                 continue
             theirs = state.get("config")
-            if theirs is not None and theirs != self.cfg.to_dict():
+            # Compared as configs, not dicts: a checkpoint saved before a setting was added lacks
+            # its key and means its default.
+            if theirs is not None and not _same_config(theirs, self.cfg):
                 raise CheckpointError(
                     f"{path}: belongs to another run config (differs in {', '.join(_differences(theirs, self.cfg.to_dict()))}); "
                     "resume with the config it was trained with"
@@ -847,6 +849,13 @@ def _checksum_problem(ckpt: Path) -> str | None:
     except FileNotFoundError:
         return "has no checksum file"
     return None if _config.sha256_file(ckpt) == expected else "fails its checksum (the file changed after it was written)"
+
+
+def _same_config(saved: Mapping[str, Any], cfg: RunConfig) -> bool:
+    try:
+        return RunConfig.from_dict(saved) == cfg
+    except ConfigError:  # not even a config of this version: another run's
+        return False
 
 
 def _differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:

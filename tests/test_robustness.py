@@ -649,3 +649,28 @@ def test_every_option_of_every_experiment_command_has_help(command):
     sub = next(a for a in build_parser()._actions if a.dest == "subcommand")
     missing = [a.option_strings[0] for a in sub.choices[command]._actions if a.option_strings and not a.help]
     assert not missing, f"rlrs {command}: no help for {missing}"
+
+
+def test_settings_added_later_keep_old_run_directories_and_checkpoints(tiny_sets):
+    # A run made before a setting existed must keep its directory and resume after an upgrade:
+    # added settings at their default are not part of a run's identity.
+    from rlrs.config import identity, replace
+    from rlrs.engine import PresetRun, run_dir
+    from rlrs.train import _same_config
+
+    cfg = run_config("tiny-dense", sets=tiny_sets)
+    ident = identity(cfg)
+    for key in ("parametrization", "base_width"):
+        assert key not in ident["model"]
+    for key in ("width_warmup", "width_warmup_m", "depth_decay"):
+        assert key not in ident["plan"]
+    old = cfg.to_dict()  # as an older version wrote it: without the added keys
+    for key in ("parametrization", "base_width"):
+        old["model"].pop(key)
+    for key in ("width_warmup", "width_warmup_m", "depth_decay"):
+        old["plan"].pop(key)
+    assert ident == old and _same_config(old, cfg)
+    # A non-default value is part of the identity: another directory, another checkpoint.
+    mup = replace(cfg, {"model.parametrization": "mup", "model.base_width": 32}, where="")
+    assert identity(mup)["model"]["parametrization"] == "mup"
+    assert run_dir("r", PresetRun(mup)) != run_dir("r", PresetRun(cfg)) and not _same_config(old, mup)
