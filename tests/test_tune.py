@@ -332,14 +332,16 @@ def test_kill_then_rerun_loses_no_trial_and_matches_an_uninterrupted_search(tmp_
 
 def test_two_worker_processes_share_one_sqlite_study(tmp_path, synth):
     out = tmp_path / "shared"
-    driver = cli(*synth_args(out, 13), SYNTH_SLEEP="0.1")
+    # Each evaluation takes 0.4 s, so the search outlasts the second process's start even on a
+    # loaded 2-core machine (at 0.1 s a busy CI once let the driver finish alone).
+    driver = cli(*synth_args(out, 13), SYNTH_SLEEP="0.4")
     deadline = time.time() + 30
     while time.time() < deadline and not (out / "search.json").exists():
         time.sleep(0.02)
     worker = cli("--worker", "--out", str(tmp_path / "w"), "--storage", f"sqlite:///{out / 'study.db'}",
-                 "--poll", "0.05", SYNTH_SLEEP="0.1")
+                 "--poll", "0.05", SYNTH_SLEEP="0.4")
     for p in (driver, worker):
-        p.join(timeout=60)
+        p.join(timeout=120)
     assert driver.exitcode == 0 and worker.exitcode == 0
     ts = counted(trials(out))
     keys = [t.user_attrs["key"] for t in ts]
