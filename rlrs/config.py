@@ -177,15 +177,7 @@ def _join(where: str, key: str) -> str:
 
 def to_dict(obj) -> dict[str, Any]:
     """Dump a config dataclass to plain dicts, lists and scalars (JSON and TOML ready)."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(obj):
-        v = getattr(obj, f.name)
-        if dataclasses.is_dataclass(v):
-            v = to_dict(v)
-        elif isinstance(v, tuple):
-            v = list(v)
-        out[f.name] = v
-    return out
+    return _dump(obj, skip_added_defaults=False)
 
 
 ADDED = {"added": True}
@@ -197,13 +189,17 @@ checkpoints made before it existed still match the configs that now carry it."""
 def identity(obj) -> dict[str, Any]:
     """What names a run: :func:`to_dict` without the added fields (``metadata=ADDED``) that hold
     their default. Hash this, not ``to_dict``, for content-addressed directories."""
+    return _dump(obj, skip_added_defaults=True)
+
+
+def _dump(obj, skip_added_defaults: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
-        if f.metadata.get("added") and v == f.default:
+        if skip_added_defaults and f.metadata.get("added") and v == f.default:
             continue
         if dataclasses.is_dataclass(v):
-            v = identity(v)
+            v = _dump(v, skip_added_defaults)
         elif isinstance(v, tuple):
             v = list(v)
         out[f.name] = v
