@@ -190,12 +190,9 @@ def cmd_coord_check(args) -> int:
 
     from .config import atomic_write_text, make_dir
     from .coordcheck import coord_check, plot, slope_text
-    from .options import parse_floats
+    from .options import parse_widths
 
-    widths = parse_floats(args.widths, "widths")
-    if any(w != int(w) for w in widths):
-        raise ConfigError(f"--widths: whole numbers (d_model values), got {args.widths!r}; e.g. 32,64,128,256")
-    res = coord_check(args.preset, [int(w) for w in widths], parametrization=args.parametrization,
+    res = coord_check(args.preset, parse_widths(args.widths), parametrization=args.parametrization,
                       base_width=args.base_width, plan=args.plan, base_lr=args.base_lr, steps=args.steps,
                       seeds=args.seeds)
     out = make_dir(Path(args.out), "--out")

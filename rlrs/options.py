@@ -78,6 +78,14 @@ def parse_floats(text: str | None, name: str, positive: bool = True, what: str =
     return values
 
 
+def parse_widths(text: str) -> list[int]:
+    """``"32,64,128"`` → ``[32, 64, 128]``: model widths (d_model), whole numbers > 0."""
+    widths = parse_floats(text, "widths")
+    if any(w != int(w) for w in widths):
+        raise ConfigError(f"--widths: whole numbers (d_model values), got {text!r}; e.g. 32,64,128,256")
+    return [int(w) for w in widths]
+
+
 def parse_grid(text: str) -> list[float]:
     """``"1e-3,2e-3,5e-3"`` → ``[0.001, 0.002, 0.005]``; every value a learning rate > 0."""
     return sorted(set(parse_floats(text, "grid", what="learning rate")))

@@ -43,7 +43,7 @@ from .compare import GridResult, arm_name, lr_grid
 from .config import ConfigError
 from .engine import PresetTarget
 from .models import get_preset
-from .options import add_set_arg, add_workers_arg, check_workers, default_of, parse_floats, parse_grid, parse_sets
+from .options import add_set_arg, add_workers_arg, check_workers, default_of, parse_grid, parse_sets, parse_widths
 from .presets import default_plans
 
 VARIANTS = ("sp", "sp-iwd", "mup", "mup-iwd", "sp-warmup")
@@ -256,11 +256,8 @@ def cmd_width_transfer(args) -> int:
         raise ConfigError("--command: width-transfer rebuilds the model at each width and parametrization, which "
                           "a script owns; use `rlrs lr-grid --command` at each width instead")
     check_workers(args.workers)
-    widths = parse_floats(args.widths, "widths")
-    if any(w != int(w) for w in widths):
-        raise ConfigError(f"--widths: whole numbers (d_model values), got {args.widths!r}")
     plans = [p.strip() for p in args.plans.split(",") if p.strip()] if args.plans else None
-    res = width_transfer(args.preset, [int(w) for w in widths], args.out,
+    res = width_transfer(args.preset, parse_widths(args.widths), args.out,
                          variants=[v.strip() for v in args.variants.split(",") if v.strip()], plans=plans,
                          grid=parse_grid(args.grid) if args.grid else None, seeds=args.seeds, iwd=args.iwd,
                          extend=args.extend, sets=parse_sets(args.set), workers=args.workers)
