@@ -517,3 +517,21 @@ def test_cli_sampler_trains_tiny_moe(tmp_path, tiny_sets, capsys):
     assert "--worker: joins a local search's study" in capsys.readouterr().err
     assert main([*args, "--storage", "sqlite:///x.db"]) == 2
     assert "--storage: options of the local search's shared study" in capsys.readouterr().err
+
+
+def test_a_study_begun_before_a_setting_existed_still_resumes(tmp_path, synth):
+    # A study stored by an older rlrs lacks the settings added since (metadata=ADDED, e.g.
+    # model.parametrization); at their defaults they are the same search, not "another search".
+    from rlrs import config as _config
+
+    spec = spec_for(params=PARAMS[:2])
+    older = {**spec.to_dict(), "config": _config.identity(spec.base.cfg)}
+    assert older != spec.to_dict()  # the preset does carry added settings at their defaults
+    assert spec.differences(older) == []
+    first = sampler_search(spec, tmp_path, 3, "tpe", fail_loss=50.0, log=lambda s: None)
+    study = optuna.load_study(study_name="rlrs-tpe", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    study.set_user_attr("spec", older)
+    r = sampler_search(spec, tmp_path, 5, "tpe", fail_loss=50.0, log=lambda s: None)
+    assert [t.point for t in r.trials[:3]] == [t.point for t in first.trials] and r.evaluations == 5
+    changed = spec_for(params=PARAMS[:2], search_seed=1)
+    assert changed.differences(older) == ["search_seed"]

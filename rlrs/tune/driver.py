@@ -110,14 +110,12 @@ def join(
 
 def _adopt(study: _Study, spec: TuneSpec, budget: int | None, log) -> None:
     """Store the spec and budget in a new study; check them against an existing one."""
-    mine = _normal(spec.to_dict())
     attrs = study.attrs()
     if "spec" not in attrs:
-        study.set_attr("spec", mine)
+        study.set_attr("spec", json.loads(json.dumps(spec.to_dict())))
         attrs = study.attrs()  # two drivers starting at once: the last writer wins, the other stops here
-    theirs = _normal(TuneSpec.from_dict(attrs["spec"]).to_dict())  # fills settings added since
-    if theirs != mine:
-        diff = _differences(mine, theirs)
+    diff = spec.differences(attrs["spec"])
+    if diff:
         raise ConfigError(
             f"study {study.name!r} in {_redact(study.url)} holds a search with other settings (differs in: "
             f"{', '.join(diff)}); rerun with the same arguments, join it with --worker, or use another "
@@ -129,20 +127,6 @@ def _adopt(study: _Study, spec: TuneSpec, budget: int | None, log) -> None:
         study.set_attr("budget", budget)
     elif "budget" not in attrs:
         raise ConfigError("budget: the study has none yet; give --budget N")
-
-
-def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
-    """Dotted keys where two nested dicts differ (``config.train.steps``)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += _differences(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
-
-
-def _normal(d: Any) -> Any:
-    return json.loads(json.dumps(d, sort_keys=True))
 
 
 class _Tuner:

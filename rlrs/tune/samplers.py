@@ -147,15 +147,14 @@ def sampler_search(
                           "(their tuned.toml and search.json would overwrite each other)")
     study = optuna.create_study(storage=f"sqlite:///{out / 'study.db'}", study_name=name, load_if_exists=True,
                                 sampler=_sampler(optuna, sampler, spec.search_seed), direction="minimize")
-    mine = json.loads(json.dumps(spec.to_dict()))
     if "spec" in study.user_attrs:
-        if study.user_attrs["spec"] != mine:
-            diff = _config.differences(study.user_attrs["spec"], mine)
-            raise ConfigError(f"{out}: its study holds another search (differs in "
-                              f"{', '.join(str(k) for k, _, _ in diff[:4])}); use another --out")
+        diff = spec.differences(study.user_attrs["spec"])
+        if diff:
+            raise ConfigError(f"{out}: its study holds another search (differs in {', '.join(diff[:4])}); "
+                              "use another --out")
     else:
         study.enqueue_trial(start, skip_if_exists=True)  # first: a kill right after still starts there
-        study.set_user_attr("spec", mine)
+        study.set_user_attr("spec", json.loads(json.dumps(spec.to_dict())))
     obj = objective or make_objective(spec, out, workers)
     try:
         TrialState = optuna.trial.TrialState
@@ -180,7 +179,7 @@ def sampler_search(
     best = min(ok, key=lambda t: (t.loss, t.number))
     write_best(spec, out, best.point)
     res = SamplerResult(sampler, best.point, best.loss, trials[0].loss, trials, out / "tuned.toml", out / "search.json")
-    doc = {"sampler": sampler, "space": space, "spec": mine, "start": start, "start_loss": res.start_loss,
+    doc = {"sampler": sampler, "space": space, "spec": spec.to_dict(), "start": start, "start_loss": res.start_loss,
            "best": best.point, "best_loss": best.loss, "fail_loss": worst,
            "compute": {"steps": res.compute_steps}, "trials": [t.__dict__ for t in trials]}
     _config.atomic_write_text(res.search_path, json.dumps(_config.json_safe(doc), indent=2) + "\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,6 +202,14 @@ class TuneSpec:
             "objective": self.objective,
             "min_improvement": self.min_improvement,
         }
+
+    def differences(self, stored: Mapping[str, Any]) -> list[str]:
+        """Dotted keys where the search stored in a study (``stored``, a :meth:`to_dict`) differs
+        from this one. ``stored`` is read back first, so settings added to rlrs since the study
+        began compare at their defaults instead of as differences."""
+        mine = json.loads(json.dumps(self.to_dict()))
+        theirs = json.loads(json.dumps(TuneSpec.from_dict(stored).to_dict()))
+        return [k for k, _, _ in _config.differences(theirs, mine)]
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TuneSpec":
