@@ -82,6 +82,15 @@ def speedup(
     return SpeedUp(t_base, t_rel, target, (t_base / t_rel - 1.0) * 100.0)
 
 
+def first_reaching(steps: Sequence[int], values: Sequence[float], target: float) -> int | None:
+    """The first step whose value is at least ``target`` (an accuracy), or ``None`` if none is.
+
+    >>> first_reaching([10, 20, 30], [0.5, 0.91, 0.95], 0.9), first_reaching([10], [0.5], 0.9)
+    (20, None)
+    """
+    return next((s for s, v in zip(steps, values) if v is not None and v >= target), None)
+
+
 def _curve(steps, loss, name):
     steps = np.asarray(steps, dtype=np.int64)
     loss = np.asarray(loss, dtype=np.float64)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import compare, transfer, tune, widths
+from . import compare, transfer, tune, widths, zoo
 from .config import ConfigError, MissingExtra
 from .engine import RunLocked
 from .models import DEFAULT_PRESET, PARAMETRIZATIONS
@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plot_plan)
 
     # Commands defined next to their logic: each module has add_commands(subparsers).
-    for module in (compare, tune, transfer, widths):
+    for module in (compare, tune, transfer, widths, zoo):
         module.add_commands(sub)
     return parser
 

@@ -9,8 +9,9 @@ run as a spec and hands it here:
     >>> result = execute(spec, run_dir("runs", spec))                                     # doctest: +SKIP
     >>> result.status, result.final_eval_loss                                             # doctest: +SKIP
 
-A spec is either a run of rlrs's own trainer (:class:`PresetRun`: a resolved run config) or a run
-of the user's own command (:class:`CommandRun`: a shell command, the plan it trains with, a seed).
+A spec is a run of rlrs's own trainer (:class:`PresetRun`: a resolved run config), a run of the
+user's own command (:class:`CommandRun`: a shell command, the plan it trains with, a seed), or a
+strategy-zoo run (:class:`TaskRun`: a task of :mod:`rlrs.tasks`, a strategy, a seed).
 :func:`run_dir` content-addresses it: the same spec is always the same directory. :func:`execute`
 gives a typed :class:`RunResult` and never raises for a run that fails. Its rules, written once:
 
@@ -21,7 +22,8 @@ gives a typed :class:`RunResult` and never raises for a run that fails. Its rule
   diverged one (the same spec diverges again). A run stopped at ``stop_at`` is reused by any call
   that needs no more steps. A failed run (a crash, a kill, a non-zero exit) is run again.
 - **Resume.** A preset run continues from its newest checkpoint. A command is started again: it
-  resumes only if it checkpoints into ``$RLRS_RUN_DIR`` itself (see :mod:`rlrs.script`).
+  resumes only if it checkpoints into ``$RLRS_RUN_DIR`` itself (see :mod:`rlrs.script`). A zoo
+  task run (seconds to minutes) starts again from the beginning.
 - **Failure record.** Every attempt ends in ``result.json``: the status, the error, and for a
   command its exit status and the tail of its stderr (the whole of it is in ``stderr.log``).
 
@@ -53,6 +55,8 @@ from . import presets
 from .config import ConfigError
 from .models import DEFAULT_PRESET, get_preset
 from .plan import Plan
+from .strategies import Strategy
+from .tasks import Diverged, get as get_task, train_task
 from .train import NonFiniteLoss, RunConfig, Trainer, read_metrics, total_steps
 
 STATUSES = ("finished", "stopped", "diverged", "unstable", "failed")
@@ -143,7 +147,39 @@ class CommandRun:
                                    steps="" if self.steps is None else self.steps)
 
 
-RunSpec = PresetRun | CommandRun
+@dataclass(frozen=True)
+class TaskRun:
+    """A strategy-zoo run: ``task`` (a :data:`rlrs.tasks.TASKS` name) trained with ``strategy``
+    from ``seed``, for the task's epochs unless ``epochs`` is given."""
+
+    task: str
+    strategy: Strategy
+    seed: int = 0
+    epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        get_task(self.task)  # an unknown task names the closest
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError(f"--epochs: at least 1, got {self.epochs}")
+
+    @property
+    def plan(self) -> Plan:
+        return self.strategy.plan
+
+    @property
+    def total_steps(self) -> int | None:
+        return None  # known once the task's data is loaded (in the worker)
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.task}-{self.strategy.name}"
+
+    def identity(self) -> dict[str, Any]:
+        return {"task": self.task, "strategy": _config.identity(self.strategy), "seed": self.seed,
+                "epochs": self.epochs}
+
+
+RunSpec = PresetRun | CommandRun | TaskRun
 
 
 def run_dir(root: str | Path, spec: RunSpec) -> Path:
@@ -333,6 +369,8 @@ def _execute_locked(spec: RunSpec, out: Path, stop_at: int | None, progress: boo
         return prior
     if isinstance(spec, PresetRun):
         return _write_result(_execute_preset(spec, out, stop_at, progress))
+    if isinstance(spec, TaskRun):
+        return _write_result(_execute_task(spec, out))
     return _write_result(_execute_command(spec, out, stop_at))
 
 
@@ -365,6 +403,22 @@ def _execute_preset(spec: PresetRun, out: Path, stop_at: int | None, progress: b
                      wall, error, compute_steps=max(0, steps - done_before))
 
 
+def _execute_task(spec: TaskRun, out: Path) -> RunResult:
+    t0 = time.perf_counter()
+    try:
+        r = train_task(get_task(spec.task), spec.strategy, spec.seed, out, spec.epochs)
+        status, error, steps, total, train_loss = "finished", None, r.steps, r.total_steps, r.final_train_loss
+    except Diverged as err:
+        status, error, total, train_loss = "diverged", str(err), None, None
+        steps = _trained_steps(out)
+    except Exception:  # noqa: BLE001 - recorded in result.json and shown in reports, never dropped
+        status, error, total, train_loss = "failed", traceback.format_exc(limit=8), None, None
+        steps = _trained_steps(out)
+    xs, ys = eval_curve(out)
+    return RunResult(out, status, steps, total, xs, ys, train_loss, None, time.perf_counter() - t0, error,
+                     compute_steps=steps)
+
+
 def _trained_steps(out: Path) -> int:
     recs = _metrics(out)
     return max((int(r["step"]) for r in recs if r.get("kind") == "train"), default=0)
@@ -377,23 +431,23 @@ def _metrics(out: Path) -> list[dict[str, Any]]:
         return []
 
 
-def eval_curve(out: Path) -> tuple[list[int], list[float]]:
-    """The eval-loss curve in ``metrics.jsonl``. A report at step ``s`` after later ones means the
-    script started again (or resumed from a checkpoint at ``s``): what it had reported from ``s``
-    on is replaced."""
+def eval_curve(out: Path, key: str = "eval_loss") -> tuple[list[int], list[float]]:
+    """The eval-loss curve (or another eval metric, ``key``) in ``metrics.jsonl``. A report at
+    step ``s`` after later ones means the script started again (or resumed from a checkpoint at
+    ``s``): what it had reported from ``s`` on is replaced."""
     curve: dict[int, float] = {}
     for r in _metrics(out):
-        _add_eval(curve, r)
+        _add_eval(curve, r, key)
     return _sorted(curve)
 
 
-def _add_eval(curve: dict[int, float], r: Mapping[str, Any]) -> None:
+def _add_eval(curve: dict[int, float], r: Mapping[str, Any], key: str = "eval_loss") -> None:
     if r.get("kind") != "eval":
         return
     s = int(r["step"])
     for later in [k for k in curve if k >= s]:
         del curve[later]
-    v = r.get("eval_loss")
+    v = r.get(key)
     curve[s] = math.nan if v is None else float(v)
 
 

@@ -167,7 +167,8 @@ def param_groups(
     return groups
 
 
-_LAYER = re.compile(r"(?:^|\.)(?:layers|blocks|block|layer|h)\.(\d+)\.")
+LAYER_PATTERN = re.compile(r"(?:^|\.)(?:layers|blocks|block|layer|h)\.(\d+)\.")
+"""A numbered Transformer layer in a parameter's name (``blocks.3.``): group 1 is its index."""
 
 
 def layer_depths(model: nn.Module) -> dict[str, int]:
@@ -181,7 +182,7 @@ def layer_depths(model: nn.Module) -> dict[str, int]:
         (2, 1, 0, 0)
     """
     names = [n for n, _ in model.named_parameters()]
-    layer = {n: int(m.group(1)) for n in names if (m := _LAYER.search(n))}
+    layer = {n: int(m.group(1)) for n in names if (m := LAYER_PATTERN.search(n))}
     if not layer:
         raise ConfigError(f"plan.depth_decay: {type(model).__name__} has no numbered layers (layers.N, blocks.N, h.N) "
                           "to count depth by; unset depth_decay for this model")

@@ -32,12 +32,14 @@ from typing import Any, Mapping
 from . import config as _config
 from .components import COMPONENTS
 from .config import ConfigError
-from .schedules import Constant, Cosine, DecayAway, ExpRecovery, Linear, Product, Schedule, stable_then_decay, warmup_then
+from .schedules import (Constant, Cosine, CosineRestarts, DecayAway, ExpRecovery, Linear, Product, Schedule,
+                        stable_then_decay, warmup_then)
 
-SHAPES = ("cosine", "linear", "constant", "wsd")
+SHAPES = ("cosine", "linear", "constant", "wsd", "sgdr")
 """Schedule shapes after warmup: the paper's ``cosine``; ``linear`` decay; ``constant`` (holds
 λ_start); ``wsd`` (warmup-stable-decay: holds λ_start, then decays linearly over the last
-``Plan.wsd_decay`` of training)."""
+``Plan.wsd_decay`` of training); ``sgdr`` (cosine with warm restarts, cycles of
+``Plan.sgdr_first`` of training growing by ``Plan.sgdr_mult``)."""
 
 
 def _positive(name: str, value: float) -> None:
@@ -82,6 +84,8 @@ class Plan:
         final_fraction: λ_base, the fraction of η_base at the end of training (paper: 0.04 MoE,
             0.06 dense).
         warmup: fraction of training steps spent in the linear warmup from 0 (paper: 0.01).
+        warmup_from: where the warmup starts, as a fraction of λ_start (default 0; ULMFiT's
+            slanted triangular LR starts at 1/32).
         weight_decay: AdamW weight decay for components that set none (paper: 0.1).
         decay_1d: whether 1-D tensors (norms, biases) are decayed too (default: not).
         independent_wd: decouple weight decay from the LR: each step a decayed tensor shrinks by
@@ -92,6 +96,9 @@ class Plan:
             follows: ``"embedding"`` or ``"unembedding"``; unset, it follows ``"unembedding"``
             (``rlrs.optim.DEFAULT_TIED``, which explains why).
         wsd_decay: fraction of training spent decaying, for components with shape ``wsd``.
+        sgdr_first: the first cycle's length as a fraction of the steps after warmup, for
+            components with shape ``sgdr`` (1/7 with ``sgdr_mult = 2``: three whole cycles).
+        sgdr_mult: how much longer each ``sgdr`` cycle is than the one before (SGDR's T_mult).
         lora_plus: LoRA+ (paper appendix D.2): the LR of LoRA's B matrices is this multiple of
             the A matrices' (their component's LR); the LoRA+ paper uses 16. Unset: the same LR.
         width_warmup: seed 003's replacement for muP's implicit warmup, a factor on the hidden
@@ -121,6 +128,9 @@ class Plan:
     width_warmup: str | None = field(default=None, metadata=_config.ADDED)
     width_warmup_m: float = field(default=1.0, metadata=_config.ADDED)
     depth_decay: float | None = field(default=None, metadata=_config.ADDED)
+    warmup_from: float = field(default=0.0, metadata=_config.ADDED)
+    sgdr_first: float = field(default=1 / 7, metadata=_config.ADDED)
+    sgdr_mult: float = field(default=2.0, metadata=_config.ADDED)
     embedding: ComponentPlan = field(default_factory=ComponentPlan)
     unembedding: ComponentPlan = field(default_factory=ComponentPlan)
     attention: ComponentPlan = field(default_factory=ComponentPlan)
@@ -162,6 +172,12 @@ class Plan:
         if self.depth_decay is not None and not (math.isfinite(self.depth_decay) and self.depth_decay > 0):
             raise ConfigError(f"depth_decay: the LR factor per layer from the top, a number > 0 (LLRD: 0.65 to 0.95), "
                               f"got {self.depth_decay!r}")
+        if not (0.0 <= self.warmup_from <= 1.0):
+            raise ConfigError(f"warmup_from: a fraction of λ_start in [0, 1], got {self.warmup_from!r}")
+        if not (0.0 < self.sgdr_first <= 1.0):
+            raise ConfigError(f"sgdr_first: a fraction of training in (0, 1], got {self.sgdr_first!r}")
+        if not (math.isfinite(self.sgdr_mult) and self.sgdr_mult >= 1.0):
+            raise ConfigError(f"sgdr_mult: the cycle growth factor, a number >= 1, got {self.sgdr_mult!r}")
         if not (0.0 < self.wsd_decay <= 1.0):
             raise ConfigError(f"wsd_decay: a fraction of training in (0, 1], got {self.wsd_decay!r}")
         for name in COMPONENTS:
@@ -282,7 +298,9 @@ def _build(plan: Plan, c: ComponentPlan, total_steps: int) -> Schedule:
         after = Linear(c.start, end, decay_steps)
     elif c.shape == "constant":
         after = Constant(c.start)
+    elif c.shape == "sgdr":
+        after = CosineRestarts(c.start, end, max(1, round(plan.sgdr_first * decay_steps)), plan.sgdr_mult)
     else:  # wsd
         tail = max(1, min(decay_steps, round(plan.wsd_decay * total_steps)))
         after = stable_then_decay(c.start, decay_steps - tail, Linear(c.start, end, tail))
-    return warmup_then(c.start, warm, after)
+    return warmup_then(c.start, warm, after, plan.warmup_from * c.start)

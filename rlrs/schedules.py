@@ -151,14 +151,38 @@ class ExpRecovery:
         return self.m ** -(self.a ** max(step, 0))
 
 
-def warmup_then(peak: float, warmup_steps: int, then: Schedule) -> Schedule:
-    """Linear warmup from 0 to ``peak`` over ``warmup_steps`` steps, then ``then`` (from its step 0).
+@dataclass(frozen=True)
+class CosineRestarts:
+    """SGDR (Loshchilov and Hutter, 2017): cosine from ``start`` to ``end`` over ``first`` steps,
+    then again from ``start`` over ``first·mult`` steps, and so on (cycle ``i`` lasts
+    ``round(first·multⁱ)`` steps, at least 1). The step that ends a cycle is the next one's start.
+
+        >>> s = CosineRestarts(1.0, 0.1, first=10, mult=2.0)
+        >>> s(0), s(5), s(10), s(20), s(30)
+        (1.0, 0.55, 1.0, 0.55, 1.0)
+    """
+
+    start: float
+    end: float
+    first: int
+    mult: float = 2.0
+
+    def __call__(self, step: int) -> float:
+        t, i = max(step, 0), 0
+        while t >= (length := max(1, round(self.first * self.mult**i))):
+            t, i = t - length, i + 1
+        return self.end + 0.5 * (self.start - self.end) * (1.0 + math.cos(math.pi * t / length))
+
+
+def warmup_then(peak: float, warmup_steps: int, then: Schedule, start: float = 0.0) -> Schedule:
+    """Linear warmup from ``start`` to ``peak`` over ``warmup_steps`` steps, then ``then`` (from
+    its step 0). ULMFiT's slanted triangle starts at ``peak/32``, not 0.
 
     With ``warmup_steps == 0`` this is ``then`` itself.
     """
     if warmup_steps <= 0:
         return then
-    return Join((Linear(0.0, peak, warmup_steps), then), (warmup_steps,))
+    return Join((Linear(start, peak, warmup_steps), then), (warmup_steps,))
 
 
 def stable_then_decay(value: float, stable_steps: int, decay: Schedule) -> Schedule:

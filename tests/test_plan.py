@@ -177,3 +177,18 @@ def test_width_warmup_multiplies_only_the_hidden_matrices_and_defaults_to_nothin
 def test_bad_width_warmup_names_the_field(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         Plan(**kwargs)
+
+
+def test_warmup_from_and_sgdr_settings_are_checked_and_added_compatibly():
+    from rlrs import config as _config
+
+    for kw, field in (({"warmup_from": 1.5}, "warmup_from"), ({"sgdr_first": 0.0}, "sgdr_first"),
+                      ({"sgdr_mult": 0.5}, "sgdr_mult")):
+        with pytest.raises(ConfigError, match=field):
+            Plan(**kw)
+    ident = _config.identity(Plan())
+    assert not {"warmup_from", "sgdr_first", "sgdr_mult"} & set(ident)  # old run directories keep their names
+    # The slanted triangle: the warmup starts at warmup_from × λ_start instead of 0.
+    p = Plan(base_lr=1.0, warmup=0.1, warmup_from=0.25, feedforward=ComponentPlan(2.0, 1.0, "linear"))
+    assert p.lr("feedforward", 0, 101) == pytest.approx(0.5) and p.lr("feedforward", 10, 101) == pytest.approx(2.0)
+    assert p.lr("feedforward", 5, 101) == pytest.approx(0.5 + 0.5 * 1.5)

@@ -1,0 +1,279 @@
+"""``rlrs zoo``: learning-rate strategies × tasks × seeds, on the run engine (seed 004 with error bars).
+
+    $ rlrs zoo --list
+    $ rlrs zoo --task gauss,digits --strategies all --seeds 3 --out runs/zoo
+
+or from Python::
+
+    >>> from rlrs.zoo import parse_names
+    >>> parse_names("adamw,dals", {"adamw": 1, "dals": 2, "sgdr": 3}, "strategies")
+    ['adamw', 'dals']
+
+Every (task, strategy, seed) is one run of the engine under ``OUT/runs/`` (reused when finished,
+run again when it failed; a diverged run is kept and reported as diverged). ``results.json``
+holds, per strategy and task, the final accuracy and eval loss (mean ± std over seeds), how many
+seeds reached the task's target accuracy and after how many steps and seconds (mean over those
+that did), and the failures. ``report.md`` has the cross-task table (accuracy, with each task's
+rank), the per-task tables, and ``zoo_curves.png`` the mean accuracy curves per task.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from . import config as _config
+from .analysis import first_reaching
+from .config import ConfigError
+from .engine import Job, TaskRun, eval_curve, run_all, run_dir
+from .options import add_workers_arg, check_workers, default_of
+from .strategies import GENERATIONS, STRATEGIES
+from .tasks import TASKS
+
+
+def parse_names(text: str, valid: Mapping[str, object], what: str) -> list[str]:
+    """``"a,b"`` (or ``"all"``) to a list of names from ``valid``; an unknown one names the closest."""
+    if text.strip() == "all":
+        return list(valid)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ConfigError(f"--{what}: empty; give names separated by commas, or all")
+    for n in names:
+        if n not in valid:
+            raise ConfigError(f"--{what}: {n!r} is unknown; {_config.closest(n, list(valid))}")
+    return list(dict.fromkeys(names))
+
+
+@dataclass
+class Cell:
+    """One strategy on one task, over its seeds."""
+
+    strategy: str
+    task: str
+    seeds: int
+    finished: int
+    diverged: int
+    failed: int
+    accuracy_mean: float | None
+    accuracy_std: float | None
+    loss_mean: float | None
+    loss_std: float | None
+    target: float
+    reached: int  # seeds whose accuracy reached the target
+    steps_to_target: float | None  # mean over the seeds that reached it
+    seconds_to_target: float | None
+    wall_s: float
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        if self.finished == self.seeds:
+            return "finished"
+        return "diverged" if self.diverged else "failed" if self.failed else "incomplete"
+
+
+@dataclass
+class ZooResult:
+    """Every cell of a zoo run, and where it was written."""
+
+    out: Path
+    tasks: list[str]
+    strategies: list[str]
+    seeds: int
+    epochs: int | None
+    cells: list[Cell]
+    wall_s: float
+
+    def cell(self, strategy: str, task: str) -> Cell:
+        return next(c for c in self.cells if c.strategy == strategy and c.task == task)
+
+    def to_dict(self) -> dict:
+        return _config.json_safe({
+            "tasks": self.tasks, "strategies": self.strategies, "seeds": self.seeds, "epochs": self.epochs,
+            "wall_s": self.wall_s,
+            "cells": [{**asdict(c), "status": c.status} for c in self.cells],
+        })
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def run_zoo(tasks: Sequence[str], strategies: Sequence[str], out: str | Path, seeds: int = 3,
+            epochs: int | None = None, workers: int | None = None, log: Callable[[str], None] | None = print) -> ZooResult:
+    """Train every strategy on every task with ``seeds`` seeds (0, 1, ...) and summarize."""
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"--seeds: at least 1, got {seeds!r}")
+    tasks = parse_names(",".join(tasks), TASKS, "task")
+    strategies = parse_names(",".join(strategies), STRATEGIES, "strategies")
+    out = Path(out)
+    _config.make_dir(out, "--out")
+    t0 = time.perf_counter()
+    jobs = []
+    for task in tasks:
+        for name in strategies:
+            for seed in range(seeds):
+                spec = TaskRun(task, STRATEGIES[name], seed, epochs)
+                jobs.append(Job(spec, run_dir(out / "runs", spec), label=f"{task} {name} seed {seed}"))
+    if log:
+        log(f"rlrs zoo: {len(strategies)} strategies x {len(tasks)} tasks x {seeds} seeds -> {out}")
+    results = run_all(jobs, workers, log)
+    cells = []
+    for task in tasks:
+        target = TASKS[task].target
+        for name in strategies:
+            mine = [(j, r) for j, r in zip(jobs, results) if j.spec.task == task and j.spec.strategy.name == name]
+            done = [r for _, r in mine if r.status == "finished"]
+            accs, reach_steps, reach_s = [], [], []
+            for r in done:
+                steps, acc = eval_curve(r.out, "accuracy")
+                accs.append(acc[-1])
+                _, wall = eval_curve(r.out, "wall_s")
+                at = first_reaching(steps, acc, target)
+                if at is not None:
+                    reach_steps.append(at)
+                    reach_s.append(wall[steps.index(at)])
+            am, asd = _mean_std(accs)
+            lm, lsd = _mean_std([r.final_eval_loss for r in done if r.final_eval_loss is not None])
+            cells.append(Cell(
+                name, task, seeds, len(done), sum(r.status == "diverged" for _, r in mine),
+                sum(r.status == "failed" for _, r in mine), am, asd, lm, lsd, target, len(reach_steps),
+                _mean_std(reach_steps)[0], _mean_std(reach_s)[0],
+                float(np.mean([r.wall_s for r in done])) if done else 0.0,
+                [f"seed {j.spec.seed}: {r.headline()}" for j, r in mine if r.status not in ("finished",)]))
+    res = ZooResult(out, tasks, strategies, seeds, epochs, cells, time.perf_counter() - t0)
+    write_outputs(res)
+    return res
+
+
+def write_outputs(res: ZooResult) -> None:
+    """``results.json``, ``report.md`` and ``zoo_curves.png`` (when matplotlib is installed)."""
+    _config.atomic_write_text(res.out / "results.json", json.dumps(res.to_dict(), indent=1) + "\n")
+    png = _plot(res)
+    _config.atomic_write_text(res.out / "report.md", report(res, png))
+
+
+def _acc(c: Cell) -> str:
+    if c.accuracy_mean is None:
+        return c.status
+    s = f"{100 * c.accuracy_mean:.1f} ± {100 * c.accuracy_std:.1f}"
+    return s + (f" ({c.status}: {c.finished}/{c.seeds})" if c.finished < c.seeds else "")
+
+
+def ranks(res: ZooResult, task: str) -> dict[str, int]:
+    """Each strategy's rank on ``task`` by mean accuracy (1 = best; strategies without one last)."""
+    cells = sorted((res.cell(s, task) for s in res.strategies),
+                   key=lambda c: -(c.accuracy_mean if c.accuracy_mean is not None else -1.0))
+    return {c.strategy: i + 1 for i, c in enumerate(cells)}
+
+
+def report(res: ZooResult, png: Path | None) -> str:
+    """The markdown report: the cross-task table first, then one table per task."""
+    rk = {t: ranks(res, t) for t in res.tasks}
+    lines = [
+        "# rlrs zoo", "",
+        f"{len(res.strategies)} strategies × {len(res.tasks)} tasks × {res.seeds} seeds; final test accuracy "
+        f"(%, mean ± std over seeds) and rank per task. Wall time {res.wall_s:.0f} s.", "",
+        "| strategy | gen | " + " | ".join(res.tasks) + " | mean rank |",
+        "|---|---|" + "---|" * len(res.tasks) + "---|",
+    ]
+    for s in sorted(res.strategies, key=lambda s: np.mean([rk[t][s] for t in res.tasks])):
+        st = STRATEGIES[s]
+        cols = [f"{_acc(res.cell(s, t))} (#{rk[t][s]})" for t in res.tasks]
+        lines.append(f"| {st.title} | {st.generation} | " + " | ".join(cols) + f" | {np.mean([rk[t][s] for t in res.tasks]):.1f} |")
+    for t in res.tasks:
+        task = TASKS[t]
+        lines += ["", f"## {t}", "", task.summary, "",
+                  f"| strategy | accuracy % | eval loss | seeds reaching {100 * task.target:.0f}% | steps to it | seconds to it |",
+                  "|---|---|---|---|---|---|"]
+        for s in sorted(res.strategies, key=lambda s: rk[t][s]):
+            c = res.cell(s, t)
+            loss = "—" if c.loss_mean is None else f"{c.loss_mean:.3f} ± {c.loss_std:.3f}"
+            lines.append(f"| {STRATEGIES[s].title} | {_acc(c)} | {loss} | {c.reached}/{c.seeds} | "
+                         f"{'—' if c.steps_to_target is None else f'{c.steps_to_target:.0f}'} | "
+                         f"{'—' if c.seconds_to_target is None else f'{c.seconds_to_target:.1f}'} |")
+    bad = [(c, e) for c in res.cells for e in c.errors]
+    if bad:
+        lines += ["", "## Runs that did not finish", ""] + [f"- {c.task} {c.strategy} {e}" for c, e in bad]
+    if png is not None:
+        lines += ["", f"![accuracy curves]({png.name})"]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(res: ZooResult) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, axes = plt.subplots(1, len(res.tasks), figsize=(6 * len(res.tasks), 4.5), squeeze=False)
+    for ax, t in zip(axes[0], res.tasks):
+        for s in res.strategies:
+            curves = [eval_curve(d, "accuracy") for d in sorted((res.out / "runs").glob(f"{t}-{s}-*"))]
+            curves = [c for c in curves if c[0]]
+            if not curves:
+                continue
+            n = min(len(c[0]) for c in curves)
+            ax.plot(curves[0][0][:n], np.mean([c[1][:n] for c in curves], axis=0), label=STRATEGIES[s].title, lw=1)
+        ax.set_title(t)
+        ax.set_xlabel("step")
+        ax.set_ylabel("test accuracy")
+        lo = min((c.accuracy_mean for c in res.cells if c.task == t and c.accuracy_mean is not None), default=0.0)
+        ax.set_ylim(max(0.0, lo - 0.1), 1.0)
+    axes[0][-1].legend(fontsize=6, ncol=2, loc="lower right")
+    fig.tight_layout()
+    path = res.out / "zoo_curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def listing() -> str:
+    """Every strategy with its generation, optimizer and paper (``rlrs zoo --list``)."""
+    rows = [f"{'strategy':<22}{'gen':<5}{'optimizer':<24}paper"]
+    for s in STRATEGIES.values():
+        opt = s.optimizer + (" + lookahead" if s.lookahead else "") + (" + SAM" if s.sam_rho else "") + (
+            " + grokfast" if s.grokfast else "")
+        rows.append(f"{s.name:<22}{s.generation:<5}{opt:<24}{s.title}: {s.paper}")
+    rows += ["", "generations: " + "; ".join(f"{g} {n}" for g, n in GENERATIONS.items()),
+             "tasks: " + "; ".join(f"{t.name} ({t.summary})" for t in TASKS.values())]
+    return "\n".join(rows)
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("zoo", help="learning-rate strategies x tasks x seeds (seed 004's benchmark with error bars)",
+                       description="Train every strategy on every task with several seeds on the run engine; write "
+                                   "results.json, report.md (the cross-task table) and zoo_curves.png.")
+    p.add_argument("--list", action="store_true", help="print every strategy with its generation and paper, and the tasks")
+    p.add_argument("--task", default=None, help=f"tasks, comma-separated, or all ({', '.join(TASKS)})")
+    p.add_argument("--strategies", default="all", help="strategies, comma-separated, or all (default: all)")
+    p.add_argument("--seeds", type=int, default=default_of(run_zoo, "seeds"))
+    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: each task's own)")
+    add_workers_arg(p)
+    p.add_argument("--out", default=None, help="output directory (results.json, report.md, zoo_curves.png, runs/)")
+    p.set_defaults(func=cmd_zoo)
+
+
+def cmd_zoo(args) -> int:
+    if args.list:
+        print(listing())
+        return 0
+    if args.task is None or args.out is None:
+        raise ConfigError("--task and --out: both needed to run the zoo (or --list to see the strategies), e.g. "
+                          "rlrs zoo --task gauss --strategies adamw,dals --out runs/zoo")
+    check_workers(args.workers)
+    res = run_zoo(args.task.split(","), args.strategies.split(","), args.out, seeds=args.seeds, epochs=args.epochs,
+                  workers=args.workers)
+    print(report(res, None).split("\n## ")[0])
+    print(f"results: {res.out / 'results.json'}  report: {res.out / 'report.md'}")
+    return 1 if any(c.failed for c in res.cells) else 0  # a diverged strategy is a result, a crash is not

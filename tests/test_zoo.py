@@ -1,0 +1,377 @@
+"""The strategy zoo: each strategy's defining behaviour, the tasks, and `rlrs zoo` on the engine."""
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from rlrs import strategies as S
+from rlrs.config import ConfigError
+from rlrs.dals import DALS, depth_fractions
+from rlrs.engine import TaskRun, execute, run_dir
+from rlrs.tasks import CLASSIFIER_RULES, MLP, TASKS, digits, gauss_mixture
+from rlrs.zoo import listing, run_zoo
+
+pytest.importorskip("pytorch_optimizer")
+# The LR-table helpers step schedulers without training; torch warns about that order.
+pytestmark = pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\(\)` before")
+
+
+def lrs(name, total=700, model=None):
+    """Each step's LR of every group, for a strategy on a small MLP."""
+    model = model or MLP()
+    b = S.build(S.get(name), model, total, rules=CLASSIFIER_RULES)
+    out = []
+    for _ in range(total):
+        out.append([g["lr"] for g in b.optimizer.param_groups])
+        b.scheduler.step()
+    return b, out
+
+
+def test_the_registry_names_every_strategy_of_seed_004_and_rlrs_llrd():
+    expected = {"fixed-sgd", "cosine-sgd", "sgdr", "adam", "adamw", "adabound", "lars", "discriminative", "radam",
+                "lion", "lookahead-adamw", "sam", "grokfast", "stlr-discriminative", "sam-discriminative", "dals",
+                "dals-fast", "dals-acc", "rlrs", "llrd"}
+    assert expected <= set(S.STRATEGIES)
+    text = listing()
+    for s in S.STRATEGIES.values():
+        assert s.name in text and s.paper in text and 1 <= s.generation <= 5
+    with pytest.raises(ConfigError, match="did you mean 'dals'"):
+        S.get("dalz")
+
+
+def test_fixed_sgd_is_constant_and_cosine_sgd_decays_to_the_end():
+    _, fixed = lrs("fixed-sgd")
+    assert all(row == fixed[0] for row in fixed) and fixed[0][0] == 0.05
+    _, cos = lrs("cosine-sgd")
+    first = [r[0] for r in cos]
+    assert first[0] == pytest.approx(0.05) and first[-1] == pytest.approx(0.05 * S.FINAL)
+    assert first[349] == pytest.approx(0.05 * (1 + S.FINAL) / 2, rel=1e-2)  # half-way: the cosine's middle
+    assert all(a >= b for a, b in zip(first, first[1:]))
+
+
+def test_sgdr_restarts_at_the_cycle_ends():
+    _, rows = lrs("sgdr", total=701)  # 700 decay steps: cycles of 100, 200, 400
+    lr = [r[0] for r in rows]
+    for start in (0, 100, 300):
+        assert lr[start] == pytest.approx(0.05)  # each cycle starts at η
+        assert lr[start + 1] < lr[start]
+    assert lr[99] < 0.05 * 0.01 and lr[299] < 0.05 * 0.01  # and ends near the bottom
+    assert lr[50] == pytest.approx(0.05 * (1 + S.FINAL) / 2)  # middle of the first cycle
+    assert lr[200] == pytest.approx(0.05 * (1 + S.FINAL) / 2)  # middle of the second (twice as long)
+
+
+def test_stlr_is_ulmfit_s_slanted_triangle():
+    b, rows = lrs("stlr-discriminative", total=1000)
+    top = next(i for i, g in enumerate(b.optimizer.param_groups) if "depth" not in g)  # the top layer's group
+    lr = [r[top] for r in rows]
+    peak = max(lr)
+    assert peak == pytest.approx(1e-3)
+    assert lr[0] == pytest.approx(peak / 32)  # starts at η/ratio, not 0
+    assert lr.index(peak) == 100  # cut_frac 0.1
+    assert lr[-1] == pytest.approx(peak / 32)
+    assert lr[50] == pytest.approx(peak * (1 + 0.5 * 31) / 32)  # ULMFiT's formula on the way up
+
+
+def test_discriminative_rates_divide_by_2_6_per_layer_down():
+    model = MLP()
+    b = S.build(S.get("discriminative"), model, 100, rules=CLASSIFIER_RULES)
+    by_param = {id(p): g["lr"] for g in b.optimizer.param_groups for p in g["params"]}
+    lr = {n: by_param[id(p)] for n, p in model.named_parameters()}
+    assert lr["layers.0.weight"] == pytest.approx(lr["layers.1.weight"] / 2.6)
+    assert lr["layers.1.weight"] == pytest.approx(lr["head.weight"]) == pytest.approx(1e-3)
+
+
+def _lr_by_param(name, total, steps):
+    model = MLP()
+    b = S.build(S.get(name), model, total, rules=CLASSIFIER_RULES)
+    for _ in range(steps):
+        b.scheduler.step()
+    by_id = {id(p): g["lr"] for g in b.optimizer.param_groups for p in g["params"]}
+    return {n: by_id[id(p)] for n, p in model.named_parameters()}
+
+
+def test_llrd_and_rlrs_scale_through_the_one_plan():
+    lr = _lr_by_param("llrd", 1000, 10)  # step 10: the end of the 1% warmup
+    assert lr["head.weight"] == pytest.approx(1e-3) and lr["layers.1.weight"] == pytest.approx(1e-3)
+    assert lr["layers.0.weight"] == pytest.approx(0.8e-3)  # one layer down: × 0.8
+    plan = S.get("rlrs").plan
+    lr = _lr_by_param("rlrs", 1000, 10)
+    for name, comp in (("layers.0.weight", "embedding"), ("head.weight", "unembedding"), ("layers.1.weight", "feedforward")):
+        assert lr[name] == pytest.approx(plan.lr(comp, 10, 1000))
+    assert lr["layers.0.weight"] / lr["layers.1.weight"] == pytest.approx(plan.embedding.start / plan.feedforward.start)
+
+
+def _one_step(name, grads, params, **over):
+    """Apply strategy ``name``'s optimizer once to ``params`` with fixed gradients (in float64,
+    so that a small step is not lost to float32's rounding near 1)."""
+    params, grads = [p.double() for p in params], [g.double() for g in grads]
+    s = S.get(name)
+    if over:
+        s = dataclasses.replace(s, **over)
+    model = torch.nn.Module()
+    model.layers = torch.nn.ModuleList()
+    for i, p in enumerate(params):
+        m = torch.nn.Module()
+        m.weight = torch.nn.Parameter(p.clone())
+        model.layers.append(m)
+    b = S.build(s, model, 100, rules=[(r".", "feedforward")])
+    b.scheduler.step()  # past the warmup's step 0 (LR 0 for warmed-up strategies)
+    before = [m.weight.detach().clone() for m in model.layers]
+
+    def loss_and_backward():
+        loss = sum((m.weight * g).sum() for m, g in zip(model.layers, grads))  # gradient exactly g
+        loss.backward()
+        return loss
+
+    b.step(model, loss_and_backward)
+    return [m.weight.detach() - w for m, w in zip(model.layers, before)], b
+
+
+def test_lars_moves_every_matrix_by_the_same_relative_amount():
+    torch.manual_seed(0)
+    ws = [torch.randn(8, 8), 5 * torch.randn(8, 8)]
+    deltas, b = _one_step("lars", [1e3 * torch.randn(8, 8), 1e-3 * torch.randn(8, 8)], ws)
+    lr, tc = b.optimizer.param_groups[0]["lr"], dict(S.get("lars").options)["trust_coefficient"]
+    for d, w in zip(deltas, ws):  # whatever the gradient's scale: ‖Δw‖/‖w‖ = lr · trust coefficient
+        assert float(d.norm() / w.norm()) == pytest.approx(lr * tc, rel=1e-4)
+
+
+def test_lion_moves_each_weight_by_exactly_the_lr():
+    deltas, b = _one_step("lion", [torch.tensor([[1e-6, -3.0], [5.0, 2.0]])], [torch.ones(2, 2)],
+                          plan=S._uniform(1e-3))  # no decay: the sign step alone
+    assert torch.allclose(deltas[0].abs(), torch.full((2, 2), 1e-3, dtype=torch.float64), rtol=1e-9)
+
+
+def test_radam_starts_without_the_adaptive_denominator():
+    g = torch.tensor([[1e-3, -3.0], [5.0, 0.5]], dtype=torch.float64)
+    deltas, _ = _one_step("radam", [g], [torch.ones(2, 2)])
+    assert torch.allclose(deltas[0], -1e-3 * g, rtol=1e-6)  # SGD-like while the variance is unreliable
+    adam, _ = _one_step("adam", [g], [torch.ones(2, 2)])
+    assert torch.allclose(adam[0].abs(), torch.full((2, 2), 1e-3, dtype=torch.float64), rtol=1e-4)  # Adam: sign-like
+
+
+def test_adabound_bounds_the_adaptive_step():
+    g = torch.full((2, 2), 1e-6)  # Adam would move each weight by lr = 1e-3
+    deltas, _ = _one_step("adabound", [g], [torch.ones(2, 2)])
+    adam, _ = _one_step("adam", [g], [torch.ones(2, 2)])
+    assert float(deltas[0].abs().max()) < 0.1 * float(adam[0].abs().min())
+
+
+def test_adamw_decays_decoupled_and_adam_does_not():
+    zero = [torch.zeros(2, 2)]
+    adamw, b = _one_step("adamw", zero, [torch.ones(2, 2)])
+    lr = b.optimizer.param_groups[0]["lr"]
+    assert torch.allclose(adamw[0], torch.full((2, 2), -lr * S.WD, dtype=torch.float64))
+    adam, _ = _one_step("adam", zero, [torch.ones(2, 2)])
+    assert torch.count_nonzero(adam[0]) == 0
+
+
+def test_sam_steps_with_the_gradient_at_the_perturbed_weights():
+    # loss = ½‖A w‖²: the gradient depends on w, so SAM's differs from SGD's.
+    torch.manual_seed(0)
+    A = torch.randn(4, 4)
+    w0 = torch.randn(4, 4)
+    model = torch.nn.Module()
+    model.layers = torch.nn.ModuleList([torch.nn.Linear(4, 4, bias=False)])
+    model.layers[0].weight.data.copy_(w0)
+    b = S.build(S.get("sam"), model, 100, rules=[(r".", "feedforward")])
+    lr = b.optimizer.param_groups[0]["lr"]
+
+    def loss_and_backward():
+        loss = 0.5 * (A @ model.layers[0].weight).pow(2).sum()
+        loss.backward()
+        return loss
+
+    b.step(model, loss_and_backward)
+    grad = lambda w: A.T @ A @ w  # noqa: E731
+    g = grad(w0)
+    expected = w0 - lr * grad(w0 + 0.05 * g / g.norm())  # first step: momentum buffer = gradient
+    assert torch.allclose(model.layers[0].weight.detach(), expected, atol=1e-6)
+
+
+def test_lookahead_pulls_back_half_way_to_the_slow_weights_every_5_steps():
+    torch.manual_seed(0)
+    w0 = torch.randn(3, 3)
+    grads = [torch.randn(3, 3) for _ in range(5)]
+
+    def run(name):
+        model = torch.nn.Module()
+        model.layers = torch.nn.ModuleList([torch.nn.Linear(3, 3, bias=False)])
+        model.layers[0].weight.data.copy_(w0)
+        b = S.build(S.get(name), model, 100, rules=[(r".", "feedforward")])
+        for g in grads:
+            b.step(model, lambda g=g: (model.layers[0].weight * g).sum().backward() or torch.tensor(0.0))
+        return model.layers[0].weight.detach()
+
+    fast = run("adamw")
+    assert torch.allclose(run("lookahead-adamw"), w0 + 0.5 * (fast - w0), atol=1e-6)
+
+
+def test_grokfast_adds_the_amplified_slow_gradient():
+    g = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
+    model = torch.nn.Module()
+    model.layers = torch.nn.ModuleList([torch.nn.Linear(2, 2, bias=False)])
+    b = S.build(S.get("grokfast"), model, 100, rules=[(r".", "feedforward")])
+    b.step(model, lambda: (model.layers[0].weight * g).sum().backward() or torch.tensor(0.0))
+    # The EMA starts at the first gradient, and the filter adds lamb (2) times it: 3 g.
+    assert torch.allclose(model.layers[0].weight.grad, 3 * g)
+    b.step(model, lambda: (model.layers[0].weight * -g).sum().backward() or torch.tensor(0.0))
+    ema = 0.98 * g + 0.02 * -g
+    assert torch.allclose(model.layers[0].weight.grad, -g + 2 * ema, atol=1e-6)
+
+
+# --- DALS -----------------------------------------------------------------------------------------
+
+
+def test_dals_phases_follow_the_loss_s_progress():
+    opt = DALS([torch.nn.Parameter(torch.ones(1))])
+    assert opt.observe(10.0) == 0  # the first loss starts the average
+    assert opt.observe(5.0) == 0 and opt.progress == pytest.approx(0.025)  # fast: Δ > 1%
+    opt = DALS([torch.nn.Parameter(torch.ones(1))])
+    opt.observe(10.0)
+    assert opt.observe(9.0) == 1 and opt.progress == pytest.approx(0.005)  # 0.2% < Δ ≤ 1%
+    assert opt.observe(opt.loss_avg) == 2  # flat: a plateau
+    g0 = {"alpha": 0.6, "fast": False}
+    for phase, alpha in ((0, 0.3), (1, 0.6), (2, 0.7)):
+        opt.phase = phase
+        assert opt.filter_strength(g0) == pytest.approx(alpha)
+    opt.phase = 0
+    assert opt.filter_strength({"alpha": 0.6, "fast": True}) == 0.0  # DALS-Fast: no filter in phase 0
+    opt.phase = 2
+    assert opt.filter_strength({"alpha": 0.85, "fast": False}) == 0.9  # clamped
+
+
+@pytest.mark.parametrize("scale,ratio", [(1e-6, 5.0), (1e6, 0.2), (0.02, None)])
+def test_dals_trust_ratio_is_clamped(scale, ratio):
+    w = torch.nn.Parameter(torch.full((4,), 2.0, dtype=torch.float64))
+    g = torch.tensor([1.0, -1.0, 2.0, 0.5], dtype=torch.float64) * scale
+    opt = DALS([{"params": [w], "lr": 0.1, "depth_fraction": 1.0}])
+
+    def closure():
+        opt.zero_grad()
+        (w * g).sum().backward()
+        return torch.tensor(1.0)
+
+    before = w.detach().clone()
+    opt.step(closure)
+    r = ratio if ratio is not None else 0.02 * float(before.norm() / g.norm())
+    assert torch.allclose(before - w.detach(), 0.1 * r * g, rtol=1e-5)  # first step: ĝ = g, m = ĝ
+
+
+def test_dals_blends_raw_and_filtered_gradients_by_depth():
+    g1, g2 = torch.tensor([1.0, 0.0], dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)
+    moves = {}
+    for d in (0.0, 1.0):
+        w = torch.nn.Parameter(torch.tensor([3.0, 4.0], dtype=torch.float64))
+        opt = DALS([{"params": [w], "lr": 1.0, "depth_fraction": d}], momentum=0.0)
+        for g in (g1, g2):
+            before = w.detach().clone()
+
+            def closure(g=g):
+                opt.zero_grad()
+                (w * g).sum().backward()
+                return torch.tensor(2.0)  # a flat loss: phase 2 from the second step (α = 0.7)
+
+            opt.step(closure)
+        filt = 0.7 * g1 + 0.3 * g2
+        blend = (0.3 + 0.4 * d) * g2 + (0.7 - 0.4 * d) * filt
+        r = min(5.0, max(0.2, 0.02 * float(before.norm() / blend.norm())))
+        moves[d] = before - w.detach()
+        assert torch.allclose(moves[d], r * blend, rtol=1e-5)
+    # The bottom layer leans on the filtered (slow) gradient, the top on the raw one.
+    assert moves[0.0][0] / moves[0.0][1] > moves[1.0][0] / moves[1.0][1]
+
+
+def test_dals_needs_the_closure_and_valid_settings():
+    w = torch.nn.Parameter(torch.ones(2))
+    with pytest.raises(ConfigError, match="closure"):
+        DALS([w]).step()
+    with pytest.raises(ConfigError, match="momentum"):
+        DALS([w], momentum=1.5)
+    with pytest.raises(ConfigError, match="depth_fraction"):
+        DALS([{"params": [w], "depth_fraction": 2.0}])
+
+
+def test_dals_state_round_trips():
+    w = torch.nn.Parameter(torch.ones(2))
+    opt = DALS([w])
+    for loss in (5.0, 4.0, 3.9):
+        opt.step(lambda loss=loss: (opt.zero_grad(), (w * 1.0).sum().backward(), torch.tensor(loss))[-1])
+    other = DALS([w])
+    other.load_state_dict(opt.state_dict())
+    assert (other.loss_avg, other.phase, other.progress) == (opt.loss_avg, opt.phase, opt.progress)
+
+
+def test_depth_fractions_run_from_bottom_to_top():
+    d = depth_fractions(MLP())
+    assert d["layers.0.weight"] == 0.0 and d["layers.1.weight"] == 1.0 and d["head.weight"] == 1.0
+
+
+# --- tasks and the zoo ------------------------------------------------------------------------------
+
+
+def test_tasks_have_fixed_balanced_splits():
+    a, b = gauss_mixture(), gauss_mixture()
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
+    assert a.x_train.shape == (6400, 64) and a.x_test.shape == (1600, 64)
+    assert torch.bincount(a.y_train).tolist() == [640] * 10 and torch.bincount(a.y_test).tolist() == [160] * 10
+    assert a.x_train[:, 10:].mean(0).abs().max() < 0.1  # the 54 noise dimensions carry no class mean
+    pytest.importorskip("sklearn")
+    d = digits()
+    assert len(d.y_train) + len(d.y_test) == 1797 and d.x_train.shape[1:] == (1, 8, 8)
+    frac = torch.bincount(d.y_test) / (torch.bincount(d.y_test) + torch.bincount(d.y_train))
+    assert float((frac - 0.2).abs().max()) < 0.01  # stratified
+
+
+def test_a_task_run_learns_and_a_diverged_one_is_recorded(tmp_path):
+    spec = TaskRun("gauss", S.get("adamw"), seed=0, epochs=2)
+    r = execute(spec, run_dir(tmp_path, spec))
+    assert r.status == "finished" and r.steps == 200 and len(r.eval_steps) == 2
+    acc = [json.loads(line)["accuracy"] for line in (r.out / "metrics.jsonl").read_text().splitlines()
+           if '"eval"' in line]
+    assert acc[-1] > 0.5  # 10 classes: chance is 0.1
+    bad = TaskRun("gauss", S.get("fixed-sgd").with_base_lr(1e6), seed=0, epochs=1)
+    r = execute(bad, run_dir(tmp_path, bad))
+    assert r.status == "diverged" and "step" in r.error
+    assert execute(bad, run_dir(tmp_path, bad)).reused  # the same spec diverges again: kept, not rerun
+    with pytest.raises(ConfigError, match="did you mean 'gauss'"):
+        TaskRun("gaus", S.get("adamw"))
+
+
+def test_zoo_runs_strategies_x_tasks_x_seeds_and_reuses_them(tmp_path, monkeypatch):
+    boom = dataclasses.replace(S.get("fixed-sgd").with_base_lr(1e6), name="boom", title="Boom")
+    monkeypatch.setitem(S.STRATEGIES, "boom", boom)
+    lines = []
+    res = run_zoo(["gauss"], ["adamw", "dals", "boom"], tmp_path, seeds=2, epochs=1, workers=1, log=lines.append)
+    assert {(c.strategy, c.status) for c in res.cells} == {("adamw", "finished"), ("dals", "finished"),
+                                                           ("boom", "diverged")}
+    c = res.cell("adamw", "gauss")
+    assert c.finished == 2 and 0.1 < c.accuracy_mean <= 1 and c.accuracy_std >= 0 and c.loss_mean > 0
+    assert res.cell("boom", "gauss").diverged == 2 and res.cell("boom", "gauss").accuracy_mean is None
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert len(doc["cells"]) == 3 and doc["seeds"] == 2
+    report = (tmp_path / "report.md").read_text()
+    assert "| AdamW |" in report and "diverged" in report and "Runs that did not finish" in report
+    again = []
+    res2 = run_zoo(["gauss"], ["adamw", "dals", "boom"], tmp_path, seeds=2, epochs=1, workers=1, log=again.append)
+    assert "6 reused, 0 to run" in again[1]
+    assert res2.cell("dals", "gauss").accuracy_mean == res.cell("dals", "gauss").accuracy_mean
+
+
+def test_zoo_cli_list_and_errors(capsys):
+    from rlrs.cli import main
+
+    assert main(["zoo", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "dals-acc" in out and "Foret et al." in out and "gauss" in out
+    assert main(["zoo", "--task", "gauss"]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert main(["zoo", "--task", "gauss", "--strategies", "dalz", "--out", "x"]) == 2
+    assert "did you mean 'dals'" in capsys.readouterr().err
+
+
+def test_tasks_list_is_what_the_docs_say():
+    assert set(TASKS) == {"gauss", "digits"} and math.isclose(TASKS["gauss"].target, 0.9)
