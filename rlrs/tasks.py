@@ -11,9 +11,13 @@
 - ``digits``: images from scratch. scikit-learn's bundled 8×8 digits (1,797 images; seed 004
   uses CIFAR-10, which cannot be fetched here), a stratified 80/20 split fixed by seed, a small
   ConvNet (3 convolutions and a linear head, as in seed 004), 50 epochs, batch 64.
+- ``gcide-pos`` and ``shakespeare-genre``: fine-tuning the pretrained MiniLM-L6 encoder
+  (:mod:`rlrs.finetune`; stand-ins for seed 004's RTE, TREC-6 and IMDb with DistilBERT), 2
+  epochs, batch 32.
 
 A classifier's input layer follows the ``embedding`` schedule, its head ``unembedding`` and the
 rest ``feedforward`` (:data:`CLASSIFIER_RULES`): the nearest analogue of a Transformer's parts.
+The encoder's parts are found as for any Transformer; only its new head needs a rule.
 
 :func:`train_task` trains one (task, strategy, seed) into a run directory: ``metrics.jsonl`` holds
 ``train`` records (the loss every few steps) and ``eval`` records (``eval_loss`` and
@@ -65,6 +69,7 @@ class Task:
     epochs: int
     batch_size: int
     target: float  # the accuracy a "time to target" is measured to
+    rules: tuple[tuple[str, str], ...] = CLASSIFIER_RULES  # (regex, component) for the model's parameters
     metric: str = "accuracy"
 
     def steps(self, split: Split, epochs: int | None = None) -> int:
@@ -141,6 +146,39 @@ class ConvNet(nn.Module):
         return self.head(x.flatten(1))
 
 
+def _text(load) -> Callable[[], Split]:
+    def split() -> Split:
+        from .finetune import tokenize
+
+        x_train, y_train, x_test, y_test = load()
+        return Split(tokenize(x_train), torch.tensor(y_train), tokenize(x_test), torch.tensor(y_test))
+
+    return split
+
+
+def _gcide_pos() -> Split:
+    from .finetune import gcide_pos
+
+    return _text(gcide_pos)()
+
+
+def _shakespeare_genre() -> Split:
+    from .finetune import shakespeare_genre
+
+    return _text(shakespeare_genre)()
+
+
+def _minilm(classes: int) -> Callable[[], nn.Module]:
+    def model() -> nn.Module:
+        from .finetune import minilm_classifier
+
+        return minilm_classifier(classes)
+
+    return model
+
+
+ENCODER_RULES = ((r"^head\.", "unembedding"),)
+
 TASKS: dict[str, Task] = {
     t.name: t
     for t in (
@@ -148,6 +186,11 @@ TASKS: dict[str, Task] = {
              gauss_mixture, MLP, epochs=80, batch_size=64, target=0.9),
         Task("digits", "scikit-learn digits (8x8), stratified 80/20, 3-conv ConvNet (stand-in for CIFAR-10)",
              digits, ConvNet, epochs=50, batch_size=64, target=0.95),
+        Task("gcide-pos", "GCIDE definitions by part of speech (4 classes, 2000/1000), fine-tuning MiniLM-L6",
+             _gcide_pos, _minilm(4), epochs=2, batch_size=32, target=0.8, rules=ENCODER_RULES),
+        Task("shakespeare-genre", "Shakespeare speeches by genre (3 classes, 1500/750, unseen test plays), "
+             "fine-tuning MiniLM-L6", _shakespeare_genre, _minilm(3), epochs=2, batch_size=32, target=0.5,
+             rules=ENCODER_RULES),
     )
 }
 
@@ -201,7 +244,7 @@ def train_task(task: Task, strategy: Strategy, seed: int, out: str | Path, epoch
     torch.manual_seed(seed)
     model = task.model()
     total = task.steps(split, epochs)
-    opt = build(strategy, model, total, rules=CLASSIFIER_RULES)
+    opt = build(strategy, model, total, rules=task.rules)
     order = torch.Generator().manual_seed(seed)
     log_path = out / "metrics.jsonl"
     t0 = time.perf_counter()

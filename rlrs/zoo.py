@@ -69,9 +69,12 @@ class Cell:
     seconds_to_target: float | None
     wall_s: float
     errors: list[str] = field(default_factory=list)
+    applicable: bool = True  # False: the strategy does not apply to the task (no runs)
 
     @property
     def status(self) -> str:
+        if not self.applicable:
+            return "n/a"
         if self.finished == self.seeds:
             return "finished"
         return "diverged" if self.diverged else "failed" if self.failed else "incomplete"
@@ -120,6 +123,8 @@ def run_zoo(tasks: Sequence[str], strategies: Sequence[str], out: str | Path, se
     jobs = []
     for task in tasks:
         for name in strategies:
+            if not STRATEGIES[name].applies_to(task):
+                continue
             for seed in range(seeds):
                 spec = TaskRun(task, STRATEGIES[name], seed, epochs)
                 jobs.append(Job(spec, run_dir(out / "runs", spec), label=f"{task} {name} seed {seed}"))
@@ -130,6 +135,10 @@ def run_zoo(tasks: Sequence[str], strategies: Sequence[str], out: str | Path, se
     for task in tasks:
         target = TASKS[task].target
         for name in strategies:
+            if not STRATEGIES[name].applies_to(task):
+                cells.append(Cell(name, task, seeds, 0, 0, 0, None, None, None, None, target, 0, None, None, 0.0,
+                                  applicable=False))
+                continue
             mine = [(j, r) for j, r in zip(jobs, results) if j.spec.task == task and j.spec.strategy.name == name]
             done = [r for _, r in mine if r.status == "finished"]
             accs, reach_steps, reach_s = [], [], []
@@ -169,8 +178,9 @@ def _acc(c: Cell) -> str:
 
 
 def ranks(res: ZooResult, task: str) -> dict[str, int]:
-    """Each strategy's rank on ``task`` by mean accuracy (1 = best; strategies without one last)."""
-    cells = sorted((res.cell(s, task) for s in res.strategies),
+    """Each applicable strategy's rank on ``task`` by mean accuracy (1 = best; strategies without
+    an accuracy, diverged or failed, last)."""
+    cells = sorted((c for s in res.strategies if (c := res.cell(s, task)).applicable),
                    key=lambda c: -(c.accuracy_mean if c.accuracy_mean is not None else -1.0))
     return {c.strategy: i + 1 for i, c in enumerate(cells)}
 
@@ -185,16 +195,19 @@ def report(res: ZooResult, png: Path | None) -> str:
         "| strategy | gen | " + " | ".join(res.tasks) + " | mean rank |",
         "|---|---|" + "---|" * len(res.tasks) + "---|",
     ]
-    for s in sorted(res.strategies, key=lambda s: np.mean([rk[t][s] for t in res.tasks])):
+    def mean_rank(s: str) -> float:
+        return float(np.mean([rk[t][s] for t in res.tasks if s in rk[t]] or [np.inf]))
+
+    for s in sorted(res.strategies, key=mean_rank):
         st = STRATEGIES[s]
-        cols = [f"{_acc(res.cell(s, t))} (#{rk[t][s]})" for t in res.tasks]
-        lines.append(f"| {st.title} | {st.generation} | " + " | ".join(cols) + f" | {np.mean([rk[t][s] for t in res.tasks]):.1f} |")
+        cols = [f"{_acc(res.cell(s, t))} (#{rk[t][s]})" if s in rk[t] else "n/a" for t in res.tasks]
+        lines.append(f"| {st.title} | {st.generation} | " + " | ".join(cols) + f" | {mean_rank(s):.1f} |")
     for t in res.tasks:
         task = TASKS[t]
         lines += ["", f"## {t}", "", task.summary, "",
                   f"| strategy | accuracy % | eval loss | seeds reaching {100 * task.target:.0f}% | steps to it | seconds to it |",
                   "|---|---|---|---|---|---|"]
-        for s in sorted(res.strategies, key=lambda s: rk[t][s]):
+        for s in sorted(rk[t], key=lambda s: rk[t][s]):
             c = res.cell(s, t)
             loss = "—" if c.loss_mean is None else f"{c.loss_mean:.3f} ± {c.loss_std:.3f}"
             lines.append(f"| {STRATEGIES[s].title} | {_acc(c)} | {loss} | {c.reached}/{c.seeds} | "
@@ -243,8 +256,9 @@ def listing() -> str:
     rows = [f"{'strategy':<22}{'gen':<5}{'optimizer':<24}paper"]
     for s in STRATEGIES.values():
         opt = s.optimizer + (" + lookahead" if s.lookahead else "") + (" + SAM" if s.sam_rho else "") + (
-            " + grokfast" if s.grokfast else "")
-        rows.append(f"{s.name:<22}{s.generation:<5}{opt:<24}{s.title}: {s.paper}")
+            " + grokfast" if s.grokfast else "") + (" + LoRA" if s.lora else "") + (" + freeze" if s.freeze else "")
+        only = f" [only {', '.join(s.tasks)}]" if s.tasks is not None else ""
+        rows.append(f"{s.name:<22}{s.generation:<5}{opt:<24}{s.title}: {s.paper}{only}")
     rows += ["", "generations: " + "; ".join(f"{g} {n}" for g, n in GENERATIONS.items()),
              "tasks: " + "; ".join(f"{t.name} ({t.summary})" for t in TASKS.values())]
     return "\n".join(rows)

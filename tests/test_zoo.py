@@ -16,7 +16,7 @@ from rlrs.zoo import listing, run_zoo
 
 pytest.importorskip("pytorch_optimizer")
 # The LR-table helpers step schedulers without training; torch warns about that order.
-pytestmark = pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\(\)` before")
+pytestmark = pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)` before")
 
 
 def lrs(name, total=700, model=None):
@@ -374,4 +374,12 @@ def test_zoo_cli_list_and_errors(capsys):
 
 
 def test_tasks_list_is_what_the_docs_say():
-    assert set(TASKS) == {"gauss", "digits"} and math.isclose(TASKS["gauss"].target, 0.9)
+    assert set(TASKS) == {"gauss", "digits", "gcide-pos", "shakespeare-genre"} and math.isclose(TASKS["gauss"].target, 0.9)
+
+
+def test_a_fine_tuning_strategy_is_not_applicable_to_a_task_without_an_encoder(tmp_path):
+    res = run_zoo(["gauss"], ["adamw", "lora"], tmp_path, seeds=1, epochs=1, workers=1, log=None)
+    c = res.cell("lora", "gauss")
+    assert c.status == "n/a" and not list((tmp_path / "runs").glob("gauss-lora-*"))
+    report = (tmp_path / "report.md").read_text()
+    assert "| LoRA | 5 | n/a |" in report and "only gcide-pos" in listing()
