@@ -14,6 +14,8 @@
 - ``gcide-pos`` and ``shakespeare-genre``: fine-tuning the pretrained MiniLM-L6 encoder
   (:mod:`rlrs.finetune`; stand-ins for seed 004's RTE, TREC-6 and IMDb with DistilBERT), 2
   epochs, batch 32.
+- ``lm``: pretraining ``ladder-xs-dense`` on Shakespeare for its 20-tokens-per-parameter horizon,
+  next-token accuracy on held-out plays; every strategy's η × 10 (:attr:`Task.lr_scale`).
 
 A classifier's input layer follows the ``embedding`` schedule, its head ``unembedding`` and the
 rest ``feedforward`` (:data:`CLASSIFIER_RULES`): the nearest analogue of a Transformer's parts.
@@ -70,6 +72,9 @@ class Task:
     batch_size: int
     target: float  # the accuracy a "time to target" is measured to
     rules: tuple[tuple[str, str], ...] = CLASSIFIER_RULES  # (regex, component) for the model's parameters
+    objective: str = "classify"  # or "lm": x holds token windows, the metric is next-token accuracy
+    eval_every: int | None = None  # steps between evals (default: after every epoch)
+    lr_scale: float = 1.0  # every strategy's η times this on this task (see TASKS)
     metric: str = "accuracy"
 
     def steps(self, split: Split, epochs: int | None = None) -> int:
@@ -178,6 +183,47 @@ def _minilm(classes: int) -> Callable[[], nn.Module]:
 
 
 ENCODER_RULES = ((r"^head\.", "unembedding"),)
+LM_PRESET = "ladder-xs-dense"
+LM_EVAL_WINDOWS = 256
+
+
+def _lm_split() -> Split:
+    """``LM_PRESET``'s data as windows of ``seq_len + 1`` tokens: as many training windows as its
+    20-tokens-per-parameter horizon uses (one epoch of them is its run), and held-out windows."""
+    from .data import prepare
+    from .train import run_config, total_steps
+
+    cfg = run_config(LM_PRESET)
+    data = prepare(cfg.data)
+    w = cfg.model.seq_len + 1
+    n = total_steps(cfg) * cfg.train.batch_size
+
+    def windows(stream, count: int) -> torch.Tensor:
+        if len(stream) < count * w:
+            raise ConfigError(f"task lm: {LM_PRESET}'s data has {len(stream)} tokens, fewer than {count} windows of {w}")
+        return torch.from_numpy(np.asarray(stream[: count * w], dtype=np.int64).reshape(count, w))
+
+    x_train, x_test = windows(data.train, n), windows(data.val, LM_EVAL_WINDOWS)
+    return Split(x_train, torch.zeros(n, dtype=torch.int64), x_test, torch.zeros(LM_EVAL_WINDOWS, dtype=torch.int64))
+
+
+def _lm_model() -> nn.Module:
+    from .models import build_model
+    from .train import run_config
+
+    return build_model(run_config(LM_PRESET).model)
+
+
+def loss_and_hits(task: Task, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """The batch's mean loss, how many predictions were right, and how many there were (a
+    classifier predicts each label, a language model each next token)."""
+    if task.objective == "lm":
+        inputs, targets = x[:, :-1], x[:, 1:]
+        out = model(inputs, targets)
+        return out.loss + out.aux_loss, int((out.logits.argmax(-1) == targets).sum()), targets.numel()
+    logits = model(x)
+    return F.cross_entropy(logits, y), int((logits.argmax(-1) == y).sum()), len(y)
+
 
 TASKS: dict[str, Task] = {
     t.name: t
@@ -191,6 +237,11 @@ TASKS: dict[str, Task] = {
         Task("shakespeare-genre", "Shakespeare speeches by genre (3 classes, 1500/750, unseen test plays), "
              "fine-tuning MiniLM-L6", _shakespeare_genre, _minilm(3), epochs=2, batch_size=32, target=0.5,
              rules=ENCODER_RULES),
+        Task("lm", f"language-model pretraining: {LM_PRESET} on Shakespeare (bpe-1024) at 20 tokens per parameter, "
+             "next-token accuracy", _lm_split, _lm_model, epochs=1, batch_size=16, target=0.24, rules=(),
+             # The ladder's η_base grid put AdamW's best at 0.01 to 0.02 on this model, 10 to 20
+             # times the strategies' default η (made for the classifiers): every η is scaled by 10.
+             objective="lm", eval_every=32, lr_scale=10.0),
     )
 }
 
@@ -222,17 +273,16 @@ class TaskResult:
     wall_s: float
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1024) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of ``model`` on ``x``, ``y``."""
+def evaluate(task: Task, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> tuple[float, float]:
+    """(mean loss, accuracy) of ``model`` on ``x``, ``y``."""
     model.eval()
-    loss, correct = 0.0, 0
+    loss, hits, count = 0.0, 0, 0
     with torch.no_grad():
         for i in range(0, len(y), batch):
-            logits = model(x[i:i + batch])
-            loss += float(F.cross_entropy(logits, y[i:i + batch], reduction="sum"))
-            correct += int((logits.argmax(-1) == y[i:i + batch]).sum())
+            value, h, n = loss_and_hits(task, model, x[i:i + batch], y[i:i + batch])
+            loss, hits, count = loss + float(value) * n, hits + h, count + n
     model.train()
-    return loss / len(y), correct / len(y)
+    return loss / count, hits / count
 
 
 def train_task(task: Task, strategy: Strategy, seed: int, out: str | Path, epochs: int | None = None) -> TaskResult:
@@ -244,6 +294,8 @@ def train_task(task: Task, strategy: Strategy, seed: int, out: str | Path, epoch
     torch.manual_seed(seed)
     model = task.model()
     total = task.steps(split, epochs)
+    if task.lr_scale != 1.0:
+        strategy = strategy.with_base_lr(strategy.plan.base_lr * task.lr_scale)
     opt = build(strategy, model, total, rules=task.rules)
     order = torch.Generator().manual_seed(seed)
     log_path = out / "metrics.jsonl"
@@ -253,6 +305,12 @@ def train_task(task: Task, strategy: Strategy, seed: int, out: str | Path, epoch
         def write(rec: dict) -> None:
             log.write(json.dumps(rec) + "\n")
             log.flush()
+
+        def eval_now() -> tuple[float, float]:
+            ev_loss, acc = evaluate(task, model, split.x_test, split.y_test)
+            write({"kind": "eval", "step": step, "eval_loss": ev_loss if math.isfinite(ev_loss) else None,
+                   "accuracy": acc, "wall_s": time.perf_counter() - t0})
+            return ev_loss, acc
 
         step, loss = 0, math.nan
         while step < total:
@@ -264,7 +322,7 @@ def train_task(task: Task, strategy: Strategy, seed: int, out: str | Path, epoch
                 xb, yb = split.x_train[idx], split.y_train[idx]
 
                 def loss_and_backward() -> torch.Tensor:
-                    value = F.cross_entropy(model(xb), yb)
+                    value = loss_and_hits(task, model, xb, yb)[0]
                     value.backward()
                     return value
 
@@ -275,8 +333,9 @@ def train_task(task: Task, strategy: Strategy, seed: int, out: str | Path, epoch
                     raise Diverged(f"training loss {loss} at step {step}")
                 if step % TRAIN_LOG_EVERY == 0 or step == total:
                     write({"kind": "train", "step": step, "loss": loss, "lr": opt.scheduler.get_last_lr()[0]})
-            ev_loss, acc = evaluate(model, split.x_test, split.y_test)
-            write({"kind": "eval", "step": step, "eval_loss": ev_loss if math.isfinite(ev_loss) else None,
-                   "accuracy": acc, "wall_s": time.perf_counter() - t0})
+                if task.eval_every and step % task.eval_every == 0 and step < total:
+                    eval_now()
+            if not task.eval_every or step == total:
+                ev_loss, acc = eval_now()
         os.fsync(log.fileno())
     return TaskResult(step, total, loss, ev_loss, acc, time.perf_counter() - t0)

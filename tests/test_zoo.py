@@ -374,7 +374,7 @@ def test_zoo_cli_list_and_errors(capsys):
 
 
 def test_tasks_list_is_what_the_docs_say():
-    assert set(TASKS) == {"gauss", "digits", "gcide-pos", "shakespeare-genre"} and math.isclose(TASKS["gauss"].target, 0.9)
+    assert set(TASKS) == {"gauss", "digits", "gcide-pos", "shakespeare-genre", "lm"} and math.isclose(TASKS["gauss"].target, 0.9)
 
 
 def test_a_fine_tuning_strategy_is_not_applicable_to_a_task_without_an_encoder(tmp_path):
@@ -383,3 +383,22 @@ def test_a_fine_tuning_strategy_is_not_applicable_to_a_task_without_an_encoder(t
     assert c.status == "n/a" and not list((tmp_path / "runs").glob("gauss-lora-*"))
     report = (tmp_path / "report.md").read_text()
     assert "| LoRA | 5 | n/a |" in report and "only gcide-pos" in listing()
+
+
+def test_the_lm_task_is_the_ladder_s_smallest_rung_at_its_horizon():
+    from rlrs.tasks import loss_and_hits
+    from rlrs.train import run_config, total_steps
+
+    t = TASKS["lm"]
+    split = t.load()
+    cfg = run_config("ladder-xs-dense")
+    assert t.steps(split) == total_steps(cfg)  # one epoch of windows is the 20-tokens-per-parameter run
+    assert split.x_train.shape[1] == cfg.model.seq_len + 1
+    torch.manual_seed(0)
+    model = t.model()
+    loss, hits, n = loss_and_hits(t, model, split.x_test[:2], split.y_test[:2])
+    assert n == 2 * cfg.model.seq_len and 0 <= hits <= n
+    assert abs(float(loss) - math.log(cfg.model.vocab_size)) < 1.0  # an untrained model: about ln(vocab)
+    b = S.build(S.get("rlrs").with_base_lr(1e-2), model, 10, rules=t.rules)
+    comps = {g["component"] for g in b.optimizer.param_groups}
+    assert {"embedding", "attention", "feedforward"} <= {c for x in comps for c in x.split("+")}
