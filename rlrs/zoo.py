@@ -70,6 +70,7 @@ class Cell:
     wall_s: float
     errors: list[str] = field(default_factory=list)
     applicable: bool = True  # False: the strategy does not apply to the task (no runs)
+    runs: list[str] = field(default_factory=list)  # the finished runs' directories
 
     @property
     def status(self) -> str:
@@ -130,6 +131,9 @@ def run_zoo(tasks: Sequence[str], strategies: Sequence[str], out: str | Path, se
                 jobs.append(Job(spec, run_dir(out / "runs", spec), label=f"{task} {name} seed {seed}"))
     if log:
         log(f"rlrs zoo: {len(strategies)} strategies x {len(tasks)} tasks x {seeds} seeds -> {out}")
+    for task in tasks:  # downloads and token caches once, here, not by every worker at once
+        if TASKS[task].fetch is not None:
+            TASKS[task].fetch()
     results = run_all(jobs, workers, log)
     cells = []
     for task in tasks:
@@ -157,7 +161,8 @@ def run_zoo(tasks: Sequence[str], strategies: Sequence[str], out: str | Path, se
                 sum(r.status == "failed" for _, r in mine), am, asd, lm, lsd, target, len(reach_steps),
                 _mean_std(reach_steps)[0], _mean_std(reach_s)[0],
                 float(np.mean([r.wall_s for r in done])) if done else 0.0,
-                [f"seed {j.spec.seed}: {r.headline()}" for j, r in mine if r.status not in ("finished",)]))
+                [f"seed {j.spec.seed}: {r.headline()}" for j, r in mine if r.status not in ("finished",)],
+                runs=[str(r.out) for r in done]))
     res = ZooResult(out, tasks, strategies, seeds, epochs, cells, time.perf_counter() - t0)
     write_outputs(res)
     return res
@@ -232,7 +237,7 @@ def _plot(res: ZooResult) -> Path | None:
     fig, axes = plt.subplots(1, len(res.tasks), figsize=(6 * len(res.tasks), 4.5), squeeze=False)
     for ax, t in zip(axes[0], res.tasks):
         for s in res.strategies:
-            curves = [eval_curve(d, "accuracy") for d in sorted((res.out / "runs").glob(f"{t}-{s}-*"))]
+            curves = [eval_curve(Path(d), "accuracy") for d in res.cell(s, t).runs]
             curves = [c for c in curves if c[0]]
             if not curves:
                 continue

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -350,6 +351,7 @@ def test_zoo_runs_strategies_x_tasks_x_seeds_and_reuses_them(tmp_path, monkeypat
                                                            ("boom", "diverged")}
     c = res.cell("adamw", "gauss")
     assert c.finished == 2 and 0.1 < c.accuracy_mean <= 1 and c.accuracy_std >= 0 and c.loss_mean > 0
+    assert len(c.runs) == 2 and {Path(r).parent for r in c.runs} == {tmp_path / "runs"}  # its own runs only
     assert res.cell("boom", "gauss").diverged == 2 and res.cell("boom", "gauss").accuracy_mean is None
     doc = json.loads((tmp_path / "results.json").read_text())
     assert len(doc["cells"]) == 3 and doc["seeds"] == 2
