@@ -175,8 +175,10 @@ class TaskRun:
         return f"{self.task}-{self.strategy.name}"
 
     def identity(self) -> dict[str, Any]:
-        return {"task": self.task, "strategy": _config.identity(self.strategy), "seed": self.seed,
-                "epochs": self.epochs}
+        t = get_task(self.task)  # its training settings too: changing one must not reuse old runs
+        setup = {"epochs": self.epochs or t.epochs, "batch_size": t.batch_size, "lr_scale": t.lr_scale,
+                 "eval_every": t.eval_every}
+        return {"task": self.task, "setup": setup, "strategy": _config.identity(self.strategy), "seed": self.seed}
 
 
 RunSpec = PresetRun | CommandRun | TaskRun

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Issue 15's benchmark: every strategy on every task, 3 seeds (seed 004's table with error bars).
+# Tasks are added one at a time, cheapest first, to one output folder: each step reruns `rlrs zoo`
+# on every task so far (their runs are reused), so results.json and report.md always hold the
+# cross-task table of what is measured, and a killed chain resumes where it stopped.
+# Run it from a snapshot of the code (the pool's workers import rlrs afresh):
+#   git worktree add --detach /tmp/rlrs-bench HEAD
+#   PYTHONPATH=/tmp/rlrs-bench nohup /tmp/rlrs-bench/benchmarks/zoo.sh $PWD/bench/zoo $PWD/benchmarks/results/zoo \
+#     > bench/zoo.log 2>&1 &
+set -euo pipefail
+OUT=${1:-bench/zoo}
+KEEP=${2:-benchmarks/results/zoo}
+TASKS=${TASKS:-gauss digits lm gcide-pos shakespeare-genre}
+cd "$(dirname "$0")/.."
+mkdir -p "$KEEP"
+done_tasks=""
+for task in $TASKS; do
+  done_tasks="${done_tasks:+$done_tasks,}$task"
+  echo "== $(date +%H:%M:%S) $done_tasks"
+  # Exit status 1 means some run crashed: it is in the report; the chain goes on.
+  python -m rlrs zoo --task "$done_tasks" --strategies all --seeds 3 --workers 2 --out "$OUT" || echo "(some runs failed)"
+  for f in results.json report.md zoo_curves.png; do
+    if [[ -f "$OUT/$f" ]]; then cp "$OUT/$f" "$KEEP/$f"; fi
+  done
+done
+echo "zoo chain done"
