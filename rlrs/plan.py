@@ -32,8 +32,8 @@ from typing import Any, Mapping
 from . import config as _config
 from .components import COMPONENTS
 from .config import ConfigError
-from .schedules import (Constant, Cosine, CosineRestarts, DecayAway, ExpRecovery, Linear, Product, Schedule,
-                        stable_then_decay, warmup_then)
+from .schedules import (Constant, Cosine, DecayAway, ExpRecovery, Linear, Product, Schedule,
+                        cosine_restarts, stable_then_decay, warmup_then)
 
 SHAPES = ("cosine", "linear", "constant", "wsd", "sgdr")
 """Schedule shapes after warmup: the paper's ``cosine``; ``linear`` decay; ``constant`` (holds
@@ -299,7 +299,7 @@ def _build(plan: Plan, c: ComponentPlan, total_steps: int) -> Schedule:
     elif c.shape == "constant":
         after = Constant(c.start)
     elif c.shape == "sgdr":
-        after = CosineRestarts(c.start, end, max(1, round(plan.sgdr_first * decay_steps)), plan.sgdr_mult)
+        after = cosine_restarts(c.start, end, max(1, round(plan.sgdr_first * decay_steps)), plan.sgdr_mult, decay_steps)
     else:  # wsd
         tail = max(1, min(decay_steps, round(plan.wsd_decay * total_steps)))
         after = stable_then_decay(c.start, decay_steps - tail, Linear(c.start, end, tail))

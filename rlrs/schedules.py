@@ -151,27 +151,31 @@ class ExpRecovery:
         return self.m ** -(self.a ** max(step, 0))
 
 
-@dataclass(frozen=True)
-class CosineRestarts:
-    """SGDR (Loshchilov and Hutter, 2017): cosine from ``start`` to ``end`` over ``first`` steps,
-    then again from ``start`` over ``first·mult`` steps, and so on (cycle ``i`` lasts
-    ``round(first·multⁱ)`` steps, at least 1). The step that ends a cycle is the next one's start.
+def cosine_restarts(start: float, end: float, first: int, mult: float, steps: int) -> Schedule:
+    """SGDR (Loshchilov and Hutter, 2017) over ``steps`` steps, as :class:`Cosine` pieces joined:
+    cosine from ``start`` to ``end`` over ``first`` steps, then again over ``first·mult`` steps,
+    and so on (cycle ``i`` lasts ``round(first·multⁱ)`` steps, at least 1). The last cycle is the
+    one after which the next would not fit whole; it runs to ``steps``, so training ends at
+    ``end``, never right after a restart.
 
-        >>> s = CosineRestarts(1.0, 0.1, first=10, mult=2.0)
-        >>> s(0), s(5), s(10), s(20), s(30)
-        (1.0, 0.55, 1.0, 0.55, 1.0)
+        >>> s = cosine_restarts(1.0, 0.1, first=10, mult=2.0, steps=70)
+        >>> s(0), s(5), s(10), s(20), s(30), s(70)
+        (1.0, 0.55, 1.0, 0.55, 1.0, 0.1)
+        >>> cosine_restarts(1.0, 0.1, first=10, mult=2.0, steps=75)(75)  # 5 steps spare: the last cycle takes them
+        0.1
     """
-
-    start: float
-    end: float
-    first: int
-    mult: float = 2.0
-
-    def __call__(self, step: int) -> float:
-        t, i = max(step, 0), 0
-        while t >= (length := max(1, round(self.first * self.mult**i))):
-            t, i = t - length, i + 1
-        return self.end + 0.5 * (self.start - self.end) * (1.0 + math.cos(math.pi * t / length))
+    lengths, begin, i = [], 0, 0
+    while True:
+        length = max(1, round(first * mult**i))
+        following = max(1, round(first * mult ** (i + 1)))
+        if begin + length + following > steps:  # the next cycle would not fit: this one is the last
+            lengths.append(max(1, steps - begin))
+            break
+        lengths.append(length)
+        begin, i = begin + length, i + 1
+    bounds = tuple(int(sum(lengths[: k + 1])) for k in range(len(lengths) - 1))
+    pieces = tuple(Cosine(start, end, n) for n in lengths)
+    return pieces[0] if len(pieces) == 1 else Join(pieces, bounds)
 
 
 def warmup_then(peak: float, warmup_steps: int, then: Schedule, start: float = 0.0) -> Schedule:

@@ -29,6 +29,7 @@ layer to ``embedding``, its output layer to ``unembedding`` and the rest to ``fe
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -96,6 +97,9 @@ class Strategy:
         return self.tasks is None or task in self.tasks
 
     def __post_init__(self) -> None:
+        if self.grokfast is not None and self.sam_rho is not None:
+            raise ConfigError(f"strategy {self.name}: grokfast with sam_rho would filter each step's gradients twice "
+                              "(SAM computes them twice); choose one")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer: {self.optimizer!r} is unknown; {_config.closest(self.optimizer, OPTIMIZERS)}")
         if self.generation not in GENERATIONS:
@@ -166,8 +170,11 @@ def _registry() -> dict[str, Strategy]:
                  _uniform(0.03, warmup=0.05, **cos), (("momentum", 0.9), ("alpha", 0.6))),
         Strategy("dals-fast", "DALS-Fast", 5, "seed 004 (arXiv 2604.27295)", "dals",
                  _uniform(0.05, warmup=0.02, **cos), (("momentum", 0.85), ("alpha", 0.6), ("fast", True))),
+        # Seed 004's restarts every 10, 20, 40 epochs of 80: here 1/7, 2/7, 4/7 of the steps
+        # after warmup, on every task (the same proportions, three whole cycles). Its L2 decay
+        # covers every tensor, biases too.
         Strategy("dals-acc", "DALS-Acc", 5, "seed 004 (arXiv 2604.27295)", "dals",
-                 _uniform(0.03, warmup=0.05, shape="sgdr", final_fraction=FINAL, weight_decay=5e-4),
+                 _uniform(0.03, warmup=0.05, shape="sgdr", final_fraction=FINAL, weight_decay=5e-4, decay_1d=True),
                  (("momentum", 0.9), ("alpha", 0.7))),
         # Beyond seed 004's list: the RLRS paper's baseline and method, and LLRD.
         Strategy("adamw-cosine", "AdamW, cosine (RLRS's baseline)", 2, "Ludziejewski et al. 2025 (uniform λ)",
@@ -263,6 +270,12 @@ def build(strategy: Strategy, model: nn.Module, total_steps: int, rules: Sequenc
         groups = _split_by(groups, depth_fractions(model), model, "depth_fraction")
     cls = _optimizer_class(strategy.optimizer)
     kw = dict(strategy.options)
+    accepted = inspect.signature(cls).parameters
+    for key in kw:
+        if key not in accepted or key in ("params", "lr", "weight_decay"):
+            valid = [k for k in accepted if k not in ("params", "lr", "weight_decay", "kwargs")]
+            raise ConfigError(f"strategy {strategy.name}: options.{key} is not an option of {cls.__name__} "
+                              f"(lr and weight_decay come from the plan); {_config.closest(key, valid)}")
     if strategy.sam_rho is not None:
         opt: torch.optim.Optimizer = _po().SAM(groups, cls, rho=strategy.sam_rho, **kw)
     else:

@@ -17,8 +17,9 @@
 - ``lm``: pretraining ``ladder-xs-dense`` on Shakespeare for its 20-tokens-per-parameter horizon,
   next-token accuracy on held-out plays; every strategy's η × 10 (:attr:`Task.lr_scale`).
 
-A classifier's input layer follows the ``embedding`` schedule, its head ``unembedding`` and the
-rest ``feedforward`` (:data:`CLASSIFIER_RULES`): the nearest analogue of a Transformer's parts.
+A classifier's input layer follows the ``embedding`` schedule, its output layer (the head, the
+last of its numbered ``layers``, so depth factors count it) ``unembedding`` and the rest
+``feedforward`` (:func:`classifier_rules`): the nearest analogue of a Transformer's parts.
 The encoder's parts are found as for any Transformer; only its new head needs a rule.
 
 :func:`train_task` trains one (task, strategy, seed) into a run directory: ``metrics.jsonl`` holds
@@ -46,7 +47,9 @@ from . import config as _config
 from .config import ConfigError
 from .strategies import Strategy, build
 
-CLASSIFIER_RULES = ((r"^layers\.0\.", "embedding"), (r"^head\.", "unembedding"), (r".", "feedforward"))
+def classifier_rules(n_layers: int) -> tuple[tuple[str, str], ...]:
+    """Component rules of a classifier with numbered ``layers`` (the last one its head)."""
+    return ((r"^layers\.0\.", "embedding"), (rf"^layers\.{n_layers - 1}\.", "unembedding"), (r".", "feedforward"))
 TRAIN_LOG_EVERY = 10  # steps between train-loss records
 
 
@@ -71,11 +74,16 @@ class Task:
     epochs: int
     batch_size: int
     target: float  # the accuracy a "time to target" is measured to
-    rules: tuple[tuple[str, str], ...] = CLASSIFIER_RULES  # (regex, component) for the model's parameters
+    rules: tuple[tuple[str, str], ...]  # (regex, component) rules for the model's parameters
     objective: str = "classify"  # or "lm": x holds token windows, the metric is next-token accuracy
     eval_every: int | None = None  # steps between evals (default: after every epoch)
     lr_scale: float = 1.0  # every strategy's η times this on this task (see TASKS)
-    fetch: Callable[[], object] | None = None  # what to download or prepare once, before parallel runs
+    fetch: Callable[[], None] | None = None  # what to download or prepare once, before parallel runs
+    version: int = 1  # bump when the data or the model change: old runs are then not reused
+
+    def strategy_for(self, strategy: Strategy) -> Strategy:
+        """``strategy`` as this task trains it (its η times :attr:`lr_scale`)."""
+        return strategy if self.lr_scale == 1.0 else strategy.with_base_lr(strategy.plan.base_lr * self.lr_scale)
     metric: str = "accuracy"
 
     def steps(self, split: Split, epochs: int | None = None) -> int:
@@ -123,41 +131,43 @@ def digits(seed: int = 0, test_fraction: float = 0.2) -> Split:
 
 
 class MLP(nn.Module):
-    """``layers`` (input layer first, numbered for depth factors) then ``head``, ReLU between."""
+    """Linear ``layers`` with ReLU between, numbered from the input (for depth factors); the
+    last is the head."""
 
-    def __init__(self, sizes: tuple[int, ...] = (64, 128, 128), classes: int = 10):
+    def __init__(self, sizes: tuple[int, ...] = (64, 128, 128, 10)):
         super().__init__()
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
-        self.head = nn.Linear(sizes[-1], classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
+        for layer in self.layers[:-1]:
             x = F.relu(layer(x))
-        return self.head(x)
+        return self.layers[-1](x)
 
 
 class ConvNet(nn.Module):
-    """Three 3×3 convolutions (the last two followed by 2×2 max-pooling) and a linear ``head``."""
+    """``layers``: three 3×3 convolutions (the last two followed by 2×2 max-pooling), then the
+    linear head."""
 
     def __init__(self, channels: tuple[int, ...] = (1, 16, 32, 32), size: int = 8, classes: int = 10):
         super().__init__()
-        self.layers = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip(channels, channels[1:]))
-        self.head = nn.Linear(channels[-1] * (size // 4) ** 2, classes)
+        convs = [nn.Conv2d(a, b, 3, padding=1) for a, b in zip(channels, channels[1:])]
+        self.layers = nn.ModuleList([*convs, nn.Linear(channels[-1] * (size // 4) ** 2, classes)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i, layer in enumerate(self.layers):
+        convs = len(self.layers) - 1
+        for i, layer in enumerate(self.layers[:-1]):
             x = F.relu(layer(x))
-            if i >= len(self.layers) - 2:
+            if i >= convs - 2:
                 x = F.max_pool2d(x, 2)
-        return self.head(x.flatten(1))
+        return self.layers[-1](x.flatten(1))
 
 
 def _text(load) -> Callable[[], Split]:
     def split() -> Split:
         from .finetune import tokenize
 
-        x_train, y_train, x_test, y_test = load()
-        return Split(tokenize(x_train), torch.tensor(y_train), tokenize(x_test), torch.tensor(y_test))
+        t = load()
+        return Split(tokenize(t.x_train), torch.tensor(t.y_train), tokenize(t.x_test), torch.tensor(t.y_test))
 
     return split
 
@@ -208,17 +218,17 @@ def _lm_split() -> Split:
     return Split(x_train, torch.zeros(n, dtype=torch.int64), x_test, torch.zeros(LM_EVAL_WINDOWS, dtype=torch.int64))
 
 
-def _lm_fetch() -> object:
+def _lm_fetch() -> None:
     from .data import prepare
     from .train import run_config
 
-    return prepare(run_config(LM_PRESET).data)
+    prepare(run_config(LM_PRESET).data)
 
 
-def _minilm_fetch() -> object:
+def _minilm_fetch() -> None:
     from .finetune import minilm_dir
 
-    return minilm_dir()
+    minilm_dir()
 
 
 def _lm_model() -> nn.Module:
@@ -243,9 +253,9 @@ TASKS: dict[str, Task] = {
     t.name: t
     for t in (
         Task("gauss", "10-class Gaussian mixture in R^64 (10 informative dims), 6400/1600, MLP 64-128-128-10",
-             gauss_mixture, MLP, epochs=80, batch_size=64, target=0.9),
+             gauss_mixture, MLP, epochs=80, batch_size=64, target=0.9, rules=classifier_rules(3)),
         Task("digits", "scikit-learn digits (8x8), stratified 80/20, 3-conv ConvNet (stand-in for CIFAR-10)",
-             digits, ConvNet, epochs=50, batch_size=64, target=0.95),
+             digits, ConvNet, epochs=50, batch_size=64, target=0.95, rules=classifier_rules(4)),
         Task("gcide-pos", "GCIDE definitions by part of speech (4 classes, 2000/1000), fine-tuning MiniLM-L6",
              _gcide_pos, _minilm(4), epochs=2, batch_size=32, target=0.8, rules=ENCODER_RULES, fetch=_minilm_fetch),
         Task("shakespeare-genre", "Shakespeare speeches by genre (3 classes, 1500/750, unseen test plays), "
@@ -288,14 +298,15 @@ class TaskResult:
 
 
 def evaluate(task: Task, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> tuple[float, float]:
-    """(mean loss, accuracy) of ``model`` on ``x``, ``y``."""
+    """(mean loss, accuracy) of ``model`` on ``x``, ``y`` (in eval mode; the mode is restored)."""
+    was = model.training
     model.eval()
     loss, hits, count = 0.0, 0, 0
     with torch.no_grad():
         for i in range(0, len(y), batch):
             value, h, n = loss_and_hits(task, model, x[i:i + batch], y[i:i + batch])
             loss, hits, count = loss + float(value) * n, hits + h, count + n
-    model.train()
+    model.train(was)
     return loss / count, hits / count
 
 
@@ -307,10 +318,9 @@ def train_task(task: Task, strategy: Strategy, seed: int, out: str | Path, epoch
     split = task.load()
     torch.manual_seed(seed)
     model = task.model()
+    model.train()  # from_pretrained leaves a model in eval mode (dropout off)
     total = task.steps(split, epochs)
-    if task.lr_scale != 1.0:
-        strategy = strategy.with_base_lr(strategy.plan.base_lr * task.lr_scale)
-    opt = build(strategy, model, total, rules=task.rules)
+    opt = build(task.strategy_for(strategy), model, total, rules=task.rules)
     order = torch.Generator().manual_seed(seed)
     log_path = out / "metrics.jsonl"
     t0 = time.perf_counter()
@@ -351,5 +361,7 @@ def train_task(task: Task, strategy: Strategy, seed: int, out: str | Path, epoch
                     eval_now()
             if not task.eval_every or step == total:
                 ev_loss, acc = eval_now()
+        if not math.isfinite(ev_loss):  # the last update broke the weights: not a finished run
+            raise Diverged(f"held-out loss {ev_loss} after the last step ({step})")
         os.fsync(log.fileno())
     return TaskResult(step, total, loss, ev_loss, acc, time.perf_counter() - t0)

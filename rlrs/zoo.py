@@ -30,7 +30,7 @@ import numpy as np
 from . import config as _config
 from .analysis import first_reaching
 from .config import ConfigError
-from .engine import Job, TaskRun, eval_curve, run_all, run_dir
+from .engine import Job, TaskRun, eval_curve, reusable, run_all, run_dir
 from .options import add_workers_arg, check_workers, default_of
 from .strategies import GENERATIONS, STRATEGIES
 from .tasks import TASKS
@@ -71,6 +71,12 @@ class Cell:
     errors: list[str] = field(default_factory=list)
     applicable: bool = True  # False: the strategy does not apply to the task (no runs)
     runs: list[str] = field(default_factory=list)  # the finished runs' directories
+    accuracies: list[float] = field(default_factory=list)  # each finished seed's final accuracy
+
+    @property
+    def complete(self) -> bool:
+        """Every seed finished: only such cells are ranked against each other first."""
+        return self.applicable and self.finished == self.seeds
 
     @property
     def status(self) -> str:
@@ -94,7 +100,11 @@ class ZooResult:
     wall_s: float
 
     def cell(self, strategy: str, task: str) -> Cell:
-        return next(c for c in self.cells if c.strategy == strategy and c.task == task)
+        for c in self.cells:
+            if c.strategy == strategy and c.task == task:
+                return c
+        raise ConfigError(f"no cell for strategy {strategy!r} on task {task!r}; this result has strategies "
+                          f"{', '.join(self.strategies)} and tasks {', '.join(self.tasks)}")
 
     def to_dict(self) -> dict:
         return _config.json_safe({
@@ -105,10 +115,11 @@ class ZooResult:
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation; the deviation is ``None`` for fewer than 2 values."""
     if not values:
         return None, None
     a = np.asarray(values, dtype=float)
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+    return float(a.mean()), (float(a.std(ddof=1)) if len(a) > 1 else None)
 
 
 def run_zoo(tasks: Sequence[str], strategies: Sequence[str], out: str | Path, seeds: int = 3,
@@ -131,9 +142,17 @@ def run_zoo(tasks: Sequence[str], strategies: Sequence[str], out: str | Path, se
                 jobs.append(Job(spec, run_dir(out / "runs", spec), label=f"{task} {name} seed {seed}"))
     if log:
         log(f"rlrs zoo: {len(strategies)} strategies x {len(tasks)} tasks x {seeds} seeds -> {out}")
+    unfetched: dict[str, str] = {}
     for task in tasks:  # downloads and token caches once, here, not by every worker at once
-        if TASKS[task].fetch is not None:
-            TASKS[task].fetch()
+        todo = [j for j in jobs if j.spec.task == task and not reusable(j.out)]
+        if TASKS[task].fetch is not None and todo:
+            try:
+                TASKS[task].fetch()
+            except Exception as err:  # noqa: BLE001 - the task's cells record it; the other tasks run
+                unfetched[task] = f"{type(err).__name__}: {err}"
+                if log:
+                    log(f"rlrs zoo: task {task} cannot run: {unfetched[task]}")
+    jobs = [j for j in jobs if j.spec.task not in unfetched]
     results = run_all(jobs, workers, log)
     cells = []
     for task in tasks:
@@ -142,6 +161,10 @@ def run_zoo(tasks: Sequence[str], strategies: Sequence[str], out: str | Path, se
             if not STRATEGIES[name].applies_to(task):
                 cells.append(Cell(name, task, seeds, 0, 0, 0, None, None, None, None, target, 0, None, None, 0.0,
                                   applicable=False))
+                continue
+            if task in unfetched:
+                cells.append(Cell(name, task, seeds, 0, 0, seeds, None, None, None, None, target, 0, None, None, 0.0,
+                                  errors=[unfetched[task]]))
                 continue
             mine = [(j, r) for j, r in zip(jobs, results) if j.spec.task == task and j.spec.strategy.name == name]
             done = [r for _, r in mine if r.status == "finished"]
@@ -162,7 +185,7 @@ def run_zoo(tasks: Sequence[str], strategies: Sequence[str], out: str | Path, se
                 _mean_std(reach_steps)[0], _mean_std(reach_s)[0],
                 float(np.mean([r.wall_s for r in done])) if done else 0.0,
                 [f"seed {j.spec.seed}: {r.headline()}" for j, r in mine if r.status not in ("finished",)],
-                runs=[str(r.out) for r in done]))
+                runs=[str(r.out) for r in done], accuracies=accs))
     res = ZooResult(out, tasks, strategies, seeds, epochs, cells, time.perf_counter() - t0)
     write_outputs(res)
     return res
@@ -178,15 +201,16 @@ def write_outputs(res: ZooResult) -> None:
 def _acc(c: Cell) -> str:
     if c.accuracy_mean is None:
         return c.status
-    s = f"{100 * c.accuracy_mean:.1f} ± {100 * c.accuracy_std:.1f}"
-    return s + (f" ({c.status}: {c.finished}/{c.seeds})" if c.finished < c.seeds else "")
+    spread = "n=1" if c.accuracy_std is None else f"± {100 * c.accuracy_std:.1f}"
+    s = f"{100 * c.accuracy_mean:.1f} {spread}"
+    return s + (f" ({c.status}: {c.finished}/{c.seeds} finished)" if c.finished < c.seeds else "")
 
 
 def ranks(res: ZooResult, task: str) -> dict[str, int]:
-    """Each applicable strategy's rank on ``task`` by mean accuracy (1 = best; strategies without
-    an accuracy, diverged or failed, last)."""
+    """Each applicable strategy's rank on ``task`` by mean accuracy (1 = best). Cells where some
+    seed diverged or failed rank after every complete cell, whatever their survivors scored."""
     cells = sorted((c for s in res.strategies if (c := res.cell(s, task)).applicable),
-                   key=lambda c: -(c.accuracy_mean if c.accuracy_mean is not None else -1.0))
+                   key=lambda c: (not c.complete, -(c.accuracy_mean if c.accuracy_mean is not None else -1.0)))
     return {c.strategy: i + 1 for i, c in enumerate(cells)}
 
 
@@ -196,7 +220,9 @@ def report(res: ZooResult, png: Path | None) -> str:
     lines = [
         "# rlrs zoo", "",
         f"{len(res.strategies)} strategies × {len(res.tasks)} tasks × {res.seeds} seeds; final test accuracy "
-        f"(%, mean ± std over seeds) and rank per task. Wall time {res.wall_s:.0f} s.", "",
+        f"(%, mean ± std over seeds) and rank per task; a cell where a seed diverged or failed ranks "
+        f"after the complete ones. The mean rank is over the tasks a strategy applies to (their "
+        f"number in brackets). Wall time {res.wall_s:.0f} s.", "",
         "| strategy | gen | " + " | ".join(res.tasks) + " | mean rank |",
         "|---|---|" + "---|" * len(res.tasks) + "---|",
     ]
@@ -206,7 +232,8 @@ def report(res: ZooResult, png: Path | None) -> str:
     for s in sorted(res.strategies, key=mean_rank):
         st = STRATEGIES[s]
         cols = [f"{_acc(res.cell(s, t))} (#{rk[t][s]})" if s in rk[t] else "n/a" for t in res.tasks]
-        lines.append(f"| {st.title} | {st.generation} | " + " | ".join(cols) + f" | {mean_rank(s):.1f} |")
+        n = sum(s in rk[t] for t in res.tasks)
+        lines.append(f"| {st.title} | {st.generation} | " + " | ".join(cols) + f" | {mean_rank(s):.1f} (of {n}) |")
     for t in res.tasks:
         task = TASKS[t]
         lines += ["", f"## {t}", "", task.summary, "",
@@ -214,7 +241,8 @@ def report(res: ZooResult, png: Path | None) -> str:
                   "|---|---|---|---|---|---|"]
         for s in sorted(rk[t], key=lambda s: rk[t][s]):
             c = res.cell(s, t)
-            loss = "—" if c.loss_mean is None else f"{c.loss_mean:.3f} ± {c.loss_std:.3f}"
+            loss = "—" if c.loss_mean is None else f"{c.loss_mean:.3f} " + (
+                "n=1" if c.loss_std is None else f"± {c.loss_std:.3f}")
             lines.append(f"| {STRATEGIES[s].title} | {_acc(c)} | {loss} | {c.reached}/{c.seeds} | "
                          f"{'—' if c.steps_to_target is None else f'{c.steps_to_target:.0f}'} | "
                          f"{'—' if c.seconds_to_target is None else f'{c.seconds_to_target:.1f}'} |")

@@ -24,18 +24,20 @@ def _minilm():
 
 @pytest.mark.skipif(not Path(GCIDE_PATH).is_file(), reason="dict-gcide not installed")
 def test_gcide_pos_is_balanced_disjoint_and_free_of_the_headword_markup():
-    x_train, y_train, x_test, y_test = F.gcide_pos()
+    t = F.gcide_pos()
+    x_train, y_train, x_test, y_test = t.x_train, t.y_train, t.x_test, t.y_test
     assert collections.Counter(y_train) == {i: F.POS_PER_CLASS[0] for i in range(4)}
     assert collections.Counter(y_test) == {i: F.POS_PER_CLASS[1] for i in range(4)}
     assert not set(x_train) & set(x_test)
     assert not any("\\" in x for x in x_train + x_test)  # no "Word \\Pro*nun\"ci*a*tion\\," left
     label = {text: F.POS_CLASSES.index(pos) for text, pos in F.pos_examples()}
     assert all(label[x] == y for x, y in zip(x_train + x_test, y_train + y_test))
-    assert F.gcide_pos() == (x_train, y_train, x_test, y_test)  # fixed: no seed involved
+    assert F.gcide_pos() == t  # fixed: no seed involved
 
 
 def test_shakespeare_genre_tests_on_plays_it_never_trains_on():
-    x_train, y_train, x_test, y_test = F.shakespeare_genre()
+    t = F.shakespeare_genre()
+    x_train, y_train, x_test, y_test = t.x_train, t.y_train, t.x_test, t.y_test
     assert collections.Counter(y_test) == {i: F.GENRE_PER_CLASS[1] for i in range(3)}
     assert collections.Counter(y_train) == {i: F.GENRE_PER_CLASS[0] for i in range(3)}
     play = {text: p for text, _, p in F.genre_examples()}
