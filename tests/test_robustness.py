@@ -658,17 +658,21 @@ def test_settings_added_later_keep_old_run_directories_and_checkpoints(tiny_sets
     from rlrs.engine import PresetRun, run_dir
     from rlrs.train import _same_config
 
+    import dataclasses
+
     cfg = run_config("tiny-dense", sets=tiny_sets)
     ident = identity(cfg)
-    for key in ("parametrization", "base_width"):
-        assert key not in ident["model"]
-    for key in ("width_warmup", "width_warmup_m", "depth_decay"):
-        assert key not in ident["plan"]
+    added = {section: [f.name for f in dataclasses.fields(getattr(cfg, section)) if f.metadata.get("added")]
+             for section in ("model", "plan")}
+    assert {"parametrization", "base_width"} <= set(added["model"])
+    assert {"width_warmup", "width_warmup_m", "depth_decay", "warmup_from", "sgdr_first"} <= set(added["plan"])
+    for section, keys in added.items():
+        for key in keys:
+            assert key not in ident[section]
     old = cfg.to_dict()  # as an older version wrote it: without the added keys
-    for key in ("parametrization", "base_width"):
-        old["model"].pop(key)
-    for key in ("width_warmup", "width_warmup_m", "depth_decay"):
-        old["plan"].pop(key)
+    for section, keys in added.items():
+        for key in keys:
+            old[section].pop(key)
     assert ident == old and _same_config(old, cfg)
     # A non-default value is part of the identity: another directory, another checkpoint.
     mup = replace(cfg, {"model.parametrization": "mup", "model.base_width": 32}, where="")
