@@ -10,7 +10,8 @@
 set -euo pipefail
 OUT=${1:-bench/zoo}
 KEEP=${2:-benchmarks/results/zoo}
-TASKS=${TASKS:-gauss digits lm gcide-pos shakespeare-genre}
+TASKS=${TASKS:-gauss digits lm gcide-pos shakespeare-genre}   # e.g. TASKS="gauss digits"
+# WORKERS (default 2): runs at once; 1 leaves a core to another benchmark chain.
 cd "$(dirname "$0")/.."
 mkdir -p "$KEEP"
 done_tasks=""
@@ -18,7 +19,7 @@ for task in $TASKS; do
   done_tasks="${done_tasks:+$done_tasks,}$task"
   echo "== $(date +%H:%M:%S) $done_tasks"
   # Exit status 1 means some run crashed: it is in the report; the chain goes on.
-  python -m rlrs zoo --task "$done_tasks" --strategies all --seeds 3 --workers 2 --out "$OUT" || echo "(some runs failed)"
+  python -m rlrs zoo --task "$done_tasks" --strategies all --seeds 3 --workers ${WORKERS:-2} --out "$OUT" || echo "(some runs failed)"
   for f in results.json report.md zoo_curves.png; do
     if [[ -f "$OUT/$f" ]]; then cp "$OUT/$f" "$KEEP/$f"; fi
   done
