@@ -233,7 +233,7 @@ def report(res: ZooResult, png: Path | None) -> str:
         st = STRATEGIES[s]
         cols = [f"{_acc(res.cell(s, t))} (#{rk[t][s]})" if s in rk[t] else "n/a" for t in res.tasks]
         n = sum(s in rk[t] for t in res.tasks)
-        lines.append(f"| {st.title} | {st.generation} | " + " | ".join(cols) + f" | {mean_rank(s):.1f} (of {n}) |")
+        lines.append(f"| {st.title} | {st.generation} | " + " | ".join(cols) + f" | {mean_rank(s):.1f} ({n} task{'s' * (n != 1)}) |")
     for t in res.tasks:
         task = TASKS[t]
         lines += ["", f"## {t}", "", task.summary, "",
