@@ -231,6 +231,8 @@ def report(res: ZooResult, png: Path | None) -> str:
 
     for s in sorted(res.strategies, key=mean_rank):
         st = STRATEGIES[s]
+        if not any(s in rk[t] for t in res.tasks):
+            continue  # applies to none of these tasks (the fine-tuning ones on a task without an encoder)
         cols = [f"{_acc(res.cell(s, t))} (#{rk[t][s]})" if s in rk[t] else "n/a" for t in res.tasks]
         n = sum(s in rk[t] for t in res.tasks)
         lines.append(f"| {st.title} | {st.generation} | " + " | ".join(cols) + f" | {mean_rank(s):.1f} ({n} task{'s' * (n != 1)}) |")

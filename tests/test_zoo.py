@@ -486,3 +486,12 @@ def test_a_task_run_refuses_stop_at(tmp_path):
     spec = TaskRun("gauss", S.get("adamw"), seed=0, epochs=1)
     r = execute(spec, run_dir(tmp_path, spec), stop_at=10)
     assert r.status == "failed" and "stop_at" in r.error
+
+
+def test_a_fine_tuning_strategy_is_not_applicable_to_a_task_without_an_encoder(tmp_path):
+    res = run_zoo(["gauss"], ["adamw", "lora"], tmp_path, seeds=1, epochs=1, workers=1, log=None)
+    c = res.cell("lora", "gauss")
+    assert c.status == "n/a" and not list((tmp_path / "runs").glob("gauss-lora-*"))
+    report = (tmp_path / "report.md").read_text()
+    assert "| AdamW |" in report and "| LoRA |" not in report  # left out where it applies to no task
+    assert "only gcide-pos" in listing()
