@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .config import ConfigError
-from .optim import LAYER_PATTERN
+from .optim import layer_numbers
 
 EMA = 0.95  # the loss average's memory
 FAST, SLOW = 0.01, 0.002  # progress thresholds between phases 0/1 and 1/2
@@ -54,15 +54,10 @@ def depth_fractions(model: nn.Module) -> dict[str, float]:
         >>> {n: d for n, d in depth_fractions(m).items() if n.endswith("weight")}
         {'layers.0.weight': 0.0, 'layers.1.weight': 0.5, 'layers.2.weight': 1.0}
     """
-    names = [n for n, _ in model.named_parameters()]
-    layer = {n: int(m.group(1)) for n in names if (m := LAYER_PATTERN.search(n))}
-    if not layer:
-        raise ConfigError(f"DALS: {type(model).__name__} has no numbered layers (layers.N, blocks.N, h.N) to "
-                          "blend gradients by depth; name its layers so")
-    top = max(layer.values())
-    first = min(i for i, n in enumerate(names) if n in layer)
-    return {n: (layer[n] / top if top else 1.0) if n in layer else (0.0 if i < first else 1.0)
-            for i, n in enumerate(names)}
+    layer, n_layers = layer_numbers(model, "DALS", "name its layers so (its gradient blend goes by depth)")
+    if n_layers == 1:
+        return {n: 0.0 if l < 0 else 1.0 for n, l in layer.items()}
+    return {n: max(l, 0) / (n_layers - 1) for n, l in layer.items()}
 
 
 class DALS(torch.optim.Optimizer):

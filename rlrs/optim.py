@@ -181,14 +181,22 @@ def layer_depths(model: nn.Module) -> dict[str, int]:
         >>> d["embed.weight"], d["blocks.0.attn.qkv.weight"], d["blocks.1.mlp.up.weight"], d["unembed.weight"]
         (2, 1, 0, 0)
     """
+    layer, n_layers = layer_numbers(model, "plan.depth_decay", "unset depth_decay for this model")
+    return {n: n_layers - 1 - l for n, l in layer.items()}
+
+
+def layer_numbers(model: nn.Module, what: str, fix: str) -> tuple[dict[str, int], int]:
+    """Each parameter's Transformer layer ``l`` (by name, see :data:`LAYER_PATTERN`) and the
+    number of layers ``L``: parameters before the first layer get ``−1``, after the last ``L − 1``.
+    ``what`` and ``fix`` word the error for a model without numbered layers."""
     names = [n for n, _ in model.named_parameters()]
     layer = {n: int(m.group(1)) for n in names if (m := LAYER_PATTERN.search(n))}
     if not layer:
-        raise ConfigError(f"plan.depth_decay: {type(model).__name__} has no numbered layers (layers.N, blocks.N, h.N) "
-                          "to count depth by; unset depth_decay for this model")
+        raise ConfigError(f"{what}: {type(model).__name__} has no numbered layers (layers.N, blocks.N, h.N) "
+                          f"to count depth by; {fix}")
     n_layers = max(layer.values()) + 1
     first = min(i for i, n in enumerate(names) if n in layer)
-    return {n: n_layers - 1 - layer[n] if n in layer else (n_layers if i < first else 0) for i, n in enumerate(names)}
+    return {n: layer.get(n, -1 if i < first else n_layers - 1) for i, n in enumerate(names)}, n_layers
 
 
 # PEFT names LoRA's up-projection "lora_B" (and "lora_embedding_B" for embeddings): LoRA+ speeds it up.

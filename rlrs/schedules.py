@@ -26,6 +26,7 @@ Imports only the standard library: it belongs to the core.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -173,7 +174,7 @@ def cosine_restarts(start: float, end: float, first: int, mult: float, steps: in
             break
         lengths.append(length)
         begin, i = begin + length, i + 1
-    bounds = tuple(int(sum(lengths[: k + 1])) for k in range(len(lengths) - 1))
+    bounds = tuple(itertools.accumulate(lengths[:-1]))
     pieces = tuple(Cosine(start, end, n) for n in lengths)
     return pieces[0] if len(pieces) == 1 else Join(pieces, bounds)
 

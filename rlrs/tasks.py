@@ -2,8 +2,8 @@
 
     >>> from rlrs.tasks import TASKS
     >>> t = TASKS["gauss"]
-    >>> t.metric, t.epochs, t.batch_size
-    ('accuracy', 80, 64)
+    >>> t.target, t.epochs, t.batch_size   # every task is scored by test accuracy
+    (0.94, 80, 64)
 
 - ``gauss``: seed 004's synthetic task. A 10-class Gaussian mixture in 64 dimensions (10
   informative, 54 noise), 6400/1600 examples (balanced), a 4-layer MLP 64→128→128→10, 80 epochs,
@@ -84,7 +84,6 @@ class Task:
     def strategy_for(self, strategy: Strategy) -> Strategy:
         """``strategy`` as this task trains it (its η times :attr:`lr_scale`)."""
         return strategy if self.lr_scale == 1.0 else strategy.with_base_lr(strategy.plan.base_lr * self.lr_scale)
-    metric: str = "accuracy"
 
     def steps(self, split: Split, epochs: int | None = None) -> int:
         per_epoch = math.ceil(len(split.y_train) / self.batch_size)
@@ -162,26 +161,22 @@ class ConvNet(nn.Module):
         return self.layers[-1](x.flatten(1))
 
 
-def _text(load) -> Callable[[], Split]:
-    def split() -> Split:
-        from .finetune import tokenize
+def _tokenized(t) -> Split:
+    from .finetune import tokenize
 
-        t = load()
-        return Split(tokenize(t.x_train), torch.tensor(t.y_train), tokenize(t.x_test), torch.tensor(t.y_test))
-
-    return split
+    return Split(tokenize(t.x_train), torch.tensor(t.y_train), tokenize(t.x_test), torch.tensor(t.y_test))
 
 
 def _gcide_pos() -> Split:
     from .finetune import gcide_pos
 
-    return _text(gcide_pos)()
+    return _tokenized(gcide_pos())
 
 
 def _shakespeare_genre() -> Split:
     from .finetune import shakespeare_genre
 
-    return _text(shakespeare_genre)()
+    return _tokenized(shakespeare_genre())
 
 
 def _minilm(classes: int) -> Callable[[], nn.Module]:
