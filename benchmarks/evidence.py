@@ -124,7 +124,7 @@ def plan_files(family: str, rung: str, out: Path, centres: dict[str, float], arm
 
 
 def run_ladder(out: Path, families: list[str], rungs: list[str], workers: int, arms: tuple[str, ...] | None = None,
-               write: bool = True) -> None:
+               write: bool = True, points: int = 3) -> None:
     for family in families:
         for rung in rungs:
             preset = rung_preset(family, rung)
@@ -137,7 +137,7 @@ def run_ladder(out: Path, families: list[str], rungs: list[str], workers: int, a
             if not (d / "environment.json").exists():  # the machine that trains this rung
                 atomic_write_text(d / "environment.json", json.dumps(environment(), indent=1) + "\n")
             print(f"== {datetime.datetime.now():%H:%M:%S} lr-grid {preset}", flush=True)
-            grid = lr_grid(preset, files, d, sets=SETS, workers=workers, points=3, extend=EXTEND)
+            grid = lr_grid(preset, files, d, sets=SETS, workers=workers, points=points, extend=EXTEND)
             best = dict(grid.best)
             print(f"== {datetime.datetime.now():%H:%M:%S} compare {preset} at {best}", flush=True)
             compare(preset, files, SEEDS, d, sets=SETS, base_lrs=best, workers=workers)
@@ -252,12 +252,21 @@ def rows_for(out: Path, family: str, rung: str) -> list[dict]:
     return rows
 
 
+def _row_order(row: dict) -> tuple:
+    # Rungs smallest first, MoE before dense (the paper's headline), arms in ARMS order.
+    family, rung = next((f, RUNGS[i]) for f, names in LADDER.items() for i, n in enumerate(names) if n == row["model"])
+    arm = row["arm"].rsplit("-", 1)[0]
+    return (RUNGS.index(rung), list(LADDER).index(family) if family != "moe" else -1,
+            ARMS.index(arm) if arm in ARMS else len(ARMS))
+
+
 def write_rows(out: Path) -> Path:
     """Rebuild ``benchmarks/results/evidence.json`` from every finished result under ``out``."""
     rows = [r for family in LADDER for rung in RUNGS for r in rows_for(out, family, rung)]
     if EVIDENCE.exists():  # keep rows measured elsewhere (a GPU's rung) that ``out`` does not hold
         mine = {(r["model"], r["arm"]) for r in rows}
         rows += [r for r in json.loads(EVIDENCE.read_text())["rows"] if (r["model"], r["arm"]) not in mine]
+    rows.sort(key=_row_order)
     tuners = out / "tuners.json"
     old = json.loads(EVIDENCE.read_text()).get("tuners") if EVIDENCE.exists() else None
     doc = {
@@ -368,8 +377,8 @@ def tables(out: Path) -> str:
     rows = json.loads(EVIDENCE.read_text())["rows"] if EVIDENCE.exists() else []
     if rows:
         lines += ["| model | kind | arm | active params | steps | η_base (interior) | baseline η_base (interior) | "
-                  "final loss: arm / baseline | paired diff ± std | speed-up | 95% interval |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "final loss: arm / baseline | paired diff ± std | speed-up | 95% interval | trained on |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             ci = r["speedup_ci95"] or [None, None]
             ratio = f" ({r['size_ratio']:g}× source)" if r["size_ratio"] else ""
@@ -380,7 +389,7 @@ def tables(out: Path) -> str:
                 f"{r['baseline_base_lr']:g} ({'yes' if r['baseline_base_lr_interior'] else 'edge'}) | "
                 f"{_f(r['final_loss'])} / {_f(r['baseline_final_loss'])} | "
                 f"{_f(r['loss_difference'], '+.4f')} ± {_f(r['loss_difference_std'])} | "
-                f"**{_pct(r['speedup'])}** | [{_pct(ci[0])}, {_pct(ci[1])}] |")
+                f"**{_pct(r['speedup'])}** | [{_pct(ci[0])}, {_pct(ci[1])}] | {_machine(r)} |")
     tuners = out / "tuners.json"
     if tuners.exists():
         for family, fam in json.loads(tuners.read_text()).items():
@@ -413,6 +422,14 @@ def tables(out: Path) -> str:
     return "\n".join(lines)
 
 
+def _machine(row: dict) -> str:
+    m = row.get("machine") or "-"
+    if not m.endswith("no GPU"):
+        return m
+    t = row.get("threads")
+    return f"CPU, {t} thread{'' if t == 1 else 's'} a run"
+
+
 def _f(x, fmt: str = ".4f") -> str:
     return "-" if x is None else format(x, fmt)
 
@@ -428,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a run setting for every run, e.g. train.precision=bf16 (GPU)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--points", type=int, default=3,
+                   help="ladder: the first grid's values per arm; a GPU running many runs at once can afford 5, "
+                        "which saves rounds of edge extension")
     p.add_argument("--budget", type=int, default=30, help="tune: evaluations per search")
     p.add_argument("--no-rows", action="store_true", help="do not rewrite benchmarks/results/evidence.json (checks)")
     args = p.parse_args(argv)
@@ -448,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         if r not in RUNGS:
             p.error(f"--rungs: {r!r} is not one of {', '.join(RUNGS)}")
     if args.stage == "ladder":
-        run_ladder(out, families, rungs, args.workers, arms, write=not args.no_rows)
+        run_ladder(out, families, rungs, args.workers, arms, write=not args.no_rows, points=args.points)
     elif args.stage == "tune":
         from tuners import run_tuners  # benchmarks/tuners.py
 

