@@ -20,6 +20,9 @@ $E ablate --out "$OUT"                        # table 6 (leave-one-out) on the s
 # the smaller rungs, is measured up to ladder-s. ARMS_M=paper,tuned,blockwise adds it back.
 $E ladder --out "$OUT" --rungs s --families moe                           # transfer to 3.4x
 $E ladder --out "$OUT" --rungs m --families moe --arms "${ARMS_M:-paper,tuned}"    # transfer to 10x
-$E ladder --out "$OUT" --rungs s --families dense
+# ladder-s-dense was measured on a GPU lease (benchmarks/gpu_ladder.sh, DENSE_RUNGS=s: the same
+# runs in fp32); its rows in evidence.json give ladder-m-dense its grid centres. SDENSE_CPU=1
+# measures it here as well (this out's rows then replace the GPU's).
+if [ "${SDENSE_CPU:-0}" = 1 ]; then $E ladder --out "$OUT" --rungs s --families dense; fi
 $E ladder --out "$OUT" --rungs m --families dense --arms "${ARMS_M:-paper,tuned}"
 echo "evidence chain done"

@@ -288,14 +288,16 @@ def _plot(res: ZooResult) -> Path | None:
 
 def listing() -> str:
     """Every strategy with its generation, optimizer and paper (``rlrs zoo --list``)."""
-    rows = [f"{'strategy':<22}{'gen':<5}{'optimizer':<24}paper"]
+    rows = [f"{'strategy':<22}{'gen':<5}{'η':<8}{'optimizer':<24}paper"]
     for s in STRATEGIES.values():
         opt = s.optimizer + (" + lookahead" if s.lookahead else "") + (" + SAM" if s.sam_rho else "") + (
             " + grokfast" if s.grokfast else "") + (" + LoRA" if s.lora else "") + (" + freeze" if s.freeze else "")
         only = f" [only {', '.join(s.tasks)}]" if s.tasks is not None else ""
-        rows.append(f"{s.name:<22}{s.generation:<5}{opt:<24}{s.title}: {s.paper}{only}")
+        rows.append(f"{s.name:<22}{s.generation:<5}{s.plan.base_lr:<8g}{opt:<24}{s.title}: {s.paper}{only}")
+    scaled = [f"{t.name} × {t.lr_scale:g}" for t in TASKS.values() if t.lr_scale != 1.0]
     rows += ["", "generations: " + "; ".join(f"{g} {n}" for g, n in GENERATIONS.items()),
-             "tasks: " + "; ".join(f"{t.name} ({t.summary})" for t in TASKS.values())]
+             "tasks: " + "; ".join(f"{t.name} ({t.summary})" for t in TASKS.values()),
+             "η is each strategy's own, untuned; tasks that scale every η: " + ", ".join(scaled)]
     return "\n".join(rows)
 
 
