@@ -281,10 +281,25 @@ def write_rows(out: Path) -> Path:
     return EVIDENCE
 
 
-def figures(out: Path) -> list[Path]:
+# One look per arm in every figure; tuned is dashed because it often equals paper, drawn beneath.
+ARM_STYLE = {"uniform": ("C0", "-"), "paper": ("C1", "-"), "blockwise": ("C2", "-"), "tuned": ("C3", "--")}
+
+
+def _style(arm: str) -> dict:
+    color, ls = ARM_STYLE.get(arm.rsplit("-", 1)[0], ("C7", "-"))
+    return {"color": color, "linestyle": ls}
+
+
+def _rung_dir(outs: list[Path], family: str, rung: str) -> Path | None:
+    """The first of ``outs`` that holds this rung's grid (a rung may have run on another machine)."""
+    return next((o / f"{family}-{rung}" for o in outs if (o / f"{family}-{rung}" / "grid.json").exists()), None)
+
+
+def figures(out: Path, more: list[Path] | None = None) -> list[Path]:
     """The evidence's figures in ``benchmarks/results``: speed-up against model size with 95%
     intervals, figure 3 (final loss against η_base per rung) and figure 2 (MoE training loss at
-    a high η_base against the best one, per arm)."""
+    a high η_base against the best one, per arm). ``more``: other ``--out`` folders (a GPU
+    lease's) searched for rungs that ``out`` lacks."""
     from rlrs.analysis import detect_spikes, read_run
     from rlrs.plots import _plt, _save
 
@@ -303,11 +318,11 @@ def figures(out: Path) -> list[Path]:
                 # An interval end with no speed-up has no number: the bar stops at the point.
                 lo = [max(0.0, r["speedup"] - c[0]) if c[0] is not None else 0.0 for r, c in zip(got, ci)]
                 hi = [max(0.0, c[1] - r["speedup"]) if c[1] is not None else 0.0 for r, c in zip(got, ci)]
-                line = ax.errorbar([r["active_params"] for r in got], [r["speedup"] for r in got], yerr=[lo, hi],
-                                   marker="o", capsize=3, label=arm)
+                ax.errorbar([r["active_params"] for r in got], [r["speedup"] for r in got], yerr=[lo, hi],
+                            marker="o", capsize=3, label=arm, **_style(arm))
                 if none:  # never reached the baseline's loss: no speed-up, not 0%
                     ax.scatter([r["active_params"] for r in none], [0.0] * len(none), marker="x", s=60,
-                               color=line[0].get_color(), label=f"{arm}: no speed-up")
+                               color=_style(arm)["color"], label=f"{arm}: no speed-up")
             ax.axhline(0, color="grey", lw=0.8)
             ax.set_xscale("log")
             ax.set_xlabel("active non-embedding parameters")
@@ -316,8 +331,10 @@ def figures(out: Path) -> list[Path]:
                 ax.legend(frameon=False, fontsize=8)
         axes[0].set_ylabel("steps saved to the baseline's final loss, % (95% interval)")
         made.append(_save(fig, EVIDENCE.parent / "evidence-speedup.png"))
-    grids = {(f, r): _grid(out / f"{f}-{r}") for f in LADDER for r in RUNGS}
-    grids = {k: v for k, v in grids.items() if v is not None}
+    outs = [out, *(more or [])]
+    dirs = {(f, r): _rung_dir(outs, f, r) for f in LADDER for r in RUNGS}
+    dirs = {k: d for k, d in dirs.items() if d is not None}
+    grids = {k: _grid(d) for k, d in dirs.items()}
     if grids:
         rungs = [r for r in RUNGS if any(k[1] == r for k in grids)]
         fig, axes = plt.subplots(len(LADDER), len(rungs), figsize=(4 * len(rungs), 7), squeeze=False)
@@ -331,12 +348,15 @@ def figures(out: Path) -> list[Path]:
                 for arm, a in g["arms"].items():
                     pts = [(p["base_lr"], p["mean"]) for p in a["points"] if p["mean"] is not None]
                     if pts:
-                        ax.plot(*zip(*pts), marker="o", label=arm)
+                        ax.plot(*zip(*pts), marker="o", label=arm, **_style(arm))
                     bad = [p["base_lr"] for p in a["points"] if p["mean"] is None]
                     if bad:
                         ax.scatter(bad, [ax.get_ylim()[1]] * len(bad), marker="x", color="red")
                 ax.set_xscale("log")
-                ax.set_title(rung_preset(family, rung), fontsize=9)
+                env = dirs[(family, rung)] / "environment.json"
+                machine = json.loads(env.read_text())["machine"] if env.exists() else ""
+                where = "" if not machine or machine.endswith("no GPU") else f" ({machine})"
+                ax.set_title(rung_preset(family, rung) + where, fontsize=9)
                 ax.set_xlabel("η_base")
                 ax.legend(frameon=False, fontsize=7)
             axes[i][0].set_ylabel("final eval loss (seed 0)")
@@ -352,7 +372,7 @@ def figures(out: Path) -> list[Path]:
                 continue
             high = max((p for p in a["points"] if p["runs"]), key=lambda p: p["base_lr"])
             for p, style in ((next(q for q in a["points"] if q["base_lr"] == a["best"]), "-"), (high, ":")):
-                logs = read_run(_run_dir(out / f"moe-{rung}", p["runs"][0]["out"]))
+                logs = read_run(_run_dir(dirs[("moe", rung)], p["runs"][0]["out"]))
                 if not logs.train_steps.size:
                     continue
                 spikes = detect_spikes(logs.train_steps, logs.train_loss)
@@ -449,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="ladder: the first grid's values per arm; a GPU running many runs at once can afford 5, "
                         "which saves rounds of edge extension")
     p.add_argument("--budget", type=int, default=30, help="tune: evaluations per search")
+    p.add_argument("--more", default="", help="figures: other --out folders (e.g. a GPU lease's, "
+                   "bench/gpu-evidence) searched for rungs --out lacks")
     p.add_argument("--no-rows", action="store_true", help="do not rewrite benchmarks/results/evidence.json (checks)")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -484,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.stage == "tables":
         print(tables(out))
     elif args.stage == "figures":
-        for f in figures(out):
+        for f in figures(out, [Path(m) for m in args.more.split(",") if m]):
             print(f"figure: {f}")
     else:
         write_rows(out)
