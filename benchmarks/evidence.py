@@ -180,9 +180,12 @@ def _results(d: Path) -> dict | None:
     return json.loads(p.read_text()) if p.exists() else None
 
 
+CPU_ONLY = ", no GPU"  # how environment() ends a machine without a GPU
+
+
 def environment() -> dict:
     return {
-        "machine": f"{platform.machine()} {_cpu_name()}, {os.cpu_count()} cores, no GPU"
+        "machine": f"{platform.machine()} {_cpu_name()}, {os.cpu_count()} cores{CPU_ONLY}"
         if not torch.cuda.is_available() else torch.cuda.get_device_name(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "rlrs": rlrs.__version__},
         "threads": SETS["train.threads"],
@@ -254,10 +257,9 @@ def rows_for(out: Path, family: str, rung: str) -> list[dict]:
 
 def _row_order(row: dict) -> tuple:
     # Rungs smallest first, MoE before dense (the paper's headline), arms in ARMS order.
-    family, rung = next((f, RUNGS[i]) for f, names in LADDER.items() for i, n in enumerate(names) if n == row["model"])
+    family, rung = next((f, i) for f, names in LADDER.items() for i, n in enumerate(names) if n == row["model"])
     arm = row["arm"].rsplit("-", 1)[0]
-    return (RUNGS.index(rung), list(LADDER).index(family) if family != "moe" else -1,
-            ARMS.index(arm) if arm in ARMS else len(ARMS))
+    return rung, ("moe", "dense").index(family), ARMS.index(arm) if arm in ARMS else len(ARMS)
 
 
 def write_rows(out: Path) -> Path:
@@ -355,7 +357,7 @@ def figures(out: Path, more: list[Path] | None = None) -> list[Path]:
                 ax.set_xscale("log")
                 env = dirs[(family, rung)] / "environment.json"
                 machine = json.loads(env.read_text())["machine"] if env.exists() else ""
-                where = "" if not machine or machine.endswith("no GPU") else f" ({machine})"
+                where = "" if not machine or machine.endswith(CPU_ONLY) else f" ({machine})"
                 ax.set_title(rung_preset(family, rung) + where, fontsize=9)
                 ax.set_xlabel("η_base")
                 ax.legend(frameon=False, fontsize=7)
@@ -444,7 +446,7 @@ def tables(out: Path) -> str:
 
 def _machine(row: dict) -> str:
     m = row.get("machine") or "-"
-    if not m.endswith("no GPU"):
+    if not m.endswith(CPU_ONLY):
         return m
     t = row.get("threads")
     return f"CPU, {t} thread{'' if t == 1 else 's'} a run"
