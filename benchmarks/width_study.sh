@@ -1,25 +1,38 @@
 #!/usr/bin/env bash
 # Issue 14, point 5: the width-transfer study on this machine (seed 003 and the paper's D.1).
-#   benchmarks/width_study.sh [OUT]      (resumable: a rerun reuses every finished run)
-# Run it from a snapshot of the code, as benchmarks/evidence.sh says (spawned workers re-import rlrs).
+#   benchmarks/width_study.sh [OUT] [RESULTS]   (resumable: a rerun reuses every finished run)
+# Run it from a snapshot of the code, as benchmarks/evidence.sh says (spawned workers re-import rlrs):
+#   git worktree add --detach /tmp/rlrs-width HEAD
+#   PYTHONPATH=/tmp/rlrs-width nohup /tmp/rlrs-width/benchmarks/width_study.sh $PWD/bench/width \
+#     $PWD/benchmarks/results/width > bench/width.log 2>&1 &
 #
-# Choices, so that the whole study fits in about 6 hours of a 2-core machine:
-# - widths 16, 32, 64, 128 (8x in width, 64x in non-embedding parameters) of ladder-xs-dense
+# Choices, so that the study fits in one 3-hour session of a 2-core machine (about 2 hours of both
+# cores; measured per 1000 steps on one core with the other busy: width 16 44 s, 32 52 s, 64 83 s,
+# 128 160 s, so 8x in width would cost 1.3x more and leave no time for the second phase):
+# - widths 16, 32, 48, 64 (4x in width, 16x in hidden-matrix parameters) of ladder-xs-dense
 #   (2 layers, 2 heads kept at every width, as muP here assumes; bpe-1024, batch 16 x 128);
-#   the smallest width is muP's base width. A 2-layer model keeps the widest run near 5 minutes.
-# - one horizon for every width, 1500 steps (3.1M tokens), as width-transfer studies fix the data:
-#   the weight decay's time constant is 1/(η·λ) = 333 steps at η 1e-2 with the coupled λ = 0.3 and
-#   for the independent decay of 3e-3 per step (the same product), so the runs spend about 4.5
-#   time constants near equilibrium, where seed 003 says the variants part ways.
-# - all five variants, the uniform baseline and the paper's dense plan, 2 seeds per grid point,
-#   grid 2e-3..2e-2 grown by up to 3 ladder steps at an edge.
-# Estimated: 5 variants x 2 plans x ~5 grid points x 2 seeds x 4 widths ~ 400 runs, ~3.5 hours of
-# wall time with 2 workers (the widest run ~5 min on one core, each halving of width ~4x cheaper).
+#   the smallest width is muP's base width.
+# - one horizon for every width, 1000 steps (2M tokens), as width-transfer studies fix the data.
+#   The decay's time constant 1/(η·λ) is 200 steps for the independent decay of 5e-3 per step and
+#   for the coupled λ = 0.5 at η 1e-2 (the grid's centre), so the runs spend about 5 time constants
+#   near equilibrium, where seed 003 says the variants part ways.
+# - evals every 5% (the grids read only the final loss), 2 seeds per grid point, grid 5e-3..2e-2
+#   grown by up to 3 {1,2,5} steps at an edge.
+# - phase 1: all five variants with the paper's dense plan (RLRS: both questions need it);
+#   phase 2: the uniform baseline beside it for sp and mup-iwd (phase 1's runs are reused).
+# Each phase's results.json, report.md and figure are copied to RESULTS/<phase>/ when it ends.
 set -euo pipefail
 OUT=${1:-bench/width}
+RESULTS=${2:-benchmarks/results/width}
 cd "$(dirname "$0")/.."
-python -m rlrs width-transfer --preset ladder-xs-dense --widths 16,32,64,128 \
-  --variants sp,sp-iwd,mup,mup-iwd,sp-warmup --plans uniform-dense,paper-dense \
-  --grid 2e-3,5e-3,1e-2,2e-2 --extend 3 --seeds 2 --iwd 3e-3 \
-  --set train.steps=1500 --set plan.weight_decay=0.3 --set train.threads=1 \
-  --workers 2 --out "$OUT"
+study() {  # study PHASE VARIANTS PLANS
+  python -m rlrs width-transfer --preset ladder-xs-dense --widths 16,32,48,64 \
+    --variants "$2" --plans "$3" --grid 5e-3,1e-2,2e-2 --extend 3 --seeds 2 --iwd 5e-3 \
+    --set train.steps=1000 --set plan.weight_decay=0.5 --set train.eval_interval=0.05 \
+    --set train.threads=1 --workers 2 --out "$OUT"
+  mkdir -p "$RESULTS/$1"
+  cp "$OUT/results.json" "$OUT/report.md" "$OUT/width_transfer.png" "$RESULTS/$1/"
+  echo "width study: phase $1 done"
+}
+study rlrs sp,sp-iwd,mup,mup-iwd,sp-warmup paper-dense
+study uniform sp,mup-iwd uniform-dense,paper-dense
