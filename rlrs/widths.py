@@ -25,8 +25,10 @@ number of heads kept (what muP here assumes); the smallest width is muP's base w
 Everything runs on the run engine under ``OUT/<variant>/w<width>/``, so a rerun reuses finished
 runs and resumes interrupted ones. ``results.json`` holds each (variant, plan, width)'s best η_base
 and whether it is interior, and per (variant, plan) the drift of the optimum across widths in steps
-of the ladder; ``report.md`` the tables; ``width_transfer.png`` the final loss against η_base per
-width (seed 003's figure).
+of the ladder and the zero-shot gap (the final loss that the base width's best η_base gives away
+at each larger width against that width's own best, paired over seeds: the paper's open question
+is whether this is zero); ``report.md`` the tables; ``width_transfer.png`` the final loss against
+η_base per width (seed 003's figure), the base width's optimum marked.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from . import config as _config
-from .compare import GridResult, arm_name, lr_grid
+from .analysis import Difference, paired_difference
+from .compare import GridPoint, GridResult, arm_name, lr_grid
 from .config import ConfigError
 from .engine import PresetTarget
 from .models import get_preset
@@ -85,6 +88,28 @@ class WidthPoint:
     interior: bool
     best_loss: float | None
     losses: dict[float, float | None]  # η_base -> mean final loss (None: diverged)
+    # η_base -> seed -> final loss, finished runs only (seeds share their data order: paired)
+    seed_losses: dict[float, dict[int, float]] = field(default_factory=dict)
+
+
+@dataclass
+class ZeroShot:
+    """The base width's best η_base used at a larger width, against that width's own best."""
+
+    width: int
+    base_lr: float  # the base width's best η_base
+    status: str  # "trained", "diverged" (at this width) or "not trained" (not on this width's grid)
+    gap: Difference | None = None  # final loss at base_lr minus at this width's best, paired seeds
+
+    @property
+    def text(self) -> str:
+        if self.gap is None:
+            return self.status
+        return f"{self.gap.mean:+.4f} ± {self.gap.std:.4f}" if self.gap.n > 1 else f"{self.gap.mean:+.4f}"
+
+
+def _seed_losses(p: GridPoint) -> dict[int, float]:
+    return {r.seed: r.final_eval_loss for r in p.runs if r.finished}
 
 
 @dataclass
@@ -103,6 +128,34 @@ class WidthSeries:
         pos = [ladder_position(b) for b in bests]
         return max(pos) - min(pos)
 
+    def zero_shot(self) -> list[ZeroShot]:
+        """At each width above the base, what training at the base width's best η_base costs in
+        final loss against that width's best (0 where they coincide); empty when the base width
+        has no finished point.
+
+            >>> base = WidthPoint(16, 1e-2, True, 3.05, {1e-2: 3.05}, {1e-2: {0: 3.0, 1: 3.1}})
+            >>> wide = WidthPoint(64, 5e-3, True, 2.8, {5e-3: 2.8, 1e-2: 2.88},
+            ...                   {5e-3: {0: 2.8, 1: 2.8}, 1e-2: {0: 2.9, 1: 2.86}})
+            >>> [z.text for z in WidthSeries("sp", "uniform", [base, wide]).zero_shot()]
+            ['+0.0800 ± 0.0283']
+        """
+        eta = self.points[0].best
+        if eta is None:
+            return []
+        out = []
+        for p in self.points[1:]:
+            if eta not in p.losses:
+                out.append(ZeroShot(p.width, eta, "not trained"))
+                continue
+            here, best = p.seed_losses.get(eta, {}), p.seed_losses.get(p.best, {}) if p.best is not None else {}
+            seeds = sorted(here.keys() & best.keys())
+            if p.losses[eta] is None or not seeds:
+                out.append(ZeroShot(p.width, eta, "diverged"))
+                continue
+            out.append(ZeroShot(p.width, eta, "trained", paired_difference([best[s] for s in seeds],
+                                                                          [here[s] for s in seeds])))
+        return out
+
 
 @dataclass
 class WidthTransferResult:
@@ -119,6 +172,10 @@ class WidthTransferResult:
         return _config.json_safe({
             "preset": self.preset, "widths": self.widths, "base_width": self.base_width, "seeds": self.seeds,
             "series": [{"variant": s.variant, "plan": s.plan, "drift_steps": s.drift,
+                        "zero_shot": [{"width": z.width, "base_lr": z.base_lr, "status": z.status,
+                                       "gap": None if z.gap is None else z.gap.mean,
+                                       "gap_sd": None if z.gap is None else z.gap.std,
+                                       "seeds": 0 if z.gap is None else z.gap.n} for z in s.zero_shot()],
                         "points": [{"width": p.width, "best_base_lr": p.best, "interior": p.interior,
                                     "best_loss": p.best_loss,
                                     "losses": [{"base_lr": k, "loss": v} for k, v in sorted(p.losses.items())]}
@@ -181,7 +238,8 @@ def width_transfer(
             for w in widths:
                 a = grids[w].arms[arm]
                 pts.append(WidthPoint(w, a.best, a.best is not None and a.edge is None, a.best_loss,
-                                      {pt.base_lr: pt.mean for pt in a.points}))
+                                      {pt.base_lr: pt.mean for pt in a.points},
+                                      {pt.base_lr: _seed_losses(pt) for pt in a.points}))
             series.append(WidthSeries(v, arm, pts))
     res = WidthTransferResult(out, preset, widths, base_width, seeds, series, time.perf_counter() - t0)
     path = out / "results.json"
@@ -203,6 +261,16 @@ def _report(r: WidthTransferResult) -> str:
         cells = [("diverged" if p.best is None else f"{p.best:g}" + ("" if p.interior else " (edge)")) for p in s.points]
         drift = "-" if s.drift is None else f"{s.drift:g}"
         lines.append(f"| {s.variant} | {s.plan} | " + " | ".join(cells) + f" | {drift} |")
+    lines += ["", f"Zero-shot: the final loss that the base width's best η_base gives away at each larger width "
+              "against that width's own best (mean ± sd of the paired difference over seeds; +0 where the "
+              "optima coincide).", "",
+              "| variant | plan | base η_base | " + " | ".join(f"w{w}" for w in r.widths[1:]) + " |",
+              "|---|---|---|" + "---|" * (len(r.widths) - 1)]
+    for s in r.series:
+        zs = s.zero_shot()
+        eta = "diverged" if not zs else f"{zs[0].base_lr:g}"
+        cells = [z.text for z in zs] or ["-"] * (len(r.widths) - 1)
+        lines.append(f"| {s.variant} | {s.plan} | {eta} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n![final loss against η_base per width](width_transfer.png)\n"
 
 
@@ -218,6 +286,8 @@ def _plot(r: WidthTransferResult, path: Path) -> Path:
                 line, = ax.plot(*zip(*pts), marker="o", label=f"width {p.width}")
                 if p.best is not None:
                     ax.scatter([p.best], [p.best_loss], s=80, facecolors="none", edgecolors=line.get_color())
+        if s.points[0].best is not None:  # the zero-shot choice: the base width's optimum
+            ax.axvline(s.points[0].best, color="0.6", lw=0.8, ls=":")
         ax.set_xscale("log")
         ax.set_xlabel("η_base")
         ax.set_title(f"{s.variant}, {s.plan}" + ("" if s.drift is None else f" (drift {s.drift:g})"), fontsize=9)

@@ -33,6 +33,24 @@ def test_drift_counts_ladder_steps_and_needs_interior_optima():
     assert WidthSeries("sp", "uniform", pts).drift is None
 
 
+def test_zero_shot_gap_is_paired_over_seeds_and_says_why_it_is_missing():
+    base = WidthPoint(16, 1e-2, True, 3.0, {1e-2: 3.0}, {1e-2: {0: 3.0, 1: 3.0}})
+    same = WidthPoint(32, 1e-2, True, 2.9, {1e-2: 2.9}, {1e-2: {0: 2.95, 1: 2.85}})
+    lower = WidthPoint(48, 5e-3, True, 2.8, {5e-3: 2.8, 1e-2: 2.9},
+                       {5e-3: {0: 2.75, 1: 2.85}, 1e-2: {0: 2.80, 1: 3.00}})
+    blew_up = WidthPoint(64, 2e-3, False, 2.7, {2e-3: 2.7, 1e-2: None}, {2e-3: {0: 2.7, 1: 2.7}})
+    elsewhere = WidthPoint(128, 2e-3, True, 2.6, {1e-3: 2.7, 2e-3: 2.6}, {2e-3: {0: 2.6}})
+    zs = WidthSeries("mup-iwd", "paper-dense", [base, same, lower, blew_up, elsewhere]).zero_shot()
+    assert [(z.width, z.base_lr, z.status) for z in zs] == [
+        (32, 1e-2, "trained"), (48, 1e-2, "trained"), (64, 1e-2, "diverged"), (128, 1e-2, "not trained")]
+    assert (zs[0].gap.mean, zs[0].gap.std, zs[0].gap.n) == (0.0, 0.0, 2)  # the optima coincide
+    # Paired by seed: differences 0.05 and 0.15, so the spread is that of (0.05, 0.15), not of the losses.
+    assert zs[1].gap.mean == pytest.approx(0.10) and zs[1].gap.std == pytest.approx(0.0707107, rel=1e-5)
+    assert zs[2].gap is None and zs[2].text == "diverged" and zs[3].text == "not trained"
+    nothing = WidthPoint(16, None, False, None, {1e-2: None})
+    assert WidthSeries("sp", "uniform", [nothing, same]).zero_shot() == []
+
+
 def test_width_transfer_on_tiny_widths_writes_results_and_reuses_its_runs(tmp_path, tiny_sets, monkeypatch):
     from rlrs import engine
 
@@ -44,6 +62,10 @@ def test_width_transfer_on_tiny_widths_writes_results_and_reuses_its_runs(tmp_pa
     assert [(s["variant"], s["plan"]) for s in doc["series"]] == [("sp", "uniform-dense"), ("mup-iwd", "uniform-dense")]
     assert [p["width"] for p in doc["series"][0]["points"]] == [32, 64] and doc["base_width"] == 32
     assert (tmp_path / "report.md").exists() and (tmp_path / "width_transfer.png").stat().st_size > 0
+    zero_shot = doc["series"][0]["zero_shot"]  # the base width's best η_base, tried at width 64
+    assert [z["width"] for z in zero_shot] == [64] and zero_shot[0]["base_lr"] == doc["series"][0]["points"][0]["best_base_lr"]
+    assert zero_shot[0]["status"] == "trained" and zero_shot[0]["gap"] >= 0 and zero_shot[0]["seeds"] == 1
+    assert "Zero-shot" in (tmp_path / "report.md").read_text()
     # Every run was built as its variant says.
     cfgs = [json.loads(p.read_text()) for p in (tmp_path / "mup-iwd" / "w64" / "runs").glob("*/config.json")]
     assert cfgs and all(c["model"]["d_model"] == 64 and c["model"]["parametrization"] == "mup"
