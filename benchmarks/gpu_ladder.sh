@@ -64,14 +64,16 @@ else
   WORKERS_MOE=${WORKERS_MOE:-8} WORKERS_DENSE=${WORKERS_DENSE:-6}
 fi
 if [ "${PART:-ladder}" = width ]; then
-  # Issue 14 on wider models than the CPU study (benchmarks/width_study.sh: widths 16..128): the
-  # same preset, horizon and decay at widths 128..1024 (64x the CPU study's widest in parameters),
-  # the two variants that matter most (sp, mup-iwd), the uniform plan, one seed, bf16.
-  stamp "width transfer: ladder-xs-dense at widths 128..1024, sp and mup-iwd"
-  timeout "$(left)" $PY -m rlrs width-transfer --preset ladder-xs-dense --widths 128,256,512,1024 \
-    --variants sp,mup-iwd --plans uniform-dense --grid 1e-3,2e-3,5e-3,1e-2 --extend 1 --seeds 1 --iwd 3e-3 \
-    --set train.steps=1500 --set plan.weight_decay=0.3 --set train.device=cuda --set train.precision=bf16 \
-    --workers 4 --out "$EV/width" > "$OUT/width.log" 2>&1 || echo "width transfer: stopped (see width.log)"
+  # Issue 14 on wider models than the CPU study (benchmarks/width_study.sh: widths 16..64): the
+  # same preset, horizon, decays and grid at widths 64..512 (the CPU study's widest as the base,
+  # 8x wider, 64x its hidden-matrix parameters), the two variants that part ways most (sp,
+  # mup-iwd) with the paper's dense plan, two seeds, fp32 like the CPU study.
+  stamp "width transfer: ladder-xs-dense at widths 64..512, sp and mup-iwd"
+  timeout "$(left)" $PY -m rlrs width-transfer --preset ladder-xs-dense --widths 64,128,256,512 \
+    --variants sp,mup-iwd --plans paper-dense --grid 5e-3,1e-2,2e-2 --extend 2 --seeds 2 --iwd 5e-3 \
+    --set train.steps=1000 --set plan.weight_decay=0.5 --set train.eval_interval=0.05 \
+    --set train.device=cuda --set train.precision=fp32 \
+    --workers 8 --out "$EV/width" > "$OUT/width.log" 2>&1 || echo "width transfer: stopped (see width.log)"
 else
   stamp "throughput and MFU: dense-34m, moe-34m"
   timeout 100 $PY benchmarks/gpu_throughput.py $THROUGHPUT --out "$OUT/throughput.json" || echo "throughput: failed or timed out"
