@@ -146,6 +146,10 @@ class ModelConfig:
         if self.base_width % self.n_heads or (self.base_width // self.n_heads) % 2:
             raise ConfigError(f"base_width: {self.base_width} does not split into n_heads={self.n_heads} heads of even "
                               f"size (the base model keeps the heads); use a multiple of {2 * self.n_heads}")
+        if self.d_ff is not None and self.width_mult != 1.0:
+            # A fixed d_ff would leave the down-projection's fan-in behind while its LR takes 1/m.
+            raise ConfigError(f"d_ff: muP widens the feed-forward layers with d_model; leave d_ff unset "
+                              f"(4 * d_model) instead of {self.d_ff}")
 
     @property
     def ff_dim(self) -> int:
@@ -178,7 +182,8 @@ class ModelConfig:
 PARAMETRIZATIONS = ("sp", "mup")
 """``sp``: standard parametrization. ``mup``: muP for Adam (Tensor Programs V, table 3) relative
 to ``base_width``: hidden matrices' LR × 1/m (:func:`width_factors`), output and router logits ×
-1/m, embedding init independent of width, attention scaled by 1/d_head. With m = 1 it is SP."""
+1/m with their init drawn at the base width's fan-in, embedding init independent of width,
+attention scaled by 1/d_head. With m = 1 it is SP."""
 
 
 def width_factors(config: ModelConfig) -> dict[str, float]:
@@ -461,14 +466,20 @@ class Transformer(nn.Module):
     def reset_parameters(self) -> None:
         """Re-draw all weights with the init described in the class docstring."""
         scale = self.config.init_scale
+        mup = self.config.parametrization == "mup"
+        # Layers that read out of the width (the output head, the routers): under muP drawn at the
+        # base width's fan-in, so that with their 1/m logit multiplier the effective weight's
+        # variance goes like 1/fan_in² (Tensor Programs V, table 3; the mup package's MuReadout).
+        readouts = {id(self.unembed)} | {id(m.router) for m in self.modules() if isinstance(m, MoE)}
         for module in self.modules():
             if isinstance(module, nn.Embedding):
                 # muP: an input layer's init does not shrink with width (the base model's).
-                fan_in = self.config.base_width if self.config.parametrization == "mup" else module.embedding_dim
+                fan_in = self.config.base_width if mup else module.embedding_dim
                 _trunc_normal(module.weight, fan_in=fan_in, scale=scale)
             elif isinstance(module, nn.Linear):
                 if module.weight is not self.embed.weight:  # tied: drawn once, as embed
-                    _trunc_normal(module.weight, fan_in=module.in_features, scale=scale)
+                    fan_in = self.config.base_width if mup and id(module) in readouts else module.in_features
+                    _trunc_normal(module.weight, fan_in=fan_in, scale=scale)
             elif isinstance(module, Experts):
                 for w in (module.w_gate, module.w_up, module.w_down):
                     _trunc_normal(w, fan_in=w.shape[1], scale=scale)

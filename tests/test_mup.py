@@ -80,6 +80,14 @@ def test_mup_multipliers_and_init_follow_the_width():
     # muP: the input layer's init does not shrink with width; SP's shrinks like 1/sqrt(width).
     assert stds[(128, "mup")] == pytest.approx(stds[(32, "mup")], rel=0.05)
     assert stds[(128, "sp")] == pytest.approx(stds[(32, "sp")] / 2, rel=0.05)
+    # Readouts (head, router): drawn at the base width's fan-in under muP, so with the 1/m logit
+    # multiplier their effective weights' variance falls like 1/fan_in² (SP's: 1/fan_in).
+    for par, want in (("mup", 1.0), ("sp", 0.5)):
+        a, b = build_model(cfg_at(32, par)), build_model(cfg_at(128, par))
+        for name in ("unembed", "router"):  # every layer's router together: enough weights for a std
+            wa, wb = [torch.cat([p.flatten() for n, p in m.named_parameters() if n.split(".")[-2] == name])
+                      for m in (a, b)]
+            assert wb.std().item() == pytest.approx(want * wa.std().item(), rel=0.15), (par, name)
     # Attention: 1/d_head with heads fixed (2), meeting SP's 1/sqrt(d_head) at the base width.
     cfg = cfg_at(128)
     assert cfg.head_dim == 64 and cfg.attention_scale == pytest.approx(math.sqrt(16) / 64)
@@ -101,6 +109,7 @@ def test_mup_multipliers_and_init_follow_the_width():
     ({"parametrization": "mup", "base_width": 64}, "base_width: 64 is larger than d_model=32"),
     ({"parametrization": "mup", "base_width": 6}, "base_width: 6 does not split into n_heads=2 heads of even size"),
     ({"base_width": 16}, "base_width: only muP uses it"),
+    ({"parametrization": "mup", "base_width": 16, "d_ff": 64}, "d_ff: muP widens the feed-forward layers"),
 ])
 def test_bad_parametrization_names_the_field(kwargs, message):
     with pytest.raises(ConfigError, match=message):
@@ -125,9 +134,9 @@ def test_coordinate_check_slopes_are_flat_under_mup_and_grow_under_sp():
     # SP with one η for every width: the hidden layers' updates grow with width after a few steps.
     assert sp.slope("attention", 3) > 0.8 and sp.slope("feedforward", 3) > 0.8, sp.slopes()
     assert sp.slope("embedding", 0) < -0.3  # SP's embedding init shrinks like 1/sqrt(width); muP's does not
-    # Logits: muP's output multiplier makes them shrink like 1/m at init, and training brings the
-    # slope up toward 0; SP's logits grow with width once training starts.
-    assert mup.slope("logits", 0) == pytest.approx(-1.0, abs=0.1) and mup.slope("logits", 3) > mup.slope("logits", 0) + 0.3
+    # Logits: at init muP's readout (base-width init, × 1/m) makes them shrink like 1/sqrt(m), and
+    # training brings the slope up toward 0; SP's logits grow with width once training starts.
+    assert mup.slope("logits", 0) == pytest.approx(-0.5, abs=0.1) and mup.slope("logits", 3) > mup.slope("logits", 0) + 0.1
     assert sp.slope("logits", 3) > mup.slope("logits", 3) + 0.5
 
 
