@@ -87,7 +87,7 @@ class WidthPoint:
     best: float | None  # None: every grid value diverged
     interior: bool
     best_loss: float | None
-    losses: dict[float, float | None]  # η_base -> mean final loss (None: diverged)
+    losses: dict[float, float | None]  # η_base -> mean final loss (None: a seed diverged or failed)
     # η_base -> seed -> final loss, finished runs only (seeds share their data order: paired)
     seed_losses: dict[float, dict[int, float]] = field(default_factory=dict)
 
@@ -98,7 +98,7 @@ class ZeroShot:
 
     width: int
     base_lr: float  # the base width's best η_base
-    status: str  # "trained", "diverged" (at this width) or "not trained" (not on this width's grid)
+    status: str  # "trained", "diverged" (a seed diverged or failed there) or "not trained" (off its grid)
     gap: Difference | None = None  # final loss at base_lr minus at this width's best, paired seeds
 
     @property
@@ -237,8 +237,12 @@ def width_transfer(
             pts = []
             for w in widths:
                 a = grids[w].arms[arm]
-                pts.append(WidthPoint(w, a.best, a.best is not None and a.edge is None, a.best_loss,
-                                      {pt.base_lr: pt.mean for pt in a.points},
+                # Interior needs a point on each side: one grid value alone has no edge but says
+                # nothing of where the optimum lies. A point counts only when every seed finished
+                # (as for the best): the base η_base losing a seed at a larger width is a failed transfer.
+                interior = a.best is not None and a.edge is None and len(a.points) >= 3
+                pts.append(WidthPoint(w, a.best, interior, a.best_loss,
+                                      {pt.base_lr: pt.mean if pt.status == "finished" else None for pt in a.points},
                                       {pt.base_lr: _seed_losses(pt) for pt in a.points}))
             series.append(WidthSeries(v, arm, pts))
     res = WidthTransferResult(out, preset, widths, base_width, seeds, series, time.perf_counter() - t0)
@@ -286,6 +290,9 @@ def _plot(r: WidthTransferResult, path: Path) -> Path:
                 line, = ax.plot(*zip(*pts), marker="o", label=f"width {p.width}")
                 if p.best is not None:
                     ax.scatter([p.best], [p.best_loss], s=80, facecolors="none", edgecolors=line.get_color())
+                lost = [k for k, v in p.losses.items() if v is None]  # a seed diverged: × above the curve
+                if lost:
+                    ax.scatter(lost, [max(v for _, v in pts)] * len(lost), marker="x", color=line.get_color())
         if s.points[0].best is not None:  # the zero-shot choice: the base width's optimum
             ax.axvline(s.points[0].best, color="0.6", lw=0.8, ls=":")
         ax.set_xscale("log")

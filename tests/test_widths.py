@@ -59,6 +59,7 @@ def test_width_transfer_on_tiny_widths_writes_results_and_reuses_its_runs(tmp_pa
               sets=sets, workers=1, log=lambda s: None)
     res = width_transfer("tiny-dense", [32, 64], tmp_path, **kw)
     doc = json.loads((tmp_path / "results.json").read_text())
+    assert all(not p["interior"] for s in doc["series"] for p in s["points"])  # two grid values: both edges
     assert [(s["variant"], s["plan"]) for s in doc["series"]] == [("sp", "uniform-dense"), ("mup-iwd", "uniform-dense")]
     assert [p["width"] for p in doc["series"][0]["points"]] == [32, 64] and doc["base_width"] == 32
     assert (tmp_path / "report.md").exists() and (tmp_path / "width_transfer.png").stat().st_size > 0
@@ -80,6 +81,14 @@ def test_width_transfer_on_tiny_widths_writes_results_and_reuses_its_runs(tmp_pa
     again = width_transfer("tiny-dense", [32, 64], tmp_path, **kw)
     assert ran == []
     assert [[p.best for p in s.points] for s in again.series] == [[p.best for p in s.points] for s in res.series]
+
+
+def test_one_grid_value_is_no_interior_optimum(tmp_path, tiny_sets):
+    res = width_transfer("tiny-dense", [32, 64], tmp_path, variants=["sp"], plans=["uniform-dense"], grid=[3e-3],
+                         seeds=1, extend=0, sets={**tiny_sets, "train.steps": 6}, workers=1, log=lambda s: None)
+    (series,) = res.series
+    assert [p.best for p in series.points] == [3e-3, 3e-3]  # "best" by default, not a located optimum
+    assert not any(p.interior for p in series.points) and series.drift is None
 
 
 @pytest.mark.parametrize("kwargs, message", [
