@@ -266,13 +266,15 @@ class RouterCurve:
 
 @dataclass
 class UpdateCurves:
-    """Per-component ‖ΔW‖/‖W‖, update RMS and representation change ‖ΔY‖/‖Y‖ (NaN where a run
-    did not log it: norms, compiled runs, older runs) at the steps where the trainer measured them."""
+    """Per-component ‖ΔW‖/‖W‖, update RMS, representation change ‖ΔY‖/‖Y‖ and its alignment
+    ratio α_ΔW/α_W (seed 003: ‖ΔY‖/‖Y‖ = α_ΔW/α_W · ‖ΔW‖/‖W‖), NaN where a run did not log them
+    (norms, compiled runs, older runs), at the steps where the trainer measured them."""
 
     steps: np.ndarray
     update_ratio: dict[str, np.ndarray]
     update_rms: dict[str, np.ndarray]
     rep_change: dict[str, np.ndarray] = field(default_factory=dict)
+    align_ratio: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -356,7 +358,9 @@ def read_run(out: str | Path, cfg: RunConfig | None = None) -> RunLogs:
         window_loss=window_mean("loss"),
         components=components,
         updates=UpdateCurves(np.asarray([r["step"] for r in diag], dtype=np.int64),
-                             per_component("update_ratio"), per_component("update_rms"), per_component("rep_change")),
+                             per_component("update_ratio"), per_component("update_rms"), per_component("rep_change"),
+                             {c: a / w for (c, a), w in zip(per_component("align_update").items(),
+                                                             per_component("align_weight").values())}),
         router=router,
     )
 
@@ -414,7 +418,7 @@ def mean_updates(logs: Sequence[RunLogs]) -> UpdateCurves:
         return {c: _nanmean_aligned(steps, [(lg.updates.steps, getattr(lg.updates, key).get(c)) for lg in logs])
                 for c in comps}
 
-    return UpdateCurves(steps, mean("update_ratio"), mean("update_rms"), mean("rep_change"))
+    return UpdateCurves(steps, mean("update_ratio"), mean("update_rms"), mean("rep_change"), mean("align_ratio"))
 
 
 def mean_router(logs: Sequence[RunLogs]) -> RouterCurve | None:

@@ -217,7 +217,8 @@ def _smooth(x: np.ndarray, width: int) -> np.ndarray:
 
 def plot_updates(res: CompareResult, path: str | Path) -> Path:
     """Per-component update-to-weight ratio ‖ΔW‖/‖W‖ at every 1% of training, one panel per
-    component, one line per arm (mean over its seeds): what relative LRs change."""
+    component, one line per arm (mean over its seeds): what relative LRs change. Dashed, the
+    representation change ‖ΔY‖/‖Y‖; dotted, the alignment ratio α_ΔW/α_W between the two."""
     plt = plots._plt()
     arms = list(res.arms)
     colors = _arm_colors(arms)
@@ -237,6 +238,10 @@ def plot_updates(res: CompareResult, path: str | Path) -> Path:
             ok = np.isfinite(r) & (r > 0)
             if ok.any():  # dashed: what the update does to the component's outputs
                 ax.plot(np.asarray(u.steps, float)[: len(r)][ok], r[ok], color=colors[arm.name], lw=1.0, ls="--")
+            a = np.asarray(u.align_ratio.get(comp, []), float)
+            ok = np.isfinite(a) & (a > 0)
+            if ok.any():  # dotted: the alignment ratio that turns the solid line into the dashed one
+                ax.plot(np.asarray(u.steps, float)[: len(a)][ok], a[ok], color=colors[arm.name], lw=1.0, ls=":")
         ax.set_yscale("log")
         ax.set_title(comp, fontsize=10, color=plots.COLORS.get(comp, "k"))
         ax.grid(alpha=0.3, which="both")
@@ -245,7 +250,7 @@ def plot_updates(res: CompareResult, path: str | Path) -> Path:
     for ax in axes[-1]:
         ax.set_xlabel("step")
     for row in axes:
-        row[0].set_ylabel("‖ΔW‖/‖W‖ (solid), ‖ΔY‖/‖Y‖ (dashed)")
+        row[0].set_ylabel("‖ΔW‖/‖W‖ (solid), ‖ΔY‖/‖Y‖ (dashed)\nα_ΔW/α_W (dotted)", fontsize=8)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="upper right", frameon=False, fontsize=9, ncol=len(arms))

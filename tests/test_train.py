@@ -80,6 +80,14 @@ def test_representation_change_and_its_alignment_decomposition_per_component(tmp
             ratio, a_dw, a_w = r[f"rep_change/{c}"], r[f"align_update/{c}"], r[f"align_weight/{c}"]
             assert ratio == pytest.approx(a_dw / a_w * r[f"update_ratio/{c}"], rel=1e-9)
             assert 0 < a_w <= 1 + 1e-9 and 0 < a_dw <= 1 + 1e-9  # Cauchy-Schwarz: ‖W X‖ <= ‖W‖ ‖X‖
+    # The run's logs as the reports and updates.png read them: the decomposition's ratio per component.
+    from rlrs.analysis import read_run
+
+    u = read_run(tmp_path / "run").updates
+    at = {int(s): i for i, s in enumerate(u.steps)}
+    for r in diags:
+        for c in matrices:
+            assert u.align_ratio[c][at[r["step"]]] == pytest.approx(r[f"align_update/{c}"] / r[f"align_weight/{c}"])
 
 
 def test_same_data_seed_same_batches_whatever_the_plan(tmp_path, tiny_sets):
