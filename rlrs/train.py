@@ -132,6 +132,13 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     plan: Plan = field(default_factory=Plan)
 
+    def __post_init__(self) -> None:
+        if self.plan.width_warmup is not None and self.model.width_mult != 1.0:
+            # Seed 003's factor stands in for muP's implicit warmup; on top of muP it would apply 1/m twice.
+            raise ConfigError(f"plan.width_warmup: {self.plan.width_warmup!r} replaces muP, which this model already "
+                              f"uses (model.parametrization = 'mup', d_model {self.model.d_model} over base_width "
+                              f"{self.model.base_width}); unset one of them")
+
     def to_dict(self) -> dict[str, Any]:
         return _config.to_dict(self)
 

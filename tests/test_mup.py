@@ -152,3 +152,15 @@ def test_coord_check_command_writes_its_results(tmp_path, capsys):
     assert (tmp_path / "coord_check.png").stat().st_size > 0 and "slope of log RMS" in capsys.readouterr().out
     assert main(["coord-check", "--parametrization", "mup", "--out", str(tmp_path)]) == 2
     assert "--base-width" in capsys.readouterr().err
+
+
+def test_the_warmup_replacement_on_top_of_mup_is_refused():
+    from rlrs.train import run_config
+
+    sets = {"model.d_model": 64, "model.parametrization": "mup", "model.base_width": 32}
+    with pytest.raises(ConfigError, match="plan.width_warmup: 'decay-away' replaces muP, which this model already uses"):
+        run_config("tiny-dense", "uniform-dense", sets={**sets, "plan.width_warmup": "decay-away"})
+    run_config("tiny-dense", "uniform-dense", sets=sets)  # each alone is fine
+    run_config("tiny-dense", "uniform-dense", sets={"model.d_model": 64, "plan.width_warmup": "decay-away"})
+    # At its base width muP is SP, so the factor is not applied twice there.
+    run_config("tiny-dense", "uniform-dense", sets={**sets, "model.d_model": 32, "plan.width_warmup": "decay-away"})
