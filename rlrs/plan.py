@@ -146,12 +146,13 @@ class Plan:
             raise ConfigError(f"warmup: a fraction of training in [0, 1), got {self.warmup!r}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ConfigError(f"weight_decay: must be >= 0, got {self.weight_decay!r}")
-        if self.independent_wd and self.weight_decay >= 0.01:
+        if self.independent_wd:
             # 1% per step halves a weight in ~70 steps: surely a coupled value (0.1) left in place.
-            raise ConfigError(
-                f"weight_decay: {self.weight_decay} is a per-step fraction with independent_wd and "
-                "must be < 0.01 (typical: 1e-4, that is base_lr × the coupled value)"
-            )
+            own = [(f"{c}.weight_decay", self.component(c).weight_decay) for c in COMPONENTS]
+            for key, wd in [("weight_decay", self.weight_decay)] + [(k, v) for k, v in own if v is not None]:
+                if wd >= 0.01:
+                    raise ConfigError(f"{key}: {wd} is a per-step fraction with independent_wd and must be < 0.01 "
+                                      "(typical: 1e-4, that is base_lr × the coupled value)")
         if self.tied not in (None, "embedding", "unembedding"):
             raise ConfigError(
                 f"tied: {self.tied!r} is unknown; "

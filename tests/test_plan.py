@@ -96,6 +96,8 @@ def test_toml_is_readable():
         ({"router": {"shape": "constant", "end": 0.5}}, "plan.router.end: 0.5 has no effect"),
         ({"tied": "embeding"}, "plan.tied: 'embeding' is unknown; did you mean 'embedding'"),
         ({"independent_wd": True, "weight_decay": 0.1}, "plan.weight_decay: 0.1 is a per-step fraction"),
+        ({"independent_wd": True, "weight_decay": 1e-4, "router": {"weight_decay": 0.1}},
+         "plan.router.weight_decay: 0.1 is a per-step fraction"),
         ({"router": 3}, "plan.router: expected a table"),
     ],
 )
