@@ -215,16 +215,22 @@ def width_transfer(
                           "--widths and --variants")
     base_cfg = get_preset(preset)
     base_width = widths[0]
-    for w in widths:  # fail before any training on a width the preset's heads cannot split
-        for v in variants:
-            try:
-                PresetTarget(preset).spec(default_plans(base_cfg.is_moe)[0], 0, {**sets, **variant_sets(v, w, base_width, iwd)})
-            except ConfigError as err:
-                raise ConfigError(f"widths: {w} ({v}): {err}") from None
     plans = list(plans or default_plans(base_cfg.is_moe))
+    # Fail before any training on a width the preset's heads cannot split, or a plan that a
+    # variant cannot use (e.g. a hidden component without decay under sp-warmup).
+    for w in widths:
+        for v in variants:
+            for p in plans:
+                try:
+                    PresetTarget(preset).spec(p, 0, {**sets, **variant_sets(v, w, base_width, iwd)})
+                except ConfigError as err:
+                    raise ConfigError(f"widths: {w} ({v}, {arm_name(p)}): {err}") from None
     out = Path(out)
+    coupled = [v for v in variants if "plan.independent_wd" not in variant_sets(v, base_width, base_width, iwd)]
     log(f"rlrs width-transfer: {preset} at widths {', '.join(map(str, widths))} (base {base_width}), variants "
         f"{', '.join(variants)}, plans {', '.join(arm_name(p) for p in plans)}, {seeds} seed(s) per point -> {out}")
+    log(f"weight decay: independent {iwd:g} per step (--iwd) for {', '.join(v for v in variants if v not in coupled) or 'none'}; "
+        f"coupled, the plans' own (--set plan.weight_decay=...), for {', '.join(coupled) or 'none'}")
     series = []
     for v in variants:
         grids: dict[int, GridResult] = {}
@@ -318,7 +324,9 @@ def add_commands(sub) -> None:
     p.add_argument("--grid", default=None, help="η_base values (default: 5 around each plan's η_base, grown at an edge)")
     p.add_argument("--seeds", type=int, default=default_of(width_transfer, "seeds"))
     p.add_argument("--iwd", type=float, default=default_of(width_transfer, "iwd"),
-                   help=f"independent weight decay per step for the *-iwd and sp-warmup variants (default: {default_of(width_transfer, 'iwd'):g})")
+                   help="independent weight decay per step for the *-iwd and sp-warmup variants, which replaces "
+                        "the plans' weight_decay there (default: %(default)g); sp and mup keep the plans' coupled "
+                        "decay, set with --set plan.weight_decay=...")
     p.add_argument("--extend", type=int, default=default_of(width_transfer, "extend"))
     add_set_arg(p)
     add_workers_arg(p)

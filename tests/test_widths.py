@@ -105,6 +105,20 @@ def test_bad_input_is_refused_before_training(tmp_path, kwargs, message):
     assert not (tmp_path / "sp").exists()
 
 
+def test_a_plan_that_one_variant_cannot_use_is_refused_before_any_training(tmp_path):
+    import dataclasses
+
+    from rlrs import presets
+
+    plan = dataclasses.replace(presets.get("uniform-dense"), attention=dataclasses.replace(
+        presets.get("uniform-dense").attention, weight_decay=0.0))
+    plan.save(tmp_path / "no_attention_decay.toml")
+    with pytest.raises(ConfigError, match=r"widths: 32 \(sp-warmup, no_attention_decay\): .*attention has weight decay 0"):
+        width_transfer("tiny-dense", [32, 64], tmp_path / "out", variants=["sp", "sp-warmup"],
+                       plans=[str(tmp_path / "no_attention_decay.toml")], log=lambda s: None)
+    assert not (tmp_path / "out").exists()
+
+
 def test_command_is_refused_with_the_alternative(tmp_path, capsys):
     from rlrs.cli import main
 
