@@ -57,11 +57,13 @@ if [ "${SMOKE:-0}" = 1 ]; then  # the same stages on a CPU, a few steps each, in
   BF16="--set train.device=cpu $TINY"
   THROUGHPUT="--smoke --steps 3 --batch 4"
   WORKERS_MOE=2 WORKERS_DENSE=2
+  WIDTH="--set train.device=cpu $TINY" WORKERS_WIDTH=2
 else
   FP32="--set train.device=cuda --set train.precision=fp32"
   BF16="--set train.device=cuda --set train.precision=bf16 --set train.batch_size=256"
   THROUGHPUT="--batch 32 --steps 15"
   WORKERS_MOE=${WORKERS_MOE:-8} WORKERS_DENSE=${WORKERS_DENSE:-6}
+  WIDTH="--set train.device=cuda --set train.precision=fp32" WORKERS_WIDTH=${WORKERS_WIDTH:-8}
 fi
 if [ "${PART:-ladder}" = width ]; then
   # Issue 14 on wider models than the CPU study (benchmarks/width_study.sh: widths 16..64): the
@@ -71,9 +73,8 @@ if [ "${PART:-ladder}" = width ]; then
   stamp "width transfer: ladder-xs-dense at widths 64..512, sp and mup-iwd"
   timeout "$(left)" $PY -m rlrs width-transfer --preset ladder-xs-dense --widths 64,128,256,512 \
     --variants sp,mup-iwd --plans paper-dense --grid 5e-3,1e-2,2e-2 --extend 2 --seeds 2 --iwd 5e-3 \
-    --set train.steps=1000 --set plan.weight_decay=0.5 --set train.eval_interval=0.05 \
-    --set train.device=cuda --set train.precision=fp32 \
-    --workers 8 --out "$EV/width" > "$OUT/width.log" 2>&1 || echo "width transfer: stopped (see width.log)"
+    --set train.steps=1000 --set plan.weight_decay=0.5 --set train.eval_interval=0.05 $WIDTH \
+    --workers "$WORKERS_WIDTH" --out "$EV/width" > "$OUT/width.log" 2>&1 || echo "width transfer: stopped (see width.log)"
 else
   stamp "throughput and MFU: dense-34m, moe-34m"
   timeout 100 $PY benchmarks/gpu_throughput.py $THROUGHPUT --out "$OUT/throughput.json" || echo "throughput: failed or timed out"

@@ -20,11 +20,19 @@
 #   grown by up to 3 {1,2,5} steps at an edge.
 # - phase 1: all five variants with the paper's dense plan (RLRS: both questions need it);
 #   phase 2: the uniform baseline beside it for sp and mup-iwd (phase 1's runs are reused).
-# Each phase's results.json, report.md and figure are copied to RESULTS/<phase>/ when it ends.
+# Each phase's results.json, report.md and figure are copied to RESULTS/<phase>/ when it ends, and
+# the finished runs' records go to RESULTS/runs.tar.xz (benchmarks/archive.sh) after each phase
+# and every 10 minutes: committed, it lets the next session resume, and anyone rebuild the tables
+# (benchmarks/width_updates.py reads the runs' logs).
 set -euo pipefail
 OUT=${1:-bench/width}
 RESULTS=${2:-benchmarks/results/width}
 cd "$(dirname "$0")/.."
+source benchmarks/archive.sh
+unpack_runs "$OUT" "$RESULTS/runs.tar.xz"
+(while sleep 600; do pack_runs "$OUT" "$RESULTS/runs.tar.xz"; done) &
+packer=$!
+trap 'kill $packer 2>/dev/null' EXIT
 study() {  # study PHASE VARIANTS PLANS
   python -m rlrs width-transfer --preset ladder-xs-dense --widths 16,32,48,64 \
     --variants "$2" --plans "$3" --grid 5e-3,1e-2,2e-2 --extend 3 --seeds 2 --iwd 5e-3 \
@@ -32,6 +40,7 @@ study() {  # study PHASE VARIANTS PLANS
     --set train.threads=1 --workers 2 --out "$OUT"
   mkdir -p "$RESULTS/$1"
   cp "$OUT/results.json" "$OUT/report.md" "$OUT/width_transfer.png" "$RESULTS/$1/"
+  pack_runs "$OUT" "$RESULTS/runs.tar.xz"
   echo "width study: phase $1 done"
 }
 study rlrs sp,sp-iwd,mup,mup-iwd,sp-warmup paper-dense

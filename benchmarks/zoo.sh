@@ -3,6 +3,9 @@
 # Tasks are added one at a time, cheapest first, to one output folder: each step reruns `rlrs zoo`
 # on every task so far (their runs are reused), so results.json and report.md always hold the
 # cross-task table of what is measured, and a killed chain resumes where it stopped.
+# A session's machine does not keep OUT: the finished runs' records are packed into
+# KEEP/runs.tar.xz after each task and every 10 minutes, and unpacked into OUT at the start
+# (benchmarks/archive.sh): commit that archive and the next session trains only what is missing.
 # Run it from a snapshot of the code (the pool's workers import rlrs afresh):
 #   git worktree add --detach /tmp/rlrs-bench HEAD
 #   PYTHONPATH=/tmp/rlrs-bench nohup /tmp/rlrs-bench/benchmarks/zoo.sh $PWD/bench/zoo $PWD/benchmarks/results/zoo \
@@ -14,6 +17,14 @@ TASKS=${TASKS:-gauss digits lm gcide-pos shakespeare-genre}   # e.g. TASKS="gaus
 # WORKERS (default 2): runs at once; 1 leaves a core to another benchmark chain.
 cd "$(dirname "$0")/.."
 mkdir -p "$KEEP"
+source benchmarks/archive.sh
+ARCHIVE=$KEEP/runs.tar.xz
+unpack_runs "$OUT" "$ARCHIVE"
+pack() { pack_runs "$OUT" "$ARCHIVE"; }
+# Also every 10 minutes while a task trains: a text task takes hours, and a session may end first.
+(while sleep 600; do pack; done) &
+packer=$!
+trap 'kill $packer 2>/dev/null' EXIT
 done_tasks=""
 for task in $TASKS; do
   done_tasks="${done_tasks:+$done_tasks,}$task"
@@ -23,5 +34,6 @@ for task in $TASKS; do
   for f in results.json report.md zoo_curves.png; do
     if [[ -f "$OUT/$f" ]]; then cp "$OUT/$f" "$KEEP/$f"; fi
   done
+  pack
 done
 echo "zoo chain done"

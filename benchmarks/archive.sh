@@ -1,0 +1,20 @@
+# Sourced by the benchmark chains: carry finished runs from one session's machine to the next.
+# A session's machine keeps no bench/ folder, so a chain longer than a session packs the records of
+# its finished runs (config, spec, result, metrics; no checkpoints) into an archive that is
+# committed, and unpacks it at its start: the run engine then reuses those runs and trains only
+# what is missing. Files already in OUT win over the archive's.
+#   source benchmarks/archive.sh; unpack_runs OUT ARCHIVE; ...; pack_runs OUT ARCHIVE
+
+unpack_runs() {  # unpack_runs OUT ARCHIVE
+  mkdir -p "$1"
+  if [[ -f $2 ]]; then tar -xJf "$2" -C "$1" --skip-old-files; fi
+}
+
+pack_runs() {  # pack_runs OUT ARCHIVE: every run with a result (one still training has none yet)
+  local list
+  list=$(mktemp)
+  (cd "$1" && find . -path '*/runs/*' -name result.json -printf '%h\n' | sort) > "$list"
+  mkdir -p "$(dirname "$2")"
+  tar -cJf "$2.tmp" -C "$1" --exclude=checkpoints --exclude=.lock -T "$list" && mv "$2.tmp" "$2"
+  rm -f "$list"
+}
