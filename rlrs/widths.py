@@ -271,7 +271,7 @@ def _report(r: WidthTransferResult) -> str:
         cells = [("diverged" if p.best is None else f"{p.best:g}" + ("" if p.interior else " (edge)")) for p in s.points]
         drift = "-" if s.drift is None else f"{s.drift:g}"
         lines.append(f"| {s.variant} | {s.plan} | " + " | ".join(cells) + f" | {drift} |")
-    lines += ["", f"Zero-shot: the final loss that the base width's best η_base gives away at each larger width "
+    lines += ["", "Zero-shot: the final loss that the base width's best η_base gives away at each larger width "
               "against that width's own best (mean ± sd of the paired difference over seeds; +0 where the "
               "optima coincide).", "",
               "| variant | plan | base η_base | " + " | ".join(f"w{w}" for w in r.widths[1:]) + " |",
