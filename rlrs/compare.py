@@ -646,6 +646,7 @@ def lr_grid(
     command: str | None = None,
     extend: int = 3,
     points: int = 5,
+    include: Mapping[str, float] | None = None,
     log: Callable[[str], None] = print,
     progress: bool = False,
 ) -> GridResult:
@@ -655,7 +656,8 @@ def lr_grid(
 
     A best value at the grid's low or high end says nothing about the optimum, so the grid grows
     by the next ladder value beyond that end, up to ``extend`` times per arm (0: never), until the
-    best lies inside (a diverged neighbour bounds it too)."""
+    best lies inside (a diverged neighbour bounds it too). ``include`` adds one value to an arm's
+    grid (by arm name; width-transfer: the base width's optimum, whose loss it must measure)."""
     t0 = time.perf_counter()
     target = _target(target, config_file)
     preset = target.name
@@ -673,6 +675,10 @@ def lr_grid(
     out = Path(out)
     values = {arm: list(grid) if grid else grid_around(target.spec(plan, 0, sets).plan.base_lr, points)
               for arm, plan in arms}
+    for arm, lr in (include or {}).items():
+        if arm not in values:
+            raise ConfigError(f"include: {arm!r} is not an arm of this grid; {_config.closest(arm, list(values))}")
+        values[arm] = sorted({*values[arm], float(lr)})
     if isinstance(extend, bool) or not isinstance(extend, int) or extend < 0:
         raise ConfigError(f"extend: how many values a grid may grow by at an edge, an integer >= 0, got {extend!r}")
     log(f"rlrs lr-grid: {preset}, plans {', '.join(a for a, _ in arms)}, η_base grid "

@@ -12,7 +12,8 @@ or from Python::
 
 For every variant and width, ``lr-grid`` trains each plan (default: the uniform baseline and the
 paper's plan for the preset's type) on the {1, 2, 5}×10⁻ⁿ grid, growing it until the best η_base
-is inside, with ``--seeds`` seeds per point. The preset is rebuilt at ``d_model = width`` with its
+is inside, with ``--seeds`` seeds per point; every larger width also trains the base width's best
+η_base. The preset is rebuilt at ``d_model = width`` with its
 number of heads kept (what muP here assumes); the smallest width is muP's base width. Variants:
 
 - ``sp``: standard parametrization, AdamW's decay coupled to the LR (PyTorch's);
@@ -236,8 +237,12 @@ def width_transfer(
         grids: dict[int, GridResult] = {}
         for w in widths:
             log(f"== {v}, width {w}")
+            # Every larger width also trains the base width's optimum: the zero-shot gap needs its loss.
+            base_best = {} if w == base_width else {a: g.best for a, g in grids[base_width].arms.items()
+                                                    if g.best is not None}
             grids[w] = lr_grid(preset, plans, out / v / f"w{w}", grid=grid, seeds=seeds, extend=extend,
-                               sets={**sets, **variant_sets(v, w, base_width, iwd)}, workers=workers, log=log)
+                               sets={**sets, **variant_sets(v, w, base_width, iwd)}, workers=workers,
+                               include=base_best, log=log)
         for p in plans:
             arm = arm_name(p)
             pts = []

@@ -342,6 +342,18 @@ def test_lr_grid_default_grid_has_points_values_around_each_plans_own_base_lr(tm
         lr_grid("tiny-dense", ["uniform-dense"], tmp_path / "h", points=0)
 
 
+def test_lr_grid_include_adds_a_value_to_one_arms_grid(tmp_path, corpus_dir, spy):
+    from rlrs.compare import lr_grid
+
+    res = lr_grid("tiny-dense", ["uniform-dense", "paper-dense"], tmp_path / "g", grid=[1e-3], extend=0,
+                  include={"paper-dense": 5e-2}, sets=_sets(corpus_dir, **{"train.steps": 4}), workers=1, log=_quiet)
+    assert [p.base_lr for p in res.arms["uniform-dense"].points] == [1e-3]
+    assert [p.base_lr for p in res.arms["paper-dense"].points] == [1e-3, 5e-2]
+    assert len(spy.jobs) == 3
+    with pytest.raises(ConfigError, match="include: 'paper-dnese' is not an arm of this grid; did you mean 'paper-dense'"):
+        lr_grid("tiny-dense", ["uniform-dense", "paper-dense"], tmp_path / "h", include={"paper-dnese": 1e-2})
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
