@@ -307,6 +307,7 @@ def _plot(r: WidthTransferResult, path: Path) -> Path:
         if s.points[0].best is not None:  # the zero-shot choice: the base width's optimum
             ax.axvline(s.points[0].best, color="0.6", lw=0.8, ls=":")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())  # minor labels overlap on a short log range
         ax.set_xlabel("η_base")
         ax.set_title(f"{s.variant}, {s.plan}" + ("" if s.drift is None else f" (drift {s.drift:g})"), fontsize=9)
         ax.legend(frameon=False, fontsize=7)
