@@ -11,10 +11,12 @@ unpack_runs() {  # unpack_runs OUT ARCHIVE
 }
 
 pack_runs() {  # pack_runs OUT ARCHIVE: every run with a result (one still training has none yet)
-  local list
+  local list tmp
   list=$(mktemp)
   (cd "$1" && find . -path '*/runs/*' -name result.json -printf '%h\n' | sort) > "$list"
   mkdir -p "$(dirname "$2")"
-  tar -cJf "$2.tmp" -C "$1" --exclude=checkpoints --exclude=.lock -T "$list" && mv "$2.tmp" "$2"
-  rm -f "$list"
+  # Its own temporary file: the periodic packer and a stage's pack may run at once; each mv is atomic.
+  tmp=$(mktemp "$2.XXXXXX")
+  tar -cJf "$tmp" -C "$1" --exclude=checkpoints --exclude=.lock -T "$list" && mv "$tmp" "$2"
+  rm -f "$list" "$tmp"
 }
