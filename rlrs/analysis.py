@@ -343,6 +343,7 @@ def read_run(out: str | Path, cfg: RunConfig | None = None) -> RunLogs:
     def per_component(key: str) -> dict[str, np.ndarray]:
         return {c: np.asarray([r.get(f"{key}/{c}", math.nan) for r in diag], dtype=np.float64) for c in components}
 
+    align_weight = per_component("align_weight")  # α_W, the denominator of the alignment ratio
     router = None
     if cfg is not None and cfg.model.is_moe:
         seq = cfg.train.seq_len or cfg.model.seq_len
@@ -359,8 +360,7 @@ def read_run(out: str | Path, cfg: RunConfig | None = None) -> RunLogs:
         components=components,
         updates=UpdateCurves(np.asarray([r["step"] for r in diag], dtype=np.int64),
                              per_component("update_ratio"), per_component("update_rms"), per_component("rep_change"),
-                             {c: a / w for (c, a), w in zip(per_component("align_update").items(),
-                                                             per_component("align_weight").values())}),
+                             {c: a / align_weight[c] for c, a in per_component("align_update").items()}),
         router=router,
     )
 

@@ -229,19 +229,14 @@ def plot_updates(res: CompareResult, path: str | Path) -> Path:
     for ax, comp in zip(axes.flat, comps):
         for arm in res.arms.values():
             u = arm.updates
-            y = np.asarray(u.update_ratio.get(comp, []), float)
-            x = np.asarray(u.steps, float)[: len(y)]
-            ok = np.isfinite(y) & (y > 0)  # the first step's warmup LR is 0: nothing to show on a log axis
-            if ok.any():
-                ax.plot(x[ok], y[ok], color=colors[arm.name], lw=1.5, label=_diag_label(arm))
-            r = np.asarray(u.rep_change.get(comp, []), float)
-            ok = np.isfinite(r) & (r > 0)
-            if ok.any():  # dashed: what the update does to the component's outputs
-                ax.plot(np.asarray(u.steps, float)[: len(r)][ok], r[ok], color=colors[arm.name], lw=1.0, ls="--")
-            a = np.asarray(u.align_ratio.get(comp, []), float)
-            ok = np.isfinite(a) & (a > 0)
-            if ok.any():  # dotted: the alignment ratio that turns the solid line into the dashed one
-                ax.plot(np.asarray(u.steps, float)[: len(a)][ok], a[ok], color=colors[arm.name], lw=1.0, ls=":")
+            # solid: ‖ΔW‖/‖W‖; dashed: what the update does to the component's outputs; dotted: the
+            # alignment ratio that turns the solid line into the dashed one.
+            for curves, lw, ls in ((u.update_ratio, 1.5, "-"), (u.rep_change, 1.0, "--"), (u.align_ratio, 1.0, ":")):
+                y = np.asarray(curves.get(comp, []), float)
+                ok = np.isfinite(y) & (y > 0)  # the first step's warmup LR is 0: nothing to show on a log axis
+                if ok.any():
+                    ax.plot(np.asarray(u.steps, float)[: len(y)][ok], y[ok], color=colors[arm.name], lw=lw, ls=ls,
+                            label=_diag_label(arm) if ls == "-" else None)
         ax.set_yscale("log")
         ax.set_title(comp, fontsize=10, color=plots.COLORS.get(comp, "k"))
         ax.grid(alpha=0.3, which="both")
