@@ -3,7 +3,7 @@
 # its finished runs (config, spec, result, metrics; no checkpoints) into an archive that is
 # committed, and unpacks it at its start: the run engine then reuses those runs and trains only
 # what is missing. Files already in OUT win over the archive's.
-#   source benchmarks/archive.sh; unpack_runs OUT ARCHIVE; ...; pack_runs OUT ARCHIVE
+#   source benchmarks/archive.sh; unpack_runs OUT ARCHIVE; start_packer OUT ARCHIVE; ...; pack_runs OUT ARCHIVE
 
 unpack_runs() {  # unpack_runs OUT ARCHIVE
   mkdir -p "$1"
@@ -19,4 +19,10 @@ pack_runs() {  # pack_runs OUT ARCHIVE: every run with a result (one still train
   tmp=$(mktemp "$2.XXXXXX")
   tar -cJf "$tmp" -C "$1" --exclude=checkpoints --exclude=.lock -T "$list" && mv "$tmp" "$2"
   rm -f "$list" "$tmp"
+}
+
+start_packer() {  # start_packer OUT ARCHIVE: also pack every 10 minutes, until the calling script exits
+  (while sleep 600; do pack_runs "$1" "$2"; done) &
+  _packer=$!
+  trap 'kill $_packer 2>/dev/null' EXIT
 }

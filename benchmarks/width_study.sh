@@ -30,9 +30,7 @@ RESULTS=${2:-benchmarks/results/width}
 cd "$(dirname "$0")/.."
 source benchmarks/archive.sh
 unpack_runs "$OUT" "$RESULTS/runs.tar.xz"
-(while sleep 600; do pack_runs "$OUT" "$RESULTS/runs.tar.xz"; done) &
-packer=$!
-trap 'kill $packer 2>/dev/null' EXIT
+start_packer "$OUT" "$RESULTS/runs.tar.xz"
 study() {  # study PHASE VARIANTS PLANS
   python -m rlrs width-transfer --preset ladder-xs-dense --widths 16,32,48,64 \
     --variants "$2" --plans "$3" --grid 5e-3,1e-2,2e-2 --extend 3 --seeds 2 --iwd 5e-3 \

@@ -20,11 +20,7 @@ mkdir -p "$KEEP"
 source benchmarks/archive.sh
 ARCHIVE=$KEEP/runs.tar.xz
 unpack_runs "$OUT" "$ARCHIVE"
-pack() { pack_runs "$OUT" "$ARCHIVE"; }
-# Also every 10 minutes while a task trains: a text task takes hours, and a session may end first.
-(while sleep 600; do pack; done) &
-packer=$!
-trap 'kill $packer 2>/dev/null' EXIT
+start_packer "$OUT" "$ARCHIVE"  # also while a task trains: a text task takes hours, a session may end first
 done_tasks=""
 for task in $TASKS; do
   done_tasks="${done_tasks:+$done_tasks,}$task"
@@ -34,6 +30,6 @@ for task in $TASKS; do
   for f in results.json report.md zoo_curves.png; do
     if [[ -f "$OUT/$f" ]]; then cp "$OUT/$f" "$KEEP/$f"; fi
   done
-  pack
+  pack_runs "$OUT" "$ARCHIVE"
 done
 echo "zoo chain done"
