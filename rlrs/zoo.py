@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -98,6 +98,7 @@ class ZooResult:
     epochs: int | None
     cells: list[Cell]
     wall_s: float
+    merged_from: list[str] = field(default_factory=list)  # the results.json files merge_results combined
 
     def cell(self, strategy: str, task: str) -> Cell:
         for c in self.cells:
@@ -109,7 +110,7 @@ class ZooResult:
     def to_dict(self) -> dict:
         return _config.json_safe({
             "tasks": self.tasks, "strategies": self.strategies, "seeds": self.seeds, "epochs": self.epochs,
-            "wall_s": self.wall_s,
+            "wall_s": self.wall_s, "merged_from": self.merged_from,
             "cells": [{**asdict(c), "status": c.status} for c in self.cells],
         })
 
@@ -120,6 +121,81 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
         return None, None
     a = np.asarray(values, dtype=float)
     return float(a.mean()), (float(a.std(ddof=1)) if len(a) > 1 else None)
+
+
+def _strict(cls, data, where: str) -> dict:
+    """``data``'s keys checked against ``cls``'s fields: an unknown one names the closest, a missing one is named."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(data).__name__}")
+    names = [f.name for f in fields(cls)]
+    for k in data:
+        if k not in names:
+            raise ConfigError(f"{where}.{k}: unknown key; {_config.closest(str(k), names)}")
+    required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise ConfigError(f"{where}: missing {', '.join(missing)}; is this a results.json written by rlrs zoo?")
+    return data
+
+
+def load_results(path: str | Path) -> ZooResult:
+    """A zoo's ``results.json`` read back into a :class:`ZooResult` (``out`` is its folder).
+
+    The runs' directories it names are kept as written; they need not exist to report on it."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"--merge: cannot read {path}: {err}") from None
+    doc = dict(_strict(ZooResult, {"out": str(path.parent), **(doc if isinstance(doc, dict) else {})}, str(path)))
+    cells = []
+    for i, c in enumerate(doc.pop("cells")):
+        c = {k: v for k, v in c.items() if k != "status"} if isinstance(c, dict) else c  # derived, written for readers
+        cells.append(Cell(**_strict(Cell, c, f"{path}: cells[{i}]")))
+    return ZooResult(**{**doc, "out": path.parent, "cells": cells})
+
+
+def merge_results(results: Sequence[ZooResult], out: str | Path) -> ZooResult:
+    """One :class:`ZooResult` of several zoo runs on different tasks (e.g. measured in different
+    sessions or on different machines), for one cross-task table. Each task must come from one
+    input, and all inputs must have the same seeds and epochs. A strategy an input did not run is
+    "n/a" on that input's tasks when it does not apply to them, and an error when it does.
+
+        >>> merge_results([], "x")
+        Traceback (most recent call last):
+        ...
+        rlrs.config.ConfigError: --merge: give at least two results.json files
+    """
+    if len(results) < 2:
+        raise ConfigError("--merge: give at least two results.json files")
+    first = results[0]
+    owner: dict[str, ZooResult] = {}
+    for r in results:
+        if (r.seeds, r.epochs) != (first.seeds, first.epochs):
+            raise ConfigError(f"--merge: {r.out} has {r.seeds} seeds and epochs {r.epochs}, {first.out} has "
+                              f"{first.seeds} and {first.epochs}; merge results measured the same way")
+        for t in r.tasks:
+            if t in owner:
+                raise ConfigError(f"--merge: task {t} is in both {owner[t].out} and {r.out}; merge each task once")
+            owner[t] = r
+    strategies = list(dict.fromkeys(s for r in results for s in r.strategies))
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown:
+        raise ConfigError(f"--merge: strategy {unknown[0]!r} is not in this rlrs's registry; "
+                          f"{_config.closest(unknown[0], list(STRATEGIES))}")
+    cells = []
+    for t, r in owner.items():
+        for s in strategies:
+            if s in r.strategies:
+                cells.append(r.cell(s, t))
+            elif not STRATEGIES[s].applies_to(t):
+                cells.append(Cell(s, t, r.seeds, 0, 0, 0, None, None, None, None, TASKS[t].target, 0, None, None, 0.0,
+                                  applicable=False))
+            else:
+                raise ConfigError(f"--merge: strategy {s} did not run on task {t} in {r.out}; run it there "
+                                  f"(rlrs zoo --task {t} --strategies {s} --out {r.out}) before merging")
+    return ZooResult(Path(out), list(owner), strategies, first.seeds, first.epochs, cells,
+                     sum(r.wall_s for r in results), [str(r.out / "results.json") for r in results])
 
 
 def run_zoo(tasks: Sequence[str], strategies: Sequence[str], out: str | Path, seeds: int = 3,
@@ -192,9 +268,11 @@ def run_zoo(tasks: Sequence[str], strategies: Sequence[str], out: str | Path, se
 
 
 def write_outputs(res: ZooResult) -> None:
-    """``results.json``, ``report.md`` and ``zoo_curves.png`` (when matplotlib is installed)."""
+    """``results.json``, ``report.md`` and ``zoo_curves.png`` (when matplotlib is installed; not
+    for a merged result, whose curves are in each input's own plot)."""
+    _config.make_dir(res.out, "--out")
     _config.atomic_write_text(res.out / "results.json", json.dumps(res.to_dict(), indent=1) + "\n")
-    png = _plot(res)
+    png = None if res.merged_from else _plot(res)
     _config.atomic_write_text(res.out / "report.md", report(res, png))
 
 
@@ -223,6 +301,8 @@ def report(res: ZooResult, png: Path | None) -> str:
         f"(%, mean ± std over seeds) and rank per task; a cell where a seed diverged or failed ranks "
         f"after the complete ones. The mean rank is over the tasks a strategy applies to (their "
         f"number in brackets). Wall time {res.wall_s:.0f} s.", "",
+        *([f"Merged from {', '.join(res.merged_from)} (their curves are in each one's zoo_curves.png).", ""]
+          if res.merged_from else []),
         "| strategy | gen | " + " | ".join(res.tasks) + " | mean rank |",
         "|---|---|" + "---|" * len(res.tasks) + "---|",
     ]
@@ -278,7 +358,8 @@ def _plot(res: ZooResult) -> Path | None:
         ax.set_ylabel("test accuracy")
         lo = min((c.accuracy_mean for c in res.cells if c.task == t and c.accuracy_mean is not None), default=0.0)
         ax.set_ylim(max(0.0, lo - 0.1), 1.0)
-    axes[0][-1].legend(fontsize=6, ncol=2, loc="lower right")
+    if axes[0][-1].get_legend_handles_labels()[0]:  # no curves when the runs' folders are gone
+        axes[0][-1].legend(fontsize=6, ncol=2, loc="lower right")
     fig.tight_layout()
     path = res.out / "zoo_curves.png"
     fig.savefig(path, dpi=110)
@@ -312,12 +393,23 @@ def add_commands(sub) -> None:
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: each task's own)")
     add_workers_arg(p)
     p.add_argument("--out", default=None, help="output directory (results.json, report.md, zoo_curves.png, runs/)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="RESULTS_JSON",
+                   help="instead of training: merge zoo results.json files of different tasks into one report in --out")
     p.set_defaults(func=cmd_zoo)
 
 
 def cmd_zoo(args) -> int:
     if args.list:
         print(listing())
+        return 0
+    if args.merge is not None:
+        if args.out is None or args.task is not None:
+            raise ConfigError("--merge: give --out (where the merged results.json and report.md go) and no --task, "
+                              "e.g. rlrs zoo --merge a/results.json b/results.json --out zoo-all")
+        res = merge_results([load_results(p) for p in args.merge], args.out)
+        write_outputs(res)
+        print(report(res, None).split("\n## ")[0])
+        print(f"results: {res.out / 'results.json'}  report: {res.out / 'report.md'}")
         return 0
     if args.task is None or args.out is None:
         raise ConfigError("--task and --out: both needed to run the zoo (or --list to see the strategies), e.g. "

@@ -495,3 +495,62 @@ def test_a_fine_tuning_strategy_is_not_applicable_to_a_task_without_an_encoder(t
     report = (tmp_path / "report.md").read_text()
     assert "| AdamW |" in report and "| LoRA |" not in report  # left out where it applies to no task
     assert "only gcide-pos" in listing()
+
+
+def _result(out, task, accs):
+    """A hand-made zoo result on one task: each strategy's final accuracy, 3 seeds."""
+    from rlrs.zoo import Cell, ZooResult
+
+    target = TASKS[task].target
+    cells = [Cell(s, task, 3, 3, 0, 0, a, 0.01, 0.3, 0.02, target, 3, 40.0, 2.0, 9.0, runs=[f"/gone/{s}"],
+                  accuracies=[a - 0.01, a, a + 0.01]) for s, a in accs.items()]
+    return ZooResult(Path(out), [task], list(accs), 3, None, cells, 27.0)
+
+
+def test_a_results_json_reads_back_into_the_same_result(tmp_path):
+    from rlrs.zoo import load_results, write_outputs
+
+    res = _result(tmp_path, "gauss", {"adamw": 0.9, "dals": 0.95})
+    write_outputs(res)
+    back = load_results(tmp_path / "results.json")
+    assert back == res  # every field, the cells included; their run folders need not exist
+
+
+def test_merge_puts_tasks_of_separate_zoo_runs_in_one_table(tmp_path):
+    from rlrs.cli import main
+    from rlrs.zoo import load_results, write_outputs
+
+    write_outputs(_result(tmp_path / "a", "gauss", {"adamw": 0.90, "dals": 0.95}))
+    write_outputs(_result(tmp_path / "b", "gcide-pos", {"adamw": 0.91, "dals": 0.85, "full-ft": 0.93}))
+    a, b = str(tmp_path / "a" / "results.json"), str(tmp_path / "b" / "results.json")
+    assert main(["zoo", "--merge", a, b, "--out", str(tmp_path / "all")]) == 0
+    res = load_results(tmp_path / "all" / "results.json")
+    assert res.tasks == ["gauss", "gcide-pos"] and res.merged_from == [a, b] and res.wall_s == 54.0
+    assert res.cell("full-ft", "gauss").status == "n/a"  # a fine-tuning strategy on a task without an encoder
+    assert res.cell("dals", "gauss").accuracy_mean == 0.95 and res.cell("dals", "gcide-pos").accuracy_mean == 0.85
+    report = (tmp_path / "all" / "report.md").read_text()
+    assert "| DALS | 5 | 95.0 ± 1.0 (#1) | 85.0 ± 1.0 (#3) | 2.0 (2 tasks) |" in report
+    assert "| Full fine-tuning | 5 | n/a | 93.0 ± 1.0 (#1) | 1.0 (1 task) |" in report
+    assert "Merged from" in report and not (tmp_path / "all" / "zoo_curves.png").exists()
+
+
+def test_merge_refuses_what_would_mix_or_misreport(tmp_path, capsys):
+    from rlrs.cli import main
+    from rlrs.zoo import load_results, merge_results
+
+    g = _result(tmp_path / "a", "gauss", {"adamw": 0.9})
+    with pytest.raises(ConfigError, match="task gauss is in both"):
+        merge_results([g, _result(tmp_path / "b", "gauss", {"adamw": 0.8})], tmp_path / "all")
+    with pytest.raises(ConfigError, match="2 seeds"):
+        merge_results([g, dataclasses.replace(_result(tmp_path / "b", "digits", {"adamw": 0.9}), seeds=2)], "x")
+    with pytest.raises(ConfigError, match="strategy dals did not run on task gauss"):
+        merge_results([g, _result(tmp_path / "b", "digits", {"adamw": 0.9, "dals": 0.9})], "x")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**g.to_dict(), "seed": 3}))
+    with pytest.raises(ConfigError, match=r"bad.json.seed: unknown key; did you mean 'seeds'"):
+        load_results(bad)
+    bad.write_text("{")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_results(bad)
+    assert main(["zoo", "--merge", str(bad), "--task", "gauss", "--out", "x"]) == 2
+    assert "no --task" in capsys.readouterr().err
