@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -293,8 +294,11 @@ def _add_lora(model: nn.Module, rank: int, alpha: float) -> None:
         raise ConfigError(f"strategy lora: {type(model).__name__} has no Hugging Face model as .encoder to adapt; "
                           "LoRA strategies apply to the fine-tuning tasks (" + ", ".join(FINETUNE_TASKS) + ")")
     peft = _config.require("peft", "hf")
-    model.encoder = peft.get_peft_model(encoder, peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0,
-                                                                  target_modules=list(LORA_TARGETS)))
+    with warnings.catch_warnings():
+        # PEFT asks transformers a question transformers has renamed: a FutureWarning in every LoRA run, not the user's.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        model.encoder = peft.get_peft_model(encoder, peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0,
+                                                                      target_modules=list(LORA_TARGETS)))
 
 
 def _split_by(groups: list[dict], value_of: dict[str, float], model: nn.Module, key: str) -> list[dict]:
