@@ -20,7 +20,7 @@ import numpy as np
 from rlrs.engine import Job, TaskRun, eval_curve, run_all, run_dir
 from rlrs.strategies import STRATEGIES
 from rlrs.tasks import TASKS
-from rlrs.zoo import load_results
+from rlrs.zoo import accuracy_text, load_results
 
 VARIANTS = ("dals", "dals-fast", "dals-acc")
 TEXT_TASKS = ("gcide-pos", "shakespeare-genre")
@@ -53,10 +53,7 @@ def main() -> None:
             lost = len(mine) - len(accs)
             acc = (f"{np.mean(accs):.1f} ± {np.std(accs, ddof=1):.1f}" if len(accs) > 1 else
                    f"{accs[0]:.1f} n=1" if accs else "none finished") + (f" ({lost} of {len(mine)} not finished)" if lost else "")
-            ref = "—"
-            if zoo is not None:
-                c = zoo.cell(name, task)
-                ref = f"{100 * c.accuracy_mean:.1f} ± {100 * c.accuracy_std:.1f}"
+            ref = "—" if zoo is None else accuracy_text(zoo.cell(name, task))
             print(f"| {STRATEGIES[name].title} | {task} | {STRATEGIES[name].plan.base_lr:g} | {acc} | {ref} |")
 
 

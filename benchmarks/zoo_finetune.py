@@ -17,7 +17,7 @@ import argparse
 from rlrs.finetune import minilm_classifier
 from rlrs.strategies import STRATEGIES, build
 from rlrs.tasks import ENCODER_RULES, TASKS
-from rlrs.zoo import load_results
+from rlrs.zoo import accuracy_text, load_results
 
 APPROACHES = ("full-ft", "freeze-embedding", "rlrs-embedding", "rlrs", "llrd", "discriminative",
               "stlr-discriminative", "lora", "lora-plus")
@@ -44,12 +44,8 @@ def main() -> None:
         cols = []
         for t in tasks:
             c = res.cell(s, t)
-            spread = "n=1" if c.accuracy_std is None else f"± {100 * c.accuracy_std:.1f}"
-            acc = c.status if c.accuracy_mean is None else f"{100 * c.accuracy_mean:.1f} {spread}"
-            if c.finished < c.seeds:
-                acc += f" ({c.status}: {c.finished}/{c.seeds})"
             steps = "—" if c.steps_to_target is None else f"{c.steps_to_target:.0f}"
-            cols.append(f"{acc} | {c.reached}/{c.seeds} | {steps} | {c.wall_s:.0f}")
+            cols.append(f"{accuracy_text(c)} | {c.reached}/{c.seeds} | {steps} | {c.wall_s:.0f}")
         print(f"| {STRATEGIES[s].title} | {trainable(s) / 1e6:.2f}M | " + " | ".join(cols) + " |")
 
 

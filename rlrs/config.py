@@ -93,11 +93,15 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if value not in choices:
             raise ConfigError(f"{where}: {value!r} is not allowed; {closest(str(value), choices)}")
         return value
-    if origin is tuple:
+    if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         (item,) = [a for a in typing.get_args(tp) if a is not Ellipsis]
-        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+        return origin(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is Path:
+        if not isinstance(value, (str, Path)):
+            raise ConfigError(f"{where}: expected a path, got {value!r}")
+        return Path(value)
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {value!r}")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -123,19 +123,11 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     return float(a.mean()), (float(a.std(ddof=1)) if len(a) > 1 else None)
 
 
-def _strict(cls, data, where: str) -> dict:
-    """``data``'s keys checked against ``cls``'s fields: an unknown one names the closest, a missing one is named."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a table, got {type(data).__name__}")
-    names = [f.name for f in fields(cls)]
-    for k in data:
-        if k not in names:
-            raise ConfigError(f"{where}.{k}: unknown key; {_config.closest(str(k), names)}")
-    required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
-    missing = [k for k in required if k not in data]
-    if missing:
-        raise ConfigError(f"{where}: missing {', '.join(missing)}; is this a results.json written by rlrs zoo?")
-    return data
+def _no_runs(strategy: str, task: str, seeds: int, failed: int = 0, errors: Sequence[str] = (),
+             applicable: bool = True) -> Cell:
+    """The cell of a strategy that has no finished run on ``task``: not applicable, or its task failed."""
+    return Cell(strategy, task, seeds, 0, 0, failed, None, None, None, None, TASKS[task].target, 0, None, None, 0.0,
+                list(errors), applicable)
 
 
 def load_results(path: str | Path) -> ZooResult:
@@ -147,12 +139,12 @@ def load_results(path: str | Path) -> ZooResult:
         doc = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ConfigError(f"--merge: cannot read {path}: {err}") from None
-    doc = dict(_strict(ZooResult, {"out": str(path.parent), **(doc if isinstance(doc, dict) else {})}, str(path)))
-    cells = []
-    for i, c in enumerate(doc.pop("cells")):
-        c = {k: v for k, v in c.items() if k != "status"} if isinstance(c, dict) else c  # derived, written for readers
-        cells.append(Cell(**_strict(Cell, c, f"{path}: cells[{i}]")))
-    return ZooResult(**{**doc, "out": path.parent, "cells": cells})
+    if isinstance(doc, dict):
+        doc = {**doc, "out": str(path.parent)}
+        if isinstance(doc.get("cells"), list):  # a cell's status is derived: written for readers, not read back
+            doc["cells"] = [{k: v for k, v in c.items() if k != "status"} if isinstance(c, dict) else c
+                            for c in doc["cells"]]
+    return _config.from_dict(ZooResult, doc, str(path))
 
 
 def merge_results(results: Sequence[ZooResult], out: str | Path) -> ZooResult:
@@ -189,8 +181,7 @@ def merge_results(results: Sequence[ZooResult], out: str | Path) -> ZooResult:
             if s in r.strategies:
                 cells.append(r.cell(s, t))
             elif not STRATEGIES[s].applies_to(t):
-                cells.append(Cell(s, t, r.seeds, 0, 0, 0, None, None, None, None, TASKS[t].target, 0, None, None, 0.0,
-                                  applicable=False))
+                cells.append(_no_runs(s, t, r.seeds, applicable=False))
             else:
                 raise ConfigError(f"--merge: strategy {s} did not run on task {t} in {r.out}; run it there "
                                   f"(rlrs zoo --task {t} --strategies {s} --out {r.out}) before merging")
@@ -235,12 +226,10 @@ def run_zoo(tasks: Sequence[str], strategies: Sequence[str], out: str | Path, se
         target = TASKS[task].target
         for name in strategies:
             if not STRATEGIES[name].applies_to(task):
-                cells.append(Cell(name, task, seeds, 0, 0, 0, None, None, None, None, target, 0, None, None, 0.0,
-                                  applicable=False))
+                cells.append(_no_runs(name, task, seeds, applicable=False))
                 continue
             if task in unfetched:
-                cells.append(Cell(name, task, seeds, 0, 0, seeds, None, None, None, None, target, 0, None, None, 0.0,
-                                  errors=[unfetched[task]]))
+                cells.append(_no_runs(name, task, seeds, failed=seeds, errors=[unfetched[task]]))
                 continue
             mine = [(j, r) for j, r in zip(jobs, results) if j.spec.task == task and j.spec.strategy.name == name]
             done = [r for _, r in mine if r.status == "finished"]
@@ -276,7 +265,8 @@ def write_outputs(res: ZooResult) -> None:
     _config.atomic_write_text(res.out / "report.md", report(res, png))
 
 
-def _acc(c: Cell) -> str:
+def accuracy_text(c: Cell) -> str:
+    """A cell's accuracy as the tables print it: ``"92.1 ± 0.7"`` (%), with the status when a seed did not finish."""
     if c.accuracy_mean is None:
         return c.status
     spread = "n=1" if c.accuracy_std is None else f"± {100 * c.accuracy_std:.1f}"
@@ -313,7 +303,7 @@ def report(res: ZooResult, png: Path | None) -> str:
         st = STRATEGIES[s]
         if not any(s in rk[t] for t in res.tasks):
             continue  # applies to none of these tasks (the fine-tuning ones on a task without an encoder)
-        cols = [f"{_acc(res.cell(s, t))} (#{rk[t][s]})" if s in rk[t] else "n/a" for t in res.tasks]
+        cols = [f"{accuracy_text(res.cell(s, t))} (#{rk[t][s]})" if s in rk[t] else "n/a" for t in res.tasks]
         n = sum(s in rk[t] for t in res.tasks)
         lines.append(f"| {st.title} | {st.generation} | " + " | ".join(cols) + f" | {mean_rank(s):.1f} ({n} task{'s' * (n != 1)}) |")
     for t in res.tasks:
@@ -325,7 +315,7 @@ def report(res: ZooResult, png: Path | None) -> str:
             c = res.cell(s, t)
             loss = "—" if c.loss_mean is None else f"{c.loss_mean:.3f} " + (
                 "n=1" if c.loss_std is None else f"± {c.loss_std:.3f}")
-            lines.append(f"| {STRATEGIES[s].title} | {_acc(c)} | {loss} | {c.reached}/{c.seeds} | "
+            lines.append(f"| {STRATEGIES[s].title} | {accuracy_text(c)} | {loss} | {c.reached}/{c.seeds} | "
                          f"{'—' if c.steps_to_target is None else f'{c.steps_to_target:.0f}'} | "
                          f"{'—' if c.seconds_to_target is None else f'{c.seconds_to_target:.1f}'} |")
     bad = [(c, e) for c in res.cells for e in c.errors]
@@ -408,15 +398,14 @@ def cmd_zoo(args) -> int:
                               "e.g. rlrs zoo --merge a/results.json b/results.json --out zoo-all")
         res = merge_results([load_results(p) for p in args.merge], args.out)
         write_outputs(res)
-        print(report(res, None).split("\n## ")[0])
-        print(f"results: {res.out / 'results.json'}  report: {res.out / 'report.md'}")
-        return 0
-    if args.task is None or args.out is None:
-        raise ConfigError("--task and --out: both needed to run the zoo (or --list to see the strategies), e.g. "
-                          "rlrs zoo --task gauss --strategies adamw,dals --out runs/zoo")
-    check_workers(args.workers)
-    res = run_zoo(args.task.split(","), args.strategies.split(","), args.out, seeds=args.seeds, epochs=args.epochs,
-                  workers=args.workers)
+    else:
+        if args.task is None or args.out is None:
+            raise ConfigError("--task and --out: both needed to run the zoo (or --list to see the strategies), e.g. "
+                              "rlrs zoo --task gauss --strategies adamw,dals --out runs/zoo")
+        check_workers(args.workers)
+        res = run_zoo(args.task.split(","), args.strategies.split(","), args.out, seeds=args.seeds,
+                      epochs=args.epochs, workers=args.workers)
     print(report(res, None).split("\n## ")[0])
     print(f"results: {res.out / 'results.json'}  report: {res.out / 'report.md'}")
-    return 1 if any(c.failed for c in res.cells) else 0  # a diverged strategy is a result, a crash is not
+    # A diverged strategy is a result, a crash is not; a merge reports what its inputs had, and crashes nothing.
+    return 1 if args.merge is None and any(c.failed for c in res.cells) else 0

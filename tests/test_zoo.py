@@ -549,6 +549,14 @@ def test_merge_refuses_what_would_mix_or_misreport(tmp_path, capsys):
     bad.write_text(json.dumps({**g.to_dict(), "seed": 3}))
     with pytest.raises(ConfigError, match=r"bad.json.seed: unknown key; did you mean 'seeds'"):
         load_results(bad)
+    doc = g.to_dict()
+    doc["cells"][0]["accuracies"] = "0.9"
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=r"bad.json.cells\[0\].accuracies: expected a list"):
+        load_results(bad)
+    bad.write_text(json.dumps({k: v for k, v in g.to_dict().items() if k != "cells"}))
+    with pytest.raises(ConfigError, match="missing 1 required positional argument: 'cells'"):
+        load_results(bad)
     bad.write_text("{")
     with pytest.raises(ConfigError, match="cannot read"):
         load_results(bad)
