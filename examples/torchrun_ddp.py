@@ -67,6 +67,10 @@ def main() -> None:
         sched.step()
         if (step + 1) % every == 0 or step + 1 == steps:
             rlrs.report(step + 1, evaluate())  # writes on rank 0 only
+    # gloo's worker threads free a finished collective's tensors a moment after it returns, and
+    # need the GIL for it: a process already exiting then aborts ("terminate called without an
+    # active exception"). A barrier waits, with the GIL released, until they are done.
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -51,7 +51,8 @@ from .analysis import (Difference, Interval, RouterCurve, RouterHealth, RunLogs,
                        bootstrap_speedup, detect_spikes,
                        mean_curve, mean_router, mean_updates, paired_difference, read_run, router_health, speedup)
 from .config import ConfigError
-from .engine import (CommandTarget, Job, PresetRun, PresetTarget, RunResult, RunSpec, Target, run_all, run_dir)
+from .engine import (CommandTarget, Job, PresetRun, PresetTarget, RunResult, RunSpec, Target, reason_line, run_all,
+                     run_dir)
 from .options import (add_target_args, add_workers_arg, check_workers, command_line, default_of, parse_grid,
                       parse_plans, parse_sets, target_from_args)
 from .plan import Plan
@@ -827,7 +828,7 @@ def cmd_compare(args) -> int:
             print(f"{arm}: {d.describe()}")
     bad = [r for r in res.runs if r.status != "finished"]
     for r in bad:
-        print(f"{r.arm} seed {r.seed}: {r.status}: {(r.error or '').strip().splitlines()[0] if r.error else ''}")
+        print(f"{r.arm} seed {r.seed}: {r.status}: {reason_line(r.status, r.error)}")
     print(f"report: {res.out / 'report.md'}  results: {res.out / 'results.json'}")
     return 1 if any(r.status == "failed" for r in res.runs) else 0
 

@@ -39,6 +39,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import re
 import shlex
 import signal
 import socket
@@ -222,11 +223,10 @@ class RunResult:
         return v if v is not None and math.isfinite(v) else None
 
     def headline(self) -> str:
-        """One line: the status and the final loss or the last line of the error."""
+        """One line: the status and the final loss, or why it did not finish (:func:`reason_line`)."""
         if self.status == "finished" and self.final_eval_loss is not None:
             return f"finished in {self.wall_s:.1f}s, eval loss {self.final_eval_loss:.4f}"
-        last = ((self.error or "").strip().splitlines() or [""])[-1]
-        return f"{self.status}: {last.split(';')[0]}"
+        return f"{self.status}: {reason_line(self.status, self.error)}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -595,14 +595,52 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
+# A Python exception line, also as torchrun prefixes a rank's output ("[rank1]: ValueError: ...").
+_EXCEPTION_LINE = re.compile(r"^(\[rank\d+\]:\s*)?[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b")
+# Launchers' wrappers around the real error: they name no cause of their own.
+_WRAPPER_LINE = re.compile(r"ChildFailedError|CalledProcessError")
+
+
+def _exception_line(text: str) -> str | None:
+    """The last Python exception line of ``text`` that is not a launcher's wrapper: what went wrong,
+    where torchrun ends its stderr with its own traceback and a banner of ``====`` and key : value lines."""
+    for ln in reversed(text.strip().splitlines()):
+        ln = ln.strip()
+        if _EXCEPTION_LINE.match(ln) and not _WRAPPER_LINE.search(ln):
+            return ln
+    return None
+
+
+def reason_line(status: str, error: str | None) -> str:
+    """Why a run did not finish, in one line: a failure's exception line where its error has one (a
+    rank's own error, not a launcher's banner), else the error's first line up to its ``;``.
+
+        >>> reason_line("failed", "exit status 1; command: torchrun t.py\\n[rank1]: ValueError: bad\\n=====")
+        '[rank1]: ValueError: bad'
+        >>> reason_line("failed", "exit status 1; command: torchrun t.py\\n=====")
+        'exit status 1'
+    """
+    text = (error or "").strip()
+    # A diverged or stopped command was stopped by rlrs: what it then printed is not the reason.
+    line = (status == "failed" and _exception_line(text)) or (text.splitlines() or [""])[0]
+    return line.split(";")[0]
+
+
 def _tail(path: Path, start: int) -> str:
+    """The last STDERR_TAIL_LINES lines a command wrote to stderr since ``start``, led by its root
+    cause when that came earlier (a rank's exception above torchrun's own traceback and banner)."""
     try:
         with open(path, "rb") as f:
             f.seek(start)
             text = f.read().decode("utf-8", "replace")
     except OSError:
         return ""
-    return "\n".join(text.strip().splitlines()[-STDERR_TAIL_LINES:])
+    lines = text.strip().splitlines()
+    tail = lines[-STDERR_TAIL_LINES:]
+    cause = _exception_line(text)
+    if cause is not None and cause not in (ln.strip() for ln in tail):
+        tail = [cause, "..."] + tail
+    return "\n".join(tail)
 
 
 # --- the job pool ------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import numpy as np
 from . import plots
 from .components import COMPONENTS
 from .config import atomic_write_text
+from .engine import reason_line
 
 if TYPE_CHECKING:  # annotations only: compare imports this module, not the other way round
     from .compare import ArmResult, CompareResult, GridResult
@@ -441,7 +442,7 @@ def compare_markdown(res: CompareResult, lr_files: Mapping[str, Path], moe: bool
             if len(lines) <= 1:
                 add(f"- **{r.arm} seed {r.seed}** {r.status}: {err or 'no message'}")
             else:
-                add(f"- **{r.arm} seed {r.seed}** {r.status}:\n\n  ```\n"
+                add(f"- **{r.arm} seed {r.seed}** {r.status}: {reason_line(r.status, r.error)}\n\n  ```\n"
                     + "\n".join("  " + ln for ln in lines[-10:]) + "\n  ```")
     add("\n## Diagnostics\n")
     add("### Loss spikes\n")
@@ -565,7 +566,6 @@ def grid_markdown(grid: GridResult) -> str:
     if errors:
         L.append("\nRuns that did not finish:\n")
         for a, r in errors:
-            msg = (r.error or "").strip().splitlines()
-            L.append(f"- {a} seed {r.seed} (`runs/{Path(r.out).name}`): {r.status}: {msg[-1] if msg else ''}")
+            L.append(f"- {a} seed {r.seed} (`runs/{Path(r.out).name}`): {r.status}: {reason_line(r.status, r.error)}")
     L.append("\n![final loss vs η_base](lr_grid.png)\n")
     return "\n".join(L) + "\n"

@@ -570,6 +570,13 @@ class Trainer:
                            time.perf_counter() - start, self.skipped, reason=reason)
         if self.rank == 0:
             self._write_summary(status, last_train, final_eval, self._wall(), reason)
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            # Every rank returns once rank 0's summary is written. And gloo's worker threads free a
+            # finished collective's tensors a moment after it returns, needing the GIL for it: a
+            # process already exiting then aborts. The barrier waits, GIL released, until they are done.
+            dist.barrier()
         return result
 
     def _wall(self) -> float:

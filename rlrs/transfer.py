@@ -33,7 +33,7 @@ from .compare import CompareResult, arm_name, compare, lr_grid
 from .components import COMPONENTS, component_names
 from .config import ConfigError
 from .analysis import speedup
-from .engine import Job, PresetTarget, Target, as_target, run_all, run_dir
+from .engine import Job, PresetTarget, Target, as_target, reason_line, run_all, run_dir
 from .models import count_params
 from .options import (add_target_args, add_workers_arg, check_workers, default_of, parse_floats, parse_grid, parse_sets,
                       target_from_args)
@@ -331,7 +331,7 @@ def _vary(target: Target, base: Plan, comps, factors, out: Path, seeds, sets, wo
             name, c, which, f,
             losses=tuple(o.final_eval_loss if o.status == "finished" else None for o in mine),
             statuses=tuple(o.status for o in mine),
-            errors=tuple(o.error.strip().splitlines()[-1] for o in mine if o.error and o.error.strip()),
+            errors=tuple(reason_line(o.status, o.error) for o in mine if o.error and o.error.strip()),
         ))
     return rows
 

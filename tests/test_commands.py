@@ -64,6 +64,30 @@ def test_a_command_run_gets_its_plan_seed_and_directory(tmp_path):
     assert again.reused and again.eval_loss == r.eval_loss
 
 
+def test_a_launchers_failure_is_headed_by_the_ranks_own_error_not_its_banner(tmp_path):
+    # torchrun prints a failing rank's exception, then its own traceback (ending in an empty
+    # ChildFailedError) and a banner of ==== and key : value lines: more than the tail keeps.
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text(
+        "import sys\n"
+        "sys.stderr.write('[rank1]: Traceback (most recent call last):\\n[rank1]: ValueError: batch 7 is empty\\n')\n"
+        "for i in range(40):\n"
+        "    sys.stderr.write('  File \"run.py\", line %d, in main\\n' % i)\n"
+        "sys.stderr.write('torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \\n')\n"
+        "sys.stderr.write('=' * 50 + '\\n  exitcode  : 1 (pid: 12)\\n' + '=' * 50 + '\\n')\n"
+        "sys.exit(int(sys.argv[1]))\n")
+    r = execute(CommandRun(f"{PY} {shlex.quote(str(launcher))} 1", plan_preset("paper-dense")), tmp_path / "r")
+    assert r.status == "failed"
+    assert r.headline() == "failed: [rank1]: ValueError: batch 7 is empty"
+    assert "[rank1]: ValueError: batch 7 is empty\n...\n" in r.error  # kept above the last lines
+    assert r.error.rstrip().endswith("=" * 50)
+    # Without an exception line, the reason leads: the exit status, not the banner's last line.
+    banner = tmp_path / "banner.py"
+    banner.write_text("import sys\nsys.stderr.write('=' * 50 + '\\n')\nsys.exit(2)\n")
+    plain = execute(CommandRun(f"{PY} {shlex.quote(str(banner))}", plan_preset("paper-dense")), tmp_path / "plain")
+    assert plain.headline() == "failed: exit status 2"
+
+
 @pytest.mark.parametrize("mode,status,words", [
     ("crash", "failed", ["exit status 3", "something broke in the data loader"]),
     ("kill", "failed", ["killed by signal 9"]),
