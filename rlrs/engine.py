@@ -613,7 +613,7 @@ def _exception_line(text: str) -> str | None:
 
 def reason_line(status: str, error: str | None) -> str:
     """Why a run did not finish, in one line: a failure's exception line where its error has one (a
-    rank's own error, not a launcher's banner), else the error's first line up to its ``;``.
+    rank's own error, not a launcher's banner), else the error's first line without the command.
 
         >>> reason_line("failed", "exit status 1; command: torchrun t.py\\n[rank1]: ValueError: bad\\n=====")
         '[rank1]: ValueError: bad'
@@ -623,7 +623,7 @@ def reason_line(status: str, error: str | None) -> str:
     text = (error or "").strip()
     # A diverged or stopped command was stopped by rlrs: what it then printed is not the reason.
     line = (status == "failed" and _exception_line(text)) or (text.splitlines() or [""])[0]
-    return line.split(";")[0]
+    return line.split("; command: ")[0]
 
 
 def _tail(path: Path, start: int) -> str:
