@@ -137,8 +137,8 @@ def _type_name(tp) -> str:
 def from_dict(cls: type[T], data: Mapping[str, Any], where: str | None = None) -> T:
     """Build the dataclass ``cls`` from ``data``, strictly.
 
-    Missing keys take the field defaults; unknown keys and wrong types raise ``ConfigError``
-    naming the dotted path of the field (``plan.router.start``) and the fix.
+    Missing keys take the field defaults; unknown keys, wrong types and a missing key without a
+    default raise ``ConfigError`` naming the dotted path of the field (``plan.router.start``) and the fix.
     """
     where = _snake(cls.__name__) if where is None else where
     if not isinstance(data, Mapping):
@@ -148,6 +148,10 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str | None = None) -
     if unknown:
         k = unknown[0]
         raise ConfigError(f"{_join(where, k)}: unknown key; {closest(str(k), types_)}")
+    missing = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where or 'config'}: missing {', '.join(missing)}: it has no default; give it a value")
     kwargs = {k: _coerce(v, types_[k], _join(where, k)) for k, v in data.items()}
     try:
         return cls(**kwargs)

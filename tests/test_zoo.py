@@ -555,7 +555,7 @@ def test_merge_refuses_what_would_mix_or_misreport(tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"bad.json.cells\[0\].accuracies: expected a list"):
         load_results(bad)
     bad.write_text(json.dumps({k: v for k, v in g.to_dict().items() if k != "cells"}))
-    with pytest.raises(ConfigError, match="missing 1 required positional argument: 'cells'"):
+    with pytest.raises(ConfigError, match="bad.json: missing cells: it has no default"):
         load_results(bad)
     bad.write_text("{")
     with pytest.raises(ConfigError, match="cannot read"):
