@@ -67,11 +67,9 @@ def main() -> None:
         sched.step()
         if (step + 1) % every == 0 or step + 1 == steps:
             rlrs.report(step + 1, evaluate())  # writes on rank 0 only
-    # gloo's worker threads free a finished collective's tensors a moment after it returns, and
-    # need the GIL for it: a process already exiting then aborts ("terminate called without an
-    # active exception"). A barrier waits, with the GIL released, until they are done.
-    dist.barrier()
-    dist.destroy_process_group()
+    # Not a plain return: gloo's threads may still be freeing the last all_reduce's tensor, and
+    # Python's shutdown then aborts the process (rlrs.script's docstring says more).
+    rlrs.script.end_distributed()
 
 
 if __name__ == "__main__":

@@ -75,7 +75,12 @@ def cmd_train(args) -> int:
     if result.reason:
         print(f"rlrs train: {result.status}: {result.reason}", file=sys.stderr)
     print(f"metrics: {out / 'metrics.jsonl'}  checkpoints: {out / 'checkpoints'}")
-    return 3 if result.status == "unstable" else 0
+    code = 3 if result.status == "unstable" else 0
+    if trainer.world_size > 1:  # under torchrun: not through Python's shutdown (rlrs.script.end_distributed)
+        from .script import end_distributed
+
+        end_distributed(code)
+    return code
 
 
 def cmd_demo(args) -> int:

@@ -24,6 +24,12 @@ stopping it at a rung). A script that saves checkpoints into :func:`run_dir` and
 one at start-up resumes instead of starting over; its reports then continue from the resumed step
 (reports from an earlier attempt at or after that step are replaced, so either way the curve is
 one consistent run).
+
+**Ending a torchrun job.** A gloo process group's worker threads free a finished collective's
+tensors after it returns and need the GIL for it; one that asks for it while Python is already
+shutting down aborts the process ("terminate called without an active exception", SIGABRT), so a
+run that reported everything fails. No barrier prevents it. End such a script with
+:func:`end_distributed`, which leaves without Python's shutdown.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -102,3 +109,24 @@ def report(step: int, loss: float, *, tokens: int | None = None) -> None:
     with open(out / "metrics.jsonl", "a") as f:
         f.write(json.dumps(rec) + "\n")
         f.flush()
+
+
+def end_distributed(code: int = 0) -> None:
+    """End a ``torchrun`` process: a barrier, destroy the process group, flush, and ``os._exit(code)``.
+
+        rlrs.report(steps, evaluate())
+        rlrs.script.end_distributed()    # the last line of main(); nothing after it runs
+
+    ``os._exit`` skips the interpreter's shutdown, the only place where gloo's worker threads, still
+    freeing the last collective's tensors, can abort the process (see the module docstring; DDP keeps
+    the group's threads alive past ``destroy_process_group``). Files the script closed are complete;
+    ``atexit`` handlers do not run. Without a process group it only flushes and exits.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # every rank is done with every collective before any leaves
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

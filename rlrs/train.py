@@ -573,10 +573,7 @@ class Trainer:
         if self.world_size > 1:
             import torch.distributed as dist
 
-            # Every rank returns once rank 0's summary is written. And gloo's worker threads free a
-            # finished collective's tensors a moment after it returns, needing the GIL for it: a
-            # process already exiting then aborts. The barrier waits, GIL released, until they are done.
-            dist.barrier()
+            dist.barrier()  # every rank returns once rank 0's summary is written
         return result
 
     def _wall(self) -> float:

@@ -88,6 +88,19 @@ def test_a_launchers_failure_is_headed_by_the_ranks_own_error_not_its_banner(tmp
     assert plain.headline() == "failed: exit status 2"
 
 
+def test_end_distributed_flushes_and_leaves_with_its_code_without_pythons_shutdown(tmp_path):
+    # Python's shutdown is where gloo's threads abort a torchrun process: end_distributed skips it
+    # (atexit handlers do not run) and loses nothing the script printed or closed.
+    code = ("import atexit, sys, rlrs\n"
+            "atexit.register(lambda: print('shutdown ran'))\n"
+            "print('reported', end='')\n"
+            "sys.stderr.write('warned')\n"
+            "rlrs.script.end_distributed(5)\n"
+            "print('after')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stdout, r.stderr) == (5, "reported", "warned")
+
+
 @pytest.mark.parametrize("mode,status,words", [
     ("crash", "failed", ["exit status 3", "something broke in the data loader"]),
     ("kill", "failed", ["killed by signal 9"]),

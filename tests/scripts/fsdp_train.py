@@ -45,8 +45,7 @@ def main() -> None:
         }
         with open(sys.argv[1], "w") as f:
             json.dump(report, f)
-    dist.barrier()  # gloo frees the last collectives' tensors with the GIL: not while exiting (examples/torchrun_ddp.py)
-    dist.destroy_process_group()
+    rlrs.script.end_distributed()  # gloo's threads and Python's shutdown: see rlrs.script
 
 
 if __name__ == "__main__":
