@@ -8,12 +8,21 @@ sizes, MoE router health).
     >>> s.t_base, s.t_relative, round(s.percent, 1)
     (40, 30, 33.3)
 
-The baseline needs ``T_base`` steps (all of its training) to reach its final loss ``L``; the
-relative arm first reaches ``L`` (loss ≤ L, checked at the measuring points: every 1% of
-training) at step ``T_relative``. The speed-up is ``(T_base / T_relative − 1) × 100%``. Losses
-are means over seeds. A relative arm that never reaches ``L`` has no speed-up (``percent`` is
-``None``), which is reported as such, never as 0%. Because the relative arm's schedule has not
-finished decaying at ``T_relative``, the metric underestimates the gain (the paper says so too).
+Both curves are read the same way, so that two arms that train alike measure 0%. Each mean
+curve is first made monotone: its best non-increasing fit (least squares, the pool-adjacent-
+violators algorithm), which averages an eval's noise over its neighbours instead of letting one
+lucky point decide. The target ``L`` is the baseline's fitted final loss; ``T_base`` and
+``T_relative`` are the first measuring steps at which each arm's fit is ≤ ``L``, and the
+speed-up is ``(T_base / T_relative − 1) × 100%``. On a curve that still falls at its last point
+(the paper's cosine runs: the fit is the curve itself) ``T_base`` is all of its training and
+``L`` its final loss, exactly the paper's appendix A; on a plateaued or noisy curve the
+baseline's own first arrival at ``L`` counts, as the relative arm's does (taking the baseline's
+last step instead would give a copy of the baseline a speed-up). The steps are known only to a
+measuring interval: ``resolution`` is the change in percent one interval makes, and a speed-up
+no larger than it is no measurable difference. A relative arm that never reaches ``L`` has no
+speed-up (``percent`` is ``None``), reported as such, never as 0%. Because the relative arm's
+schedule has not finished decaying at ``T_relative``, the metric underestimates the gain (the
+paper says so too).
 
 ``read_run(run_dir, cfg)`` parses one run's ``metrics.jsonl`` (a preset run) or the losses a
 command reported with ``rlrs.report`` into a :class:`RunLogs`; ``detect_spikes`` and
@@ -48,18 +57,61 @@ COLLAPSE_SHARE = 0.5
 
 @dataclass(frozen=True)
 class SpeedUp:
+    """The paper's speed-up of one arm over the baseline (``percent``: ``None`` when the relative
+    arm never reaches the target). ``resolution`` is ± how many percent one measuring interval
+    moves it (``inf`` when the relative arm is already there at its first measurement)."""
+
     t_base: int
     t_relative: int | None
     target_loss: float
     percent: float | None
+    resolution: float | None = None
+
+    @property
+    def measurable(self) -> bool:
+        """Whether the speed-up is larger than what one measuring interval can move."""
+        return self.percent is not None and self.resolution is not None and abs(self.percent) > self.resolution
 
     def describe(self) -> str:
         if self.percent is None:
             return f"no speed-up: the relative arm never reaches the baseline's final loss {self.target_loss:.4f}"
         return (
-            f"speed-up {self.percent:+.1f}%: the relative arm reaches the baseline's final loss "
-            f"{self.target_loss:.4f} at step {self.t_relative} instead of {self.t_base}"
+            f"speed-up {self.percent:+.1f}% ({resolution_text(self.resolution)}): the relative arm reaches the "
+            f"baseline's final loss {self.target_loss:.4f} at step {self.t_relative} instead of {self.t_base}"
         )
+
+
+def resolution_text(resolution: float | None) -> str:
+    """``±1.2% one eval interval``, or what stands for an unbounded resolution."""
+    if resolution is None or not math.isfinite(resolution):
+        return "resolution unbounded: reached at the first measurement"
+    return f"±{resolution:.1f}%, one measuring interval"
+
+
+def monotone_fit(values: Sequence[float]) -> np.ndarray:
+    """The least-squares non-increasing fit of ``values`` (pool adjacent violators): a falling
+    curve is left as it is; a rise is pooled with what came before it into their mean.
+
+    >>> monotone_fit([5.0, 4.0, 4.2, 3.0]).tolist()
+    [5.0, 4.1, 4.1, 3.0]
+    """
+    return np.concatenate([np.full(n, level) for level, _, n in _pooled(values)]) if len(values) else np.zeros(0)
+
+
+def _pooled(values: Sequence[float]) -> list[tuple[float, int, int]]:
+    """The blocks of :func:`monotone_fit`: (level, first index, length) each."""
+    blocks: list[list[float]] = []  # [sum, count] per pooled block
+    for v in np.asarray(values, dtype=np.float64):
+        blocks.append([float(v), 1])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] < blocks[-1][0] / blocks[-1][1]:
+            total, n = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += n
+    out, first = [], 0
+    for total, n in blocks:
+        out.append((total / n, first, int(n)))
+        first += int(n)
+    return out
 
 
 def speedup(
@@ -68,18 +120,51 @@ def speedup(
     rel_steps: Sequence[int],
     rel_loss: Sequence[float],
 ) -> SpeedUp:
-    """The paper's speed-up from two loss curves measured at the given steps (means over seeds)."""
+    """The paper's speed-up from two loss curves measured at the given steps (means over seeds),
+    both read by one rule (the module's docstring): identical curves give exactly 0%.
+
+    >>> curve = ([0, 10, 20, 30, 40], [5.0, 3.0, 2.9, 3.05, 2.95])   # noisy: it touches 2.95 early
+    >>> speedup(*curve, *curve).percent
+    0.0
+    """
     base_steps, base_loss = _curve(base_steps, base_loss, "baseline")
     rel_steps, rel_loss = _curve(rel_steps, rel_loss, "relative")
-    t_base = int(base_steps[-1])
-    target = float(base_loss[-1])
-    if not math.isfinite(target):
+    if not np.isfinite(base_loss[-1]):
         raise ValueError("the baseline's final loss is not finite: no speed-up can be measured")
-    reached = np.nonzero(np.isfinite(rel_loss) & (rel_loss <= target) & (rel_steps > 0))[0]
-    if reached.size == 0:
-        return SpeedUp(t_base, None, target, None)
-    t_rel = int(rel_steps[reached[0]])
-    return SpeedUp(t_base, t_rel, target, (t_base / t_rel - 1.0) * 100.0)
+    base = _reached(base_steps, base_loss, None)
+    assert base is not None  # the baseline's last block is its own target
+    target, t_base, base_gap = base
+    rel = _reached(rel_steps, rel_loss, target)
+    if rel is None:
+        return SpeedUp(int(round(t_base)), None, target, None)
+    _, t_rel, rel_gap = rel
+    percent = (t_base / t_rel - 1.0) * 100.0
+    # Each arm got to L somewhere in the measuring interval before the step that saw it.
+    high = (t_base / (t_rel - rel_gap) - 1.0) * 100.0 if t_rel > rel_gap else math.inf
+    low = ((t_base - base_gap) / t_rel - 1.0) * 100.0
+    return SpeedUp(int(round(t_base)), int(round(t_rel)), target, percent, max(high - percent, percent - low))
+
+
+def _reached(steps: np.ndarray, loss: np.ndarray, target: float | None) -> tuple[float, float, float] | None:
+    """Where a curve's monotone fit first gets to ``target`` (``None``: its own final level):
+    (the level, the step, the measuring interval before it), or ``None`` if it never does.
+    A pooled block stands for its mean step: its level is the mean loss over the block, so taking
+    its first step would put the arrival early by half the block (a bias against the baseline,
+    whose noisy tail is the block most often pooled)."""
+    # Step 0 is the initial loss, not a point of training to reach a loss at; a non-finite mean
+    # (a measuring point every seed skipped) carries no information.
+    keep = np.isfinite(loss) & (steps > 0)
+    steps, loss = steps[keep], loss[keep]
+    blocks = _pooled(loss)
+    if not blocks:
+        return None
+    level = blocks[-1][0] if target is None else target
+    for value, first, n in blocks:
+        if value <= level:
+            at = float(steps[first: first + n].mean())
+            gap = float(steps[first] - (steps[first - 1] if first > 0 else 0))
+            return float(value) if target is None else level, at, gap
+    return None
 
 
 def first_reaching(steps: Sequence[int], values: Sequence[float], target: float) -> int | None:

@@ -14,16 +14,21 @@ or ``rlrs lr-grid --preset micro-moe --plans uniform-moe,paper-moe --out runs/be
 **The speed-up.** Every arm trains each seed ``i`` with ``train.seed = train.data_seed = i``, so
 seed ``i`` of every arm starts from the same weights and sees the same batches (the paper's
 "3 specified data seeds"). The loss is measured at every 1% of training. The first plan is the
-baseline: it trains ``T_base`` steps and ends at loss ``L`` (mean over its seeds). ``T_relative``
-is the first measuring step at which the relative arm's mean loss is ``<= L``, and::
+baseline: it reaches its final loss ``L`` (mean over its seeds) at ``T_base``; ``T_relative`` is
+the first measuring step at which the relative arm's mean loss is ``<= L``, and::
 
     speed-up = (T_base / T_relative - 1) × 100%
 
 Worked example: the baseline ends at L = 3.70 after T_base = 10,000 steps; the relative arm's
 mean loss is 3.72 at step 6,900 and 3.69 at step 7,000, so T_relative = 7,000 and the speed-up is
-(10000 / 7000 - 1) × 100% = +42.9%. A relative arm that never gets to 3.70 has *no speed-up*
-(reported in those words, never as 0%). The relative schedule has not finished decaying at
-T_relative, so the number underestimates the gain (the paper says so too).
+(10000 / 7000 - 1) × 100% = +42.9%. Both arms are read by one rule
+(:func:`rlrs.analysis.speedup`: a monotone fit of each curve, then the first arrival at ``L``),
+so an arm that trains like the baseline measures 0%, also on a noisy or plateaued curve; the
+report gives the resolution (± one measuring interval) and says "no measurable difference" when
+the speed-up is within it or its interval over seeds covers 0, and flags arms whose runs are
+identical to the baseline's. A relative arm that never gets to ``L`` has *no speed-up* (reported
+in those words, never as 0%). The relative schedule has not finished decaying at T_relative, so
+the number underestimates the gain (the paper says so too).
 
 The loss is the held-out eval loss by default; ``metric="train"`` uses the training loss, averaged
 over each 1% of steps (a single batch's loss is too noisy to compare). Runs live in
@@ -48,7 +53,7 @@ import numpy as np
 from . import config as _config
 from . import reporting
 from .analysis import (Difference, Interval, RouterCurve, RouterHealth, RunLogs, Spike, SpeedUp, UpdateCurves,
-                       bootstrap_speedup, detect_spikes,
+                       bootstrap_speedup, detect_spikes, resolution_text,
                        mean_curve, mean_router, mean_updates, paired_difference, read_run, router_health, speedup)
 from .config import ConfigError
 from .engine import (CommandTarget, Job, PresetRun, PresetTarget, RunResult, RunSpec, Target, reason_line, run_all,
@@ -245,6 +250,24 @@ class ArmResult:
     per_seed: list[SeedSpeedUp] = field(default_factory=list)
     text: str = ""  # the speed-up in one sentence, or why there is none
     interval: Interval | None = None  # 95% bootstrap interval over paired seeds (2 or more)
+    identical: bool = False  # every paired seed's curve equals the baseline's: the plans changed nothing
+
+    @property
+    def verdict(self) -> str:
+        """``identical``, ``no measurable difference``, ``faster``, ``slower``, ``no speed-up``
+        (never reaches the baseline's final loss) or ``not measured`` (a side has no finished run)."""
+        sp = self.speedup
+        if sp is None:
+            return "not measured"
+        if self.identical:
+            return "identical"
+        if sp.percent is None:
+            return "no speed-up"
+        covers_zero = self.interval is not None and (self.interval.low is None or self.interval.low <= 0) \
+            and (self.interval.high is None or self.interval.high >= 0)
+        if not sp.measurable or covers_zero:
+            return "no measurable difference"
+        return "faster" if sp.percent > 0 else "slower"
 
     @property
     def base_lr(self) -> float:
@@ -327,6 +350,7 @@ class CompareResult:
                 "seeds_baseline": n_base, "seeds_relative": len(a.finished), "seeds": self.seeds,
                 "per_seed": [dataclasses.asdict(p) for p in a.per_seed], "text": a.text,
                 "interval": None if a.interval is None else dataclasses.asdict(a.interval),
+                "verdict": a.verdict, "identical": a.identical,
             }
             diffs[a.name] = None if a.difference is None else {**dataclasses.asdict(a.difference), "seeds": a.paired_seeds}
         return _config.json_safe({
@@ -512,28 +536,40 @@ def summarize(
             rb, ra = base_by_seed.get(s), mine.get(s)
             pct = speedup(rb.curve_steps, rb.curve_loss, ra.curve_steps, ra.curve_loss).percent if rb and ra else None
             arm.per_seed.append(SeedSpeedUp(s, pct, bool(rb and ra)))
-        arm.text = _speedup_text(arm.name, arm.speedup, len(base.finished), len(arm.finished), seeds, metric)
         if arm.speedup is not None:
             arm.interval = bootstrap_speedup([(base_by_seed[s].curve_steps, base_by_seed[s].curve_loss) for s in arm.paired_seeds],
                                              [(mine[s].curve_steps, mine[s].curve_loss) for s in arm.paired_seeds])
+        arm.identical = bool(arm.paired_seeds) and all(
+            np.array_equal(base_by_seed[s].curve_steps, mine[s].curve_steps)
+            and np.array_equal(base_by_seed[s].curve_loss, mine[s].curve_loss) for s in arm.paired_seeds)
+        arm.text = _speedup_text(arm, len(base.finished), seeds, metric)
     return arms
 
 
-def _speedup_text(arm: str, sp: SpeedUp | None, n_base: int, n_rel: int, seeds: int, metric: str) -> str:
+def _speedup_text(arm: ArmResult, n_base: int, seeds: int, metric: str) -> str:
     loss = "eval loss" if metric == "eval" else "train loss"
+    name, sp, n_rel = arm.name, arm.speedup, len(arm.finished)
     if n_base == 0:
-        return f"{arm}: no speed-up measurable (every baseline run diverged/failed)"
+        return f"{name}: no speed-up measurable (every baseline run diverged/failed)"
     if n_rel == 0:
-        return f"{arm}: no speed-up (all runs diverged/failed)"
+        return f"{name}: no speed-up (all runs diverged/failed)"
     if n_base == n_rel == seeds:
         over = f"means over {seeds} seed{'s' * (seeds > 1)}"
     else:
-        over = f"means over fewer seeds: {n_base} of {seeds} baseline, {n_rel} of {seeds} {arm}"
+        over = f"means over fewer seeds: {n_base} of {seeds} baseline, {n_rel} of {seeds} {name}"
+    if arm.identical:
+        return (f"{name}: no difference: every seed trained exactly as the baseline's did (the same loss at every "
+                f"measurement), so the plans changed nothing; if they differ, the plan did not reach the "
+                f"optimizer (a script's own LR code or another scheduler overwrote it?) ({over})")
     if sp.percent is None:
-        return f"{arm}: no speed-up: never reaches the baseline's final {loss} {sp.target_loss:.4f} ({over})"
+        return f"{name}: no speed-up: never reaches the baseline's final {loss} {sp.target_loss:.4f} ({over})"
+    where = (f"reaches the baseline's final {loss} {sp.target_loss:.4f} at step {sp.t_relative} instead of "
+             f"{sp.t_base} ({resolution_text(sp.resolution)}; {over})")
+    if arm.verdict == "no measurable difference":
+        why = "within one measuring interval" if not sp.measurable else "its interval over seeds covers 0"
+        return f"{name}: no measurable difference ({why}): speed-up {sp.percent:+.1f}%, {where}"
     slower = " (slower than the baseline)" if sp.percent < 0 else ""
-    return (f"{arm}: speed-up {sp.percent:+.1f}%{slower}: reaches the baseline's final {loss} "
-            f"{sp.target_loss:.4f} at step {sp.t_relative} instead of {sp.t_base} ({over})")
+    return f"{name}: speed-up {sp.percent:+.1f}%{slower}: {where}"
 
 
 # --- lr-grid ----------------------------------------------------------------------------------------

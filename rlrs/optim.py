@@ -225,9 +225,19 @@ class RelativeLR(LRScheduler):
         sched = RelativeLR(opt, plan, total_steps=10_000)
         for step in range(10_000):
             ...; opt.step(); sched.step()
+
+    **The plan must reach the optimizer.** At each ``step()`` it checks that every group's ``lr``
+    (and ``weight_decay``) is still what it set at its previous step, and raises
+    :class:`~rlrs.config.ConfigError` naming the group when something else wrote it: a script's own
+    LR loop (nanoGPT's ``for g in opt.param_groups: g["lr"] = lr``), another scheduler (a
+    ``ChainedScheduler``/``SequentialLR`` around this one, whose factors would be lost: this one
+    sets each LR in closed form), or a trainer's own scheduler. Without the check such a run trains
+    a different schedule than its plan says, silently. ``allow_overrides=True`` turns it off, for
+    code that deliberately rescales the LRs after each ``sched.step()``.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, plan: Plan | str, total_steps: int, last_epoch: int = -1):
+    def __init__(self, optimizer: torch.optim.Optimizer, plan: Plan | str, total_steps: int, last_epoch: int = -1,
+                 *, allow_overrides: bool = False):
         plan = as_plan(plan)
         _check_optimizer(optimizer)
         for i, g in enumerate(optimizer.param_groups):
@@ -245,6 +255,8 @@ class RelativeLR(LRScheduler):
             )
         self.plan = plan
         self.total_steps = total_steps
+        self.allow_overrides = allow_overrides
+        self._written: list[tuple[float, float]] | None = None  # (lr, weight_decay) per group after our last write
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list[float]:
@@ -266,10 +278,40 @@ class RelativeLR(LRScheduler):
 
     _get_closed_form_lr = get_lr
 
-    def step(self, epoch=None) -> None:
-        super().step(epoch)
+    def _update_lr(self, epoch=None) -> None:
+        # torch's step() ends here, and so does SequentialLR's switch to this scheduler at its
+        # milestone (it calls _update_lr directly): one place for the check and the write.
+        self._check_written()
+        super()._update_lr(epoch)
         if self.plan.independent_wd:
             self._set_independent_wd()
+        self._remember_written()
+
+    def _remember_written(self) -> None:
+        # What the groups hold right after our write, read back (a float32 tensor LR rounds).
+        self._written = [(float(g["lr"]), float(g.get("weight_decay", 0.0))) for g in self.optimizer.param_groups]
+
+    def _check_written(self) -> None:
+        if self.allow_overrides or self._written is None:
+            return
+        groups = self.optimizer.param_groups
+        if len(groups) != len(self._written):
+            return  # a group added since: _check_groups names it
+        for i, (g, (lr, wd)) in enumerate(zip(groups, self._written)):
+            for key, was in (("lr", lr), ("weight_decay", wd)):
+                now = float(g.get(key, 0.0))
+                if now != was and not (math.isnan(now) and math.isnan(was)):
+                    raise ConfigError(
+                        f"optimizer.param_groups[{i}] ({g.get('component', '?')}): its {key} is {now:.6g}, but "
+                        f"RelativeLR set {was:.6g} at step {self.last_epoch}: something else wrote it, so the "
+                        "plan is not what trains. Usual causes: the script's own LR code (a loop setting "
+                        "g['lr'] for every group; remove it: RelativeLR sets every group's LR each step), "
+                        "another scheduler on this optimizer (ChainedScheduler, SequentialLR, a trainer's "
+                        "scheduler; put the warmup and decay into the plan instead: plan.warmup, "
+                        "component shapes), or code changing weight decay (set it in the plan). If code "
+                        "after sched.step() rescales the LRs on purpose, pass RelativeLR(..., "
+                        "allow_overrides=True)"
+                    )
 
     def _set_independent_wd(self) -> None:
         step = self.last_epoch
@@ -315,7 +357,9 @@ class RelativeLR(LRScheduler):
             diff += [f"plan.{k}" for k, _, _ in differences(plan.to_dict(), self.plan.to_dict())]
             raise ConfigError(
                 f"RelativeLR.load_state_dict: the saved state is of another schedule ({', '.join(diff)}); "
-                "build the scheduler with the saved plan and length, or pass adopt=True to take them over"
+                "build the scheduler with the saved plan and length, or pass adopt=True to take them over "
+                "(under transformers.Trainer, which cannot pass adopt: resume with the checkpoint's plan and "
+                "max_steps, or start a new output_dir)"
             )
         self.plan, self.total_steps = plan, total
         self.last_epoch = int(state_dict["last_epoch"])
@@ -326,6 +370,7 @@ class RelativeLR(LRScheduler):
         self._last_lr = [float(g["lr"]) for g in self.optimizer.param_groups]
         if self.plan.independent_wd:
             self._set_independent_wd()
+        self._remember_written()
 
 
 def _check_optimizer(optimizer: torch.optim.Optimizer) -> None:

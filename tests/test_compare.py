@@ -395,3 +395,65 @@ def test_runs_use_the_cores_they_are_pinned_to():
     from rlrs.engine import usable_cores
 
     assert usable_cores() == len(os.sched_getaffinity(0))
+
+
+# --- identical arms: no speed-up from nothing --------------------------------------------------------
+
+
+def _twin_plans(tmp_path, preset):
+    from rlrs.presets import get
+
+    paths = []
+    for name in ("arm_a", "arm_b"):
+        get(preset).save(tmp_path / f"{name}.toml")
+        paths.append(str(tmp_path / f"{name}.toml"))
+    return paths
+
+
+def test_identical_arms_on_a_preset_measure_no_speed_up_and_are_flagged(tmp_path, corpus_dir):
+    # Any schedule: a constant LR plateaus, which is where the old rule's bias showed.
+    plans = _twin_plans(tmp_path, "uniform-dense")
+    res = compare("tiny-dense", plans, seeds=2, out=tmp_path / "c", workers=1, log=_quiet,
+                  sets=_sets(corpus_dir, **{"plan.attention.shape": "constant", "plan.attention.end": 1.0}))
+    arm = res.relative[0]
+    assert arm.identical and arm.verdict == "identical" and arm.speedup.percent == 0.0
+    assert arm.interval.low == arm.interval.high == 0.0
+    assert "no difference: every seed trained exactly as the baseline's did" in arm.text
+    data = json.loads((tmp_path / "c" / "results.json").read_text())["speedups"]["arm_b"]
+    assert data["verdict"] == "identical" and data["percent"] == 0.0
+
+
+NOISY_PLATEAU = (
+    "import math, random, rlrs; seed = rlrs.script.seed(); rng = random.Random(seed); "
+    "[rlrs.report(s, 3.0 + 2.0 * math.exp(-s / 5) + rng.gauss(0, 0.02)) for s in range(0, 101, 5)]"
+)
+
+
+def test_identical_arms_on_a_noisy_plateaued_command_measure_no_speed_up(tmp_path):
+    # A script's own, noisy eval on a curve that has flattened: the baseline touches its final loss
+    # long before its last step. Measured with one rule for both arms, its copy gains nothing.
+    from rlrs.engine import CommandTarget
+
+    plans = _twin_plans(tmp_path, "paper-dense")
+    res = compare(CommandTarget(f"{sys.executable} -c \"{NOISY_PLATEAU}\""), plans, seeds=3, out=tmp_path / "c",
+                  workers=2, log=_quiet)
+    arm = res.relative[0]
+    assert arm.speedup.percent == 0.0 and arm.identical
+    assert arm.interval.low == arm.interval.high == 0.0
+    assert "identical runs" in (tmp_path / "c" / "report.md").read_text()
+
+
+def test_a_real_difference_within_one_interval_is_no_measurable_difference():
+    steps = np.arange(0, 101, 10)
+    base = np.linspace(5.0, 3.0, 11)
+    rel = base.copy()
+    rel[-1] -= 0.001  # a hair lower at the last eval only: the arms cannot be told apart
+    runs, logs = [], {}
+    for arm, curve in (("base", base), ("rel", rel)):
+        out = Path(f"/nonexistent/{arm}")
+        runs.append(RunInfo(arm=arm, seed=0, out=out, status="finished", steps=100, total_steps=100))
+        logs[out] = RunLogs(steps, curve, np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0, dtype=np.int64),
+                            np.zeros(0), [], UpdateCurves(np.zeros(0, dtype=np.int64), {}, {}), None)
+    arms = summarize({"base": Plan(), "rel": Plan(base_lr=2e-3)}, runs, logs)
+    assert arms["rel"].verdict == "no measurable difference"
+    assert "no measurable difference (within one measuring interval)" in arms["rel"].text

@@ -315,3 +315,78 @@ def test_depth_decay_needs_numbered_layers_and_a_positive_factor():
                      rules=[(r"^0\.", "embedding"), (r"^1\.", "unembedding")])
     with pytest.raises(ConfigError, match="depth_decay: the LR factor per layer from the top, a number > 0"):
         dataclasses.replace(presets.get("paper-dense"), depth_decay=0.0)
+
+
+# --- the plan reaches the optimizer --------------------------------------------------------------
+
+
+def _scheduled(toy, steps=40, **kw):
+    plan = presets.get("paper-dense")
+    opt = torch.optim.AdamW(param_groups(toy, plan))
+    return plan, opt, RelativeLR(opt, plan, steps, **kw)
+
+
+def test_a_scripts_own_lr_loop_fails_at_the_next_step_naming_the_group(toy):
+    _, opt, sched = _scheduled(toy)
+    for step in range(3):
+        opt.step()
+        sched.step()
+    for g in opt.param_groups:  # nanoGPT's loop: one LR for every group, written before opt.step()
+        g["lr"] = 6e-4
+    opt.step()
+    with pytest.raises(ConfigError, match=r"param_groups\[0\] \(embedding\): its lr is 0.0006, but RelativeLR set "
+                                          r".* at step 3.*script's own LR code"):
+        sched.step()
+
+
+def test_a_changed_weight_decay_is_noticed_too(toy):
+    _, opt, sched = _scheduled(toy)
+    opt.param_groups[-1]["weight_decay"] = 0.5
+    with pytest.raises(ConfigError, match=r"its weight_decay is 0.5.*set it in the plan"):
+        sched.step()
+
+
+def test_allow_overrides_lets_code_rescale_after_each_step(toy):
+    plan, opt, sched = _scheduled(toy, allow_overrides=True)
+    for step in range(5):
+        opt.step()
+        sched.step()
+        for g in opt.param_groups:
+            g["lr"] *= 0.5  # deliberate: half of the plan, every step
+    # RelativeLR still sets its closed form at each step; the rescale happens after it.
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * plan.lr("embedding", 5, 40))
+
+
+def test_chained_and_sequential_schedulers_are_refused_not_silently_dropped(toy):
+    # ChainedScheduler multiplies factors; RelativeLR sets each LR in closed form, so ConstantLR's
+    # factor would be lost at every step: the next RelativeLR step says so instead.
+    _, opt, sched = _scheduled(toy)
+    chained = torch.optim.lr_scheduler.ChainedScheduler(
+        [sched, torch.optim.lr_scheduler.ConstantLR(opt, factor=0.5, total_iters=2)])
+    with pytest.raises(ConfigError, match=r"another scheduler on this optimizer \(ChainedScheduler, SequentialLR"):
+        for _ in range(5):
+            opt.step()
+            chained.step()
+    plan = presets.get("paper-dense")
+    opt = torch.optim.AdamW(param_groups(toy, plan))
+    warm = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=3)
+    rel = RelativeLR(opt, plan, 40)
+    seq = torch.optim.lr_scheduler.SequentialLR(opt, [warm, rel], milestones=[3])
+    with pytest.raises(ConfigError, match="RelativeLR set"):
+        for _ in range(6):
+            opt.step()
+            seq.step()
+
+
+def test_resume_does_not_trip_the_check(toy):
+    _, opt, sched = _scheduled(toy)
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    state = sched.state_dict()
+    _, opt2, sched2 = _scheduled(toy)
+    sched2.load_state_dict(state)
+    for _ in range(3):
+        opt2.step()
+        sched2.step()
+    assert sched2.last_epoch == 7
