@@ -8,6 +8,14 @@ What makes it rlrs-drivable is four lines, marked ``# rlrs``: the plan, the seed
 come from the environment rlrs sets, and the eval loss goes back with ``rlrs.report``.
 It checkpoints into ``$RLRS_RUN_DIR`` (``--checkpoint-every``) and resumes from there, so a run
 that rlrs restarts (after a kill, or after ``--prune`` stopped it at a rung) continues.
+
+What was taken out of nanoGPT's ``train.py``, marked ``# removed``: its ``get_lr`` and the loop
+that writes every group's ``lr`` each step (``RelativeLR`` sets each group's LR from the plan; left
+in, it would overwrite the plan, and ``RelativeLR`` stops the run saying so), its
+``configure_optimizers`` groups (``rlrs.param_groups`` makes them), and its fixed ``out_dir``
+(checkpoints go to ``rlrs.script.run_dir()``, one directory per run, so parallel runs never
+overwrite each other's). ``--tie`` ties ``wte`` and ``lm_head`` as nanoGPT does; the plan's
+``tied`` says which schedule the shared tensor follows.
 """
 
 from __future__ import annotations
@@ -40,15 +48,18 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """nanoGPT's layout and names (transformer.wte/wpe/h.N.attn/h.N.mlp/ln_f, lm_head), untied."""
+    """nanoGPT's layout and names (transformer.wte/wpe/h.N.attn/h.N.mlp/ln_f, lm_head)."""
 
-    def __init__(self, vocab: int, d: int, layers: int, heads: int, seq_len: int):
+    def __init__(self, vocab: int, d: int, layers: int, heads: int, seq_len: int, tie: bool = False):
         super().__init__()
         self.transformer = nn.ModuleDict({
             "wte": nn.Embedding(vocab, d), "wpe": nn.Embedding(seq_len, d),
             "h": nn.ModuleList(Block(d, heads) for _ in range(layers)), "ln_f": nn.LayerNorm(d),
         })
         self.lm_head = nn.Linear(d, vocab, bias=False)
+        if tie:  # nanoGPT's weight tying: one tensor for the input embedding and the output head
+            self.lm_head.weight = self.transformer.wte.weight
+            nn.init.normal_(self.lm_head.weight, std=0.02)  # nanoGPT's init: N(0, 1) rows would make huge logits
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         t = self.transformer
@@ -69,6 +80,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--eval-every", type=int, default=0, help="steps between evals (default: 5%% of training)")
+    p.add_argument("--tie", action="store_true", help="tie wte and lm_head (nanoGPT's default)")
     p.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints in $RLRS_RUN_DIR (0: none)")
     args = p.parse_args()
 
@@ -78,13 +90,15 @@ def main() -> None:
 
     data = prepare(DataConfig(corpus=args.corpus, tokenizer="bytes", cache_dir=args.cache_dir))
     torch.manual_seed(seed)
-    model = GPT(data.vocab_size, args.d_model, args.layers, max(1, args.d_model // 32), args.seq_len)
+    model = GPT(data.vocab_size, args.d_model, args.layers, max(1, args.d_model // 32), args.seq_len, args.tie)
+    # removed: nanoGPT's configure_optimizers (its decay/no-decay groups): param_groups makes them per component
     opt = torch.optim.AdamW(rlrs.param_groups(model, plan), betas=(0.9, 0.95))
-    sched = rlrs.RelativeLR(opt, plan, steps)
+    sched = rlrs.RelativeLR(opt, plan, steps)  # rlrs: every group's LR, every step, from the plan
     evals = val_batches(data.val, 4, args.batch_size, args.seq_len)
     every = args.eval_every or max(1, round(0.05 * steps))
 
     start = 0
+    # removed: a fixed out_dir; rlrs gives each run its own directory (parallel runs never share one)
     ckpt = rlrs.script.run_dir() / "checkpoint.pt" if rlrs.script.run_dir() else None
     if ckpt is not None and ckpt.exists():  # resume where an interrupted run of this plan stopped
         state = torch.load(ckpt, weights_only=True)
@@ -103,6 +117,7 @@ def main() -> None:
     if start == 0:
         rlrs.report(0, evaluate())
     for step in range(start, steps):
+        # removed: lr = get_lr(step); for g in optimizer.param_groups: g["lr"] = lr  (it would overwrite the plan)
         x, y = get_batch(data.train, step, args.batch_size, args.seq_len, seed)
         loss = model(x, y)
         opt.zero_grad(set_to_none=True)
@@ -111,17 +126,18 @@ def main() -> None:
         opt.step()
         sched.step()
         done = step + 1
+        # The checkpoint before the report: --prune may stop the run right after a report.
+        if ckpt is not None and args.checkpoint_every and (done % args.checkpoint_every == 0) and done < steps:
+            tmp = ckpt.with_suffix(".tmp")
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                        "step": done}, tmp)
+            os.replace(tmp, ckpt)  # atomic: a kill leaves the old checkpoint or the new one
         if done % every == 0 or done == steps:
             ev = evaluate()
             rlrs.report(done, ev)  # rlrs: completed steps and held-out loss
             print(f"step {done}/{steps} train {loss.item():.4f} eval {ev:.4f}", flush=True)
             if not math.isfinite(ev):
                 raise SystemExit("diverged")
-        if ckpt is not None and args.checkpoint_every and (done % args.checkpoint_every == 0) and done < steps:
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "step": done}, tmp)
-            os.replace(tmp, ckpt)  # atomic: a kill leaves the old checkpoint or the new one
 
 
 if __name__ == "__main__":

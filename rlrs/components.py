@@ -15,10 +15,13 @@ Labels come, in this order, from
 3. **structure**: what the modules are, for any ``nn.Module`` (see :func:`structural_components`):
    the model's input and output embeddings (``get_input_embeddings()`` /
    ``get_output_embeddings()`` where it has them), attention modules (self and cross, fused qkv,
-   low-rank MLA projections, the q/k norms inside them), MoE blocks (the router that scores the
-   experts, with its bias terms; the experts, fused 3-D or a list of modules), feed-forward
-   modules, norms and scalars (``other``), and the projections beside a stack of layers (its
-   stem: ``embedding``; its head: ``unembedding``). Names break ties (``embed``, ``lm_head``).
+   low-rank MLA projections, the q/k norms inside them), MoE blocks, whatever their names (E
+   experts: a ModuleList/ModuleDict/Sequential of E identical MLPs or 3-D tensors fused along E;
+   beside them the router: the projection with E outputs, one score per expert, with its bias),
+   feed-forward modules, norms and scalars (``other``), and the projections beside a stack of
+   layers (its stem: ``embedding``; its head: ``unembedding``, as is a head tied to an
+   ``nn.Embedding``). Names break ties (``embed``, ``lm_head``). Layer stacks may be any of
+   those containers, nested, with ``None`` entries.
 
 Only a parameter that structure cannot place raises ``ClassificationError``, naming every such
 parameter and the ``rules=`` fix::
@@ -26,8 +29,9 @@ parameter and the ``rules=`` fix::
     comp = rlrs.components.classify(model, rules=[(r"\\.ffn\\.", "feedforward")])
 
 **Shared experts** (Qwen2-MoE, DeepSeek) are dense feed-forward networks every token goes
-through, so they are ``feedforward``; their scalar gate is ``router``. **Pooler and
-classification heads** sit with the output head: ``unembedding``.
+through, so they are ``feedforward``; the 1-output gate that scales one per token is routing
+(``router``), by structure as in the ``qwen2_moe`` rule set. **Pooler and classification heads** sit with the output
+head: ``unembedding``.
 
 Imports only torch and the standard library: it belongs to the core. Hugging Face models are
 recognised duck-typed (``model.config``, ``get_input_embeddings``), so transformers is never
@@ -45,28 +49,15 @@ from torch import nn
 
 from .config import ConfigError, closest
 
-__all__ = [
-    "COMPONENTS",
-    "structural_components",
-    "Rule",
-    "ClassificationError",
-    "RuleSet",
-    "RULE_SETS",
-    "classify",
-    "tied_parameters",
-    "pick_rule_set",
-]
+__all__ = ["COMPONENTS", "structural_components", "Rule", "ClassificationError", "RuleSet", "RULE_SETS", "classify",
+           "tied_parameters", "pick_rule_set"]
 
-COMPONENTS: tuple[str, ...] = (
-    "embedding",
-    "unembedding",
-    "attention",
-    "feedforward",
-    "router",
-    "experts",
-    "other",
-)
+# A tensor shared by the input embedding and the output head (tied weights) follows this
+# component's schedule unless a plan's ``tied`` says otherwise; why this one: the README's
+# "Tied weights", measured on two tied GPTs (BENCHMARKS.md).
+DEFAULT_TIED = "unembedding"
 
+COMPONENTS: tuple[str, ...] = ("embedding", "unembedding", "attention", "feedforward", "router", "experts", "other")
 
 
 def component_names(names: Sequence[str], where: str = "components") -> tuple[str, ...]:
@@ -92,10 +83,11 @@ Rule = tuple[str, str]
 """``(regex, component)``: the regex is searched (``re.search``) in a parameter's name."""
 
 
-class ClassificationError(ValueError):
+class ClassificationError(ConfigError):
     """A parameter has no component, or a rule is invalid or matches nothing.
 
-    The message names the offending parameters or rule and shows how to pass ``rules=``.
+    The message names the offending parameters or rule and shows how to pass ``rules=``. A
+    ``ConfigError`` (so a ``ValueError``): the fix is in the caller's configuration.
     """
 
 
@@ -215,16 +207,8 @@ RULE_SETS: tuple[RuleSet, ...] = (
 # --- Helpers -------------------------------------------------------------------------------
 
 # Common words people use for a component; difflib alone would not map "mlp" to "feedforward".
-_ALIASES = {
-    "mlp": "feedforward",
-    "ffn": "feedforward",
-    "ff": "feedforward",
-    "attn": "attention",
-    "head": "unembedding",
-    "lm_head": "unembedding",
-    "gate": "router",
-    "gating": "router",
-}
+_ALIASES = {"mlp": "feedforward", "ffn": "feedforward", "ff": "feedforward", "attn": "attention",
+            "head": "unembedding", "lm_head": "unembedding", "gate": "router", "gating": "router"}
 
 _EXAMPLE = 'rlrs.classify(model, rules=[(r"my_block\\.ff", "feedforward"), ...])'
 _MAX_LISTED = 20
@@ -266,17 +250,12 @@ def _list_names(names: Sequence[str]) -> str:
 
 
 def _how_to_fix() -> str:
-    return (
-        "Pass rules for them; yours are tried first, in order, and the first match wins:\n"
-        f"  {_EXAMPLE}\n"
-        f"Components: {', '.join(COMPONENTS)}."
-    )
+    return ("Pass rules for them; yours are tried first, in order, and the first match wins:\n"
+            f"  {_EXAMPLE}\nComponents: {', '.join(COMPONENTS)}.")
 
 
 def _is_pair(rule) -> bool:
-    return (
-        isinstance(rule, (tuple, list)) and len(rule) == 2 and all(isinstance(x, str) for x in rule)
-    )
+    return isinstance(rule, (tuple, list)) and len(rule) == 2 and all(isinstance(x, str) for x in rule)
 
 
 def _show_rule(rule) -> str:
@@ -289,22 +268,16 @@ def _show_rule(rule) -> str:
 def _compile_rules(rules: Sequence[Rule]) -> list[tuple[re.Pattern[str], str, Rule]]:
     if isinstance(rules, (str, bytes)) or not isinstance(rules, Sequence):
         raise ClassificationError(
-            f"rules must be a sequence of (regex, component) pairs, got {type(rules).__name__}; "
-            f"e.g. {_EXAMPLE}"
-        )
+            f"rules must be a sequence of (regex, component) pairs, got {type(rules).__name__}; e.g. {_EXAMPLE}")
     compiled = []
     for rule in rules:
         if not _is_pair(rule):
-            raise ClassificationError(
-                f"rule {_show_rule(rule)} is not a (regex, component) pair of strings; "
-                f"e.g. {_EXAMPLE}"
-            )
+            raise ClassificationError(f"rule {_show_rule(rule)} is not a (regex, component) pair of strings; "
+                                      f"e.g. {_EXAMPLE}")
         pattern, component = rule
         if component not in COMPONENTS:
-            raise ClassificationError(
-                f"rule {_show_rule(rule)}: unknown component {component!r}; did you mean "
-                f"{_closest_component(component)!r}? (components: {', '.join(COMPONENTS)})"
-            )
+            raise ClassificationError(f"rule {_show_rule(rule)}: unknown component {component!r}; did you mean "
+                                      f"{_closest_component(component)!r}? (components: {', '.join(COMPONENTS)})")
         try:
             regex = re.compile(pattern)
         except re.error as err:
@@ -313,9 +286,7 @@ def _compile_rules(rules: Sequence[Rule]) -> list[tuple[re.Pattern[str], str, Ru
     return compiled
 
 
-def _apply(
-    compiled: list[tuple[re.Pattern[str], str, Rule]], names: list[str], out: dict[str, str]
-) -> list[str]:
+def _apply(compiled: list[tuple[re.Pattern[str], str, Rule]], names: list[str], out: dict[str, str]) -> list[str]:
     """Label the names (first match wins) into ``out``; return the names no rule matched."""
     left = []
     for name in names:
@@ -342,7 +313,7 @@ _MLP_CLASS = re.compile(r"MLP|Mlp|FeedForward|FFN|Ffn|LayerFF|DenseReluDense|Den
 _MLP_NAMES = {"mlp", "ffn", "ff", "feed_forward", "feedforward", "intermediate", "fc", "dense_ffn", "c_mlp",
               "mlp_block"}
 _SHARED_EXPERT_NAMES = re.compile(r"^shared_(expert|experts|mlp)$")
-_SHARED_GATE_NAMES = re.compile(r"^shared_expert_gate$")
+_SHARED_GATE_NAMES = re.compile(r"^shared_(expert|experts|mlp)_gate$")  # its 1-output gate: routing
 _EXPERTS_CLASS = re.compile(r"Experts$|ParallelExperts|ExpertsFused")
 _EXPERTS_NAMES = {"experts", "expert_list", "local_experts"}
 _ROUTER_CLASS = re.compile(r"Router|Gating|TopK|TopkGate|MoEGate|MoeGate")
@@ -398,6 +369,41 @@ def _has_experts_child(module: nn.Module) -> bool:
     return any(_is_experts(n, c) for n, c in module.named_children())
 
 
+# MoE blocks are found by what their parts are, whatever their names: E expert MLPs (a
+# ModuleList/ModuleDict/Sequential of E identical MLP-like modules, or fused 3-D tensors whose
+# first dimension is E) and, beside them in the same parent, the router: a projection with E
+# outputs, one score per expert. Every such projection routes (noisy top-k gating has two).
+_CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.Sequential)
+# Names break one tie only: a bare (E, k) matrix beside experts fused on the same module is the
+# router or an expert bias, and the shape cannot say which.
+_ROUTER_WORDS = re.compile(r"rout|gat|scor|wg|logit", re.IGNORECASE)
+
+
+def _matrices(module: nn.Module) -> list[tuple[nn.Module, str, nn.Parameter]]:
+    """``(owner, name, parameter)`` for every parameter of 2 or more dimensions in ``module``."""
+    return [(m, n, p) for m in module.modules() for n, p in m.named_parameters(recurse=False) if p.ndim >= 2]
+
+
+def _outputs(module: nn.Module) -> set[int]:
+    """The output counts all matrices of ``module`` share; empty if it has none, or a 3-D tensor.
+    A Linear's weight is (out, in); a bare matrix may be applied either way (``x @ W``).
+
+        >>> _outputs(nn.Linear(8, 4)), _outputs(nn.Sequential(nn.Linear(8, 4), nn.Linear(4, 4)))
+        ({4}, {4})
+    """
+    mats = _matrices(module)
+    if not mats or any(p.ndim != 2 or isinstance(m, nn.Embedding) for m, _, p in mats):
+        return set()
+    return set.intersection(*({p.shape[0]} if isinstance(m, nn.Linear) and n == "weight" else set(p.shape)
+                              for m, n, p in mats))
+
+
+def _fused_count(params: Sequence[nn.Parameter]) -> int:
+    """E when ``params`` are experts fused along a first dimension of E (3-D tensors, per-expert biases), else 0."""
+    e = params[0].shape[0] if any(p.ndim == 3 for p in params) else 0
+    return e if e >= 2 and all(p.shape[0] == e for p in params) else 0
+
+
 class _Walk:
     """One walk over the module tree: the role of each module, then each parameter's component."""
 
@@ -410,8 +416,17 @@ class _Walk:
         self.output_ids = set().union(*(self._ids(m, "get_output_embeddings") for m in owners))
         self.attention_below: dict[int, bool] = {}
         self.head_ids = self._head_ancestors()
+        # A module other than an nn.Embedding that uses an embedding table is a tied output head.
+        self.table_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+        # MoE parts by structure: module ids, and (module id, name) for bare parameters.
+        self.moe: dict[int, str] = {}
+        self.moe_params: dict[tuple[int, str], str] = {}
+        self.undecided: dict[tuple[int, str], str] = {}  # bare parameters structure cannot place, and why
+        for module in model.modules():
+            self._find_moe(module)
         self.out: dict[str, str] = {}
         self.unplaced: list[str] = []
+        self.why: dict[str, str] = {}
 
     @staticmethod
     def _ids(model: nn.Module, method: str) -> set[int]:
@@ -430,6 +445,73 @@ class _Walk:
         if key not in self.attention_below:
             self.attention_below[key] = any(_is_attention(n, m) for n, m in module.named_modules())
         return self.attention_below[key]
+
+    def _mlp_like(self, module: nn.Module) -> bool:
+        """Two or more matrices and no attention, embedding table or fused tensor: a dense MLP."""
+        mats = _matrices(module)
+        return (len(mats) >= 2 and all(p.ndim == 2 for *_, p in mats) and not self._attention_inside(module)
+                and not any(isinstance(m, nn.Embedding) for m in module.modules()))
+
+    def _expert_count(self, module: nn.Module) -> int:
+        """E when ``module`` holds E experts: a container of E identical MLP-like modules, or fused tensors."""
+        if isinstance(module, _CONTAINERS):
+            items = [m for m in module._modules.values() if m is not None]
+            if len(items) < 2 or not self._mlp_like(items[0]):
+                return 0
+            shapes = [[(type(m), n, p.shape) for n, p in m.named_parameters()] for m in items]
+            return len(module._modules) if all(s == shapes[0] for s in shapes) else 0  # None slots count too
+        own = list(module.parameters(recurse=False))
+        # Fused experts are tensors of the experts module itself (an MoE block holds its router in
+        # a child too); attention heads and convolution kernels are 3-D too.
+        if len(own) != len(list(module.parameters())) or self._attention_inside(module) or isinstance(
+                module, nn.modules.conv._ConvNd):
+            return 0
+        return _fused_count(own)
+
+    def _find_moe(self, parent: nn.Module) -> None:
+        """Mark the router, experts and shared experts among ``parent``'s children and bare
+        parameters, if it is an MoE block: E experts and, beside them, a projection with E outputs."""
+        kids = list(parent.children())
+        counts = {id(c): self._expert_count(c) for c in kids}
+        own = list(parent.named_parameters(recurse=False))
+        own_e = _fused_count([p for _, p in own if p.ndim == 3])
+        sizes = {e for e in (*counts.values(), own_e) if e}
+        if not sizes:
+            return
+        routers = [c for c in kids if not counts[id(c)] and _outputs(c) & sizes]
+        mats = [(n, p) for n, p in own if p.ndim == 2 and set(p.shape) & sizes]
+        own_routers = mats
+        if own_e and (len(mats) > 1 or routers):
+            # Beside experts fused on this very module, an (E, k) matrix is the router or an expert
+            # bias: shapes cannot say which, so a name must (or another router beside them).
+            own_routers = [(n, p) for n, p in mats if _ROUTER_WORDS.search(n)]
+            for n, p in mats:
+                if _ROUTER_WORDS.search(n):
+                    continue
+                if (routers or own_routers) and p.shape[0] == own_e:
+                    self.moe_params[id(parent), n] = "experts"
+                else:
+                    self.undecided[id(parent), n] = (
+                        f"a {tuple(p.shape)} matrix beside experts fused on the same module is the router or an "
+                        "expert bias, and neither its shape nor its name says which")
+        # The undecided count too: one of them is the router, whichever it is.
+        routed = set().union(*(_outputs(c) for c in routers), *(set(p.shape) for _, p in mats)) & sizes
+        if not routed:
+            return
+        self.moe_params.update({(id(parent), n): "experts" for n, p in own if p.ndim == 3 and own_e in routed})
+        self.moe_params.update({(id(parent), n): "router" for n, _ in own_routers})
+        for c in kids:
+            if c in routers:
+                self.moe[id(c)] = "router"
+            elif counts[id(c)] in routed:
+                self.moe[id(c)] = "experts"
+            elif 1 in _outputs(c):
+                # The 1-output gate that scales the shared expert's output per token: routing, as
+                # the qwen2_moe rule set has it (it decides how much of the shared expert passes).
+                self.moe[id(c)] = "router"
+            elif self._mlp_like(c):
+                # A shared expert: a dense feed-forward network every token goes through.
+                self.moe[id(c)] = "feedforward"
 
     def _head_ancestors(self) -> set[int]:
         # The output head is the output embedding and every module around it that holds no
@@ -457,12 +539,14 @@ class _Walk:
             # Everything inside attention is attention (MLA's low-rank parts, q/k norms), except a
             # residual norm that a wrapper holds (T5's layer_norm, BERT's attention.output.LayerNorm).
             return "other" if _is_norm(seg, cls) and not _QK_NORM.match(seg) else None
+        if ctx not in ("experts", "router") and id(module) in self.moe:
+            return self.moe[id(module)]  # router, experts or shared expert by structure, whatever the names
         if _is_attention(name, module):
             return "attention"
-        if _SHARED_GATE_NAMES.match(seg):
-            return "router"
         if _SHARED_EXPERT_NAMES.match(seg):
-            return "feedforward"  # a dense FFN every token uses (documented choice)
+            return "feedforward"  # a shared expert: dense, every token goes through it
+        if _SHARED_GATE_NAMES.match(seg):
+            return "router"  # the gate scaling the shared expert per token, as in the qwen2_moe rule set
         if ctx in ("experts", "router"):
             return None
         if _is_experts(name, module):
@@ -490,12 +574,17 @@ class _Walk:
         here = role or ctx
         for pname, _ in module.named_parameters(recurse=False, remove_duplicate=False):
             full = f"{name}.{pname}" if name else pname
-            comp = here or self._fallback(pname, module, in_layer, side)
+            # A bare router matrix or fused experts on the MoE block itself, unless inside attention.
+            key = (id(module), pname) if here not in ("attention", "experts", "router") else None
+            if key in self.undecided:
+                comp, self.why[full] = None, self.undecided[key]
+            else:
+                comp = self.moe_params.get(key) or here or self._fallback(pname, module, in_layer, side)
             if comp is None:
                 self.unplaced.append(full)
             else:
                 self.out[full] = comp
-        layer_list = isinstance(module, (nn.ModuleList, nn.Sequential))
+        layer_list = isinstance(module, (nn.ModuleList, nn.Sequential)) or self._is_stack(module)
         stack = self._layer_stack(module) if not in_layer else None
         seen_stack = False
         for cname, child in module.named_children():
@@ -506,14 +595,27 @@ class _Walk:
             self.visit(f"{name}.{cname}" if name else cname, child, module, here, child_in_layer, child_side)
 
     def _layer_stack(self, module: nn.Module) -> nn.Module | None:
-        """The child of ``module`` that is a list of Transformer layers, if it has one."""
-        for child in module.children():
-            if isinstance(child, (nn.ModuleList, nn.Sequential)) and any(self._attention_inside(c) for c in child):
-                return child
-        return None
+        """The child of ``module`` that is a stack of Transformer layers or else holds one (a body
+        that a head sits beside), if it has one."""
+        children = list(module.children())
+        return (next((c for c in children if self._is_stack(c)), None)
+                or next((c for c in children if any(self._is_stack(m) for m in c.modules())), None))
 
-    @staticmethod
-    def _fallback(pname: str, module: nn.Module, in_layer: bool, side: str | None = None) -> str | None:
+    def _is_stack(self, module: nn.Module) -> bool:
+        """Whether ``module`` is a container of Transformer layers (None entries skipped, nested
+        lists allowed): a ModuleList or Sequential with attention in an entry, or a ModuleDict of
+        layers only (a dict also groups unlike parts: ``{"encoder": ..., "decoder": ...}``)."""
+        if not isinstance(module, _CONTAINERS):
+            return False
+        entries = list(module.children())
+        if isinstance(module, nn.ModuleDict):
+            # A layer holds attention but no stack of layers (an encoder does).
+            return bool(entries) and all(
+                self._attention_inside(e) and not any(self._is_stack(m) for m in e.modules() if m is not e)
+                for e in entries)
+        return any(self._attention_inside(e) for e in entries)
+
+    def _fallback(self, pname: str, module: nn.Module, in_layer: bool, side: str | None = None) -> str | None:
         # Inside a Transformer layer, what is not attention, routing, experts or a norm is the
         # feed-forward part (OPT's fc1/fc2, BERT's output.dense); a lone scalar is "other".
         if _TOKEN_PARAMS.search(pname):
@@ -523,6 +625,8 @@ class _Walk:
             return "feedforward" if _is_projection(module) else "other"
         if param.ndim <= 1 and not _is_projection(module):
             return "other"  # a scale or bias of the residual stream (a layer's bias goes with its weight)
+        if _is_projection(module) and id(module.weight) in self.table_ids and not isinstance(module, nn.Embedding):
+            return "unembedding"  # a head tied to an embedding table, wherever it sits
         if side is not None and _is_projection(module):
             # A projection beside a stack of layers: before it, the stack's input stem (a speech
             # encoder's input_linear, an upsampler); after it, the stack's output head (CTC outputs).
@@ -545,9 +649,14 @@ def structural_components(model: nn.Module) -> tuple[dict[str, str], list[str]]:
         >>> comp["layers.0.self_attn.in_proj_weight"], comp["layers.0.linear1.weight"], comp["layers.0.norm1.weight"], unplaced
         ('attention', 'feedforward', 'other', [])
     """
-    walk = _Walk(model)
-    walk.visit("", model, None, None, False)
+    walk = _walk(model)
     return walk.out, walk.unplaced
+
+
+def _walk(model: nn.Module) -> _Walk:
+    walk = _Walk(model)
+    walk.visit("", model, None, None, False)  # fills walk.out, walk.unplaced and walk.why
+    return walk
 
 
 # --- Public API ----------------------------------------------------------------------------
@@ -561,7 +670,8 @@ def pick_rule_set(model: nn.Module) -> RuleSet | None:
     return next((r for r in RULE_SETS if r.detect(inner, names)), None)
 
 
-def classify(model: nn.Module, rules: Sequence[Rule] | None = None, *, strict: bool = False) -> dict[str, str]:
+def classify(model: nn.Module, rules: Sequence[Rule] | None = None, *, strict: bool = False,
+             tied: str | None = DEFAULT_TIED) -> dict[str, str]:
     """Map every trainable parameter name of ``model`` to its component.
 
         comp = rlrs.components.classify(model)
@@ -569,8 +679,10 @@ def classify(model: nn.Module, rules: Sequence[Rule] | None = None, *, strict: b
 
     Keys are the names from ``model.named_parameters(remove_duplicate=False)`` whose tensor has
     ``requires_grad``; tied aliases (GPT-2's ``lm_head.weight`` and ``transformer.wte.weight``)
-    each get their own entry, which may differ: see ``tied_parameters``. Frozen parameters are
-    left out.
+    each get an entry. A tensor shared by the embedding and the unembedding gets ``tied`` under
+    every name (by default :data:`DEFAULT_TIED`, what ``rlrs.param_groups`` trains it as; a plan's
+    ``tied`` overrides both); ``tied=None`` labels each alias by its own module instead (see
+    ``tied_parameters``). Frozen parameters are left out.
 
     ``rules`` (``(regex, component)`` pairs) are tried first, in order; then the family rule set
     ``pick_rule_set`` finds, then the model's structure (:func:`structural_components`). A rule
@@ -594,21 +706,34 @@ def classify(model: nn.Module, rules: Sequence[Rule] | None = None, *, strict: b
                     )
         left = _apply(compiled, trainable, out)
     if not left:  # user rules covered everything (or nothing is trainable)
-        return out
+        return _resolve_ties(model, out, tied)
     rule_set = pick_rule_set(model)
     if rule_set is not None:
         left = _apply(_compile_rules(rule_set.rules), left, out)
     if not left:
-        return out
-    by_structure, _ = structural_components(model)
-    unplaced = [n for n in left if n not in by_structure]
+        return _resolve_ties(model, out, tied)
+    walk = _walk(model)
+    unplaced = [n for n in left if n not in walk.out]
     if unplaced:
+        reasons = dict.fromkeys(walk.why[n] for n in unplaced if n in walk.why)  # each once, not per layer
+        why = "".join(f"Structure cannot decide: {w}.\n" for w in reasons)
         raise ClassificationError(
             f"{len(unplaced)} trainable parameter(s) of {type(_unwrap(model)).__name__} could not be placed "
             f"by their module's structure{' or your rules' if rules else ''}"
-            f"{f' or the {rule_set.name!r} rule set' if rule_set else ''}:\n{_list_names(unplaced)}\n{_how_to_fix()}"
+            f"{f' or the {rule_set.name!r} rule set' if rule_set else ''}:\n{_list_names(unplaced)}\n{why}{_how_to_fix()}"
         )
-    out.update({n: by_structure[n] for n in left})
+    out.update({n: walk.out[n] for n in left})
+    return _resolve_ties(model, out, tied)
+
+
+def _resolve_ties(model: nn.Module, out: dict[str, str], tied: str | None) -> dict[str, str]:
+    if tied is None:
+        return out
+    if tied not in ("embedding", "unembedding"):
+        raise ConfigError(f"tied: {tied!r} is unknown; {closest(str(tied), ('embedding', 'unembedding'))}")
+    for names in tied_parameters(model):
+        if {out.get(n) for n in names} == {"embedding", "unembedding"}:
+            out.update({n: tied for n in names})
     return out
 
 

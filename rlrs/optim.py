@@ -21,17 +21,10 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
-from .components import COMPONENTS, Rule, classify, tied_parameters
+from .components import COMPONENTS, DEFAULT_TIED, Rule, classify, tied_parameters
 from .config import ConfigError, closest, differences
 from . import presets
 from .plan import Plan
-
-
-# A tensor shared by the input embedding and the output head follows the output head's schedule
-# unless the plan says otherwise: its gradient comes mostly from the head (every position of every
-# step, against the embedding's few rows), and the output layer is the one a too-large LR upsets
-# first (the paper's embedding λ_start is 5).
-DEFAULT_TIED = "unembedding"
 
 
 def as_plan(plan: Plan | str) -> Plan:
@@ -54,7 +47,7 @@ def assign_components(
     would change what the plan means.
     """
     plan = as_plan(plan)
-    by_name = classify(model, rules)
+    by_name = classify(model, rules, tied=None)  # each alias by its own module: other shared pairs must raise
     alias_of = {}
     for group in tied_parameters(model):
         for name in group:
@@ -289,7 +282,7 @@ class RelativeLR(LRScheduler):
 
     def _remember_written(self) -> None:
         # What the groups hold right after our write, read back (a float32 tensor LR rounds).
-        self._written = [(float(g["lr"]), float(g.get("weight_decay", 0.0))) for g in self.optimizer.param_groups]
+        self._written = [(_value(g["lr"]), _value(g.get("weight_decay", 0.0))) for g in self.optimizer.param_groups]
 
     def _check_written(self) -> None:
         if self.allow_overrides or self._written is None:
@@ -299,8 +292,8 @@ class RelativeLR(LRScheduler):
             return  # a group added since: _check_groups names it
         for i, (g, (lr, wd)) in enumerate(zip(groups, self._written)):
             for key, was in (("lr", lr), ("weight_decay", wd)):
-                now = float(g.get(key, 0.0))
-                if now != was and not (math.isnan(now) and math.isnan(was)):
+                now = _value(g.get(key, 0.0))
+                if not _same(now, was):
                     raise ConfigError(
                         f"optimizer.param_groups[{i}] ({g.get('component', '?')}): its {key} is {now:.6g}, but "
                         f"RelativeLR set {was:.6g} at step {self.last_epoch}: something else wrote it, so the "
@@ -371,6 +364,20 @@ class RelativeLR(LRScheduler):
         if self.plan.independent_wd:
             self._set_independent_wd()
         self._remember_written()
+
+
+def _value(x: Any) -> Any:
+    # A hyperparameter as a float to compare; a tensor on an accelerator stays the tensor (compared
+    # by identity: reading it would wait for the device at every step).
+    if isinstance(x, torch.Tensor) and x.device.type != "cpu":
+        return x
+    return float(x)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return a is b
+    return a == b or (math.isnan(a) and math.isnan(b))
 
 
 def _check_optimizer(optimizer: torch.optim.Optimizer) -> None:

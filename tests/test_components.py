@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from rlrs.config import ConfigError
 from rlrs.components import (
     COMPONENTS,
     RULE_SETS,
@@ -182,9 +183,17 @@ def test_gpt2_tied_head_is_reported_and_both_aliases_classified():
     model = tiny_hf("gpt2")
     assert model.lm_head.weight is model.transformer.wte.weight
     assert tied_parameters(model) == [("lm_head.weight", "transformer.wte.weight")]
-    got = classify(model)
+    got = classify(model, tied=None)  # each alias by its own module
     assert got["transformer.wte.weight"] == "embedding"
     assert got["lm_head.weight"] == "unembedding"
+    # By default classify says what param_groups trains the shared tensor as (one answer, everywhere).
+    from rlrs.components import DEFAULT_TIED
+    from rlrs.optim import assign_components
+
+    default = classify(model)
+    assert default["transformer.wte.weight"] == default["lm_head.weight"] == DEFAULT_TIED
+    assert assign_components(model, "paper-dense")["transformer.wte.weight"] == DEFAULT_TIED
+    assert classify(model, tied="embedding")["lm_head.weight"] == "embedding"
 
 
 def test_llama_untied_has_no_ties_and_tied_has_one():
@@ -404,7 +413,7 @@ def test_rlrs_style_names():
 def test_rlrs_tied_unembedding():
     model = ToyRlrs()
     model.unembed.weight = model.embed.weight
-    got = classify(model)
+    got = classify(model, tied=None)
     assert got["unembed.weight"] == "unembedding" and got["embed.weight"] == "embedding"
     assert tied_parameters(model) == [("embed.weight", "unembed.weight")]
 
@@ -556,3 +565,175 @@ def test_rule_sets_are_well_formed_data():
         for pattern, component in rule_set.rules:
             assert component in COMPONENTS
             assert re.compile(pattern)
+
+
+# --- MoE blocks and layer stacks from other libraries: structure, whatever the names ------------
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, d, h, names=("w1", "w2", "w3")):
+        super().__init__()
+        for name, (i, o) in zip(names, [(d, h), (h, d), (d, h)]):
+            self.add_module(name, nn.Linear(i, o, bias=False))
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+
+
+class LibLayer(nn.Module):
+    """A pre-norm layer whose feed-forward part is ``ffn``, under attribute names of its own."""
+
+    def __init__(self, d, ffn):
+        super().__init__()
+        self.pre = nn.LayerNorm(d)
+        self.mix = SelfAttention(d)
+        self.post = nn.LayerNorm(d)
+        self.ffn = ffn
+
+
+class LibLM(nn.Module):
+    def __init__(self, layers, d=8, vocab=40):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, d)
+        self.stack = layers
+        self.final = nn.RMSNorm(d)
+        self.proj_out = nn.Linear(d, vocab, bias=False)
+
+
+def components_of(comp: dict[str, str], component: str) -> set[str]:
+    return {n for n, c in comp.items() if c == component}
+
+
+def test_mixtral_style_gate_beside_a_list_of_experts_whatever_their_names():
+    d, n = 8, 4
+
+    class MoE(nn.Module):  # Mixtral's block_sparse_moe: gate + experts, here "w_route" + "mlps"
+        def __init__(self):
+            super().__init__()
+            self.w_route = nn.Linear(d, n, bias=False)
+            self.mlps = nn.ModuleList(SwiGLU(d, 16) for _ in range(n))
+
+    model = LibLM(nn.ModuleList(LibLayer(d, MoE()) for _ in range(2)))
+    comp = classify(model)
+    assert sorted(comp) == sorted(trainable_names(model))
+    assert components_of(comp, "router") == {f"stack.{i}.ffn.w_route.weight" for i in range(2)}
+    assert components_of(comp, "experts") == {f"stack.{i}.ffn.mlps.{e}.w{k}.weight"
+                                              for i in range(2) for e in range(n) for k in (1, 2, 3)}
+    assert comp["stack.0.mix.qkv.weight"] == "attention" and comp["stack.0.pre.weight"] == "other"
+    assert comp["tok.weight"] == "embedding" and comp["proj_out.weight"] == "unembedding"
+
+
+def test_names_that_say_otherwise_do_not_beat_structure():
+    # The router called "ffn", the experts "mlp", each expert's parts "gate"/"up"/"down".
+    moe = nn.Module()
+    moe.ffn = nn.Linear(8, 3)
+    moe.mlp = nn.ModuleDict({k: SwiGLU(8, 16, ("gate", "up", "down")) for k in ("a", "b", "c")})
+    comp = classify(LibLM(nn.Sequential(LibLayer(8, moe))))
+    assert components_of(comp, "router") == {"stack.0.ffn.ffn.weight", "stack.0.ffn.ffn.bias"}
+    assert len(components_of(comp, "experts")) == 9 and all(".ffn.mlp." in n for n in components_of(comp, "experts"))
+
+
+def test_qwen2_moe_style_shared_expert_is_feedforward_and_its_one_output_gate_routes():
+    d, n = 8, 4
+
+    class SparseMoeBlock(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gate = nn.Linear(d, n, bias=False)  # scores the experts: the router
+            self.experts = nn.ModuleList(SwiGLU(d, 16, ("gate_proj", "up_proj", "down_proj")) for _ in range(n))
+            self.shared_expert = SwiGLU(d, 32, ("gate_proj", "up_proj", "down_proj"))
+            self.shared_expert_gate = nn.Linear(d, 1, bias=False)  # scales the shared expert per token
+
+    model = LibLM(nn.ModuleList([LibLayer(d, SparseMoeBlock())]))
+    comp = classify(model)
+    assert components_of(comp, "router") == {"stack.0.ffn.gate.weight", "stack.0.ffn.shared_expert_gate.weight"}
+    assert components_of(comp, "experts") == {n for n in comp if ".ffn.experts." in n}
+    assert len(components_of(comp, "experts")) == 3 * n
+    shared = {n for n in comp if ".shared_expert." in n}
+    assert len(shared) == 3 and components_of(comp, "feedforward") == shared
+
+    # The same block under names that mean nothing: structure alone gives the same answer.
+    anonymous = SparseMoeBlock()
+    block = nn.Module()
+    block.p, block.q, block.r, block.s = (anonymous.gate, anonymous.experts, anonymous.shared_expert,
+                                          anonymous.shared_expert_gate)
+    comp = classify(LibLM(nn.ModuleList([LibLayer(d, block)])))
+    assert components_of(comp, "router") == {"stack.0.ffn.p.weight", "stack.0.ffn.s.weight"}
+    assert components_of(comp, "experts") == {n for n in comp if ".ffn.q." in n}
+    assert components_of(comp, "feedforward") == {n for n in comp if ".ffn.r." in n}
+
+
+def test_experts_fused_on_the_moe_block_itself_with_a_bare_router_matrix():
+    d, n = 8, 4
+    moe = nn.Module()
+    moe.w_in = nn.Parameter(torch.zeros(n, d, 32))
+    moe.w_out = nn.Parameter(torch.zeros(n, 16, d))
+    moe.w = nn.Parameter(torch.zeros(d, n))  # x @ w: one score per expert
+    comp = classify(LibLM(nn.ModuleList([LibLayer(d, moe)])))
+    assert comp["stack.0.ffn.w"] == "router"
+    assert comp["stack.0.ffn.w_in"] == comp["stack.0.ffn.w_out"] == "experts"
+
+
+def test_what_structure_cannot_decide_beside_fused_experts_is_a_config_error_with_the_fix():
+    # An (E, d) router and an (E, d) expert bias on the same module as the fused experts: the
+    # shapes are the same, and so (with names that say nothing) is everything else.
+    d, n = 8, 4
+    moe = nn.Module()
+    moe.a = nn.Parameter(torch.zeros(n, d, 16))
+    moe.b = nn.Parameter(torch.zeros(n, 16, d))
+    moe.c = nn.Parameter(torch.zeros(n, d))
+    moe.e = nn.Parameter(torch.zeros(n, d))
+    model = LibLM(nn.ModuleList([LibLayer(d, moe)]))
+    with pytest.raises(ConfigError) as info:
+        classify(model)
+    msg = str(info.value)
+    assert isinstance(info.value, ClassificationError)
+    assert "stack.0.ffn.c" in msg and "stack.0.ffn.e" in msg and "router or an expert bias" in msg
+    assert "rules=[" in msg
+    comp = classify(model, rules=[(r"\.ffn\.c$", "router"), (r"\.ffn\.e$", "experts")])
+    assert comp["stack.0.ffn.a"] == comp["stack.0.ffn.e"] == "experts" and comp["stack.0.ffn.c"] == "router"
+    moe.c_router = moe.c  # or a name: one that says "router" breaks the tie
+    del moe.c
+    comp = classify(model)
+    assert comp["stack.0.ffn.c_router"] == "router" and comp["stack.0.ffn.e"] == "experts"
+
+
+def test_none_in_a_layer_list_and_none_attributes_never_crash():
+    d = 8
+
+    def layer():
+        one = LibLayer(d, SwiGLU(d, 16))
+        one.register_module("adapter", None)  # a module attribute set to None
+        return one
+
+    for stack in (nn.ModuleList([None, layer(), None, layer()]),
+                  nn.Sequential(None, layer()),
+                  nn.ModuleDict({"first": layer(), "skipped": None, "last": layer()}),
+                  nn.ModuleList([nn.ModuleList([None, layer()]), nn.ModuleList([layer()]), None])):
+        model = LibLM(stack)
+        model.register_module("extra", None)
+        comp = classify(model)
+        assert sorted(comp) == sorted(trainable_names(model))
+        assert comp["tok.weight"] == "embedding" and comp["proj_out.weight"] == "unembedding"
+        assert {"attention", "feedforward", "other"} <= set(comp.values())
+        assert "router" not in comp.values() and "experts" not in comp.values()
+
+
+def test_a_head_tied_to_the_embedding_is_the_unembedding_wherever_it_sits():
+    body = nn.Module()  # Hugging Face's layout: the head beside a body that holds the layers
+    body.tok = nn.Embedding(40, 8)
+    body.stack = nn.ModuleList([LibLayer(8, SwiGLU(8, 16))])
+    model = nn.Module()
+    model.body = body
+    model.out = nn.Linear(8, 40, bias=False)
+    model.out.weight = body.tok.weight
+    comp = classify(model, tied=None)
+    assert comp["body.tok.weight"] == "embedding" and comp["out.weight"] == "unembedding"
+
+
+def test_classification_error_is_a_config_error():
+    assert issubclass(ClassificationError, ConfigError) and issubclass(ClassificationError, ValueError)
