@@ -5,7 +5,10 @@ rlrs's Shakespeare cache, with the optimizer and scheduler built from the run's 
     rlrs compare --command 'python examples/hf_trainer.py' --steps 200 --seeds 3 --out runs/hf
 
 The rlrs part: ``rlrs.param_groups`` / ``rlrs.RelativeLR`` from ``rlrs.script.plan()`` go to the
-Trainer through ``optimizers=``, and a callback reports each evaluation with ``rlrs.report``.
+Trainer through ``optimizers=``, ``rlrs.integrations.hf.PlanCheck`` checks when training begins that
+the schedule's length is the Trainer's optimizer steps, and a callback reports each evaluation with
+``rlrs.report``. (``rlrs.integrations.hf.RelativeLRTrainer`` does the optimizer, scheduler and check
+itself.)
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ class Windows(Dataset):
 def main() -> None:
     from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
+    from rlrs.integrations.hf import PlanCheck
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--corpus", default="shakespeare")
@@ -62,7 +67,7 @@ def main() -> None:
                          tie_word_embeddings=False)
     model = LlamaForCausalLM(config)
     opt = torch.optim.AdamW(rlrs.param_groups(model, plan), betas=(0.9, 0.95))
-    sched = rlrs.RelativeLR(opt, plan, steps)  # the Trainer calls sched.step() after each opt.step()
+    sched = rlrs.RelativeLR(opt, plan, steps)  # the Trainer calls sched.step() after each opt.step(): max_steps
 
     class Report(TrainerCallback):
         def on_evaluate(self, _args, state, _control, metrics=None, **_kw):
@@ -77,7 +82,7 @@ def main() -> None:
         dataloader_num_workers=0, disable_tqdm=True,
     )
     trainer = Trainer(model=model, args=targs, train_dataset=train, eval_dataset=held_out, optimizers=(opt, sched),
-                      callbacks=[Report()])
+                      callbacks=[PlanCheck(), Report()])
     trainer.train()
     if trainer.state.global_step % every:  # the last step, if it is not an eval step already
         trainer.evaluate()

@@ -30,32 +30,187 @@ def _llama():
         num_key_value_heads=1, max_position_embeddings=16, tie_word_embeddings=False))
 
 
-def _trainer(out, **kw):
-    args = transformers.TrainingArguments(
-        output_dir=str(out), max_steps=STEPS, per_device_train_batch_size=4, learning_rate=3e-3, logging_steps=1,
-        save_strategy="steps", save_steps=3, report_to=[], use_cpu=True, seed=0, data_seed=0, disable_tqdm=True,
-        dataloader_num_workers=0, weight_decay=0.5, lr_scheduler_type="linear", warmup_steps=2)
-    return RelativeLRTrainer(plan="paper-dense", model=_llama(), args=args, train_dataset=Windows(), **kw)
+def _args(out, **kw):
+    base = dict(output_dir=str(out), max_steps=STEPS, per_device_train_batch_size=4, learning_rate=3e-3,
+                logging_steps=1, save_strategy="steps", save_steps=3, report_to=[], use_cpu=True, seed=0, data_seed=0, disable_tqdm=True,
+                dataloader_num_workers=0)
+    return transformers.TrainingArguments(**{**base, **kw})
 
 
-def test_hf_trainer_follows_the_plan_logs_every_component_and_resumes_exactly(tmp_path):
-    full = _trainer(tmp_path / "full")
-    full.train()
+def _trainer(out, plan="paper-dense", model=None, dataset=None, trainer_kw=None, **kw):
+    return RelativeLRTrainer(plan=plan, model=model or _llama(), args=_args(out, **kw),
+                             train_dataset=dataset or Windows(), **(trainer_kw or {}))
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """A RelativeLRTrainer run of STEPS steps with checkpoints at 3 and 6."""
+    out = tmp_path_factory.mktemp("hf") / "full"
+    trainer = _trainer(out)
+    trainer.train()
+    return trainer, out
+
+
+def test_hf_trainer_follows_the_plan_logs_every_component_and_resumes_exactly(full_run, tmp_path):
+    full, out = full_run
     plan = full.plan
     assert plan.base_lr == 3e-3 and plan.embedding == presets.get("paper-dense").embedding  # η_base from the args
     groups = full.optimizer.param_groups
     assert {c for g in groups for c in g["components"]} >= {"embedding", "unembedding", "attention", "feedforward"}
-    assert all(g["weight_decay"] in (0.0, plan.weight_decay_of(g["components"][0])) for g in groups)  # the plan's, not 0.5
+    assert all(g["weight_decay"] in (0.0, plan.weight_decay_of(g["components"][0])) for g in groups)  # the plan's
     logged = [e for e in full.state.log_history if "lr/attention" in e]
     assert [e["step"] for e in logged] == list(range(1, STEPS + 1))
-    for e in logged:  # the LR each optimizer step used: Plan.lr at step - 1, not the linear warmup asked for
+    for e in logged:  # the LR each optimizer step used: Plan.lr at step - 1
         for comp in ("embedding", "attention", "feedforward", "unembedding"):
             assert e[f"lr/{comp}"] == pytest.approx(plan.lr(comp, e["step"] - 1, STEPS), rel=1e-12)
 
     resumed = _trainer(tmp_path / "resumed")
-    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-3"))
+    resumed.train(resume_from_checkpoint=str(out / "checkpoint-3"))
     for (name, a), b in zip(full.model.named_parameters(), resumed.model.parameters()):
         assert torch.equal(a, b), name
+
+
+def test_hf_trainer_logs_learning_rate_as_eta_base_times_the_base_schedule(full_run):
+    import dataclasses
+
+    full, _ = full_run
+    # The LR of a λ = 1 component: what the uniform plan (paper-dense's schedule, every λ = 1) gives.
+    uniform = dataclasses.replace(presets.get("uniform-dense"), base_lr=3e-3)
+    logged = [e for e in full.state.log_history if "lr/attention" in e]
+    for e in logged:
+        assert e["learning_rate"] == pytest.approx(uniform.lr("attention", e["step"] - 1, STEPS), rel=1e-12)
+    peak = max(e["learning_rate"] for e in logged)
+    assert peak == pytest.approx(3e-3) and max(e["lr/embedding"] for e in logged) == pytest.approx(5 * 3e-3)
+
+
+@pytest.mark.parametrize("kw, names", [
+    ({"lr_scheduler_type": "cosine"}, ["lr_scheduler_type='cosine'", "shape"]),
+    ({"lr_scheduler_type": "constant", "lr_scheduler_kwargs": {"foo": 1}},
+     ["lr_scheduler_type", "lr_scheduler_kwargs", "final_fraction"]),
+    ({"warmup_steps": 2}, ["warmup_steps=2", "plan.warmup"]),
+    ({"warmup_steps": 0.1}, ["warmup_steps=0.1", "plan.warmup"]),
+    ({"weight_decay": 0.5}, ["weight_decay=0.5", "plan.weight_decay"]),
+    ({"weight_decay": 0.01, "warmup_steps": 3, "lr_scheduler_type": "cosine"},
+     ["weight_decay=0.01", "warmup_steps=3", "lr_scheduler_type='cosine'"]),
+])
+def test_hf_trainer_refuses_training_arguments_the_plan_replaces(tmp_path, kw, names):
+    from rlrs.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        _trainer(tmp_path, **kw)
+    for name in names:
+        assert name in str(err.value)
+
+
+def test_hf_trainer_takes_default_arguments_and_the_plans_own_weight_decay(tmp_path):
+    from rlrs.config import ConfigError
+
+    with pytest.raises(ConfigError, match="warmup_steps=2"):  # arguments given positionally: checked too
+        RelativeLRTrainer(_llama(), _args(tmp_path, warmup_steps=2), plan="paper-dense")
+    _trainer(tmp_path, lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0)  # the defaults, said explicitly
+    _trainer(tmp_path, weight_decay=0.1)  # paper-dense's weight decay, restated: nothing is replaced
+
+
+def test_hf_trainer_unset_learning_rate_is_the_plans_base_lr(tmp_path, caplog):
+    import logging
+
+    unset = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4,
+                                           logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
+                                           disable_tqdm=True)
+    with caplog.at_level(logging.WARNING, logger="rlrs.integrations.hf"):
+        trainer = RelativeLRTrainer(plan="paper-dense", model=_llama(), args=unset, train_dataset=Windows())
+    eta = presets.get("paper-dense").base_lr
+    assert trainer.plan == presets.get("paper-dense") and eta == 2e-3  # not HF's 5e-5
+    assert any("taken as unset" in r.getMessage() and str(eta) in r.getMessage() for r in caplog.records)
+    trainer.train()
+    logged = [e for e in trainer.state.log_history if "lr/attention" in e]
+    assert logged and all(e["lr/attention"] == pytest.approx(trainer.plan.lr("attention", e["step"] - 1, 3), rel=1e-12)
+                          for e in logged)
+    assert trainer.optimizer.param_groups[0]["initial_lr"] == eta  # the groups were built at the plan's η_base
+
+    caplog.clear()
+    explicit = RelativeLRTrainer(plan="paper-dense", model=_llama(), args=_args(tmp_path, learning_rate=1e-3),
+                                 train_dataset=Windows())
+    assert explicit.plan.base_lr == 1e-3 and not any("taken as unset" in r.getMessage() for r in caplog.records)
+
+
+def test_hf_trainer_applies_the_plan_with_gradient_accumulation_and_epochs(tmp_path):
+    # 24 windows, 4 a batch: 6 micro-batches an epoch, 3 optimizer steps; 2 epochs = 6 optimizer steps.
+    trainer = _trainer(tmp_path, dataset=Windows(n=24), max_steps=-1, num_train_epochs=2, gradient_accumulation_steps=2,
+                       save_strategy="no")
+    trainer.train()
+    sched = trainer.lr_scheduler
+    assert sched.total_steps == trainer.state.max_steps == trainer.state.global_step == 6
+    from rlrs.integrations.hf import PlanCheck
+
+    assert any(isinstance(cb, PlanCheck) for cb in trainer.callback_handler.callbacks)  # it checks itself
+    logged = [e for e in trainer.state.log_history if "lr/attention" in e]
+    assert [e["step"] for e in logged] == list(range(1, 7))
+    for e in logged:
+        for comp in ("embedding", "attention", "feedforward", "unembedding"):
+            assert e[f"lr/{comp}"] == pytest.approx(trainer.plan.lr(comp, e["step"] - 1, 6), rel=1e-12)
+
+
+def test_hf_trainer_on_a_tied_gpt2_logs_what_each_group_trains_at(tmp_path):
+    torch.manual_seed(0)
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2,
+                                                                 n_head=2))
+    trainer = _trainer(tmp_path, model=gpt2, max_steps=3, save_strategy="no", gradient_accumulation_steps=2)
+    trainer.train()
+    assert trainer.lr_scheduler.total_steps == trainer.state.global_step == 3
+    logged = [e for e in trainer.state.log_history if "lr/attention" in e]
+    assert [e["step"] for e in logged] == [1, 2, 3]
+    by_comp = {c: g for g in trainer.optimizer.param_groups for c in g["components"]}
+    assert "unembedding" in by_comp  # the tied wte/lm_head follows the unembedding
+    for e in logged:
+        for comp in by_comp:
+            assert e[f"lr/{comp}"] == pytest.approx(trainer.plan.lr(comp, e["step"] - 1, 3), rel=1e-12)
+    for g in trainer.optimizer.param_groups:  # after 3 steps, every group holds Plan.lr at step 3
+        assert g["lr"] == trainer.plan.lr(g["components"][0], 3, 3)
+
+
+def test_hf_trainer_logs_lora_plus_b_groups(tmp_path):
+    peft = pytest.importorskip("peft")
+    import dataclasses
+
+    model = peft.get_peft_model(_llama(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "up_proj"]))
+    plan = dataclasses.replace(presets.get("paper-dense"), lora_plus=16.0)
+    trainer = _trainer(tmp_path, plan=plan, model=model, max_steps=3, save_strategy="no")
+    trainer.train()
+    logged = [e for e in trainer.state.log_history if "lr/attention" in e]
+    assert len(logged) == 3
+    for e in logged:
+        for comp in ("attention", "feedforward"):
+            b = trainer.plan.lr(comp, e["step"] - 1, 3, lora_b=True)
+            assert e[f"lr/{comp}/lora_B"] == pytest.approx(b, rel=1e-12)
+            assert e[f"lr/{comp}/lora_B"] == pytest.approx(16 * e[f"lr/{comp}"])
+
+
+def test_hf_trainer_resume_with_another_length_names_a_fix_the_trainer_can_take(full_run, tmp_path):
+    from rlrs.config import ConfigError
+
+    _, out = full_run
+    with pytest.raises(ConfigError) as err:
+        _trainer(tmp_path, max_steps=STEPS + 2).train(resume_from_checkpoint=str(out / "checkpoint-3"))
+    msg = str(err.value)
+    assert f"{STEPS} optimizer steps in the checkpoint's run, {STEPS + 2} in this one" in msg
+    assert "max_steps/num_train_epochs" in msg and "new output_dir" in msg and "adopt" not in msg
+
+
+def test_hf_trainer_resume_with_another_plan_or_groups_is_refused_by_name(full_run, tmp_path):
+    from rlrs.config import ConfigError
+
+    _, out = full_run
+    other = _trainer(tmp_path / "a", plan="uniform-dense")
+    with pytest.raises(ConfigError) as err:
+        other.train(resume_from_checkpoint=str(out / "checkpoint-3"))
+    msg = str(err.value)
+    assert "plan.embedding.start 5.0 in the checkpoint, 1.0 now" in msg and "same plan" in msg and "adopt" not in msg
+    assert "parameter group" not in msg  # not torch's bare group-count error
+    # The same plan with other groups (a rule moves the MLP into attention): torch's error, worded for the Trainer.
+    regrouped = _trainer(tmp_path / "b", trainer_kw={"rules": [(r"\.mlp\.", "attention")]})
+    with pytest.raises(ConfigError, match=r"does not fit this run's optimizer .*the model, plan and rules the chec"):
+        regrouped.train(resume_from_checkpoint=str(out / "checkpoint-3"))
 
 
 def test_hf_trainer_refuses_an_optimizer_of_its_own(tmp_path):
@@ -63,7 +218,56 @@ def test_hf_trainer_refuses_an_optimizer_of_its_own(tmp_path):
 
     opt = torch.optim.SGD(_llama().parameters(), lr=0.1)
     with pytest.raises(ConfigError, match="builds the optimizer and scheduler from the plan"):
-        _trainer(tmp_path, optimizers=(opt, None))
+        _trainer(tmp_path, trainer_kw={"optimizers": (opt, None)})
+
+
+def _plain(out, model, opt, sched, **kw):
+    from rlrs.integrations.hf import PlanCheck
+
+    return transformers.Trainer(model=model, args=_args(out, save_strategy="no", **kw), train_dataset=Windows(),
+                                optimizers=(opt, sched), callbacks=[PlanCheck()])
+
+
+def test_plan_check_refuses_a_schedule_counted_in_micro_batches(tmp_path):
+    import rlrs
+    from rlrs.config import ConfigError
+
+    plan = presets.get("paper-dense")
+    model = _llama()
+    opt = torch.optim.AdamW(rlrs.param_groups(model, plan))
+    sched = rlrs.RelativeLR(opt, plan, STEPS * 2)  # max_steps × gradient_accumulation_steps: micro-batches
+    trainer = _plain(tmp_path, model, opt, sched, gradient_accumulation_steps=2)
+    with pytest.raises(ConfigError) as err:
+        trainer.train()
+    msg = str(err.value)
+    assert f"total_steps is {STEPS * 2}" in msg and f"takes {STEPS} optimizer steps" in msg
+    assert "micro-batches" in msg and f"RelativeLR(opt, plan, {STEPS})" in msg and "RelativeLRTrainer" in msg
+    assert trainer.state.global_step == 0  # refused before the first step
+
+    model = _llama()
+    opt = torch.optim.AdamW(rlrs.param_groups(model, plan))
+    trainer = _plain(tmp_path, model, opt, rlrs.RelativeLR(opt, plan, STEPS), gradient_accumulation_steps=2)
+    trainer.train()  # the right length trains, and the plan is what trained
+    assert trainer.state.global_step == STEPS
+    for g in opt.param_groups:
+        assert g["lr"] == plan.lr(g["components"][0], STEPS, STEPS)
+    with pytest.raises(ConfigError, match=f"RelativeLR is at step {STEPS}, but the Trainer starts at step 0"):
+        _plain(tmp_path, model, opt, trainer.lr_scheduler).train()  # a used scheduler, again
+
+
+def test_plan_check_refuses_rlrs_groups_under_the_trainers_own_scheduler(tmp_path):
+    import rlrs
+    from rlrs.config import ConfigError
+
+    model = _llama()
+    opt = torch.optim.AdamW(rlrs.param_groups(model, "paper-dense"))
+    trainer = _plain(tmp_path, model, opt, None)
+    with pytest.raises(ConfigError, match=r"scheduler is LambdaLR, which gives every group one LR.*"
+                                          r"rlrs.RelativeLR\(opt, plan, max_steps\).*RelativeLRTrainer"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+    plain_opt = torch.optim.AdamW(model.parameters(), lr=1e-3)  # not an rlrs optimizer: nothing to check
+    _plain(tmp_path, model, plain_opt, None, max_steps=2).train()
 
 
 def test_peft_lora_adapters_take_their_modules_component_and_lora_plus_speeds_up_b(tmp_path):
