@@ -8,7 +8,8 @@ Three lines in your own training loop::
     sched = rlrs.RelativeLR(opt, plan, total_steps)   # sched.step() after each opt.step()
 
 A script driven by ``rlrs compare/tune --command`` reads its plan with ``rlrs.script.plan()`` and
-reports eval losses with ``rlrs.report(step, loss)`` (:mod:`rlrs.script`).
+reports eval losses with ``rlrs.report(step, loss)`` (:mod:`rlrs.script`). ``rlrs.inspect(model,
+plan, total_steps=...)`` prints each component's share, the schedule each tensor follows and the LRs.
 
 The core (``schedules``, ``components``, ``plan``, ``presets``, ``optim``, ``script``) imports only torch.
 """
@@ -16,6 +17,7 @@ The core (``schedules``, ``components``, ``plan``, ``presets``, ``optim``, ``scr
 from . import presets, schedules, script
 from .components import COMPONENTS, ClassificationError, classify, tied_parameters
 from .config import ConfigError
+from .inspection import inspect
 from .optim import RelativeLR, assign_components, muon_split, param_groups
 from .plan import ComponentPlan, Plan
 from .script import report
@@ -32,6 +34,7 @@ __all__ = [
     "RelativeLR",
     "assign_components",
     "classify",
+    "inspect",
     "param_groups",
     "presets",
     "report",

@@ -110,6 +110,8 @@ def cmd_demo(args) -> int:
     if len(curves) == 2:
         diff = curves["uniform"][1][-1] - curves[relative][1][-1]
         print(f"  {relative} - uniform: {-diff:+.4f} eval loss")
+    if not curves:  # nothing to draw: every run failed (each said why above)
+        return 1
     loss_png = plots.plot_losses(curves, out / "eval_loss.png", title=f"{DEFAULT_PRESET} on Shakespeare")
     lr_png = plots.plot_plan(presets.get(relative), steps, out / f"lr_{relative}.png",
                              components=("embedding", "unembedding", "attention", "router", "experts", "other"))
@@ -118,49 +120,11 @@ def cmd_demo(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from . import presets
-    from .components import COMPONENTS
-    from .inspection import component_table, format_table, load_model, lr_table, parse_steps, tied_report
-    from .optim import DEFAULT_TIED
+    from .inspection import inspect
 
-    sets = parse_sets(args.set)
-    if (sets and args.model.endswith(".json")) or any(not k.startswith("model.") for k in sets):
-        raise ConfigError("--set: only model.* settings of an rlrs preset, e.g. --set model.parametrization=mup")
-    model = load_model(args.model, sets)
-    rules = [_rule(r) for r in args.rule]
-    rows = component_table(model, rules or None)
-    print(f"model: {args.model}")
-    print(format_table(rows, ["component", "tensors", "params", "share"]))
-    if not args.model.endswith(".json"):
-        from .models import count_params
-        from .train import run_config
-
-        counts = count_params(run_config(args.model, sets=sets).model)  # as trained: the tokenizer's vocabulary
-        print()
-        print(format_table([{"count": k, "params": v} for k, v in counts.items()], ["count", "params"]))
-    tied = tied_report(model)
-    if tied:
-        print(f"\ntied (one tensor, several names): it follows plan.tied, or {DEFAULT_TIED} when the plan "
-              "leaves it unset (--set plan.tied=embedding to change it)")
-        for line in tied:
-            print(f"  {line}")
-    plan = presets.resolve(args.plan)
-    steps = parse_steps(args.at, args.total_steps)
-    comps = sorted({c for r in rows for c in r["component"].split(" ")[0].split("+")}, key=COMPONENTS.index)
-    widths = {}
-    if not args.model.endswith(".json"):
-        from .models import width_factors
-        from .train import run_config
-
-        cfg = run_config(args.model, sets=sets).model
-        widths = width_factors(cfg)
-        if cfg.parametrization == "mup":
-            print(f"\nmuP: width multiplier m = d_model / base_width = {cfg.d_model} / {cfg.base_width} = "
-                  f"{cfg.width_mult:g}; LR width factor per component: "
-                  + ", ".join(f"{c} ×{widths.get(c, 1.0):g}" for c in comps))
-    print(f"\nplan {args.plan}: LR per component ({args.total_steps} steps)")
-    print(format_table(lr_table(plan, comps, steps, args.total_steps, widths),
-                       ["component", *[f"step {s}" for s in steps]]))
+    # Everything is checked and computed before anything is printed: an error prints no half report.
+    inspect(args.model, args.plan, total_steps=args.total_steps, at=args.at, rules=[_rule(r) for r in args.rule] or None,
+            sets=parse_sets(args.set), _cli=True)
     return 0
 
 
@@ -269,16 +233,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("inspect", help="component table of a model and a plan's LR per component")
+    from .inspection import DEFAULT_AT, inspect
+
+    p = sub.add_parser("inspect", help="component table of a model and a plan's LR per component",
+                       description="Each component's tensors, parameters and share, the schedule each follows (a "
+                                   "tied embedding/unembedding tensor's included), and each component's LR at the "
+                                   "chosen steps. In Python: rlrs.inspect(model, plan, total_steps=...).")
     p.add_argument("model", nargs="?", default=DEFAULT_PRESET,
-                   help=f"an rlrs preset, a Hugging Face config.json or model directory (default: {DEFAULT_PRESET})")
+                   help=f"an rlrs preset (default: {DEFAULT_PRESET}), a Hugging Face config.json or model directory, "
+                        "or your own model as MODULE:ATTR: a dotted module or a .py file, and an nn.Module class "
+                        "(built with no arguments), a function returning one, or an nn.Module object, e.g. "
+                        "mypkg.model:GPT or path/to/train.py:make_model (its __main__ block does not run)")
     p.add_argument("--rule", action="append", default=[], metavar="REGEX=COMPONENT",
                    help="a classification rule tried before anything else, e.g. --rule '\\.ffn\\.=feedforward' (repeatable)")
     p.add_argument("--plan", default="paper-moe", help="plan preset or file (default: paper-moe)")
-    p.add_argument("--total-steps", type=int, default=10_000, help="training length for the LR table (default: 10000)")
-    p.add_argument("--at", default="0,1%,25%,50%,75%,100%", help="steps or percentages (default: 0,1%%,25%%,50%%,75%%,100%%)")
+    p.add_argument("--total-steps", type=int, default=default_of(inspect, "total_steps"),
+                   help=f"training length for the LR table (default: {default_of(inspect, 'total_steps')})")
+    p.add_argument("--at", default=DEFAULT_AT, help=f"steps or percentages (default: {DEFAULT_AT.replace('%', '%%')})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a model setting of an rlrs preset, e.g. --set model.parametrization=mup --set model.base_width=32")
+                   help="a plan setting, e.g. --set plan.tied=embedding, or a model setting of an rlrs preset, e.g. "
+                        "--set model.parametrization=mup --set model.base_width=32 (repeatable)")
     p.set_defaults(func=cmd_inspect)
 
     from .coordcheck import coord_check
@@ -305,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", default="paper-moe", help="plan preset or file (default: paper-moe)")
     p.add_argument("--total-steps", type=int, default=10_000)
     p.add_argument("--out", default=".", help="output directory (default: .)")
-    p.add_argument("--model", default=None, help="draw only this model's components (a preset, HF config.json or model directory)")
+    p.add_argument("--model", default=None,
+                   help="draw only this model's components (a preset, HF config.json or model directory, or MODULE:ATTR)")
     p.add_argument("--linear", action="store_true", help="a linear LR axis instead of the log one")
     p.set_defaults(func=cmd_plot_plan)
 
@@ -324,11 +299,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .data import DataError
     from .train import CheckpointError, NonFiniteLoss
 
+    from .options import check_out
+
     try:
+        if getattr(args, "out", None) is not None:
+            check_out(args.out)  # before anything trains: a run must not end failing to write its results
         return args.func(args)
     except (ConfigError, ClassificationError, DataError, MissingExtra, FileExistsError, FileNotFoundError,
             RunLocked, CheckpointError) as err:
-        print(f"rlrs {args.subcommand}: error: {err}", file=sys.stderr)
+        text = disk_error(err) if isinstance(err, OSError) and err.errno else str(err)  # [Errno 17] as a sentence
+        print(f"rlrs {args.subcommand}: error: {text}", file=sys.stderr)
         return 2
     except OSError as err:  # the disk: full, read-only, a path through a file
         print(f"rlrs {args.subcommand}: error: {disk_error(err)}", file=sys.stderr)
@@ -352,6 +332,7 @@ def disk_error(err: OSError) -> str:
         errno.EROFS: "the file system is read-only; choose another --out",
         errno.EACCES: "no permission; choose another --out or fix the permissions",
         errno.ENOTDIR: "a part of the path is a file, not a directory",
+        errno.EEXIST: "a file of that name is where a directory is needed; choose another --out",
     }.get(err.errno, "")
     return f"{where}{err.strerror or err}" + (f" ({fix})" if fix else "")
 

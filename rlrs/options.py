@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import inspect
 import math
+import os
 import tomllib
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .config import ConfigError
@@ -57,10 +59,28 @@ def parse_plans(text: str) -> list[str]:
     return plans
 
 
-def parse_floats(text: str | None, name: str, positive: bool = True, what: str = "number") -> list[float] | None:
-    """``"1e-3,2e-3"`` → ``[0.001, 0.002]``; every value a finite number (> 0 with ``positive``)."""
+# Each list flag's own example value, so an error shows a value that flag takes.
+LIST_EXAMPLES = {
+    "grid": "1e-3,2e-3,5e-3",  # learning rates
+    "widths": "32,64,128,256",  # d_model values
+    "factors": "0.2,0.667,1.5,5",  # λ multipliers (rlrs ablate --kind vary)
+    "prune-at": "0.25,0.5,0.75",  # fractions of training
+}
+
+
+def parse_floats(text: str | None, name: str, positive: bool = True, what: str = "number",
+                 example: str | None = None) -> list[float] | None:
+    """``"1e-3,2e-3"`` → ``[0.001, 0.002]``; every value a finite number (> 0 with ``positive``).
+    Errors show ``example`` (default: ``LIST_EXAMPLES[name]``) as the value to write.
+
+    >>> parse_floats("32,x", "widths")
+    Traceback (most recent call last):
+    ...
+    rlrs.config.ConfigError: --widths: 'x' is not a number; write e.g. --widths 32,64,128,256
+    """
     if text is None:
         return None
+    example = example or LIST_EXAMPLES.get(name, "1,2,3")
     values = []
     for part in text.split(","):
         if not part.strip():
@@ -68,21 +88,22 @@ def parse_floats(text: str | None, name: str, positive: bool = True, what: str =
         try:
             v = float(part)
         except ValueError:
-            raise ConfigError(f"--{name}: {part.strip()!r} is not a number; write e.g. --{name} 1e-3,2e-3,5e-3") from None
+            raise ConfigError(f"--{name}: {part.strip()!r} is not a number; write e.g. --{name} {example}") from None
         if not math.isfinite(v) or (positive and v <= 0):
             raise ConfigError(f"--{name}: {part.strip()!r} is not a {what}{' > 0' if positive else ''}; "
-                              f"write e.g. --{name} 1e-3,2e-3,5e-3")
+                              f"write e.g. --{name} {example}")
         values.append(v)
     if not values:
-        raise ConfigError(f"--{name}: give at least one number")
+        raise ConfigError(f"--{name}: give at least one number, e.g. --{name} {example}")
     return values
 
 
 def parse_widths(text: str) -> list[int]:
     """``"32,64,128"`` → ``[32, 64, 128]``: model widths (d_model), whole numbers > 0."""
-    widths = parse_floats(text, "widths")
+    widths = parse_floats(text, "widths", what="width (d_model)")
     if any(w != int(w) for w in widths):
-        raise ConfigError(f"--widths: whole numbers (d_model values), got {text!r}; e.g. 32,64,128,256")
+        raise ConfigError(f"--widths: whole numbers (d_model values), got {text!r}; write e.g. --widths "
+                          f"{LIST_EXAMPLES['widths']}")
     return [int(w) for w in widths]
 
 
@@ -132,6 +153,37 @@ def target_from_args(args, required: bool = False) -> Target:
     if args.preset is None and required:
         raise ConfigError(f"--preset or {flag}: name the model to train")
     return PresetTarget(args.preset or DEFAULT_PRESET, args.config)
+
+
+def check_out(path: str | Path, flag: str = "--out") -> Path:
+    """Refuse, before anything trains, an output directory that cannot be created or written: a
+    file in its place (``--out /dev/null``), a file on its path, no permission, a read-only disk.
+    Creates nothing.
+
+    >>> check_out("/dev/null")
+    Traceback (most recent call last):
+    ...
+    rlrs.config.ConfigError: --out /dev/null: a file of that name exists, not a directory; give a directory (it is created if missing), e.g. --out runs/NAME
+    """
+    p = Path(path)
+    if p.exists():
+        if not p.is_dir():
+            raise ConfigError(f"{flag} {path}: a file of that name exists, not a directory; give a directory (it is "
+                              f"created if missing), e.g. {flag} runs/NAME")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise ConfigError(f"{flag} {path}: no permission to write in it (or its disk is read-only); choose "
+                              "another directory, or fix its permissions")
+        return p
+    parent = p.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{flag} {path}: a part of the path is a file ({parent}), not a directory, so it "
+                          f"cannot be created; choose another path, e.g. {flag} runs/NAME")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: cannot be created: no permission to write in {parent} (or its disk is "
+                          "read-only); choose another path, or fix the permissions")
+    return p
 
 
 def check_workers(workers: int | None) -> None:

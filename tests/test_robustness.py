@@ -240,6 +240,84 @@ def test_two_trains_on_one_directory_one_is_refused_and_nothing_is_mixed(tmp_pat
     assert _log(out) == _log(reference)  # every row once, from one run
 
 
+# Holds a run directory's lock again and again until the stop file appears; says "holding" once
+# it has held it (the test waits for that line, not for a guessed time).
+HOLDER = """
+import sys
+from pathlib import Path
+from rlrs.engine import run_lock
+out, stop = Path(sys.argv[1]), Path(sys.argv[2])
+said = False
+while not stop.exists():
+    with run_lock(out, wait=True):
+        if not said:
+            print("holding", flush=True)
+            said = True
+"""
+
+
+def test_a_refusal_always_names_the_holder_even_the_moment_it_took_the_lock(tmp_path):
+    # The flaky [False] case of the test above: the second train looked between the first one's
+    # flock and its writing its pid, and was told "another process". Taking the lock and writing
+    # the record are now one step (a hard link of the record file); thousands of tries against a
+    # holder that takes and releases the lock without pause never see a lock without its holder.
+    from rlrs.engine import RunLocked, run_lock
+
+    out, stop = tmp_path / "run", tmp_path / "stop"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out), str(stop)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding", holder.stderr.read()
+        refusals = []
+        for _ in range(20_000):
+            try:
+                with run_lock(out, wait=False):
+                    pass
+            except RunLocked as err:
+                refusals.append(str(err))
+                if len(refusals) == 50:
+                    break
+    finally:
+        stop.touch()
+        holder.wait(timeout=120)
+    assert holder.returncode == 0, holder.stderr.read()
+    assert refusals, "the holder never held the lock when this process tried"
+    assert all(f"is being written by process {holder.pid} on " in m for m in refusals), collections.Counter(refusals)
+    assert sorted(p.name for p in out.iterdir()) == []  # released: no .lock, no record file left
+
+
+def test_a_lock_left_by_a_killed_holder_is_taken_over_and_a_release_removes_it(tmp_path):
+    from rlrs.engine import RunLocked, run_lock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").write_text(json.dumps({"pid": 999_999_999, "host": "gone"}))  # nobody holds its flock
+    with run_lock(out, wait=False):
+        assert json.loads((out / ".lock").read_text())["pid"] == os.getpid()
+        with pytest.raises(RunLocked, match=f"is being written by process {os.getpid()} on "):
+            with run_lock(out, wait=False):
+                pass
+        assert [p.name for p in out.iterdir()] == [".lock"]
+    assert list(out.iterdir()) == []
+
+
+def test_the_lock_works_on_a_file_system_without_hard_links(tmp_path, monkeypatch):
+    from rlrs.engine import RunLocked, run_lock
+
+    def no_links(src, dst, **kwargs):
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(src))
+
+    monkeypatch.setattr(os, "link", no_links)
+    out = tmp_path / "run"
+    with run_lock(out, wait=False):
+        with pytest.raises(RunLocked, match=f"is being written by process {os.getpid()} on "):
+            with run_lock(out, wait=False):
+                pass
+    with run_lock(out, wait=False):  # released
+        pass
+    assert [p.name for p in out.iterdir()] == [".lock"]  # no record file left behind
+
+
 @pytest.mark.slow
 def test_two_compares_on_one_directory_train_each_run_once_and_agree(tmp_path, tiny_sets):
     args = ["compare", "--preset", "tiny-dense", "--plans", "uniform-dense,paper-dense", "--seeds", "1",
@@ -446,6 +524,74 @@ def test_bad_input_gets_a_clear_error_fast(tmp_path, tiny_sets, capsys, make, me
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err, err
     assert time.perf_counter() - t0 < 10
+
+
+@pytest.mark.parametrize("command", [
+    ["train", "--preset", "tiny-dense"],
+    ["compare", "--preset", "tiny-dense", "--seeds", "1"],
+    ["lr-grid", "--preset", "tiny-dense", "--grid", "1e-3"],
+    ["ablate", "--preset", "tiny-dense"],
+    ["transfer", "--preset", "tiny-dense", "--plan", "paper-dense"],
+    ["width-transfer", "--preset", "tiny-dense", "--widths", "32,64"],
+    ["tune", "--preset", "tiny-dense", "--budget", "2"],
+    ["zoo", "--task", "tiny", "--strategies", "uniform"],
+    ["demo", "--steps", "4"],
+    ["coord-check", "--widths", "32,64"],
+    ["plot-plan"],
+], ids=lambda c: c[0])
+@pytest.mark.parametrize("out,message", [
+    ("/dev/null", "--out /dev/null: a file of that name exists, not a directory; give a directory"),
+    ("/dev/null/runs", "--out /dev/null/runs: a part of the path is a file (/dev/null), not a directory"),
+])
+def test_an_unusable_out_is_refused_before_anything_trains(tiny_sets, capsys, command, out, message):
+    t0 = time.perf_counter()
+    assert main([*command, "--out", out, *[f"--set={k}={v}" for k, v in tiny_sets.items()
+                                            if command[0] in ("train", "compare", "lr-grid")]]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and "Errno" not in captured.err, captured.err
+    assert captured.out == ""  # not a run started: the check comes first
+    assert time.perf_counter() - t0 < 10
+
+
+def test_an_out_without_write_permission_is_refused_and_the_check_creates_nothing(tmp_path, monkeypatch):
+    from rlrs.options import check_out
+
+    new = tmp_path / "a" / "b"
+    assert check_out(new) == new and not (tmp_path / "a").exists()
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as a read-only disk or another user's directory
+    with pytest.raises(ConfigError, match=f"--out {new}: cannot be created: no permission to write in {tmp_path}"):
+        check_out(new)
+    with pytest.raises(ConfigError, match=f"--out {tmp_path}: no permission to write in it"):
+        check_out(tmp_path)
+
+
+def test_list_flags_show_their_own_example(tmp_path, capsys):
+    cases = [
+        (["width-transfer", "--preset", "tiny-dense", "--widths", "32,abc"], "write e.g. --widths 32,64,128,256"),
+        (["width-transfer", "--preset", "tiny-dense", "--widths", "32,-64"], "write e.g. --widths 32,64,128,256"),
+        (["coord-check", "--widths", "32,64.5"], "e.g. --widths 32,64,128,256"),
+        (["ablate", "--preset", "tiny-dense", "--factors", "0.5,abc"], "write e.g. --factors 0.2,0.667,1.5,5"),
+        (["ablate", "--preset", "tiny-dense", "--factors", "0.5,-2"], "write e.g. --factors 0.2,0.667,1.5,5"),
+        (["tune", "--preset", "tiny-dense", "--budget", "2", "--prune-at", "half"], "write e.g. --prune-at 0.25,0.5,0.75"),
+        (["lr-grid", "--preset", "tiny-dense", "--grid", "1e-3,x"], "write e.g. --grid 1e-3,2e-3,5e-3"),
+    ]
+    for args, example in cases:
+        assert main([*args, "--out", str(tmp_path / "o")]) == 2, args
+        err = capsys.readouterr().err
+        assert example in err, err
+        if args[0] != "lr-grid":
+            assert "1e-3" not in err, err  # not an LR grid's example
+
+
+@pytest.mark.parametrize("value,shown", [("float('inf')", "inf"), ("float('-inf')", "-inf"), ("float('nan')", "nan")])
+def test_a_diverged_command_says_what_it_reported(tmp_path, value, shown):
+    from rlrs.engine import CommandRun
+
+    script = tmp_path / "train.py"
+    script.write_text(f"import rlrs\nrlrs.report(0, 5.0)\nrlrs.report(4, {value})\n")
+    r = execute(CommandRun(f"{shlex.quote(sys.executable)} {shlex.quote(str(script))}", Plan()), tmp_path / "r")
+    assert r.status == "diverged"
+    assert f"reported a non-finite eval loss ({shown}) at step 4" in r.error, r.error
 
 
 def test_disk_errors_name_the_file_and_the_fix(tmp_path, monkeypatch):
