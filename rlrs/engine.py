@@ -22,8 +22,12 @@ gives a typed :class:`RunResult` and never raises for a run that fails. Its rule
   diverged one (the same spec diverges again). A run stopped at ``stop_at`` is reused by any call
   that needs no more steps. A failed run (a crash, a kill, a non-zero exit) is run again.
 - **Resume.** A preset run continues from its newest checkpoint. A command is started again: it
-  resumes only if it checkpoints into ``$RLRS_RUN_DIR`` itself (see :mod:`rlrs.script`). A zoo
-  task run (seconds to minutes) starts again from the beginning.
+  resumes only if it checkpoints into ``$RLRS_RUN_DIR`` itself (see :mod:`rlrs.script`); one that
+  starts over from step 0 has its re-run steps counted as compute (:func:`attempts`) and named
+  (:meth:`RunResult.restart_note`). A zoo task run (seconds to minutes) starts again from the
+  beginning.
+- **Finished.** A command that exits 0 has finished only if it reported its last step, where its
+  length is known (``steps``); one whose reports stop short ended early and is failed.
 - **Failure record.** Every attempt ends in ``result.json``: the status, the error, and for a
   command its exit status and the tail of its stderr (the whole of it is in ``stderr.log``).
 
@@ -34,6 +38,8 @@ cores this process may use (its CPU affinity) and, on a machine with several GPU
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -67,6 +73,9 @@ POLL_S = 0.2
 # How long a lock whose holder cannot be seen (another host, or a pid that is gone while the
 # kernel still tears the process down) is waited for before the run is recorded as failed.
 LOCK_WAIT_S = 10.0
+RESUME_FIX = ("save checkpoints into $RLRS_RUN_DIR and load the newest at start-up; see examples/nanogpt.py "
+              "--checkpoint-every")
+"""What a script that starts over from step 0 when rlrs restarts it should do instead."""
 
 
 # --- specs -----------------------------------------------------------------------------------------
@@ -216,6 +225,13 @@ class RunResult:
     exit_code: int | None = None
     reused: bool = False
     compute_steps: int = 0  # steps trained by this call (0 when reused)
+    # A command's compute over every attempt on this directory, from its reports (:func:`attempts`):
+    # the steps its script ran (restarts included), of those the steps run again, and the step of
+    # each attempt that was followed by a restart from the beginning (it does not resume).
+    ran_steps: int | None = None
+    ran_tokens: int | None = None
+    rerun_steps: int = 0
+    restarted_at: list[int] = field(default_factory=list)
 
     @property
     def final_eval_loss(self) -> float | None:
@@ -234,6 +250,9 @@ class RunResult:
             "eval_steps": self.eval_steps, "eval_loss": _config.json_safe(self.eval_loss),
             "final_eval_loss": self.final_eval_loss, "final_train_loss": _config.json_safe(self.final_train_loss),
             "tokens": self.tokens, "wall_s": self.wall_s, "error": self.error, "exit_code": self.exit_code,
+            **({} if self.ran_steps is None else {
+                "ran_steps": self.ran_steps, "ran_tokens": self.ran_tokens, "rerun_steps": self.rerun_steps,
+                "restarted_at": self.restarted_at}),
         }
 
     @classmethod
@@ -244,7 +263,18 @@ class RunResult:
             eval_loss=[math.nan if v is None else float(v) for v in d.get("eval_loss", [])],
             final_train_loss=d.get("final_train_loss"), tokens=d.get("tokens"), wall_s=float(d.get("wall_s", 0.0)),
             error=d.get("error"), exit_code=d.get("exit_code"), reused=True,
+            ran_steps=d.get("ran_steps"), ran_tokens=d.get("ran_tokens"), rerun_steps=int(d.get("rerun_steps") or 0),
+            restarted_at=[int(s) for s in d.get("restarted_at") or []],
         )
+
+    def restart_note(self) -> str | None:
+        """Why this command's compute exceeds its length, when its script started over from step 0
+        after being stopped (``None`` when it never did): the fix is to resume."""
+        if not self.restarted_at:
+            return None
+        at = f"step{'s' * (len(self.restarted_at) > 1)} " + ", ".join(str(s) for s in self.restarted_at)
+        return (f"restarted from step 0 after it was stopped at {at}: the script does not resume, so "
+                f"{self.rerun_steps} steps ran again; {RESUME_FIX}")
 
 
 def read_result(out: str | Path) -> RunResult | None:
@@ -274,18 +304,76 @@ class run_lock:
     ``wait=False`` refuses at once with :class:`RunLocked` naming the holder (``rlrs train``).
     ``wait=True`` waits while the holder (a pid on this host) is alive, and up to ``LOCK_WAIT_S``
     where it cannot tell, then raises the same error.
+
+    Taking the lock and recording its holder are one step: the holder's record (pid, host) is
+    written into a file of its own, which it ``flock``-s and then hard-links to ``.lock``; the link
+    succeeds only where no ``.lock`` exists. So a ``.lock`` always holds its holder's complete
+    record, and a refusal always names the holder. A ``.lock`` whose ``flock`` is free was left by
+    a killed holder: the first process to ``flock`` it removes it (only a process holding a
+    ``.lock``'s ``flock`` ever removes it), and the holder removes its own on release.
     """
 
     def __init__(self, out: str | Path, wait: bool = True):
         self.out = Path(out)
         self.wait = wait
         self.f = None
+        self.linked = True  # False on a file system without hard links (see _enter_without_links)
 
     def __enter__(self) -> "run_lock":
         import fcntl
+        import tempfile
 
         _config.make_dir(self.out)
-        self.f = open(self.out / ".lock", "a+")
+        path = self.out / ".lock"
+        fd, tmp = tempfile.mkstemp(dir=self.out, prefix=".lock.", suffix=".tmp")
+        f = os.fdopen(fd, "r+")
+        try:
+            f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
+            f.flush()
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a file of our own: nobody else has it
+            blind_since = None
+            while True:
+                try:
+                    os.link(tmp, path)  # the lock is ours, with our record in it
+                    break
+                except FileExistsError:
+                    pass
+                except OSError as err:
+                    if err.errno in _NO_HARD_LINKS:
+                        f.close()
+                        return self._enter_without_links(path)
+                    raise
+                state, holder = _look_at_lock(path)
+                if state != "held":
+                    continue  # released, or left by a killed holder (now removed): try again at once
+                if not self.wait:
+                    raise RunLocked(f"{self.out} is being written by {_describe(holder)}; wait for it to end or stop it")
+                alive = holder is not None and holder.get("host") == socket.gethostname() and pid_alive(holder.get("pid"))
+                if alive:
+                    blind_since = None
+                else:
+                    blind_since = blind_since or time.monotonic()
+                    if time.monotonic() - blind_since > LOCK_WAIT_S:
+                        raise RunLocked(f"{self.out} is locked by {_describe(holder)}, which could not be seen "
+                                        f"for {LOCK_WAIT_S:.0f} s; stop it or remove {path}")
+                time.sleep(0.1)
+        except BaseException:
+            if not f.closed:
+                f.close()
+            raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)  # .lock keeps the file (a second name of it) while we hold it
+        self.f = f
+        return self
+
+    def _enter_without_links(self, path: Path) -> "run_lock":
+        """On a file system without hard links: ``flock`` ``.lock`` itself, then write the record
+        (a refusal in between names "another process")."""
+        import fcntl
+
+        self.linked = False
+        self.f = open(path, "a+")
         blind_since = None
         while True:
             try:
@@ -304,7 +392,7 @@ class run_lock:
                     if time.monotonic() - blind_since > LOCK_WAIT_S:
                         self.f.close()
                         raise RunLocked(f"{self.out} is locked by {_describe(holder)}, which could not be seen "
-                                        f"for {LOCK_WAIT_S:.0f} s; stop it or remove {self.out / '.lock'}")
+                                        f"for {LOCK_WAIT_S:.0f} s; stop it or remove {path}")
                 time.sleep(0.1)
         self.f.seek(0)
         self.f.truncate()
@@ -314,13 +402,57 @@ class run_lock:
 
     def _holder(self) -> dict[str, Any] | None:
         try:
-            return json.loads((self.out / ".lock").read_text() or "null")
-        except (OSError, ValueError):
+            return _parse_holder((self.out / ".lock").read_text())
+        except OSError:
             return None
 
     def __exit__(self, *exc) -> None:
-        if self.f is not None:
-            self.f.close()  # closing releases the lock
+        if self.f is None:
+            return
+        if self.linked:
+            path = self.out / ".lock"
+            with contextlib.suppress(OSError):  # remove our .lock, and only ours, while we still hold it
+                if os.path.samestat(os.fstat(self.f.fileno()), os.stat(path)):
+                    os.unlink(path)
+        self.f.close()  # closing releases the lock
+        self.f = None
+
+
+# errno values of a file system that has no hard links (os.link fails): the lock falls back to
+# flock on .lock alone.
+_NO_HARD_LINKS = {getattr(errno, name) for name in ("EPERM", "EOPNOTSUPP", "ENOTSUP", "ENOSYS")
+                  if hasattr(errno, name)}
+
+
+def _parse_holder(text: str) -> dict[str, Any] | None:
+    try:
+        holder = json.loads(text or "null")
+    except ValueError:
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _look_at_lock(path: Path) -> tuple[str, dict[str, Any] | None]:
+    """``("held", its record)`` if a live process holds ``path``; ``("free", None)`` if ``path``
+    is gone, or was left unlocked by a killed holder (then it is removed)."""
+    import fcntl
+
+    try:
+        g = open(path)
+    except FileNotFoundError:
+        return "free", None
+    with g:
+        try:
+            fcntl.flock(g, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return "held", _parse_holder(g.read())  # written before the holder linked it: complete
+        try:  # we hold a .lock nobody held; if it is still the one at the path, it is stale
+            stale = os.path.samestat(os.fstat(g.fileno()), os.stat(path))
+        except FileNotFoundError:
+            stale = False
+        if stale:
+            os.unlink(path)
+        return "free", None
 
 
 def _describe(holder: Mapping[str, Any] | None) -> str:
@@ -466,6 +598,17 @@ def _add_eval(curve: dict[int, float], r: Mapping[str, Any], key: str = "eval_lo
     curve[s] = math.nan if v is None else float(v)
 
 
+def _nonfinite_report(out: Path, step: int) -> str:
+    """Why a run diverged, in the words of what it reported at ``step``: ``rlrs.report`` logs a
+    non-finite loss as null with the value in ``nonfinite`` (``inf``, ``-inf`` or ``nan``)."""
+    what = "null"
+    for r in _metrics(out):
+        if r.get("kind") == "eval" and r.get("step") == step:  # the last report at that step counts
+            v = r.get("eval_loss")
+            what = str(r.get("nonfinite") or "null") if v is None else repr(float(v))
+    return f"reported a non-finite eval loss ({what}) at step {step}"
+
+
 def _sorted(curve: Mapping[int, float]) -> tuple[list[int], list[float]]:
     xs = sorted(curve)
     return xs, [curve[s] for s in xs]
@@ -529,7 +672,7 @@ def _execute_command(spec: CommandRun, out: Path, stop_at: int | None) -> RunRes
                 xs, ys = watch.look()
                 bad = [(s, v) for s, v in zip(xs, ys) if not math.isfinite(v)]
                 if bad:
-                    status, why = "diverged", f"reported a non-finite eval loss ({bad[0][1]}) at step {bad[0][0]}"
+                    status, why = "diverged", _nonfinite_report(out, bad[0][0])
                     _stop(proc)
                 elif stop_at is not None and xs and xs[-1] >= stop_at and (spec.steps is None or stop_at < spec.steps):
                     status = "stopped"
@@ -543,7 +686,7 @@ def _execute_command(spec: CommandRun, out: Path, stop_at: int | None) -> RunRes
     xs, ys = eval_curve(out)
     bad = [(s, v) for s, v in zip(xs, ys) if not math.isfinite(v)]
     if bad and status is None:
-        status, why = "diverged", f"reported a non-finite eval loss ({bad[0][1]}) at step {bad[0][0]}"
+        status, why = "diverged", _nonfinite_report(out, bad[0][0])
     tail = _tail(out / "stderr.log", se_start)
     if status is None:
         if code != 0:
@@ -554,6 +697,11 @@ def _execute_command(spec: CommandRun, out: Path, stop_at: int | None) -> RunRes
         elif not xs:
             status, why = "failed", ("exit status 0 but it never called rlrs.report(step, loss): no eval loss to "
                                      "compare; call it at the script's eval points")
+        elif spec.steps is not None and xs[-1] < spec.steps:
+            status, why = "failed", (
+                f"reported up to step {xs[-1]} of {spec.steps}: the script ended early (exit status 0); train "
+                f"for rlrs.script.steps(default) steps (it reads $RLRS_STEPS) and report the last one too: "
+                f"rlrs.report({spec.steps}, eval_loss)")
         else:
             status = "finished"
     error = None
@@ -561,19 +709,62 @@ def _execute_command(spec: CommandRun, out: Path, stop_at: int | None) -> RunRes
         error = f"{why}; command: {spec.shell_command(out)}" + (f"\n--- stderr (last lines) ---\n{tail}" if tail else "")
     steps = xs[-1] if xs else 0
     total = spec.steps if spec.steps is not None else (steps if status == "finished" else None)
+    recs = _metrics(out)
+    done, before = attempts(recs), attempts(recs[:lines_before])
     return RunResult(out, status, steps, total, xs, ys, None, _reported_tokens(out), time.perf_counter() - t0,
-                     error, code, compute_steps=_attempt_steps(_metrics(out)[lines_before:], xs))
+                     error, code, compute_steps=done.ran_steps - before.ran_steps, ran_steps=done.ran_steps,
+                     ran_tokens=done.ran_tokens, rerun_steps=done.rerun_steps, restarted_at=done.restarted_at)
 
 
-def _attempt_steps(new: Sequence[Mapping[str, Any]], curve_steps: Sequence[int]) -> int:
-    # The steps this attempt trained: from where it began (0 for a fresh start; the step it resumed
-    # at, when its first report continues the curve) to its last report.
-    steps = [int(r["step"]) for r in new if r.get("kind") == "eval"]
-    if not steps:
-        return 0
-    first = steps[0]
-    began = first if first > 0 and any(s < first for s in curve_steps) else 0
-    return max(steps) - began
+@dataclass(frozen=True)
+class Attempts:
+    """What a command's eval reports say about the attempts that wrote them (:func:`attempts`)."""
+
+    ran_steps: int  # steps its script ran over all attempts, restarts included
+    ran_tokens: int | None  # the same in tokens, where the script reports them
+    rerun_steps: int  # of ran_steps, steps run again after going back (a restart, an older checkpoint)
+    restarted_at: list[int]  # the step of each attempt that a restart from the beginning followed
+
+
+def attempts(recs: Sequence[Mapping[str, Any]]) -> Attempts:
+    """Read a command's attempts from its ``metrics.jsonl`` records, in the order written.
+
+    An attempt's reports rise; a report at a step no later than the one before it is a new attempt.
+    One that reports the run's first step again (step 0, or the step of its very first report)
+    started over from the beginning: it ran from step 0. One that reports a later step again went
+    back to a checkpoint there (or re-evaluated where it resumed): it ran from that step. A script
+    that resumes and reports only new steps continues its attempt. So ``ran_steps`` counts every
+    step a script reported having run, each restart's again (steps between an attempt's last report
+    and its stop, and before a resumed attempt's first report, are not visible and not counted).
+
+        >>> a = attempts([{"kind": "eval", "step": s} for s in (0, 2, 4, 0, 2, 4, 6, 8, 10)])
+        >>> a.ran_steps, a.rerun_steps, a.restarted_at
+        (14, 4, [4])
+        >>> attempts([{"kind": "eval", "step": s} for s in (0, 2, 4, 6, 8, 10)]).ran_steps  # resumed at 4
+        10
+    """
+    evals = [(int(r["step"]), r.get("tokens")) for r in recs if r.get("kind") == "eval"]
+    if not evals:
+        return Attempts(0, None, 0, [])
+    origin = evals[0][0]
+    spans: list[list[Any]] = []  # per attempt: [began, tokens then, last step, tokens then, furthest step before it]
+    reached = 0
+    restarted: list[int] = []
+    for step, tok in evals:
+        if spans and step > spans[-1][2]:  # the same attempt goes on
+            spans[-1][2] = step
+            spans[-1][3] = tok if tok is not None else spans[-1][3]
+            continue
+        if spans:
+            reached = max(reached, spans[-1][2])
+            if step <= origin and reached > origin:
+                restarted.append(spans[-1][2])
+        scratch = not spans or step <= origin
+        spans.append([0, 0, step, tok, reached] if scratch else [step, tok, step, tok, reached])
+    ran = sum(last - began for began, _, last, _, _ in spans)
+    rerun = sum(max(0, min(before, last) - began) for began, _, last, _, before in spans)
+    known = [(int(t1) - int(t0 or 0)) for _, t0, _, t1, _ in spans if t1 is not None]
+    return Attempts(ran, sum(known) if known else None, rerun, restarted)
 
 
 def _reported_tokens(out: Path) -> int | None:
@@ -783,6 +974,11 @@ class Pool:
                         broken = True
                         r = RunResult(jobs[i].out, "failed", steps=_trained_steps(jobs[i].out),
                                       error=f"worker process died: {err!r}")
+                        if isinstance(jobs[i].spec, CommandRun):  # what its script ran still counts
+                            done = attempts(_metrics(jobs[i].out))
+                            r.steps = max(eval_curve(jobs[i].out)[0], default=0)
+                            r.ran_steps, r.ran_tokens, r.rerun_steps, r.restarted_at = (
+                                done.ran_steps, done.ran_tokens, done.rerun_steps, done.restarted_at)
                         _write_result(r)
                     done(i, r)
                 if bar is not None:

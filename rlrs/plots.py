@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -14,7 +15,7 @@ import numpy as np
 
 from .components import COMPONENTS, component_names
 from .config import require, temp_beside
-from .plan import Plan
+from .plan import ComponentPlan, Plan
 
 # One colour per component, the same in every figure.
 COLORS = dict(zip(COMPONENTS, ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#7f7f7f")))
@@ -35,24 +36,30 @@ def plot_plan(
     components: Sequence[str] = COMPONENTS,
     title: str | None = None,
     log: bool = True,
+    rest: str | None = None,
 ) -> Path:
     """Every component's learning rate over training, from :meth:`Plan.lr`. ``components``:
     draw only these (the model's own, not all seven). ``log``: a log LR axis, on which λ_end
     differences (0.04 against 0.4 of η_base) are as visible as λ_start ones; the warmup's
-    first step (LR 0) is then left out."""
+    first step (LR 0) is then left out. ``rest``: also draw, in gray with this label, the LR of a
+    component the plan leaves at λ_start = λ_end = 1 (for a model whose components rlrs does not
+    know: a ``--command`` script's)."""
     components = component_names(components)
     plt = _plt()
     steps = np.unique(np.linspace(0, total_steps - 1, min(total_steps, 1000)).round().astype(int))
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     drawn: list[list[float]] = []
-    for comp in components:
-        lrs = [plan.lr(comp, int(s), total_steps) for s in steps]
+    lines = [(comp, comp, COLORS[comp], plan) for comp in components]
+    if rest is not None:
+        lines.append(("other", rest, "#aaaaaa", replace(plan, other=ComponentPlan())))
+    for comp, label, color, p in lines:
+        lrs = [p.lr(comp, int(s), total_steps) for s in steps]
         # Components with the same schedule would hide each other: dash the later ones.
         style = (0, (4, 2 + 2 * sum(d == lrs for d in drawn)))
         xs, ys = np.asarray(steps), np.asarray(lrs)
         if log:
             xs, ys = xs[ys > 0], ys[ys > 0]
-        ax.plot(xs, ys, label=comp, color=COLORS[comp], lw=1.8, ls="-" if lrs not in drawn else style)
+        ax.plot(xs, ys, label=label, color=color, lw=1.8, ls="-" if lrs not in drawn else style)
         drawn.append(lrs)
     if log:
         ax.set_yscale("log")

@@ -12,7 +12,9 @@ The figures: ``loss.png`` (mean ± std over seeds per arm, the speed-up marked: 
 figure 1), ``train_loss.png`` (every run's per-step training loss with loss spikes circled:
 figure 2), ``lr_<arm>.png`` (every component's LR, from ``Plan.lr``), ``updates.png`` (per-component
 update-to-weight ratio), ``router.png`` (MoE: expert-load entropy, largest expert's share, dropped
-tokens) and, for lr-grid, ``lr_grid.png`` (final loss against η_base: figure 3).
+tokens) and, for lr-grid, ``lr_grid.png`` (final loss against η_base: figure 3). Only what the runs
+logged is drawn: a ``--command`` script reports eval losses only, so it gets no ``train_loss.png``
+and no ``updates.png``, and its LR figures show the components its plans set (:func:`lr_components`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import numpy as np
 from . import plots
 from .components import COMPONENTS
 from .config import atomic_write_text
-from .engine import reason_line
+from .engine import read_result, reason_line
+from .plan import ComponentPlan
 
 if TYPE_CHECKING:  # annotations only: compare imports this module, not the other way round
     from .compare import ArmResult, CompareResult, GridResult
@@ -344,23 +347,75 @@ def write_compare(
     res: CompareResult,
     series: Mapping[tuple[str, int], tuple[Sequence[int], Sequence[float]]],
 ) -> list[Path]:
-    """Write the figures and ``report.md`` of a compare into ``res.out``; returns their paths."""
+    """Write the figures and ``report.md`` of a compare into ``res.out``; returns their paths.
+
+    A figure is drawn only from what the runs logged: a ``--command`` script reports eval losses
+    only, so it gets no ``train_loss.png`` (no training loss, no spikes to find) and no
+    ``updates.png`` (no update sizes), and its LR figures show the components its plans set."""
     out = Path(res.out)
-    files = [plot_speedup(res, out / "loss.png"), plot_train_losses(res, series, out / "train_loss.png")]
+    files = [plot_speedup(res, out / "loss.png")]
+    trained = any(len(steps) for steps, _ in series.values())
+    if trained:
+        files.append(plot_train_losses(res, series, out / "train_loss.png"))
+    else:  # nor one left by an earlier compare into this directory
+        (out / "train_loss.png").unlink(missing_ok=True)
+    comps, rest = lr_components(res)
     lr_files = {}
     for arm in res.arms.values():
         plan = arm.plan
         lr_files[arm.name] = plots.plot_plan(
-            plan, res.total_steps, out / f"lr_{arm.name}.png", components=res.components or COMPONENTS,
+            plan, res.total_steps, out / f"lr_{arm.name}.png", components=comps, rest=rest,
             title=f"{arm.name}: LR per component (η_base = {plan.base_lr:g}, λ_base = {plan.final_fraction:g})")
     files += lr_files.values()
-    files.append(plot_updates(res, out / "updates.png"))
+    measured = updates_logged(res)
+    if measured:
+        files.append(plot_updates(res, out / "updates.png"))
+    else:
+        (out / "updates.png").unlink(missing_ok=True)
     moe = any(a.router is not None for a in res.arms.values())
     if moe:
         files.append(plot_router(res, out / "router.png"))
     md = out / "report.md"
-    atomic_write_text(md, compare_markdown(res, lr_files, moe))
+    atomic_write_text(md, compare_markdown(res, lr_files, moe, trained=trained, updates=measured))
     return [*files, md]
+
+
+REST_LABEL = "every other component (λ = 1)"
+
+
+def lr_components(res: CompareResult) -> tuple[list[str], str | None]:
+    """The components the LR figures draw, and the label of the λ = 1 line drawn for the rest
+    (``None``: no such line). A preset run's are its model's, from its log. A ``--command``
+    script's model is not known to rlrs: the components any arm's plan sets (λ_start, λ_end or
+    the shape away from 1, 1, cosine), and one gray line for every other component."""
+    if res.components:
+        return list(res.components), None
+    plans = [a.plan for a in res.arms.values()]
+    default = ComponentPlan()
+    chosen = [c for c in COMPONENTS
+              if any((p.component(c).start, p.component(c).end, p.component(c).shape)
+                     != (default.start, default.end, default.shape) for p in plans)]
+    return chosen, (REST_LABEL if len(chosen) < len(COMPONENTS) else None)
+
+
+def updates_logged(res: CompareResult) -> bool:
+    """Whether any run logged update sizes (rlrs's own trainer does; a ``--command`` does not)."""
+    for arm in res.arms.values():
+        for v in arm.updates.update_ratio.values():
+            v = np.asarray(v, float)
+            if (np.isfinite(v) & (v > 0)).any():
+                return True
+    return False
+
+
+def _is_command(res: CompareResult) -> bool:
+    return "command" in (res.target or {})
+
+
+def _restart_note(out: Path) -> str | None:
+    """Why a command run's script ran more steps than its length (it started over from step 0)."""
+    r = read_result(out)
+    return r.restart_note() if r is not None else None
 
 
 def _final(arm: ArmResult) -> str:
@@ -370,7 +425,10 @@ def _final(arm: ArmResult) -> str:
     return f"{fl.mean:.4f} ± {fl.std:.4f}" if fl.n > 1 else _fmt(fl.mean)
 
 
-def compare_markdown(res: CompareResult, lr_files: Mapping[str, Path], moe: bool) -> str:
+def compare_markdown(res: CompareResult, lr_files: Mapping[str, Path], moe: bool, *, trained: bool = True,
+                     updates: bool = True) -> str:
+    """``report.md``. ``trained``: the runs logged a training loss (``train_loss.png`` exists);
+    ``updates``: they logged update sizes (``updates.png`` exists)."""
     base = res.baseline
     seeds = res.seeds
     loss = _loss_name(res.metric)
@@ -393,8 +451,13 @@ def compare_markdown(res: CompareResult, lr_files: Mapping[str, Path], moe: bool
             continue
         d, sp = arm.difference, arm.speedup
         diff = "—" if d is None else (f"{d.mean:+.4f} ± {d.std:.4f}" if d.n > 1 else f"{d.mean:+.4f}")
-        if sp is not None and sp.percent is not None:
-            spd, t = f"**{sp.percent:+.1f}%**", f"{sp.t_relative} / {sp.t_base}"
+        if arm.identical:
+            spd, t = "identical runs", "—"
+        elif sp is not None and sp.percent is not None:
+            res_ = f" ±{sp.resolution:.1f}" if sp.resolution is not None and math.isfinite(sp.resolution) else ""
+            spd = f"**{sp.percent:+.1f}%**{res_}" + (" (no measurable difference)"
+                                                     if arm.verdict == "no measurable difference" else "")
+            t = f"{sp.t_relative} / {sp.t_base}"
         else:
             spd, t = "no speed-up", "—"
         add(f"| {arm.name} | {arm.base_lr:g} | {fin} | {_final(arm)} | {diff} | {spd} | {t} |")
@@ -418,21 +481,36 @@ def compare_markdown(res: CompareResult, lr_files: Mapping[str, Path], moe: bool
     add("\n![loss curves](loss.png)\n")
     add("## The speed-up, defined (appendix A of the paper)\n")
     add(f"Every run is measured {_where_measured(res)} (the paper: every 1% of training). "
-        "The baseline trains **T_base** steps and ends at loss **L** (mean over its seeds). **T_relative** is the first measuring step at which the relative "
-        "arm's mean loss is ≤ L. **speed-up = (T_base / T_relative − 1) × 100%**. An arm that never gets to L "
-        "has *no speed-up* (not 0%). The relative schedule has not finished decaying at T_relative, so the "
-        "number underestimates the gain.\n")
+        "The baseline reaches its final loss **L** (mean over its seeds) at **T_base**; **T_relative** is the first "
+        "measuring step at which the relative arm's mean loss is ≤ L. **speed-up = (T_base / T_relative − 1) × 100%**. "
+        "Both arms are read by one rule, so an arm that trains like the baseline measures 0%: each mean curve is "
+        "first replaced by its best non-increasing fit (a rise is pooled with the points before it into their "
+        "mean, its step the pool's mean step), L is the baseline's fitted final loss, and each arm's step is its "
+        "fit's first arrival at L. On a curve that still falls at its last point (the paper's runs) this is the "
+        "paper's rule exactly. The steps are known to one measuring interval: the ± after a speed-up is the "
+        "change one interval makes, and a speed-up within it, or whose interval over seeds covers 0, is "
+        "*no measurable difference*. An arm that never gets to L has *no speed-up* (not 0%). The relative "
+        "schedule has not finished decaying at T_relative, so the number underestimates the gain.\n")
     add(_worked_example(res))
     add("\n## Runs\n")
     add("| arm | seed | status | final eval loss | final train loss (last 1%) | steps | skipped | spikes | wall (s) | run |")
     add("|---|---|---|---|---|---|---|---|---|---|")
+    command = _is_command(res)
     for r in res.runs:
         status = r.status if r.finished else f"**{r.status}**"
         status += " (reused)" if r.reused else ""
+        # A command logs no training loss and no skipped steps: "—", not a count of 0.
+        skipped = "—" if command else r.skipped_steps
+        spikes = len(r.spikes) if trained else "—"
         add(f"| {r.arm} | {r.seed} | {status} | {_fmt(r.final_eval_loss if r.finished else None)} | "
             f"{_fmt(r.final_train_1pct if r.finished else None)} | "
-            f"{r.steps}/{r.total_steps} | {r.skipped_steps} | {len(r.spikes)} | {r.wall_s:.1f} | "
+            f"{r.steps}/{r.total_steps} | {skipped} | {spikes} | {r.wall_s:.1f} | "
             f"`runs/{Path(r.out).name}` |")
+    restarts = [(r, note) for r in res.runs for note in [_restart_note(r.out)] if note]
+    if restarts:
+        add("\nRuns whose script started over:\n")
+        for r, note in restarts:
+            add(f"- **{r.arm} seed {r.seed}** {note}")
     bad = [r for r in res.runs if not r.finished]
     if bad:
         add("\nErrors:\n")
@@ -446,17 +524,21 @@ def compare_markdown(res: CompareResult, lr_files: Mapping[str, Path], moe: bool
                     + "\n".join("  " + ln for ln in lines[-10:]) + "\n  ```")
     add("\n## Diagnostics\n")
     add("### Loss spikes\n")
-    add("A step's training loss is a spike when it exceeds the recent level (median of the last 5 steps) by 6× "
-        "the step-to-step noise (robust, over the last 25 steps) and by 5%; spikes ≤ 2 steps apart count as one.\n")
-    spiky = [r for r in res.runs if r.spikes]
-    if not spiky:
-        add("No loss spikes detected in any run.\n")
-    for r in spiky:
-        items = [f"step {s.start}" + (f"–{s.end}" if s.end > s.start else "")
-                 + f" (peak {s.peak_loss:.3f}, {s.rise:+.0%} over {s.reference:.3f})" for s in r.spikes[:8]]
-        more = f" and {len(r.spikes) - 8} more" if len(r.spikes) > 8 else ""
-        add(f"- {r.arm} seed {r.seed}: {len(r.spikes)} spike{'s' * (len(r.spikes) > 1)}: {'; '.join(items)}{more}")
-    add("\n![training loss and spikes](train_loss.png)\n")
+    if not trained:
+        add(("The script reports eval losses only (`rlrs.report`)" if command else "No run logged a training loss")
+            + ": there is no training loss to look for loss spikes in.\n")
+    else:
+        add("A step's training loss is a spike when it exceeds the recent level (median of the last 5 steps) by 6× "
+            "the step-to-step noise (robust, over the last 25 steps) and by 5%; spikes ≤ 2 steps apart count as one.\n")
+        spiky = [r for r in res.runs if r.spikes]
+        if not spiky:
+            add("No loss spikes detected in any run.\n")
+        for r in spiky:
+            items = [f"step {s.start}" + (f"–{s.end}" if s.end > s.start else "")
+                     + f" (peak {s.peak_loss:.3f}, {s.rise:+.0%} over {s.reference:.3f})" for s in r.spikes[:8]]
+            more = f" and {len(r.spikes) - 8} more" if len(r.spikes) > 8 else ""
+            add(f"- {r.arm} seed {r.seed}: {len(r.spikes)} spike{'s' * (len(r.spikes) > 1)}: {'; '.join(items)}{more}")
+        add("\n![training loss and spikes](train_loss.png)\n")
     if moe:
         add("### MoE router health\n")
         add("Over the last 10% of training: normalised expert-load entropy (1 = balanced), the largest expert's "
@@ -474,21 +556,31 @@ def compare_markdown(res: CompareResult, lr_files: Mapping[str, Path], moe: bool
                 f"({h.dropped_share_peak:.2%}) | {verdict} |")
         add("\n![router health](router.png)\n")
     add("### Update size per component\n")
-    add("‖ΔW‖/‖W‖ of one optimizer step, per component, at every 1% of training; the table gives its "
-        "geometric mean over training (mean over seeds). Update RMS is in `results.json`.\n")
-    comps = res.components
-    if comps:
-        add("| arm | " + " | ".join(comps) + " |")
-        add("|---|" + "---|" * len(comps))
-        for arm in res.arms.values():
-            cells = []
-            for c in comps:
-                v = np.asarray(arm.updates.update_ratio.get(c, []), float)
-                v = v[np.isfinite(v) & (v > 0)]
-                cells.append(f"{math.exp(np.log(v).mean()):.2e}" if v.size else "—")
-            add(f"| {arm.name} | " + " | ".join(cells) + " |")
-    add("\n![update-to-weight ratio](updates.png)\n")
+    if not updates:
+        add(("Not measured: only rlrs's own trainer logs update sizes; the script reports eval losses only."
+             if command else "No run logged update sizes (a compiled run does not).") + "\n")
+    else:
+        add("‖ΔW‖/‖W‖ of one optimizer step, per component, at every 1% of training; the table gives its "
+            "geometric mean over training (mean over seeds). Update RMS is in `results.json`.\n")
+        comps = res.components
+        if comps:
+            add("| arm | " + " | ".join(comps) + " |")
+            add("|---|" + "---|" * len(comps))
+            for arm in res.arms.values():
+                cells = []
+                for c in comps:
+                    v = np.asarray(arm.updates.update_ratio.get(c, []), float)
+                    v = v[np.isfinite(v) & (v > 0)]
+                    cells.append(f"{math.exp(np.log(v).mean()):.2e}" if v.size else "—")
+                add(f"| {arm.name} | " + " | ".join(cells) + " |")
+        add("\n![update-to-weight ratio](updates.png)\n")
     add("### LR schedules\n")
+    comps, rest = lr_components(res)
+    if rest is not None:
+        shown = ", ".join(comps) if comps else "none"
+        add(f"rlrs does not know the script's model, so each figure shows the components the plans set "
+            f"(λ_start, λ_end or shape not 1, 1, cosine: {shown}) and, in gray, the LR of every other component "
+            f"(λ = 1), whichever of them the script's param groups hold.\n")
     for a, p in lr_files.items():
         add(f"![{a} LR schedule]({Path(p).name})")
     add("")
@@ -502,6 +594,8 @@ def _worked_example(res: CompareResult) -> str:
         if sp is None or sp.percent is None:
             continue
         steps, mean = [int(x) for x in arm.curve.steps], list(arm.curve.mean)
+        if sp.t_relative not in steps or sp.t_base != steps[-1]:
+            continue  # a pooled (noisy) stretch decided it: no plain example to give with these numbers
         i = steps.index(sp.t_relative)
         before = ""
         if i > 0 and steps[i - 1] > 0:

@@ -19,11 +19,28 @@ The same script runs unchanged outside rlrs: ``report`` then does nothing and th
 their defaults. Under ``torchrun`` only rank 0 writes. ``{plan}``, ``{run_dir}``, ``{seed}`` and
 ``{steps}`` in the command are replaced too, for scripts that take arguments instead.
 
+The run must report its last step: with ``--steps N`` (``$RLRS_STEPS``), a script that exits 0
+with its last report short of step N ended early, and its run is failed ("reported up to step 0
+of 10: the script ended early"), not finished.
+
 **Resuming.** rlrs restarts a command whose run was interrupted (a kill, a crash, ``--prune``
 stopping it at a rung). A script that saves checkpoints into :func:`run_dir` and loads the newest
-one at start-up resumes instead of starting over; its reports then continue from the resumed step
-(reports from an earlier attempt at or after that step are replaced, so either way the curve is
-one consistent run).
+one at start-up resumes instead of starting over (``examples/nanogpt.py --checkpoint-every``); its
+reports then continue from the resumed step (reports from an earlier attempt at or after that step
+are replaced, so either way the curve is one consistent run). A script that does not resume starts
+over from step 0 each time: every step it runs again is compute, and ``rlrs tune`` counts it
+(``search.json``: ``compute.steps``, of them ``compute.rerun_steps``) and names the runs that
+started over, with this fix.
+
+**Checkpoint, then report.** rlrs may stop a run as soon as it reads a report (``--prune`` at a
+rung), so at a step where the script both saves a checkpoint and evaluates, save first and call
+``report`` after: a script that reports first can be stopped before its save, loses that
+checkpoint, and redoes those steps from the one before::
+
+    if done % checkpoint_every == 0:
+        save_checkpoint(rlrs.script.run_dir() / "ckpt.pt", model, opt, sched, done)   # first
+    if done % eval_every == 0 or done == steps:
+        rlrs.report(done, evaluate())                                                  # then
 
 **Ending a torchrun job.** A gloo process group's worker threads free a finished collective's
 tensors after it returns and need the GIL for it; one that asks for it while Python is already
@@ -91,9 +108,12 @@ def _rank() -> int:
 def report(step: int, loss: float, *, tokens: int | None = None) -> None:
     """Record the held-out (eval) loss after ``step`` completed optimizer steps.
 
-    Call it at the script's eval points, including step 0 if you evaluate there and the last step.
-    rlrs reads these reports for the speed-up, the tuner and pruning; a NaN or infinite loss makes
-    the run a diverged one (rlrs stops it). Outside rlrs, or on a rank other than 0, it does nothing.
+    Call it at the script's eval points, including step 0 if you evaluate there and the last step,
+    and after saving the checkpoint of that step, if there is one (rlrs may stop the run right after
+    a report). rlrs reads these reports for the speed-up, the tuner and pruning; a NaN or infinite
+    loss makes the run a diverged one (rlrs stops it). ``tokens``: the tokens trained so far; give
+    it and ``rlrs tune`` counts compute in tokens too (without it, in steps only). Outside rlrs, or
+    on a rank other than 0, it does nothing.
     """
     out = run_dir()
     if out is None or _rank() != 0:

@@ -277,3 +277,150 @@ def test_torchrun_example_under_compare_and_tune(tmp_path, corpus_dir):
     assert len(lines) == 3
     assert main(["tune", "--command", cmd, "--steps", "6", "--budget", "2", "--params", "plan.base_lr",
                  "--workers", "1", "--out", str(tmp_path / "t")]) == 0
+
+
+OWN_LR_LOOP = '''
+import torch, rlrs
+plan = rlrs.script.plan("paper-dense")
+torch.manual_seed(rlrs.script.seed())
+class LM(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.wte, self.lm_head = torch.nn.Embedding(16, 8), torch.nn.Linear(8, 16)
+    def forward(self, x):
+        return self.lm_head(self.wte(x))
+model = LM()
+opt = torch.optim.AdamW(rlrs.param_groups(model, plan))
+sched = rlrs.RelativeLR(opt, plan, 20)
+for step in range(20):
+    for g in opt.param_groups:  # nanoGPT's get_lr loop, left in: one LR for every group
+        g["lr"] = 6e-4
+    x = torch.randint(0, 16, (4, 5))
+    loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), x.flatten())
+    opt.zero_grad(); loss.backward(); opt.step(); sched.step()
+    rlrs.report(step + 1, loss.item())
+'''
+
+
+def test_a_script_that_keeps_its_own_lr_loop_fails_loudly_under_compare(tmp_path):
+    # Both arms would train bit-identically (the loop overwrites the plan) and compare would have
+    # measured the loop, not the plans: RelativeLR notices its LRs did not reach the optimizer.
+    script = tmp_path / "train.py"
+    script.write_text(OWN_LR_LOOP)
+    res = compare(CommandTarget(f"{PY} {shlex.quote(str(script))}"), ["uniform-dense", "paper-dense"], seeds=1,
+                  out=tmp_path / "c", log=_quiet)
+    assert [r.status for r in res.runs] == ["failed", "failed"]
+    assert all("its lr is 0.0006, but RelativeLR set" in r.error for r in res.runs), res.runs[0].error
+    assert "script's own LR code" in (tmp_path / "c" / "report.md").read_text()
+
+
+# --- honest compute and reports for scripts ---------------------------------------------------------------
+
+
+def _trained(out: Path) -> dict[int, list[int]]:
+    """What a restart/resume fake really ran: its reached steps, per start."""
+    per: dict[int, list[int]] = {}
+    for line in (out / "trained").read_text().splitlines():
+        start, step = map(int, line.split())
+        per.setdefault(start, []).append(step)
+    return per
+
+
+def test_a_script_that_does_not_resume_has_every_step_it_ran_counted_and_is_named(tmp_path):
+    from rlrs.engine import RESUME_FIX, read_result
+
+    # uniform-dense, not paper-dense: the fake waits at 4 (first start) and 10 (second) to be stopped there.
+    spec = CommandRun(f"{fake('restart', 20)} 4,10", plan_preset("uniform-dense"), steps=20)
+    out = tmp_path / "r"
+    first = execute(spec, out, stop_at=4)
+    assert first.status == "stopped" and first.steps == 4 and first.compute_steps == 4
+    assert first.ran_steps == 4 and first.restarted_at == [] and first.restart_note() is None
+    second = execute(spec, out, stop_at=10)
+    assert second.status == "stopped" and second.compute_steps == 10  # from step 0 again, not 4 -> 10
+    full = execute(spec, out)
+    assert full.status == "finished" and full.eval_steps == list(range(0, 21, 2))  # one consistent curve
+    ran = _trained(out)
+    assert sorted(ran) == [1, 2, 3] and [max(s) for s in ran.values()] == [4, 10, 20]
+    assert full.ran_steps == 4 + 10 + 20 and full.rerun_steps == 4 + 10 and full.restarted_at == [4, 10]
+    note = full.restart_note()
+    assert "restarted from step 0 after it was stopped at steps 4, 10" in note and "14 steps ran again" in note
+    assert note.endswith(RESUME_FIX)
+    again = read_result(out)  # kept in result.json: a reused run still tells
+    assert (again.ran_steps, again.rerun_steps, again.restarted_at) == (34, 14, [4, 10])
+
+
+def test_a_script_that_resumes_is_counted_once(tmp_path):
+    spec = CommandRun(f"{fake('resume', 20)} 4,10", plan_preset("uniform-dense"), steps=20)
+    out = tmp_path / "r"
+    calls = [execute(spec, out, stop_at=4), execute(spec, out, stop_at=10), execute(spec, out)]
+    assert [r.status for r in calls] == ["stopped", "stopped", "finished"]
+    assert [min(s) for s in _trained(out).values()] == [0, 6, 12]  # it went on from its checkpoints
+    assert [r.compute_steps for r in calls] == [4, 6, 10]
+    full = calls[-1]
+    assert full.ran_steps == 20 and full.rerun_steps == 0 and full.restarted_at == [] and full.restart_note() is None
+    assert full.eval_steps == list(range(0, 21, 2))
+
+
+def test_a_command_whose_reports_stop_short_of_its_length_failed(tmp_path):
+    r = execute(CommandRun(fake("early"), plan_preset("paper-dense"), steps=10), tmp_path / "r")
+    assert r.status == "failed" and r.exit_code == 0
+    assert r.headline().startswith("failed: reported up to step 0 of 10: the script ended early")
+    assert "rlrs.report(10, eval_loss)" in r.error
+    assert not execute(CommandRun(fake("early"), plan_preset("paper-dense"), steps=10), tmp_path / "r").reused
+    # Without a known length the last report is the length: nothing to hold it against.
+    assert execute(CommandRun(fake("early"), plan_preset("paper-dense")), tmp_path / "u").status == "finished"
+
+
+@pytest.mark.parametrize("mode", ["restart", "resume"])
+def test_tune_prune_counts_every_step_a_script_ran_and_names_one_that_does_not_resume(tmp_path, capsys, mode):
+    from rlrs.engine import RESUME_FIX
+
+    out = tmp_path / "t"
+    # The candidates (base_lr moved) wait at the rungs, steps 4 and 10 of 20, to be stopped there.
+    code = main(["tune", "--command", f"{fake(mode, 20)} 4,10", "--steps", "20", "--budget", "5", "--prune",
+                 "--params", "plan.base_lr", "--workers", "1", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    doc = json.loads((out / "search.json").read_text())
+    assert doc["compute"]["trials"] == {"COMPLETE": 3, "PRUNED": 2, "abandoned": 0}, text
+    real = rerun = 0
+    for run in (out / "runs").iterdir():
+        reached = 0
+        for start, steps in _trained(run).items():
+            began = 0 if mode == "restart" or start == 1 else min(steps) - 2  # resumed at its checkpoint
+            real += max(steps) - began
+            rerun += max(0, min(reached, max(steps)) - began)  # steps it had run before
+            reached = max(reached, max(steps))
+    assert (doc["compute"]["steps"], doc["compute"]["rerun_steps"]) == (real, rerun), text
+    assert doc["compute"]["tokens"] is None and "tokens" not in text  # the fake reports none: unknown, not 0
+    if mode == "restart":
+        assert real == 20 + 2 * 4 + 2 * (4 + 10 + 20) and rerun == 2 * (4 + 10)  # two survivors ran three times
+        assert len(doc["notes"]) == 1 and "restarted from step 0" in doc["notes"][0] and RESUME_FIX in doc["notes"][0]
+        assert f"{rerun} of them run again" in text and f"note: {doc['notes'][0]}" in text
+    else:
+        assert real == 20 + 2 * 4 + 2 * 20 and doc["notes"] == [] and "note:" not in text
+
+
+def test_tune_shows_tokens_when_the_script_reports_them(tmp_path, capsys):
+    out = tmp_path / "t"
+    assert main(["tune", "--command", fake("tokens", 20), "--steps", "20", "--budget", "2",
+                 "--params", "plan.base_lr", "--workers", "1", "--out", str(out)]) == 0
+    doc = json.loads((out / "search.json").read_text())
+    assert (doc["compute"]["steps"], doc["compute"]["tokens"]) == (40, 40 * 1000)
+    assert "compute: 40 training steps (40000 tokens)" in capsys.readouterr().out
+
+
+def test_compare_on_a_command_reports_only_what_the_script_logged(tmp_path):
+    from rlrs.reporting import REST_LABEL, lr_components
+
+    res = compare(CommandTarget(fake("ok")), ["uniform-dense", "paper-dense"], seeds=1, out=tmp_path, log=_quiet)
+    assert all(r.status == "finished" for r in res.runs)
+    # No training loss and no update sizes: no figures of them, and no claim about spikes.
+    assert not (tmp_path / "train_loss.png").exists() and not (tmp_path / "updates.png").exists()
+    assert {p.name for p in res.files} >= {"loss.png", "lr_uniform-dense.png", "lr_paper-dense.png", "report.md"}
+    md = (tmp_path / "report.md").read_text()
+    assert "no loss spikes" not in md.lower() and "train_loss.png" not in md and "updates.png" not in md
+    assert "The script reports eval losses only" in md and "Not measured" in md
+    # The LR figures: the components the plans set (paper-dense's four), the rest as one λ = 1 line.
+    assert lr_components(res) == (["embedding", "unembedding", "attention", "feedforward"], REST_LABEL)
+    assert "router" not in md.split("### LR schedules")[1] and "every other component (λ = 1)" in md

@@ -535,3 +535,57 @@ def test_a_study_begun_before_a_setting_existed_still_resumes(tmp_path, synth):
     assert [t.point for t in r.trials[:3]] == [t.point for t in first.trials] and r.evaluations == 5
     changed = spec_for(params=PARAMS[:2], search_seed=1)
     assert changed.differences(older) == ["search_seed"]
+
+
+# --- honest compute -----------------------------------------------------------------------------------
+
+
+def test_tune_help_shows_the_steps_placeholder_as_the_command_writes_it(capsys):
+    from rlrs.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["tune", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "RLRS_STEPS / {steps}" in text and "{{steps}}" not in text
+
+
+class _Restarting(SyntheticObjective):
+    """The synthetic objective, as a command that does not resume would report it: a point
+    continued past a rung ran its first ``stop`` steps again."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.reached: dict[str, int] = {}
+
+    def run(self, points, stop_at):
+        out = super().run(points, stop_at)
+        for p, part in zip(points, out):
+            key = point_key(p)
+            before = self.reached.get(key, 0)
+            self.reached[key] = before + part.steps
+            if before:
+                part.steps, part.rerun_steps, part.restarted = before + part.steps, before, [f"cmd-{len(key)} at {before}"]
+        return out
+
+
+def test_restarted_runs_are_counted_and_named_in_search_json(tmp_path, synth):
+    from rlrs.engine import RESUME_FIX
+    from rlrs.tune.spec import load_function
+
+    spec = spec_for(params=["plan.base_lr"], prune=Pruning())
+    r = tune(spec, tmp_path, 5, objective=_Restarting(load_function("synth:curve"), 100))
+    doc = json.loads((tmp_path / "search.json").read_text())
+    assert r.trials.get("PRUNED", 0) < 4  # some candidate was continued past a rung
+    assert r.rerun_steps > 0 and doc["compute"]["rerun_steps"] == r.rerun_steps
+    assert doc["compute"]["steps"] == r.compute_steps
+    assert doc["notes"] == r.notes and len(r.notes) == 1
+    assert "restarted from step 0" in r.notes[0] and f"{r.rerun_steps} of the {r.compute_steps}" in r.notes[0]
+    assert r.notes[0].endswith(RESUME_FIX)
+    # A synthetic objective trains no tokens: unknown (null), not 0.
+    assert r.compute_tokens is None and doc["compute"]["tokens"] is None
+
+
+def test_a_search_whose_runs_resumed_has_no_notes(tmp_path, synth):
+    r = tune(spec_for(params=["plan.base_lr"], prune=Pruning()), tmp_path, 5)
+    doc = json.loads((tmp_path / "search.json").read_text())
+    assert r.rerun_steps == 0 and r.notes == [] and doc["notes"] == [] and doc["compute"]["rerun_steps"] == 0

@@ -56,7 +56,12 @@ for processes on one machine, a database server for many machines.
 steps first (``--prune-at``); one whose mean eval loss there is worse than the current best point's
 at the same step by more than ``--prune-margin`` (relative, default 2%) is stopped and recorded as
 PRUNED with the compute it used; the others resume from their checkpoints. ``search.json`` reports
-the total compute (training steps and tokens over all trials) to compare with and without it.
+the total compute (training steps and tokens over all trials) to compare with and without it. A
+``--command`` script resumes only if it checkpoints into ``$RLRS_RUN_DIR`` (:mod:`rlrs.script`); one
+that starts over from step 0 when a survivor is continued runs those steps again: they are counted
+(``compute.steps``, of them ``compute.rerun_steps``) and ``search.json``'s ``notes`` name its runs
+and the fix. Tokens are counted for a command only if it reports them (``rlrs.report(step, loss,
+tokens=...)``); ``compute.tokens`` is otherwise ``null``.
 """
 
 from .driver import TuneResult, join, tune

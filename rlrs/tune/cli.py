@@ -111,7 +111,12 @@ def _report(r: TuneResult) -> None:
     if r.config_path:
         print(f"non-plan settings: {r.config_path} (or the --set flags above)")
     states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(r.trials.items()) if n)
-    print(f"compute: {r.compute_steps} training steps ({r.compute_tokens} tokens); trials: {states}")
+    # Tokens only where they are known: a command reports them only if its script passes tokens=.
+    tokens = f" ({r.compute_tokens} tokens)" if r.compute_tokens is not None else ""
+    rerun = f", {r.rerun_steps} of them run again" if r.rerun_steps else ""
+    print(f"compute: {r.compute_steps} training steps{tokens}{rerun}; trials: {states}")
+    for note in r.notes:
+        print(f"note: {note}")
     print(f"trajectory: {r.search_path}")
 
 
@@ -136,7 +141,7 @@ def add_commands(sub) -> None:
     p.add_argument("--budget", type=int, default=None, help="most points evaluated, over all workers (a rerun with a larger one extends the search)")
     p.add_argument("--out", required=True, help="output directory (tuned.toml, search.json, runs/, study.db)")
     p.add_argument("--steps", type=int, default=None, help=f"training steps per run (default: {DEFAULT_STEPS}; --set train.steps wins); with --command: "
-                                                                  "passed as RLRS_STEPS / {{steps}} (needed for --prune)")
+                                                                  "passed as RLRS_STEPS / {steps} (needed for --prune)")
     p.add_argument("--seeds", type=int, default=None, help="runs per point; the objective is their mean final eval loss (default: 1)")
     p.add_argument("--workers", type=int, default=None, help=f"training runs at once in this process (default: {default_workers()}: one per usable core, at most 4)")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///OUT/study.db; also postgresql://..., mysql+pymysql://..., journal:///path/file.log)")

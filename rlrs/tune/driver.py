@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from .. import config as _config
 from ..config import ConfigError
+from ..engine import RESUME_FIX
 from ..search import Result, SearchResult, Step, canonical, local_search, point_key
 from .objective import Objective, make_objective
 from .spec import TuneSpec
@@ -33,11 +34,13 @@ class TuneResult:
     plan_path: Path
     config_path: Path | None  # tuned_config.json, when a non-plan setting moved
     search_path: Path
-    compute_steps: int
-    compute_tokens: int
+    compute_steps: int  # every training step run, a command's restarts included
+    compute_tokens: int | None  # None: a command that does not report tokens
     trials: dict[str, int]  # counted trials by state, plus "abandoned"
     search: SearchResult
     spec: TuneSpec
+    rerun_steps: int = 0  # of compute_steps, steps run again (a command that restarted from step 0)
+    notes: list[str] = dataclasses.field(default_factory=list)  # what to fix (search.json "notes")
 
 
 def tune(
@@ -188,6 +191,8 @@ class _Tuner:
             survivors = []
             for t, p in zip(alive, partials):
                 attrs = {"compute_steps": p.steps, "tokens": p.tokens}
+                if p.rerun_steps or p.restarted:
+                    attrs.update(rerun_steps=p.rerun_steps, restarted=p.restarted)
                 # The loss at the rung; at the end, the last one reported (a command's length may be unknown).
                 at = p.curve.get(stop) if stop is not None else (p.curve[max(p.curve)] if p.curve else None)
                 if p.status != "ok":
@@ -269,16 +274,32 @@ class _Tuner:
         write_best(self.spec, self.out, point)
         self.best_written = key
 
-    def _compute(self) -> tuple[int, int, dict[str, int]]:
+    def _compute(self) -> tuple[int, int | None, dict[str, int]]:
         steps = sum(int(t.user_attrs.get("compute_steps", 0)) for t in self.done.values())
-        tokens = sum(int(t.user_attrs.get("tokens", 0)) for t in self.done.values())
+        known = [t.user_attrs["tokens"] for t in self.done.values() if t.user_attrs.get("tokens") is not None]
+        tokens = sum(int(x) for x in known) if known else None  # a command that reports no tokens: unknown, not 0
         states: dict[str, int] = {}
         for t in self.done.values():
             states[t.state.name] = states.get(t.state.name, 0) + 1
         return steps, tokens, states
 
+    def _restarts(self) -> tuple[int, list[str]]:
+        """Steps run again because the script started over from step 0 after a stop, and a note
+        naming its runs and the fix (none when every run resumed)."""
+        rerun = sum(int(t.user_attrs.get("rerun_steps", 0)) for t in self.done.values())
+        runs = [r for t in self.done.values() for r in t.user_attrs.get("restarted") or []]
+        if not runs:
+            return rerun, []
+        shown = "; ".join(runs[:4]) + (f"; and {len(runs) - 4} more" if len(runs) > 4 else "")
+        steps, _, _ = self._compute()
+        note = (f"the script restarted from step 0 when rlrs continued a run it had stopped (at a --prune rung, or "
+                f"by an interrupted search; {len(runs)} run{'s' * (len(runs) > 1)}: {shown}): it does not resume, so "
+                f"{rerun} of the {steps} training steps ran again (compute counts them); {RESUME_FIX}")
+        return rerun, [note]
+
     def _write_search(self, point, loss, stopped: str, abandoned: int = 0) -> None:
         steps, tokens, states = self._compute()
+        rerun, notes = self._restarts()
         doc = {
             "study": {"storage": _redact(self.study.url), "name": self.study.name},
             "spec": self.spec.to_dict(),
@@ -287,7 +308,9 @@ class _Tuner:
             "best": point,
             "best_loss": _json(loss),
             "stopped": stopped,
-            "compute": {"steps": steps, "tokens": tokens, "trials": {**states, "abandoned": abandoned}},
+            "compute": {"steps": steps, "tokens": tokens, "rerun_steps": rerun,
+                        "trials": {**states, "abandoned": abandoned}},
+            "notes": notes,
             "steps": self.steps,
         }
         _config.atomic_write_text(self.out / "search.json", json.dumps(doc, indent=2) + "\n")
@@ -306,6 +329,7 @@ class _Tuner:
         self._write_best(r.best, r.best_loss)
         self._write_search(r.best, r.best_loss, r.stopped, final.abandoned)
         steps, tokens, states = self._compute()
+        rerun, notes = self._restarts()
         cfg_path = self.out / "tuned_config.json"
         plan = _config.replace(self.spec.base.plan, {k[5:]: v for k, v in r.best.items() if k.startswith("plan.")})
         return TuneResult(
@@ -313,7 +337,7 @@ class _Tuner:
             stopped=r.stopped, evaluations=r.evaluations, plan=plan, plan_path=self.out / "tuned.toml",
             config_path=cfg_path if cfg_path.exists() else None, search_path=self.out / "search.json",
             compute_steps=steps, compute_tokens=tokens, trials={**states, "abandoned": final.abandoned}, search=r,
-            spec=self.spec,
+            spec=self.spec, rerun_steps=rerun, notes=notes,
         )
 
 

@@ -17,13 +17,18 @@ from .spec import TuneSpec, load_function
 @dataclass
 class Partial:
     """A point trained up to some step: its mean eval curve so far (``{step: loss}``), the
-    training steps and tokens spent on it (summed over seeds) and, if it failed, why."""
+    training steps and tokens spent on it (summed over seeds; a command's steps count every step
+    its script ran, restarts included, and its tokens are ``None`` unless it reports them) and, if
+    it failed, why. ``rerun_steps`` of the steps ran again; ``restarted`` names each run whose
+    script started over from step 0 when it was continued (``"run-dir at 4, 10"``)."""
 
     status: str  # "ok" | "failed"
     curve: dict[int, float] = field(default_factory=dict)
     steps: int = 0
-    tokens: int = 0
+    tokens: int | None = None  # None: not known (a command that reports none; nothing ran)
     error: str | None = None
+    rerun_steps: int = 0
+    restarted: list[str] = field(default_factory=list)
 
 
 class Objective(Protocol):
@@ -45,7 +50,7 @@ class Objective(Protocol):
 class SyntheticObjective:
     """A loss function instead of training, for tests and for trying the search machinery:
     ``fn(point, progress)`` is the eval loss after ``progress`` (0 to 1) of training; raising or
-    returning NaN fails the point. Compute is counted in steps as if it trained."""
+    returning NaN fails the point. Compute is counted in steps as if it trained (no tokens)."""
 
     def __init__(self, fn: Callable[[dict[str, float], float], float], total_steps: int, eval_interval: float = 0.01):
         self.fn = fn
@@ -122,15 +127,21 @@ class TrainingObjective:
     def _partial(self, runs, error: str | None, stop_at: int | None) -> Partial:
         if error is not None:
             return Partial("failed", error=error)
-        steps = sum(r.steps for _, r in runs)
-        tokens = sum(r.tokens or 0 for _, r in runs)
+        # A command's runs count what their script ran over every attempt (a script that does not
+        # resume starts over when a rung's stop is continued); a preset run resumes its checkpoint.
+        steps = sum(r.steps if r.ran_steps is None else r.ran_steps for _, r in runs)
+        known = [r.tokens if r.ran_steps is None else r.ran_tokens for _, r in runs]
+        tokens = sum(t for t in known if t is not None) if any(t is not None for t in known) else None
+        extra = {"rerun_steps": sum(r.rerun_steps for _, r in runs),
+                 "restarted": [f"{r.out.name} at {', '.join(map(str, r.restarted_at))}" for _, r in runs
+                               if r.restarted_at]}
         bad = [r for _, r in runs if r.status not in ("finished", "stopped")]
         if bad:
-            return Partial("failed", steps=steps, tokens=tokens, error=f"{bad[0].status}: {bad[0].error}")
+            return Partial("failed", steps=steps, tokens=tokens, error=f"{bad[0].status}: {bad[0].error}", **extra)
         curves = [{s: v for s, v in zip(r.eval_steps, r.eval_loss) if stop_at is None or s <= stop_at} for _, r in runs]
         common = sorted(set.intersection(*(set(c) for c in curves)))
         curve = {s: sum(c[s] for c in curves) / len(curves) for s in common}
-        return Partial("ok", curve, steps, tokens)
+        return Partial("ok", curve, steps, tokens, **extra)
 
     def close(self) -> None:
         self.pool.close()
