@@ -32,7 +32,7 @@ def old_rule(bl: np.ndarray, rl: np.ndarray) -> float | None:
 
 def main() -> None:
     rng = np.random.default_rng(0)
-    print("| true speed-up | eval noise σ | old rule: mean ± sd | one rule: mean ± sd | one rule: never reaches | median resolution |")
+    print("| true speed-up | eval noise σ | old rule: mean ± sd | one rule: mean ± sd | one rule: never reaches | one rule: mean bounds of one interval |")
     print("|---|---|---|---|---|---|")
     for factor in (1.0, 1.2, 1.5):
         for sigma in (0.001, 0.003, 0.01, 0.03):
@@ -45,10 +45,11 @@ def main() -> None:
                 s = speedup(STEPS, b, STEPS, r)
                 never += s.percent is None
                 new.append(0.0 if s.percent is None else s.percent)
-                if s.resolution is not None:
-                    res.append(s.resolution)
+                if s.percent is not None:
+                    res.append((s.low, s.high))
             print(f"| {100 * (factor - 1):+.0f}% | {sigma} | {np.mean(old):+.1f}% ± {np.std(old):.1f} | "
-                  f"**{np.mean(new):+.1f}%** ± {np.std(new):.1f} | {never / 400:.0%} | ±{np.median(res):.1f}% |")
+                  f"**{np.mean(new):+.1f}%** ± {np.std(new):.1f} | {never / 400:.0%} | "
+                  f"[{np.mean([a for a, _ in res]):+.1f}%, {np.mean([b for _, b in res]):+.1f}%] |")
 
 
 if __name__ == "__main__":

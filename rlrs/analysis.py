@@ -18,8 +18,8 @@ speed-up is ``(T_base / T_relative − 1) × 100%``. On a curve that still falls
 ``L`` its final loss, exactly the paper's appendix A; on a plateaued or noisy curve the
 baseline's own first arrival at ``L`` counts, as the relative arm's does (taking the baseline's
 last step instead would give a copy of the baseline a speed-up). The steps are known only to a
-measuring interval: ``resolution`` is the change in percent one interval makes, and a speed-up
-no larger than it is no measurable difference. A relative arm that never reaches ``L`` has no
+measuring interval: ``low`` and ``high`` bound the speed-up that interval allows, and one whose
+bounds do not share a sign is no measurable difference. A relative arm that never reaches ``L`` has no
 speed-up (``percent`` is ``None``), reported as such, never as 0%. Because the relative arm's
 schedule has not finished decaying at ``T_relative``, the metric underestimates the gain (the
 paper says so too).
@@ -58,34 +58,43 @@ COLLAPSE_SHARE = 0.5
 @dataclass(frozen=True)
 class SpeedUp:
     """The paper's speed-up of one arm over the baseline (``percent``: ``None`` when the relative
-    arm never reaches the target). ``resolution`` is ± how many percent one measuring interval
-    moves it (``inf`` when the relative arm is already there at its first measurement)."""
+    arm never reaches the target). Each arm got to the target somewhere in the measuring interval
+    before the step that saw it, so the true value lies between ``low`` and ``high`` (``high`` is
+    ``inf`` when the relative arm is there at its first measurement)."""
 
     t_base: int
     t_relative: int | None
     target_loss: float
     percent: float | None
-    resolution: float | None = None
+    low: float | None = None
+    high: float | None = None
 
     @property
     def measurable(self) -> bool:
-        """Whether the speed-up is larger than what one measuring interval can move."""
-        return self.percent is not None and self.resolution is not None and abs(self.percent) > self.resolution
+        """Whether one measuring interval leaves no doubt about the sign: faster or slower."""
+        return self.percent is not None and self.low is not None and (self.low > 0 or self.high < 0)
+
+    @property
+    def resolution(self) -> float:
+        """Half the width of ``[low, high]`` in percent (``inf``: unbounded; 0: not measured)."""
+        if self.low is None or self.high is None:
+            return 0.0
+        return (self.high - self.low) / 2.0
+
+    def bounds_text(self) -> str:
+        """``+50.0% to +300.0% within one measuring interval``."""
+        if self.low is None or self.high is None:
+            return "no bounds: not reached"
+        high = "no upper bound: reached at the first measurement" if not math.isfinite(self.high) else f"{self.high:+.1f}%"
+        return f"{self.low:+.1f}% to {high} within one measuring interval"
 
     def describe(self) -> str:
         if self.percent is None:
             return f"no speed-up: the relative arm never reaches the baseline's final loss {self.target_loss:.4f}"
         return (
-            f"speed-up {self.percent:+.1f}% ({resolution_text(self.resolution)}): the relative arm reaches the "
+            f"speed-up {self.percent:+.1f}% ({self.bounds_text()}): the relative arm reaches the "
             f"baseline's final loss {self.target_loss:.4f} at step {self.t_relative} instead of {self.t_base}"
         )
-
-
-def resolution_text(resolution: float | None) -> str:
-    """``±1.2% one eval interval``, or what stands for an unbounded resolution."""
-    if resolution is None or not math.isfinite(resolution):
-        return "resolution unbounded: reached at the first measurement"
-    return f"±{resolution:.1f}%, one measuring interval"
 
 
 def monotone_fit(values: Sequence[float]) -> np.ndarray:
@@ -142,7 +151,7 @@ def speedup(
     # Each arm got to L somewhere in the measuring interval before the step that saw it.
     high = (t_base / (t_rel - rel_gap) - 1.0) * 100.0 if t_rel > rel_gap else math.inf
     low = ((t_base - base_gap) / t_rel - 1.0) * 100.0
-    return SpeedUp(int(round(t_base)), int(round(t_rel)), target, percent, max(high - percent, percent - low))
+    return SpeedUp(int(round(t_base)), int(round(t_rel)), target, percent, low, high)
 
 
 def _reached(steps: np.ndarray, loss: np.ndarray, target: float | None) -> tuple[float, float, float] | None:

@@ -246,7 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "mypkg.model:GPT or path/to/train.py:make_model (its __main__ block does not run)")
     p.add_argument("--rule", action="append", default=[], metavar="REGEX=COMPONENT",
                    help="a classification rule tried before anything else, e.g. --rule '\\.ffn\\.=feedforward' (repeatable)")
-    p.add_argument("--plan", default="paper-moe", help="plan preset or file (default: paper-moe)")
+    p.add_argument("--plan", default=default_of(inspect, "plan"),
+                   help="plan preset or file (default: the paper's plan for the model: paper-moe for a MoE model, "
+                        "else paper-dense)")
     p.add_argument("--total-steps", type=int, default=default_of(inspect, "total_steps"),
                    help=f"training length for the LR table (default: {default_of(inspect, 'total_steps')})")
     p.add_argument("--at", default=DEFAULT_AT, help=f"steps or percentages (default: {DEFAULT_AT.replace('%', '%%')})")

@@ -24,8 +24,8 @@ mean loss is 3.72 at step 6,900 and 3.69 at step 7,000, so T_relative = 7,000 an
 (10000 / 7000 - 1) × 100% = +42.9%. Both arms are read by one rule
 (:func:`rlrs.analysis.speedup`: a monotone fit of each curve, then the first arrival at ``L``),
 so an arm that trains like the baseline measures 0%, also on a noisy or plateaued curve; the
-report gives the resolution (± one measuring interval) and says "no measurable difference" when
-the speed-up is within it or its interval over seeds covers 0, and flags arms whose runs are
+report gives the bounds one measuring interval allows and says "no measurable difference" when
+they do not share a sign or the interval over seeds covers 0, and flags arms whose runs are
 identical to the baseline's. A relative arm that never gets to ``L`` has *no speed-up* (reported
 in those words, never as 0%). The relative schedule has not finished decaying at T_relative, so
 the number underestimates the gain (the paper says so too).
@@ -53,7 +53,7 @@ import numpy as np
 from . import config as _config
 from . import reporting
 from .analysis import (Difference, Interval, RouterCurve, RouterHealth, RunLogs, Spike, SpeedUp, UpdateCurves,
-                       bootstrap_speedup, detect_spikes, resolution_text,
+                       bootstrap_speedup, detect_spikes,
                        mean_curve, mean_router, mean_updates, paired_difference, read_run, router_health, speedup)
 from .config import ConfigError
 from .engine import (CommandTarget, Job, PresetRun, PresetTarget, RunResult, RunSpec, Target, reason_line, run_all,
@@ -251,12 +251,17 @@ class ArmResult:
     text: str = ""  # the speed-up in one sentence, or why there is none
     interval: Interval | None = None  # 95% bootstrap interval over paired seeds (2 or more)
     identical: bool = False  # every paired seed's curve equals the baseline's: the plans changed nothing
+    same_plan: bool = False  # the baseline's plan under another name: its runs are the baseline's
+    unpaired: list[int] = field(default_factory=list)  # seeds whose step-0 loss differs from the baseline's
 
     @property
     def verdict(self) -> str:
-        """``identical``, ``no measurable difference``, ``faster``, ``slower``, ``no speed-up``
-        (never reaches the baseline's final loss) or ``not measured`` (a side has no finished run)."""
+        """``same plan`` (as the baseline's: the same runs), ``identical`` (other plans, the same
+        curves), ``no measurable difference``, ``faster``, ``slower``, ``no speed-up`` (never
+        reaches the baseline's final loss) or ``not measured`` (a side has no finished run)."""
         sp = self.speedup
+        if self.same_plan:
+            return "same plan"
         if sp is None:
             return "not measured"
         if self.identical:
@@ -350,7 +355,7 @@ class CompareResult:
                 "seeds_baseline": n_base, "seeds_relative": len(a.finished), "seeds": self.seeds,
                 "per_seed": [dataclasses.asdict(p) for p in a.per_seed], "text": a.text,
                 "interval": None if a.interval is None else dataclasses.asdict(a.interval),
-                "verdict": a.verdict, "identical": a.identical,
+                "verdict": a.verdict, "identical": a.identical, "unpaired_seeds": a.unpaired,
             }
             diffs[a.name] = None if a.difference is None else {**dataclasses.asdict(a.difference), "seeds": a.paired_seeds}
         return _config.json_safe({
@@ -542,17 +547,34 @@ def summarize(
         arm.identical = bool(arm.paired_seeds) and all(
             np.array_equal(base_by_seed[s].curve_steps, mine[s].curve_steps)
             and np.array_equal(base_by_seed[s].curve_loss, mine[s].curve_loss) for s in arm.paired_seeds)
-        arm.text = _speedup_text(arm, len(base.finished), seeds, metric)
+        arm.same_plan = arm.plan == base.plan
+        arm.unpaired = [s for s in arm.paired_seeds if not _same_start(base_by_seed[s], mine[s])]
+        arm.text = _speedup_text(arm, base.name, len(base.finished), seeds, metric)
+        if arm.unpaired:
+            arm.text += (f". Not paired: seed {', '.join(map(str, arm.unpaired))} of {arm.name} starts from another "
+                         f"loss at step 0 than the baseline's, so the arms did not start from the same weights; seed "
+                         f"the model with rlrs.script.seed() (torch.manual_seed) so that seed i of every arm starts alike")
     return arms
 
 
-def _speedup_text(arm: ArmResult, n_base: int, seeds: int, metric: str) -> str:
+def _same_start(a: RunInfo, b: RunInfo) -> bool:
+    """Whether two runs of one seed measured the same loss at step 0 (or either did not measure it):
+    the same weights and the same held-out batches give the same number, whatever the plan."""
+    la = a.curve_loss[a.curve_steps == 0]
+    lb = b.curve_loss[b.curve_steps == 0]
+    return not (la.size and lb.size) or bool(np.isclose(la[0], lb[0], rtol=1e-6, atol=0.0))
+
+
+def _speedup_text(arm: ArmResult, base: str, n_base: int, seeds: int, metric: str) -> str:
     loss = "eval loss" if metric == "eval" else "train loss"
     name, sp, n_rel = arm.name, arm.speedup, len(arm.finished)
+    if arm.same_plan:
+        return (f"{name}: the same plan as the baseline {base}, so its runs are the baseline's runs (not trained "
+                f"again): nothing to measure; for an A/A check of seed noise, compare the seeds instead")
     if n_base == 0:
-        return f"{name}: no speed-up measurable (every baseline run diverged/failed)"
+        return f"{name}: not measured: every run of the baseline {base} diverged or failed"
     if n_rel == 0:
-        return f"{name}: no speed-up (all runs diverged/failed)"
+        return f"{name}: not measured: every run of {name} diverged or failed"
     if n_base == n_rel == seeds:
         over = f"means over {seeds} seed{'s' * (seeds > 1)}"
     else:
@@ -564,9 +586,9 @@ def _speedup_text(arm: ArmResult, n_base: int, seeds: int, metric: str) -> str:
     if sp.percent is None:
         return f"{name}: no speed-up: never reaches the baseline's final {loss} {sp.target_loss:.4f} ({over})"
     where = (f"reaches the baseline's final {loss} {sp.target_loss:.4f} at step {sp.t_relative} instead of "
-             f"{sp.t_base} ({resolution_text(sp.resolution)}; {over})")
+             f"{sp.t_base} ({sp.bounds_text()}; {over})")
     if arm.verdict == "no measurable difference":
-        why = "within one measuring interval" if not sp.measurable else "its interval over seeds covers 0"
+        why = "one measuring interval allows either sign" if not sp.measurable else "its interval over seeds covers 0"
         return f"{name}: no measurable difference ({why}): speed-up {sp.percent:+.1f}%, {where}"
     slower = " (slower than the baseline)" if sp.percent < 0 else ""
     return f"{name}: speed-up {sp.percent:+.1f}%{slower}: {where}"

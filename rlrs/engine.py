@@ -47,6 +47,7 @@ import multiprocessing as mp
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -502,6 +503,8 @@ def _execute_locked(spec: RunSpec, out: Path, stop_at: int | None, progress: boo
                                                                   "remove it or choose another --out"))
     else:
         _config.atomic_write_text(identity, json.dumps(mine, indent=1, sort_keys=True) + "\n")
+    if isinstance(spec, CommandRun):
+        _forget_other_code(spec, out)
     prior = read_result(out)
     if prior is not None and _reusable(prior, stop_at):
         return prior
@@ -513,6 +516,47 @@ def _execute_locked(spec: RunSpec, out: Path, stop_at: int | None, progress: boo
                                                                 "(it restarts instead of resuming); drop stop_at"))
         return _write_result(_execute_task(spec, out))
     return _write_result(_execute_command(spec, out, stop_at))
+
+
+CODE_FILE = "code.json"  # the sha256 of each file a command names, as it was when the run started
+
+
+def script_files(spec: CommandRun) -> dict[str, str]:
+    """The sha256 of every file the command names (``python train.py --x`` → ``train.py``),
+    relative to its ``cwd``: a run of an edited script is not the same run, though its command is."""
+    try:
+        words = shlex.split(spec.command.format(plan="", run_dir="", seed="", steps=""))
+    except ValueError:
+        words = spec.command.split()
+    files = {}
+    for before, word in zip([""] + words, words):
+        if before.endswith((">", ">>")) or ">" in word or word.startswith("-"):
+            continue  # what the command writes (a redirection's target) is output, not code
+        path = Path(spec.cwd) / word
+        if word and path.is_file():
+            files[word] = _config.sha256_file(path)
+    return files
+
+
+def _forget_other_code(spec: CommandRun, out: Path) -> None:
+    # A run made by another version of the script (the command's files changed since it started)
+    # must not be reused, nor resumed from its checkpoints: clear it, so it trains again from the
+    # start. Runs recorded before code.json existed are trusted as they are.
+    now = script_files(spec)
+    path = out / CODE_FILE
+    try:
+        then = json.loads(path.read_text())
+    except (OSError, ValueError):
+        then = None
+    if then is not None and then != now:
+        changed = sorted(k for k in set(then) | set(now) if then.get(k) != now.get(k))
+        for child in out.iterdir():
+            if child.name not in ("spec.json", ".lock") and not child.name.startswith(".lock"):
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        with open(out / "stderr.log", "a") as f:
+            f.write(f"rlrs: {', '.join(changed)} changed since this run started: it trains again from the start\n")
+    if then != now:
+        _config.atomic_write_text(path, json.dumps(now, indent=1, sort_keys=True) + "\n")
 
 
 def reusable(out: str | Path, stop_at: int | None = None) -> bool:

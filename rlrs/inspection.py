@@ -286,15 +286,24 @@ def _build(obj: Any, spec: str, attr: str, module: str) -> nn.Module:
             f"model {spec}: the {what} {attr}({', '.join(needed)}) needs arguments, and rlrs calls it with none; "
             f"write a function that takes none next to it, e.g. def make_model(): return {attr}(...), and give "
             f"{module}:make_model")
+    argv = sys.argv
+    sys.argv = [spec]  # a function that parses arguments sees none of rlrs's
     try:
-        with torch.device("meta"):  # no memory, no time
-            model = obj()
-    except Exception:  # noqa: BLE001 (code that cannot run on meta tensors: build it for real)
         try:
-            model = obj()
-        except Exception as err:  # noqa: BLE001 (the user's code)
-            raise ConfigError(f"model {spec}: {attr}() raised {type(err).__name__}: {_first_line(err)} "
-                              f"({_where(err)}); fix it, or give a function that builds the model") from None
+            with torch.device("meta"):  # no memory, no time
+                model = obj()
+        except Exception:  # noqa: BLE001 (code that cannot run on meta tensors: build it for real)
+            try:
+                model = obj()
+            except Exception as err:  # noqa: BLE001 (the user's code)
+                raise ConfigError(f"model {spec}: {attr}() raised {type(err).__name__}: {_first_line(err)} "
+                                  f"({_where(err)}); fix it, or give a function that builds the model") from None
+    except SystemExit as err:
+        raise ConfigError(f"model {spec}: calling {attr}() exited (SystemExit {err.code!r}): it is not a function "
+                          "that builds the model (a script's main?); give one that only builds and returns it, "
+                          f"e.g. def make_model(): return GPT(...), and {module}:make_model") from None
+    finally:
+        sys.argv = argv
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model {spec}: {attr}() returned {_short(model)} ({type(model).__name__}), not an "
                           "nn.Module; return the model")
@@ -369,7 +378,12 @@ def _follows(model: nn.Module, plan: Plan | str, rules: Sequence[Rule] | None) -
     from .optim import assign_components
 
     try:
-        return assign_components(model, plan, rules), None
+        follows = assign_components(model, plan, rules)
+        for group in tied_parameters(model):  # every name of a shared tensor: lm_head.weight as wte.weight
+            if any(n in follows for n in group):
+                comp = next(follows[n] for n in group if n in follows)
+                follows.update({n: comp for n in group})
+        return follows, None
     except ClassificationError:
         raise  # a parameter nothing places: param_groups raises the same
     except ConfigError as err:
@@ -486,7 +500,7 @@ class Inspection:
 
 def inspect(
     model: nn.Module | str,
-    plan: Plan | str,
+    plan: Plan | str | None = None,
     *,
     total_steps: int = 10_000,
     at: str | Sequence[int | str] = DEFAULT_AT,
@@ -509,7 +523,8 @@ def inspect(
     Args:
         model: any ``nn.Module``, or a spec :func:`load_model` reads: an rlrs preset, a Hugging
             Face ``config.json`` or model directory, or ``"path/to/train.py:GPT"``.
-        plan: a :class:`~rlrs.plan.Plan`, a preset name or a plan file.
+        plan: a :class:`~rlrs.plan.Plan`, a preset name or a plan file; ``None``: the paper's plan
+            for the model (``paper-moe`` when it has a router and experts, else ``paper-dense``).
         total_steps: the run's length; ``at``: steps and percentages (``"0,1%,100%"`` or a list).
         rules: ``(regex, component)`` rules tried first, as in :func:`rlrs.param_groups`.
         width_factors: a parametrization's LR factor per component (muP), as in ``param_groups``;
@@ -530,13 +545,8 @@ def inspect(
                           f"model.parametrization=mup or plan.tied=embedding; got {other[0]!r}")
     model_sets = {k: v for k, v in sets.items() if k.startswith("model.")}
     plan_sets = {k[len("plan."):]: v for k, v in sets.items() if k.startswith("plan.")}
-    plan_label = plan if isinstance(plan, str) else None
-    plan = as_plan(plan)
-    if plan_sets:
-        try:
-            plan = _config.replace(plan, plan_sets, where="plan")
-        except ConfigError as err:
-            raise ConfigError(f"{name('sets')} {'' if str(err).startswith('plan.') else 'plan.'}{err}") from None
+    plan_label = plan if isinstance(plan, str) else None if plan is None else "(given)"
+    plan = None if plan is None else as_plan(plan)
 
     preset_cfg = None
     if isinstance(model, str):
@@ -558,6 +568,17 @@ def inspect(
         raise ConfigError(f"model: an nn.Module, or a preset, Hugging Face config or MODULE:ATTR spec; "
                           f"got {type(model).__name__}")
 
+    if plan is None:  # the paper's plan for what the model is: MoE when it has a router and experts
+        from . import presets
+
+        moe = {"router", "experts"} <= set(classify(model_obj, rules, tied=None).values())
+        plan_label = presets.default_plans(moe=moe)[1]
+        plan = as_plan(plan_label)
+    if plan_sets:
+        try:
+            plan = _config.replace(plan, plan_sets, where="plan")
+        except ConfigError as err:
+            raise ConfigError(f"{name('sets')} {'' if str(err).startswith('plan.') else 'plan.'}{err}") from None
     follows, refused = _follows(model_obj, plan, rules)
     rows = _rows(model_obj, rules, follows)
     tied = tied_report(model_obj, rules)

@@ -451,15 +451,19 @@ def compare_markdown(res: CompareResult, lr_files: Mapping[str, Path], moe: bool
             continue
         d, sp = arm.difference, arm.speedup
         diff = "—" if d is None else (f"{d.mean:+.4f} ± {d.std:.4f}" if d.n > 1 else f"{d.mean:+.4f}")
-        if arm.identical:
+        if arm.same_plan:
+            spd, t = "same plan as the baseline (same runs)", "—"
+        elif arm.identical:
             spd, t = "identical runs", "—"
         elif sp is not None and sp.percent is not None:
-            res_ = f" ±{sp.resolution:.1f}" if sp.resolution is not None and math.isfinite(sp.resolution) else ""
-            spd = f"**{sp.percent:+.1f}%**{res_}" + (" (no measurable difference)"
+            hi = f"{sp.high:+.1f}%" if math.isfinite(sp.high) else "∞"
+            spd = f"**{sp.percent:+.1f}%** [{sp.low:+.1f}%, {hi}]" + (" (no measurable difference)"
                                                      if arm.verdict == "no measurable difference" else "")
             t = f"{sp.t_relative} / {sp.t_base}"
-        else:
+        elif sp is not None:
             spd, t = "no speed-up", "—"
+        else:
+            spd, t = "not measured", "—"
         add(f"| {arm.name} | {arm.base_lr:g} | {fin} | {_final(arm)} | {diff} | {spd} | {t} |")
     add("")
     for arm in res.relative:
@@ -487,9 +491,9 @@ def compare_markdown(res: CompareResult, lr_files: Mapping[str, Path], moe: bool
         "first replaced by its best non-increasing fit (a rise is pooled with the points before it into their "
         "mean, its step the pool's mean step), L is the baseline's fitted final loss, and each arm's step is its "
         "fit's first arrival at L. On a curve that still falls at its last point (the paper's runs) this is the "
-        "paper's rule exactly. The steps are known to one measuring interval: the ± after a speed-up is the "
-        "change one interval makes, and a speed-up within it, or whose interval over seeds covers 0, is "
-        "*no measurable difference*. An arm that never gets to L has *no speed-up* (not 0%). The relative "
+        "paper's rule exactly. Each arm got to L somewhere in the measuring interval before the step that saw "
+        "it: the [low, high] after a speed-up is what that allows, and a speed-up whose bounds do not share a "
+        "sign, or whose interval over seeds covers 0, is *no measurable difference*. An arm that never gets to L has *no speed-up* (not 0%). The relative "
         "schedule has not finished decaying at T_relative, so the number underestimates the gain.\n")
     add(_worked_example(res))
     add("\n## Runs\n")
@@ -606,7 +610,8 @@ def _worked_example(res: CompareResult) -> str:
                 f"speed-up = ({sp.t_base} / {sp.t_relative} − 1) × 100% = **{sp.percent:+.1f}%**.\n")
     return ("**Worked example.** The baseline ends at L = 3.70 after T_base = 10,000 steps; the relative arm's mean "
             "loss is 3.72 at step 6,900 and 3.69 at step 7,000, so T_relative = 7,000 and speed-up = "
-            "(10000 / 7000 − 1) × 100% = +42.9%. (No arm of this comparison reached the baseline's final loss.)\n")
+            "(10000 / 7000 − 1) × 100% = +42.9%. (No arm of this comparison has a speed-up to show with its own "
+            "numbers.)\n")
 
 
 # --- lr-grid's report -----------------------------------------------------------------------------

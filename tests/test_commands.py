@@ -169,7 +169,7 @@ def test_compare_on_a_command_with_a_crashing_arm_goes_on_and_reports_it(tmp_pat
     assert [r.status for r in res.runs] == ["finished", "failed"]
     assert "exit status 4" in res.runs[1].error
     md = (tmp_path / "c2" / "report.md").read_text()
-    assert "failed" in md and "no speed-up" in md
+    assert "failed" in md and "not measured: every run of bad diverged or failed" in md
 
 
 def test_tune_on_a_command_with_pruning_and_two_workers(tmp_path):
@@ -424,3 +424,21 @@ def test_compare_on_a_command_reports_only_what_the_script_logged(tmp_path):
     # The LR figures: the components the plans set (paper-dense's four), the rest as one λ = 1 line.
     assert lr_components(res) == (["embedding", "unembedding", "attention", "feedforward"], REST_LABEL)
     assert "router" not in md.split("### LR schedules")[1] and "every other component (λ = 1)" in md
+
+
+def test_a_run_of_an_edited_script_is_trained_again_not_reused(tmp_path):
+    # The command is the same, the code is not: reusing the old run would report the old code's
+    # results as the new one's (and mix both versions across seeds).
+    script = tmp_path / "train.py"
+    script.write_text("import rlrs\n[rlrs.report(s, 3.0 - s / 10) for s in range(11)]\n")
+    spec = CommandRun(f"{PY} train.py", plan_preset("paper-dense"), cwd=str(tmp_path))
+    out = run_dir(tmp_path / "runs", spec)
+    first = execute(spec, out)
+    assert first.status == "finished" and not first.reused
+    assert execute(spec, out).reused  # unchanged: reused
+    script.write_text("import rlrs\n[rlrs.report(s, 4.0 - s / 10) for s in range(11)]\n")
+    again = execute(spec, out)
+    assert again.status == "finished" and not again.reused and again.eval_loss[0] == 4.0
+    assert again.eval_steps == list(range(11))  # the old version's reports are gone, not mixed in
+    assert "train.py changed since this run started" in (out / "stderr.log").read_text()
+    assert execute(spec, out).reused

@@ -277,9 +277,9 @@ def test_diverged_run_is_recorded_and_reported(tmp_path, corpus_dir, spy):
     run = next(r for r in data["runs"] if r["arm"] == "paper-dense")
     assert run["status"] == "diverged" and run["error"] == bad.error and run["final_loss"] is None
     assert data["arms"]["paper-dense"]["base_lr"] == 1e3 and data["arms"]["paper-dense"]["seeds_finished"] == []
-    assert data["speedups"]["paper-dense"]["text"] == "paper-dense: no speed-up (all runs diverged/failed)"
+    assert data["speedups"]["paper-dense"]["text"] == "paper-dense: not measured: every run of paper-dense diverged or failed"
     md = (out / "report.md").read_text()
-    assert "no speed-up (all runs diverged/failed)" in md and "**diverged**" in md and "Lower plan.base_lr" in md
+    assert "not measured: every run of paper-dense diverged or failed" in md and "**diverged**" in md and "Lower plan.base_lr" in md
     # a rerun keeps the divergence (and its message) without training it again
     spy.jobs.clear()
     again = compare("tiny-dense", ["uniform-dense", "paper-dense"], **kw)
@@ -400,23 +400,28 @@ def test_runs_use_the_cores_they_are_pinned_to():
 # --- identical arms: no speed-up from nothing --------------------------------------------------------
 
 
-def _twin_plans(tmp_path, preset):
+def _plan_files(tmp_path, preset, **changes):
+    """The preset saved as arm_a.toml, and as arm_b.toml with ``changes`` (component: ComponentPlan)."""
+    import dataclasses
+
     from rlrs.presets import get
 
-    paths = []
-    for name in ("arm_a", "arm_b"):
-        get(preset).save(tmp_path / f"{name}.toml")
-        paths.append(str(tmp_path / f"{name}.toml"))
-    return paths
+    a, b = tmp_path / "arm_a.toml", tmp_path / "arm_b.toml"
+    get(preset).save(a)
+    dataclasses.replace(get(preset), **changes).save(b)
+    return [str(a), str(b)]
 
 
-def test_identical_arms_on_a_preset_measure_no_speed_up_and_are_flagged(tmp_path, corpus_dir):
-    # Any schedule: a constant LR plateaus, which is where the old rule's bias showed.
-    plans = _twin_plans(tmp_path, "uniform-dense")
+def test_arms_that_train_identically_measure_no_speed_up_and_are_flagged(tmp_path, corpus_dir):
+    # Two plans that differ only for a router a dense model does not have: every run trains the
+    # same. Any schedule: a constant LR plateaus, which is where the old rule's bias showed.
+    from rlrs.plan import ComponentPlan
+
+    plans = _plan_files(tmp_path, "uniform-dense", router=ComponentPlan(start=2.0))
     res = compare("tiny-dense", plans, seeds=2, out=tmp_path / "c", workers=1, log=_quiet,
                   sets=_sets(corpus_dir, **{"plan.attention.shape": "constant", "plan.attention.end": 1.0}))
     arm = res.relative[0]
-    assert arm.identical and arm.verdict == "identical" and arm.speedup.percent == 0.0
+    assert not arm.same_plan and arm.identical and arm.verdict == "identical" and arm.speedup.percent == 0.0
     assert arm.interval.low == arm.interval.high == 0.0
     assert "no difference: every seed trained exactly as the baseline's did" in arm.text
     data = json.loads((tmp_path / "c" / "results.json").read_text())["speedups"]["arm_b"]
@@ -431,16 +436,27 @@ NOISY_PLATEAU = (
 
 def test_identical_arms_on_a_noisy_plateaued_command_measure_no_speed_up(tmp_path):
     # A script's own, noisy eval on a curve that has flattened: the baseline touches its final loss
-    # long before its last step. Measured with one rule for both arms, its copy gains nothing.
+    # long before its last step. This script ignores its plan, so both arms train alike: measured
+    # with one rule for both arms, the second gains nothing (the old reading gave it a speed-up).
     from rlrs.engine import CommandTarget
 
-    plans = _twin_plans(tmp_path, "paper-dense")
-    res = compare(CommandTarget(f"{sys.executable} -c \"{NOISY_PLATEAU}\""), plans, seeds=3, out=tmp_path / "c",
-                  workers=2, log=_quiet)
+    target = CommandTarget(f"{sys.executable} -c \"{NOISY_PLATEAU}\"")
+    res = compare(target, ["uniform-dense", "paper-dense"], seeds=3, out=tmp_path / "c", workers=2, log=_quiet)
     arm = res.relative[0]
     assert arm.speedup.percent == 0.0 and arm.identical
     assert arm.interval.low == arm.interval.high == 0.0
     assert "identical runs" in (tmp_path / "c" / "report.md").read_text()
+
+
+def test_the_same_plan_under_two_names_is_said_to_share_its_runs(tmp_path):
+    from rlrs.engine import CommandTarget
+
+    plans = _plan_files(tmp_path, "paper-dense")
+    target = CommandTarget(f"{sys.executable} -c \"{NOISY_PLATEAU}\"")
+    res = compare(target, plans, seeds=2, out=tmp_path / "c", workers=2, log=_quiet)
+    arm = res.relative[0]
+    assert arm.same_plan and arm.verdict == "same plan" and {r.out for r in arm.runs} == {r.out for r in res.runs}
+    assert "its runs are the baseline's runs (not trained again)" in arm.text
 
 
 def test_a_real_difference_within_one_interval_is_no_measurable_difference():
@@ -456,4 +472,22 @@ def test_a_real_difference_within_one_interval_is_no_measurable_difference():
                             np.zeros(0), [], UpdateCurves(np.zeros(0, dtype=np.int64), {}, {}), None)
     arms = summarize({"base": Plan(), "rel": Plan(base_lr=2e-3)}, runs, logs)
     assert arms["rel"].verdict == "no measurable difference"
-    assert "no measurable difference (within one measuring interval)" in arms["rel"].text
+    assert "no measurable difference (one measuring interval allows either sign)" in arms["rel"].text
+
+
+def test_arms_that_do_not_start_from_the_same_weights_are_said_not_to_be_paired(tmp_path):
+    # A script that does not seed its model from rlrs.script.seed(): seed i of each arm starts
+    # elsewhere (here: the plan moves the initial loss), so "paired" numbers would pair nothing.
+    from rlrs.engine import CommandTarget
+
+    script = ("import rlrs; p = rlrs.script.plan(); start = 5.0 + p.embedding.start / 100; "
+              "[rlrs.report(s, start - s / 10) for s in range(11)]")
+    res = compare(CommandTarget(f"{sys.executable} -c \"{script}\""), ["uniform-dense", "paper-dense"], seeds=1,
+                  out=tmp_path / "c", log=_quiet)
+    arm = res.relative[0]
+    assert arm.unpaired == [0] and "Not paired: seed 0 of paper-dense" in arm.text
+    same = ("import rlrs; p = rlrs.script.plan(); [rlrs.report(s, 5.0 - s / 10 * p.embedding.start) "
+            "for s in range(11)]")
+    res = compare(CommandTarget(f"{sys.executable} -c \"{same}\""), ["uniform-dense", "paper-dense"], seeds=1,
+                  out=tmp_path / "d", log=_quiet)
+    assert res.relative[0].unpaired == [] and "Not paired" not in res.relative[0].text

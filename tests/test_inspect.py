@@ -213,7 +213,8 @@ def test_the_tied_tensor_follows_what_param_groups_gives_it(tied):
     assert f"follows the {given} schedule" in report.text and why in report.text
     # Every tensor follows what param_groups gives it.
     by_tensor = {id(p): g["component"] for g in groups for p in g["params"]}
-    assert report.follows == {n: by_tensor[id(p)] for n, p in model.named_parameters()}
+    assert report.follows == {n: by_tensor[id(p)] for n, p in model.named_parameters(remove_duplicate=False)}
+    assert report.follows["lm_head.weight"] == given  # under each of its names
 
 
 def test_a_tensor_shared_by_other_components_follows_nothing_until_a_rule_settles_it():
@@ -310,3 +311,21 @@ def test_inspect_cli_errors_name_the_flag(capsys, tmp_path):
     d = _gpt2_dir(tmp_path / "g")
     assert main(["inspect", str(d), "--set", "model.d_model=8"]) == 2
     assert "model.* settings change an rlrs preset" in capsys.readouterr().err
+
+
+def test_the_default_plan_is_the_papers_for_what_the_model_is(capsys):
+    dense = nn.ModuleDict({"wte": nn.Embedding(40, 8), "blocks": nn.ModuleList([nn.ModuleDict(
+        {"attn": nn.Linear(8, 8), "mlp": nn.Linear(8, 8)})]), "lm_head": nn.Linear(8, 40, bias=False)})
+    assert "plan paper-dense: LR per component" in rlrs.inspect(dense, total_steps=100, quiet=True).text
+    assert main(["inspect", "tiny-moe"]) == 0 and "plan paper-moe: LR per component" in capsys.readouterr().out
+
+
+def test_a_function_that_parses_arguments_or_exits_is_named_not_run_as_rlrs(tmp_path, capsys):
+    script = tmp_path / "train.py"
+    script.write_text("import argparse, sys\n"
+                      "def main():\n"
+                      "    p = argparse.ArgumentParser(); p.add_argument('--iters', type=int); p.parse_args()\n"
+                      "    sys.exit(0)\n")
+    assert main(["inspect", f"{script}:main"]) == 2
+    err = capsys.readouterr().err
+    assert "calling main() exited (SystemExit 0)" in err and "def make_model()" in err and "usage:" not in err
