@@ -53,9 +53,14 @@ __all__ = ["COMPONENTS", "structural_components", "Rule", "ClassificationError",
            "tied_parameters", "pick_rule_set"]
 
 # A tensor shared by the input embedding and the output head (tied weights) follows this
-# component's schedule unless a plan's ``tied`` says otherwise; why this one: the README's
-# "Tied weights", measured on two tied GPTs (BENCHMARKS.md).
-DEFAULT_TIED = "unembedding"
+# component's schedule unless a plan's ``tied`` says otherwise. Measured, not argued: on two tied
+# GPTs (rlrs's, RoPE; Hugging Face GPT-2, learned positions), each arm at its own tuned η_base, 3
+# seeds, 20 tokens per parameter, paper-dense with the tied tensor following the embedding beat
+# following the unembedding, and a schedule of its own between the two (BENCHMARKS.md, "Tied
+# weights"). Following the unembedding left the paper's largest effect, the embedding's 5× start,
+# acting on nothing (RoPE) or on the position embedding alone. Until then the default was
+# "unembedding" (argued from where the gradient comes from): PresetRun names runs by it.
+DEFAULT_TIED = "embedding"
 
 COMPONENTS: tuple[str, ...] = ("embedding", "unembedding", "attention", "feedforward", "router", "experts", "other")
 

@@ -60,6 +60,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from . import config as _config
 from . import presets
+from .components import DEFAULT_TIED
 from .config import ConfigError
 from .models import DEFAULT_PRESET, get_preset
 from .plan import Plan
@@ -105,7 +106,12 @@ class PresetRun:
         return self.cfg.preset
 
     def identity(self) -> dict[str, Any]:
-        return _config.identity(self.cfg)
+        ident = _config.identity(self.cfg)
+        if self.cfg.model.tie_embeddings and self.cfg.plan.tied is None and DEFAULT_TIED != "unembedding":
+            # A tied run with plan.tied unset trains the default; runs named before the default
+            # became the embedding (they trained the unembedding) keep their names and are not reused.
+            ident["tied_default"] = DEFAULT_TIED
+        return ident
 
 
 @dataclass(frozen=True)

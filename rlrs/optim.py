@@ -42,7 +42,8 @@ def assign_components(
     """Each trainable parameter (by its first name) to the component whose schedule it follows.
 
     A tensor shared by the embedding and the unembedding (tied weights) follows ``plan.tied``,
-    or ``DEFAULT_TIED`` (``"unembedding"``) when the plan leaves it unset. A tensor shared by
+    or ``DEFAULT_TIED`` (``"embedding"``, measured: see :data:`rlrs.components.DEFAULT_TIED`) when
+    the plan leaves it unset. A tensor shared by
     any other pair of components raises, naming the rule that settles it: picking one silently
     would change what the plan means.
     """

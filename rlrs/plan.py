@@ -93,8 +93,8 @@ class Plan:
             ``lr · weight_decay``. ``weight_decay`` is then a per-step fraction (about 1e-4, that is
             η_base times the coupled value), not 0.1.
         tied: which schedule a tensor shared by the embedding and the unembedding (tied weights)
-            follows: ``"embedding"`` or ``"unembedding"``; unset, it follows ``"unembedding"``
-            (``rlrs.optim.DEFAULT_TIED``, which explains why).
+            follows: ``"embedding"`` or ``"unembedding"``; unset, it follows ``"embedding"``
+            (``rlrs.components.DEFAULT_TIED``, which says how that was measured).
         wsd_decay: fraction of training spent decaying, for components with shape ``wsd``.
         sgdr_first: the first cycle's length as a fraction of the steps after warmup, for
             components with shape ``sgdr`` (1/7 with ``sgdr_mult = 2``: three whole cycles).

@@ -87,8 +87,10 @@ def test_the_three_lines_run_unchanged_on_a_tied_nanogpt_and_hf_qwen3_and_qwen3_
     gpt = nanogpt.GPT(vocab=64, d=32, layers=2, heads=2, seq_len=16)
     gpt.lm_head.weight = gpt.transformer.wte.weight  # nanoGPT's own weight tying
     idx = torch.randint(0, 64, (2, 16))
-    assert _three_lines(gpt, lambda m: m(idx, idx)) == {"unembedding", "attention", "feedforward", "other",
-                                                         "embedding"}  # wpe: embedding; tied wte: unembedding
+    from rlrs.components import DEFAULT_TIED
+
+    assert _three_lines(gpt, lambda m: m(idx, idx)) == {"attention", "feedforward", "other", "embedding",
+                                                         DEFAULT_TIED}  # wpe: embedding; tied wte: DEFAULT_TIED
     small = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                  num_key_value_heads=1, head_dim=16)
     qwen3 = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**small))

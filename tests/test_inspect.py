@@ -13,6 +13,7 @@ from torch import nn
 import rlrs
 import rlrs.inspection
 from rlrs.cli import main
+from rlrs.components import DEFAULT_TIED
 from rlrs.config import ConfigError
 
 MODEL_PY = '''
@@ -113,7 +114,7 @@ def test_inspect_module_attr_class_factory_and_object(project, capsys):
         out = capsys.readouterr().out
         assert out.startswith(f"model: {spec}\n")
         tied = _row(out, "embedding+unembedding (tied)")
-        assert tied[2:4] == ["1", f"{vocab * 16:,}"] and tied[-1] == "unembedding"
+        assert tied[2:4] == ["1", f"{vocab * 16:,}"] and tied[-1] == DEFAULT_TIED
         assert "lm_head.weight (unembedding) = wte.weight (embedding)" in out
 
 
@@ -171,7 +172,7 @@ def test_inspect_module_errors_name_the_fix(project, capsys):
         for w in words:
             assert w in err, (spec, err)
     assert main(["inspect", f"{pkg.name}.train:GPT", "--at", "0"]) == 0  # the same file, as part of its package
-    assert _row(capsys.readouterr().out, "embedding+unembedding (tied)")[-1] == "unembedding"
+    assert _row(capsys.readouterr().out, "embedding+unembedding (tied)")[-1] == DEFAULT_TIED
 
 
 # --- rlrs.inspect in Python -------------------------------------------------------------------------
@@ -228,7 +229,7 @@ def test_a_tensor_shared_by_other_components_follows_nothing_until_a_rule_settle
     report = rlrs.inspect(model, "paper-dense", total_steps=100, quiet=True, rules=rules)
     rows = {r["component"]: r["follows"] for r in report.components}
     assert rows["attention+feedforward (tied)"] == "none: give a rule"
-    assert rows["embedding+unembedding (tied)"] == "unembedding"  # still what param_groups would give it
+    assert rows["embedding+unembedding (tied)"] == DEFAULT_TIED  # still what param_groups would give it
     assert "rlrs.param_groups refuses this model as it is: one tensor is shared" in report.text
     settled = rlrs.inspect(model, "paper-dense", total_steps=100, quiet=True,
                            rules=[(r"^blocks\.0\.(attn|mlp)\.", "attention")])

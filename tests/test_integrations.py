@@ -1,6 +1,8 @@
 """Integrations with the trainers people use, end to end on tiny models."""
 
 import pytest
+
+from rlrs.components import DEFAULT_TIED
 import torch
 
 transformers = pytest.importorskip("transformers")
@@ -161,7 +163,7 @@ def test_hf_trainer_on_a_tied_gpt2_logs_what_each_group_trains_at(tmp_path):
     logged = [e for e in trainer.state.log_history if "lr/attention" in e]
     assert [e["step"] for e in logged] == [1, 2, 3]
     by_comp = {c: g for g in trainer.optimizer.param_groups for c in g["components"]}
-    assert "unembedding" in by_comp  # the tied wte/lm_head follows the unembedding
+    assert DEFAULT_TIED in by_comp  # the tied wte/lm_head follows the default schedule
     for e in logged:
         for comp in by_comp:
             assert e[f"lr/{comp}"] == pytest.approx(trainer.plan.lr(comp, e["step"] - 1, 3), rel=1e-12)

@@ -98,10 +98,11 @@ def test_merge_joins_identical_components_only(toy):
     assert len(merged) < len(param_groups(toy, plan, merge=False))
 
 
-def test_tied_weights_follow_the_unembedding_unless_the_plan_says_otherwise():
+def test_tied_weights_follow_the_embedding_unless_the_plan_says_otherwise():
+    # The default is what won on two tied GPTs (BENCHMARKS.md: "Tied weights").
     model = ToyLM(tie=True)
     comp = assign_components(model, presets.get("paper-moe"))  # the plan leaves tied unset
-    assert comp["embed.weight"] == DEFAULT_TIED == "unembedding" and "unembed.weight" not in comp
+    assert comp["embed.weight"] == DEFAULT_TIED == "embedding" and "unembed.weight" not in comp
     for choice in ("embedding", "unembedding"):
         plan = Plan(tied=choice)
         comp = assign_components(model, plan)
@@ -390,3 +391,15 @@ def test_resume_does_not_trip_the_check(toy):
         opt2.step()
         sched2.step()
     assert sched2.last_epoch == 7
+
+
+def test_a_tied_run_that_trains_the_default_is_named_by_it_and_others_keep_their_names():
+    from rlrs.engine import PresetRun
+    from rlrs.train import run_config
+
+    tied = PresetRun(run_config("tiny-dense", "paper-dense", sets={"model.tie_embeddings": True})).identity()
+    assert tied["tied_default"] == DEFAULT_TIED  # not the name a run of the old default had
+    chosen = PresetRun(run_config("tiny-dense", "paper-dense", sets={"model.tie_embeddings": True,
+                                                                     "plan.tied": "unembedding"})).identity()
+    untied = PresetRun(run_config("tiny-dense", "paper-dense")).identity()
+    assert "tied_default" not in chosen and "tied_default" not in untied
