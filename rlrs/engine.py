@@ -107,9 +107,12 @@ class PresetRun:
 
     def identity(self) -> dict[str, Any]:
         ident = _config.identity(self.cfg)
-        if self.cfg.model.tie_embeddings and self.cfg.plan.tied is None and DEFAULT_TIED != "unembedding":
+        plan = self.cfg.plan
+        if (self.cfg.model.tie_embeddings and plan.tied is None and DEFAULT_TIED != "unembedding"
+                and plan.embedding != plan.unembedding):
             # A tied run with plan.tied unset trains the default; runs named before the default
-            # became the embedding (they trained the unembedding) keep their names and are not reused.
+            # became the embedding (they trained the unembedding) keep their names and are not
+            # reused. Where both schedules are one (a uniform plan) the choice changes nothing.
             ident["tied_default"] = DEFAULT_TIED
         return ident
 

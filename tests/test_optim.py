@@ -402,4 +402,5 @@ def test_a_tied_run_that_trains_the_default_is_named_by_it_and_others_keep_their
     chosen = PresetRun(run_config("tiny-dense", "paper-dense", sets={"model.tie_embeddings": True,
                                                                      "plan.tied": "unembedding"})).identity()
     untied = PresetRun(run_config("tiny-dense", "paper-dense")).identity()
-    assert "tied_default" not in chosen and "tied_default" not in untied
+    uniform = PresetRun(run_config("tiny-dense", "uniform-dense", sets={"model.tie_embeddings": True})).identity()
+    assert "tied_default" not in chosen and "tied_default" not in untied and "tied_default" not in uniform
