@@ -126,7 +126,7 @@ def test_summary_uses_finished_seeds_and_says_so():
             status = "finished" if c is not None else "diverged"
             runs.append(RunInfo(arm, seed, out, status, None if c is not None else "step 3: loss is nan"))
             logs[out] = _logs(c if c is not None else [6.0, 9.0])
-    arms = summarize({"uniform": Plan(), "paper": Plan()}, runs, logs)
+    arms = summarize({"uniform": Plan(), "paper": Plan(base_lr=2e-3)}, runs, logs)
     paper = arms["paper"]
     sp = paper.speedup
     # target: the baseline's mean final loss 3.71; paper's one finished seed first gets there at step 70
