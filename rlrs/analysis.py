@@ -72,7 +72,9 @@ class SpeedUp:
     @property
     def measurable(self) -> bool:
         """Whether one measuring interval leaves no doubt about the sign: faster or slower."""
-        return self.percent is not None and self.low is not None and (self.low > 0 or self.high < 0)
+        # Each arrival lies in (the measurement before, the one that saw it]: the bounds are open.
+        p = self.percent
+        return p is not None and self.low is not None and ((self.low >= 0 and p > 0) or (self.high <= 0 and p < 0))
 
     @property
     def resolution(self) -> float:
@@ -141,22 +143,26 @@ def speedup(
     if not np.isfinite(base_loss[-1]):
         raise ValueError("the baseline's final loss is not finite: no speed-up can be measured")
     base = _reached(base_steps, base_loss, None)
-    assert base is not None  # the baseline's last block is its own target
-    target, t_base, base_gap = base
+    if base is None:
+        raise ValueError("the baseline has no finite measurement after step 0: no speed-up can be measured")
+    target, t_base, (base_from, base_to) = base
     rel = _reached(rel_steps, rel_loss, target)
     if rel is None:
         return SpeedUp(int(round(t_base)), None, target, None)
-    _, t_rel, rel_gap = rel
+    _, t_rel, (rel_from, rel_to) = rel
     percent = (t_base / t_rel - 1.0) * 100.0
-    # Each arm got to L somewhere in the measuring interval before the step that saw it.
-    high = (t_base / (t_rel - rel_gap) - 1.0) * 100.0 if t_rel > rel_gap else math.inf
-    low = ((t_base - base_gap) / t_rel - 1.0) * 100.0
+    # Each arm got to L after the measurement before its arrival and by the last step of the
+    # (pooled) block that arrived: the speed-up lies between what those limits give.
+    high = (base_to / rel_from - 1.0) * 100.0 if rel_from > 0 else math.inf
+    low = (base_from / rel_to - 1.0) * 100.0
     return SpeedUp(int(round(t_base)), int(round(t_rel)), target, percent, low, high)
 
 
-def _reached(steps: np.ndarray, loss: np.ndarray, target: float | None) -> tuple[float, float, float] | None:
+def _reached(steps: np.ndarray, loss: np.ndarray,
+             target: float | None) -> tuple[float, float, tuple[float, float]] | None:
     """Where a curve's monotone fit first gets to ``target`` (``None``: its own final level):
-    (the level, the step, the measuring interval before it), or ``None`` if it never does.
+    (the level, the step, (the measurement before the arriving block, its last step)), or
+    ``None`` if it never does.
     A pooled block stands for its mean step: its level is the mean loss over the block, so taking
     its first step would put the arrival early by half the block (a bias against the baseline,
     whose noisy tail is the block most often pooled)."""
@@ -171,8 +177,8 @@ def _reached(steps: np.ndarray, loss: np.ndarray, target: float | None) -> tuple
     for value, first, n in blocks:
         if value <= level:
             at = float(steps[first: first + n].mean())
-            gap = float(steps[first] - (steps[first - 1] if first > 0 else 0))
-            return float(value) if target is None else level, at, gap
+            before = float(steps[first - 1]) if first > 0 else 0.0
+            return float(value) if target is None else level, at, (before, float(steps[first + n - 1]))
     return None
 
 

@@ -183,14 +183,14 @@ def cmd_presets(args) -> int:
 
 def cmd_plot_plan(args) -> int:
     from . import plots, presets
-    from .components import COMPONENTS, classify
+    from .components import COMPONENTS, DEFAULT_TIED, classify
 
     plan = presets.resolve(args.plan)
     components = COMPONENTS
     if args.model is not None:  # only the components this model has
         from .inspection import load_model
 
-        found = set(classify(load_model(args.model)).values())
+        found = set(classify(load_model(args.model), tied=plan.tied or DEFAULT_TIED).values())
         components = tuple(c for c in COMPONENTS if c in found)
     path = plots.plot_plan(plan, args.total_steps, Path(args.out) / f"lr_{Path(args.plan).stem}.png",
                            components=components, log=not args.linear)

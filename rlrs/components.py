@@ -544,8 +544,11 @@ class _Walk:
             # Everything inside attention is attention (MLA's low-rank parts, q/k norms), except a
             # residual norm that a wrapper holds (T5's layer_norm, BERT's attention.output.LayerNorm).
             return "other" if _is_norm(seg, cls) and not _QK_NORM.match(seg) else None
-        if ctx not in ("experts", "router") and id(module) in self.moe:
-            return self.moe[id(module)]  # router, experts or shared expert by structure, whatever the names
+        if ctx not in ("experts", "router") and id(module) in self.moe and in_layer:
+            # Router, experts or shared expert by structure, whatever the names; only inside a
+            # Transformer layer, where MoE blocks are: beside the stack, a list of identical MLPs and
+            # a projection with as many outputs are task heads and a classifier, not experts.
+            return self.moe[id(module)]
         if _is_attention(name, module):
             return "attention"
         if _SHARED_EXPERT_NAMES.match(seg):
@@ -580,7 +583,7 @@ class _Walk:
         for pname, _ in module.named_parameters(recurse=False, remove_duplicate=False):
             full = f"{name}.{pname}" if name else pname
             # A bare router matrix or fused experts on the MoE block itself, unless inside attention.
-            key = (id(module), pname) if here not in ("attention", "experts", "router") else None
+            key = (id(module), pname) if here not in ("attention", "experts", "router") and in_layer else None
             if key in self.undecided:
                 comp, self.why[full] = None, self.undecided[key]
             else:

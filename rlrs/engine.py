@@ -107,14 +107,17 @@ class PresetRun:
 
     def identity(self) -> dict[str, Any]:
         ident = _config.identity(self.cfg)
-        plan = self.cfg.plan
-        if (self.cfg.model.tie_embeddings and plan.tied is None and DEFAULT_TIED != "unembedding"
-                and plan.embedding != plan.unembedding):
-            # A tied run with plan.tied unset trains the default; runs named before the default
-            # became the embedding (they trained the unembedding) keep their names and are not
-            # reused. Where both schedules are one (a uniform plan) the choice changes nothing.
+        if self.cfg.model.tie_embeddings and _tie_matters(self.cfg.plan):
             ident["tied_default"] = DEFAULT_TIED
         return ident
+
+
+def _tie_matters(plan: Plan) -> bool:
+    """Whether a tied model trains with the default tie (``DEFAULT_TIED``), and that choice changes
+    what trains. A run that does names the default in its identity: runs named before the default
+    became the embedding (they trained the unembedding) keep their names and are not reused as
+    runs of the new default. Where both schedules are one (a uniform plan) nothing changes."""
+    return plan.tied is None and DEFAULT_TIED != "unembedding" and plan.embedding != plan.unembedding
 
 
 @dataclass(frozen=True)
@@ -158,8 +161,11 @@ class CommandRun:
         return "cmd"
 
     def identity(self) -> dict[str, Any]:
-        return {"command": self.command, "plan": _config.identity(self.plan), "seed": self.seed, "steps": self.steps,
-                "cwd": str(Path(self.cwd).resolve())}
+        ident = {"command": self.command, "plan": _config.identity(self.plan), "seed": self.seed, "steps": self.steps,
+                 "cwd": str(Path(self.cwd).resolve())}
+        if _tie_matters(self.plan):  # the engine cannot see the script's model: it may be tied
+            ident["tied_default"] = DEFAULT_TIED
+        return ident
 
     def shell_command(self, out: Path) -> str:
         q = shlex.quote
@@ -448,7 +454,7 @@ def _look_at_lock(path: Path) -> tuple[str, dict[str, Any] | None]:
     import fcntl
 
     try:
-        g = open(path)
+        g = open(path, "r+")  # writable: on NFS flock is a POSIX lock, which an exclusive lock needs
     except FileNotFoundError:
         return "free", None
     with g:
@@ -528,6 +534,8 @@ def _execute_locked(spec: RunSpec, out: Path, stop_at: int | None, progress: boo
 
 
 CODE_FILE = "code.json"  # the sha256 of each file a command names, as it was when the run started
+# What counts as the script: code and configuration, not logs or data (hashed under the run's lock).
+SCRIPT_SUFFIXES = (".py", ".sh", ".toml", ".json", ".yaml", ".yml", ".cfg", ".ini")
 
 
 def script_files(spec: CommandRun) -> dict[str, str]:
@@ -539,10 +547,10 @@ def script_files(spec: CommandRun) -> dict[str, str]:
         words = spec.command.split()
     files = {}
     for before, word in zip([""] + words, words):
-        if before.endswith((">", ">>")) or ">" in word or word.startswith("-"):
-            continue  # what the command writes (a redirection's target) is output, not code
+        if before.endswith((">", ">>", "|")) or before == "tee" or ">" in word or word.startswith("-"):
+            continue  # what the command writes (a redirection's or tee's target) is output, not code
         path = Path(spec.cwd) / word
-        if word and path.is_file():
+        if word.endswith(SCRIPT_SUFFIXES) and path.is_file():
             files[word] = _config.sha256_file(path)
     return files
 
@@ -568,10 +576,22 @@ def _forget_other_code(spec: CommandRun, out: Path) -> None:
         _config.atomic_write_text(path, json.dumps(now, indent=1, sort_keys=True) + "\n")
 
 
-def reusable(out: str | Path, stop_at: int | None = None) -> bool:
-    """Whether the run in ``out`` would be reused as it is (no training) by :func:`execute`."""
+def reusable(out: str | Path, stop_at: int | None = None, spec: RunSpec | None = None) -> bool:
+    """Whether the run in ``out`` would be reused as it is (no training) by :func:`execute`
+    (``spec``: a command run is not reused when its script changed since)."""
     prior = read_result(out)
-    return prior is not None and _reusable(prior, stop_at)
+    return prior is not None and _reusable(prior, stop_at) and not (spec is not None and _other_code(spec, Path(out)))
+
+
+def _other_code(spec: RunSpec, out: Path) -> bool:
+    """Whether ``out`` holds a run of another version of the command's script files."""
+    if not isinstance(spec, CommandRun):
+        return False
+    try:
+        then = json.loads((out / CODE_FILE).read_text())
+    except (OSError, ValueError):
+        return False  # recorded before code.json existed, or never started
+    return then != script_files(spec)
 
 
 def _reusable(prior: RunResult, stop_at: int | None) -> bool:
@@ -1028,10 +1048,10 @@ class Pool:
                         r = RunResult(jobs[i].out, "failed", steps=_trained_steps(jobs[i].out),
                                       error=f"worker process died: {err!r}")
                         if isinstance(jobs[i].spec, CommandRun):  # what its script ran still counts
-                            done = attempts(_metrics(jobs[i].out))
+                            ran = attempts(_metrics(jobs[i].out))
                             r.steps = max(eval_curve(jobs[i].out)[0], default=0)
                             r.ran_steps, r.ran_tokens, r.rerun_steps, r.restarted_at = (
-                                done.ran_steps, done.ran_tokens, done.rerun_steps, done.restarted_at)
+                                ran.ran_steps, ran.ran_tokens, ran.rerun_steps, ran.restarted_at)
                         _write_result(r)
                     done(i, r)
                 if bar is not None:
@@ -1084,7 +1104,8 @@ def run_all(jobs: Sequence[Job], workers: int | None = None, log: Callable[[str]
     for j in jobs:
         unique.setdefault(j.out, j)
     prior = {out: read_result(out) for out in unique}
-    reused = {out for out, j in unique.items() if prior[out] is not None and _reusable(prior[out], j.stop_at)}
+    reused = {out for out, j in unique.items()
+              if prior[out] is not None and _reusable(prior[out], j.stop_at) and not _other_code(j.spec, out)}
     todo = [j for out, j in unique.items() if out not in reused]
     with Pool(workers) as pool:
         if log:

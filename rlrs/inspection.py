@@ -332,7 +332,7 @@ def component_table(model: nn.Module, rules: Sequence[Rule] | None = None, plan:
     Each tensor counts once; a tensor tied across components (GPT-2's embedding and unembedding)
     gets its own row, ``embedding+unembedding (tied)``. Which schedule it follows is what
     :func:`rlrs.optim.assign_components` (and so :func:`rlrs.param_groups`) decides:
-    ``plan.tied``, or ``rlrs.optim.DEFAULT_TIED`` when the plan leaves it unset. A tensor
+    ``plan.tied``, or ``rlrs.components.DEFAULT_TIED`` when the plan leaves it unset. A tensor
     shared by another pair of components follows none (``param_groups`` refuses it; a rule
     settles it): its ``follows`` says ``none: give a rule``.
     """
@@ -628,7 +628,7 @@ def _tied_notes(rows: Sequence[dict], plan: Plan) -> list[str]:
         if f not in ("embedding", "unembedding"):
             continue
         other = "embedding" if f == "unembedding" else "unembedding"
-        why = "plan.tied" if plan.tied else "plan.tied is unset, so rlrs.optim.DEFAULT_TIED applies"
+        why = "plan.tied" if plan.tied else "plan.tied is unset, so rlrs.components.DEFAULT_TIED applies"
         notes += [f"  the embedding+unembedding tensor follows the {f} schedule: {why}",
                   f"  (to change it: tied = \"{other}\" in the plan, or --set plan.tied={other})"]
     return notes

@@ -737,3 +737,20 @@ def test_a_head_tied_to_the_embedding_is_the_unembedding_wherever_it_sits():
 
 def test_classification_error_is_a_config_error():
     assert issubclass(ClassificationError, ConfigError) and issubclass(ClassificationError, ValueError)
+
+
+def test_task_heads_beside_the_stack_are_not_taken_for_experts():
+    # Four identical MLP heads and a 4-way classifier after the layer stack: the same shapes as an
+    # MoE block, but outside any Transformer layer, so neither experts nor a router.
+    d = 8
+
+    class MultiHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(40, d)
+            self.layers = nn.ModuleList([LibLayer(d, SwiGLU(d, 16, ("gate", "up", "down")))])
+            self.heads = nn.ModuleList(SwiGLU(d, 16, ("gate", "up", "down")) for _ in range(4))
+            self.task_logits = nn.Linear(d, 4)
+
+    comp = classify(MultiHead())
+    assert not {"router", "experts"} & set(comp.values()), comp

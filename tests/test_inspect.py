@@ -210,7 +210,7 @@ def test_the_tied_tensor_follows_what_param_groups_gives_it(tied):
     row = next(r for r in report.components if r["component"] == "embedding+unembedding (tied)")
     assert row["follows"] == given == (tied or DEFAULT_TIED)  # DEFAULT_TIED read, not assumed
     assert report.follows["wte.weight"] == given
-    why = "plan.tied is unset, so rlrs.optim.DEFAULT_TIED applies" if tied is None else f"{given} schedule: plan.tied"
+    why = "plan.tied is unset, so rlrs.components.DEFAULT_TIED applies" if tied is None else f"{given} schedule: plan.tied"
     assert f"follows the {given} schedule" in report.text and why in report.text
     # Every tensor follows what param_groups gives it.
     by_tensor = {id(p): g["component"] for g in groups for p in g["params"]}
