@@ -560,20 +560,25 @@ def _forget_other_code(spec: CommandRun, out: Path) -> None:
     # must not be reused, nor resumed from its checkpoints: clear it, so it trains again from the
     # start. Runs recorded before code.json existed are trusted as they are.
     now = script_files(spec)
-    path = out / CODE_FILE
-    try:
-        then = json.loads(path.read_text())
-    except (OSError, ValueError):
-        then = None
+    then = _recorded_code(out)
     if then is not None and then != now:
         changed = sorted(k for k in set(then) | set(now) if then.get(k) != now.get(k))
         for child in out.iterdir():
-            if child.name not in ("spec.json", ".lock") and not child.name.startswith(".lock"):
+            if child.name != "spec.json" and not child.name.startswith(".lock"):  # the lock and its records stay
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
         with open(out / "stderr.log", "a") as f:
             f.write(f"rlrs: {', '.join(changed)} changed since this run started: it trains again from the start\n")
     if then != now:
-        _config.atomic_write_text(path, json.dumps(now, indent=1, sort_keys=True) + "\n")
+        _config.atomic_write_text(out / CODE_FILE, json.dumps(now, indent=1, sort_keys=True) + "\n")
+
+
+def _recorded_code(out: Path) -> dict[str, str] | None:
+    """The script files' hashes a run recorded when it started (``None``: recorded before code.json
+    existed, or never started)."""
+    try:
+        return json.loads((out / CODE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def reusable(out: str | Path, stop_at: int | None = None, spec: RunSpec | None = None) -> bool:
@@ -587,11 +592,8 @@ def _other_code(spec: RunSpec, out: Path) -> bool:
     """Whether ``out`` holds a run of another version of the command's script files."""
     if not isinstance(spec, CommandRun):
         return False
-    try:
-        then = json.loads((out / CODE_FILE).read_text())
-    except (OSError, ValueError):
-        return False  # recorded before code.json existed, or never started
-    return then != script_files(spec)
+    then = _recorded_code(out)
+    return then is not None and then != script_files(spec)
 
 
 def _reusable(prior: RunResult, stop_at: int | None) -> bool:
