@@ -114,8 +114,10 @@ def main() -> None:
         model.train()
         return loss
 
-    if start == 0:
-        rlrs.report(0, evaluate())
+    if start % every == 0:
+        # At step 0, and again where a checkpoint resumes: a kill between that checkpoint's save and
+        # its report would otherwise leave the step unreported (rlrs replaces a step reported twice).
+        rlrs.report(start, evaluate())
     for step in range(start, steps):
         # removed: lr = get_lr(step); for g in optimizer.param_groups: g["lr"] = lr  (it would overwrite the plan)
         x, y = get_batch(data.train, step, args.batch_size, args.seq_len, seed)

@@ -35,12 +35,19 @@ started over, with this fix.
 **Checkpoint, then report.** rlrs may stop a run as soon as it reads a report (``--prune`` at a
 rung), so at a step where the script both saves a checkpoint and evaluates, save first and call
 ``report`` after: a script that reports first can be stopped before its save, loses that
-checkpoint, and redoes those steps from the one before::
+checkpoint, and redoes those steps from the one before. A script killed between the save and
+the report resumes past a step it never reported, so on resuming at an eval step, report it again
+(rlrs keeps a step's latest report)::
 
-    if done % checkpoint_every == 0:
-        save_checkpoint(rlrs.script.run_dir() / "ckpt.pt", model, opt, sched, done)   # first
-    if done % eval_every == 0 or done == steps:
-        rlrs.report(done, evaluate())                                                  # then
+    start = load_checkpoint(...) if resuming else 0
+    if start % eval_every == 0:
+        rlrs.report(start, evaluate())                                                 # step 0, or where it resumed
+    for step in range(start, steps):
+        ...
+        if done % checkpoint_every == 0:
+            save_checkpoint(rlrs.script.run_dir() / "ckpt.pt", model, opt, sched, done)   # first
+        if done % eval_every == 0 or done == steps:
+            rlrs.report(done, evaluate())                                                  # then
 
 **Ending a torchrun job.** A gloo process group's worker threads free a finished collective's
 tensors after it returns and need the GIL for it; one that asks for it while Python is already

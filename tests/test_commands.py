@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from rlrs.cli import main
 from rlrs.compare import compare
@@ -248,6 +249,25 @@ def test_nanogpt_example_resumes_from_its_own_checkpoint(tmp_path, corpus_dir):
     assert full.compute_steps < 8  # it continued from its checkpoint instead of starting over
     clean = execute(spec, tmp_path / "clean")
     assert clean.eval_loss == pytest.approx(full.eval_loss, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_nanogpt_example_killed_between_its_save_and_its_report_reports_that_step_on_resuming(tmp_path, corpus_dir):
+    cmd = _example("nanogpt.py", corpus_dir, "--d-model 32 --layers 1 --batch-size 4 --seq-len 32 --eval-every 2 "
+                                             "--checkpoint-every 2")
+    spec = CommandRun(cmd, plan_preset("paper-dense"), steps=8)
+    out = tmp_path / "r"
+    full = execute(spec, out)
+    assert full.status == "finished" and full.eval_steps == [0, 2, 4, 6, 8]
+    # The state a kill leaves right after step 6's checkpoint was saved and before step 6 was reported.
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 6
+    log = out / "metrics.jsonl"
+    log.write_text("".join(ln + "\n" for ln in log.read_text().splitlines() if json.loads(ln)["step"] <= 4))
+    (out / "result.json").unlink()
+    resumed = execute(spec, out)
+    assert resumed.status == "finished" and resumed.eval_steps == [0, 2, 4, 6, 8]
+    assert resumed.ran_steps == 8 and resumed.restarted_at == []  # it resumed, never started over
+    assert resumed.eval_loss == pytest.approx(full.eval_loss, rel=1e-5)
 
 
 @pytest.mark.slow
