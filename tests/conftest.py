@@ -74,3 +74,79 @@ def tiny_sets(corpus_dir):
         "data.val_fraction": 0.2,
         "train.threads": 1,
     }
+
+
+# --- real services: a single-node Slurm cluster and a PostgreSQL server --------------------------
+# scripts/services.sh starts both (.ci/run does, before the suite). Where they are not running, a
+# root session that has them installed starts them here for the session; elsewhere the tests that
+# need them skip, naming why. Under CI (RLRS_CI=1) a missing service fails those tests instead.
+
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+_SERVICES = Path(__file__).resolve().parents[1] / "scripts" / "services.sh"
+_started: list[str] = []
+
+
+def _missing(why: str):
+    if os.environ.get("RLRS_CI") == "1":
+        pytest.fail(f"CI must provide this service: {why}")
+    pytest.skip(why)
+
+
+def _start_services() -> str | None:
+    """Start the services as scripts/services.sh does; None, or why they cannot be started here."""
+    if os.environ.get("SLURM_CONF") and os.environ.get("RLRS_TEST_POSTGRES"):
+        return None
+    if os.geteuid() != 0:
+        return "not root: start them with `sudo scripts/services.sh start` and source what it prints"
+    missing = [c for c in ("slurmctld", "munged", "pg_ctlcluster") if shutil.which(c) is None]
+    if missing:
+        return f"{', '.join(missing)} not installed: ./setup.sh installs Debian's slurm-wlm, munge and postgresql as root"
+    run = subprocess.run([str(_SERVICES), "start"], capture_output=True, text=True, timeout=120)
+    if run.returncode != 0:
+        return f"scripts/services.sh start failed: {run.stderr.strip()[-400:]}"
+    for line in run.stdout.splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        os.environ[key] = value
+    _started.append("services")
+    return None
+
+
+@pytest.fixture(scope="session")
+def services():
+    why = _start_services()
+    if why:
+        _missing(why)
+    yield
+    if _started:
+        subprocess.run([str(_SERVICES), "stop"], capture_output=True, timeout=120)
+        _started.clear()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(services):
+    """The local Slurm cluster's config file ($SLURM_CONF), for sbatch/squeue and submitit."""
+    conf = os.environ["SLURM_CONF"]
+    if subprocess.run(["scontrol", "ping"], capture_output=True).returncode != 0:
+        _missing(f"slurmctld does not answer `scontrol ping` (SLURM_CONF={conf})")
+    return conf
+
+
+@pytest.fixture
+def postgres_url(services):
+    """A fresh, empty PostgreSQL database for one test (dropped after it): its URL."""
+    psycopg = pytest.importorskip("psycopg")
+    base = os.environ["RLRS_TEST_POSTGRES"]
+    name = f"rlrs_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+    except psycopg.OperationalError as err:
+        _missing(f"PostgreSQL at {base.split('@')[-1]} does not answer: {err}")
+    yield base.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
