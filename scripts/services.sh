@@ -83,6 +83,11 @@ NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
   export SLURM_CONF=$DIR/slurm.conf
+  # Slurm's commands without $SLURM_CONF read /etc/slurm/slurm.conf: point it here unless a real
+  # cluster's configuration is already there.
+  if [[ ! -e /etc/slurm/slurm.conf || $(readlink /etc/slurm/slurm.conf) == "$SLURM_CONF" ]]; then
+    mkdir -p /etc/slurm && ln -sfn "$SLURM_CONF" /etc/slurm/slurm.conf
+  fi
   pkill -x slurmctld 2>/dev/null || true
   pkill -x slurmd 2>/dev/null || true
   slurmctld -c -f "$SLURM_CONF"   # -c: a clean start, no jobs left from an earlier run
@@ -116,6 +121,7 @@ stop_all() {
   pkill -x slurmd 2>/dev/null || true
   pkill -x slurmctld 2>/dev/null || true
   pkill -x munged 2>/dev/null || true
+  if [[ $(readlink /etc/slurm/slurm.conf 2>/dev/null) == "$DIR/slurm.conf" ]]; then rm -f /etc/slurm/slurm.conf; fi
   if command -v pg_ctlcluster >/dev/null; then pg_ctlcluster "$PG_VERSION" main stop 2>/dev/null || true; fi
   say "stopped"
 }
