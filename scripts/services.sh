@@ -88,6 +88,10 @@ EOF
   if [[ ! -e /etc/slurm/slurm.conf || $(readlink /etc/slurm/slurm.conf) == "$SLURM_CONF" ]]; then
     mkdir -p /etc/slurm && ln -sfn "$SLURM_CONF" /etc/slurm/slurm.conf
   fi
+  if scontrol ping 2>/dev/null | grep -q UP && pgrep -x slurmd >/dev/null; then
+    say "Slurm already up (jobs of others left running): $(sinfo -h -o '%P %D %t %c CPUs')"
+    return
+  fi
   pkill -x slurmctld 2>/dev/null || true
   pkill -x slurmd 2>/dev/null || true
   slurmctld -c -f "$SLURM_CONF"   # -c: a clean start, no jobs left from an earlier run

@@ -97,9 +97,36 @@ def _missing(why: str):
     pytest.skip(why)
 
 
+def _running() -> bool:
+    """Whether both services answer, with the environment scripts/services.sh wrote (if any):
+    services someone else started are used, never restarted or stopped by the tests."""
+    env_file = Path(os.environ.get("RLRS_SERVICES_DIR", "/tmp/rlrs-services")) / "env.sh"
+    if not (os.environ.get("SLURM_CONF") and os.environ.get("RLRS_TEST_POSTGRES")) and env_file.exists():
+        for line in env_file.read_text().splitlines():
+            key, _, value = line.removeprefix("export ").partition("=")
+            os.environ.setdefault(key, value)
+    if not (os.environ.get("SLURM_CONF") and os.environ.get("RLRS_TEST_POSTGRES")):
+        return False
+    try:
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    if ping.returncode != 0 or "UP" not in ping.stdout:
+        return False
+    try:
+        import psycopg
+    except ImportError:
+        return True  # the PostgreSQL tests skip on the missing driver themselves
+    try:
+        psycopg.connect(os.environ["RLRS_TEST_POSTGRES"], connect_timeout=10).close()
+    except psycopg.OperationalError:
+        return False
+    return True
+
+
 def _start_services() -> str | None:
     """Start the services as scripts/services.sh does; None, or why they cannot be started here."""
-    if os.environ.get("SLURM_CONF") and os.environ.get("RLRS_TEST_POSTGRES"):
+    if _running():
         return None
     if os.geteuid() != 0:
         return "not root: start them with `sudo scripts/services.sh start` and source what it prints"
