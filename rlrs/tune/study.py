@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
 import random
@@ -92,9 +94,9 @@ def open_storage(url: str):
         if not path:
             raise ConfigError("storage: journal:///path/to/file.log names the journal file; the path is missing")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
+        from optuna.storages.journal import JournalStorage
 
-        return JournalStorage(JournalFileBackend(path))
+        return JournalStorage(_journal_backend(path))
     if "://" not in url:
         raise ConfigError(
             f"storage: {url!r} is not a storage URL; use sqlite:///file.db, postgresql://user@host/db, "
@@ -129,6 +131,36 @@ def open_storage(url: str):
     sqlalchemy.event.listen(storage.engine, "connect", _sqlite_wal)
     storage.engine.dispose()  # reconnect the pooled connections with the pragma
     return _cached(optuna, storage)
+
+
+def _journal_backend(path: str):
+    """Optuna's journal file, except that an append that fails (a full disk) is undone: Optuna
+    leaves the part it wrote, and the next record, glued to it, makes the whole journal unreadable."""
+    from optuna.storages.journal import JournalFileBackend
+
+    try:
+        from optuna.storages.journal._file import get_lock_file
+    except ImportError:  # another layout: Optuna's own appends
+        return JournalFileBackend(path)
+
+    class Backend(JournalFileBackend):
+        def append_logs(self, logs):
+            lock, file = getattr(self, "_lock", None), getattr(self, "_file_path", None)
+            if lock is None or file is None:
+                return super().append_logs(logs)
+            with get_lock_file(lock):
+                size = os.path.getsize(file) if os.path.exists(file) else 0
+                try:
+                    with open(file, "ab") as f:
+                        f.write(("\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n").encode())
+                        f.flush()
+                        os.fsync(f.fileno())
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.truncate(file, size)  # shrinking needs no space
+                    raise
+
+    return Backend(path)
 
 
 def _cached(optuna, rdb):
@@ -250,7 +282,8 @@ def _reason(chain: list[BaseException]) -> str:
 def _storage_path(url: str) -> str | None:
     if url.startswith("journal:"):
         path = url[len("journal:"):]
-        return path[2:] if path.startswith("//") else path
+        path = path[2:] if path.startswith("//") else path
+        return "/" + path.lstrip("/") if path.startswith("/") else path
     if url.startswith("sqlite"):
         return url.split(":///", 1)[-1]
     return None
