@@ -318,7 +318,9 @@ def _call(url: str, fn, state: dict | None = None):
     delays = () if state.get("down") else RETRY_DELAYS
     for attempt in range(len(delays) + 1):
         try:
-            return fn()
+            result = fn()
+            state.pop("down", None)  # it answers again: a later loss is retried again
+            return result
         except Exception as err:  # noqa: BLE001 - classified; not the storage's: re-raised as it is
             failure = _failure(err, url)
             if failure is None:
