@@ -329,7 +329,12 @@ def _call(url: str, fn, state: dict | None = None):
             if kind != "lost" or attempt == len(delays):
                 state["down"] = True
                 raise _storage_error(url, kind, reason, attempt + 1) from err
-            time.sleep(delays[attempt] * (0.5 + random.random()))
+            _pause(delays[attempt] * (0.5 + random.random()))
+
+
+def _pause(seconds: float) -> None:
+    """The wait before a retry (a function of its own: tests see when a search is waiting)."""
+    time.sleep(seconds)
 
 
 class _Guarded:
