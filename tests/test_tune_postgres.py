@@ -111,14 +111,20 @@ def test_a_lead_and_two_workers_share_one_postgresql_study_on_a_command(tmp_path
         return subprocess.Popen([sys.executable, "-m", "rlrs", "tune", *args, *common], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
-    lead = rlrs_tune("--command", cmd, "--plan", "paper-dense", "--steps", "4", "--budget", "6",
-                     "--params", "plan.base_lr,plan.embedding.start")
-    _wait(lambda: _has_search(postgres_url), "the lead to store its search", [lead])
-    workers = [rlrs_tune("--worker", "--command", cmd) for _ in range(2)]
-    procs = [lead, *workers]
-    _wait(lambda: len(list((tmp_path / "gate" / "waiting").iterdir())) >= 3, "three runs at the gate", procs)
-    (tmp_path / "gate" / "open").touch()
-    outs = [p.communicate(timeout=300)[0] for p in procs]
+    procs = [rlrs_tune("--command", cmd, "--plan", "paper-dense", "--steps", "4", "--budget", "6",
+                       "--params", "plan.base_lr,plan.embedding.start")]
+    try:
+        _wait(lambda: _has_search(postgres_url), "the lead to store its search", procs)
+        procs += [rlrs_tune("--worker", "--command", cmd) for _ in range(2)]
+        _wait(lambda: len(list((tmp_path / "gate" / "waiting").iterdir())) >= 3, "three runs at the gate", procs)
+        (tmp_path / "gate" / "open").touch()
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:  # a failed wait: nothing of this test outlives it
+        (tmp_path / "gate" / "open").touch()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     assert [p.returncode for p in procs] == [0, 0, 0], "\n".join(outs)
 
     ts = _counted(_trials(postgres_url))
