@@ -198,7 +198,9 @@ def test_two_tune_processes_share_one_study_on_a_command(tmp_path):
     while not (out / "study.db").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(2.0)
-    worker = subprocess.run([sys.executable, "-m", "rlrs", "tune", "--worker", "--workers", "1", "--out", str(out)],
+    # A worker runs the study's command only when given it too (see test_tune.py for the refusal).
+    worker = subprocess.run([sys.executable, "-m", "rlrs", "tune", "--worker", "--command", fake("slow", 20),
+                             "--workers", "1", "--out", str(out)],
                             env=env, capture_output=True, text=True, timeout=600)
     lead_out = lead.communicate(timeout=600)[0]
     assert lead.returncode == 0, lead_out

@@ -593,3 +593,133 @@ def test_a_search_whose_runs_resumed_has_no_notes(tmp_path, synth):
     r = tune(spec_for(params=["plan.base_lr"], prune=Pruning()), tmp_path, 5)
     doc = json.loads((tmp_path / "search.json").read_text())
     assert r.rerun_steps == 0 and r.notes == [] and doc["notes"] == [] and doc["compute"]["rerun_steps"] == 0
+
+
+# --- a full disk under the study: a clear message, no finished trial lost ---------------------------
+
+FILL = '''
+import json, math, os
+
+calls = []
+
+
+def curve(point, progress):
+    """A synthetic loss; its FILL_AT-th finished point fills the disk FILL is on."""
+    if progress == 1.0:
+        calls.append(point)
+        with open(os.environ["FILL_LOG"], "a") as f:
+            f.write(json.dumps(point, sort_keys=True) + "\\n")
+        if len(calls) == int(os.environ["FILL_AT"]):
+            try:
+                with open(os.environ["FILL"], "wb") as f:
+                    while True:
+                        f.write(bytes(65536))
+                        f.flush()
+            except OSError:
+                pass  # ENOSPC: the disk is full now
+    return 1.0 + sum(math.log(point[k] / v) ** 2 for k, v in {opt!r}.items() if k in point) + (1.0 - progress)
+'''.format(opt=OPT)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 2 MiB file system (tmpfs) to fill up; mounting one needs root."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"a full disk is a tiny tmpfs here, and mounting one failed: {r.stderr.strip()} (needs root)")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_full_disk_under_the_study_stops_clearly_and_keeps_finished_trials(tmp_path, tiny_disk, kind, monkeypatch,
+                                                                             capsys):
+    from rlrs.cli import main
+
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "fill.py").write_text(FILL)
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    sys.modules.pop("fill", None)
+    log = tmp_path / "finished.jsonl"
+    monkeypatch.setenv("FILL", str(tiny_disk / "filler"))
+    monkeypatch.setenv("FILL_LOG", str(log))
+    monkeypatch.setenv("FILL_AT", "3")
+    path = tiny_disk / ("study.db" if kind == "sqlite" else "study.log")
+    url = f"sqlite:///{path}" if kind == "sqlite" else f"journal://{path}"
+    argv = ["tune", *synth_args(tmp_path / "out", 9)[:-6], "--objective", "fill:curve", "--poll", "0.05",
+            "--workers", "1", "--storage", url]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"rlrs tune: error: study storage {url}: the disk holding {path} is full" in err
+    assert "free some space there" in err and "rerun the same command to continue: finished trials are kept" in err
+    assert "Traceback" not in err and "sqlalchemy" not in err.lower()
+
+    (tiny_disk / "filler").unlink()
+    storage = url if kind == "sqlite" else optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(path)))
+    done = {t.user_attrs["key"] for t in trials(tmp_path, storage=storage) if t.state.name == "COMPLETE"}
+    finished = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(finished) == 3 and {point_key(p) for p in finished[:2]} <= done  # recorded before the disk filled
+    monkeypatch.setenv("FILL_AT", "0")
+    assert main(argv) == 0  # the same command continues once there is room
+    ts = counted(trials(tmp_path, storage=storage))
+    assert len(ts) == 9 and all(t.state.name == "COMPLETE" for t in ts)
+    assert len(log.read_text().splitlines()) == 3 + 9 - len(done)  # finished trials were not evaluated again
+
+
+# --- a worker runs a study's command only if it was given it, or told to trust it ------------------------
+
+FAKE = Path(__file__).parent / "scripts" / "fake_train.py"
+
+
+def _command_study(out, cmd):
+    """A study holding a search of ``cmd`` (budget 2) that nobody has worked on yet."""
+    from rlrs.tune.driver import _adopt
+
+    s = _Study(f"sqlite:///{Path(out).resolve() / 'study.db'}", "rlrs-tune", 30.0, 300.0)
+    try:
+        _adopt(s, TuneSpec.for_command(cmd, "paper-dense", steps=4, params=["plan.base_lr"]), 2, None)
+    finally:
+        s.close()
+
+
+def test_a_worker_runs_the_study_command_only_if_given_it_or_told_to_trust_it(tmp_path, capsys):
+    import shlex
+
+    from rlrs.cli import main
+
+    cmd = f"{shlex.quote(sys.executable)} {shlex.quote(str(FAKE))} ok 4"
+    a, b = tmp_path / "a", tmp_path / "b"
+    _command_study(a, cmd)
+    _command_study(b, cmd)
+    worker = ["tune", "--worker", "--workers", "1", "--poll", "0.05"]
+
+    assert main([*worker, "--out", str(a)]) == 2  # neither given nor trusted: refused, nothing runs
+    err = capsys.readouterr().err
+    assert f"runs this command on every worker that joins it:\n    {cmd}\n  in {Path.cwd()}" in err
+    assert f"--command {shlex.quote(cmd)} --cwd {shlex.quote(str(Path.cwd()))}" in err
+    assert "or pass --trust-study-command" in err
+    assert main([*worker, "--out", str(a), "--command", "python evil.py"]) == 2  # another command: refused
+    err = capsys.readouterr().err
+    assert "this worker was given `python evil.py`" in err and f"\n    {cmd}\n" in err
+    assert main([*worker, "--out", str(a), "--command", cmd, "--cwd", str(tmp_path)]) == 2  # another directory
+    assert trials(a) == []
+
+    assert main([*worker, "--out", str(a), "--command", cmd]) == 0  # the same command: it runs
+    assert [t.state.name for t in trials(a)] == ["COMPLETE"] * 2
+    assert main([*worker, "--out", str(b), "--trust-study-command"]) == 0  # trusted: it runs, saying what
+    assert f"--trust-study-command: this worker runs the study's command `{cmd}` in {Path.cwd()}" in capsys.readouterr().out
+    assert [t.state.name for t in trials(b)] == ["COMPLETE"] * 2
+    assert main(["tune", "--command", cmd, "--budget", "2", "--trust-study-command", "--out", str(b)]) == 2
+    assert "--trust-study-command: only with --worker" in capsys.readouterr().err
+
+
+def test_a_worker_on_a_preset_study_takes_no_command(tmp_path, synth, capsys):
+    from rlrs.cli import main
+
+    tune(spec_for(), tmp_path, 3)
+    assert main(["tune", "--worker", "--out", str(tmp_path), "--command", "python train.py"]) == 2
+    assert "tunes the preset 'tiny-moe', not a command" in capsys.readouterr().err
+    assert main(["tune", "--worker", "--out", str(tmp_path), "--trust-study-command"]) == 0  # nothing to trust

@@ -50,7 +50,14 @@ twice, across processes and machines. A process then trains its
 claims, reports them, and waits for the claims of others to finish before the search moves on.
 A claim whose process died (same host: its pid is gone; any host: no heartbeat for
 ``--stale-after`` seconds) is abandoned, so its point is claimed again. Use SQLite or a journal file
-for processes on one machine, a database server for many machines.
+for processes on one machine, a database server for many machines (``postgresql://`` runs through
+psycopg 3). A study of a ``--command`` search holds the command every worker runs: a worker runs it
+only if given the same ``--command`` (and ``--cwd``) or ``--trust-study-command``.
+
+**Storage failures.** A connection to a database server that drops is retried (about a minute,
+``study.RETRY_DELAYS``); if it stays lost, or the disk under the study is full, the search stops with
+a :class:`~rlrs.tune.study.StorageError` naming the storage (password hidden): finished trials are
+kept, and rerunning the same command continues.
 
 **Early stopping** (``--prune``): the candidates of a step are trained to 25% and 50% of their
 steps first (``--prune-at``); one whose mean eval loss there is worse than the current best point's

@@ -57,15 +57,20 @@ def _cmd_tune(args) -> int:
         print(f"plan: {res.plan_path}   trials: {res.search_path}")
         return 0
     if args.worker:
-        given = [f"--{a.replace('_', '-')}" for a in _SPEC_ARGS if getattr(args, a) is not None]
+        # --command is allowed: it is compared with the study's (see join), never a new setting.
+        given = [f"--{a.replace('_', '-')}" for a in _SPEC_ARGS if a != "command" and getattr(args, a) is not None]
         given += ["--set"] * bool(args.set) + ["--prune"] * bool(args.prune)
         if given:
             raise ConfigError(
                 f"--worker: {', '.join(given)} cannot be given: a worker takes the search settings "
-                "from the study; give only --out, --storage, --study-name, --workers"
+                "from the study; give only --out, --storage, --study-name, --workers (and --command or "
+                "--trust-study-command for a study of a command)"
             )
-        result = join(args.out, **common)
+        result = join(args.out, **common, command=args.command, cwd=args.cwd, trust_command=args.trust_study_command)
     else:
+        if args.trust_study_command:
+            raise ConfigError("--trust-study-command: only with --worker (it accepts the command of the study a "
+                              "worker joins)")
         spec = _spec_from_args(args)
         result = tune(spec, args.out, args.budget, **common)
     _report(result)
@@ -144,9 +149,14 @@ def add_commands(sub) -> None:
                                                                   "passed as RLRS_STEPS / {steps} (needed for --prune)")
     p.add_argument("--seeds", type=int, default=None, help="runs per point; the objective is their mean final eval loss (default: 1)")
     p.add_argument("--workers", type=int, default=None, help=f"training runs at once in this process (default: {default_workers()}: one per usable core, at most 4)")
-    p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///OUT/study.db; also postgresql://..., mysql+pymysql://..., journal:///path/file.log)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///OUT/study.db; also "
+                   "postgresql://user:password@host/db, run through psycopg 3 as postgresql+psycopg://, pip install "
+                   "'rlrs[cluster]'; mysql+pymysql://...; journal:///path/file.log)")
     p.add_argument("--study-name", default=None, help=f"study name in the storage (default: {STUDY.name})")
     p.add_argument("--worker", action="store_true", help="join the search already in the study (settings come from it)")
+    p.add_argument("--trust-study-command", action="store_true",
+                   help="with --worker: run the command stored in the study without giving it as --command (whoever "
+                        "can write to the study chooses what every worker runs)")
     p.add_argument("--sampler", default="local", choices=("local", *SAMPLERS),
                    help="the search: local (the paper's algorithm 2, default) or Optuna's tpe / cmaes over the same "
                         f"parameters in log scale (start/{SPREAD:g} to start*{SPREAD:g}), for comparison")

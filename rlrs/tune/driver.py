@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from .. import config as _config
 from ..config import ConfigError
-from ..engine import RESUME_FIX
+from ..engine import RESUME_FIX, CommandRun
 from ..search import Result, SearchResult, Step, canonical, local_search, point_key
 from .objective import Objective, make_objective
 from .spec import TuneSpec
@@ -89,9 +89,16 @@ def join(
     workers: int = 1,
     objective: Objective | None = None,
     log: Callable[[str], None] | None = None,
+    command: str | None = None,
+    cwd: str | Path = ".",
+    trust_command: bool = False,
 ) -> TuneResult:
     """Work on the search already in the study (``rlrs tune --worker``): its settings and budget
-    come from the study; runs and outputs go to ``out``."""
+    come from the study; runs and outputs go to ``out``.
+
+    A study of a ``--command`` search holds the command its workers run, so whoever can write to
+    the study could run commands on every worker: a worker runs it only if ``command`` (run in
+    ``cwd``) is exactly the study's, or with ``trust_command`` (``--trust-study-command``)."""
     out = Path(out)
     url = storage_url(out, study.storage)
     if study.storage is None and not (out / "study.db").exists():
@@ -107,8 +114,36 @@ def join(
             "`rlrs tune --preset ... --budget N` (without --worker) first"
         )
     spec = TuneSpec.from_dict(attrs["spec"])
+    _check_command(spec, command, cwd, trust_command, f"study {study.name!r} in {_redact(url)}", log)
     return tune(spec, out, None, study=dataclasses.replace(study, storage=url), workers=workers, objective=objective,
                 log=log)
+
+
+def _check_command(spec: TuneSpec, command: str | None, cwd: str | Path, trust: bool, where: str, log) -> None:
+    """Refuse to run a study's command that this worker was not given, nor told to trust."""
+    import shlex
+
+    base = spec.base
+    if not isinstance(base, CommandRun):
+        if command is not None:
+            raise ConfigError(f"--command: {where} tunes the preset {spec.name!r}, not a command; join it "
+                              "without --command")
+        return
+    stored_cwd = str(Path(base.cwd).resolve())
+    if command == base.command and str(Path(cwd).resolve()) == stored_cwd:
+        return
+    if trust and command is None:
+        if log:
+            log(f"--trust-study-command: this worker runs the study's command `{base.command}` in {stored_cwd}")
+        return
+    given = ("" if command is None else
+             f"; this worker was given `{command}` in {Path(cwd).resolve()}")
+    raise ConfigError(
+        f"--worker: {where} runs this command on every worker that joins it:\n    {base.command}\n  in {stored_cwd}"
+        f"{given}. Whoever can write to the study chooses that command: run it only if you trust them. "
+        f"To run it, give the same command: --command {shlex.quote(base.command)} --cwd {shlex.quote(stored_cwd)}; "
+        "or pass --trust-study-command (without --command)"
+    )
 
 
 def _adopt(study: _Study, spec: TuneSpec, budget: int | None, log) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
 import random
@@ -72,6 +74,17 @@ def _redact(url: str) -> str:
     return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
 
+def _driver_url(url: str) -> str:
+    """The SQLAlchemy URL of a storage URL: a plain ``postgresql://`` (or ``postgres://``) URL uses
+    psycopg 3 (``postgresql+psycopg://``, the ``cluster`` extra); any other URL is kept as given."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgresql", "postgres"):
+        url = f"postgresql+psycopg://{rest}"
+    if url.startswith("postgresql+psycopg:"):
+        _config.require("psycopg", "cluster")
+    return url
+
+
 def open_storage(url: str):
     """An Optuna storage for ``url``: an RDB URL, or ``journal:///path/file.log`` (journal file)."""
     optuna = _config.require("optuna", "tune")
@@ -81,16 +94,20 @@ def open_storage(url: str):
         if not path:
             raise ConfigError("storage: journal:///path/to/file.log names the journal file; the path is missing")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
+        from optuna.storages.journal import JournalStorage
 
-        return JournalStorage(JournalFileBackend(path))
+        return JournalStorage(_journal_backend(path))
     if "://" not in url:
         raise ConfigError(
             f"storage: {url!r} is not a storage URL; use sqlite:///file.db, postgresql://user@host/db, "
             "mysql+pymysql://user@host/db or journal:///path/file.log"
         )
     if not url.startswith("sqlite"):
-        return _cached(optuna, _retry_init(lambda: optuna.storages.RDBStorage(url)))
+        # A database server: a pooled connection the server dropped (a restart, an idle timeout, a
+        # terminated backend) is replaced when it is next checked out instead of failing a call.
+        rdb_url = _driver_url(url)
+        return _cached(optuna, _retry_init(lambda: optuna.storages.RDBStorage(
+            rdb_url, engine_kwargs={"pool_pre_ping": True})))
     db = url.split(":///", 1)[-1]
     if not db or db == ":memory:":
         return _cached(optuna, optuna.storages.RDBStorage(url))
@@ -114,6 +131,36 @@ def open_storage(url: str):
     sqlalchemy.event.listen(storage.engine, "connect", _sqlite_wal)
     storage.engine.dispose()  # reconnect the pooled connections with the pragma
     return _cached(optuna, storage)
+
+
+def _journal_backend(path: str):
+    """Optuna's journal file, except that an append that fails (a full disk) is undone: Optuna
+    leaves the part it wrote, and the next record, glued to it, makes the whole journal unreadable."""
+    from optuna.storages.journal import JournalFileBackend
+
+    try:
+        from optuna.storages.journal._file import get_lock_file
+    except ImportError:  # another layout: Optuna's own appends
+        return JournalFileBackend(path)
+
+    class Backend(JournalFileBackend):
+        def append_logs(self, logs):
+            lock, file = getattr(self, "_lock", None), getattr(self, "_file_path", None)
+            if lock is None or file is None:
+                return super().append_logs(logs)
+            with get_lock_file(lock):
+                size = os.path.getsize(file) if os.path.exists(file) else 0
+                try:
+                    with open(file, "ab") as f:
+                        f.write(("\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n").encode())
+                        f.flush()
+                        os.fsync(f.fileno())
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.truncate(file, size)  # shrinking needs no space
+                    raise
+
+    return Backend(path)
 
 
 def _cached(optuna, rdb):
@@ -179,6 +226,136 @@ def _sqlite_wal(conn, _record) -> None:
     cur.close()
 
 
+# --- storage failures: a lost connection, a full disk --------------------------------------------
+
+# Seconds before each retry of a storage call that lost its database connection (with jitter): about
+# a minute in all, so a server restart or a failover is waited out; then the search stops clearly.
+RETRY_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+
+_KEPT = "finished trials are kept in the study, finished runs under --out"
+
+
+class StorageError(ConfigError):
+    """The study's storage failed: its connection is lost for good or its disk is full. The
+    message names the storage (password hidden) and what to do; nothing finished is lost."""
+
+
+def _failure(err: BaseException, url: str) -> tuple[str, str] | None:
+    """``(kind, reason)`` of a storage failure found in ``err``'s chain: kind ``"full"`` (a full
+    disk), ``"lost"`` (a database server's connection) or ``"db"`` (any other database error);
+    ``None`` for errors that are not the storage's (Optuna's own, a bug)."""
+    import errno
+
+    server = not url.startswith(("sqlite", "journal"))
+    seen: list[BaseException] = []
+    e: BaseException | None = err
+    while e is not None and e not in seen:
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    for e in seen:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return "full", os.strerror(e.errno)
+    kinds = {type(x).__module__.split(".")[0] for x in seen}
+    if not kinds & {"sqlalchemy", "sqlite3", "psycopg", "psycopg2", "pymysql", "MySQLdb"}:
+        return None
+    names = {c.__name__ for x in seen for c in type(x).__mro__}
+    if "IntegrityError" in names:
+        return None  # a race Optuna resolves itself (a study or attribute written twice)
+    reason = _reason(seen)
+    if "database or disk is full" in reason or any(getattr(x, "sqlstate", None) == "53100" for x in seen):
+        return "full", reason  # SQLite's SQLITE_FULL; PostgreSQL's disk_full
+    if server and names & {"OperationalError", "InterfaceError"} or any(
+            getattr(x, "connection_invalidated", False) for x in seen):
+        return "lost", reason
+    return "db", reason
+
+
+def _reason(chain: list[BaseException]) -> str:
+    # The driver's own message (the deepest error), on one line, without SQLAlchemy's SQL and links.
+    for e in reversed(chain):
+        text = " ".join(str(e).split())
+        if text:
+            return text.split(" [SQL:")[0].split(" (Background on this error")[0][:300]
+    return type(chain[-1]).__name__
+
+
+def _storage_path(url: str) -> str | None:
+    if url.startswith("journal:"):
+        path = url[len("journal:"):]
+        path = path[2:] if path.startswith("//") else path
+        return "/" + path.lstrip("/") if path.startswith("/") else path
+    if url.startswith("sqlite"):
+        return url.split(":///", 1)[-1]
+    return None
+
+
+def _storage_error(url: str, kind: str, reason: str, tries: int = 1) -> StorageError:
+    where = _redact(url)
+    path = _storage_path(url)
+    if kind == "full":
+        disk = f"the disk holding {path} is full" if path else "the database server's disk is full"
+        fix = ("free some space there (or copy the file to a disk with room and give --storage its new URL)"
+               if path else "ask its administrator to free some space")
+        return StorageError(f"study storage {where}: {disk} ({reason}); {fix}, then rerun the same command to "
+                            f"continue: {_KEPT}")
+    if kind == "lost":
+        tried = f" after {tries} tries" if tries > 1 else ""
+        return StorageError(f"study storage {where}: the database does not answer{tried} ({reason}); check that "
+                            f"the server runs and that --storage names it, then rerun the same command to "
+                            f"continue: {_KEPT}")
+    return StorageError(f"study storage {where}: {reason}; once the storage works again, rerun the same command "
+                        f"to continue: {_KEPT}")
+
+
+def _call(url: str, fn, state: dict | None = None):
+    """``fn()``, a storage operation: a lost connection to a database server is retried (after
+    :data:`RETRY_DELAYS`); then, as for a full disk or another database error, a
+    :class:`StorageError` says what happened and how to continue. Retrying is safe for every call
+    a search makes: reads and attribute writes repeat, a finish that was in fact written is
+    recognised (:meth:`_Study.finish`), and a claim written twice is abandoned as an orphan
+    (:meth:`_Study.scan`). ``state["down"]``: the storage was given up on; later calls try once."""
+    state = {} if state is None else state
+    delays = () if state.get("down") else RETRY_DELAYS
+    for attempt in range(len(delays) + 1):
+        try:
+            result = fn()
+            state.pop("down", None)  # it answers again: a later loss is retried again
+            return result
+        except Exception as err:  # noqa: BLE001 - classified; not the storage's: re-raised as it is
+            failure = _failure(err, url)
+            if failure is None:
+                raise
+            kind, reason = failure
+            if kind != "lost" or attempt == len(delays):
+                state["down"] = True
+                raise _storage_error(url, kind, reason, attempt + 1) from err
+            _pause(delays[attempt] * (0.5 + random.random()))
+
+
+def _pause(seconds: float) -> None:
+    """The wait before a retry (a function of its own: tests see when a search is waiting)."""
+    time.sleep(seconds)
+
+
+class _Guarded:
+    """A storage whose every call goes through :func:`_call`."""
+
+    def __init__(self, url: str, storage):
+        self._url = url
+        self._storage = storage
+        self._state: dict[str, bool] = {}
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._storage, name)
+        if not callable(attr):
+            return attr
+
+        def guarded(*args, **kwargs):
+            return _call(self._url, lambda: attr(*args, **kwargs), self._state)
+
+        return guarded
+
+
 @dataclass
 class _Scan:
     done: dict[str, Any]  # key -> its finished trial (counted)
@@ -197,9 +374,11 @@ class _Study:
         self.optuna = optuna
         self.url = url
         self.name = name
-        self.storage = open_storage(url)
+        # Every storage call survives a lost connection, or stops with a StorageError (see _call).
+        self.storage = _Guarded(url, _call(url, lambda: open_storage(url), {"down": True}))
         if create:
-            optuna.create_study(storage=self.storage, study_name=name, direction="minimize", load_if_exists=True)
+            _call(url, lambda: optuna.create_study(storage=self.storage._storage, study_name=name,
+                                                   direction="minimize", load_if_exists=True), self.storage._state)
         try:
             self.study_id = self.storage.get_study_id_from_name(name)
         except KeyError:
@@ -244,6 +423,8 @@ class _Study:
                 continue
             if t.state == RUNNING:
                 why = self._stale(ua, now)
+                if why is None and (ua.get("owner") or {}).get("id") == self.owner["id"] and t._trial_id not in self.mine:
+                    why = "orphan: this process wrote the claim twice (a write retried after a lost connection)"
                 if why:
                     self.abandon(t, why)
                     abandoned += 1
@@ -332,7 +513,9 @@ class _Study:
             self.storage.set_trial_state_values(tid, getattr(TrialState, state), None if value is None else [value])
             return True
         except self.optuna.exceptions.UpdateFinishedTrialError:
-            return False
+            # A state write retried after a lost connection finds its first try recorded: that is ours.
+            t = self.storage.get_trial(tid)
+            return t.state == getattr(TrialState, state) and "abandoned" not in t.user_attrs
         finally:
             with self._lock:
                 self.mine.discard(tid)
@@ -352,11 +535,15 @@ class _Study:
         self._beat.join(timeout=5)
         with self._lock:
             left = list(self.mine)
-        if left:
-            for t in self.storage.get_all_trials(self.study_id, deepcopy=False):
-                if t._trial_id in left and not t.state.is_finished():
-                    self.abandon(t, "interrupted: its process stopped before finishing it")
-        _LIVE_OWNERS.discard(self.owner["id"])
+        try:
+            if left:
+                for t in self.storage.get_all_trials(self.study_id, deepcopy=False):
+                    if t._trial_id in left and not t.state.is_finished():
+                        self.abandon(t, "interrupted: its process stopped before finishing it")
+        except StorageError:
+            pass  # the storage is gone: a rerun takes these claims over (their process has ended)
+        finally:
+            _LIVE_OWNERS.discard(self.owner["id"])
 
 
 def _now():
