@@ -51,6 +51,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from . import config as _config
+from . import files
 from . import reporting
 from .analysis import (Difference, Interval, RouterCurve, RouterHealth, RunLogs, Spike, SpeedUp, UpdateCurves,
                        bootstrap_speedup, detect_spikes,
@@ -469,7 +470,7 @@ def compare(
     res.wall_s = time.perf_counter() - t0
     # The numbers first: a figure that fails to draw must not cost the results.
     results_path = out / "results.json"
-    _config.atomic_write_text(results_path, json.dumps(res.to_dict(), indent=1) + "\n")
+    files.write_json(results_path, res.to_dict())
     series = {(i.arm, i.seed): (logs[i.out].train_steps, logs[i.out].train_loss) for i in infos}
     res.files = [results_path, *reporting.write_compare(res, series)]
     return res
@@ -771,7 +772,7 @@ def lr_grid(
     )
     res.wall_s = time.perf_counter() - t0
     path = out / "grid.json"
-    _config.atomic_write_text(path, json.dumps(res.to_dict(), indent=1) + "\n")
+    files.write_json(path, res.to_dict())
     res.files = [path, *reporting.write_grid(res)]
     return res
 

@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from . import config as _config
+from . import files
 from . import presets
 from .components import DEFAULT_TIED
 from .config import ConfigError
@@ -303,7 +304,7 @@ def read_result(out: str | Path) -> RunResult | None:
 
 
 def _write_result(r: RunResult) -> RunResult:
-    _config.atomic_write_text(r.out / RESULT, json.dumps(r.to_dict(), indent=1) + "\n")
+    files.write_json(r.out / RESULT, r.to_dict())
     return r
 
 
@@ -336,7 +337,6 @@ class run_lock:
         self.linked = True  # False on a file system without hard links (see _enter_without_links)
 
     def __enter__(self) -> "run_lock":
-        import fcntl
         import tempfile
 
         _config.make_dir(self.out)
@@ -346,7 +346,7 @@ class run_lock:
         try:
             f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
             f.flush()
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a file of our own: nobody else has it
+            files.flock(f, wait=False)  # a file of our own: nobody else has it
             blind_since = None
             while True:
                 try:
@@ -386,16 +386,13 @@ class run_lock:
     def _enter_without_links(self, path: Path) -> "run_lock":
         """On a file system without hard links: ``flock`` ``.lock`` itself, then write the record
         (a refusal in between names "another process")."""
-        import fcntl
-
         self.linked = False
         self.f = open(path, "a+")
         blind_since = None
         while True:
-            try:
-                fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if files.flock(self.f, wait=False):
                 break
-            except BlockingIOError:
+            else:
                 holder = self._holder()
                 alive = holder is not None and holder.get("host") == socket.gethostname() and pid_alive(holder.get("pid"))
                 if not self.wait:
@@ -451,16 +448,12 @@ def _parse_holder(text: str) -> dict[str, Any] | None:
 def _look_at_lock(path: Path) -> tuple[str, dict[str, Any] | None]:
     """``("held", its record)`` if a live process holds ``path``; ``("free", None)`` if ``path``
     is gone, or was left unlocked by a killed holder (then it is removed)."""
-    import fcntl
-
     try:
         g = open(path, "r+")  # writable: on NFS flock is a POSIX lock, which an exclusive lock needs
     except FileNotFoundError:
         return "free", None
     with g:
-        try:
-            fcntl.flock(g, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not files.flock(g, wait=False):
             return "held", _parse_holder(g.read())  # written before the holder linked it: complete
         try:  # we hold a .lock nobody held; if it is still the one at the path, it is stale
             stale = os.path.samestat(os.fstat(g.fileno()), os.stat(path))
@@ -517,7 +510,7 @@ def _execute_locked(spec: RunSpec, out: Path, stop_at: int | None, progress: boo
             return _write_result(RunResult(out, "failed", error=f"ConfigError: {out} holds a run of another spec; "
                                                                   "remove it or choose another --out"))
     else:
-        _config.atomic_write_text(identity, json.dumps(mine, indent=1, sort_keys=True) + "\n")
+        files.atomic_write_text(identity, json.dumps(mine, indent=1, sort_keys=True) + "\n")
     if isinstance(spec, CommandRun):
         _forget_other_code(spec, out)
     prior = read_result(out)
@@ -569,7 +562,7 @@ def _forget_other_code(spec: CommandRun, out: Path) -> None:
         with open(out / "stderr.log", "a") as f:
             f.write(f"rlrs: {', '.join(changed)} changed since this run started: it trains again from the start\n")
     if then != now:
-        _config.atomic_write_text(out / CODE_FILE, json.dumps(now, indent=1, sort_keys=True) + "\n")
+        files.write_json(out / CODE_FILE, now, sort_keys=True)
 
 
 def _recorded_code(out: Path) -> dict[str, str] | None:

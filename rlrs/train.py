@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from . import config as _config
+from . import files
 from . import data as _data
 from . import models as _models
 from . import presets as _presets
@@ -370,7 +371,7 @@ class Trainer:
             )
         _config.make_dir(self.out)
         # JSON, not TOML: TOML has no null, and a field set to None must round-trip exactly.
-        _config.atomic_write_text(self.out / "config.json", json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+        files.atomic_write_text(self.out / "config.json", json.dumps(self.cfg.to_dict(), indent=2) + "\n")
         self.cfg.plan.save(self.out / "plan.toml")
         (self.out / "metrics.jsonl").touch()
 
@@ -466,7 +467,7 @@ class Trainer:
                 continue
             if at <= step:
                 keep.append(line)
-        _config.atomic_write_text(path, "".join(k + "\n" for k in keep))
+        files.atomic_write_text(path, "".join(k + "\n" for k in keep))
 
     # --- checkpoints ----------------------------------------------------------------------------
 
@@ -489,18 +490,12 @@ class Trainer:
                 "python": _py_plain(random.getstate()),
             },
         }
-        tmp = ckdir / f".{path.name}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            # The checksum first: a checkpoint is only ever visible with the checksum it must match.
-            _config.atomic_write_text(_checksum_path(path), _config.sha256_file(tmp) + "\n")
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        for stale in ckdir.glob(".*.tmp"):  # a write a kill cut short (the run's lock is ours)
+            stale.unlink(missing_ok=True)
+        # The checksum first: a checkpoint is only ever visible with the checksum it must match.
+        with files.atomic_file(path, "wb", before_replace=lambda tmp: files.atomic_write_text(
+                _checksum_path(path), _config.sha256_file(tmp) + "\n")) as f:
+            torch.save(state, f)
         for old in self._checkpoints()[: -self.cfg.train.keep_checkpoints]:
             old.unlink()
             _checksum_path(old).unlink(missing_ok=True)
@@ -619,7 +614,7 @@ class Trainer:
             "wall_s": wall_s,
             "params": _models.count_params(self.cfg.model),
         }
-        _config.atomic_write_text(self.out / "summary.json", json.dumps(_config.json_safe(summary), indent=2) + "\n")
+        files.write_json(self.out / "summary.json", summary, indent=2)
 
     def _eval_record(self, log: "_Log") -> float:
         loss = self.evaluate()

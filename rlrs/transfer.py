@@ -20,7 +20,6 @@ of every variant goes into a bar chart with diverged runs marked.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from . import config as _config
+from . import files
 from . import presets as _presets
 from .compare import CompareResult, arm_name, compare, lr_grid
 from .components import COMPONENTS, component_names
@@ -145,8 +145,8 @@ def transfer(
         for i, arm in enumerate(res.arms.values())
     ]
     result = TransferResult(out, preset, str(plan), _lambdas(rel), params, steps, rows, res)
-    _config.atomic_write_text(out / "transfer.json", json.dumps(result.to_dict(), indent=1) + "\n")
-    _config.atomic_write_text(out / "transfer.md", _transfer_md(result))
+    files.write_json(out / "transfer.json", result.to_dict())
+    files.atomic_write_text(out / "transfer.md", _transfer_md(result))
     log(f"wrote {out / 'transfer.md'}")
     return result
 
@@ -278,8 +278,8 @@ def ablate(
     loo = _leave_one_out(target, base, comps, out, seeds, sets, workers, log) if kind != "vary" else []
     vary = _vary(target, base, comps, factors, out, seeds, sets, workers, log) if kind != "leave-one-out" else []
     result = AblateResult(out, preset, plan, seeds, loo, vary, time.perf_counter() - t0)
-    _config.atomic_write_text(out / "ablate.json", json.dumps(result.to_dict(), indent=1) + "\n")
-    _config.atomic_write_text(out / "ablate.md", _ablate_md(result))
+    files.write_json(out / "ablate.json", result.to_dict())
+    files.atomic_write_text(out / "ablate.md", _ablate_md(result))
     if vary:
         _plot_vary(vary, out / "ablate_vary.png", f"{preset}: one λ varied, others as {plan}")
     log(f"wrote {out / 'ablate.md'}")
