@@ -67,7 +67,8 @@ from .models import DEFAULT_PRESET, get_preset
 from .plan import Plan
 from .strategies import Strategy
 from .tasks import Diverged, get as get_task, train_task
-from .train import NonFiniteLoss, RunConfig, Trainer, read_metrics, total_steps
+from .runlog import Diverged, EvalCurve, EvalRecord, LogFollower, LogRead, Record, read_log
+from .train import RunConfig, Trainer, total_steps
 
 STATUSES = ("finished", "stopped", "diverged", "unstable", "failed")
 RESULT = "result.json"
@@ -249,6 +250,8 @@ class RunResult:
     ran_tokens: int | None = None
     rerun_steps: int = 0
     restarted_at: list[int] = field(default_factory=list)
+    # Lines of its metrics.jsonl that are not records (``path:line: why``): skipped, never fatal.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def final_eval_loss(self) -> float | None:
@@ -257,9 +260,11 @@ class RunResult:
 
     def headline(self) -> str:
         """One line: the status and the final loss, or why it did not finish (:func:`reason_line`)."""
+        note = f" ({len(self.notes)} damaged log line{'s' * (len(self.notes) > 1)} skipped: {self.notes[0]})" \
+            if self.notes else ""
         if self.status == "finished" and self.final_eval_loss is not None:
-            return f"finished in {self.wall_s:.1f}s, eval loss {self.final_eval_loss:.4f}"
-        return f"{self.status}: {reason_line(self.status, self.error)}"
+            return f"finished in {self.wall_s:.1f}s, eval loss {self.final_eval_loss:.4f}{note}"
+        return f"{self.status}: {reason_line(self.status, self.error)}{note}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -270,6 +275,7 @@ class RunResult:
             **({} if self.ran_steps is None else {
                 "ran_steps": self.ran_steps, "ran_tokens": self.ran_tokens, "rerun_steps": self.rerun_steps,
                 "restarted_at": self.restarted_at}),
+            **({"notes": self.notes} if self.notes else {}),
         }
 
     @classmethod
@@ -281,7 +287,7 @@ class RunResult:
             final_train_loss=d.get("final_train_loss"), tokens=d.get("tokens"), wall_s=float(d.get("wall_s", 0.0)),
             error=d.get("error"), exit_code=d.get("exit_code"), reused=True,
             ran_steps=d.get("ran_steps"), ran_tokens=d.get("ran_tokens"), rerun_steps=int(d.get("rerun_steps") or 0),
-            restarted_at=[int(s) for s in d.get("restarted_at") or []],
+            restarted_at=[int(s) for s in d.get("restarted_at") or []], notes=list(d.get("notes") or []),
         )
 
     def restart_note(self) -> str | None:
@@ -304,6 +310,7 @@ def read_result(out: str | Path) -> RunResult | None:
 
 
 def _write_result(r: RunResult) -> RunResult:
+    r.notes = read_log(r.out).warnings()  # damaged lines were skipped: say where, once, in the record
     files.write_json(r.out / RESULT, r.to_dict())
     return r
 
@@ -496,6 +503,11 @@ def execute(spec: RunSpec, out: str | Path, stop_at: int | None = None, progress
             return _execute_locked(spec, out, stop_at, progress)
     except (RunLocked, OSError, ConfigError) as err:
         return RunResult(out, "failed", error=f"{type(err).__name__}: {err}", wall_s=time.perf_counter() - t0)
+    except Exception:  # noqa: BLE001 - a bug of rlrs or of a run kind: a failed run, never a crashed pool
+        r = RunResult(out, "failed", error=traceback.format_exc(limit=8), wall_s=time.perf_counter() - t0)
+        with contextlib.suppress(OSError):
+            _write_result(r)
+        return r
 
 
 def _execute_locked(spec: RunSpec, out: Path, stop_at: int | None, progress: bool) -> RunResult:
@@ -606,7 +618,7 @@ def _execute_preset(spec: PresetRun, out: Path, stop_at: int | None, progress: b
         r = Trainer(cfg, out, resume=resume, progress=progress).run(stop_at=stop_at)
         status, error = r.status, r.reason
         steps, train_loss, wall = r.steps, r.final_train_loss, r.wall_s
-    except NonFiniteLoss as err:
+    except Diverged as err:
         status, error, train_loss, wall = "diverged", str(err), None, time.perf_counter() - t0
         steps = _trained_steps(out)
     except Exception:  # noqa: BLE001 - recorded in result.json and shown in reports, never dropped
@@ -635,81 +647,38 @@ def _execute_task(spec: TaskRun, out: Path) -> RunResult:
 
 
 def _trained_steps(out: Path) -> int:
-    recs = _metrics(out)
-    return max((int(r["step"]) for r in recs if r.get("kind") == "train"), default=0)
-
-
-def _metrics(out: Path) -> list[dict[str, Any]]:
-    try:
-        return read_metrics(out)
-    except (OSError, ValueError):
-        return []
+    return read_log(out).trained_steps()
 
 
 def eval_curve(out: Path, key: str = "eval_loss") -> tuple[list[int], list[float]]:
-    """The eval-loss curve (or another eval metric, ``key``) in ``metrics.jsonl``. A report at
-    step ``s`` after later ones means the script started again (or resumed from a checkpoint at
-    ``s``): what it had reported from ``s`` on is replaced."""
-    curve: dict[int, float] = {}
-    for r in _metrics(out):
-        _add_eval(curve, r, key)
-    return _sorted(curve)
+    """The eval-loss curve (or another eval metric, ``key``) in ``metrics.jsonl``
+    (:class:`rlrs.runlog.EvalCurve`: a report at step ``s`` after later ones replaces them)."""
+    return read_log(out).eval_curve(key)
 
 
-def _add_eval(curve: dict[int, float], r: Mapping[str, Any], key: str = "eval_loss") -> None:
-    if r.get("kind") != "eval":
-        return
-    s = int(r["step"])
-    for later in [k for k in curve if k >= s]:
-        del curve[later]
-    v = r.get(key)
-    curve[s] = math.nan if v is None else float(v)
-
-
-def _nonfinite_report(out: Path, step: int) -> str:
+def _nonfinite_report(log: LogRead, step: int) -> str:
     """Why a run diverged, in the words of what it reported at ``step``: ``rlrs.report`` logs a
     non-finite loss as null with the value in ``nonfinite`` (``inf``, ``-inf`` or ``nan``)."""
     what = "null"
-    for r in _metrics(out):
-        if r.get("kind") == "eval" and r.get("step") == step:  # the last report at that step counts
-            v = r.get("eval_loss")
-            what = str(r.get("nonfinite") or "null") if v is None else repr(float(v))
+    for r in log.evals:
+        if r.step == step:  # the last report at that step counts
+            what = str(r.nonfinite or "null") if r.eval_loss is None else repr(r.eval_loss)
     return f"reported a non-finite eval loss ({what}) at step {step}"
 
 
-def _sorted(curve: Mapping[int, float]) -> tuple[list[int], list[float]]:
-    xs = sorted(curve)
-    return xs, [curve[s] for s in xs]
-
-
 class _EvalWatch:
-    """Follows a running command's ``metrics.jsonl``: each look reads only what was appended since
-    the last one (a long run's log is not parsed again five times a second)."""
+    """Follows a running command's eval curve: each look reads only what was appended since the
+    last one (a long run's log is not parsed again five times a second)."""
 
     def __init__(self, out: Path):
-        self.path = out / "metrics.jsonl"
-        self.offset = 0
-        self.curve: dict[int, float] = {}
+        self.follow = LogFollower(out)
+        self.curve = EvalCurve()
 
     def look(self) -> tuple[list[int], list[float]]:
-        try:
-            with open(self.path, "rb") as f:
-                if os.fstat(f.fileno()).st_size < self.offset:  # replaced or truncated: start over
-                    self.offset, self.curve = 0, {}
-                f.seek(self.offset)
-                chunk = f.read()
-        except FileNotFoundError:
-            chunk = b""
-        end = chunk.rfind(b"\n") + 1  # a line still being written waits for its newline
-        for line in chunk[:end].splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue  # the final read (read_metrics) names a damaged line
-            if isinstance(rec, dict):
-                _add_eval(self.curve, rec)
-        self.offset += end
-        return _sorted(self.curve)
+        new = self.follow.poll()
+        if self.follow.restarted:
+            self.curve = EvalCurve()
+        return self.curve.extend(new).points()
 
 
 _COMMANDS: set[subprocess.Popen] = set()
@@ -719,7 +688,7 @@ _COMMANDS: set[subprocess.Popen] = set()
 def _execute_command(spec: CommandRun, out: Path, stop_at: int | None) -> RunResult:
     t0 = time.perf_counter()
     spec.plan.save(out / "plan.toml")
-    lines_before = len(_metrics(out))
+    records_before = len(read_log(out).records)
     env = dict(os.environ)
     env.update({"RLRS_PLAN": str(out / "plan.toml"), "RLRS_RUN_DIR": str(out), "RLRS_SEED": str(spec.seed)})
     if spec.steps is not None:
@@ -740,7 +709,7 @@ def _execute_command(spec: CommandRun, out: Path, stop_at: int | None) -> RunRes
                 xs, ys = watch.look()
                 bad = [(s, v) for s, v in zip(xs, ys) if not math.isfinite(v)]
                 if bad:
-                    status, why = "diverged", _nonfinite_report(out, bad[0][0])
+                    status, why = "diverged", _nonfinite_report(read_log(out), bad[0][0])
                     _stop(proc)
                 elif stop_at is not None and xs and xs[-1] >= stop_at and (spec.steps is None or stop_at < spec.steps):
                     status = "stopped"
@@ -751,10 +720,11 @@ def _execute_command(spec: CommandRun, out: Path, stop_at: int | None) -> RunRes
         finally:
             _COMMANDS.discard(proc)
     code = proc.returncode
-    xs, ys = eval_curve(out)
+    log = read_log(out)
+    xs, ys = log.eval_curve()
     bad = [(s, v) for s, v in zip(xs, ys) if not math.isfinite(v)]
     if bad and status is None:
-        status, why = "diverged", _nonfinite_report(out, bad[0][0])
+        status, why = "diverged", _nonfinite_report(log, bad[0][0])
     tail = _tail(out / "stderr.log", se_start)
     if status is None:
         if code != 0:
@@ -777,9 +747,8 @@ def _execute_command(spec: CommandRun, out: Path, stop_at: int | None) -> RunRes
         error = f"{why}; command: {spec.shell_command(out)}" + (f"\n--- stderr (last lines) ---\n{tail}" if tail else "")
     steps = xs[-1] if xs else 0
     total = spec.steps if spec.steps is not None else (steps if status == "finished" else None)
-    recs = _metrics(out)
-    done, before = attempts(recs), attempts(recs[:lines_before])
-    return RunResult(out, status, steps, total, xs, ys, None, _reported_tokens(out), time.perf_counter() - t0,
+    done, before = attempts(log.records), attempts(log.records[:records_before])
+    return RunResult(out, status, steps, total, xs, ys, None, _reported_tokens(log), time.perf_counter() - t0,
                      error, code, compute_steps=done.ran_steps - before.ran_steps, ran_steps=done.ran_steps,
                      ran_tokens=done.ran_tokens, rerun_steps=done.rerun_steps, restarted_at=done.restarted_at)
 
@@ -794,7 +763,7 @@ class Attempts:
     restarted_at: list[int]  # the step of each attempt that a restart from the beginning followed
 
 
-def attempts(recs: Sequence[Mapping[str, Any]]) -> Attempts:
+def attempts(recs: Sequence[Record]) -> Attempts:
     """Read a command's attempts from its ``metrics.jsonl`` records, in the order written.
 
     An attempt's reports rise; a report at a step no later than the one before it is a new attempt.
@@ -805,13 +774,13 @@ def attempts(recs: Sequence[Mapping[str, Any]]) -> Attempts:
     step a script reported having run, each restart's again (steps between an attempt's last report
     and its stop, and before a resumed attempt's first report, are not visible and not counted).
 
-        >>> a = attempts([{"kind": "eval", "step": s} for s in (0, 2, 4, 0, 2, 4, 6, 8, 10)])
+        >>> a = attempts([EvalRecord(s) for s in (0, 2, 4, 0, 2, 4, 6, 8, 10)])
         >>> a.ran_steps, a.rerun_steps, a.restarted_at
         (14, 4, [4])
-        >>> attempts([{"kind": "eval", "step": s} for s in (0, 2, 4, 6, 8, 10)]).ran_steps  # resumed at 4
+        >>> attempts([EvalRecord(s) for s in (0, 2, 4, 6, 8, 10)]).ran_steps  # resumed at 4
         10
     """
-    evals = [(int(r["step"]), r.get("tokens")) for r in recs if r.get("kind") == "eval"]
+    evals = [(r.step, r.tokens) for r in recs if isinstance(r, EvalRecord)]
     if not evals:
         return Attempts(0, None, 0, [])
     origin = evals[0][0]
@@ -835,9 +804,9 @@ def attempts(recs: Sequence[Mapping[str, Any]]) -> Attempts:
     return Attempts(ran, sum(known) if known else None, rerun, restarted)
 
 
-def _reported_tokens(out: Path) -> int | None:
-    recs = [r for r in _metrics(out) if r.get("kind") == "eval" and r.get("tokens") is not None]
-    return int(recs[-1]["tokens"]) if recs else None
+def _reported_tokens(log: LogRead) -> int | None:
+    tokens = [r.tokens for r in log.evals if r.tokens is not None]
+    return tokens[-1] if tokens else None
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -1043,7 +1012,7 @@ class Pool:
                         r = RunResult(jobs[i].out, "failed", steps=_trained_steps(jobs[i].out),
                                       error=f"worker process died: {err!r}")
                         if isinstance(jobs[i].spec, CommandRun):  # what its script ran still counts
-                            ran = attempts(_metrics(jobs[i].out))
+                            ran = attempts(read_log(jobs[i].out).records)
                             r.steps = max(eval_curve(jobs[i].out)[0], default=0)
                             r.ran_steps, r.ran_tokens, r.rerun_steps, r.restarted_at = (
                                 ran.ran_steps, ran.ran_tokens, ran.rerun_steps, ran.restarted_at)
@@ -1073,8 +1042,7 @@ class _StepBar:
         self.poll()
 
     def _steps(self, i: int) -> int:
-        recs = _metrics(self.jobs[i].out)
-        return max((int(r.get("step", 0)) for r in recs), default=0)
+        return read_log(self.jobs[i].out).last_step()
 
     def poll(self) -> None:
         for i in range(len(self.jobs)):

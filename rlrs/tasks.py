@@ -30,9 +30,7 @@ The encoder's parts are found as for any Transformer; only its new head needs a 
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +43,7 @@ from torch.nn import functional as F
 
 from . import config as _config
 from .config import ConfigError
+from .runlog import Diverged, EvalRecord, RunLog, TrainRecord
 from .strategies import Strategy, build
 
 def classifier_rules(n_layers: int) -> tuple[tuple[str, str], ...]:
@@ -282,10 +281,6 @@ def get(name: str) -> Task:
 # --- training ------------------------------------------------------------------------------------------
 
 
-class Diverged(RuntimeError):
-    """The training loss became NaN or infinite."""
-
-
 @dataclass
 class TaskResult:
     """How one task run ended."""
@@ -323,18 +318,13 @@ def train_task(task: Task, strategy: Strategy, seed: int, out: str | Path, epoch
     total = task.steps(split, epochs)
     opt = build(task.strategy_for(strategy), model, total, rules=task.rules)
     order = torch.Generator().manual_seed(seed)
-    log_path = out / "metrics.jsonl"
     t0 = time.perf_counter()
     n = len(split.y_train)
-    with open(log_path, "w") as log:
-        def write(rec: dict) -> None:
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-
+    with RunLog(out, "w") as log:
         def eval_now() -> tuple[float, float]:
             ev_loss, acc = evaluate(task, model, split.x_test, split.y_test)
-            write({"kind": "eval", "step": step, "eval_loss": ev_loss if math.isfinite(ev_loss) else None,
-                   "accuracy": acc, "wall_s": time.perf_counter() - t0})
+            log.append(EvalRecord(step, ev_loss if math.isfinite(ev_loss) else None,
+                                  metrics={"accuracy": acc, "wall_s": time.perf_counter() - t0}))
             return ev_loss, acc
 
         step, loss = 0, math.nan
@@ -354,15 +344,15 @@ def train_task(task: Task, strategy: Strategy, seed: int, out: str | Path, epoch
                 loss = opt.step(model, loss_and_backward)
                 step += 1
                 if not math.isfinite(loss):
-                    write({"kind": "train", "step": step, "loss": None})
+                    log.append(TrainRecord(step))
                     raise Diverged(f"training loss {loss} at step {step}")
                 if step % TRAIN_LOG_EVERY == 0 or step == total:
-                    write({"kind": "train", "step": step, "loss": loss, "lr": opt.scheduler.get_last_lr()[0]})
+                    log.append(TrainRecord(step, loss, metrics={"lr": opt.scheduler.get_last_lr()[0]}))
                 if task.eval_every and step % task.eval_every == 0 and step < total:
                     eval_now()
             if not task.eval_every or step == total:
                 ev_loss, acc = eval_now()
         if not math.isfinite(ev_loss):  # the last update broke the weights: not a finished run
             raise Diverged(f"held-out loss {ev_loss} after the last step ({step})")
-        os.fsync(log.fileno())
+        log.sync()
     return TaskResult(step, total, loss, ev_loss, acc, time.perf_counter() - t0)
