@@ -57,11 +57,12 @@ from .analysis import (Difference, Interval, RouterCurve, RouterHealth, RunLogs,
                        bootstrap_speedup, detect_spikes,
                        mean_curve, mean_router, mean_updates, paired_difference, read_run, router_health, speedup)
 from .config import ConfigError
-from .engine import (CommandTarget, Job, PresetRun, PresetTarget, RunResult, RunSpec, Target, reason_line, run_all,
+from .engine import (Job, PresetRun, RunResult, RunSpec, reason_line, run_all,
                      run_dir)
 from .options import (add_target_args, add_workers_arg, check_workers, command_line, default_of, parse_grid,
                       parse_plans, parse_sets, target_from_args)
 from .plan import Plan
+from .targets import CommandTarget, PresetTarget, Target
 from .train import RunConfig
 
 METRICS = ("eval", "train")
@@ -431,8 +432,8 @@ def compare(
     """Train every plan with ``seeds`` paired seeds and measure the paper's speed-up of each plan
     over the first (the baseline). Writes ``results.json``, ``report.md`` and PNGs into ``out``.
 
-    ``target`` is a preset name, a :class:`~rlrs.engine.PresetTarget` or the user's own command
-    (:class:`~rlrs.engine.CommandTarget`). ``base_lrs`` maps arm names to their η_base (e.g.
+    ``target`` is a preset name, a :class:`~rlrs.targets.PresetTarget` or the user's own command
+    (:class:`~rlrs.targets.CommandTarget`). ``base_lrs`` maps arm names to their η_base (e.g.
     :func:`load_grid`'s or ``lr_grid().best``); other arms keep their plan's. ``metric`` is
     ``"eval"`` (held-out loss) or ``"train"`` (preset runs only). ``command`` is recorded in
     ``results.json`` (the CLI passes its command line).

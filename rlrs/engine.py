@@ -11,7 +11,8 @@ run as a spec and hands it here:
 
 A spec is a run of rlrs's own trainer (:class:`PresetRun`: a resolved run config), a run of the
 user's own command (:class:`CommandRun`: a shell command, the plan it trains with, a seed), or a
-strategy-zoo run (:class:`TaskRun`: a task of :mod:`rlrs.tasks`, a strategy, a seed).
+strategy-zoo run (:class:`rlrs.tasks.TaskRun`: a task, a strategy, a seed); any kind of run that
+follows the run protocol (:class:`RunKind`) is owned the same way.
 :func:`run_dir` content-addresses it: the same spec is always the same directory. :func:`execute`
 gives a typed :class:`RunResult` and never raises for a run that fails. Its rules, written once:
 
@@ -56,17 +57,13 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
 from . import config as _config
 from . import files
-from . import presets
 from .components import DEFAULT_TIED
 from .config import ConfigError
-from .models import DEFAULT_PRESET, get_preset
 from .plan import Plan
-from .strategies import Strategy
-from .tasks import Diverged, get as get_task, train_task
 from .runlog import Diverged, EvalCurve, EvalRecord, LogFollower, LogRead, Record, read_log
 from .train import RunConfig, Trainer, total_steps
 
@@ -85,11 +82,59 @@ RESUME_FIX = ("save checkpoints into $RLRS_RUN_DIR and load the newest at start-
 # --- specs -----------------------------------------------------------------------------------------
 
 
+class RunKind:
+    """What the engine needs of a kind of run (the run protocol); a spec is a frozen dataclass
+    that subclasses it, defined at the top level of its module (specs travel pickled to the pool's
+    workers). The engine owns the rest: the directory, the lock, reuse, the failure record.
+
+        >>> @dataclass(frozen=True)                                            # doctest: +SKIP
+        ... class MyRun(RunKind):
+        ...     seed: int = 0
+        ...     prefix: ClassVar[str] = "mine"
+        ...     def identity(self): return {"seed": self.seed}
+        ...     def run(self, out, stop_at, progress): ...  # train into out -> RunResult
+
+    A spec provides ``identity()`` (what makes two runs the same: hashed into its directory),
+    ``prefix``, ``plan``, ``seed``, ``total_steps`` (``None`` where unknown before it runs) and
+    ``run(out, stop_at, progress)``: train in this process into ``out`` (locked) and say how it
+    ended. ``run`` may raise: :class:`rlrs.runlog.Diverged` makes the run ``diverged``, any other
+    exception ``failed`` (with its traceback). It says what it supports: ``stops`` (it honours
+    ``stop_at``) and ``resumes`` (a later attempt continues where this one stopped, so its compute is
+    the steps beyond the log's last one); ``prepare(out)`` runs before the reuse check and
+    ``changed(out)`` says whether ``out`` holds a run of another version of its code.
+    """
+
+    stops: ClassVar[bool] = True
+    resumes: ClassVar[bool] = False
+    prefix: str
+    plan: Plan
+    seed: int
+    total_steps: int | None
+
+    def identity(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def run(self, out: Path, stop_at: int | None, progress: bool) -> "RunResult":
+        raise NotImplementedError
+
+    def prepare(self, out: Path) -> None:
+        """Called under the run's lock before a prior result is reused (nothing by default)."""
+
+    def changed(self, out: Path) -> bool:
+        """Whether ``out`` holds a run of another version of this spec's code (never, by default)."""
+        return False
+
+
+RunSpec = RunKind
+
+
 @dataclass(frozen=True)
-class PresetRun:
-    """A run of rlrs's own trainer: everything is in the resolved run config."""
+class PresetRun(RunKind):
+    """A run of rlrs's own trainer: everything is in the resolved run config. It continues from
+    its newest checkpoint."""
 
     cfg: RunConfig
+    resumes: ClassVar[bool] = True
 
     @property
     def plan(self) -> Plan:
@@ -113,6 +158,18 @@ class PresetRun:
             ident["tied_default"] = DEFAULT_TIED
         return ident
 
+    def run(self, out: Path, stop_at: int | None, progress: bool) -> "RunResult":
+        done_before = _trained_steps(out)
+        resume = Trainer.can_resume(out)
+        if not resume:  # a start that died before its first checkpoint: start again cleanly
+            Trainer.clear_partial(out)
+        r = Trainer(self.cfg, out, resume=resume, progress=progress).run(stop_at=stop_at)
+        xs, ys = eval_curve(out)
+        seq = self.cfg.train.seq_len or self.cfg.model.seq_len
+        return RunResult(out, r.status, r.steps, self.total_steps, xs, ys, r.final_train_loss,
+                         r.steps * self.cfg.train.batch_size * seq, r.wall_s, r.reason,
+                         compute_steps=max(0, r.steps - done_before))
+
 
 def _tie_matters(plan: Plan) -> bool:
     """Whether a tied model trains with the default tie (``DEFAULT_TIED``), and that choice changes
@@ -123,7 +180,7 @@ def _tie_matters(plan: Plan) -> bool:
 
 
 @dataclass(frozen=True)
-class CommandRun:
+class CommandRun(RunKind):
     """A run of the user's own command.
 
     The engine writes ``plan`` to ``RUN_DIR/plan.toml`` and starts ``command`` through the shell
@@ -169,51 +226,22 @@ class CommandRun:
             ident["tied_default"] = DEFAULT_TIED
         return ident
 
+    def run(self, out: Path, stop_at: int | None, progress: bool) -> "RunResult":
+        return _execute_command(self, out, stop_at)
+
+    def prepare(self, out: Path) -> None:
+        _forget_other_code(self, out)
+
+    def changed(self, out: Path) -> bool:
+        then = _recorded_code(out)
+        return then is not None and then != script_files(self)
+
     def shell_command(self, out: Path) -> str:
         q = shlex.quote
         return self.command.format(plan=q(str(out / "plan.toml")), run_dir=q(str(out)), seed=self.seed,
                                    steps="" if self.steps is None else self.steps)
 
 
-@dataclass(frozen=True)
-class TaskRun:
-    """A strategy-zoo run: ``task`` (a :data:`rlrs.tasks.TASKS` name) trained with ``strategy``
-    from ``seed``, for the task's epochs unless ``epochs`` is given."""
-
-    task: str
-    strategy: Strategy
-    seed: int = 0
-    epochs: int | None = None
-
-    def __post_init__(self) -> None:
-        get_task(self.task)  # an unknown task names the closest
-        if self.epochs is not None and self.epochs < 1:
-            raise ConfigError(f"--epochs: at least 1, got {self.epochs}")
-
-    @property
-    def plan(self) -> Plan:
-        return get_task(self.task).strategy_for(self.strategy).plan
-
-    @property
-    def total_steps(self) -> int | None:
-        return None  # known once the task's data is loaded (in the worker)
-
-    @property
-    def prefix(self) -> str:
-        return f"{self.task}-{self.strategy.name}"
-
-    def identity(self) -> dict[str, Any]:
-        t = get_task(self.task)  # its training settings too: changing one must not reuse old runs
-        setup = {"version": t.version, "epochs": self.epochs or t.epochs, "batch_size": t.batch_size,
-                 "lr_scale": t.lr_scale, "eval_every": t.eval_every, "objective": t.objective,
-                 "rules": [list(r) for r in t.rules]}
-        # What the strategy computes, not how it is titled or cited.
-        strategy = {k: v for k, v in _config.identity(self.strategy).items()
-                    if k not in ("name", "title", "generation", "paper", "tasks")}
-        return {"task": self.task, "setup": setup, "strategy": strategy, "seed": self.seed}
-
-
-RunSpec = PresetRun | CommandRun | TaskRun
 
 
 def run_dir(root: str | Path, spec: RunSpec) -> Path:
@@ -523,19 +551,33 @@ def _execute_locked(spec: RunSpec, out: Path, stop_at: int | None, progress: boo
                                                                   "remove it or choose another --out"))
     else:
         files.atomic_write_text(identity, json.dumps(mine, indent=1, sort_keys=True) + "\n")
-    if isinstance(spec, CommandRun):
-        _forget_other_code(spec, out)
+    spec.prepare(out)
     prior = read_result(out)
     if prior is not None and _reusable(prior, stop_at):
         return prior
-    if isinstance(spec, PresetRun):
-        return _write_result(_execute_preset(spec, out, stop_at, progress))
-    if isinstance(spec, TaskRun):
-        if stop_at is not None:
-            return _write_result(RunResult(out, "failed", error="ConfigError: stop_at: a zoo task run trains to its end "
-                                                                "(it restarts instead of resuming); drop stop_at"))
-        return _write_result(_execute_task(spec, out))
-    return _write_result(_execute_command(spec, out, stop_at))
+    if stop_at is not None and not spec.stops:
+        return _write_result(RunResult(out, "failed", error=f"ConfigError: stop_at: a {type(spec).__name__} trains to "
+                                                              "its end (it restarts instead of resuming); drop stop_at"))
+    return _write_result(_run(spec, out, stop_at, progress))
+
+
+def _run(spec: RunSpec, out: Path, stop_at: int | None, progress: bool) -> RunResult:
+    """``spec.run`` in this process: a divergence or any exception becomes its result (what the
+    log holds: the steps trained, the eval curve), never a crash of the caller."""
+    t0 = time.perf_counter()
+    before = _trained_steps(out) if spec.resumes else 0
+    try:
+        return spec.run(out, stop_at, progress)
+    except Diverged as err:
+        status, error = "diverged", str(err)
+    except Exception:  # noqa: BLE001 - recorded in result.json and shown in reports, never dropped
+        status, error = "failed", traceback.format_exc(limit=8)
+    log = read_log(out)
+    steps = log.trained_steps()
+    xs, ys = log.eval_curve()
+    tokens = max((r.tokens for r in log.train if r.tokens is not None), default=None)
+    return RunResult(out, status, steps, spec.total_steps, xs, ys, None, tokens, time.perf_counter() - t0, error,
+                     compute_steps=max(0, steps - before))
 
 
 CODE_FILE = "code.json"  # the sha256 of each file a command names, as it was when the run started
@@ -594,56 +636,14 @@ def reusable(out: str | Path, stop_at: int | None = None, spec: RunSpec | None =
 
 
 def _other_code(spec: RunSpec, out: Path) -> bool:
-    """Whether ``out`` holds a run of another version of the command's script files."""
-    if not isinstance(spec, CommandRun):
-        return False
-    then = _recorded_code(out)
-    return then is not None and then != script_files(spec)
+    """Whether ``out`` holds a run of another version of the spec's code (a command's script files)."""
+    return spec.changed(out)
 
 
 def _reusable(prior: RunResult, stop_at: int | None) -> bool:
     if prior.status in ("finished", "diverged", "unstable"):  # another attempt would end the same way
         return True
     return prior.status == "stopped" and stop_at is not None and prior.steps >= stop_at
-
-
-def _execute_preset(spec: PresetRun, out: Path, stop_at: int | None, progress: bool) -> RunResult:
-    t0 = time.perf_counter()
-    cfg = spec.cfg
-    done_before = _trained_steps(out)
-    try:
-        resume = Trainer.can_resume(out)
-        if not resume:  # a start that died before its first checkpoint: start again cleanly
-            Trainer.clear_partial(out)
-        r = Trainer(cfg, out, resume=resume, progress=progress).run(stop_at=stop_at)
-        status, error = r.status, r.reason
-        steps, train_loss, wall = r.steps, r.final_train_loss, r.wall_s
-    except Diverged as err:
-        status, error, train_loss, wall = "diverged", str(err), None, time.perf_counter() - t0
-        steps = _trained_steps(out)
-    except Exception:  # noqa: BLE001 - recorded in result.json and shown in reports, never dropped
-        status, error, train_loss, wall = "failed", traceback.format_exc(limit=8), None, time.perf_counter() - t0
-        steps = _trained_steps(out)
-    xs, ys = eval_curve(out)
-    seq = cfg.train.seq_len or cfg.model.seq_len
-    return RunResult(out, status, steps, total_steps(cfg), xs, ys, train_loss, steps * cfg.train.batch_size * seq,
-                     wall, error, compute_steps=max(0, steps - done_before))
-
-
-def _execute_task(spec: TaskRun, out: Path) -> RunResult:
-    t0 = time.perf_counter()
-    try:
-        r = train_task(get_task(spec.task), spec.strategy, spec.seed, out, spec.epochs)
-        status, error, steps, total, train_loss = "finished", None, r.steps, r.total_steps, r.final_train_loss
-    except Diverged as err:
-        status, error, total, train_loss = "diverged", str(err), None, None
-        steps = _trained_steps(out)
-    except Exception:  # noqa: BLE001 - recorded in result.json and shown in reports, never dropped
-        status, error, total, train_loss = "failed", traceback.format_exc(limit=8), None, None
-        steps = _trained_steps(out)
-    xs, ys = eval_curve(out)
-    return RunResult(out, status, steps, total, xs, ys, train_loss, None, time.perf_counter() - t0, error,
-                     compute_steps=steps)
 
 
 def _trained_steps(out: Path) -> int:
@@ -1092,76 +1092,3 @@ def iter_results(root: str | Path) -> Iterator[RunResult]:
         r = read_result(d)
         if r is not None:
             yield r
-
-
-# --- targets: what the experiment commands train ---------------------------------------------------------
-
-@dataclass(frozen=True)
-class PresetTarget:
-    """rlrs's reference model ``preset`` (with an optional run-config file), trained by rlrs."""
-
-    preset: str = DEFAULT_PRESET
-    config_file: str | None = None
-
-    @property
-    def name(self) -> str:
-        return self.preset
-
-    def spec(self, plan: str | Plan, seed: int, sets: Mapping[str, Any] | None = None) -> PresetRun:
-        """Seed ``seed`` (``train.seed = train.data_seed = seed``) of ``plan``, with ``sets``."""
-        from .train import run_config
-
-        return PresetRun(run_config(self.preset, plan, self.config_file,
-                                    {**dict(sets or {}), "train.seed": seed, "train.data_seed": seed}))
-
-    def default_plans(self) -> list[str]:
-        """The uniform baseline and the paper's plan for the preset's model type."""
-        return list(presets.default_plans(get_preset(self.preset).is_moe))
-
-    def components(self) -> list[str]:
-        """The components the model has, apart from ``other`` (norms)."""
-        moe = get_preset(self.preset).is_moe
-        return ["embedding", "unembedding", "attention", *(("router", "experts") if moe else ("feedforward",))]
-
-
-@dataclass(frozen=True)
-class CommandTarget:
-    """The user's own training command (see :class:`CommandRun` and :mod:`rlrs.script`)."""
-
-    command: str
-    steps: int | None = None
-    cwd: str = "."
-
-    def __post_init__(self) -> None:
-        CommandRun(self.command, Plan(), 0, self.steps, self.cwd)  # the same checks, at once
-
-    @property
-    def name(self) -> str:
-        return "command"
-
-    def spec(self, plan: str | Plan, seed: int, sets: Mapping[str, Any] | None = None) -> CommandRun:
-        """Seed ``seed`` of ``plan``; ``sets`` may only hold ``plan.*`` keys (the script owns the rest)."""
-        base = plan if isinstance(plan, Plan) else presets.resolve(plan)
-        other = [k for k in (sets or {}) if not k.startswith("plan.")]
-        if other:
-            raise ConfigError(
-                f"{other[0]}: with --command only plan.* settings apply (the script sets its own model, data "
-                "and training); pass the rest to your script, e.g. through its own arguments in --command"
-            )
-        resolved = _config.replace(base, {k[len("plan."):]: v for k, v in (sets or {}).items()})
-        return CommandRun(self.command, resolved, seed, self.steps, self.cwd)
-
-    def default_plans(self) -> list[str]:
-        """A script's model is taken to be dense (the paper's dense plan); name MoE plans with --plans."""
-        return list(presets.default_plans(moe=False))
-
-    def components(self) -> list[str]:
-        return ["embedding", "unembedding", "attention", "feedforward"]
-
-
-Target = PresetTarget | CommandTarget
-
-
-def as_target(target: "str | Target") -> "Target":
-    """A preset name is a :class:`PresetTarget`; targets pass through."""
-    return PresetTarget(target) if isinstance(target, str) else target

@@ -34,7 +34,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -43,7 +43,9 @@ from torch.nn import functional as F
 
 from . import config as _config
 from .config import ConfigError
-from .runlog import Diverged, EvalRecord, RunLog, TrainRecord
+from .engine import RunKind, RunResult
+from .plan import Plan
+from .runlog import Diverged, EvalRecord, RunLog, TrainRecord, read_log
 from .strategies import Strategy, build
 
 def classifier_rules(n_layers: int) -> tuple[tuple[str, str], ...]:
@@ -356,3 +358,56 @@ def train_task(task: Task, strategy: Strategy, seed: int, out: str | Path, epoch
             raise Diverged(f"held-out loss {ev_loss} after the last step ({step})")
         log.sync()
     return TaskResult(step, total, loss, ev_loss, acc, time.perf_counter() - t0)
+
+
+@dataclass(frozen=True)
+class TaskRun(RunKind):
+    """A strategy-zoo run: ``task`` (a :data:`rlrs.tasks.TASKS` name) trained with ``strategy``
+    from ``seed``, for the task's epochs unless ``epochs`` is given. A run of the engine
+    (:class:`rlrs.engine.RunKind`): it trains to its end (seconds to minutes) and starts again
+    instead of resuming.
+
+        >>> spec = TaskRun("gauss", rlrs.strategies.get("adamw"), seed=0)    # doctest: +SKIP
+        >>> rlrs.engine.execute(spec, rlrs.engine.run_dir("runs", spec)).status  # doctest: +SKIP
+        'finished'
+    """
+
+    task: str
+    strategy: Strategy
+    seed: int = 0
+    epochs: int | None = None
+    stops: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        get(self.task)  # an unknown task names the closest
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError(f"--epochs: at least 1, got {self.epochs}")
+
+    @property
+    def plan(self) -> Plan:
+        return get(self.task).strategy_for(self.strategy).plan
+
+    @property
+    def total_steps(self) -> int | None:
+        return None  # known once the task's data is loaded (in the worker)
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.task}-{self.strategy.name}"
+
+    def identity(self) -> dict[str, Any]:
+        t = get(self.task)  # its training settings too: changing one must not reuse old runs
+        setup = {"version": t.version, "epochs": self.epochs or t.epochs, "batch_size": t.batch_size,
+                 "lr_scale": t.lr_scale, "eval_every": t.eval_every, "objective": t.objective,
+                 "rules": [list(r) for r in t.rules]}
+        # What the strategy computes, not how it is titled or cited.
+        strategy = {k: v for k, v in _config.identity(self.strategy).items()
+                    if k not in ("name", "title", "generation", "paper", "tasks")}
+        return {"task": self.task, "setup": setup, "strategy": strategy, "seed": self.seed}
+
+    def run(self, out: Path, stop_at: int | None, progress: bool) -> RunResult:
+        t0 = time.perf_counter()
+        r = train_task(get(self.task), self.strategy, self.seed, out, self.epochs)
+        xs, ys = read_log(out).eval_curve()
+        return RunResult(out, "finished", r.steps, r.total_steps, xs, ys, r.final_train_loss, None,
+                         time.perf_counter() - t0, compute_steps=r.steps)

@@ -33,7 +33,8 @@ from .compare import CompareResult, arm_name, compare, lr_grid
 from .components import COMPONENTS, component_names
 from .config import ConfigError
 from .analysis import speedup
-from .engine import Job, PresetTarget, Target, as_target, reason_line, run_all, run_dir
+from .engine import Job, reason_line, run_all, run_dir
+from .targets import PresetTarget, Target, as_target
 from .models import count_params
 from .options import (add_target_args, add_workers_arg, check_workers, default_of, parse_floats, parse_grid, parse_sets,
                       target_from_args)

@@ -45,7 +45,7 @@ from . import files
 from .analysis import Difference, paired_difference
 from .compare import GridPoint, GridResult, arm_name, lr_grid
 from .config import ConfigError
-from .engine import PresetTarget
+from .targets import PresetTarget
 from .models import get_preset
 from .options import add_set_arg, add_workers_arg, check_workers, default_of, parse_grid, parse_sets, parse_widths
 from .presets import default_plans

@@ -31,11 +31,11 @@ from . import config as _config
 from . import files
 from .analysis import first_reaching
 from .config import ConfigError
-from .engine import Job, TaskRun, eval_curve, reusable, run_all, run_dir
+from .engine import Job, eval_curve, reusable, run_all, run_dir
 from .plots import _save
 from .options import add_workers_arg, check_workers, default_of
 from .strategies import GENERATIONS, STRATEGIES
-from .tasks import TASKS
+from .tasks import TASKS, TaskRun
 
 
 def parse_names(text: str, valid: Mapping[str, object], what: str) -> list[str]:
