@@ -49,6 +49,12 @@ class Diverged(RuntimeError):
 # --- records -----------------------------------------------------------------------------------------
 
 
+def _measured(lr: Mapping[str, float], metrics: Mapping[str, Metric], key: str) -> float:
+    """``lr/<component>`` or a scalar metric of a record; NaN where it has none."""
+    v = lr.get(key[3:], math.nan) if key.startswith("lr/") else metrics.get(key, math.nan)
+    return v if isinstance(v, float) else math.nan
+
+
 @dataclass(frozen=True)
 class TrainRecord:
     """One training step: ``loss`` is ``None`` on a step skipped for a non-finite loss
@@ -69,10 +75,7 @@ class TrainRecord:
         """``loss``, ``lr/<component>`` or a metric's value; NaN where this step has none."""
         if key == "loss":
             return math.nan if self.loss is None else self.loss
-        if key.startswith("lr/") and key[3:] in self.lr:
-            return self.lr[key[3:]]
-        v = self.metrics.get(key, math.nan)
-        return v if isinstance(v, float) else math.nan
+        return _measured(self.lr, self.metrics, key)
 
     def to_json(self) -> dict[str, Any]:
         rec: dict[str, Any] = {"kind": "train", "step": self.step}
@@ -106,10 +109,7 @@ class EvalRecord:
         """``eval_loss`` (NaN where it was not finite) or another metric (``accuracy``)."""
         if key == "eval_loss":
             return math.nan if self.eval_loss is None else self.eval_loss
-        if key.startswith("lr/") and key[3:] in self.lr:
-            return self.lr[key[3:]]
-        v = self.metrics.get(key, math.nan)
-        return v if isinstance(v, float) else math.nan
+        return _measured(self.lr, self.metrics, key)
 
     @property
     def finite(self) -> bool:
