@@ -37,7 +37,8 @@ import torch
 import rlrs
 from rlrs import presets
 from rlrs.compare import compare, lr_grid
-from rlrs.config import atomic_write_text, json_safe
+from rlrs.config import json_safe
+from rlrs.files import atomic_write_text
 from rlrs.models import LADDER, count_params, get_preset
 from rlrs.plan import Plan
 from rlrs.train import RunConfig

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from rlrs import presets
 from rlrs.compare import compare
-from rlrs.config import atomic_write_text, json_safe
+from rlrs.config import json_safe
+from rlrs.files import atomic_write_text
 from rlrs.tune import Pruning, TuneSpec, tune
 from rlrs.tune.samplers import sampler_search
 

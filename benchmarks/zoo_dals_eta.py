@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rlrs.engine import Job, TaskRun, eval_curve, run_all, run_dir
+from rlrs.engine import Job, eval_curve, run_all, run_dir
+from rlrs.tasks import TaskRun
 from rlrs.strategies import STRATEGIES
 from rlrs.tasks import TASKS
 from rlrs.zoo import accuracy_text, load_results

@@ -39,8 +39,8 @@ from typing import Sequence
 import numpy as np
 
 from .components import COMPONENTS
-from .engine import eval_curve
-from .train import RunConfig, eval_steps, read_metrics, total_steps
+from .runlog import EventRecord, read_log
+from .train import RunConfig, eval_steps, total_steps
 
 # Loss-spike detection (see detect_spikes): a jump of SPIKE_Z times the step-to-step noise *and*
 # of SPIKE_RISE over the recent level. Both: the z-score alone fires on a very quiet stretch, the
@@ -412,16 +412,15 @@ class RunLogs:
 def read_run(out: str | Path, cfg: RunConfig | None = None) -> RunLogs:
     """Parse a run's logs (complete or cut short by a divergence). ``cfg`` is the run config of
     a preset run; a command's run (``None``) has only the eval losses its script reported."""
-    path = Path(out)
-    recs = read_metrics(path) if (path / "metrics.jsonl").exists() else []
-    eval_x, eval_y = eval_curve(path)
-    train = [r for r in recs if r.get("kind") == "train"]
-    losses = [r for r in train if "loss" in r]
+    log = read_log(out)
+    eval_x, eval_y = log.eval_curve()
+    train = log.train
+    losses = [r for r in train if r.loss is not None]
     if cfg is not None:
         points = [p for p in eval_steps(total_steps(cfg), cfg.train.eval_interval) if p > 0]
     else:
         points = [p for p in eval_x if p > 0]
-    step_of = np.asarray([r["step"] for r in train], dtype=np.int64)
+    step_of = np.asarray([r.step for r in train], dtype=np.int64)
     window = np.searchsorted(np.asarray(points), step_of, side="left")  # window j: after point j-1, up to j
     last = int(step_of.max()) if step_of.size else 0
     xs = np.asarray([p for p in points if p <= last], dtype=np.int64)
@@ -429,19 +428,19 @@ def read_run(out: str | Path, cfg: RunConfig | None = None) -> RunLogs:
     def window_mean(key: str, scale: float = 1.0) -> np.ndarray:
         # Every point the run got to, NaN where a window holds only skipped steps: the seeds of an
         # arm must share their measuring points to be averaged.
-        vals = np.asarray([r.get(key, math.nan) for r in train], dtype=np.float64) * scale
+        vals = np.asarray([r.value(key) for r in train], dtype=np.float64) * scale
         ys = []
         for j in range(len(xs)):
             v = vals[(window == j) & np.isfinite(vals)]
             ys.append(v.mean() if v.size else math.nan)
         return np.asarray(ys, dtype=np.float64)
 
-    components = sorted({k.split("/", 1)[1] for r in recs[:3] for k in r if k.startswith("lr/")},
+    components = sorted({c for r in log.records[:3] if not isinstance(r, EventRecord) for c in r.lr},
                         key=lambda c: COMPONENTS.index(c) if c in COMPONENTS else len(COMPONENTS))
-    diag = [r for r in train if any(k.startswith("update_ratio/") for k in r)]
+    diag = [r for r in train if any(k.startswith("update_ratio/") for k in r.metrics)]
 
     def per_component(key: str) -> dict[str, np.ndarray]:
-        return {c: np.asarray([r.get(f"{key}/{c}", math.nan) for r in diag], dtype=np.float64) for c in components}
+        return {c: np.asarray([r.value(f"{key}/{c}") for r in diag], dtype=np.float64) for c in components}
 
     align_weight = per_component("align_weight")  # α_W, the denominator of the alignment ratio
     router = None
@@ -453,12 +452,12 @@ def read_run(out: str | Path, cfg: RunConfig | None = None) -> RunLogs:
     return RunLogs(
         eval_steps=np.asarray(eval_x, dtype=np.int64),
         eval_loss=np.asarray(eval_y, dtype=np.float64),
-        train_steps=np.asarray([r["step"] for r in losses], dtype=np.int64),
-        train_loss=np.asarray([r["loss"] for r in losses], dtype=np.float64),
+        train_steps=np.asarray([r.step for r in losses], dtype=np.int64),
+        train_loss=np.asarray([r.loss for r in losses], dtype=np.float64),
         window_steps=xs,
         window_loss=window_mean("loss"),
         components=components,
-        updates=UpdateCurves(np.asarray([r["step"] for r in diag], dtype=np.int64),
+        updates=UpdateCurves(np.asarray([r.step for r in diag], dtype=np.int64),
                              per_component("update_ratio"), per_component("update_rms"), per_component("rep_change"),
                              {c: a / align_weight[c] for c, a in per_component("align_update").items()}),
         router=router,

@@ -159,17 +159,16 @@ def presets_markdown() -> str:
 
 
 def cmd_coord_check(args) -> int:
-    import json
-
-    from .config import atomic_write_text, make_dir
+    from .config import make_dir
     from .coordcheck import coord_check, plot, slope_text
+    from .files import write_json
     from .options import parse_widths
 
     res = coord_check(args.preset, parse_widths(args.widths), parametrization=args.parametrization,
                       base_width=args.base_width, plan=args.plan, base_lr=args.base_lr, steps=args.steps,
                       seeds=args.seeds)
     out = make_dir(Path(args.out), "--out")
-    atomic_write_text(out / "coord_check.json", json.dumps(res.to_dict(), indent=1) + "\n")
+    write_json(out / "coord_check.json", res.to_dict())
     png = plot(res, out / "coord_check.png")
     print(slope_text(res))
     print(f"results: {out / 'coord_check.json'}  figure: {png}")

@@ -51,16 +51,18 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from . import config as _config
+from . import files
 from . import reporting
 from .analysis import (Difference, Interval, RouterCurve, RouterHealth, RunLogs, Spike, SpeedUp, UpdateCurves,
                        bootstrap_speedup, detect_spikes,
                        mean_curve, mean_router, mean_updates, paired_difference, read_run, router_health, speedup)
 from .config import ConfigError
-from .engine import (CommandTarget, Job, PresetRun, PresetTarget, RunResult, RunSpec, Target, reason_line, run_all,
+from .engine import (Job, PresetRun, RunResult, RunSpec, reason_line, run_all,
                      run_dir)
 from .options import (add_target_args, add_workers_arg, check_workers, command_line, default_of, parse_grid,
                       parse_plans, parse_sets, target_from_args)
 from .plan import Plan
+from .targets import CommandTarget, PresetTarget, Target
 from .train import RunConfig
 
 METRICS = ("eval", "train")
@@ -430,8 +432,8 @@ def compare(
     """Train every plan with ``seeds`` paired seeds and measure the paper's speed-up of each plan
     over the first (the baseline). Writes ``results.json``, ``report.md`` and PNGs into ``out``.
 
-    ``target`` is a preset name, a :class:`~rlrs.engine.PresetTarget` or the user's own command
-    (:class:`~rlrs.engine.CommandTarget`). ``base_lrs`` maps arm names to their η_base (e.g.
+    ``target`` is a preset name, a :class:`~rlrs.targets.PresetTarget` or the user's own command
+    (:class:`~rlrs.targets.CommandTarget`). ``base_lrs`` maps arm names to their η_base (e.g.
     :func:`load_grid`'s or ``lr_grid().best``); other arms keep their plan's. ``metric`` is
     ``"eval"`` (held-out loss) or ``"train"`` (preset runs only). ``command`` is recorded in
     ``results.json`` (the CLI passes its command line).
@@ -469,7 +471,7 @@ def compare(
     res.wall_s = time.perf_counter() - t0
     # The numbers first: a figure that fails to draw must not cost the results.
     results_path = out / "results.json"
-    _config.atomic_write_text(results_path, json.dumps(res.to_dict(), indent=1) + "\n")
+    files.write_json(results_path, res.to_dict())
     series = {(i.arm, i.seed): (logs[i.out].train_steps, logs[i.out].train_loss) for i in infos}
     res.files = [results_path, *reporting.write_compare(res, series)]
     return res
@@ -771,7 +773,7 @@ def lr_grid(
     )
     res.wall_s = time.perf_counter() - t0
     path = out / "grid.json"
-    _config.atomic_write_text(path, json.dumps(res.to_dict(), indent=1) + "\n")
+    files.write_json(path, res.to_dict())
     res.files = [path, *reporting.write_grid(res)]
     return res
 

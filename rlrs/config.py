@@ -403,36 +403,3 @@ def make_dir(path: str | Path, what: str = "--out") -> Path:
     except PermissionError:
         raise ConfigError(f"{what} {path}: no permission to create it (read-only?); choose another path") from None
     return path
-
-
-def temp_beside(path: str | Path, suffix: str = ".tmp") -> Path:
-    """A new, empty temp file of its own in ``path``'s directory (created if missing), readable as
-    the umask allows: the first half of an atomic write (write it, then ``os.replace``). Its own
-    name, so two processes writing the same ``path`` never share one."""
-    import os
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are meant to be shared
-    return Path(tmp)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a file so that a crash leaves either the old file or the new one, never half of one."""
-    import os
-
-    tmp = temp_beside(path)
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

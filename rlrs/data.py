@@ -77,6 +77,7 @@ import numpy as np
 import torch
 
 from . import config as _config
+from . import files
 from .config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -408,7 +409,7 @@ def get_tokenizer(
         raise DataError(f"{spec} must be trained: pass the train split's texts as train_texts")
     tok = BpeTokenizer.train(train_texts, vocab_size)
     if path is not None:
-        _config.atomic_write_text(path, tok.to_str())
+        files.atomic_write_text(path, tok.to_str())
     return tok
 
 
@@ -879,7 +880,7 @@ def _build(config: DataConfig, root: Path, sources, corpus_hash: str, final: Pat
             "val_tokens": n_val,
         }
         # The manifest is written last: its presence is what marks the directory complete.
-        _write_json_synced(tmp / "manifest.json", manifest)
+        files.write_json(tmp / "manifest.json", manifest, indent=2)
         _publish(tmp, final, corpus_hash, tok.name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -915,12 +916,6 @@ def _groups(docs: Sequence[str], max_chars: int) -> Iterable[list[str]]:
         yield group
 
 
-def _write_json_synced(path: Path, data: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _publish(tmp: Path, final: Path, corpus_hash: str, tokenizer: str) -> None:

@@ -11,7 +11,8 @@ run as a spec and hands it here:
 
 A spec is a run of rlrs's own trainer (:class:`PresetRun`: a resolved run config), a run of the
 user's own command (:class:`CommandRun`: a shell command, the plan it trains with, a seed), or a
-strategy-zoo run (:class:`TaskRun`: a task of :mod:`rlrs.tasks`, a strategy, a seed).
+strategy-zoo run (:class:`rlrs.tasks.TaskRun`: a task, a strategy, a seed); any kind of run that
+follows the run protocol (:class:`RunKind`) is owned the same way.
 :func:`run_dir` content-addresses it: the same spec is always the same directory. :func:`execute`
 gives a typed :class:`RunResult` and never raises for a run that fails. Its rules, written once:
 
@@ -56,17 +57,15 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
 from . import config as _config
-from . import presets
+from . import files
 from .components import DEFAULT_TIED
 from .config import ConfigError
-from .models import DEFAULT_PRESET, get_preset
 from .plan import Plan
-from .strategies import Strategy
-from .tasks import Diverged, get as get_task, train_task
-from .train import NonFiniteLoss, RunConfig, Trainer, read_metrics, total_steps
+from .runlog import Diverged, EvalCurve, EvalRecord, LogFollower, LogRead, Record, read_log
+from .train import RunConfig, Trainer, total_steps
 
 STATUSES = ("finished", "stopped", "diverged", "unstable", "failed")
 RESULT = "result.json"
@@ -83,11 +82,59 @@ RESUME_FIX = ("save checkpoints into $RLRS_RUN_DIR and load the newest at start-
 # --- specs -----------------------------------------------------------------------------------------
 
 
+class RunKind:
+    """What the engine needs of a kind of run (the run protocol); a spec is a frozen dataclass
+    that subclasses it, defined at the top level of its module (specs travel pickled to the pool's
+    workers). The engine owns the rest: the directory, the lock, reuse, the failure record.
+
+        >>> @dataclass(frozen=True)                                            # doctest: +SKIP
+        ... class MyRun(RunKind):
+        ...     seed: int = 0
+        ...     prefix: ClassVar[str] = "mine"
+        ...     def identity(self): return {"seed": self.seed}
+        ...     def run(self, out, stop_at, progress): ...  # train into out -> RunResult
+
+    A spec provides ``identity()`` (what makes two runs the same: hashed into its directory),
+    ``prefix``, ``plan``, ``seed``, ``total_steps`` (``None`` where unknown before it runs) and
+    ``run(out, stop_at, progress)``: train in this process into ``out`` (locked) and say how it
+    ended. ``run`` may raise: :class:`rlrs.runlog.Diverged` makes the run ``diverged``, any other
+    exception ``failed`` (with its traceback). It says what it supports: ``stops`` (it honours
+    ``stop_at``) and ``resumes`` (a later attempt continues where this one stopped, so its compute is
+    the steps beyond the log's last one); ``prepare(out)`` runs before the reuse check and
+    ``changed(out)`` says whether ``out`` holds a run of another version of its code.
+    """
+
+    stops: ClassVar[bool] = True
+    resumes: ClassVar[bool] = False
+    prefix: str
+    plan: Plan
+    seed: int
+    total_steps: int | None
+
+    def identity(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def run(self, out: Path, stop_at: int | None, progress: bool) -> "RunResult":
+        raise NotImplementedError
+
+    def prepare(self, out: Path) -> None:
+        """Called under the run's lock before a prior result is reused (nothing by default)."""
+
+    def changed(self, out: Path) -> bool:
+        """Whether ``out`` holds a run of another version of this spec's code (never, by default)."""
+        return False
+
+
+RunSpec = RunKind
+
+
 @dataclass(frozen=True)
-class PresetRun:
-    """A run of rlrs's own trainer: everything is in the resolved run config."""
+class PresetRun(RunKind):
+    """A run of rlrs's own trainer: everything is in the resolved run config. It continues from
+    its newest checkpoint."""
 
     cfg: RunConfig
+    resumes: ClassVar[bool] = True
 
     @property
     def plan(self) -> Plan:
@@ -111,6 +158,18 @@ class PresetRun:
             ident["tied_default"] = DEFAULT_TIED
         return ident
 
+    def run(self, out: Path, stop_at: int | None, progress: bool) -> "RunResult":
+        done_before = _trained_steps(out)
+        resume = Trainer.can_resume(out)
+        if not resume:  # a start that died before its first checkpoint: start again cleanly
+            Trainer.clear_partial(out)
+        r = Trainer(self.cfg, out, resume=resume, progress=progress).run(stop_at=stop_at)
+        xs, ys = eval_curve(out)
+        seq = self.cfg.train.seq_len or self.cfg.model.seq_len
+        return RunResult(out, r.status, r.steps, self.total_steps, xs, ys, r.final_train_loss,
+                         r.steps * self.cfg.train.batch_size * seq, r.wall_s, r.reason,
+                         compute_steps=max(0, r.steps - done_before))
+
 
 def _tie_matters(plan: Plan) -> bool:
     """Whether a tied model trains with the default tie (``DEFAULT_TIED``), and that choice changes
@@ -121,7 +180,7 @@ def _tie_matters(plan: Plan) -> bool:
 
 
 @dataclass(frozen=True)
-class CommandRun:
+class CommandRun(RunKind):
     """A run of the user's own command.
 
     The engine writes ``plan`` to ``RUN_DIR/plan.toml`` and starts ``command`` through the shell
@@ -167,51 +226,22 @@ class CommandRun:
             ident["tied_default"] = DEFAULT_TIED
         return ident
 
+    def run(self, out: Path, stop_at: int | None, progress: bool) -> "RunResult":
+        return _execute_command(self, out, stop_at)
+
+    def prepare(self, out: Path) -> None:
+        _forget_other_code(self, out)
+
+    def changed(self, out: Path) -> bool:
+        then = _recorded_code(out)
+        return then is not None and then != script_files(self)
+
     def shell_command(self, out: Path) -> str:
         q = shlex.quote
         return self.command.format(plan=q(str(out / "plan.toml")), run_dir=q(str(out)), seed=self.seed,
                                    steps="" if self.steps is None else self.steps)
 
 
-@dataclass(frozen=True)
-class TaskRun:
-    """A strategy-zoo run: ``task`` (a :data:`rlrs.tasks.TASKS` name) trained with ``strategy``
-    from ``seed``, for the task's epochs unless ``epochs`` is given."""
-
-    task: str
-    strategy: Strategy
-    seed: int = 0
-    epochs: int | None = None
-
-    def __post_init__(self) -> None:
-        get_task(self.task)  # an unknown task names the closest
-        if self.epochs is not None and self.epochs < 1:
-            raise ConfigError(f"--epochs: at least 1, got {self.epochs}")
-
-    @property
-    def plan(self) -> Plan:
-        return get_task(self.task).strategy_for(self.strategy).plan
-
-    @property
-    def total_steps(self) -> int | None:
-        return None  # known once the task's data is loaded (in the worker)
-
-    @property
-    def prefix(self) -> str:
-        return f"{self.task}-{self.strategy.name}"
-
-    def identity(self) -> dict[str, Any]:
-        t = get_task(self.task)  # its training settings too: changing one must not reuse old runs
-        setup = {"version": t.version, "epochs": self.epochs or t.epochs, "batch_size": t.batch_size,
-                 "lr_scale": t.lr_scale, "eval_every": t.eval_every, "objective": t.objective,
-                 "rules": [list(r) for r in t.rules]}
-        # What the strategy computes, not how it is titled or cited.
-        strategy = {k: v for k, v in _config.identity(self.strategy).items()
-                    if k not in ("name", "title", "generation", "paper", "tasks")}
-        return {"task": self.task, "setup": setup, "strategy": strategy, "seed": self.seed}
-
-
-RunSpec = PresetRun | CommandRun | TaskRun
 
 
 def run_dir(root: str | Path, spec: RunSpec) -> Path:
@@ -248,6 +278,8 @@ class RunResult:
     ran_tokens: int | None = None
     rerun_steps: int = 0
     restarted_at: list[int] = field(default_factory=list)
+    # Lines of its metrics.jsonl that are not records (``path:line: why``): skipped, never fatal.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def final_eval_loss(self) -> float | None:
@@ -256,9 +288,11 @@ class RunResult:
 
     def headline(self) -> str:
         """One line: the status and the final loss, or why it did not finish (:func:`reason_line`)."""
+        note = f" ({len(self.notes)} damaged log line{'s' * (len(self.notes) > 1)} skipped: {self.notes[0]})" \
+            if self.notes else ""
         if self.status == "finished" and self.final_eval_loss is not None:
-            return f"finished in {self.wall_s:.1f}s, eval loss {self.final_eval_loss:.4f}"
-        return f"{self.status}: {reason_line(self.status, self.error)}"
+            return f"finished in {self.wall_s:.1f}s, eval loss {self.final_eval_loss:.4f}{note}"
+        return f"{self.status}: {reason_line(self.status, self.error)}{note}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -269,6 +303,7 @@ class RunResult:
             **({} if self.ran_steps is None else {
                 "ran_steps": self.ran_steps, "ran_tokens": self.ran_tokens, "rerun_steps": self.rerun_steps,
                 "restarted_at": self.restarted_at}),
+            **({"notes": self.notes} if self.notes else {}),
         }
 
     @classmethod
@@ -280,7 +315,7 @@ class RunResult:
             final_train_loss=d.get("final_train_loss"), tokens=d.get("tokens"), wall_s=float(d.get("wall_s", 0.0)),
             error=d.get("error"), exit_code=d.get("exit_code"), reused=True,
             ran_steps=d.get("ran_steps"), ran_tokens=d.get("ran_tokens"), rerun_steps=int(d.get("rerun_steps") or 0),
-            restarted_at=[int(s) for s in d.get("restarted_at") or []],
+            restarted_at=[int(s) for s in d.get("restarted_at") or []], notes=list(d.get("notes") or []),
         )
 
     def restart_note(self) -> str | None:
@@ -303,7 +338,8 @@ def read_result(out: str | Path) -> RunResult | None:
 
 
 def _write_result(r: RunResult) -> RunResult:
-    _config.atomic_write_text(r.out / RESULT, json.dumps(r.to_dict(), indent=1) + "\n")
+    r.notes = read_log(r.out).warnings()  # damaged lines were skipped: say where, once, in the record
+    files.write_json(r.out / RESULT, r.to_dict())
     return r
 
 
@@ -336,7 +372,6 @@ class run_lock:
         self.linked = True  # False on a file system without hard links (see _enter_without_links)
 
     def __enter__(self) -> "run_lock":
-        import fcntl
         import tempfile
 
         _config.make_dir(self.out)
@@ -346,7 +381,7 @@ class run_lock:
         try:
             f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
             f.flush()
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a file of our own: nobody else has it
+            files.flock(f, wait=False)  # a file of our own: nobody else has it
             blind_since = None
             while True:
                 try:
@@ -386,16 +421,13 @@ class run_lock:
     def _enter_without_links(self, path: Path) -> "run_lock":
         """On a file system without hard links: ``flock`` ``.lock`` itself, then write the record
         (a refusal in between names "another process")."""
-        import fcntl
-
         self.linked = False
         self.f = open(path, "a+")
         blind_since = None
         while True:
-            try:
-                fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if files.flock(self.f, wait=False):
                 break
-            except BlockingIOError:
+            else:
                 holder = self._holder()
                 alive = holder is not None and holder.get("host") == socket.gethostname() and pid_alive(holder.get("pid"))
                 if not self.wait:
@@ -451,16 +483,12 @@ def _parse_holder(text: str) -> dict[str, Any] | None:
 def _look_at_lock(path: Path) -> tuple[str, dict[str, Any] | None]:
     """``("held", its record)`` if a live process holds ``path``; ``("free", None)`` if ``path``
     is gone, or was left unlocked by a killed holder (then it is removed)."""
-    import fcntl
-
     try:
         g = open(path, "r+")  # writable: on NFS flock is a POSIX lock, which an exclusive lock needs
     except FileNotFoundError:
         return "free", None
     with g:
-        try:
-            fcntl.flock(g, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not files.flock(g, wait=False):
             return "held", _parse_holder(g.read())  # written before the holder linked it: complete
         try:  # we hold a .lock nobody held; if it is still the one at the path, it is stale
             stale = os.path.samestat(os.fstat(g.fileno()), os.stat(path))
@@ -503,6 +531,11 @@ def execute(spec: RunSpec, out: str | Path, stop_at: int | None = None, progress
             return _execute_locked(spec, out, stop_at, progress)
     except (RunLocked, OSError, ConfigError) as err:
         return RunResult(out, "failed", error=f"{type(err).__name__}: {err}", wall_s=time.perf_counter() - t0)
+    except Exception:  # noqa: BLE001 - a bug of rlrs or of a run kind: a failed run, never a crashed pool
+        r = RunResult(out, "failed", error=traceback.format_exc(limit=8), wall_s=time.perf_counter() - t0)
+        with contextlib.suppress(OSError):
+            _write_result(r)
+        return r
 
 
 def _execute_locked(spec: RunSpec, out: Path, stop_at: int | None, progress: bool) -> RunResult:
@@ -517,20 +550,34 @@ def _execute_locked(spec: RunSpec, out: Path, stop_at: int | None, progress: boo
             return _write_result(RunResult(out, "failed", error=f"ConfigError: {out} holds a run of another spec; "
                                                                   "remove it or choose another --out"))
     else:
-        _config.atomic_write_text(identity, json.dumps(mine, indent=1, sort_keys=True) + "\n")
-    if isinstance(spec, CommandRun):
-        _forget_other_code(spec, out)
+        files.atomic_write_text(identity, json.dumps(mine, indent=1, sort_keys=True) + "\n")
+    spec.prepare(out)
     prior = read_result(out)
     if prior is not None and _reusable(prior, stop_at):
         return prior
-    if isinstance(spec, PresetRun):
-        return _write_result(_execute_preset(spec, out, stop_at, progress))
-    if isinstance(spec, TaskRun):
-        if stop_at is not None:
-            return _write_result(RunResult(out, "failed", error="ConfigError: stop_at: a zoo task run trains to its end "
-                                                                "(it restarts instead of resuming); drop stop_at"))
-        return _write_result(_execute_task(spec, out))
-    return _write_result(_execute_command(spec, out, stop_at))
+    if stop_at is not None and not spec.stops:
+        return _write_result(RunResult(out, "failed", error=f"ConfigError: stop_at: a {type(spec).__name__} trains to "
+                                                              "its end (it restarts instead of resuming); drop stop_at"))
+    return _write_result(_run(spec, out, stop_at, progress))
+
+
+def _run(spec: RunSpec, out: Path, stop_at: int | None, progress: bool) -> RunResult:
+    """``spec.run`` in this process: a divergence or any exception becomes its result (what the
+    log holds: the steps trained, the eval curve), never a crash of the caller."""
+    t0 = time.perf_counter()
+    before = _trained_steps(out) if spec.resumes else 0
+    try:
+        return spec.run(out, stop_at, progress)
+    except Diverged as err:
+        status, error = "diverged", str(err)
+    except Exception:  # noqa: BLE001 - recorded in result.json and shown in reports, never dropped
+        status, error = "failed", traceback.format_exc(limit=8)
+    log = read_log(out)
+    steps = log.trained_steps()
+    xs, ys = log.eval_curve()
+    tokens = max((r.tokens for r in log.train if r.tokens is not None), default=None)
+    return RunResult(out, status, steps, spec.total_steps, xs, ys, None, tokens, time.perf_counter() - t0, error,
+                     compute_steps=max(0, steps - before))
 
 
 CODE_FILE = "code.json"  # the sha256 of each file a command names, as it was when the run started
@@ -569,7 +616,7 @@ def _forget_other_code(spec: CommandRun, out: Path) -> None:
         with open(out / "stderr.log", "a") as f:
             f.write(f"rlrs: {', '.join(changed)} changed since this run started: it trains again from the start\n")
     if then != now:
-        _config.atomic_write_text(out / CODE_FILE, json.dumps(now, indent=1, sort_keys=True) + "\n")
+        files.write_json(out / CODE_FILE, now, sort_keys=True)
 
 
 def _recorded_code(out: Path) -> dict[str, str] | None:
@@ -589,11 +636,8 @@ def reusable(out: str | Path, stop_at: int | None = None, spec: RunSpec | None =
 
 
 def _other_code(spec: RunSpec, out: Path) -> bool:
-    """Whether ``out`` holds a run of another version of the command's script files."""
-    if not isinstance(spec, CommandRun):
-        return False
-    then = _recorded_code(out)
-    return then is not None and then != script_files(spec)
+    """Whether ``out`` holds a run of another version of the spec's code (a command's script files)."""
+    return spec.changed(out)
 
 
 def _reusable(prior: RunResult, stop_at: int | None) -> bool:
@@ -602,121 +646,39 @@ def _reusable(prior: RunResult, stop_at: int | None) -> bool:
     return prior.status == "stopped" and stop_at is not None and prior.steps >= stop_at
 
 
-def _execute_preset(spec: PresetRun, out: Path, stop_at: int | None, progress: bool) -> RunResult:
-    t0 = time.perf_counter()
-    cfg = spec.cfg
-    done_before = _trained_steps(out)
-    try:
-        resume = Trainer.can_resume(out)
-        if not resume:  # a start that died before its first checkpoint: start again cleanly
-            Trainer.clear_partial(out)
-        r = Trainer(cfg, out, resume=resume, progress=progress).run(stop_at=stop_at)
-        status, error = r.status, r.reason
-        steps, train_loss, wall = r.steps, r.final_train_loss, r.wall_s
-    except NonFiniteLoss as err:
-        status, error, train_loss, wall = "diverged", str(err), None, time.perf_counter() - t0
-        steps = _trained_steps(out)
-    except Exception:  # noqa: BLE001 - recorded in result.json and shown in reports, never dropped
-        status, error, train_loss, wall = "failed", traceback.format_exc(limit=8), None, time.perf_counter() - t0
-        steps = _trained_steps(out)
-    xs, ys = eval_curve(out)
-    seq = cfg.train.seq_len or cfg.model.seq_len
-    return RunResult(out, status, steps, total_steps(cfg), xs, ys, train_loss, steps * cfg.train.batch_size * seq,
-                     wall, error, compute_steps=max(0, steps - done_before))
-
-
-def _execute_task(spec: TaskRun, out: Path) -> RunResult:
-    t0 = time.perf_counter()
-    try:
-        r = train_task(get_task(spec.task), spec.strategy, spec.seed, out, spec.epochs)
-        status, error, steps, total, train_loss = "finished", None, r.steps, r.total_steps, r.final_train_loss
-    except Diverged as err:
-        status, error, total, train_loss = "diverged", str(err), None, None
-        steps = _trained_steps(out)
-    except Exception:  # noqa: BLE001 - recorded in result.json and shown in reports, never dropped
-        status, error, total, train_loss = "failed", traceback.format_exc(limit=8), None, None
-        steps = _trained_steps(out)
-    xs, ys = eval_curve(out)
-    return RunResult(out, status, steps, total, xs, ys, train_loss, None, time.perf_counter() - t0, error,
-                     compute_steps=steps)
-
-
 def _trained_steps(out: Path) -> int:
-    recs = _metrics(out)
-    return max((int(r["step"]) for r in recs if r.get("kind") == "train"), default=0)
-
-
-def _metrics(out: Path) -> list[dict[str, Any]]:
-    try:
-        return read_metrics(out)
-    except (OSError, ValueError):
-        return []
+    return read_log(out).trained_steps()
 
 
 def eval_curve(out: Path, key: str = "eval_loss") -> tuple[list[int], list[float]]:
-    """The eval-loss curve (or another eval metric, ``key``) in ``metrics.jsonl``. A report at
-    step ``s`` after later ones means the script started again (or resumed from a checkpoint at
-    ``s``): what it had reported from ``s`` on is replaced."""
-    curve: dict[int, float] = {}
-    for r in _metrics(out):
-        _add_eval(curve, r, key)
-    return _sorted(curve)
+    """The eval-loss curve (or another eval metric, ``key``) in ``metrics.jsonl``
+    (:class:`rlrs.runlog.EvalCurve`: a report at step ``s`` after later ones replaces them)."""
+    return read_log(out).eval_curve(key)
 
 
-def _add_eval(curve: dict[int, float], r: Mapping[str, Any], key: str = "eval_loss") -> None:
-    if r.get("kind") != "eval":
-        return
-    s = int(r["step"])
-    for later in [k for k in curve if k >= s]:
-        del curve[later]
-    v = r.get(key)
-    curve[s] = math.nan if v is None else float(v)
-
-
-def _nonfinite_report(out: Path, step: int) -> str:
+def _nonfinite_report(log: LogRead, step: int) -> str:
     """Why a run diverged, in the words of what it reported at ``step``: ``rlrs.report`` logs a
     non-finite loss as null with the value in ``nonfinite`` (``inf``, ``-inf`` or ``nan``)."""
     what = "null"
-    for r in _metrics(out):
-        if r.get("kind") == "eval" and r.get("step") == step:  # the last report at that step counts
-            v = r.get("eval_loss")
-            what = str(r.get("nonfinite") or "null") if v is None else repr(float(v))
+    for r in log.evals:
+        if r.step == step:  # the last report at that step counts
+            what = str(r.nonfinite or "null") if r.eval_loss is None else repr(r.eval_loss)
     return f"reported a non-finite eval loss ({what}) at step {step}"
 
 
-def _sorted(curve: Mapping[int, float]) -> tuple[list[int], list[float]]:
-    xs = sorted(curve)
-    return xs, [curve[s] for s in xs]
-
-
 class _EvalWatch:
-    """Follows a running command's ``metrics.jsonl``: each look reads only what was appended since
-    the last one (a long run's log is not parsed again five times a second)."""
+    """Follows a running command's eval curve: each look reads only what was appended since the
+    last one (a long run's log is not parsed again five times a second)."""
 
     def __init__(self, out: Path):
-        self.path = out / "metrics.jsonl"
-        self.offset = 0
-        self.curve: dict[int, float] = {}
+        self.follow = LogFollower(out)
+        self.curve = EvalCurve()
 
     def look(self) -> tuple[list[int], list[float]]:
-        try:
-            with open(self.path, "rb") as f:
-                if os.fstat(f.fileno()).st_size < self.offset:  # replaced or truncated: start over
-                    self.offset, self.curve = 0, {}
-                f.seek(self.offset)
-                chunk = f.read()
-        except FileNotFoundError:
-            chunk = b""
-        end = chunk.rfind(b"\n") + 1  # a line still being written waits for its newline
-        for line in chunk[:end].splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue  # the final read (read_metrics) names a damaged line
-            if isinstance(rec, dict):
-                _add_eval(self.curve, rec)
-        self.offset += end
-        return _sorted(self.curve)
+        new = self.follow.poll()
+        if self.follow.restarted:
+            self.curve = EvalCurve()
+        return self.curve.extend(new).points()
 
 
 _COMMANDS: set[subprocess.Popen] = set()
@@ -726,7 +688,7 @@ _COMMANDS: set[subprocess.Popen] = set()
 def _execute_command(spec: CommandRun, out: Path, stop_at: int | None) -> RunResult:
     t0 = time.perf_counter()
     spec.plan.save(out / "plan.toml")
-    lines_before = len(_metrics(out))
+    records_before = len(read_log(out).records)
     env = dict(os.environ)
     env.update({"RLRS_PLAN": str(out / "plan.toml"), "RLRS_RUN_DIR": str(out), "RLRS_SEED": str(spec.seed)})
     if spec.steps is not None:
@@ -747,7 +709,7 @@ def _execute_command(spec: CommandRun, out: Path, stop_at: int | None) -> RunRes
                 xs, ys = watch.look()
                 bad = [(s, v) for s, v in zip(xs, ys) if not math.isfinite(v)]
                 if bad:
-                    status, why = "diverged", _nonfinite_report(out, bad[0][0])
+                    status, why = "diverged", _nonfinite_report(read_log(out), bad[0][0])
                     _stop(proc)
                 elif stop_at is not None and xs and xs[-1] >= stop_at and (spec.steps is None or stop_at < spec.steps):
                     status = "stopped"
@@ -758,10 +720,11 @@ def _execute_command(spec: CommandRun, out: Path, stop_at: int | None) -> RunRes
         finally:
             _COMMANDS.discard(proc)
     code = proc.returncode
-    xs, ys = eval_curve(out)
+    log = read_log(out)
+    xs, ys = log.eval_curve()
     bad = [(s, v) for s, v in zip(xs, ys) if not math.isfinite(v)]
     if bad and status is None:
-        status, why = "diverged", _nonfinite_report(out, bad[0][0])
+        status, why = "diverged", _nonfinite_report(log, bad[0][0])
     tail = _tail(out / "stderr.log", se_start)
     if status is None:
         if code != 0:
@@ -784,9 +747,8 @@ def _execute_command(spec: CommandRun, out: Path, stop_at: int | None) -> RunRes
         error = f"{why}; command: {spec.shell_command(out)}" + (f"\n--- stderr (last lines) ---\n{tail}" if tail else "")
     steps = xs[-1] if xs else 0
     total = spec.steps if spec.steps is not None else (steps if status == "finished" else None)
-    recs = _metrics(out)
-    done, before = attempts(recs), attempts(recs[:lines_before])
-    return RunResult(out, status, steps, total, xs, ys, None, _reported_tokens(out), time.perf_counter() - t0,
+    done, before = attempts(log.records), attempts(log.records[:records_before])
+    return RunResult(out, status, steps, total, xs, ys, None, _reported_tokens(log), time.perf_counter() - t0,
                      error, code, compute_steps=done.ran_steps - before.ran_steps, ran_steps=done.ran_steps,
                      ran_tokens=done.ran_tokens, rerun_steps=done.rerun_steps, restarted_at=done.restarted_at)
 
@@ -801,7 +763,7 @@ class Attempts:
     restarted_at: list[int]  # the step of each attempt that a restart from the beginning followed
 
 
-def attempts(recs: Sequence[Mapping[str, Any]]) -> Attempts:
+def attempts(recs: Sequence[Record]) -> Attempts:
     """Read a command's attempts from its ``metrics.jsonl`` records, in the order written.
 
     An attempt's reports rise; a report at a step no later than the one before it is a new attempt.
@@ -812,13 +774,13 @@ def attempts(recs: Sequence[Mapping[str, Any]]) -> Attempts:
     step a script reported having run, each restart's again (steps between an attempt's last report
     and its stop, and before a resumed attempt's first report, are not visible and not counted).
 
-        >>> a = attempts([{"kind": "eval", "step": s} for s in (0, 2, 4, 0, 2, 4, 6, 8, 10)])
+        >>> a = attempts([EvalRecord(s) for s in (0, 2, 4, 0, 2, 4, 6, 8, 10)])
         >>> a.ran_steps, a.rerun_steps, a.restarted_at
         (14, 4, [4])
-        >>> attempts([{"kind": "eval", "step": s} for s in (0, 2, 4, 6, 8, 10)]).ran_steps  # resumed at 4
+        >>> attempts([EvalRecord(s) for s in (0, 2, 4, 6, 8, 10)]).ran_steps  # resumed at 4
         10
     """
-    evals = [(int(r["step"]), r.get("tokens")) for r in recs if r.get("kind") == "eval"]
+    evals = [(r.step, r.tokens) for r in recs if isinstance(r, EvalRecord)]
     if not evals:
         return Attempts(0, None, 0, [])
     origin = evals[0][0]
@@ -842,9 +804,9 @@ def attempts(recs: Sequence[Mapping[str, Any]]) -> Attempts:
     return Attempts(ran, sum(known) if known else None, rerun, restarted)
 
 
-def _reported_tokens(out: Path) -> int | None:
-    recs = [r for r in _metrics(out) if r.get("kind") == "eval" and r.get("tokens") is not None]
-    return int(recs[-1]["tokens"]) if recs else None
+def _reported_tokens(log: LogRead) -> int | None:
+    tokens = [r.tokens for r in log.evals if r.tokens is not None]
+    return tokens[-1] if tokens else None
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -1050,7 +1012,7 @@ class Pool:
                         r = RunResult(jobs[i].out, "failed", steps=_trained_steps(jobs[i].out),
                                       error=f"worker process died: {err!r}")
                         if isinstance(jobs[i].spec, CommandRun):  # what its script ran still counts
-                            ran = attempts(_metrics(jobs[i].out))
+                            ran = attempts(read_log(jobs[i].out).records)
                             r.steps = max(eval_curve(jobs[i].out)[0], default=0)
                             r.ran_steps, r.ran_tokens, r.rerun_steps, r.restarted_at = (
                                 ran.ran_steps, ran.ran_tokens, ran.rerun_steps, ran.restarted_at)
@@ -1080,8 +1042,7 @@ class _StepBar:
         self.poll()
 
     def _steps(self, i: int) -> int:
-        recs = _metrics(self.jobs[i].out)
-        return max((int(r.get("step", 0)) for r in recs), default=0)
+        return read_log(self.jobs[i].out).last_step()
 
     def poll(self) -> None:
         for i in range(len(self.jobs)):
@@ -1131,76 +1092,3 @@ def iter_results(root: str | Path) -> Iterator[RunResult]:
         r = read_result(d)
         if r is not None:
             yield r
-
-
-# --- targets: what the experiment commands train ---------------------------------------------------------
-
-@dataclass(frozen=True)
-class PresetTarget:
-    """rlrs's reference model ``preset`` (with an optional run-config file), trained by rlrs."""
-
-    preset: str = DEFAULT_PRESET
-    config_file: str | None = None
-
-    @property
-    def name(self) -> str:
-        return self.preset
-
-    def spec(self, plan: str | Plan, seed: int, sets: Mapping[str, Any] | None = None) -> PresetRun:
-        """Seed ``seed`` (``train.seed = train.data_seed = seed``) of ``plan``, with ``sets``."""
-        from .train import run_config
-
-        return PresetRun(run_config(self.preset, plan, self.config_file,
-                                    {**dict(sets or {}), "train.seed": seed, "train.data_seed": seed}))
-
-    def default_plans(self) -> list[str]:
-        """The uniform baseline and the paper's plan for the preset's model type."""
-        return list(presets.default_plans(get_preset(self.preset).is_moe))
-
-    def components(self) -> list[str]:
-        """The components the model has, apart from ``other`` (norms)."""
-        moe = get_preset(self.preset).is_moe
-        return ["embedding", "unembedding", "attention", *(("router", "experts") if moe else ("feedforward",))]
-
-
-@dataclass(frozen=True)
-class CommandTarget:
-    """The user's own training command (see :class:`CommandRun` and :mod:`rlrs.script`)."""
-
-    command: str
-    steps: int | None = None
-    cwd: str = "."
-
-    def __post_init__(self) -> None:
-        CommandRun(self.command, Plan(), 0, self.steps, self.cwd)  # the same checks, at once
-
-    @property
-    def name(self) -> str:
-        return "command"
-
-    def spec(self, plan: str | Plan, seed: int, sets: Mapping[str, Any] | None = None) -> CommandRun:
-        """Seed ``seed`` of ``plan``; ``sets`` may only hold ``plan.*`` keys (the script owns the rest)."""
-        base = plan if isinstance(plan, Plan) else presets.resolve(plan)
-        other = [k for k in (sets or {}) if not k.startswith("plan.")]
-        if other:
-            raise ConfigError(
-                f"{other[0]}: with --command only plan.* settings apply (the script sets its own model, data "
-                "and training); pass the rest to your script, e.g. through its own arguments in --command"
-            )
-        resolved = _config.replace(base, {k[len("plan."):]: v for k, v in (sets or {}).items()})
-        return CommandRun(self.command, resolved, seed, self.steps, self.cwd)
-
-    def default_plans(self) -> list[str]:
-        """A script's model is taken to be dense (the paper's dense plan); name MoE plans with --plans."""
-        return list(presets.default_plans(moe=False))
-
-    def components(self) -> list[str]:
-        return ["embedding", "unembedding", "attention", "feedforward"]
-
-
-Target = PresetTarget | CommandTarget
-
-
-def as_target(target: "str | Target") -> "Target":
-    """A preset name is a :class:`PresetTarget`; targets pass through."""
-    return PresetTarget(target) if isinstance(target, str) else target

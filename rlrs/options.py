@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .config import ConfigError
-from .engine import CommandTarget, PresetTarget, Target, default_workers
+from .engine import default_workers
+from .targets import CommandTarget, PresetTarget, Target
 from .models import DEFAULT_PRESET
 
 
@@ -139,7 +140,7 @@ def add_workers_arg(p: argparse.ArgumentParser) -> None:
 
 
 def target_from_args(args, required: bool = False) -> Target:
-    """The :class:`~rlrs.engine.PresetTarget` or :class:`~rlrs.engine.CommandTarget` the flags of
+    """The :class:`~rlrs.targets.PresetTarget` or :class:`~rlrs.targets.CommandTarget` the flags of
     :func:`add_target_args` name; ``required``: no default preset, the user must name one."""
     flag = args.command_flag
     if args.command is not None:

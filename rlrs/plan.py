@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from . import config as _config
+from . import files
 from .components import COMPONENTS
 from .config import ConfigError
 from .schedules import (Constant, Cosine, DecayAway, ExpRecovery, Linear, Product, Schedule,
@@ -254,7 +255,7 @@ class Plan:
     def save(self, path: str | Path) -> Path:
         """Write the plan as ``.toml`` or ``.json`` (atomically)."""
         path = Path(path)
-        _config.atomic_write_text(path, self.dumps(path.suffix))
+        files.atomic_write_text(path, self.dumps(path.suffix))
         return path
 
     @classmethod

@@ -14,7 +14,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .components import COMPONENTS, component_names
-from .config import require, temp_beside
+from .config import require
+from .files import atomic_write_bytes
 from .plan import ComponentPlan, Plan
 
 # One colour per component, the same in every figure.
@@ -108,18 +109,20 @@ def plot_losses(
     return _save(fig, path)
 
 
-def _save(fig, path: str | Path) -> Path:
-    import os
+def _save(fig, path: str | Path, **savefig) -> Path:
+    """Save ``fig`` as a PNG at ``path`` atomically (rendered in memory first: a full disk never
+    leaves half a PNG) and close it."""
+    import io
 
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    tmp = temp_beside(path, suffix=".tmp.png")  # the suffix tells savefig the format
     try:
         fig.tight_layout()
-        fig.savefig(tmp)
-        os.replace(tmp, path)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", **savefig)
+        atomic_write_bytes(path, buf.getvalue())
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path
+

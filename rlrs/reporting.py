@@ -27,7 +27,7 @@ import numpy as np
 
 from . import plots
 from .components import COMPONENTS
-from .config import atomic_write_text
+from .files import atomic_write_text
 from .engine import read_result, reason_line
 from .plan import ComponentPlan
 

@@ -58,7 +58,6 @@ run that reported everything fails. No barrier prevents it. End such a script wi
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -66,6 +65,7 @@ import time
 from pathlib import Path
 
 from .plan import Plan
+from .runlog import EvalRecord, RunLog
 
 
 def run_dir() -> Path | None:
@@ -128,14 +128,10 @@ def report(step: int, loss: float, *, tokens: int | None = None) -> None:
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"rlrs.report: step must be an int >= 0 (completed steps), got {step!r}")
     value = float(loss)
-    rec = {"kind": "eval", "step": step, "eval_loss": value if math.isfinite(value) else None, "time": time.time()}
-    if not math.isfinite(value):
-        rec["nonfinite"] = repr(value)
-    if tokens is not None:
-        rec["tokens"] = int(tokens)
-    with open(out / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(rec) + "\n")
-        f.flush()
+    rec = EvalRecord(step, value if math.isfinite(value) else None, None if math.isfinite(value) else repr(value),
+                     None if tokens is None else int(tokens), time.time())
+    with RunLog(out) as log:
+        log.append(rec)
 
 
 def end_distributed(code: int = 0) -> None:

@@ -30,13 +30,11 @@ The encoder's parts are found as for any Transformer; only its new head needs a 
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -45,6 +43,9 @@ from torch.nn import functional as F
 
 from . import config as _config
 from .config import ConfigError
+from .engine import RunKind, RunResult
+from .plan import Plan
+from .runlog import Diverged, EvalRecord, RunLog, TrainRecord, read_log
 from .strategies import Strategy, build
 
 def classifier_rules(n_layers: int) -> tuple[tuple[str, str], ...]:
@@ -282,10 +283,6 @@ def get(name: str) -> Task:
 # --- training ------------------------------------------------------------------------------------------
 
 
-class Diverged(RuntimeError):
-    """The training loss became NaN or infinite."""
-
-
 @dataclass
 class TaskResult:
     """How one task run ended."""
@@ -323,18 +320,13 @@ def train_task(task: Task, strategy: Strategy, seed: int, out: str | Path, epoch
     total = task.steps(split, epochs)
     opt = build(task.strategy_for(strategy), model, total, rules=task.rules)
     order = torch.Generator().manual_seed(seed)
-    log_path = out / "metrics.jsonl"
     t0 = time.perf_counter()
     n = len(split.y_train)
-    with open(log_path, "w") as log:
-        def write(rec: dict) -> None:
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-
+    with RunLog(out, "w") as log:
         def eval_now() -> tuple[float, float]:
             ev_loss, acc = evaluate(task, model, split.x_test, split.y_test)
-            write({"kind": "eval", "step": step, "eval_loss": ev_loss if math.isfinite(ev_loss) else None,
-                   "accuracy": acc, "wall_s": time.perf_counter() - t0})
+            log.append(EvalRecord(step, ev_loss if math.isfinite(ev_loss) else None,
+                                  metrics={"accuracy": acc, "wall_s": time.perf_counter() - t0}))
             return ev_loss, acc
 
         step, loss = 0, math.nan
@@ -354,15 +346,68 @@ def train_task(task: Task, strategy: Strategy, seed: int, out: str | Path, epoch
                 loss = opt.step(model, loss_and_backward)
                 step += 1
                 if not math.isfinite(loss):
-                    write({"kind": "train", "step": step, "loss": None})
+                    log.append(TrainRecord(step))
                     raise Diverged(f"training loss {loss} at step {step}")
                 if step % TRAIN_LOG_EVERY == 0 or step == total:
-                    write({"kind": "train", "step": step, "loss": loss, "lr": opt.scheduler.get_last_lr()[0]})
+                    log.append(TrainRecord(step, loss, metrics={"lr": opt.scheduler.get_last_lr()[0]}))
                 if task.eval_every and step % task.eval_every == 0 and step < total:
                     eval_now()
             if not task.eval_every or step == total:
                 ev_loss, acc = eval_now()
         if not math.isfinite(ev_loss):  # the last update broke the weights: not a finished run
             raise Diverged(f"held-out loss {ev_loss} after the last step ({step})")
-        os.fsync(log.fileno())
+        log.sync()
     return TaskResult(step, total, loss, ev_loss, acc, time.perf_counter() - t0)
+
+
+@dataclass(frozen=True)
+class TaskRun(RunKind):
+    """A strategy-zoo run: ``task`` (a :data:`rlrs.tasks.TASKS` name) trained with ``strategy``
+    from ``seed``, for the task's epochs unless ``epochs`` is given. A run of the engine
+    (:class:`rlrs.engine.RunKind`): it trains to its end (seconds to minutes) and starts again
+    instead of resuming.
+
+        >>> spec = TaskRun("gauss", rlrs.strategies.get("adamw"), seed=0)    # doctest: +SKIP
+        >>> rlrs.engine.execute(spec, rlrs.engine.run_dir("runs", spec)).status  # doctest: +SKIP
+        'finished'
+    """
+
+    task: str
+    strategy: Strategy
+    seed: int = 0
+    epochs: int | None = None
+    stops: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        get(self.task)  # an unknown task names the closest
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError(f"--epochs: at least 1, got {self.epochs}")
+
+    @property
+    def plan(self) -> Plan:
+        return get(self.task).strategy_for(self.strategy).plan
+
+    @property
+    def total_steps(self) -> int | None:
+        return None  # known once the task's data is loaded (in the worker)
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.task}-{self.strategy.name}"
+
+    def identity(self) -> dict[str, Any]:
+        t = get(self.task)  # its training settings too: changing one must not reuse old runs
+        setup = {"version": t.version, "epochs": self.epochs or t.epochs, "batch_size": t.batch_size,
+                 "lr_scale": t.lr_scale, "eval_every": t.eval_every, "objective": t.objective,
+                 "rules": [list(r) for r in t.rules]}
+        # What the strategy computes, not how it is titled or cited.
+        strategy = {k: v for k, v in _config.identity(self.strategy).items()
+                    if k not in ("name", "title", "generation", "paper", "tasks")}
+        return {"task": self.task, "setup": setup, "strategy": strategy, "seed": self.seed}
+
+    def run(self, out: Path, stop_at: int | None, progress: bool) -> RunResult:
+        t0 = time.perf_counter()
+        r = train_task(get(self.task), self.strategy, self.seed, out, self.epochs)
+        xs, ys = read_log(out).eval_curve()
+        return RunResult(out, "finished", r.steps, r.total_steps, xs, ys, r.final_train_loss, None,
+                         time.perf_counter() - t0, compute_steps=r.steps)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from . import config as _config
+from . import files
 from . import data as _data
 from . import models as _models
 from . import presets as _presets
@@ -40,6 +41,7 @@ from .components import COMPONENTS
 from .config import ConfigError
 from .optim import RelativeLR, assign_components, param_groups
 from .plan import Plan
+from .runlog import Diverged, EvalRecord, EventRecord, Record, RunLog, TrainRecord, read_log, read_metrics, rewrite
 
 NONFINITE_POLICIES = ("abort", "skip")
 # A run that skipped more than this share of its steps (train.nonfinite = "skip") did not really
@@ -227,8 +229,7 @@ def eval_steps(total: int, interval: float) -> list[int]:
 # --- the loop -------------------------------------------------------------------------------------
 
 
-class NonFiniteLoss(RuntimeError):
-    """Training met a NaN or infinite loss or gradient norm under ``nonfinite = "abort"``."""
+NonFiniteLoss = Diverged  # the name the trainer's callers know; rlrs.runlog.Diverged is the one exception
 
 
 class CheckpointError(RuntimeError):
@@ -370,7 +371,7 @@ class Trainer:
             )
         _config.make_dir(self.out)
         # JSON, not TOML: TOML has no null, and a field set to None must round-trip exactly.
-        _config.atomic_write_text(self.out / "config.json", json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+        files.atomic_write_text(self.out / "config.json", json.dumps(self.cfg.to_dict(), indent=2) + "\n")
         self.cfg.plan.save(self.out / "plan.toml")
         (self.out / "metrics.jsonl").touch()
 
@@ -451,22 +452,10 @@ class Trainer:
     def _truncate_metrics(self, step: int) -> None:
         # Records after the checkpoint's step will be written again by the resumed run. A damaged
         # line is reported and dropped; every intact record up to the step is kept.
-        path = self.out / "metrics.jsonl"
-        lines = path.read_text(errors="replace").split("\n") if path.exists() else []
-        keep = []
-        for i, line in enumerate(lines):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                at = int(rec["step"])
-            except (ValueError, KeyError, TypeError):
-                if i < len(lines) - 1:  # not the line the crash cut short: say so
-                    _warn(f"rlrs: {path}:{i + 1}: damaged record {line[:60]!r} dropped")
-                continue
-            if at <= step:
-                keep.append(line)
-        _config.atomic_write_text(path, "".join(k + "\n" for k in keep))
+        got = read_log(self.out)
+        for line in got.warnings():
+            _warn(f"rlrs: {line} (dropped)")
+        rewrite(self.out, [r for r in got.records if r.step is None or r.step <= step])
 
     # --- checkpoints ----------------------------------------------------------------------------
 
@@ -489,18 +478,12 @@ class Trainer:
                 "python": _py_plain(random.getstate()),
             },
         }
-        tmp = ckdir / f".{path.name}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            # The checksum first: a checkpoint is only ever visible with the checksum it must match.
-            _config.atomic_write_text(_checksum_path(path), _config.sha256_file(tmp) + "\n")
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        for stale in ckdir.glob(".*.tmp"):  # a write a kill cut short (the run's lock is ours)
+            stale.unlink(missing_ok=True)
+        # The checksum first: a checkpoint is only ever visible with the checksum it must match.
+        with files.atomic_file(path, "wb", before_replace=lambda tmp: files.atomic_write_text(
+                _checksum_path(path), _config.sha256_file(tmp) + "\n")) as f:
+            torch.save(state, f)
         for old in self._checkpoints()[: -self.cfg.train.keep_checkpoints]:
             old.unlink()
             _checksum_path(old).unlink(missing_ok=True)
@@ -542,11 +525,11 @@ class Trainer:
             while self.step < end:
                 diag = (self.step + 1) in self.eval_at
                 rec = self._train_step(diag)
-                last_train = rec.get("loss", last_train)
+                last_train = rec.loss if rec.loss is not None else last_train
                 log.write(rec)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{rec.get('loss', float('nan')):.3f}", refresh=False)
+                    bar.set_postfix(loss=f"{rec.value('loss'):.3f}", refresh=False)
                 if self.step in self.eval_at:
                     final_eval = self._eval_record(log)
                 if self.step in self.checkpoint_at or self.step == end:
@@ -554,7 +537,7 @@ class Trainer:
                         self.save_checkpoint()
         except NonFiniteLoss:
             status = "diverged"
-            log.write({"kind": "event", "step": self.step, "event": "diverged"})
+            log.write(EventRecord("event", self.step, {"event": "diverged"}))
             raise
         finally:
             log.close()
@@ -592,16 +575,15 @@ class Trainer:
         # Resumed at (or past) where it was asked to stop: report what the logs hold and change
         # nothing. Only a summary that a kill after the last checkpoint never let be written is
         # written now, from the checkpoint's state and the log.
-        recs = read_metrics(self.out) if (self.out / "metrics.jsonl").exists() else []
-        evals = [r for r in recs if r.get("kind") == "eval" and r["step"] <= self.step]
-        train = [r for r in recs if r.get("kind") == "train" and "loss" in r and r["step"] <= self.step]
-        final_eval = evals[-1]["eval_loss"] if evals else None
-        final_eval = math.nan if final_eval is None and evals else final_eval  # null in the log: not finite
+        got = read_log(self.out)
+        evals = [r for r in got.evals if r.step <= self.step]
+        train = [r for r in got.train if r.loss is not None and r.step <= self.step]
+        final_eval = evals[-1].value() if evals else None  # null in the log: NaN, not finite
         status = "finished" if self.step >= self.total_steps else "stopped"
         reason = self._unstable(final_eval) if status == "finished" else None
         status = "unstable" if reason else status
         result = RunResult(self.out, status, self.step, self.total_steps, final_eval,
-                           train[-1]["loss"] if train else None, 0.0, self.skipped, already_done=True, reason=reason)
+                           train[-1].loss if train else None, 0.0, self.skipped, already_done=True, reason=reason)
         if self.rank == 0 and not _readable_json(self.out / "summary.json"):
             self._write_summary(status, result.final_train_loss, final_eval, self.wall_before, reason)
         return result
@@ -619,21 +601,21 @@ class Trainer:
             "wall_s": wall_s,
             "params": _models.count_params(self.cfg.model),
         }
-        _config.atomic_write_text(self.out / "summary.json", json.dumps(_config.json_safe(summary), indent=2) + "\n")
+        files.write_json(self.out / "summary.json", summary, indent=2)
 
     def _eval_record(self, log: "_Log") -> float:
         loss = self.evaluate()
-        log.write({"kind": "eval", "step": self.step, "tokens": self._tokens(), "eval_loss": loss, **self._lrs(self.step)})
+        log.write(EvalRecord(self.step, loss, tokens=self._tokens(), lr=self._lrs(self.step)))
         return loss
 
     def _tokens(self) -> int:
         return self.step * self.cfg.train.batch_size * self.seq_len
 
     def _lrs(self, step: int) -> dict[str, float]:
-        return {f"lr/{c}": self.cfg.plan.lr(c, min(step, self.total_steps - 1), self.total_steps,
+        return {c: self.cfg.plan.lr(c, min(step, self.total_steps - 1), self.total_steps,
                                             width=self.width.get(c, 1.0)) for c in self.components}
 
-    def _train_step(self, diag: bool) -> dict[str, Any]:
+    def _train_step(self, diag: bool) -> TrainRecord:
         cfg = self.cfg.train
         t0 = time.perf_counter()
         step = self.step
@@ -650,8 +632,7 @@ class Trainer:
             if taps is not None:
                 taps.remove()
         loss = out.loss + out.aux_loss
-        rec: dict[str, Any] = {"kind": "train", "step": step + 1, "tokens": (step + 1) * cfg.batch_size * self.seq_len}
-        rec.update(self._lrs(step))
+        rec = TrainRecord(step + 1, tokens=(step + 1) * cfg.batch_size * self.seq_len, lr=self._lrs(step))
         self.optimizer.zero_grad(set_to_none=True)
         if not self._finite(loss.detach()):
             return self._nonfinite(rec, f"loss is {loss.item()}")
@@ -669,15 +650,15 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         ce = self._mean(out.loss.detach())
-        rec.update({"loss": ce, "grad_norm": gnorm.item()})
+        metrics = {"grad_norm": gnorm.item()}
         if out.stats:
-            rec.update(_moe_record(out.stats))
+            metrics.update(_moe_record(out.stats))
         if before is not None:
-            rec.update(self._update_stats(before))
+            metrics.update(self._update_stats(before))
             if taps is not None:
-                rec.update(self._representation_stats(taps, before))
-        rec["tokens_per_s"] = x.numel() * self.world_size / (time.perf_counter() - t0)
-        return rec
+                metrics.update(self._representation_stats(taps, before))
+        metrics["tokens_per_s"] = x.numel() * self.world_size / (time.perf_counter() - t0)
+        return dataclasses.replace(rec, loss=ce, metrics=metrics)
 
     def _finite(self, value: torch.Tensor) -> bool:
         ok = torch.isfinite(value).all().float()
@@ -696,7 +677,7 @@ class Trainer:
             value /= self.world_size
         return value.item()
 
-    def _nonfinite(self, rec: dict[str, Any], what: str) -> dict[str, Any]:
+    def _nonfinite(self, rec: TrainRecord, what: str) -> TrainRecord:
         step = self.step
         self.optimizer.zero_grad(set_to_none=True)
         if self.cfg.train.nonfinite == "abort":
@@ -712,8 +693,7 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         self.skipped += 1
-        rec.update({"skipped": True, "reason": what})
-        return rec
+        return dataclasses.replace(rec, skipped=True, reason=what)
 
     @torch.no_grad()
     def _update_stats(self, before: dict[str, list[torch.Tensor]]) -> dict[str, float]:
@@ -892,7 +872,7 @@ class _Log:
 
     def __init__(self, path: Path, enabled: bool, tensorboard: bool = False, resume_step: int = 0,
                  wandb: bool = False, config: Mapping[str, Any] | None = None):
-        self.f = open(path, "a") if enabled else None
+        self.f = RunLog(path) if enabled else None
         self.tb = self.wb = None
         if enabled and tensorboard:
             writer = _config.require("tensorboardX", "tensorboard").SummaryWriter
@@ -906,18 +886,17 @@ class _Log:
                               resume="allow", mode=os.environ.get("WANDB_MODE", "offline"), config=dict(config or {}),
                               name=path.parent.name)
 
-    def write(self, rec: dict[str, Any]) -> None:
+    def write(self, rec: Record) -> None:
         if self.f is not None:
-            self.f.write(json.dumps(_config.json_safe(rec), allow_nan=False) + "\n")
-            self.f.flush()
-        if rec.get("kind") in ("train", "eval") and (self.tb is not None or self.wb is not None):
-            scalars = {f"{rec['kind']}/{key}": value for key, value in rec.items()
+            self.f.append(rec)
+        if isinstance(rec, (TrainRecord, EvalRecord)) and (self.tb is not None or self.wb is not None):
+            scalars = {f"{rec.kind}/{key}": value for key, value in rec.to_json().items()
                        if key not in ("kind", "step") and isinstance(value, (int, float)) and not isinstance(value, bool)}
             if self.tb is not None:
                 for tag, value in scalars.items():
-                    self.tb.add_scalar(tag, value, rec["step"])
+                    self.tb.add_scalar(tag, value, rec.step)
             if self.wb is not None:
-                self.wb.log(scalars, step=rec["step"])
+                self.wb.log(scalars, step=rec.step)
 
     def close(self) -> None:
         if self.f is not None:
@@ -933,22 +912,3 @@ def _progress_bar(total: int, initial: int, enabled: bool):
         return None
     tqdm = _config.require("tqdm", "progress").tqdm
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=False)
-
-
-def read_metrics(out: str | Path) -> list[dict[str, Any]]:
-    """All records of a run's ``metrics.jsonl``. A last line cut short by a crash (no newline at
-    its end) is left out; a damaged line anywhere else raises, naming the file and the line."""
-    path = Path(out) / "metrics.jsonl"
-    text = path.read_text()
-    lines = text.split("\n")
-    recs = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            recs.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:  # the line being written when the process died
-                break
-            raise ValueError(f"{path}:{i + 1}: damaged record {line[:60]!r}") from None
-    return recs

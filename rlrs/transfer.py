@@ -20,7 +20,6 @@ of every variant goes into a bar chart with diverged runs marked.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -28,12 +27,14 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from . import config as _config
+from . import files
 from . import presets as _presets
 from .compare import CompareResult, arm_name, compare, lr_grid
 from .components import COMPONENTS, component_names
 from .config import ConfigError
 from .analysis import speedup
-from .engine import Job, PresetTarget, Target, as_target, reason_line, run_all, run_dir
+from .engine import Job, reason_line, run_all, run_dir
+from .targets import PresetTarget, Target, as_target
 from .models import count_params
 from .options import (add_target_args, add_workers_arg, check_workers, default_of, parse_floats, parse_grid, parse_sets,
                       target_from_args)
@@ -145,8 +146,8 @@ def transfer(
         for i, arm in enumerate(res.arms.values())
     ]
     result = TransferResult(out, preset, str(plan), _lambdas(rel), params, steps, rows, res)
-    _config.atomic_write_text(out / "transfer.json", json.dumps(result.to_dict(), indent=1) + "\n")
-    _config.atomic_write_text(out / "transfer.md", _transfer_md(result))
+    files.write_json(out / "transfer.json", result.to_dict())
+    files.atomic_write_text(out / "transfer.md", _transfer_md(result))
     log(f"wrote {out / 'transfer.md'}")
     return result
 
@@ -278,8 +279,8 @@ def ablate(
     loo = _leave_one_out(target, base, comps, out, seeds, sets, workers, log) if kind != "vary" else []
     vary = _vary(target, base, comps, factors, out, seeds, sets, workers, log) if kind != "leave-one-out" else []
     result = AblateResult(out, preset, plan, seeds, loo, vary, time.perf_counter() - t0)
-    _config.atomic_write_text(out / "ablate.json", json.dumps(result.to_dict(), indent=1) + "\n")
-    _config.atomic_write_text(out / "ablate.md", _ablate_md(result))
+    files.write_json(out / "ablate.json", result.to_dict())
+    files.atomic_write_text(out / "ablate.md", _ablate_md(result))
     if vary:
         _plot_vary(vary, out / "ablate_vary.png", f"{preset}: one λ varied, others as {plan}")
     log(f"wrote {out / 'ablate.md'}")

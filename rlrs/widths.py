@@ -34,7 +34,6 @@ is whether this is zero); ``report.md`` the tables; ``width_transfer.png`` the f
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -42,10 +41,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from . import config as _config
+from . import files
 from .analysis import Difference, paired_difference
 from .compare import GridPoint, GridResult, arm_name, lr_grid
 from .config import ConfigError
-from .engine import PresetTarget
+from .targets import PresetTarget
 from .models import get_preset
 from .options import add_set_arg, add_workers_arg, check_workers, default_of, parse_grid, parse_sets, parse_widths
 from .presets import default_plans
@@ -258,8 +258,8 @@ def width_transfer(
             series.append(WidthSeries(v, arm, pts))
     res = WidthTransferResult(out, preset, widths, base_width, seeds, series, time.perf_counter() - t0)
     path = out / "results.json"
-    _config.atomic_write_text(path, json.dumps(res.to_dict(), indent=1) + "\n")
-    _config.atomic_write_text(out / "report.md", _report(res))
+    files.write_json(path, res.to_dict())
+    files.atomic_write_text(out / "report.md", _report(res))
     res.files = [path, out / "report.md", _plot(res, out / "width_transfer.png")]
     log(f"wrote {out / 'report.md'}")
     return res

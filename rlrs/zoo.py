@@ -28,12 +28,14 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from . import config as _config
+from . import files
 from .analysis import first_reaching
 from .config import ConfigError
-from .engine import Job, TaskRun, eval_curve, reusable, run_all, run_dir
+from .engine import Job, eval_curve, reusable, run_all, run_dir
+from .plots import _save
 from .options import add_workers_arg, check_workers, default_of
 from .strategies import GENERATIONS, STRATEGIES
-from .tasks import TASKS
+from .tasks import TASKS, TaskRun
 
 
 def parse_names(text: str, valid: Mapping[str, object], what: str) -> list[str]:
@@ -260,9 +262,9 @@ def write_outputs(res: ZooResult) -> None:
     """``results.json``, ``report.md`` and ``zoo_curves.png`` (when matplotlib is installed; not
     for a merged result, whose curves are in each input's own plot)."""
     _config.make_dir(res.out, "--out")
-    _config.atomic_write_text(res.out / "results.json", json.dumps(res.to_dict(), indent=1) + "\n")
+    files.write_json(res.out / "results.json", res.to_dict())
     png = None if res.merged_from else _plot(res)
-    _config.atomic_write_text(res.out / "report.md", report(res, png))
+    files.atomic_write_text(res.out / "report.md", report(res, png))
 
 
 def accuracy_text(c: Cell) -> str:
@@ -350,11 +352,7 @@ def _plot(res: ZooResult) -> Path | None:
         ax.set_ylim(max(0.0, lo - 0.1), 1.0)
     if axes[0][-1].get_legend_handles_labels()[0]:  # no curves when the runs' folders are gone
         axes[0][-1].legend(fontsize=6, ncol=2, loc="lower right")
-    fig.tight_layout()
-    path = res.out / "zoo_curves.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, res.out / "zoo_curves.png", dpi=110)
 
 
 def listing() -> str:

@@ -13,7 +13,8 @@ import torch
 
 from rlrs.cli import main
 from rlrs.compare import compare
-from rlrs.engine import CommandRun, CommandTarget, _EvalWatch, eval_curve, execute, run_dir
+from rlrs.engine import CommandRun, _EvalWatch, eval_curve, execute, run_dir
+from rlrs.targets import CommandTarget
 from rlrs.presets import get as plan_preset
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -438,7 +438,7 @@ def test_identical_arms_on_a_noisy_plateaued_command_measure_no_speed_up(tmp_pat
     # A script's own, noisy eval on a curve that has flattened: the baseline touches its final loss
     # long before its last step. This script ignores its plan, so both arms train alike: measured
     # with one rule for both arms, the second gains nothing (the old reading gave it a speed-up).
-    from rlrs.engine import CommandTarget
+    from rlrs.targets import CommandTarget
 
     target = CommandTarget(f"{sys.executable} -c \"{NOISY_PLATEAU}\"")
     res = compare(target, ["uniform-dense", "paper-dense"], seeds=3, out=tmp_path / "c", workers=2, log=_quiet)
@@ -449,7 +449,7 @@ def test_identical_arms_on_a_noisy_plateaued_command_measure_no_speed_up(tmp_pat
 
 
 def test_the_same_plan_under_two_names_is_said_to_share_its_runs(tmp_path):
-    from rlrs.engine import CommandTarget
+    from rlrs.targets import CommandTarget
 
     plans = _plan_files(tmp_path, "paper-dense")
     target = CommandTarget(f"{sys.executable} -c \"{NOISY_PLATEAU}\"")
@@ -478,7 +478,7 @@ def test_a_real_difference_within_one_interval_is_no_measurable_difference():
 def test_arms_that_do_not_start_from_the_same_weights_are_said_not_to_be_paired(tmp_path):
     # A script that does not seed its model from rlrs.script.seed(): seed i of each arm starts
     # elsewhere (here: the plan moves the initial loss), so "paired" numbers would pair nothing.
-    from rlrs.engine import CommandTarget
+    from rlrs.targets import CommandTarget
 
     script = ("import rlrs; p = rlrs.script.plan(); start = 5.0 + p.embedding.start / 100; "
               "[rlrs.report(s, start - s / 10) for s in range(11)]")

@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from rlrs.cli import disk_error, main
-from rlrs.config import ConfigError, atomic_write_text, load_file
+from rlrs.config import ConfigError, load_file
+from rlrs.files import atomic_write_text
 from rlrs.engine import PresetRun, execute, read_result
 from rlrs.optim import RelativeLR, param_groups
 from rlrs.plan import Plan

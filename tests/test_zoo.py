@@ -11,7 +11,8 @@ import torch
 from rlrs import strategies as S
 from rlrs.config import ConfigError
 from rlrs.dals import DALS, depth_fractions
-from rlrs.engine import TaskRun, execute, run_dir
+from rlrs.engine import execute, run_dir
+from rlrs.tasks import TaskRun
 from rlrs.tasks import MLP, TASKS, classifier_rules, digits, gauss_mixture
 from rlrs.zoo import listing, run_zoo
 

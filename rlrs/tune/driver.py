@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import config as _config
+from .. import files
 from ..config import ConfigError
 from ..engine import RESUME_FIX, CommandRun
 from ..search import Result, SearchResult, Step, canonical, local_search, point_key
@@ -348,7 +349,7 @@ class _Tuner:
             "notes": notes,
             "steps": self.steps,
         }
-        _config.atomic_write_text(self.out / "search.json", json.dumps(doc, indent=2) + "\n")
+        files.write_json(self.out / "search.json", doc, indent=2)
 
     def run(self) -> TuneResult:
         scan = self.study.scan()
@@ -392,7 +393,7 @@ def write_best(spec: TuneSpec, out: Path, point: dict[str, float]) -> None:
             for part in parents:
                 node = node.setdefault(part, {})
             node[leaf] = v
-        _config.atomic_write_text(cfg_path, json.dumps(nested, indent=2) + "\n")
+        files.write_json(cfg_path, nested, indent=2)
     else:
         cfg_path.unlink(missing_ok=True)
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import config as _config
+from .. import files
 from ..config import ConfigError
 from .driver import fmt_loss, write_best
 from .objective import Objective, make_objective
@@ -182,7 +183,7 @@ def sampler_search(
     doc = {"sampler": sampler, "space": space, "spec": spec.to_dict(), "start": start, "start_loss": res.start_loss,
            "best": best.point, "best_loss": best.loss, "fail_loss": worst,
            "compute": {"steps": res.compute_steps}, "trials": [t.__dict__ for t in trials]}
-    _config.atomic_write_text(res.search_path, json.dumps(_config.json_safe(doc), indent=2) + "\n")
+    files.write_json(res.search_path, doc, indent=2)
     return res
 
 

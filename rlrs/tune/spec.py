@@ -11,7 +11,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .. import config as _config
 from ..config import ConfigError
-from ..engine import CommandRun, CommandTarget, PresetRun, RunSpec
+from ..engine import CommandRun, PresetRun, RunSpec
+from ..targets import CommandTarget
 from ..models import DEFAULT_PRESET
 from ..plan import Plan
 from ..search import FACTORS

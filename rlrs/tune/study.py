@@ -198,25 +198,7 @@ def _retry_init(make, tries: int = 5):
             time.sleep(0.2 + random.random())
 
 
-class _file_lock:
-    """An exclusive lock on ``path`` between processes of one machine (fcntl; none elsewhere)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.f = None
-
-    def __enter__(self):
-        try:
-            import fcntl
-        except ImportError:
-            return self
-        self.f = open(self.path, "a")
-        fcntl.flock(self.f, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.f is not None:
-            self.f.close()  # closing releases the lock
+from ..files import FileLock as _file_lock  # noqa: E402 - the one lock (waits; none without fcntl)
 
 
 def _sqlite_wal(conn, _record) -> None:
