@@ -1100,8 +1100,10 @@ class _StepBar:
 
 
 def run_all(jobs: Sequence[Job], workers: int | None = None, log: Callable[[str], None] | None = print,
-            progress: bool = False) -> list[RunResult]:
-    """Run ``jobs`` (duplicates of one directory run once), logging one line per run."""
+            progress: bool = False, executor=None) -> list[RunResult]:
+    """Run ``jobs`` (duplicates of one directory run once), logging one line per run. ``executor``
+    (an :class:`rlrs.executors.Executor`, e.g. a Slurm cluster; the caller closes it) runs them;
+    default: a local :class:`Pool` of ``workers``."""
     unique: dict[Path, Job] = {}
     for j in jobs:
         unique.setdefault(j.out, j)
@@ -1109,10 +1111,11 @@ def run_all(jobs: Sequence[Job], workers: int | None = None, log: Callable[[str]
     reused = {out for out, j in unique.items()
               if prior[out] is not None and _reusable(prior[out], j.stop_at) and not _other_code(j.spec, out)}
     todo = [j for out, j in unique.items() if out not in reused]
-    with Pool(workers) as pool:
+    with contextlib.nullcontext(executor) if executor is not None else Pool(workers) as pool:
         if log:
-            log(f"{len(unique)} runs: {len(reused)} reused, {len(todo)} to run"
-                + (f" ({min(pool.workers, len(todo))} at a time)" if todo else ""))
+            how = (pool.describe(len(todo)) if hasattr(pool, "describe")
+                   else f"{min(pool.workers, len(todo))} at a time")
+            log(f"{len(unique)} runs: {len(reused)} reused, {len(todo)} to run" + (f" ({how})" if todo else ""))
         count = [len(reused)]
 
         def on_done(job: Job, r: RunResult) -> None:

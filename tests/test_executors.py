@@ -1,0 +1,204 @@
+"""Executors: the local pool and a real Slurm cluster (the slurm_cluster fixture; jobs are tiny).
+
+The Slurm tests submit through submitit to the cluster scripts/services.sh starts, wait for job
+states and files (never for a guessed number of seconds), and cancel what they submit."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rlrs.cli import main
+from rlrs.config import ConfigError
+from rlrs.engine import read_result
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--executor", "slurm", "--slurm-poll-s", "0.5"]
+# A script that reports a loss, then sleeps until stopped (or, with RLRS_FINISH set, ends).
+SLEEPER = """
+import os, pathlib, sys, time
+import rlrs
+rlrs.report(0, 2.0)
+pathlib.Path(os.environ["RLRS_RUN_DIR"], "started").write_text(str(os.getpid()))
+if not os.path.exists(sys.argv[1]):
+    time.sleep(600)
+rlrs.report(1, 1.0)
+"""
+
+
+def _wait(what, cond, timeout=120.0):
+    """Poll ``cond`` until true (an event: a file, a job state); fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def _squeue(name):
+    out = subprocess.run(["squeue", "-h", "-r", "-n", name, "-o", "%i|%T"], capture_output=True, text=True).stdout
+    return [ln.split("|") for ln in out.split()]
+
+
+def _cancel_all(name):
+    subprocess.run(["scancel", "-n", name], capture_output=True)
+
+
+def _sets(tiny_sets, **extra):
+    return [f"--set={k}={v}" for k, v in {**tiny_sets, "train.eval_batches": 1, **extra}.items()]
+
+
+def _results(out):
+    return {d.name: read_result(d) for d in sorted((out / "runs").iterdir()) if (d / "result.json").exists()}
+
+
+def test_compare_on_slurm_gives_the_local_results_and_is_reused_locally(slurm_cluster, tmp_path, tiny_sets, capsys):
+    common = ["compare", "--preset", "tiny-dense", "--plans", "uniform-dense,paper-dense", "--seeds", "2",
+              *_sets(tiny_sets, **{"train.steps": 6})]
+    assert main([*common, "--out", str(tmp_path / "slurm"), *FAST]) == 0
+    assert main([*common, "--out", str(tmp_path / "local"), "--workers", "1"]) == 0
+    on_slurm, local = _results(tmp_path / "slurm"), _results(tmp_path / "local")
+    assert len(on_slurm) == 4 and on_slurm.keys() == local.keys()
+    for name in local:
+        assert on_slurm[name].status == local[name].status == "finished"
+        assert on_slurm[name].eval_loss == local[name].eval_loss
+    assert list((tmp_path / "slurm" / "slurm").glob("*_log.out"))  # submitit's logs live in OUT/slurm
+    capsys.readouterr()
+    assert main([*common, "--out", str(tmp_path / "slurm"), "--workers", "1"]) == 0
+    assert "4 runs: 4 reused, 0 to run" in capsys.readouterr().out
+
+
+def _start(args, tmp_path, name):
+    """rlrs in its own process (so a signal reaches it alone), output to a file."""
+    log = open(tmp_path / f"{name}.log", "w")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "rlrs", *args], stdout=log, stderr=subprocess.STDOUT, env=env,
+                            cwd=tmp_path), tmp_path / f"{name}.log"
+
+
+def _command_args(tmp_path, out, seeds="1"):
+    script = tmp_path / "sleeper.py"
+    script.write_text(SLEEPER)
+    return ["compare", "--command", f"{sys.executable} {script} {tmp_path / 'finish'}", "--plans",
+            "uniform-dense,paper-dense", "--seeds", seeds, "--out", str(out), *FAST]
+
+
+def _run_dirs(out):
+    return sorted(d for d in (out / "runs").iterdir() if d.is_dir()) if (out / "runs").exists() else []
+
+
+def test_a_job_cancelled_with_scancel_is_a_failed_run_with_slurms_reason_and_runs_again(slurm_cluster, tmp_path):
+    out = tmp_path / "out"
+    args = _command_args(tmp_path, out)
+    name = f"rlrs-{out.name}"
+    proc, log = _start(args, tmp_path, "first")
+    try:
+        _wait("both runs to start", lambda: len([d for d in _run_dirs(out) if (d / "started").exists()]) == 2)
+        victim = _run_dirs(out)[0]
+        jobs = dict(_squeue(name))
+        # Which job is the victim's: the submitit log that names its run directory.
+        job = next(j for j in jobs if victim.name in _job_log(out, j))
+        subprocess.run(["scancel", job], check=True)
+        proc.wait(timeout=120)
+    finally:
+        proc.kill() if proc.poll() is None else None
+        _cancel_all(name)
+    assert proc.returncode == 1, log.read_text()
+    r = read_result(victim)
+    assert r.status == "failed" and "CANCELLED" in r.error and job in r.error, r.error
+    other = read_result(_run_dirs(out)[1])
+    assert other.status == "finished", other.error
+    (tmp_path / "finish").write_text("")  # the next attempt ends at once
+    proc, log = _start(args, tmp_path, "second")
+    assert proc.wait(timeout=120) == 0, log.read_text()
+    assert "2 runs: 1 reused, 1 to run" in log.read_text()
+    assert read_result(victim).status == "finished"
+
+
+def _job_log(out, job):
+    array, _, task = job.partition("_")
+    texts = [p.read_text(errors="replace") for p in (out / "slurm").glob(f"{array}_{task or '*'}_*.out")]
+    return "".join(texts)
+
+
+def test_ctrl_c_cancels_the_submitted_jobs_and_records_them_interrupted(slurm_cluster, tmp_path):
+    out = tmp_path / "out"
+    args = _command_args(tmp_path, out)
+    name = f"rlrs-{out.name}"
+    proc, log = _start(args, tmp_path, "run")
+    try:
+        _wait("both runs to start", lambda: len([d for d in _run_dirs(out) if (d / "started").exists()]) == 2)
+        assert len(_squeue(name)) == 2
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130, log.read_text()
+        left = [j for j, state in _squeue(name) if state not in ("CANCELLED", "COMPLETED", "FAILED")]
+        assert not left, left
+    finally:
+        proc.kill() if proc.poll() is None else None
+        _cancel_all(name)
+    text = log.read_text()
+    assert "cancelling 2 Slurm jobs" in text and "run the same command again" in text
+    for d in _run_dirs(out):
+        r = read_result(d)
+        assert r.status == "failed" and r.error.startswith("interrupted"), r.error
+
+
+def test_a_job_past_its_time_limit_is_a_failed_run_named_timeout(slurm_cluster, tmp_path):
+    out = tmp_path / "out"
+    args = [*_command_args(tmp_path, out), "--slurm-time-min", "1", "--slurm-timeout-requeues", "0"]
+    args[args.index("--plans") + 1] = "uniform-dense,uniform-dense@2"  # noqa - replaced below
+    script = tmp_path / "sleeper.py"
+    args = ["compare", "--command", f"{sys.executable} {script} {tmp_path / 'finish'}", "--plans",
+            "uniform-dense,paper-dense", "--seeds", "1", "--out", str(out), *FAST, "--slurm-time-min", "1",
+            "--slurm-timeout-requeues", "0"]
+    name = f"rlrs-{out.name}"
+    try:
+        proc, log = _start(args, tmp_path, "run")
+        assert proc.wait(timeout=300) == 1, log.read_text()
+    finally:
+        _cancel_all(name)
+    for d in _run_dirs(out):
+        r = read_result(d)
+        assert r.status == "failed" and "TIMEOUT" in r.error, r.error
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--executor", "slurm", "--slurm-gpus", "-1"], "--slurm-gpus: a whole number >= 0, got -1"),
+    (["--executor", "slurm", "--slurm-option", "=x"], "--slurm-option: '=x' is not an sbatch option"),
+    (["--executor", "slurm", "--slurm-poll-s", "0"], "--slurm-poll-s: seconds > 0, got 0"),
+    (["--executor", "local", "--slurm-partition", "gpu"], "--slurm-partition: applies to Slurm jobs; add --executor slurm"),
+])
+def test_bad_slurm_flags_are_named(argv, message, tmp_path, capsys):
+    code = main(["compare", "--preset", "tiny-dense", "--out", str(tmp_path / "o"), *argv])
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_a_cluster_config_with_a_misspelt_key_names_the_closest(tmp_path, capsys):
+    cfg = tmp_path / "cluster.toml"
+    cfg.write_text('executor = "slurm"\n[slurm]\npartiton = "gpu"\n')
+    code = main(["compare", "--preset", "tiny-dense", "--out", str(tmp_path / "o"), "--cluster-config", str(cfg)])
+    err = capsys.readouterr().err
+    assert code == 2 and "slurm.partiton: unknown key; did you mean 'partition'?" in err and str(cfg) in err
+
+
+def test_a_cluster_config_file_sets_the_jobs_resources(tmp_path):
+    from rlrs.executors import SlurmExecutor, load_cluster_config
+
+    cfg = tmp_path / "cluster.toml"
+    cfg.write_text('executor = "slurm"\n[slurm]\npartition = "gpu"\ngpus = 2\ntime_min = 30\n'
+                   '[slurm.options]\nconstraint = "a100"\nexclusive = true\n')
+    c = load_cluster_config(cfg)
+    assert (c.executor, c.slurm.partition, c.slurm.gpus, c.slurm.time_min) == ("slurm", "gpu", 2, 30)
+    assert c.slurm.sbatch_options() == {"constraint": "a100", "exclusive": True}
+    pytest.importorskip("submitit")
+    ex = SlurmExecutor(c.slurm, workers=3)._executor(tmp_path / "slurm")
+    assert ex.parameters["partition"] == "gpu" and ex.parameters["gpus_per_node"] == 2
+    assert ex.parameters["array_parallelism"] == 3
