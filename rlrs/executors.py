@@ -26,6 +26,7 @@ Ctrl-C cancels the jobs it submitted.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import subprocess
@@ -185,7 +186,8 @@ ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_F
 # Ended by Slurm rather than by the run itself.
 ENDED_BY_SLURM = ENDED - {"COMPLETED", "FAILED"}
 LOG_TAIL_LINES = 15
-RESULT_GRACE_S = 15.0  # a job that ended COMPLETED/FAILED: how long its result file may lag on a shared disk
+RESULT_GRACE_S = 15.0
+CANCEL_WAIT_S = 120.0  # how long a Ctrl-C waits for the cancelled jobs to end (Slurm's KillWait, a node's cleanup)  # a job that ended COMPLETED/FAILED: how long its result file may lag on a shared disk
 REASONS = {
     "TIMEOUT": "its time limit ran out (raise --slurm-time-min, or let it requeue: --slurm-timeout-requeues)",
     "OUT_OF_MEMORY": "it ran out of memory (raise --slurm-mem-gb)",
@@ -306,13 +308,12 @@ class SlurmExecutor:
             params["partition"] = c.partition
         if c.gpus:
             params["gpus_per_node"] = c.gpus
-        if c.mem_gb is not None:
-            params["mem"] = c.mem_gb
         if c.account:
             params["account"] = c.account
         if self.workers:
             params["array_parallelism"] = self.workers
-        extra = c.sbatch_options()
+        # --mem in MB: submitit's own conversion writes "1GB", which sbatch refuses.
+        extra = {**({} if c.mem_gb is None else {"mem": f"{math.ceil(c.mem_gb * 1024)}M"}), **c.sbatch_options()}
         if extra:
             params["additional_parameters"] = extra
         ex.update_parameters(**params)
@@ -332,9 +333,10 @@ class SlurmExecutor:
                               "--slurm-partition, --slurm-account and --slurm-option (or [slurm] of --cluster-config)")\
                 from None
         except Exception as err:
-            if type(err).__name__ == "FailedJobError" or isinstance(err, (FileNotFoundError, OSError)):
-                raise ConfigError(f"--executor slurm: could not submit with sbatch: {err}; is this a Slurm login node "
-                                  "(sbatch on PATH, SLURM_CONF set)? Check the --slurm-* options") from None
+            if type(err).__name__ == "FailedJobError" or isinstance(err, OSError):
+                raise ConfigError(f"--executor slurm: sbatch failed: {str(err).strip()}; check the --slurm-* options (or "
+                                  "[slurm] of --cluster-config), and that sbatch works here (a login node of the "
+                                  "cluster, SLURM_CONF)") from None
             raise
         ids = sorted({h.job_id.split("_")[0] for h in handles})
         self.log(f"  submitted {len(jobs)} run{'s' * (len(jobs) > 1)} as Slurm job{'s' * (len(ids) > 1)} "
@@ -441,6 +443,12 @@ class SlurmExecutor:
         if done.returncode != 0:
             self.log(f"rlrs: scancel failed ({done.stderr.strip()}): cancel them yourself: scancel {' '.join(ids)}")
             return
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        while time.monotonic() < deadline:  # until their processes are gone (a second Ctrl-C stops waiting)
+            states = _job_states(ids)
+            if states and all(states.get(i, ("",))[0] in ENDED | {"UNKNOWN_TO_SLURM"} for i in ids):
+                break
+            time.sleep(0.2)
         for s in pending:
             self._record(s, f"interrupted: Slurm job {s.handle.job_id} was cancelled when rlrs was stopped (Ctrl-C); "
                             "run the same command again to continue (finished runs are reused)")
