@@ -187,9 +187,11 @@ ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_F
 ENDED_BY_SLURM = ENDED - {"COMPLETED", "FAILED"}
 LOG_TAIL_LINES = 15
 RESULT_GRACE_S = 15.0
+SIGNAL_DELAY_S = 90  # submitit's default: time to requeue before the time limit
 CANCEL_WAIT_S = 120.0  # how long a Ctrl-C waits for the cancelled jobs to end (Slurm's KillWait, a node's cleanup)  # a job that ended COMPLETED/FAILED: how long its result file may lag on a shared disk
 REASONS = {
-    "TIMEOUT": "its time limit ran out (raise --slurm-time-min, or let it requeue: --slurm-timeout-requeues)",
+    "TIMEOUT": "its time limit ran out, and it may not be requeued again (raise --slurm-time-min or "
+               "--slurm-timeout-requeues)",
     "OUT_OF_MEMORY": "it ran out of memory (raise --slurm-mem-gb)",
     "CANCELLED": "it was cancelled (scancel, or an administrator)",
     "PREEMPTED": "it was preempted by a job of higher priority",
@@ -199,7 +201,7 @@ REASONS = {
 }
 
 
-class SlurmTimeLimit(RuntimeError):
+class SlurmTimeLimitError(RuntimeError):
     """Raised in a run whose Slurm time limit is about to run out, when it may not be requeued again."""
 
 
@@ -241,8 +243,8 @@ class SlurmRun:
                 handler(signum, frame)
             except Exception as err:  # noqa: BLE001 - submitit's "not requeued" error
                 limit = f" of {self.time_min} min" if self.time_min else ""
-                raise SlurmTimeLimit(f"TIMEOUT: the Slurm time limit{limit} ran out and the job may not be requeued "
-                                     f"again ({err}); raise --slurm-time-min or --slurm-timeout-requeues") from None
+                raise SlurmTimeLimitError(f"TIMEOUT: the Slurm time limit{limit} ran out and the job may not be requeued "
+                                          f"again ({err})") from None
 
         signal.signal(sig, named)
         try:
@@ -303,7 +305,10 @@ class SlurmExecutor:
     def _executor(self, folder: Path):
         c = self.config
         ex = self._submitit.SlurmExecutor(folder=folder, max_num_timeout=c.timeout_requeues)
-        params: dict[str, Any] = {"time": c.time_min, "cpus_per_task": c.cpus, "job_name": f"rlrs-{folder.parent.name}"}
+        # The time-limit signal comes SIGNAL_DELAY_S before the limit, a quarter of a short limit before it: a
+        # signal due at once could arrive before submitit's handler is in place, killing the job unnamed.
+        params: dict[str, Any] = {"time": c.time_min, "cpus_per_task": c.cpus, "job_name": f"rlrs-{folder.parent.name}",
+                                  "signal_delay_s": min(SIGNAL_DELAY_S, c.time_min * 15)}
         if c.partition:
             params["partition"] = c.partition
         if c.gpus:
@@ -404,17 +409,18 @@ class SlurmExecutor:
         if outcome is not None and outcome[0] == "success" and name not in ENDED_BY_SLURM:
             return outcome[1]  # the run failed by itself and recorded why
         jid = s.handle.job_id
+        said = None if outcome is None else outcome[1].error if outcome[0] == "success" else outcome[1]
+        line = _last_exception_line(said or "")
+        if line and "SlurmTimeLimitError" in line:
+            name, reason, line = "TIMEOUT", "", None  # ended by itself at Slurm's time-limit signal
         if name == "UNKNOWN_TO_SLURM":
             why = f"Slurm job {jid} ended without a result and Slurm no longer knows it (squeue, sacct)"
         else:
             why = f"Slurm job {jid} ended {name}" + (f": {REASONS[name]}" if name in REASONS else "")
             if reason and reason not in ("None", "(null)"):
                 why += f" (reason: {reason})"
-        if outcome is not None:  # what the run itself said
-            said = outcome[1].error if outcome[0] == "success" else outcome[1]
-            line = _last_exception_line(said or "")
-            if line:
-                why += f"; the run: {line}"
+        if line:  # what the run itself said
+            why += f"; the run: {line}"
         tail = _log_tail(s.handle)
         return self._record(s, why + (f"\n--- Slurm job log (last lines) ---\n{tail}" if tail else ""))
 
@@ -574,6 +580,6 @@ def _sigint_deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-__all__ = ["ClusterConfig", "Executor", "SlurmConfig", "SlurmExecutor", "SlurmRun", "SlurmTimeLimit", "current",
+__all__ = ["ClusterConfig", "Executor", "SlurmConfig", "SlurmExecutor", "SlurmRun", "SlurmTimeLimitError", "current",
            "executor_names", "load_cluster_config", "make_executor", "register", "using"]
 
