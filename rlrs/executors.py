@@ -44,7 +44,8 @@ from .engine import (CommandRun, Job, Pool, RunLocked, RunResult, _StepBar, _wri
 
 
 class Executor(Protocol):
-    """Runs jobs somewhere. ``workers``: runs at once (``None``: as many as the backend gives)."""
+    """Runs jobs somewhere. ``workers``: runs at once (``None``: as many as the backend gives).
+    Optionally ``describe(n)``: how ``n`` runs will run, for the engine's log (``"as Slurm jobs"``)."""
 
     workers: int | None
 
@@ -330,9 +331,8 @@ class SlurmExecutor:
         ex = self._executor(folder)
         before = [_stamp(j.out) for j in jobs]
         try:
-            with _sigint_deferred():  # a Ctrl-C during sbatch: the jobs get ids first, then are cancelled
-                with ex.batch():
-                    handles = [ex.submit(SlurmRun(j, self.config.time_min)) for j in jobs]
+            with ex.batch():
+                handles = [ex.submit(SlurmRun(j, self.config.time_min)) for j in jobs]
         except subprocess.CalledProcessError as err:
             raise ConfigError(f"--executor slurm: sbatch refused the jobs: {_text(err.output).strip() or err}; check "
                               "--slurm-partition, --slurm-account and --slurm-option (or [slurm] of --cluster-config)")\
@@ -359,7 +359,8 @@ class SlurmExecutor:
         results: dict[int, RunResult] = {}
         pending: list[_Submitted] = []
         try:
-            pending = self._submit(jobs)
+            with _sigint_deferred():  # a Ctrl-C during sbatch: the jobs get their ids first, then are cancelled
+                pending = self._submit(jobs)
             states: dict[str, tuple[str, str]] = {}
             last_look = -float("inf")
             while pending:
