@@ -34,13 +34,16 @@ rlrs.report(100, 1.0)
 """
 
 
-def _wait(what, cond, timeout=120.0):
-    """Poll ``cond`` until true (an event: a file, a job state); fail naming ``what`` after ``timeout``."""
+def _wait(what, cond, timeout=120.0, proc=None):
+    """Poll ``cond`` until true (an event: a file, a job state); fail naming ``what`` after ``timeout``,
+    or at once if the rlrs process ``proc`` (a Popen with its ``log`` path) ended first."""
     deadline = time.monotonic() + timeout
     while True:
         v = cond()
         if v:
             return v
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"rlrs ended (exit status {proc.returncode}) before {what}:\n{proc.log.read_text()}")
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.1)
@@ -84,8 +87,10 @@ def _start(args, tmp_path, name):
     """rlrs in its own process (so a signal reaches it alone), output to a file."""
     log = open(tmp_path / f"{name}.log", "w")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "rlrs", *args], stdout=log, stderr=subprocess.STDOUT, env=env,
-                            cwd=tmp_path), tmp_path / f"{name}.log"
+    proc = subprocess.Popen([sys.executable, "-m", "rlrs", *args], stdout=log, stderr=subprocess.STDOUT, env=env,
+                            cwd=tmp_path)
+    proc.log = tmp_path / f"{name}.log"
+    return proc, proc.log
 
 
 def _command_args(tmp_path, out, seeds="1"):
@@ -105,7 +110,8 @@ def test_a_job_cancelled_with_scancel_is_a_failed_run_with_slurms_reason_and_run
     name = f"rlrs-{out.name}"
     proc, log = _start(args, tmp_path, "first")
     try:
-        _wait("both runs to start", lambda: len([d for d in _run_dirs(out) if (d / "started").exists()]) == 2)
+        _wait("both runs to start", lambda: len([d for d in _run_dirs(out) if (d / "started").exists()]) == 2,
+              proc=proc)
         victim = _run_dirs(out)[0]
         job = (victim / "started").read_text()
         subprocess.run(["scancel", job], check=True)
@@ -132,7 +138,8 @@ def test_ctrl_c_cancels_the_submitted_jobs_and_records_them_interrupted(slurm_cl
     name = f"rlrs-{out.name}"
     proc, log = _start(args, tmp_path, "run")
     try:
-        _wait("both runs to start", lambda: len([d for d in _run_dirs(out) if (d / "started").exists()]) == 2)
+        _wait("both runs to start", lambda: len([d for d in _run_dirs(out) if (d / "started").exists()]) == 2,
+              proc=proc)
         jobs = [(d / "started").read_text() for d in _run_dirs(out)]
         assert [_state(j) for j in jobs] == ["RUNNING", "RUNNING"]
         proc.send_signal(signal.SIGINT)
@@ -199,3 +206,67 @@ def test_a_cluster_config_file_sets_the_jobs_resources(tmp_path):
     ex = SlurmExecutor(c.slurm, workers=3)._executor(tmp_path / "slurm")
     assert ex.parameters["partition"] == "gpu" and ex.parameters["gpus_per_node"] == 2
     assert ex.parameters["array_parallelism"] == 3
+
+
+class _Recorder:
+    """An executor that records what it is given and ends every run as failed (no training)."""
+
+    workers = 3
+
+    def __init__(self):
+        self.batches, self.closed = [], False
+
+    def run(self, jobs, on_done=None, progress=False):
+        from rlrs.engine import RunResult
+
+        self.batches.append(list(jobs))
+        results = [RunResult(j.out, "failed", error="not run") for j in jobs]
+        for j, r in zip(jobs, results):
+            if on_done:
+                on_done(j, r)
+        return results
+
+    def describe(self, n):
+        return f"on the recorder, {n}"
+
+    def close(self):
+        self.closed = True
+
+
+def test_run_all_hands_the_runs_to_the_executor_and_leaves_it_open(tmp_path):
+    from rlrs.engine import CommandRun, Job, run_all
+    from rlrs.plan import Plan
+
+    jobs = [Job(CommandRun("true", Plan(), seed), tmp_path / f"r{seed}") for seed in range(2)]
+    ex, lines = _Recorder(), []
+    results = run_all(jobs + jobs[:1], log=lines.append, executor=ex)
+    assert [len(b) for b in ex.batches] == [2] and not ex.closed
+    assert [r.out for r in results] == [tmp_path / "r0", tmp_path / "r1", tmp_path / "r0"]
+    assert lines[0] == "2 runs: 0 reused, 2 to run (on the recorder, 2)"
+
+
+def test_tunes_training_objective_uses_the_commands_executor():
+    from rlrs.executors import using
+    from rlrs.tune.objective import TrainingObjective
+    from rlrs.tune.spec import TuneSpec
+
+    spec = TuneSpec.create("tiny-dense", steps=4, params=("plan.base_lr",))
+    ex = _Recorder()
+    with using(ex):
+        obj = TrainingObjective(spec, "unused")
+    assert obj.pool is ex
+    obj = TrainingObjective(spec, "unused", workers=2)
+    assert obj.pool.workers == 2  # outside: a local pool, as before
+    obj.close()
+
+
+def test_a_registered_executor_is_chosen_by_name(tmp_path):
+    from rlrs.executors import ClusterConfig, _FACTORIES, make_executor, register
+
+    register("recorder", lambda config, workers, log_dir: _Recorder())
+    try:
+        assert isinstance(make_executor(ClusterConfig("recorder")), _Recorder)
+        with pytest.raises(ConfigError, match="'slurn' is not an executor; did you mean 'slurm'"):
+            make_executor(ClusterConfig("slurn"))
+    finally:
+        del _FACTORIES["recorder"]
