@@ -402,11 +402,13 @@ class SlurmExecutor:
         if outcome is not None and outcome[0] == "success" and outcome[1].status != "failed":
             return outcome[1]  # finished, stopped or diverged: the run's own record
         if name not in ENDED and name != "UNKNOWN_TO_SLURM":
-            return None  # still queued or running (or writing its result)
+            s.ended_since = None
+            return None  # still queued or running (or writing its result), or requeued
         if s.ended_since is None:
             s.ended_since = time.monotonic()
-        if outcome is None and name in ("COMPLETED", "FAILED") and time.monotonic() - s.ended_since < RESULT_GRACE_S:
-            return None  # its result file may still be on its way over a shared file system
+        if ((outcome is None and name in ("COMPLETED", "FAILED")) or name == "PREEMPTED") and \
+                time.monotonic() - s.ended_since < RESULT_GRACE_S:
+            return None  # its result file may be on its way over a shared disk; a preempted job may be requeued
         if outcome is not None and outcome[0] == "success" and name not in ENDED_BY_SLURM:
             return outcome[1]  # the run failed by itself and recorded why
         jid = s.handle.job_id

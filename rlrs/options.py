@@ -137,7 +137,9 @@ def add_target_args(p: argparse.ArgumentParser, command_flag: str = "--command",
 
 
 def add_workers_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=int, default=None, help=f"runs at once (default: {default_workers()}: one per usable core, at most 4)")
+    p.add_argument("--workers", type=int, default=None, help=f"runs at once (default: {default_workers()}: one per usable core, "
+                                                             "at most 4; with --executor slurm: Slurm jobs at once, default: "
+                                                             "as many as Slurm schedules)")
 
 
 # --slurm-* flags: (flag, SlurmConfig field, type, metavar, help). Defaults are the field defaults.
