@@ -3,8 +3,8 @@
 The Slurm tests submit through submitit to the cluster scripts/services.sh starts, wait for job
 states and files (never for a guessed number of seconds), and cancel what they submit."""
 
-import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -55,8 +55,11 @@ def _state(job):
     return dict(ln.split("|") for ln in out.stdout.split()).get(job)
 
 
-def _cancel_all(name):
-    subprocess.run(["scancel", "-n", name], capture_output=True)
+def _cancel_submitted(log):
+    """Cancel the jobs rlrs says (in ``log``) it submitted: only this test's, whatever their name."""
+    ids = re.findall(r"cancel: scancel ([\d ]+)\)", log.read_text() if log.exists() else "")
+    if ids:
+        subprocess.run(["scancel", *" ".join(ids).split()], capture_output=True)
 
 
 def _sets(tiny_sets, **extra):
@@ -107,7 +110,6 @@ def _run_dirs(out):
 def test_a_job_cancelled_with_scancel_is_a_failed_run_with_slurms_reason_and_runs_again(slurm_cluster, tmp_path):
     out = tmp_path / "out"
     args = _command_args(tmp_path, out)
-    name = f"rlrs-{out.name}"
     proc, log = _start(args, tmp_path, "first")
     try:
         _wait("both runs to start", lambda: len([d for d in _run_dirs(out) if (d / "started").exists()]) == 2,
@@ -120,14 +122,17 @@ def test_a_job_cancelled_with_scancel_is_a_failed_run_with_slurms_reason_and_run
         proc.wait(timeout=120)
     finally:
         proc.kill() if proc.poll() is None else None
-        _cancel_all(name)
+        _cancel_submitted(log)
     assert proc.returncode == 1, log.read_text()
     r = read_result(victim)
     assert r.status == "failed" and "CANCELLED" in r.error and job in r.error, r.error
     other = read_result(_run_dirs(out)[1])
     assert other.status == "finished", other.error
     proc, log = _start(args, tmp_path, "second")
-    assert proc.wait(timeout=120) == 0, log.read_text()
+    try:
+        assert proc.wait(timeout=120) == 0, log.read_text()
+    finally:
+        _cancel_submitted(log)
     assert "2 runs: 1 reused, 1 to run" in log.read_text()
     assert read_result(victim).status == "finished"
 
@@ -135,7 +140,6 @@ def test_a_job_cancelled_with_scancel_is_a_failed_run_with_slurms_reason_and_run
 def test_ctrl_c_cancels_the_submitted_jobs_and_records_them_interrupted(slurm_cluster, tmp_path):
     out = tmp_path / "out"
     args = _command_args(tmp_path, out)
-    name = f"rlrs-{out.name}"
     proc, log = _start(args, tmp_path, "run")
     try:
         _wait("both runs to start", lambda: len([d for d in _run_dirs(out) if (d / "started").exists()]) == 2,
@@ -147,7 +151,7 @@ def test_ctrl_c_cancels_the_submitted_jobs_and_records_them_interrupted(slurm_cl
         assert [_state(j) for j in jobs] == ["CANCELLED", "CANCELLED"]
     finally:
         proc.kill() if proc.poll() is None else None
-        _cancel_all(name)
+        _cancel_submitted(log)
     text = log.read_text()
     assert "cancelling 2 Slurm jobs" in text and "run the same command again" in text
     for d in _run_dirs(out):
@@ -159,18 +163,20 @@ def test_a_job_past_its_time_limit_is_a_failed_run_named_timeout(slurm_cluster, 
     out = tmp_path / "out"
     # Slurm's shortest limit is a minute: the job ends at its signal (15 s before) or at the limit.
     args = [*_command_args(tmp_path, out), "--slurm-time-min", "1", "--slurm-timeout-requeues", "0"]
-    name = f"rlrs-{out.name}"
+    proc, log = _start(args, tmp_path, "run")
     try:
-        proc, log = _start(args, tmp_path, "run")
         assert proc.wait(timeout=300) == 1, log.read_text()
     finally:
-        _cancel_all(name)
+        _cancel_submitted(log)
     for d in _run_dirs(out):
         r = read_result(d)
         assert r.status == "failed" and r.error.startswith("Slurm job") and "ended TIMEOUT: its time limit" in r.error, r.error
     (tmp_path / "finish").write_text("")
     proc, log = _start(args, tmp_path, "again")
-    assert proc.wait(timeout=300) == 0, log.read_text()
+    try:
+        assert proc.wait(timeout=300) == 0, log.read_text()
+    finally:
+        _cancel_submitted(log)
     assert "2 runs: 0 reused, 2 to run" in log.read_text()
 
 
@@ -270,3 +276,14 @@ def test_a_registered_executor_is_chosen_by_name(tmp_path):
             make_executor(ClusterConfig("slurn"))
     finally:
         del _FACTORIES["recorder"]
+
+
+def test_a_slurm_run_checkpoints_as_itself_so_a_requeued_job_resumes_its_run(tmp_path):
+    pytest.importorskip("submitit")
+    from rlrs.engine import CommandRun, Job
+    from rlrs.executors import SlurmRun
+    from rlrs.plan import Plan
+
+    job = Job(CommandRun("true", Plan()), tmp_path / "r", stop_at=5)
+    again = SlurmRun(job, time_min=30).checkpoint()
+    assert isinstance(again.function, SlurmRun) and again.function.job == job and again.args == ()
