@@ -406,9 +406,11 @@ class SlurmExecutor:
             return None  # still queued or running (or writing its result), or requeued
         if s.ended_since is None:
             s.ended_since = time.monotonic()
-        if ((outcome is None and name in ("COMPLETED", "FAILED")) or name == "PREEMPTED") and \
+        if ((outcome is None and name in ("COMPLETED", "FAILED")) or name in ("PREEMPTED", "UNKNOWN_TO_SLURM")) and \
                 time.monotonic() - s.ended_since < RESULT_GRACE_S:
-            return None  # its result file may be on its way over a shared disk; a preempted job may be requeued
+            # Its result file may be on its way over a shared disk; a preempted job may be requeued; a job
+            # missing from one answer of the queue may be in the next.
+            return None
         if outcome is not None and outcome[0] == "success" and name not in ENDED_BY_SLURM:
             return outcome[1]  # the run failed by itself and recorded why
         jid = s.handle.job_id
