@@ -26,7 +26,9 @@ import rlrs
 rlrs.report(0, 2.0)
 env = os.environ  # the Slurm job it runs in: an array task's id, or the job's
 job = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}" if "SLURM_ARRAY_JOB_ID" in env else env["SLURM_JOB_ID"]
-pathlib.Path(env["RLRS_RUN_DIR"], "started").write_text(job)
+tmp = pathlib.Path(env["RLRS_RUN_DIR"], "started.tmp")
+tmp.write_text(job)
+tmp.replace(tmp.with_name("started"))  # whole when it appears
 while not os.path.exists(sys.argv[1]):
     time.sleep(0.1)
 rlrs.report(50, 1.5)
