@@ -12,7 +12,7 @@ from . import compare, transfer, tune, widths, zoo
 from .config import ConfigError, MissingExtra
 from .engine import RunLocked
 from .models import DEFAULT_PRESET, PARAMETRIZATIONS
-from .options import default_of, parse_sets
+from .options import add_executor_args, default_of, executor_from_args, parse_sets
 
 
 def _run_config(args) -> "Any":
@@ -99,7 +99,8 @@ def cmd_demo(args) -> int:
     print(f"rlrs demo: {DEFAULT_PRESET} on Shakespeare, {steps} steps per plan, plans: {', '.join(arms)}")
     t0 = time.perf_counter()
     jobs = [Job(PresetRun(cfg), out / name, label=name) for name, cfg in cfgs.items()]
-    outcomes = run_all(jobs, workers=args.workers, log=None, progress=not args.no_progress)
+    with executor_from_args(args, out / "slurm") as ex:
+        outcomes = run_all(jobs, workers=args.workers, log=None, progress=not args.no_progress, executor=ex)
     curves = {}
     for (name, cfg), o in zip(cfgs.items(), outcomes):
         if o.status != "finished":
@@ -230,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="runs in parallel (default: 2)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting of both runs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_executor_args(p)
     p.set_defaults(func=cmd_demo)
 
     from .inspection import DEFAULT_AT, inspect

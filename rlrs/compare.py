@@ -59,8 +59,8 @@ from .analysis import (Difference, Interval, RouterCurve, RouterHealth, RunLogs,
 from .config import ConfigError
 from .engine import (Job, PresetRun, RunResult, RunSpec, reason_line, run_all,
                      run_dir)
-from .options import (add_target_args, add_workers_arg, check_workers, command_line, default_of, parse_grid,
-                      parse_plans, parse_sets, target_from_args)
+from .options import (add_executor_args, add_target_args, add_workers_arg, check_workers, command_line, default_of,
+                      executor_from_args, parse_grid, parse_plans, parse_sets, target_from_args)
 from .plan import Plan
 from .targets import CommandTarget, PresetTarget, Target
 from .train import RunConfig
@@ -193,10 +193,11 @@ def _skipped(out: Path) -> int:
 
 
 def _execute(specs: Sequence[_Spec], workers: int | None, metric: str = "eval", log: Callable[[str], None] = print,
-             progress: bool = False) -> tuple[list[RunInfo], dict[Path, RunLogs]]:
+             progress: bool = False, executor=None) -> tuple[list[RunInfo], dict[Path, RunLogs]]:
     """Run every spec on the engine (reusing finished and diverged runs, resuming interrupted
     ones), then read each run's logs. A run that finished but blew up counts as diverged."""
-    results = run_all([Job(s.run, s.out, label=s.label) for s in specs], workers, log, progress=progress)
+    results = run_all([Job(s.run, s.out, label=s.label) for s in specs], workers, log, progress=progress,
+                      executor=executor)
     infos = [_info(s, r) for s, r in zip(specs, results)]
     logs = {s.out: read_run(s.out, s.cfg) for s in specs}
     for info in infos:
@@ -428,6 +429,7 @@ def compare(
     command: str | None = None,
     log: Callable[[str], None] = print,
     progress: bool = False,
+    executor=None,
 ) -> CompareResult:
     """Train every plan with ``seeds`` paired seeds and measure the paper's speed-up of each plan
     over the first (the baseline). Writes ``results.json``, ``report.md`` and PNGs into ``out``.
@@ -436,7 +438,8 @@ def compare(
     (:class:`~rlrs.targets.CommandTarget`). ``base_lrs`` maps arm names to their η_base (e.g.
     :func:`load_grid`'s or ``lr_grid().best``); other arms keep their plan's. ``metric`` is
     ``"eval"`` (held-out loss) or ``"train"`` (preset runs only). ``command`` is recorded in
-    ``results.json`` (the CLI passes its command line).
+    ``results.json`` (the CLI passes its command line). ``executor`` (:mod:`rlrs.executors`, e.g. a
+    Slurm cluster) runs the runs instead of a local pool of ``workers``.
     """
     t0 = time.perf_counter()
     target = _target(target, config_file)
@@ -455,7 +458,7 @@ def compare(
     length = specs[0].run.total_steps
     log(f"rlrs compare: {preset}, plans {', '.join(a for a, _ in arms)} (baseline {arms[0][0]}), "
         f"{seeds} seed{'s' * (seeds > 1)}, {length or 'its own number of'} steps per run -> {out}")
-    infos, logs = _execute(specs, workers, metric, log, progress)
+    infos, logs = _execute(specs, workers, metric, log, progress, executor)
     plan_of = {s.arm: s.run.plan for s in specs}
     cfg0 = specs[0].cfg
     res = CompareResult(
@@ -710,6 +713,7 @@ def lr_grid(
     include: Mapping[str, float] | None = None,
     log: Callable[[str], None] = print,
     progress: bool = False,
+    executor=None,
 ) -> GridResult:
     """The η_base search of appendix A, separately for each plan: train each plan at each grid
     value (default: ``points`` values of the {1, 2, 5}×10⁻ⁿ ladder around the plan's η_base) and
@@ -718,7 +722,8 @@ def lr_grid(
     A best value at the grid's low or high end says nothing about the optimum, so the grid grows
     by the next ladder value beyond that end, up to ``extend`` times per arm (0: never), until the
     best lies inside (a diverged neighbour bounds it too). ``include`` adds one value to an arm's
-    grid (by arm name; width-transfer: the base width's optimum, whose loss it must measure)."""
+    grid (by arm name; width-transfer: the base width's optimum, whose loss it must measure).
+    ``executor`` runs the runs (see :func:`compare`)."""
     t0 = time.perf_counter()
     target = _target(target, config_file)
     preset = target.name
@@ -750,7 +755,7 @@ def lr_grid(
         # Every round lists every point: the engine reuses the runs earlier rounds trained.
         specs = [_spec(target, arm, plan, seed, sets, lr, out / "runs", label_lr=True)
                  for seed in range(seeds) for arm, plan in arms for lr in values[arm]]
-        infos, _ = _execute(specs, workers, "eval", log, progress)
+        infos, _ = _execute(specs, workers, "eval", log, progress, executor)
         lr_of = {s.out: s.run.plan.base_lr for s in specs}
         grid_arms = {arm: GridArm(arm, [GridPoint(lr, [r for r in infos if r.arm == arm and lr_of[r.out] == lr])
                                         for lr in values[arm]])
@@ -804,6 +809,7 @@ def _common_args(p, out_help: str) -> None:
                         "for MoE presets, uniform-dense,paper-dense for dense presets and for --command)")
     p.add_argument("--out", default=None, help=out_help)
     add_workers_arg(p)
+    add_executor_args(p)
 
 
 def add_commands(sub) -> None:
@@ -877,9 +883,10 @@ def cmd_compare(args) -> int:
         if tuned_on and tuned_on != target.name:
             # Allowed (a deliberate transfer), but η_base rarely transfers across sizes (the paper retunes it).
             print(f"rlrs compare: note: {args.base_lrs_from} was tuned on {tuned_on}, not {target.name}", file=sys.stderr)
-    res = compare(target, args.plans_list, args.seeds, args.out, sets=args.sets, base_lrs=base_lrs,
-                  metric=args.metric, workers=args.workers, command=command_line("compare", args, extra),
-                  progress=sys.stderr.isatty())
+    with executor_from_args(args, args.out / "slurm") as ex:
+        res = compare(target, args.plans_list, args.seeds, args.out, sets=args.sets, base_lrs=base_lrs,
+                      metric=args.metric, workers=args.workers, command=command_line("compare", args, extra),
+                      progress=sys.stderr.isatty(), executor=ex)
     print()
     for line in res.lines():
         print(line)
@@ -898,10 +905,11 @@ def cmd_lr_grid(args) -> int:
     grid = parse_grid(args.grid) if args.grid is not None else None
     extra = [*_extra_plans(args), "--seeds", str(args.seeds), "--extend", str(args.extend)] + (
         ["--grid", args.grid] if args.grid else ["--points", str(args.points)])
-    res = lr_grid(target, args.plans_list, args.out, grid=grid, seeds=args.seeds, sets=args.sets,
-                  workers=args.workers, command=command_line("lr-grid", args, extra), extend=args.extend,
-                  points=args.points,
-                  progress=sys.stderr.isatty())
+    with executor_from_args(args, args.out / "slurm") as ex:
+        res = lr_grid(target, args.plans_list, args.out, grid=grid, seeds=args.seeds, sets=args.sets,
+                      workers=args.workers, command=command_line("lr-grid", args, extra), extend=args.extend,
+                      points=args.points,
+                      progress=sys.stderr.isatty(), executor=ex)
     print()
     for arm in (arm_name(p) for p in args.plans_list):
         if arm in res.best:

@@ -1009,14 +1009,7 @@ class Pool:
                         r = fut.result()
                     except Exception as err:  # noqa: BLE001 - the worker process died
                         broken = True
-                        r = RunResult(jobs[i].out, "failed", steps=_trained_steps(jobs[i].out),
-                                      error=f"worker process died: {err!r}")
-                        if isinstance(jobs[i].spec, CommandRun):  # what its script ran still counts
-                            ran = attempts(read_log(jobs[i].out).records)
-                            r.steps = max(eval_curve(jobs[i].out)[0], default=0)
-                            r.ran_steps, r.ran_tokens, r.rerun_steps, r.restarted_at = (
-                                ran.ran_steps, ran.ran_tokens, ran.rerun_steps, ran.restarted_at)
-                        _write_result(r)
+                        r = _write_result(lost_run(jobs[i], f"worker process died: {err!r}"))
                     done(i, r)
                 if bar is not None:
                     bar.poll()
@@ -1026,6 +1019,20 @@ class Pool:
             if bar is not None:
                 bar.close()
         return [results[i] for i in range(len(jobs))]
+
+
+def lost_run(job: Job, error: str) -> RunResult:
+    """The failed result of a run whose process was lost before it could record one (a worker
+    killed, a Slurm job its scheduler ended): its eval curve and, for a command, the steps its
+    script ran (they count as compute) as far as its log shows them. Every executor uses it."""
+    xs, ys = eval_curve(job.out)
+    r = RunResult(job.out, "failed", steps=_trained_steps(job.out), eval_steps=xs, eval_loss=ys, error=error)
+    if isinstance(job.spec, CommandRun):  # what its script ran still counts
+        ran = attempts(read_log(job.out).records)
+        r.steps = max(xs, default=0)
+        r.ran_steps, r.ran_tokens, r.rerun_steps, r.restarted_at = (ran.ran_steps, ran.ran_tokens, ran.rerun_steps,
+                                                                    ran.restarted_at)
+    return r
 
 
 class _StepBar:
@@ -1061,8 +1068,10 @@ class _StepBar:
 
 
 def run_all(jobs: Sequence[Job], workers: int | None = None, log: Callable[[str], None] | None = print,
-            progress: bool = False) -> list[RunResult]:
-    """Run ``jobs`` (duplicates of one directory run once), logging one line per run."""
+            progress: bool = False, executor=None) -> list[RunResult]:
+    """Run ``jobs`` (duplicates of one directory run once), logging one line per run. ``executor``
+    (an :class:`rlrs.executors.Executor`, e.g. a Slurm cluster; the caller closes it) runs them;
+    default: a local :class:`Pool` of ``workers``."""
     unique: dict[Path, Job] = {}
     for j in jobs:
         unique.setdefault(j.out, j)
@@ -1070,10 +1079,11 @@ def run_all(jobs: Sequence[Job], workers: int | None = None, log: Callable[[str]
     reused = {out for out, j in unique.items()
               if prior[out] is not None and _reusable(prior[out], j.stop_at) and not _other_code(j.spec, out)}
     todo = [j for out, j in unique.items() if out not in reused]
-    with Pool(workers) as pool:
+    with contextlib.nullcontext(executor) if executor is not None else Pool(workers) as pool:
         if log:
-            log(f"{len(unique)} runs: {len(reused)} reused, {len(todo)} to run"
-                + (f" ({min(pool.workers, len(todo))} at a time)" if todo else ""))
+            how = (pool.describe(len(todo)) if hasattr(pool, "describe")
+                   else f"{min(pool.workers, len(todo))} at a time")
+            log(f"{len(unique)} runs: {len(reused)} reused, {len(todo)} to run" + (f" ({how})" if todo else ""))
         count = [len(reused)]
 
         def on_done(job: Job, r: RunResult) -> None:

@@ -6,6 +6,7 @@ here imports a command module, so ``rlrs.cli`` can import them all plainly.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import math
 import os
@@ -15,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 from .config import ConfigError
 from .engine import default_workers
+from .executors import ClusterConfig, Executor, SlurmConfig, executor_names, load_cluster_config, make_executor
 from .targets import CommandTarget, PresetTarget, Target
 from .models import DEFAULT_PRESET
 
@@ -136,7 +138,64 @@ def add_target_args(p: argparse.ArgumentParser, command_flag: str = "--command",
 
 
 def add_workers_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=int, default=None, help=f"runs at once (default: {default_workers()}: one per usable core, at most 4)")
+    p.add_argument("--workers", type=int, default=None, help=f"runs at once (default: {default_workers()}: one per usable core, "
+                                                             "at most 4; with --executor slurm: Slurm jobs at once, default: "
+                                                             "as many as Slurm schedules)")
+
+
+# --slurm-* flags: (flag, SlurmConfig field, type, metavar, help). Defaults are the field defaults.
+_SLURM = SlurmConfig()
+_SLURM_FLAGS = (
+    ("--slurm-partition", "partition", str, "NAME", "partition of the jobs (default: the cluster's default)"),
+    ("--slurm-gpus", "gpus", int, "N", f"GPUs per run (default: {_SLURM.gpus})"),
+    ("--slurm-cpus", "cpus", int, "N", f"CPU cores per run, its threads (default: {_SLURM.cpus})"),
+    ("--slurm-mem-gb", "mem_gb", float, "GB", "memory per run (default: the cluster's default)"),
+    ("--slurm-time-min", "time_min", int, "MIN", f"time limit of each job in minutes (default: {_SLURM.time_min})"),
+    ("--slurm-account", "account", str, "NAME", "account charged (default: your default account)"),
+    ("--slurm-timeout-requeues", "timeout_requeues", int, "N",
+     f"times a job whose time limit runs out is requeued to resume (default: {_SLURM.timeout_requeues})"),
+    ("--slurm-poll-s", "poll_s", float, "S",
+     f"seconds between looks at the queue for jobs Slurm ended (default: {_SLURM.poll_s:g})"),
+)
+
+
+def add_executor_args(p: argparse.ArgumentParser) -> None:
+    """``--executor``, ``--cluster-config`` and the ``--slurm-*`` resources of each run's job."""
+    g = p.add_argument_group("where runs execute")
+    g.add_argument("--executor", default=None, choices=executor_names(),
+                   help="local: a pool of --workers processes on this machine (default); slurm: one Slurm job per "
+                        "run (a job array per batch), at most --workers at once. With slurm, --out must be on a file "
+                        "system the nodes share: the jobs write their runs and logs (OUT/slurm) there")
+    g.add_argument("--cluster-config", default=None, metavar="FILE",
+                   help="a TOML file: executor = \"slurm\" and a [slurm] table of partition, gpus, cpus, mem_gb, "
+                        "time_min, account, options, timeout_requeues, poll_s; flags override it")
+    for flag, _, tp, metavar, text in _SLURM_FLAGS:
+        g.add_argument(flag, type=tp, default=None, metavar=metavar, help=text)
+    g.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a further sbatch option of each job, e.g. constraint=a100 or qos=high (repeatable)")
+
+
+def executor_from_args(args, log_dir: str | Path | None = None) -> Executor:
+    """The executor the flags of :func:`add_executor_args` name (``--workers``: runs at once),
+    keeping a cluster's job logs in ``log_dir`` (the experiment's ``OUT/slurm``). Close it after use
+    (``with executor_from_args(args, out / "slurm") as ex: ...``)."""
+    check_workers(getattr(args, "workers", None))
+    cfg = load_cluster_config(args.cluster_config) if args.cluster_config else ClusterConfig()
+    name = args.executor or cfg.executor
+    given = {field: getattr(args, flag[2:].replace("-", "_")) for flag, field, *_ in _SLURM_FLAGS}
+    given = {k: v for k, v in given.items() if v is not None}
+    if args.slurm_option:
+        given["options"] = (*cfg.slurm.options, *args.slurm_option)
+    if given and name != "slurm":
+        flag = next(f for f, field, *_ in _SLURM_FLAGS if field in given) if set(given) - {"options"} else "--slurm-option"
+        raise ConfigError(f"{flag}: applies to Slurm jobs; add --executor slurm (or executor = \"slurm\" in --cluster-config)")
+    try:
+        slurm = dataclasses.replace(cfg.slurm, **given)
+    except ConfigError as err:
+        field, _, rest = str(err).partition(": ")
+        flag = next((f for f, fd, *_ in _SLURM_FLAGS if fd == field), "--slurm-option" if field == "options" else field)
+        raise ConfigError(f"{flag}: {rest}") from None
+    return make_executor(ClusterConfig(name, slurm), getattr(args, "workers", None), log_dir)
 
 
 def target_from_args(args, required: bool = False) -> Target:

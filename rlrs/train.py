@@ -41,7 +41,7 @@ from .components import COMPONENTS
 from .config import ConfigError
 from .optim import RelativeLR, assign_components, param_groups
 from .plan import Plan
-from .runlog import Diverged, EvalRecord, EventRecord, Record, RunLog, TrainRecord, read_log, read_metrics, rewrite
+from .runlog import Diverged, EvalRecord, EventRecord, Record, RunLog, TrainRecord, read_log, rewrite
 
 NONFINITE_POLICIES = ("abort", "skip")
 # A run that skipped more than this share of its steps (train.nonfinite = "skip") did not really

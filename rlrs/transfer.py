@@ -36,8 +36,8 @@ from .analysis import speedup
 from .engine import Job, reason_line, run_all, run_dir
 from .targets import PresetTarget, Target, as_target
 from .models import count_params
-from .options import (add_target_args, add_workers_arg, check_workers, default_of, parse_floats, parse_grid, parse_sets,
-                      target_from_args)
+from .options import (add_executor_args, add_target_args, add_workers_arg, check_workers, default_of, executor_from_args,
+                      parse_floats, parse_grid, parse_sets, target_from_args)
 from .plan import ComponentPlan, Plan
 from .train import total_steps
 
@@ -108,9 +108,11 @@ def transfer(
     sets: Mapping[str, Any] | None = None,
     workers: int | None = None,
     log: Callable[[str], None] = print,
+    executor=None,
 ) -> TransferResult:
     """Algorithm 1: the plan's λ values on ``target`` (a larger preset, or the larger model's own
-    command), η_base retuned for both arms, then compared."""
+    command), η_base retuned for both arms, then compared. ``executor`` (:mod:`rlrs.executors`)
+    runs the runs instead of a local pool of ``workers``."""
     out = Path(out)
     target = as_target(target)
     preset = target.name
@@ -121,11 +123,12 @@ def transfer(
     log(f"rlrs transfer: λ from {arm_name(str(plan))} onto {preset}; η_base searched for both arms")
     # One --out for the grid and the compare: compare reuses the grid's seed-0 runs.
     grid_result = lr_grid(target, plans, out, grid=grid, seeds=grid_seeds, sets=sets, workers=workers, extend=extend,
-                          log=log)
+                          log=log, executor=executor)
     missing = [arm_name(p) for p in plans if arm_name(p) not in grid_result.best]
     if missing:
         raise ConfigError(f"every η_base of the grid diverged for {', '.join(missing)}; try a lower --grid")
-    res = compare(target, plans, seeds=seeds, out=out, sets=sets, base_lrs=grid_result.best, workers=workers, log=log)
+    res = compare(target, plans, seeds=seeds, out=out, sets=sets, base_lrs=grid_result.best, workers=workers, log=log,
+                  executor=executor)
     if isinstance(target, PresetTarget):
         cfg = target.spec(rel, 0, sets).cfg
         steps = total_steps(cfg)
@@ -263,8 +266,10 @@ def ablate(
     sets: Mapping[str, Any] | None = None,
     workers: int | None = None,
     log: Callable[[str], None] = print,
+    executor=None,
 ) -> AblateResult:
-    """Table 6 (``kind="leave-one-out"``), figure 4 (``kind="vary"``) or both, for ``plan``."""
+    """Table 6 (``kind="leave-one-out"``), figure 4 (``kind="vary"``) or both, for ``plan``;
+    ``executor`` runs the runs (see :func:`transfer`)."""
     if kind not in ABLATIONS:
         raise ConfigError(f"kind: {kind!r} is unknown; {_config.closest(kind, ABLATIONS)}")
     out = Path(out)
@@ -276,8 +281,9 @@ def ablate(
         if not (isinstance(f, (int, float)) and math.isfinite(f) and f > 0):
             raise ConfigError(f"factors: {f!r} is not a positive number; e.g. 0.2,0.667,1.5,5")
     t0 = time.perf_counter()
-    loo = _leave_one_out(target, base, comps, out, seeds, sets, workers, log) if kind != "vary" else []
-    vary = _vary(target, base, comps, factors, out, seeds, sets, workers, log) if kind != "leave-one-out" else []
+    loo = _leave_one_out(target, base, comps, out, seeds, sets, workers, log, executor) if kind != "vary" else []
+    vary = (_vary(target, base, comps, factors, out, seeds, sets, workers, log, executor) if kind != "leave-one-out"
+            else [])
     result = AblateResult(out, preset, plan, seeds, loo, vary, time.perf_counter() - t0)
     files.write_json(out / "ablate.json", result.to_dict())
     files.atomic_write_text(out / "ablate.md", _ablate_md(result))
@@ -287,13 +293,15 @@ def ablate(
     return result
 
 
-def _leave_one_out(target: Target, base: Plan, comps, out: Path, seeds, sets, workers, log) -> list[LeaveOneOut]:
+def _leave_one_out(target: Target, base: Plan, comps, out: Path, seeds, sets, workers, log,
+                   executor=None) -> list[LeaveOneOut]:
     full = "full"
     plans = [_write_plan(out / "plans" / f"{full}.toml", base)]
     for c in comps:
         plans.append(_write_plan(out / "plans" / f"no-{c}.toml", dataclasses.replace(base, **{c: ComponentPlan(
             weight_decay=base.component(c).weight_decay)})))
-    res = compare(target, plans, seeds=seeds, out=out / "leave-one-out", sets=sets, workers=workers, log=log)
+    res = compare(target, plans, seeds=seeds, out=out / "leave-one-out", sets=sets, workers=workers, log=log,
+                  executor=executor)
     rows = []
     whole = res.arms[full]
     for c in comps:
@@ -310,7 +318,8 @@ def _leave_one_out(target: Target, base: Plan, comps, out: Path, seeds, sets, wo
     return rows
 
 
-def _vary(target: Target, base: Plan, comps, factors, out: Path, seeds, sets, workers, log) -> list[Variant]:
+def _vary(target: Target, base: Plan, comps, factors, out: Path, seeds, sets, workers, log,
+          executor=None) -> list[Variant]:
     variants = [("base", None, None, 1.0, base)]
     for c in comps:
         cp = base.component(c)
@@ -324,7 +333,7 @@ def _vary(target: Target, base: Plan, comps, factors, out: Path, seeds, sets, wo
             spec = target.spec(p, seed, sets)
             jobs.append(Job(spec, run_dir(out / "runs", spec), label=f"{name} seed {seed}"))
     log(f"rlrs ablate: {len(variants)} variants × {seeds} seed(s) = {len(jobs)} runs -> {out / 'runs'}")
-    outcomes = run_all(jobs, workers, log)
+    outcomes = run_all(jobs, workers, log, executor=executor)
     rows = []
     for i, (name, c, which, f, _) in enumerate(variants):
         mine = outcomes[i * seeds:(i + 1) * seeds]
@@ -405,6 +414,7 @@ def add_commands(sub) -> None:
     p.add_argument("--extend", type=int, default=default_of(transfer, "extend"),
                    help=f"values the η_base grid may grow by at an edge, per arm (default: {default_of(transfer, 'extend')})")
     add_workers_arg(p)
+    add_executor_args(p)
     p.add_argument("--out", required=True, help="output directory (grid.json, report.md, transfer.md, runs/)")
     p.set_defaults(func=cmd_transfer)
 
@@ -419,6 +429,7 @@ def add_commands(sub) -> None:
     p.add_argument("--seeds", type=int, default=default_of(ablate, "seeds"),
                    help=f"seeds per variant (default: {default_of(ablate, 'seeds')})")
     add_workers_arg(p)
+    add_executor_args(p)
     p.add_argument("--out", required=True, help="output directory (ablate.md, ablate.json, runs/)")
     p.set_defaults(func=cmd_ablate)
 
@@ -426,9 +437,10 @@ def add_commands(sub) -> None:
 def cmd_transfer(args) -> int:
     check_workers(args.workers)
     target = target_from_args(args, required=True)
-    transfer(args.plan, target, args.out, baseline=args.baseline, grid=parse_grid(args.grid) if args.grid else None,
-             grid_seeds=args.grid_seeds, extend=args.extend, seeds=args.seeds, sets=parse_sets(args.set),
-             workers=args.workers)
+    with executor_from_args(args, Path(args.out) / "slurm") as ex:
+        transfer(args.plan, target, args.out, baseline=args.baseline, grid=parse_grid(args.grid) if args.grid else None,
+                 grid_seeds=args.grid_seeds, extend=args.extend, seeds=args.seeds, sets=parse_sets(args.set),
+                 workers=args.workers, executor=ex)
     print((Path(args.out) / "transfer.md").read_text())
     return 0
 
@@ -439,7 +451,8 @@ def cmd_ablate(args) -> int:
     plan = args.plan or target.default_plans()[1]
     comps = [c.strip() for c in args.components.split(",")] if args.components else None
     factors = parse_floats(args.factors, "factors") or FACTORS
-    ablate(target, plan, args.out, kind=args.kind, components=comps, factors=factors, seeds=args.seeds,
-           sets=parse_sets(args.set), workers=args.workers)
+    with executor_from_args(args, Path(args.out) / "slurm") as ex:
+        ablate(target, plan, args.out, kind=args.kind, components=comps, factors=factors, seeds=args.seeds,
+               sets=parse_sets(args.set), workers=args.workers, executor=ex)
     print((Path(args.out) / "ablate.md").read_text())
     return 0

@@ -47,7 +47,8 @@ from .compare import GridPoint, GridResult, arm_name, lr_grid
 from .config import ConfigError
 from .targets import PresetTarget
 from .models import get_preset
-from .options import add_set_arg, add_workers_arg, check_workers, default_of, parse_grid, parse_sets, parse_widths
+from .options import (add_executor_args, add_set_arg, add_workers_arg, check_workers, default_of, executor_from_args,
+                      parse_grid, parse_sets, parse_widths)
 from .presets import default_plans
 
 VARIANTS = ("sp", "sp-iwd", "mup", "mup-iwd", "sp-warmup")
@@ -200,8 +201,10 @@ def width_transfer(
     sets: Mapping[str, Any] | None = None,
     workers: int | None = None,
     log: Callable[[str], None] = print,
+    executor=None,
 ) -> WidthTransferResult:
-    """The η_base grid at every width for every variant and plan; see the module docstring."""
+    """The η_base grid at every width for every variant and plan; see the module docstring.
+    ``executor`` (:mod:`rlrs.executors`) runs the runs instead of a local pool of ``workers``."""
     t0 = time.perf_counter()
     widths = sorted({int(w) for w in widths})
     if len(widths) < 2:
@@ -242,7 +245,7 @@ def width_transfer(
                                                     if g.best is not None}
             grids[w] = lr_grid(preset, plans, out / v / f"w{w}", grid=grid, seeds=seeds, extend=extend,
                                sets={**sets, **variant_sets(v, w, base_width, iwd)}, workers=workers,
-                               include=base_best, log=log)
+                               include=base_best, log=log, executor=executor)
         for p in plans:
             arm = arm_name(p)
             pts = []
@@ -336,6 +339,7 @@ def add_commands(sub) -> None:
     p.add_argument("--extend", type=int, default=default_of(width_transfer, "extend"))
     add_set_arg(p)
     add_workers_arg(p)
+    add_executor_args(p)
     p.add_argument("--command", default=None,
                    help="not supported: a script owns its model's width and parametrization (refused with the alternative)")
     p.add_argument("--out", required=True, help="output directory (results.json, report.md, width_transfer.png, runs)")
@@ -348,9 +352,10 @@ def cmd_width_transfer(args) -> int:
                           "a script owns; use `rlrs lr-grid --command` at each width instead")
     check_workers(args.workers)
     plans = [p.strip() for p in args.plans.split(",") if p.strip()] if args.plans else None
-    res = width_transfer(args.preset, parse_widths(args.widths), args.out,
-                         variants=[v.strip() for v in args.variants.split(",") if v.strip()], plans=plans,
-                         grid=parse_grid(args.grid) if args.grid else None, seeds=args.seeds, iwd=args.iwd,
-                         extend=args.extend, sets=parse_sets(args.set), workers=args.workers)
+    with executor_from_args(args, Path(args.out) / "slurm") as ex:
+        res = width_transfer(args.preset, parse_widths(args.widths), args.out,
+                             variants=[v.strip() for v in args.variants.split(",") if v.strip()], plans=plans,
+                             grid=parse_grid(args.grid) if args.grid else None, seeds=args.seeds, iwd=args.iwd,
+                             extend=args.extend, sets=parse_sets(args.set), workers=args.workers, executor=ex)
     print(_report(res))
     return 0

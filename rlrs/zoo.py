@@ -32,8 +32,8 @@ from . import files
 from .analysis import first_reaching
 from .config import ConfigError
 from .engine import Job, eval_curve, reusable, run_all, run_dir
+from .options import add_executor_args, add_workers_arg, check_workers, default_of, executor_from_args
 from .plots import _save
-from .options import add_workers_arg, check_workers, default_of
 from .strategies import GENERATIONS, STRATEGIES
 from .tasks import TASKS, TaskRun
 
@@ -192,8 +192,10 @@ def merge_results(results: Sequence[ZooResult], out: str | Path) -> ZooResult:
 
 
 def run_zoo(tasks: Sequence[str], strategies: Sequence[str], out: str | Path, seeds: int = 3,
-            epochs: int | None = None, workers: int | None = None, log: Callable[[str], None] | None = print) -> ZooResult:
-    """Train every strategy on every task with ``seeds`` seeds (0, 1, ...) and summarize."""
+            epochs: int | None = None, workers: int | None = None, log: Callable[[str], None] | None = print,
+            executor=None) -> ZooResult:
+    """Train every strategy on every task with ``seeds`` seeds (0, 1, ...) and summarize; ``executor``
+    (:mod:`rlrs.executors`) runs the runs instead of a local pool of ``workers``."""
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"--seeds: at least 1, got {seeds!r}")
     tasks = parse_names(",".join(tasks), TASKS, "task")
@@ -222,7 +224,7 @@ def run_zoo(tasks: Sequence[str], strategies: Sequence[str], out: str | Path, se
                 if log:
                     log(f"rlrs zoo: task {task} cannot run: {unfetched[task]}")
     jobs = [j for j in jobs if j.spec.task not in unfetched]
-    results = run_all(jobs, workers, log)
+    results = run_all(jobs, workers, log, executor=executor)
     cells = []
     for task in tasks:
         target = TASKS[task].target
@@ -380,6 +382,7 @@ def add_commands(sub) -> None:
     p.add_argument("--seeds", type=int, default=default_of(run_zoo, "seeds"))
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: each task's own)")
     add_workers_arg(p)
+    add_executor_args(p)
     p.add_argument("--out", default=None, help="output directory (results.json, report.md, zoo_curves.png, runs/)")
     p.add_argument("--merge", nargs="+", default=None, metavar="RESULTS_JSON",
                    help="instead of training: merge zoo results.json files of different tasks into one report in --out")
@@ -401,8 +404,9 @@ def cmd_zoo(args) -> int:
             raise ConfigError("--task and --out: both needed to run the zoo (or --list to see the strategies), e.g. "
                               "rlrs zoo --task gauss --strategies adamw,dals --out runs/zoo")
         check_workers(args.workers)
-        res = run_zoo(args.task.split(","), args.strategies.split(","), args.out, seeds=args.seeds,
-                      epochs=args.epochs, workers=args.workers)
+        with executor_from_args(args, Path(args.out) / "slurm") as ex:
+            res = run_zoo(args.task.split(","), args.strategies.split(","), args.out, seeds=args.seeds,
+                          epochs=args.epochs, workers=args.workers, executor=ex)
     print(report(res, None).split("\n## ")[0])
     print(f"results: {res.out / 'results.json'}  report: {res.out / 'report.md'}")
     # A diverged strategy is a result, a crash is not; a merge reports what its inputs had, and crashes nothing.

@@ -139,7 +139,7 @@ def test_a_command_whose_log_has_a_damaged_line_still_finishes_with_every_report
     r = execute(spec, out)
     assert r.status == "finished", r.error
     assert r.eval_steps == list(range(6)) and r.final_eval_loss == 0.0
-    assert len(r.notes) == 1 and f"metrics.jsonl:4: " in r.notes[0] and why in r.notes[0]
+    assert len(r.notes) == 1 and "metrics.jsonl:4: " in r.notes[0] and why in r.notes[0]
     assert "damaged log line skipped" in r.headline()
     assert read_result(out).notes == r.notes  # recorded in result.json
 

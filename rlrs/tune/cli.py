@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 
 from .. import config as _config
 from ..config import ConfigError
 from ..engine import default_workers
 from ..models import DEFAULT_PRESET
-from ..options import add_set_arg, check_workers, parse_floats, parse_sets
+from ..executors import using
+from ..options import add_executor_args, add_set_arg, check_workers, executor_from_args, parse_floats, parse_sets
 from .driver import TuneResult, fmt_loss, join, tune
 from .spec import DEFAULT_STEPS, Pruning, TuneSpec
 from .samplers import SAMPLERS, SPREAD, sampler_search
@@ -27,7 +29,9 @@ _SPEC_ARGS = ("preset", "command", "plan", "config", "budget", "steps", "seeds",
 
 def cmd_tune(args) -> int:
     try:
-        return _cmd_tune(args)
+        # The objective trains on the executor the flags name (a local pool of --workers by default).
+        with executor_from_args(args, Path(args.out) / "slurm") as ex, using(ex):
+            return _cmd_tune(args)
     except KeyboardInterrupt:
         print("rlrs tune: interrupted; finished trials are in the study and runs resume from their "
               "checkpoints: rerun the same command to continue", file=sys.stderr)
@@ -172,4 +176,5 @@ def add_commands(sub) -> None:
     p.add_argument("--poll", type=float, default=None, help=f"seconds between looks at other workers' claims (default: {STUDY.poll_s:g})")
     p.add_argument("--stale-after", type=float, default=None,
                    help=f"seconds: a claim without heartbeat for this long is taken over (default: {STUDY.stale_s:g})")
+    add_executor_args(p)
     p.set_defaults(func=cmd_tune)

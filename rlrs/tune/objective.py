@@ -10,6 +10,7 @@ from typing import Callable, Protocol
 
 from ..config import ConfigError
 from ..engine import Job, Pool, PresetRun, run_dir
+from ..executors import current
 from ..train import eval_steps
 from .spec import TuneSpec, load_function
 
@@ -92,7 +93,7 @@ class TrainingObjective:
     def __init__(self, spec: TuneSpec, runs_dir: str | Path, workers: int = 1):
         self.spec = spec
         self.runs_dir = Path(runs_dir)
-        self.pool = Pool(max(1, workers))
+        self.pool = current() or Pool(max(1, workers))  # the command's executor (rlrs.executors.using), if any
         self.total_steps = spec.base.total_steps
         cfg = spec.config
         self.eval_at = eval_steps(self.total_steps, cfg.train.eval_interval) if cfg is not None else []

@@ -1,0 +1,291 @@
+"""Executors: the local pool and a real Slurm cluster (the slurm_cluster fixture; jobs are tiny).
+
+The Slurm tests submit through submitit to the cluster scripts/services.sh starts, wait for job
+states and files (never for a guessed number of seconds), and cancel what they submit."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rlrs.cli import main
+from rlrs.config import ConfigError
+from rlrs.engine import read_result
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--executor", "slurm", "--slurm-poll-s", "0.5", "--slurm-mem-gb", "1"]  # two jobs fit the test node
+# A script that reports a loss, then waits for the file argv[1] (or to be stopped) and ends.
+SLEEPER = """
+import os, pathlib, sys, time
+import rlrs
+rlrs.report(0, 2.0)
+env = os.environ  # the Slurm job it runs in: an array task's id, or the job's
+job = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}" if "SLURM_ARRAY_JOB_ID" in env else env["SLURM_JOB_ID"]
+tmp = pathlib.Path(env["RLRS_RUN_DIR"], "started.tmp")
+tmp.write_text(job)
+tmp.replace(tmp.with_name("started"))  # whole when it appears
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.1)
+rlrs.report(50, 1.5)
+rlrs.report(100, 1.0)
+"""
+
+
+def _wait(what, cond, timeout=120.0, proc=None):
+    """Poll ``cond`` until true (an event: a file, a job state); fail naming ``what`` after ``timeout``,
+    or at once if the rlrs process ``proc`` (a Popen with its ``log`` path) ended first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"rlrs ended (exit status {proc.returncode}) before {what}:\n{proc.log.read_text()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def _state(job):
+    """The job's state as squeue shows it (ended jobs too, for a while: MinJobAge)."""
+    out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-j", job, "-o", "%i|%T"], capture_output=True, text=True)
+    return dict(ln.split("|") for ln in out.stdout.split()).get(job)
+
+
+def _cancel_submitted(log):
+    """Cancel the jobs rlrs says (in ``log``) it submitted: only this test's, whatever their name."""
+    ids = re.findall(r"cancel: scancel ([\d ]+)\)", log.read_text() if log.exists() else "")
+    if ids:
+        subprocess.run(["scancel", *" ".join(ids).split()], capture_output=True)
+
+
+def _sets(tiny_sets, **extra):
+    return [f"--set={k}={v}" for k, v in {**tiny_sets, "train.eval_batches": 1, **extra}.items()]
+
+
+def _results(out):
+    return {d.name: read_result(d) for d in sorted((out / "runs").iterdir()) if (d / "result.json").exists()}
+
+
+def test_compare_on_slurm_gives_the_local_results_and_is_reused_locally(slurm_cluster, tmp_path, tiny_sets, capsys):
+    common = ["compare", "--preset", "tiny-dense", "--plans", "uniform-dense,paper-dense", "--seeds", "2",
+              *_sets(tiny_sets, **{"train.steps": 6})]
+    assert main([*common, "--out", str(tmp_path / "slurm"), *FAST]) == 0
+    assert main([*common, "--out", str(tmp_path / "local"), "--workers", "1"]) == 0
+    on_slurm, local = _results(tmp_path / "slurm"), _results(tmp_path / "local")
+    assert len(on_slurm) == 4 and on_slurm.keys() == local.keys()
+    for name in local:
+        assert on_slurm[name].status == local[name].status == "finished"
+        assert on_slurm[name].eval_loss == local[name].eval_loss
+    assert list((tmp_path / "slurm" / "slurm").glob("*_log.out"))  # submitit's logs live in OUT/slurm
+    capsys.readouterr()
+    assert main([*common, "--out", str(tmp_path / "slurm"), "--workers", "1"]) == 0
+    assert "4 runs: 4 reused, 0 to run" in capsys.readouterr().out
+
+
+def _start(args, tmp_path, name):
+    """rlrs in its own process (so a signal reaches it alone), output to a file."""
+    log = open(tmp_path / f"{name}.log", "w")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "rlrs", *args], stdout=log, stderr=subprocess.STDOUT, env=env,
+                            cwd=tmp_path)
+    proc.log = tmp_path / f"{name}.log"
+    return proc, proc.log
+
+
+def _command_args(tmp_path, out, seeds="1"):
+    script = tmp_path / "sleeper.py"
+    script.write_text(SLEEPER)
+    return ["compare", "--command", f"{sys.executable} {script} {tmp_path / 'finish'}", "--plans",
+            "uniform-dense,paper-dense", "--seeds", seeds, "--out", str(out), *FAST]
+
+
+def _run_dirs(out):
+    return sorted(d for d in (out / "runs").iterdir() if d.is_dir()) if (out / "runs").exists() else []
+
+
+def test_a_job_cancelled_with_scancel_is_a_failed_run_with_slurms_reason_and_runs_again(slurm_cluster, tmp_path):
+    out = tmp_path / "out"
+    args = _command_args(tmp_path, out)
+    proc, log = _start(args, tmp_path, "first")
+    try:
+        _wait("both runs to start", lambda: len([d for d in _run_dirs(out) if (d / "started").exists()]) == 2,
+              proc=proc)
+        victim = _run_dirs(out)[0]
+        job = (victim / "started").read_text()
+        subprocess.run(["scancel", job], check=True)
+        _wait(f"job {job} to end", lambda: _state(job) == "CANCELLED")
+        (tmp_path / "finish").write_text("")  # the other run ends, and so does rlrs
+        proc.wait(timeout=120)
+    finally:
+        proc.kill() if proc.poll() is None else None
+        _cancel_submitted(log)
+    assert proc.returncode == 1, log.read_text()
+    r = read_result(victim)
+    assert r.status == "failed" and "CANCELLED" in r.error and job in r.error, r.error
+    other = read_result(_run_dirs(out)[1])
+    assert other.status == "finished", other.error
+    proc, log = _start(args, tmp_path, "second")
+    try:
+        assert proc.wait(timeout=120) == 0, log.read_text()
+    finally:
+        _cancel_submitted(log)
+    assert "2 runs: 1 reused, 1 to run" in log.read_text()
+    assert read_result(victim).status == "finished"
+
+
+def test_ctrl_c_cancels_the_submitted_jobs_and_records_them_interrupted(slurm_cluster, tmp_path):
+    out = tmp_path / "out"
+    args = _command_args(tmp_path, out)
+    proc, log = _start(args, tmp_path, "run")
+    try:
+        _wait("both runs to start", lambda: len([d for d in _run_dirs(out) if (d / "started").exists()]) == 2,
+              proc=proc)
+        jobs = [(d / "started").read_text() for d in _run_dirs(out)]
+        assert [_state(j) for j in jobs] == ["RUNNING", "RUNNING"]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130, log.read_text()
+        assert [_state(j) for j in jobs] == ["CANCELLED", "CANCELLED"]
+    finally:
+        proc.kill() if proc.poll() is None else None
+        _cancel_submitted(log)
+    text = log.read_text()
+    assert "cancelling 2 Slurm jobs" in text and "run the same command again" in text
+    for d in _run_dirs(out):
+        r = read_result(d)
+        assert r.status == "failed" and r.error.startswith("interrupted"), r.error
+
+
+def test_a_job_past_its_time_limit_is_a_failed_run_named_timeout(slurm_cluster, tmp_path):
+    out = tmp_path / "out"
+    # Slurm's shortest limit is a minute: the job ends at its signal (15 s before) or at the limit.
+    args = [*_command_args(tmp_path, out), "--slurm-time-min", "1", "--slurm-timeout-requeues", "0"]
+    proc, log = _start(args, tmp_path, "run")
+    try:
+        assert proc.wait(timeout=300) == 1, log.read_text()
+    finally:
+        _cancel_submitted(log)
+    for d in _run_dirs(out):
+        r = read_result(d)
+        assert r.status == "failed" and r.error.startswith("Slurm job") and "ended TIMEOUT: its time limit" in r.error, r.error
+    (tmp_path / "finish").write_text("")
+    proc, log = _start(args, tmp_path, "again")
+    try:
+        assert proc.wait(timeout=300) == 0, log.read_text()
+    finally:
+        _cancel_submitted(log)
+    assert "2 runs: 0 reused, 2 to run" in log.read_text()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--executor", "slurm", "--slurm-gpus", "-1"], "--slurm-gpus: a whole number >= 0, got -1"),
+    (["--executor", "slurm", "--slurm-option", "=x"], "--slurm-option: '=x' is not an sbatch option"),
+    (["--executor", "slurm", "--slurm-poll-s", "0"], "--slurm-poll-s: seconds > 0, got 0"),
+    (["--executor", "local", "--slurm-partition", "gpu"], "--slurm-partition: applies to Slurm jobs; add --executor slurm"),
+])
+def test_bad_slurm_flags_are_named(argv, message, tmp_path, capsys):
+    code = main(["compare", "--preset", "tiny-dense", "--out", str(tmp_path / "o"), *argv])
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_a_cluster_config_with_a_misspelt_key_names_the_closest(tmp_path, capsys):
+    cfg = tmp_path / "cluster.toml"
+    cfg.write_text('executor = "slurm"\n[slurm]\npartiton = "gpu"\n')
+    code = main(["compare", "--preset", "tiny-dense", "--out", str(tmp_path / "o"), "--cluster-config", str(cfg)])
+    err = capsys.readouterr().err
+    assert code == 2 and "slurm.partiton: unknown key; did you mean 'partition'?" in err and str(cfg) in err
+
+
+def test_a_cluster_config_file_sets_the_jobs_resources(tmp_path):
+    from rlrs.executors import SlurmExecutor, load_cluster_config
+
+    cfg = tmp_path / "cluster.toml"
+    cfg.write_text('executor = "slurm"\n[slurm]\npartition = "gpu"\ngpus = 2\ntime_min = 30\n'
+                   '[slurm.options]\nconstraint = "a100"\nexclusive = true\n')
+    c = load_cluster_config(cfg)
+    assert (c.executor, c.slurm.partition, c.slurm.gpus, c.slurm.time_min) == ("slurm", "gpu", 2, 30)
+    assert c.slurm.sbatch_options() == {"constraint": "a100", "exclusive": True}
+    pytest.importorskip("submitit")
+    ex = SlurmExecutor(c.slurm, workers=3)._executor(tmp_path / "slurm")
+    assert ex.parameters["partition"] == "gpu" and ex.parameters["gpus_per_node"] == 2
+    assert ex.parameters["array_parallelism"] == 3
+
+
+class _Recorder:
+    """An executor that records what it is given and ends every run as failed (no training)."""
+
+    workers = 3
+
+    def __init__(self):
+        self.batches, self.closed = [], False
+
+    def run(self, jobs, on_done=None, progress=False):
+        from rlrs.engine import RunResult
+
+        self.batches.append(list(jobs))
+        results = [RunResult(j.out, "failed", error="not run") for j in jobs]
+        for j, r in zip(jobs, results):
+            if on_done:
+                on_done(j, r)
+        return results
+
+    def describe(self, n):
+        return f"on the recorder, {n}"
+
+    def close(self):
+        self.closed = True
+
+
+def test_run_all_hands_the_runs_to_the_executor_and_leaves_it_open(tmp_path):
+    from rlrs.engine import CommandRun, Job, run_all
+    from rlrs.plan import Plan
+
+    jobs = [Job(CommandRun("true", Plan(), seed), tmp_path / f"r{seed}") for seed in range(2)]
+    ex, lines = _Recorder(), []
+    results = run_all(jobs + jobs[:1], log=lines.append, executor=ex)
+    assert [len(b) for b in ex.batches] == [2] and not ex.closed
+    assert [r.out for r in results] == [tmp_path / "r0", tmp_path / "r1", tmp_path / "r0"]
+    assert lines[0] == "2 runs: 0 reused, 2 to run (on the recorder, 2)"
+
+
+def test_tunes_training_objective_uses_the_commands_executor():
+    from rlrs.executors import using
+    from rlrs.tune.objective import TrainingObjective
+    from rlrs.tune.spec import TuneSpec
+
+    spec = TuneSpec.create("tiny-dense", steps=4, params=("plan.base_lr",))
+    ex = _Recorder()
+    with using(ex):
+        obj = TrainingObjective(spec, "unused")
+    assert obj.pool is ex
+    obj = TrainingObjective(spec, "unused", workers=2)
+    assert obj.pool.workers == 2  # outside: a local pool, as before
+    obj.close()
+
+
+def test_a_registered_executor_is_chosen_by_name(tmp_path):
+    from rlrs.executors import ClusterConfig, _FACTORIES, make_executor, register
+
+    register("recorder", lambda config, workers, log_dir: _Recorder())
+    try:
+        assert isinstance(make_executor(ClusterConfig("recorder")), _Recorder)
+        with pytest.raises(ConfigError, match="'slurn' is not an executor; did you mean 'slurm'"):
+            make_executor(ClusterConfig("slurn"))
+    finally:
+        del _FACTORIES["recorder"]
+
+
+def test_a_slurm_run_checkpoints_as_itself_so_a_requeued_job_resumes_its_run(tmp_path):
+    pytest.importorskip("submitit")
+    from rlrs.engine import CommandRun, Job
+    from rlrs.executors import SlurmRun
+    from rlrs.plan import Plan
+
+    job = Job(CommandRun("true", Plan()), tmp_path / "r", stop_at=5)
+    again = SlurmRun(job, time_min=30).checkpoint()
+    assert isinstance(again.function, SlurmRun) and again.function.job == job and again.args == ()
