@@ -531,6 +531,8 @@ def execute(spec: RunSpec, out: str | Path, stop_at: int | None = None, progress
             return _execute_locked(spec, out, stop_at, progress)
     except (RunLocked, OSError, ConfigError) as err:
         return RunResult(out, "failed", error=f"{type(err).__name__}: {err}", wall_s=time.perf_counter() - t0)
+    except RunEnded:
+        raise
     except Exception:  # noqa: BLE001 - a bug of rlrs or of a run kind: a failed run, never a crashed pool
         r = RunResult(out, "failed", error=traceback.format_exc(limit=8), wall_s=time.perf_counter() - t0)
         with contextlib.suppress(OSError):
@@ -561,6 +563,12 @@ def _execute_locked(spec: RunSpec, out: Path, stop_at: int | None, progress: boo
     return _write_result(_run(spec, out, stop_at, progress))
 
 
+class RunEnded(Exception):
+    """Raised inside a run that what runs it is ending (a scheduler's time limit): not a failure of
+    the run's own code, so :func:`execute` lets it through to the executor, which records the run
+    in its own words (``Slurm job 12_0 ended TIMEOUT``)."""
+
+
 def _run(spec: RunSpec, out: Path, stop_at: int | None, progress: bool) -> RunResult:
     """``spec.run`` in this process: a divergence or any exception becomes its result (what the
     log holds: the steps trained, the eval curve), never a crash of the caller."""
@@ -568,6 +576,8 @@ def _run(spec: RunSpec, out: Path, stop_at: int | None, progress: bool) -> RunRe
     before = _trained_steps(out) if spec.resumes else 0
     try:
         return spec.run(out, stop_at, progress)
+    except RunEnded:
+        raise
     except Diverged as err:
         status, error = "diverged", str(err)
     except Exception:  # noqa: BLE001 - recorded in result.json and shown in reports, never dropped

@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 from . import config as _config
 from .config import ConfigError
-from .engine import (Job, Pool, RunLocked, RunResult, _StepBar, _write_result, execute, lost_run, read_result,
+from .engine import (Job, Pool, RunEnded, RunLocked, RunResult, _StepBar, _write_result, execute, lost_run, read_result,
                      reason_line, run_lock)
 
 
@@ -202,8 +202,9 @@ REASONS = {
 }
 
 
-class SlurmTimeLimitError(RuntimeError):
-    """Raised in a run whose Slurm time limit is about to run out, when it may not be requeued again."""
+class SlurmTimeLimitError(RunEnded):
+    """Raised in a run whose Slurm time limit is about to run out, when it may not be requeued again:
+    the job fails with it, and the executor records the run failed in Slurm's words (``ended TIMEOUT``)."""
 
 
 class SlurmRun:
