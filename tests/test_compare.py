@@ -18,7 +18,7 @@ from rlrs.analysis import RunLogs, UpdateCurves, detect_spikes
 from rlrs.compare import RunInfo, compare, grid_around, load_grid, parse_grid, parse_plans, summarize
 from rlrs.plan import Plan
 from rlrs.config import ConfigError
-from rlrs.train import read_metrics
+from rlrs.runlog import read_metrics
 
 STEPS = 20
 

@@ -445,7 +445,8 @@ def _events(directory):
 
 def test_rlrs_train_writes_every_metric_to_tensorboard_too(tmp_path, tiny_sets):
     pytest.importorskip("tensorboardX")
-    from rlrs.train import Trainer, read_metrics, run_config
+    from rlrs.runlog import read_metrics
+    from rlrs.train import Trainer, run_config
 
     cfg = run_config("tiny-moe", "paper-moe", sets={**tiny_sets, "train.steps": 6, "train.tensorboard": True})
     Trainer(cfg, tmp_path / "run").run()
@@ -490,7 +491,8 @@ def _wandb_history(run_dir):
 
 def test_rlrs_train_logs_every_metric_to_wandb_offline(tmp_path, tiny_sets, monkeypatch):
     pytest.importorskip("wandb")
-    from rlrs.train import Trainer, read_metrics, run_config
+    from rlrs.runlog import read_metrics
+    from rlrs.train import Trainer, run_config
 
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_MODE", raising=False)  # offline is rlrs's default

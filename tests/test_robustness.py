@@ -27,7 +27,8 @@ from rlrs.engine import PresetRun, execute, read_result
 from rlrs.optim import RelativeLR, param_groups
 from rlrs.plan import Plan
 from rlrs.presets import get as plan_preset
-from rlrs.train import CheckpointError, RunConfig, Trainer, read_metrics, run_config
+from rlrs.runlog import read_metrics
+from rlrs.train import CheckpointError, RunConfig, Trainer, run_config
 
 STEPS = 12  # checkpoints every 25%: steps 3, 6, 9, 12
 

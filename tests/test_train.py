@@ -10,7 +10,8 @@ import torch
 
 from rlrs.config import ConfigError
 from rlrs.engine import PresetRun, RunLocked, execute, run_lock
-from rlrs.train import NonFiniteLoss, Trainer, eval_steps, read_metrics, run_config, total_steps
+from rlrs.runlog import read_metrics
+from rlrs.train import NonFiniteLoss, Trainer, eval_steps, run_config, total_steps
 
 
 def cfg_for(tiny_sets, preset="tiny-moe", plan="paper-moe", **extra):
