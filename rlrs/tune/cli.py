@@ -28,9 +28,12 @@ _SPEC_ARGS = ("preset", "command", "plan", "config", "budget", "steps", "seeds",
 def cmd_tune(args) -> int:
     try:
         return _cmd_tune(args)
-    except KeyboardInterrupt:
-        print("rlrs tune: interrupted; finished trials are in the study and runs resume from their "
-              "checkpoints: rerun the same command to continue", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        n = len(getattr(err, "runs", ()))  # engine.Interrupted: the runs Ctrl-C stopped
+        stopped = f"{n} running run{'s' * (n != 1)} stopped and recorded as interrupted; " if n else ""
+        print(f"rlrs tune: interrupted by Ctrl-C; {stopped}finished trials are in the study: to continue, run the "
+              "same command again (interrupted runs run again, resuming from their checkpoints where they save "
+              "them)", file=sys.stderr)
         return 130
 
 
