@@ -1162,13 +1162,14 @@ class Pool:
         self.close()
 
     def close(self) -> None:
-        """Shut the workers down: idle ones exit at once; one that does not within a few seconds
-        (stuck starting, or busy after an error in ``run``'s caller) is killed, not waited for."""
+        """Shut the workers down. They are idle (``run`` stops its runs before it returns or
+        raises) and exit within seconds (an interpreter with torch takes a few to end); one that has
+        not after ``STOP_GRACE_S`` and the margins (stuck in its start-up) is killed, not waited for."""
         pool, self._pool = self._pool, None
         if pool is not None:
             procs = _workers(pool)
             pool.shutdown(wait=False, cancel_futures=True)
-            _end_workers(procs, _STOP_MARGIN_S)
+            _end_workers(procs, STOP_GRACE_S + 2 * _STOP_MARGIN_S)
 
     def _executor(self, n: int) -> cf.ProcessPoolExecutor:
         if self._pool is None:
@@ -1249,19 +1250,22 @@ class Pool:
         pool, self._pool = self._pool, None
         if pool is None:
             return []
-        if self._stop_event is not None:
-            self._stop_event.set()  # no worker starts a run any more, also one still starting up
-        procs = _workers(pool)
-        for fut in futures:
-            fut.cancel()  # not handed to a worker yet: never starts
-        for p in procs:  # Ctrl-C to this process alone reaches the workers too (a second one is ignored)
-            with contextlib.suppress(OSError, ValueError):
-                os.kill(p.pid, signal.SIGINT)
-        busy = [f for f in futures if not f.done()]
-        with contextlib.suppress(KeyboardInterrupt):  # another Ctrl-C: wait no longer
-            cf.wait(busy, timeout=STOP_GRACE_S + 2 * _STOP_MARGIN_S)
-        pool.shutdown(wait=False, cancel_futures=True)
-        _end_workers(procs, 0.0)
+        again = threading.Event()
+        with _on_ctrl_c(again):  # another Ctrl-C: wait no longer (never a KeyboardInterrupt half-way through)
+            if self._stop_event is not None:
+                self._stop_event.set()  # no worker starts a run any more, also one still starting up
+            procs = _workers(pool)
+            for fut in futures:
+                fut.cancel()  # not handed to a worker yet: never starts
+            for p in procs:  # Ctrl-C to this process alone reaches the workers too (a second one is ignored)
+                with contextlib.suppress(OSError, ValueError):
+                    os.kill(p.pid, signal.SIGINT)
+            busy = [f for f in futures if not f.done()]
+            deadline = time.monotonic() + STOP_GRACE_S + 2 * _STOP_MARGIN_S
+            while busy and not again.is_set() and time.monotonic() < deadline:
+                busy = list(cf.wait(busy, timeout=0.1).not_done)
+            pool.shutdown(wait=False, cancel_futures=True)
+            _end_workers(procs, 0.0 if again.is_set() else 1.0)  # idle ones exit at the shutdown at once
         stopped = []
         for fut in futures:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
@@ -1281,18 +1285,35 @@ def _end_workers(procs: Sequence, wait_s: float) -> None:
     worker's launchers end its commands' processes), and wait for those to go."""
     from multiprocessing.connection import wait as ready
 
+    def wait(left: set, timeout: float) -> set:  # those still running after ``timeout``
+        deadline = time.monotonic() + timeout
+        with contextlib.suppress(KeyboardInterrupt):
+            while left and time.monotonic() < deadline:  # ready() returns once any one is ready
+                left = left - set(ready(list(left), timeout=max(0.0, deadline - time.monotonic())))
+        return left
+
     sentinels = {}
     for p in procs:
         with contextlib.suppress(ValueError):  # a closed Process
             sentinels[p.sentinel] = p
-    left = set(sentinels)
-    with contextlib.suppress(KeyboardInterrupt):
-        left -= set(ready(list(sentinels), timeout=wait_s))
+    left = wait(set(sentinels), wait_s)
     for s in left:
         with contextlib.suppress(OSError, ValueError):
             sentinels[s].kill()
-    with contextlib.suppress(KeyboardInterrupt):
-        ready(list(left), timeout=_STOP_MARGIN_S)
+    wait(left, _STOP_MARGIN_S)
+
+
+@contextlib.contextmanager
+def _on_ctrl_c(event: threading.Event) -> Iterator[None]:
+    """Ctrl-C inside sets ``event`` instead of raising KeyboardInterrupt (in the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGINT, lambda signum, frame: event.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 @contextlib.contextmanager
