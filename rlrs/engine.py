@@ -1053,19 +1053,19 @@ def _gpu_count() -> int:
 
 
 # Ctrl-C in a pool worker. The worker's own Ctrl-C (the terminal sends SIGINT to the whole
-# foreground process group) sets _CTRL_C; the pool's event (_POOL_STOP) is set by the parent,
+# foreground process group) sets _CTRL_C; the pool's flag (_POOL_STOP) is set by the parent,
 # which also sends SIGINT, when it got Ctrl-C alone or a worker was still starting. Either way no
 # run starts any more and a running command is stopped by the loop that watches it. Python code
 # (rlrs's own training) watches nothing: there SIGINT raises KeyboardInterrupt, only inside
 # _training() and only once, so it never lands in the worker's loop nor in the recording of a run.
 _IN_WORKER = False
 _CTRL_C = threading.Event()
-_POOL_STOP = None  # the pool's multiprocessing Event, in a worker
+_POOL_STOP = None  # the pool's shared flag, in a worker (a RawValue: no semaphore to leak at a kill -9)
 _TRAINING = False
 
 
 def _stop_requested() -> bool:
-    return _CTRL_C.is_set() or (_POOL_STOP is not None and _POOL_STOP.is_set())
+    return _CTRL_C.is_set() or (_POOL_STOP is not None and bool(_POOL_STOP.value))
 
 
 def _on_sigint(signum: int, frame=None) -> None:
@@ -1153,7 +1153,7 @@ class Pool:
             raise ConfigError(f"workers: at least 1, got {workers!r}")
         self.workers = workers or default_workers()
         self._pool: cf.ProcessPoolExecutor | None = None
-        self._stop_event = None
+        self._stop_flag = None
 
     def __enter__(self) -> "Pool":
         return self
@@ -1181,9 +1181,9 @@ class Pool:
                 for i in range(self.workers):
                     slots.put(i % gpus)
             threads = max(1, usable_cores() // self.workers)
-            self._stop_event = ctx.Event()
+            self._stop_flag = ctx.RawValue("b", 0)
             self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
-                                                initargs=(slots, threads, os.getpid(), self._stop_event))
+                                                initargs=(slots, threads, os.getpid(), self._stop_flag))
         return self._pool
 
     def run(self, jobs: Sequence[Job], on_done: Callable[[Job, RunResult], None] | None = None,
@@ -1252,8 +1252,8 @@ class Pool:
             return []
         again = threading.Event()
         with _on_ctrl_c(again):  # another Ctrl-C: wait no longer (never a KeyboardInterrupt half-way through)
-            if self._stop_event is not None:
-                self._stop_event.set()  # no worker starts a run any more, also one still starting up
+            if self._stop_flag is not None:
+                self._stop_flag.value = 1  # no worker starts a run any more, also one still starting up
             procs = _workers(pool)
             for fut in futures:
                 fut.cancel()  # not handed to a worker yet: never starts

@@ -229,6 +229,54 @@ def test_ctrl_c_where_execute_runs_in_this_process_records_the_run_then_raises(t
         _kill([pid])
 
 
+STARTING_PARENT = """
+import sys
+from pathlib import Path
+from rlrs.engine import CommandRun, Interrupted, Job, Pool
+from rlrs.plan import Plan
+try:
+    with Pool(1) as pool:
+        pool.run([Job(CommandRun(sys.argv[2], Plan()), Path(sys.argv[1]))])
+except Interrupted as err:
+    print("INTERRUPTED", len(err.runs))
+    sys.exit(130)
+"""
+
+
+def _ignores_sigint(pid: int) -> bool:
+    mask = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("SigIgn:"))
+    return bool(int(mask.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+
+
+@pytest.mark.parametrize("to", ["group", "parent"])
+def test_ctrl_c_while_the_workers_still_start_starts_no_run_and_kills_none_with_a_traceback(tmp_path, to):
+    # A worker still importing torch ignores Ctrl-C until its handler is in place; the pool's
+    # shared flag tells it, once it can listen, to start nothing.
+    started = tmp_path / "started"
+    cmd = _script(tmp_path / "train.sh", f"touch {started}\nexec sleep 1000\n")
+    parent = subprocess.Popen([sys.executable, "-c", STARTING_PARENT, str(tmp_path / "run"), cmd], env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                              preexec_fn=_default_sigint)
+
+    def worker_spawned():  # and the parent listens to Ctrl-C again (it ignores it while spawning)
+        if parent.poll() is not None:
+            return True
+        kids = [c for c in psutil.Process(parent.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+        return bool(kids) and not _ignores_sigint(parent.pid)
+
+    try:
+        _wait_for(worker_spawned, CEILING_S, "no worker was spawned")
+        assert parent.poll() is None, parent.communicate()
+        (os.killpg if to == "group" else os.kill)(parent.pid, signal.SIGINT)
+        stdout, stderr = parent.communicate(timeout=STOP_GRACE_S + 40)  # a ceiling: torch's import included
+    finally:
+        if parent.poll() is None:
+            os.killpg(parent.pid, signal.SIGKILL)
+    assert parent.returncode == 130, stderr
+    assert "INTERRUPTED 0" in stdout
+    assert "Traceback" not in stderr and not started.exists()
+
+
 PRESET_PARENT = """
 import sys
 from pathlib import Path
