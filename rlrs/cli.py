@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from . import compare, transfer, tune, widths, zoo
 from .config import ConfigError, MissingExtra
-from .engine import RunLocked
+from .engine import Interrupted, RunLocked
 from .models import DEFAULT_PRESET, PARAMETRIZATIONS
 from .options import add_executor_args, default_of, executor_from_args, parse_sets
 
@@ -319,9 +319,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteLoss as err:
         print(f"rlrs {args.subcommand}: diverged: {err}", file=sys.stderr)
         return 3
-    except KeyboardInterrupt:
-        print(f"rlrs {args.subcommand}: interrupted (completed checkpoints are kept; --resume continues)", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(f"rlrs {args.subcommand}: {interrupted_note(args.subcommand, argv, err)}", file=sys.stderr)
         return 130
+
+
+def interrupted_note(subcommand: str, argv: Sequence[str], err: KeyboardInterrupt) -> str:
+    """What Ctrl-C of ``rlrs SUBCOMMAND ARGV`` left, and how to continue."""
+    import shlex
+
+    if subcommand == "train":
+        return "interrupted (completed checkpoints are kept; --resume continues)"
+    n = len(err.runs) if isinstance(err, Interrupted) else 0
+    stopped = f"{n} running run{'s' * (n != 1)} stopped and recorded as interrupted; " if n else ""
+    return (f"interrupted by Ctrl-C; {stopped}to continue, run the same command again (finished runs are reused, "
+            f"interrupted ones run again, resuming from their checkpoints where they save them):\n"
+            f"  rlrs {shlex.join(argv)}")
 
 
 def disk_error(err: OSError) -> str:

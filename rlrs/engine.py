@@ -30,7 +30,15 @@ gives a typed :class:`RunResult` and never raises for a run that fails. Its rule
 - **Finished.** A command that exits 0 has finished only if it reported its last step, where its
   length is known (``steps``); one whose reports stop short ended early and is failed.
 - **Failure record.** Every attempt ends in ``result.json``: the status, the error, and for a
-  command its exit status and the tail of its stderr (the whole of it is in ``stderr.log``).
+  command its exit status and the tail of its stderr (the whole of this attempt's is in
+  ``stderr.log``, the attempt before's in ``stderr.previous.log``; the same for stdout).
+- **Process tree.** A command runs under a small launcher (``rlrs/_launcher.py``, a subreaper on
+  Linux): when the command ends or is stopped, every process it started ends with it, also those
+  it left in the background, ``setsid``-ed or double-forked.
+- **Ctrl-C.** In :class:`Pool` (every experiment command), Ctrl-C stops the running runs at once
+  (SIGTERM to each run's processes, SIGKILL after ``STOP_GRACE_S``), starts no other run, records
+  each stopped run as failed with the error ``interrupted by Ctrl-C`` (so it runs again, or resumes
+  from its checkpoints, when the same command runs again) and raises :class:`Interrupted`.
 
 :class:`Pool` runs many specs at once in spawned worker processes, each with its share of the
 cores this process may use (its CPU affinity) and, on a machine with several GPUs, its own GPU.
@@ -52,6 +60,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -70,7 +79,17 @@ from .train import RunConfig, Trainer, total_steps
 STATUSES = ("finished", "stopped", "diverged", "unstable", "failed")
 RESULT = "result.json"
 STDERR_TAIL_LINES = 30
+# A failed command's error shows its stderr's last lines from at most this many last bytes, and
+# its exception line from at most STDERR_SCAN_BYTES: a run that writes gigabytes costs no memory.
+STDERR_TAIL_BYTES = 64 * 1024
+STDERR_SCAN_BYTES = 1024 * 1024
 POLL_S = 0.2
+STOP_GRACE_S = 10.0
+"""How long a stopped run's processes have between SIGTERM and SIGKILL (Ctrl-C, a prune at a rung,
+a divergence, a command's leftover processes)."""
+_STOP_MARGIN_S = 5.0  # what the launcher, then a worker, may take on top of the grace to end its part
+INTERRUPTED = "interrupted by Ctrl-C"
+"""The error of a run that Ctrl-C stopped (status ``failed``: the next call runs it again)."""
 # How long a lock whose holder cannot be seen (another host, or a pid that is gone while the
 # kernel still tears the process down) is waited for before the run is recorded as failed.
 LOCK_WAIT_S = 10.0
@@ -116,6 +135,10 @@ class RunKind:
 
     def run(self, out: Path, stop_at: int | None, progress: bool) -> "RunResult":
         raise NotImplementedError
+
+    trains_here: bool = True
+    """Whether ``run`` trains in this process (rlrs's own Python loop, which Ctrl-C interrupts)
+    rather than watching another process that it stops itself (a command)."""
 
     def prepare(self, out: Path) -> None:
         """Called under the run's lock before a prior result is reused (nothing by default)."""
@@ -226,11 +249,15 @@ class CommandRun(RunKind):
             ident["tied_default"] = DEFAULT_TIED
         return ident
 
+    trains_here = False
+
     def run(self, out: Path, stop_at: int | None, progress: bool) -> "RunResult":
-        return _execute_command(self, out, stop_at)
+        return _execute_command(self, out, stop_at, _NOTES.pop(out, None))
 
     def prepare(self, out: Path) -> None:
-        _forget_other_code(self, out)
+        note = _forget_other_code(self, out)
+        if note:  # it heads the next attempt's stderr.log (run, under the same lock, right after)
+            _NOTES[out] = note
 
     def changed(self, out: Path) -> bool:
         then = _recorded_code(out)
@@ -318,6 +345,11 @@ class RunResult:
             restarted_at=[int(s) for s in d.get("restarted_at") or []], notes=list(d.get("notes") or []),
         )
 
+    @property
+    def interrupted(self) -> bool:
+        """Whether Ctrl-C stopped this run (recorded as failed: it runs again, or resumes)."""
+        return self.status == "failed" and (self.error or "").startswith(INTERRUPTED)
+
     def restart_note(self) -> str | None:
         """Why this command's compute exceeds its length, when its script started over from step 0
         after being stopped (``None`` when it never did): the fix is to resume."""
@@ -326,6 +358,16 @@ class RunResult:
         at = f"step{'s' * (len(self.restarted_at) > 1)} " + ", ".join(str(s) for s in self.restarted_at)
         return (f"restarted from step 0 after it was stopped at {at}: the script does not resume, so "
                 f"{self.rerun_steps} steps ran again; {RESUME_FIX}")
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :meth:`Pool.run`. ``runs``: the runs it stopped, each recorded as interrupted
+    in its ``result.json``; running the same command again runs them again (or resumes them) and
+    reuses the runs that finished. A ``KeyboardInterrupt``: handlers of Ctrl-C catch it as before."""
+
+    def __init__(self, runs: Sequence[RunResult] = ()):
+        super().__init__()
+        self.runs = list(runs)
 
 
 def read_result(out: str | Path) -> RunResult | None:
@@ -528,7 +570,7 @@ def execute(spec: RunSpec, out: str | Path, stop_at: int | None = None, progress
     t0 = time.perf_counter()
     try:
         with run_lock(out, wait=True):
-            return _execute_locked(spec, out, stop_at, progress)
+            r = _execute_locked(spec, out, stop_at, progress)
     except (RunLocked, OSError, ConfigError) as err:
         return RunResult(out, "failed", error=f"{type(err).__name__}: {err}", wall_s=time.perf_counter() - t0)
     except RunEnded:
@@ -538,6 +580,9 @@ def execute(spec: RunSpec, out: str | Path, stop_at: int | None = None, progress
         with contextlib.suppress(OSError):
             _write_result(r)
         return r
+    if r.interrupted and not _IN_WORKER:  # recorded; now Ctrl-C goes on to stop the caller
+        raise KeyboardInterrupt
+    return r
 
 
 def _execute_locked(spec: RunSpec, out: Path, stop_at: int | None, progress: bool) -> RunResult:
@@ -575,9 +620,14 @@ def _run(spec: RunSpec, out: Path, stop_at: int | None, progress: bool) -> RunRe
     t0 = time.perf_counter()
     before = _trained_steps(out) if spec.resumes else 0
     try:
-        return spec.run(out, stop_at, progress)
+        # Ctrl-C raises KeyboardInterrupt only where rlrs trains in this process; a command's
+        # watch loop stops its run itself (see _training).
+        with _training() if spec.trains_here else contextlib.nullcontext():
+            return spec.run(out, stop_at, progress)
     except RunEnded:
         raise
+    except KeyboardInterrupt:  # its checkpoints stay: the next call resumes from the newest
+        status, error = "failed", INTERRUPTED
     except Diverged as err:
         status, error = "diverged", str(err)
     except Exception:  # noqa: BLE001 - recorded in result.json and shown in reports, never dropped
@@ -589,6 +639,9 @@ def _run(spec: RunSpec, out: Path, stop_at: int | None, progress: bool) -> RunRe
     return RunResult(out, status, steps, spec.total_steps, xs, ys, None, tokens, time.perf_counter() - t0, error,
                      compute_steps=max(0, steps - before))
 
+
+_NOTES: dict[Path, str] = {}
+"""What a command run's ``prepare`` has to say to its next attempt (its script changed)."""
 
 CODE_FILE = "code.json"  # the sha256 of each file a command names, as it was when the run started
 # What counts as the script: code and configuration, not logs or data (hashed under the run's lock).
@@ -612,21 +665,23 @@ def script_files(spec: CommandRun) -> dict[str, str]:
     return files
 
 
-def _forget_other_code(spec: CommandRun, out: Path) -> None:
+def _forget_other_code(spec: CommandRun, out: Path) -> str | None:
     # A run made by another version of the script (the command's files changed since it started)
     # must not be reused, nor resumed from its checkpoints: clear it, so it trains again from the
-    # start. Runs recorded before code.json existed are trusted as they are.
+    # start. Runs recorded before code.json existed are trusted as they are. The note saying so is
+    # returned: it heads the next attempt's stderr.log.
     now = script_files(spec)
     then = _recorded_code(out)
+    note = None
     if then is not None and then != now:
         changed = sorted(k for k in set(then) | set(now) if then.get(k) != now.get(k))
         for child in out.iterdir():
             if child.name != "spec.json" and not child.name.startswith(".lock"):  # the lock and its records stay
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-        with open(out / "stderr.log", "a") as f:
-            f.write(f"rlrs: {', '.join(changed)} changed since this run started: it trains again from the start\n")
+        note = f"rlrs: {', '.join(changed)} changed since this run started: it trains again from the start\n"
     if then != now:
         files.write_json(out / CODE_FILE, now, sort_keys=True)
+    return note
 
 
 def _recorded_code(out: Path) -> dict[str, str] | None:
@@ -694,9 +749,20 @@ class _EvalWatch:
 _COMMANDS: set[subprocess.Popen] = set()
 """The user's commands this process is running: a terminated pool worker stops them first."""
 
+_LAUNCHER = Path(__file__).with_name("_launcher.py")
 
-def _execute_command(spec: CommandRun, out: Path, stop_at: int | None) -> RunResult:
+
+def _new_attempt_log(path: Path) -> None:
+    """Start this attempt's log afresh and keep only the previous attempt's, as
+    ``NAME.previous.log``: a run retried again and again does not pile up every attempt's output."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_size:
+            os.replace(path, path.with_name(f"{path.stem}.previous{path.suffix}"))
+
+
+def _execute_command(spec: CommandRun, out: Path, stop_at: int | None, note: str | None = None) -> RunResult:
     t0 = time.perf_counter()
+    _config.require("psutil", "commands")  # the launcher needs it to end the command's processes
     spec.plan.save(out / "plan.toml")
     records_before = len(read_log(out).records)
     env = dict(os.environ)
@@ -706,15 +772,27 @@ def _execute_command(spec: CommandRun, out: Path, stop_at: int | None) -> RunRes
     threads = env.get("RLRS_THREADS")
     if threads:  # the pool's share of the cores, unless the user chose
         env.setdefault("OMP_NUM_THREADS", threads)
+    for name in ("stdout.log", "stderr.log"):
+        _new_attempt_log(out / name)
     with open(out / "stdout.log", "ab") as so, open(out / "stderr.log", "ab") as se:
+        if note:
+            se.write(note.encode())
         se_start = se.tell()
-        proc = subprocess.Popen(spec.shell_command(out), shell=True, cwd=spec.cwd, env=env, stdout=so, stderr=se,
-                                start_new_session=True)  # its own process group: a stop reaches torchrun's children
+        # The launcher runs the command through the shell and ends every process it started when
+        # it ends (see rlrs/_launcher.py); -P: rlrs/ is not put on its sys.path. Its own session
+        # and process group: Ctrl-C at the terminal reaches rlrs, which stops the run itself.
+        proc = subprocess.Popen([sys.executable, "-P", str(_LAUNCHER), str(STOP_GRACE_S), str(os.getpid()),
+                                 spec.shell_command(out)], cwd=spec.cwd, env=env, stdout=so, stderr=se,
+                                start_new_session=True)
         _COMMANDS.add(proc)
         why, status = None, None
         watch = _EvalWatch(out)
         try:
             while proc.poll() is None:
+                if _stop_requested():  # Ctrl-C, in a pool worker
+                    status, why = "failed", INTERRUPTED
+                    _stop(proc)
+                    break
                 time.sleep(POLL_S)
                 xs, ys = watch.look()
                 bad = [(s, v) for s, v in zip(xs, ys) if not math.isfinite(v)]
@@ -724,6 +802,9 @@ def _execute_command(spec: CommandRun, out: Path, stop_at: int | None) -> RunRes
                 elif stop_at is not None and xs and xs[-1] >= stop_at and (spec.steps is None or stop_at < spec.steps):
                     status = "stopped"
                     _stop(proc)
+        except KeyboardInterrupt:  # Ctrl-C where execute runs in this process: recorded, then raised again
+            _stop(proc)
+            status, why = "failed", INTERRUPTED
         except BaseException:
             _stop(proc)  # never leave the user's training running when rlrs stops
             raise
@@ -754,6 +835,8 @@ def _execute_command(spec: CommandRun, out: Path, stop_at: int | None) -> RunRes
             status = "finished"
     error = None
     if why is not None:
+        if why == INTERRUPTED:  # stopped by rlrs, not failing: what it printed is not the reason
+            tail = ""
         error = f"{why}; command: {spec.shell_command(out)}" + (f"\n--- stderr (last lines) ---\n{tail}" if tail else "")
     steps = xs[-1] if xs else 0
     total = spec.steps if spec.steps is not None else (steps if status == "finished" else None)
@@ -820,17 +903,24 @@ def _reported_tokens(log: LogRead) -> int | None:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the command's process group, SIGKILL it if it has not ended after 10 s."""
-    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    """End a command's run: SIGTERM to its launcher, which passes it on to every process of the run
+    and SIGKILLs those still there after ``STOP_GRACE_S``. Should the launcher itself not end (or be
+    gone), SIGKILL whatever of the run is left: its descendants and its process group."""
+    try:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(STOP_GRACE_S + _STOP_MARGIN_S)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        for p in psutil.Process(proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 # A Python exception line, also as torchrun prefixes a rank's output ("[rank1]: ValueError: ...").
@@ -866,19 +956,49 @@ def reason_line(status: str, error: str | None) -> str:
 
 def _tail(path: Path, start: int) -> str:
     """The last STDERR_TAIL_LINES lines a command wrote to stderr since ``start``, led by its root
-    cause when that came earlier (a rank's exception above torchrun's own traceback and banner)."""
+    cause when that came earlier (a rank's exception above torchrun's own traceback and banner).
+    Reads at most the last STDERR_TAIL_BYTES, and STDERR_SCAN_BYTES in all looking for the cause."""
     try:
         with open(path, "rb") as f:
-            f.seek(start)
-            text = f.read().decode("utf-8", "replace")
+            end = f.seek(0, os.SEEK_END)
+            begin = max(start, end - STDERR_TAIL_BYTES)
+            f.seek(begin)
+            block = f.read(end - begin)
+            if begin > start:  # the first line began before the block: not whole
+                block = block[block.find(b"\n") + 1:] if b"\n" in block else b""
+            text = block.decode("utf-8", "replace")
+            lines = text.strip().splitlines()
+            cause = _exception_line(text)
+            if cause is None and begin > start:
+                cause = _exception_line_before(f, start, begin)
     except OSError:
         return ""
-    lines = text.strip().splitlines()
     tail = lines[-STDERR_TAIL_LINES:]
-    cause = _exception_line(text)
     if cause is not None and cause not in (ln.strip() for ln in tail):
         tail = [cause, "..."] + tail
     return "\n".join(tail)
+
+
+def _exception_line_before(f, start: int, end: int) -> str | None:
+    """The last exception line (:func:`_exception_line`) of ``f`` between ``start`` and ``end``,
+    scanned backwards a block at a time over at most STDERR_SCAN_BYTES."""
+    stop = max(start, end - STDERR_SCAN_BYTES)
+    pos, rest = end, b""  # rest: the start of the line that ended the block read before
+    while pos > stop:
+        n = min(STDERR_TAIL_BYTES, pos - stop)
+        pos -= n
+        f.seek(pos)
+        block = f.read(n) + rest
+        rest = b""
+        if pos > start:  # its first line may begin in the block before: it is read with that one
+            cut = block.find(b"\n") + 1
+            # Of a line longer than a block only its first STDERR_TAIL_BYTES are kept: its start is
+            # what an exception line is known by, and memory stays bounded.
+            rest, block = block[:cut or len(block)][:STDERR_TAIL_BYTES], block[cut:] if cut else b""
+        line = _exception_line(block.decode("utf-8", "replace"))
+        if line is not None:
+            return line
+    return None
 
 
 # --- the job pool ------------------------------------------------------------------------------------
@@ -914,7 +1034,46 @@ def _gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _init_worker(slots, threads: int, parent: int) -> None:
+# Ctrl-C in a pool worker. The worker's own Ctrl-C (the terminal sends SIGINT to the whole
+# foreground process group) sets _CTRL_C; the pool's flag (_POOL_STOP) is set by the parent,
+# which also sends SIGINT, when it got Ctrl-C alone or a worker was still starting. Either way no
+# run starts any more and a running command is stopped by the loop that watches it. Python code
+# (rlrs's own training) watches nothing: there SIGINT raises KeyboardInterrupt, only inside
+# _training() and only once, so it never lands in the worker's loop nor in the recording of a run.
+_IN_WORKER = False
+_CTRL_C = threading.Event()
+_POOL_STOP = None  # the pool's shared flag, in a worker (a RawValue: no semaphore to leak at a kill -9)
+_TRAINING = False
+
+
+def _stop_requested() -> bool:
+    return _CTRL_C.is_set() or (_POOL_STOP is not None and bool(_POOL_STOP.value))
+
+
+def _on_sigint(signum: int, frame=None) -> None:
+    first = not _CTRL_C.is_set()
+    _CTRL_C.set()
+    if first and _TRAINING:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _training() -> Iterator[None]:
+    """Where Ctrl-C in a pool worker raises KeyboardInterrupt: rlrs's own training of a run."""
+    global _TRAINING
+    _TRAINING = True
+    try:
+        if _IN_WORKER and _stop_requested():  # it came just before
+            raise KeyboardInterrupt
+        yield
+    finally:
+        _TRAINING = False
+
+
+def _init_worker(slots, threads: int, parent: int, stop=None) -> None:
+    global _IN_WORKER, _POOL_STOP
+    _IN_WORKER, _POOL_STOP = True, stop
+    signal.signal(signal.SIGINT, _on_sigint)  # it started with Ctrl-C ignored (Pool.run), until now
     # A terminated worker stops the user's commands it started (their own process groups) first.
     signal.signal(signal.SIGTERM, _terminated)
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="rlrs-parent-watch").start()
@@ -944,8 +1103,14 @@ def _exit_with_parent(parent: int, poll_s: float = 1.0) -> None:
     _terminated(signal.SIGTERM)
 
 
-def _work(job: Job) -> RunResult:
-    return execute(job.spec, job.out, job.stop_at)
+def _work(job: Job) -> RunResult | None:
+    """Run ``job`` in a pool worker; ``None``: not started, or stopped unrecorded, after Ctrl-C."""
+    if _stop_requested():  # Ctrl-C came: start nothing more
+        return None
+    try:
+        return execute(job.spec, job.out, job.stop_at)
+    except KeyboardInterrupt:  # raised outside a run's own handling (a narrow window): nothing to add
+        return None
 
 
 class Pool:
@@ -958,6 +1123,11 @@ class Pool:
     ``run`` returns results in job order; a worker process that dies (killed, out of memory) is a
     failed result and the pool is rebuilt for the next call. ``progress=True`` shows a bar over
     all the jobs' training steps with an ETA.
+
+    Ctrl-C while ``run`` waits (from the terminal, which signals every worker too, or to this
+    process alone) stops the running runs at once, starts no other, records each stopped run as
+    interrupted and raises :class:`Interrupted`; so does any other exception there, which is then
+    raised again. Neither that nor :meth:`close` waits more than a bounded time for a worker.
     """
 
     def __init__(self, workers: int | None = None):
@@ -965,6 +1135,7 @@ class Pool:
             raise ConfigError(f"workers: at least 1, got {workers!r}")
         self.workers = workers or default_workers()
         self._pool: cf.ProcessPoolExecutor | None = None
+        self._stop_flag = None
 
     def __enter__(self) -> "Pool":
         return self
@@ -973,9 +1144,14 @@ class Pool:
         self.close()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
-            self._pool = None
+        """Shut the workers down. They are idle (``run`` stops its runs before it returns or
+        raises) and exit within seconds (an interpreter with torch takes a few to end); one that has
+        not after ``STOP_GRACE_S`` and the margins (stuck in its start-up) is killed, not waited for."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            procs = _workers(pool)
+            pool.shutdown(wait=False, cancel_futures=True)
+            _end_workers(procs, STOP_GRACE_S + 2 * _STOP_MARGIN_S)
 
     def _executor(self, n: int) -> cf.ProcessPoolExecutor:
         if self._pool is None:
@@ -987,8 +1163,9 @@ class Pool:
                 for i in range(self.workers):
                     slots.put(i % gpus)
             threads = max(1, usable_cores() // self.workers)
+            self._stop_flag = ctx.RawValue("b", 0)
             self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
-                                                initargs=(slots, threads, os.getpid()))
+                                                initargs=(slots, threads, os.getpid(), self._stop_flag))
         return self._pool
 
     def run(self, jobs: Sequence[Job], on_done: Callable[[Job, RunResult], None] | None = None,
@@ -1006,9 +1183,12 @@ class Pool:
             if on_done:
                 on_done(jobs[i], r)
 
+        futures: dict[cf.Future, int] = {}
         try:
             pool = self._executor(len(jobs))
-            futures = {pool.submit(_work, job): i for i, job in enumerate(jobs)}
+            with _workers_ignore_ctrl_c():
+                for i, job in enumerate(jobs):
+                    futures[pool.submit(_work, job)] = i
             pending = set(futures)
             broken = False
             while pending:
@@ -1020,15 +1200,111 @@ class Pool:
                     except Exception as err:  # noqa: BLE001 - the worker process died
                         broken = True
                         r = _write_result(lost_run(jobs[i], f"worker process died: {err!r}"))
+                    if r is None or r.interrupted:  # a worker got Ctrl-C (sent to it alone): stop them all
+                        raise KeyboardInterrupt
                     done(i, r)
                 if bar is not None:
                     bar.poll()
             if broken:  # a pool that lost a process refuses new work: start a fresh one next time
                 self.close()
+        except BaseException as err:
+            stopped = self._stop_runs(futures)
+            if isinstance(err, KeyboardInterrupt):
+                raise Interrupted(stopped) from None
+            raise
         finally:
             if bar is not None:
                 bar.close()
         return [results[i] for i in range(len(jobs))]
+
+    def _stop_runs(self, futures: Mapping[cf.Future, int]) -> list[RunResult]:
+        """Stop every run in flight, as Ctrl-C does, and close the pool: the runs stopped and
+        recorded as interrupted. Bounded: a worker that has not recorded its run after
+        ``STOP_GRACE_S`` and the margins (or at a second Ctrl-C) is killed; its command's launcher
+        then ends the command's processes, and the run, unrecorded, runs again next time."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return []
+        again = threading.Event()
+        with _on_ctrl_c(again):  # another Ctrl-C: wait no longer (never a KeyboardInterrupt half-way through)
+            if self._stop_flag is not None:
+                self._stop_flag.value = 1  # no worker starts a run any more, also one still starting up
+            procs = _workers(pool)
+            for fut in futures:
+                fut.cancel()  # not handed to a worker yet: never starts
+            for p in procs:  # Ctrl-C to this process alone reaches the workers too (a second one is ignored)
+                with contextlib.suppress(OSError, ValueError):
+                    os.kill(p.pid, signal.SIGINT)
+            busy = [f for f in futures if not f.done()]
+            deadline = time.monotonic() + STOP_GRACE_S + 2 * _STOP_MARGIN_S
+            while busy and not again.is_set() and time.monotonic() < deadline:
+                busy = list(cf.wait(busy, timeout=0.1).not_done)
+            pool.shutdown(wait=False, cancel_futures=True)
+            _end_workers(procs, 0.0 if again.is_set() else 1.0)  # idle ones exit at the shutdown at once
+        stopped = []
+        for fut in futures:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                r = fut.result()
+                if r is not None and r.interrupted:
+                    stopped.append(r)
+        return stopped
+
+
+def _workers(pool: cf.ProcessPoolExecutor) -> list:
+    # The executor keeps its worker processes (pid -> Process) in _processes, its only record of them.
+    return list((getattr(pool, "_processes", None) or {}).values())
+
+
+def _end_workers(procs: Sequence, wait_s: float) -> None:
+    """Wait up to ``wait_s`` for worker processes to exit, SIGKILL those that have not (a killed
+    worker's launchers end its commands' processes), and wait for those to go."""
+    from multiprocessing.connection import wait as ready
+
+    def wait(left: set, timeout: float) -> set:  # those still running after ``timeout``
+        deadline = time.monotonic() + timeout
+        with contextlib.suppress(KeyboardInterrupt):
+            while left and time.monotonic() < deadline:  # ready() returns once any one is ready
+                left = left - set(ready(list(left), timeout=max(0.0, deadline - time.monotonic())))
+        return left
+
+    sentinels = {}
+    for p in procs:
+        with contextlib.suppress(ValueError):  # a closed Process
+            sentinels[p.sentinel] = p
+    left = wait(set(sentinels), wait_s)
+    for s in left:
+        with contextlib.suppress(OSError, ValueError):
+            sentinels[s].kill()
+    wait(left, _STOP_MARGIN_S)
+
+
+@contextlib.contextmanager
+def _on_ctrl_c(event: threading.Event) -> Iterator[None]:
+    """Ctrl-C inside sets ``event`` instead of raising KeyboardInterrupt (in the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGINT, lambda signum, frame: event.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+@contextlib.contextmanager
+def _workers_ignore_ctrl_c() -> Iterator[None]:
+    """Worker processes spawned inside ignore Ctrl-C until their own handler is installed
+    (``_init_worker``): a Ctrl-C while one still imports torch would kill it with a traceback and
+    break the pool. An ignored signal stays ignored across exec; a blocked one does not reach
+    multiprocessing's spawned children. A Ctrl-C to this process in these milliseconds is lost."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def lost_run(job: Job, error: str) -> RunResult:
@@ -1101,7 +1377,15 @@ def run_all(jobs: Sequence[Job], workers: int | None = None, log: Callable[[str]
             if log:
                 log(f"  [{count[0]}/{len(unique)}] {job.label or job.out.name}: {r.headline()}")
 
-        new = dict(zip((j.out for j in todo), pool.run(todo, on_done, progress=progress and bool(todo))))
+        try:
+            ran = pool.run(todo, on_done, progress=progress and bool(todo))
+        except Interrupted as err:
+            if log:
+                for r in err.runs:
+                    log(f"  {next((j.label for j in todo if j.out == r.out and j.label), r.out.name)}: {INTERRUPTED} "
+                        "(recorded; it runs again next time)")
+            raise
+        new = dict(zip((j.out for j in todo), ran))
     by_out = {out: prior[out] for out in reused} | new
     return [by_out[j.out] for j in jobs]
 

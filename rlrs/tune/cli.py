@@ -32,9 +32,12 @@ def cmd_tune(args) -> int:
         # The objective trains on the executor the flags name (a local pool of --workers by default).
         with executor_from_args(args, Path(args.out) / "slurm") as ex, using(ex):
             return _cmd_tune(args)
-    except KeyboardInterrupt:
-        print("rlrs tune: interrupted; finished trials are in the study and runs resume from their "
-              "checkpoints: rerun the same command to continue", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        n = len(getattr(err, "runs", ()))  # engine.Interrupted: the runs Ctrl-C stopped
+        stopped = f"{n} running run{'s' * (n != 1)} stopped and recorded as interrupted; " if n else ""
+        print(f"rlrs tune: interrupted by Ctrl-C; {stopped}finished trials are in the study: to continue, run the "
+              "same command again (interrupted runs run again, resuming from their checkpoints where they save "
+              "them)", file=sys.stderr)
         return 130
 
 
