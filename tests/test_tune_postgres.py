@@ -242,3 +242,58 @@ def test_a_database_that_stays_away_stops_the_search_clearly_and_keeps_finished_
     ts = _counted(_trials(postgres_url))
     assert len(ts) == 7 and all(t.state.name == "COMPLETE" for t in ts)
     assert len(log.read_text().splitlines()) == 3 + 7 - len(done)  # finished trials were not evaluated again
+
+
+# A deterministic script: the same plan always reports the same losses, wherever it runs.
+PLAIN = '''
+import math
+import rlrs
+
+steps = rlrs.script.steps(4)
+plan = rlrs.script.plan("paper-dense")
+floor = 2.0 + math.log(plan.base_lr / 6e-3) ** 2 + 0.1 * math.log(plan.embedding.start / 10.0) ** 2
+for step in range(0, steps + 1, 2):
+    rlrs.report(step, floor + math.exp(-step / steps))
+'''
+
+
+def test_tune_on_slurm_with_a_postgresql_study_and_two_workers_matches_the_local_executor(
+        tmp_path, postgres_url, slurm_cluster):
+    script = tmp_path / "plain.py"
+    script.write_text(PLAIN)
+    cmd = f"{shlex.quote(sys.executable)} {shlex.quote(str(script))}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    search = ["--command", cmd, "--plan", "paper-dense", "--steps", "4", "--budget", "5",
+              "--params", "plan.base_lr,plan.embedding.start"]
+    assert main(["tune", *search, "--out", str(tmp_path / "local"), "--workers", "1"]) == 0
+
+    out = tmp_path / "shared"
+    slurm = ["--storage", postgres_url, "--out", str(out), "--workers", "1", "--poll", "0.1",
+             "--executor", "slurm", "--slurm-mem-gb", "1", "--slurm-cpus", "1", "--slurm-poll-s", "0.5"]
+
+    def rlrs_tune(*args):
+        return subprocess.Popen([sys.executable, "-m", "rlrs", "tune", *args, *slurm], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    procs = [rlrs_tune(*search)]
+    try:
+        _wait(lambda: _has_search(postgres_url), "the lead to store its search", procs)
+        procs.append(rlrs_tune("--worker", "--command", cmd))
+        outs = [p.communicate(timeout=600)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(outs)
+    assert "Slurm job" in outs[0]  # its runs were Slurm jobs
+
+    local = optuna.load_study(study_name="rlrs-tune", storage=f"sqlite:///{tmp_path / 'local' / 'study.db'}")
+    here = {t.user_attrs["key"]: t.value for t in _counted(local.get_trials(deepcopy=False))}
+    there = {t.user_attrs["key"]: t.value for t in _counted(_trials(postgres_url))}
+    assert there and set(there) <= set(here) | set(there)
+    same = set(here) & set(there)
+    assert same and all(here[k] == there[k] for k in same)  # a point measures the same on either executor
+    best_local = json.loads((tmp_path / "local" / "search.json").read_text())["best"]
+    best_slurm = json.loads((out / "search.json").read_text())["best"]
+    assert best_slurm == best_local
