@@ -633,6 +633,32 @@ def tiny_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
+def test_a_full_disk_under_a_samplers_study_stops_clearly_and_keeps_finished_trials(tmp_path, tiny_disk,
+                                                                                     monkeypatch, capsys):
+    from rlrs.cli import main
+
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "fill.py").write_text(FILL)
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    sys.modules.pop("fill", None)
+    monkeypatch.setenv("FILL", str(tiny_disk / "filler"))
+    monkeypatch.setenv("FILL_LOG", str(tmp_path / "finished.jsonl"))
+    monkeypatch.setenv("FILL_AT", "3")
+    out = tiny_disk / "out"
+    argv = ["tune", *synth_args(out, 8)[:-6], "--objective", "fill:curve", "--workers", "1", "--sampler", "tpe"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    path = out / "study.db"
+    assert f"rlrs tune: error: study storage sqlite:///{path}: the disk holding {path} is full" in err
+    assert "Traceback" not in err and "sqlalchemy" not in err.lower()
+    (tiny_disk / "filler").unlink()
+    done = [t for t in _sampler_trials(out, "tpe") if t.state.name == "COMPLETE"]
+    assert len(done) >= 2  # those finished before the disk filled are kept
+    monkeypatch.setenv("FILL_AT", "0")
+    assert main(argv) == 0  # the same command continues once there is room
+    assert len([t for t in _sampler_trials(out, "tpe") if t.state.name == "COMPLETE"]) == 8
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_a_full_disk_under_the_study_stops_clearly_and_keeps_finished_trials(tmp_path, tiny_disk, kind, monkeypatch,
                                                                              capsys):

@@ -41,6 +41,7 @@ from .. import config as _config
 from .. import files
 from ..config import ConfigError
 from .driver import fmt_loss, write_best
+from .study import storage_failures
 from .objective import Objective, make_objective
 from .spec import TuneSpec
 from .study import other_searches
@@ -146,33 +147,35 @@ def sampler_search(
     if others:
         raise ConfigError(f"{out}: holds another search ({', '.join(others)}); give each search its own --out "
                           "(their tuned.toml and search.json would overwrite each other)")
-    study = optuna.create_study(storage=f"sqlite:///{out / 'study.db'}", study_name=name, load_if_exists=True,
-                                sampler=_sampler(optuna, sampler, spec.search_seed), direction="minimize")
-    if "spec" in study.user_attrs:
-        diff = spec.differences(study.user_attrs["spec"])
-        if diff:
-            raise ConfigError(f"{out}: its study holds another search (differs in {', '.join(diff[:4])}); "
-                              "use another --out")
-    else:
-        study.enqueue_trial(start, skip_if_exists=True)  # first: a kill right after still starts there
-        study.set_user_attr("spec", json.loads(json.dumps(spec.to_dict())))
-    obj = objective or make_objective(spec, out, workers)
-    try:
-        TrialState = optuna.trial.TrialState
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            # Left by a killed process: ask its point again (its runs resume from their checkpoints).
-            study.enqueue_trial(dict(t.params))
-            study.tell(t.number, state=TrialState.FAIL)
-            log(f"trial {t.number} was left running by an earlier process: evaluating its point again")
-        while True:
-            left = budget - len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-            if left <= 0:
-                break
-            _evaluate(study, obj, [study.ask(dists) for _ in range(min(workers, left))], worst, log)
-    finally:
-        if objective is None:
-            obj.close()
-    trials = _trials(study, optuna)[:budget]
+    url = f"sqlite:///{out / 'study.db'}"
+    with storage_failures(url):  # a full disk under the study: a clear message, finished trials kept
+        study = optuna.create_study(storage=url, study_name=name, load_if_exists=True,
+                                    sampler=_sampler(optuna, sampler, spec.search_seed), direction="minimize")
+        if "spec" in study.user_attrs:
+            diff = spec.differences(study.user_attrs["spec"])
+            if diff:
+                raise ConfigError(f"{out}: its study holds another search (differs in {', '.join(diff[:4])}); "
+                                  "use another --out")
+        else:
+            study.enqueue_trial(start, skip_if_exists=True)  # first: a kill right after still starts there
+            study.set_user_attr("spec", json.loads(json.dumps(spec.to_dict())))
+        obj = objective or make_objective(spec, out, workers)
+        try:
+            TrialState = optuna.trial.TrialState
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                # Left by a killed process: ask its point again (its runs resume from their checkpoints).
+                study.enqueue_trial(dict(t.params))
+                study.tell(t.number, state=TrialState.FAIL)
+                log(f"trial {t.number} was left running by an earlier process: evaluating its point again")
+            while True:
+                left = budget - len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+                if left <= 0:
+                    break
+                _evaluate(study, obj, [study.ask(dists) for _ in range(min(workers, left))], worst, log)
+        finally:
+            if objective is None:
+                obj.close()
+        trials = _trials(study, optuna)[:budget]
     ok = [t for t in trials if t.loss is not None]
     if not ok:
         raise ConfigError(f"sampler {sampler}: every one of {len(trials)} trials failed (first: {trials[0].error}); "

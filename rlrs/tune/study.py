@@ -14,7 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from .. import config as _config
 from ..config import ConfigError
@@ -312,6 +312,20 @@ def _call(url: str, fn, state: dict | None = None):
                 state["down"] = True
                 raise _storage_error(url, kind, reason, attempt + 1) from err
             _pause(delays[attempt] * (0.5 + random.random()))
+
+
+@contextlib.contextmanager
+def storage_failures(url: str) -> Iterator[None]:
+    """Where Optuna drives the study itself (``tune --sampler``): a storage failure (a full disk, a
+    lost server) inside becomes the same :class:`StorageError` as :func:`_call` gives, not a raw
+    SQLAlchemy error; what the study committed before stays."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - classified; not the storage's: re-raised as it is
+        failure = _failure(err, url)
+        if failure is None:
+            raise
+        raise _storage_error(url, *failure) from err
 
 
 def _pause(seconds: float) -> None:
