@@ -104,9 +104,10 @@ EOF
 start_postgres() {
   command -v pg_ctlcluster >/dev/null || { say "pg_ctlcluster missing: apt-get install postgresql (./setup.sh does, as root)"; exit 1; }
   if ! pg_lsclusters -h | awk '{print $1, $2}' | grep -qx "$PG_VERSION main"; then
-    pg_createcluster "$PG_VERSION" main >/dev/null
+    pg_createcluster "$PG_VERSION" main >&2
   fi
-  pg_ctlcluster "$PG_VERSION" main start 2>/dev/null || pg_ctlcluster "$PG_VERSION" main status >/dev/null
+  # Its messages go to stderr: stdout carries only the environment lines (eval'd by .ci/run).
+  pg_ctlcluster "$PG_VERSION" main start >&2 2>/dev/null || pg_ctlcluster "$PG_VERSION" main status >/dev/null
   wait_for 20 PostgreSQL su postgres -c "psql -qAtc 'select 1'"
   su postgres -c "psql -qAtc \"select 1 from pg_roles where rolname='rlrs'\"" | grep -q 1 \
     || su postgres -c "psql -qc \"create role rlrs login password 'rlrs' createdb\""
