@@ -72,8 +72,8 @@ def cmd_train(args) -> int:
               f"(eval loss {loss})")
     else:
         print(f"{result.status} at step {result.steps}/{result.total_steps} in {result.wall_s:.1f}s; eval loss {loss}")
-    if result.reason:
-        print(f"rlrs train: {result.status}: {result.reason}", file=sys.stderr)
+    if result.error:
+        print(f"rlrs train: {result.status}: {result.error}", file=sys.stderr)
     print(f"metrics: {out / 'metrics.jsonl'}  checkpoints: {out / 'checkpoints'}")
     code = 3 if result.status == "unstable" else 0
     if trainer.world_size > 1:  # under torchrun: not through Python's shutdown (rlrs.script.end_distributed)

@@ -54,7 +54,6 @@ import json
 import math
 import multiprocessing as mp
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -64,7 +63,7 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
@@ -72,11 +71,13 @@ from . import config as _config
 from . import files
 from .components import DEFAULT_TIED
 from .config import ConfigError
+# RunResult, STATUSES, reason_line and RESUME_FIX are known as the engine's too (rlrs.engine.RunResult).
+from .outcome import (INTERRUPTED, RESUME_FIX, STATUSES, RunResult, _exception_line,  # noqa: F401
+                      reason_line, status_of)
 from .plan import Plan
 from .runlog import Diverged, EvalCurve, EvalRecord, LogFollower, LogRead, Record, read_log
 from .train import RunConfig, Trainer, total_steps
 
-STATUSES = ("finished", "stopped", "diverged", "unstable", "failed")
 RESULT = "result.json"
 STDERR_TAIL_LINES = 30
 # A failed command's error shows its stderr's last lines from at most this many last bytes, and
@@ -88,14 +89,10 @@ STOP_GRACE_S = 10.0
 """How long a stopped run's processes have between SIGTERM and SIGKILL (Ctrl-C, a prune at a rung,
 a divergence, a command's leftover processes)."""
 _STOP_MARGIN_S = 5.0  # what the launcher, then a worker, may take on top of the grace to end its part
-INTERRUPTED = "interrupted by Ctrl-C"
-"""The error of a run that Ctrl-C stopped (status ``failed``: the next call runs it again)."""
 # How long a lock whose holder cannot be seen (another host, or a pid that is gone while the
 # kernel still tears the process down) is waited for before the run is recorded as failed.
 LOCK_WAIT_S = 10.0
-RESUME_FIX = ("save checkpoints into $RLRS_RUN_DIR and load the newest at start-up; see examples/nanogpt.py "
-              "--checkpoint-every")
-"""What a script that starts over from step 0 when rlrs restarts it should do instead."""
+
 
 
 # --- specs -----------------------------------------------------------------------------------------
@@ -147,6 +144,12 @@ class RunKind:
         """Whether ``out`` holds a run of another version of this spec's code (never, by default)."""
         return False
 
+    def lost(self, out: Path, error: str) -> "RunResult":
+        """The failed result of a run in ``out`` whose process was lost before it recorded one
+        (:func:`lost_run`): its eval curve and the steps its log shows trained."""
+        xs, ys = eval_curve(out)
+        return RunResult(out, "failed", steps=_trained_steps(out), eval_steps=xs, eval_loss=ys, error=error)
+
 
 RunSpec = RunKind
 
@@ -186,12 +189,10 @@ class PresetRun(RunKind):
         resume = Trainer.can_resume(out)
         if not resume:  # a start that died before its first checkpoint: start again cleanly
             Trainer.clear_partial(out)
-        r = Trainer(self.cfg, out, resume=resume, progress=progress).run(stop_at=stop_at)
-        xs, ys = eval_curve(out)
-        seq = self.cfg.train.seq_len or self.cfg.model.seq_len
-        return RunResult(out, r.status, r.steps, self.total_steps, xs, ys, r.final_train_loss,
-                         r.steps * self.cfg.train.batch_size * seq, r.wall_s, r.reason,
-                         compute_steps=max(0, r.steps - done_before))
+        r = Trainer(self.cfg, out, resume=resume, progress=progress).run(stop_at=stop_at)  # with its eval curve
+        r.tokens = r.steps * self.cfg.train.batch_size * (self.cfg.train.seq_len or self.cfg.model.seq_len)
+        r.compute_steps = max(0, r.steps - done_before)
+        return r
 
 
 def _tie_matters(plan: Plan) -> bool:
@@ -263,6 +264,15 @@ class CommandRun(RunKind):
         then = _recorded_code(out)
         return then is not None and then != script_files(self)
 
+    def lost(self, out: Path, error: str) -> "RunResult":
+        # What its script ran still counts: the steps it reported, over every attempt.
+        r = super().lost(out, error)
+        ran = attempts(read_log(out).records)
+        r.steps = max(r.eval_steps, default=0)
+        r.ran_steps, r.ran_tokens, r.rerun_steps, r.restarted_at = (ran.ran_steps, ran.ran_tokens, ran.rerun_steps,
+                                                                    ran.restarted_at)
+        return r
+
     def shell_command(self, out: Path) -> str:
         q = shlex.quote
         return self.command.format(plan=q(str(out / "plan.toml")), run_dir=q(str(out)), seed=self.seed,
@@ -279,85 +289,6 @@ def run_dir(root: str | Path, spec: RunSpec) -> Path:
 
 
 # --- results ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class RunResult:
-    """How a run ended. ``eval_steps``/``eval_loss`` is its eval-loss curve so far."""
-
-    out: Path
-    status: str  # finished | stopped | diverged | unstable | failed (STATUSES)
-    steps: int = 0
-    total_steps: int | None = None
-    eval_steps: list[int] = field(default_factory=list)
-    eval_loss: list[float] = field(default_factory=list)
-    final_train_loss: float | None = None
-    tokens: int | None = None
-    wall_s: float = 0.0
-    error: str | None = None
-    exit_code: int | None = None
-    reused: bool = False
-    compute_steps: int = 0  # steps trained by this call (0 when reused)
-    # A command's compute over every attempt on this directory, from its reports (:func:`attempts`):
-    # the steps its script ran (restarts included), of those the steps run again, and the step of
-    # each attempt that was followed by a restart from the beginning (it does not resume).
-    ran_steps: int | None = None
-    ran_tokens: int | None = None
-    rerun_steps: int = 0
-    restarted_at: list[int] = field(default_factory=list)
-    # Lines of its metrics.jsonl that are not records (``path:line: why``): skipped, never fatal.
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def final_eval_loss(self) -> float | None:
-        v = self.eval_loss[-1] if self.eval_loss else None
-        return v if v is not None and math.isfinite(v) else None
-
-    def headline(self) -> str:
-        """One line: the status and the final loss, or why it did not finish (:func:`reason_line`)."""
-        note = f" ({len(self.notes)} damaged log line{'s' * (len(self.notes) > 1)} skipped: {self.notes[0]})" \
-            if self.notes else ""
-        if self.status == "finished" and self.final_eval_loss is not None:
-            return f"finished in {self.wall_s:.1f}s, eval loss {self.final_eval_loss:.4f}{note}"
-        return f"{self.status}: {reason_line(self.status, self.error)}{note}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "status": self.status, "steps": self.steps, "total_steps": self.total_steps,
-            "eval_steps": self.eval_steps, "eval_loss": _config.json_safe(self.eval_loss),
-            "final_eval_loss": self.final_eval_loss, "final_train_loss": _config.json_safe(self.final_train_loss),
-            "tokens": self.tokens, "wall_s": self.wall_s, "error": self.error, "exit_code": self.exit_code,
-            **({} if self.ran_steps is None else {
-                "ran_steps": self.ran_steps, "ran_tokens": self.ran_tokens, "rerun_steps": self.rerun_steps,
-                "restarted_at": self.restarted_at}),
-            **({"notes": self.notes} if self.notes else {}),
-        }
-
-    @classmethod
-    def from_dict(cls, out: Path, d: Mapping[str, Any]) -> "RunResult":
-        return cls(
-            out=out, status=d["status"], steps=int(d["steps"]), total_steps=d.get("total_steps"),
-            eval_steps=[int(s) for s in d.get("eval_steps", [])],
-            eval_loss=[math.nan if v is None else float(v) for v in d.get("eval_loss", [])],
-            final_train_loss=d.get("final_train_loss"), tokens=d.get("tokens"), wall_s=float(d.get("wall_s", 0.0)),
-            error=d.get("error"), exit_code=d.get("exit_code"), reused=True,
-            ran_steps=d.get("ran_steps"), ran_tokens=d.get("ran_tokens"), rerun_steps=int(d.get("rerun_steps") or 0),
-            restarted_at=[int(s) for s in d.get("restarted_at") or []], notes=list(d.get("notes") or []),
-        )
-
-    @property
-    def interrupted(self) -> bool:
-        """Whether Ctrl-C stopped this run (recorded as failed: it runs again, or resumes)."""
-        return self.status == "failed" and (self.error or "").startswith(INTERRUPTED)
-
-    def restart_note(self) -> str | None:
-        """Why this command's compute exceeds its length, when its script started over from step 0
-        after being stopped (``None`` when it never did): the fix is to resume."""
-        if not self.restarted_at:
-            return None
-        at = f"step{'s' * (len(self.restarted_at) > 1)} " + ", ".join(str(s) for s in self.restarted_at)
-        return (f"restarted from step 0 after it was stopped at {at}: the script does not resume, so "
-                f"{self.rerun_steps} steps ran again; {RESUME_FIX}")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -627,11 +558,11 @@ def _run(spec: RunSpec, out: Path, stop_at: int | None, progress: bool) -> RunRe
     except RunEnded:
         raise
     except KeyboardInterrupt:  # its checkpoints stay: the next call resumes from the newest
-        status, error = "failed", INTERRUPTED
+        status, error = status_of(error=True), INTERRUPTED
     except Diverged as err:
-        status, error = "diverged", str(err)
+        status, error = status_of(nonfinite=True), str(err)
     except Exception:  # noqa: BLE001 - recorded in result.json and shown in reports, never dropped
-        status, error = "failed", traceback.format_exc(limit=8)
+        status, error = status_of(error=True), traceback.format_exc(limit=8)
     log = read_log(out)
     steps = log.trained_steps()
     xs, ys = log.eval_curve()
@@ -785,26 +716,27 @@ def _execute_command(spec: CommandRun, out: Path, stop_at: int | None, note: str
                                  spec.shell_command(out)], cwd=spec.cwd, env=env, stdout=so, stderr=se,
                                 start_new_session=True)
         _COMMANDS.add(proc)
-        why, status = None, None
+        # How it ended (the status is status_of's): why it failed or diverged, whether rlrs stopped it at stop_at.
+        why, nonfinite, stopped = None, False, False
         watch = _EvalWatch(out)
         try:
             while proc.poll() is None:
                 if _stop_requested():  # Ctrl-C, in a pool worker
-                    status, why = "failed", INTERRUPTED
+                    why = INTERRUPTED
                     _stop(proc)
                     break
                 time.sleep(POLL_S)
                 xs, ys = watch.look()
                 bad = [(s, v) for s, v in zip(xs, ys) if not math.isfinite(v)]
                 if bad:
-                    status, why = "diverged", _nonfinite_report(read_log(out), bad[0][0])
+                    nonfinite, why = True, _nonfinite_report(read_log(out), bad[0][0])
                     _stop(proc)
                 elif stop_at is not None and xs and xs[-1] >= stop_at and (spec.steps is None or stop_at < spec.steps):
-                    status = "stopped"
+                    stopped = True
                     _stop(proc)
         except KeyboardInterrupt:  # Ctrl-C where execute runs in this process: recorded, then raised again
             _stop(proc)
-            status, why = "failed", INTERRUPTED
+            why = INTERRUPTED
         except BaseException:
             _stop(proc)  # never leave the user's training running when rlrs stops
             raise
@@ -814,25 +746,27 @@ def _execute_command(spec: CommandRun, out: Path, stop_at: int | None, note: str
     log = read_log(out)
     xs, ys = log.eval_curve()
     bad = [(s, v) for s, v in zip(xs, ys) if not math.isfinite(v)]
-    if bad and status is None:
-        status, why = "diverged", _nonfinite_report(log, bad[0][0])
+    settled = why is not None or stopped  # rlrs stopped it: how it then exited is not how it ended
+    if bad and not settled:
+        nonfinite, why = True, _nonfinite_report(log, bad[0][0])
     tail = _tail(out / "stderr.log", se_start)
-    if status is None:
+    reached_end = False
+    if not settled and not nonfinite:
         if code != 0:
-            status = "failed"
             # A shell reports a child killed by signal N as 128 + N.
             sig = -code if code < 0 else code - 128 if 128 < code < 128 + 65 else None
             why = f"exit status {code}" + (f" (killed by signal {sig})" if sig else "")
         elif not xs:
-            status, why = "failed", ("exit status 0 but it never called rlrs.report(step, loss): no eval loss to "
-                                     "compare; call it at the script's eval points")
+            why = ("exit status 0 but it never called rlrs.report(step, loss): no eval loss to compare; call it "
+                   "at the script's eval points")
         elif spec.steps is not None and xs[-1] < spec.steps:
-            status, why = "failed", (
+            why = (
                 f"reported up to step {xs[-1]} of {spec.steps}: the script ended early (exit status 0); train "
                 f"for rlrs.script.steps(default) steps (it reads $RLRS_STEPS) and report the last one too: "
                 f"rlrs.report({spec.steps}, eval_loss)")
         else:
-            status = "finished"
+            reached_end = True
+    status = status_of(reached_end=reached_end, reached_stop=stopped, nonfinite=nonfinite, error=why is not None)
     error = None
     if why is not None:
         if why == INTERRUPTED:  # stopped by rlrs, not failing: what it printed is not the reason
@@ -921,37 +855,6 @@ def _stop(proc: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-
-
-# A Python exception line, also as torchrun prefixes a rank's output ("[rank1]: ValueError: ...").
-_EXCEPTION_LINE = re.compile(r"^(\[rank\d+\]:\s*)?[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b")
-# Launchers' wrappers around the real error: they name no cause of their own.
-_WRAPPER_LINE = re.compile(r"ChildFailedError|CalledProcessError")
-
-
-def _exception_line(text: str) -> str | None:
-    """The last Python exception line of ``text`` that is not a launcher's wrapper: what went wrong,
-    where torchrun ends its stderr with its own traceback and a banner of ``====`` and key : value lines."""
-    for ln in reversed(text.strip().splitlines()):
-        ln = ln.strip()
-        if _EXCEPTION_LINE.match(ln) and not _WRAPPER_LINE.search(ln):
-            return ln
-    return None
-
-
-def reason_line(status: str, error: str | None) -> str:
-    """Why a run did not finish, in one line: a failure's exception line where its error has one (a
-    rank's own error, not a launcher's banner), else the error's first line without the command.
-
-        >>> reason_line("failed", "exit status 1; command: torchrun t.py\\n[rank1]: ValueError: bad\\n=====")
-        '[rank1]: ValueError: bad'
-        >>> reason_line("failed", "exit status 1; command: torchrun t.py\\n=====")
-        'exit status 1'
-    """
-    text = (error or "").strip()
-    # A diverged or stopped command was stopped by rlrs: what it then printed is not the reason.
-    line = (status == "failed" and _exception_line(text)) or (text.splitlines() or [""])[0]
-    return line.split("; command: ")[0]
 
 
 def _tail(path: Path, start: int) -> str:
@@ -1310,15 +1213,9 @@ def _workers_ignore_ctrl_c() -> Iterator[None]:
 def lost_run(job: Job, error: str) -> RunResult:
     """The failed result of a run whose process was lost before it could record one (a worker
     killed, a Slurm job its scheduler ended): its eval curve and, for a command, the steps its
-    script ran (they count as compute) as far as its log shows them. Every executor uses it."""
-    xs, ys = eval_curve(job.out)
-    r = RunResult(job.out, "failed", steps=_trained_steps(job.out), eval_steps=xs, eval_loss=ys, error=error)
-    if isinstance(job.spec, CommandRun):  # what its script ran still counts
-        ran = attempts(read_log(job.out).records)
-        r.steps = max(xs, default=0)
-        r.ran_steps, r.ran_tokens, r.rerun_steps, r.restarted_at = (ran.ran_steps, ran.ran_tokens, ran.rerun_steps,
-                                                                    ran.restarted_at)
-    return r
+    script ran (they count as compute) as far as its log shows them (:meth:`RunKind.lost`). Every
+    executor uses it."""
+    return job.spec.lost(job.out, error)
 
 
 class _StepBar:

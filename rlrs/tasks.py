@@ -43,7 +43,8 @@ from torch.nn import functional as F
 
 from . import config as _config
 from .config import ConfigError
-from .engine import RunKind, RunResult
+from .engine import RunKind
+from .outcome import RunResult, status_of
 from .plan import Plan
 from .runlog import Diverged, EvalRecord, RunLog, TrainRecord, read_log
 from .strategies import Strategy, build
@@ -283,18 +284,6 @@ def get(name: str) -> Task:
 # --- training ------------------------------------------------------------------------------------------
 
 
-@dataclass
-class TaskResult:
-    """How one task run ended."""
-
-    steps: int
-    total_steps: int
-    final_train_loss: float
-    eval_loss: float
-    accuracy: float
-    wall_s: float
-
-
 def evaluate(task: Task, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> tuple[float, float]:
     """(mean loss, accuracy) of ``model`` on ``x``, ``y`` (in eval mode; the mode is restored)."""
     was = model.training
@@ -308,9 +297,14 @@ def evaluate(task: Task, model: nn.Module, x: torch.Tensor, y: torch.Tensor, bat
     return loss / count, hits / count
 
 
-def train_task(task: Task, strategy: Strategy, seed: int, out: str | Path, epochs: int | None = None) -> TaskResult:
+def train_task(task: Task, strategy: Strategy, seed: int, out: str | Path, epochs: int | None = None) -> RunResult:
     """Train ``task``'s model with ``strategy`` from seed ``seed``, logging into ``out/metrics.jsonl``
-    (started afresh: these runs take seconds to minutes, so they restart instead of resuming)."""
+    (started afresh: these runs take seconds to minutes, so they restart instead of resuming), and
+    say how it ended with its eval curve; a non-finite loss raises :class:`rlrs.runlog.Diverged`.
+
+        >>> train_task(TASKS["gauss"], rlrs.strategies.get("adamw"), 0, "runs/g").status  # doctest: +SKIP
+        'finished'
+    """
     out = Path(out)
     _config.make_dir(out, "--out")
     split = task.load()
@@ -353,11 +347,13 @@ def train_task(task: Task, strategy: Strategy, seed: int, out: str | Path, epoch
                 if task.eval_every and step % task.eval_every == 0 and step < total:
                     eval_now()
             if not task.eval_every or step == total:
-                ev_loss, acc = eval_now()
+                ev_loss = eval_now()[0]
         if not math.isfinite(ev_loss):  # the last update broke the weights: not a finished run
             raise Diverged(f"held-out loss {ev_loss} after the last step ({step})")
         log.sync()
-    return TaskResult(step, total, loss, ev_loss, acc, time.perf_counter() - t0)
+    xs, ys = read_log(out).eval_curve()
+    return RunResult(out, status_of(reached_end=step >= total), step, total, xs, ys, loss,
+                     wall_s=time.perf_counter() - t0)
 
 
 @dataclass(frozen=True)
@@ -406,8 +402,6 @@ class TaskRun(RunKind):
         return {"task": self.task, "setup": setup, "strategy": strategy, "seed": self.seed}
 
     def run(self, out: Path, stop_at: int | None, progress: bool) -> RunResult:
-        t0 = time.perf_counter()
         r = train_task(get(self.task), self.strategy, self.seed, out, self.epochs)
-        xs, ys = read_log(out).eval_curve()
-        return RunResult(out, "finished", r.steps, r.total_steps, xs, ys, r.final_train_loss, None,
-                         time.perf_counter() - t0, compute_steps=r.steps)
+        r.compute_steps = r.steps  # it starts afresh: every step it trained is this call's
+        return r

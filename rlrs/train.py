@@ -40,6 +40,7 @@ from . import presets as _presets
 from .components import COMPONENTS
 from .config import ConfigError
 from .optim import RelativeLR, assign_components, param_groups
+from .outcome import RunResult, status_of
 from .plan import Plan
 from .runlog import Diverged, EvalRecord, EventRecord, Record, RunLog, TrainRecord, read_log, rewrite
 
@@ -234,20 +235,6 @@ NonFiniteLoss = Diverged  # the name the trainer's callers know; rlrs.runlog.Div
 
 class CheckpointError(RuntimeError):
     """No intact checkpoint to resume from, or one that belongs to another run config."""
-
-
-@dataclass
-class RunResult:
-    out: Path
-    status: str  # "finished", "stopped" (stop_at reached), "diverged", "unstable" (see reason)
-    steps: int
-    total_steps: int
-    final_eval_loss: float | None
-    final_train_loss: float | None
-    wall_s: float
-    skipped_steps: int = 0
-    already_done: bool = False  # resumed where it had already stopped: nothing was trained
-    reason: str | None = None  # why the run is "unstable"
 
 
 def _device(cfg: TrainConfig) -> torch.device:
@@ -506,19 +493,25 @@ class Trainer:
         return float(np.mean(losses))
 
     def run(self, stop_at: int | None = None) -> RunResult:
-        """Train to the end (or until ``stop_at`` completed steps, checkpointed, to resume later)."""
+        """Train to the end (or until ``stop_at`` completed steps, checkpointed, to resume later).
+        Says how it ended (:class:`rlrs.outcome.RunResult`; ``error``: why it is ``unstable``); a
+        non-finite loss raises :class:`rlrs.runlog.Diverged`.
+
+            >>> Trainer(cfg, "runs/x").run(stop_at=100).status                 # doctest: +SKIP
+            'stopped'
+        """
         if stop_at is not None and (isinstance(stop_at, bool) or not isinstance(stop_at, int) or stop_at < 1):
             raise ConfigError(f"stop_at: a step >= 1, got {stop_at!r}; e.g. --stop-at 100")
         start = self._t_start = time.perf_counter()
         end = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
         if self.step >= end and self.step > 0:
-            return self._already_done()
+            return self._already_done(stop_at)
         log = _Log(self.out / "metrics.jsonl", enabled=self.rank == 0, tensorboard=self.cfg.train.tensorboard,
                    resume_step=self.step, wandb=self.cfg.train.wandb, config=self.cfg.to_dict())
         bar = _progress_bar(self.total_steps, self.step, enabled=self.progress and self.rank == 0)
         last_train = None
         final_eval = None
-        status = "finished"
+        diverged = False
         try:
             if self.step == 0 and 0 in self.eval_at:
                 final_eval = self._eval_record(log)
@@ -536,21 +529,17 @@ class Trainer:
                     if self.rank == 0:
                         self.save_checkpoint()
         except NonFiniteLoss:
-            status = "diverged"
+            diverged = True
             log.write(EventRecord("event", self.step, {"event": "diverged"}))
             raise
         finally:
             log.close()
             if bar is not None:
                 bar.close()
-            if status == "diverged" and self.rank == 0:
-                self._write_summary("diverged", last_train, final_eval, self._wall())
-        if self.step < self.total_steps:
-            status = "stopped"
-        reason = self._unstable(final_eval) if status == "finished" else None
-        status = "unstable" if reason else status
-        result = RunResult(self.out, status, self.step, self.total_steps, final_eval, last_train,
-                           time.perf_counter() - start, self.skipped, reason=reason)
+            if diverged and self.rank == 0:
+                self._write_summary(status_of(nonfinite=True), last_train, final_eval, self._wall())
+        result = self._result(stop_at, final_eval, last_train, time.perf_counter() - start)
+        status, reason = result.status, result.error
         if self.rank == 0:
             self._write_summary(status, last_train, final_eval, self._wall(), reason)
         if self.world_size > 1:
@@ -571,7 +560,7 @@ class Trainer:
             return f"its final eval loss is {final_eval}: not a result"
         return None
 
-    def _already_done(self) -> RunResult:
+    def _already_done(self, stop_at: int | None) -> RunResult:
         # Resumed at (or past) where it was asked to stop: report what the logs hold and change
         # nothing. Only a summary that a kill after the last checkpoint never let be written is
         # written now, from the checkpoint's state and the log.
@@ -579,14 +568,22 @@ class Trainer:
         evals = [r for r in got.evals if r.step <= self.step]
         train = [r for r in got.train if r.loss is not None and r.step <= self.step]
         final_eval = evals[-1].value() if evals else None  # null in the log: NaN, not finite
-        status = "finished" if self.step >= self.total_steps else "stopped"
-        reason = self._unstable(final_eval) if status == "finished" else None
-        status = "unstable" if reason else status
-        result = RunResult(self.out, status, self.step, self.total_steps, final_eval,
-                           train[-1].loss if train else None, 0.0, self.skipped, already_done=True, reason=reason)
+        result = self._result(stop_at, final_eval, train[-1].loss if train else None, 0.0)
+        result.already_done = True
         if self.rank == 0 and not _readable_json(self.out / "summary.json"):
-            self._write_summary(status, result.final_train_loss, final_eval, self.wall_before, reason)
+            self._write_summary(result.status, result.final_train_loss, final_eval, self.wall_before, result.error)
         return result
+
+    def _result(self, stop_at: int | None, final_eval: float | None, last_train: float | None,
+                wall_s: float) -> RunResult:
+        """How a run that trained to its end or to ``stop_at`` ended (the status: :func:`status_of`)."""
+        reached_end = self.step >= self.total_steps
+        reason = self._unstable(final_eval) if reached_end else None
+        status = status_of(reached_end=reached_end, reached_stop=stop_at is not None and self.step >= stop_at,
+                           unstable=reason is not None)
+        xs, ys = read_log(self.out).eval_curve()  # up to this step: a resumed run's log was cut back to it
+        return RunResult(self.out, status, self.step, self.total_steps, xs, ys, last_train, wall_s=wall_s,
+                         error=reason, skipped_steps=self.skipped)
 
     def _write_summary(self, status, train_loss, eval_loss, wall_s, reason: str | None = None) -> None:
         summary = {

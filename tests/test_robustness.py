@@ -417,10 +417,10 @@ def test_a_run_that_skipped_most_steps_is_unstable_not_finished(tmp_path, tiny_s
 
     t.model.register_forward_hook(hook)
     r = t.run()
-    assert r.status == "unstable" and r.skipped_steps == STEPS - 2 and "were skipped" in r.reason
+    assert r.status == "unstable" and r.skipped_steps == STEPS - 2 and "were skipped" in r.error
     text = (tmp_path / "run" / "summary.json").read_text()
     summary = json.loads(text, parse_constant=lambda c: pytest.fail(f"summary.json holds {c}: not JSON"))
-    assert summary["status"] == "unstable" and summary["reason"] == r.reason
+    assert summary["status"] == "unstable" and summary["reason"] == r.error
     for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines():
         json.loads(line, parse_constant=lambda c: pytest.fail(f"metrics.jsonl holds {c}: not JSON"))
 
