@@ -77,6 +77,9 @@ SelectTypeParameters=CR_Core_Memory
 JobAcctGatherType=jobacct_gather/none
 MinJobAge=300
 KillWait=5
+# A loaded machine (the whole test suite on 2 cores) can take long to end a cancelled job's
+# processes; Slurm's default of 60 s then drains the node ("Kill task failed") for every later job.
+UnkillableStepTimeout=300
 InactiveLimit=0
 OverTimeLimit=0
 NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
@@ -89,6 +92,10 @@ EOF
     mkdir -p /etc/slurm && ln -sfn "$SLURM_CONF" /etc/slurm/slurm.conf
   fi
   if scontrol ping 2>/dev/null | grep -q UP && pgrep -x slurmd >/dev/null; then
+    if sinfo -h -o %t | grep -q drain; then  # e.g. "Kill task failed": this one-node test cluster needs it back
+      say "resuming the drained node ($(sinfo -h -R -o '%E' | head -1))"
+      scontrol update nodename="$(hostname -s)" state=resume
+    fi
     say "Slurm already up (jobs of others left running): $(sinfo -h -o '%P %D %t %c CPUs')"
     return
   fi
