@@ -88,6 +88,32 @@ def test_compare_on_slurm_gives_the_local_results_and_is_reused_locally(slurm_cl
     assert "4 runs: 4 reused, 0 to run" in capsys.readouterr().out
 
 
+# A script whose losses depend on its plan and seed only: the same run reports the same numbers
+# wherever it runs.
+PLAIN = """
+import math, rlrs
+plan, seed = rlrs.script.plan("paper-dense"), rlrs.script.seed()
+steps = rlrs.script.steps(4)
+for step in range(0, steps + 1, 2):
+    rlrs.report(step, 2.0 + plan.embedding.start / 100 + seed / 10 + math.exp(-step / steps))
+"""
+
+
+def test_compare_of_a_command_on_slurm_gives_the_local_results_and_is_reused_locally(slurm_cluster, tmp_path, capsys):
+    (tmp_path / "plain.py").write_text(PLAIN)
+    common = ["compare", "--command", f"{sys.executable} {tmp_path / 'plain.py'}", "--steps", "4", "--seeds", "2"]
+    assert main([*common, "--out", str(tmp_path / "slurm"), *FAST]) == 0
+    assert main([*common, "--out", str(tmp_path / "local"), "--workers", "1"]) == 0
+    on_slurm, local = _results(tmp_path / "slurm"), _results(tmp_path / "local")
+    assert len(on_slurm) == 4 and on_slurm.keys() == local.keys()
+    for name in local:
+        assert on_slurm[name].status == local[name].status == "finished"
+        assert on_slurm[name].eval_loss == local[name].eval_loss
+    capsys.readouterr()
+    assert main([*common, "--out", str(tmp_path / "slurm"), "--workers", "1"]) == 0
+    assert "4 runs: 4 reused, 0 to run" in capsys.readouterr().out
+
+
 def _start(args, tmp_path, name):
     """rlrs in its own process (so a signal reaches it alone), output to a file."""
     log = open(tmp_path / f"{name}.log", "w")
