@@ -16,6 +16,7 @@ import pytest
 from rlrs.cli import main
 from rlrs.config import ConfigError
 from rlrs.engine import read_result
+from rlrs.executors import CANCEL_WAIT_S
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--executor", "slurm", "--slurm-poll-s", "0.5", "--slurm-mem-gb", "1"]  # two jobs fit the test node
@@ -147,7 +148,7 @@ def test_a_job_cancelled_with_scancel_is_a_failed_run_with_slurms_reason_and_run
         subprocess.run(["scancel", job], check=True)
         _wait(f"job {job} to end", lambda: _state(job) == "CANCELLED")
         (tmp_path / "finish").write_text("")  # the other run ends, and so does rlrs
-        proc.wait(timeout=120)
+        proc.wait(timeout=CANCEL_WAIT_S + 120)
     finally:
         proc.kill() if proc.poll() is None else None
         _cancel_submitted(log)
@@ -175,7 +176,7 @@ def test_ctrl_c_cancels_the_submitted_jobs_and_records_them_interrupted(slurm_cl
         jobs = [(d / "started").read_text() for d in _run_dirs(out)]
         assert [_state(j) for j in jobs] == ["RUNNING", "RUNNING"]
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=120) == 130, log.read_text()
+        assert proc.wait(timeout=CANCEL_WAIT_S + 120) == 130, log.read_text()  # a ceiling above its own wait
         assert [_state(j) for j in jobs] == ["CANCELLED", "CANCELLED"]
     finally:
         proc.kill() if proc.poll() is None else None
