@@ -76,6 +76,12 @@ def _results(out):
 def test_compare_on_slurm_gives_the_local_results_and_is_reused_locally(slurm_cluster, tmp_path, tiny_sets, capsys):
     common = ["compare", "--preset", "tiny-dense", "--plans", "uniform-dense,paper-dense", "--seeds", "2",
               *_sets(tiny_sets, **{"train.steps": 6})]
+    _same_on_slurm_as_locally(common, tmp_path, capsys)
+
+
+def _same_on_slurm_as_locally(common, tmp_path, capsys):
+    """``common`` (a compare of 4 runs) on Slurm and locally: the same results, and a local rerun
+    of the Slurm directory reuses every run."""
     assert main([*common, "--out", str(tmp_path / "slurm"), *FAST]) == 0
     assert main([*common, "--out", str(tmp_path / "local"), "--workers", "1"]) == 0
     on_slurm, local = _results(tmp_path / "slurm"), _results(tmp_path / "local")
@@ -103,16 +109,7 @@ for step in range(0, steps + 1, 2):
 def test_compare_of_a_command_on_slurm_gives_the_local_results_and_is_reused_locally(slurm_cluster, tmp_path, capsys):
     (tmp_path / "plain.py").write_text(PLAIN)
     common = ["compare", "--command", f"{sys.executable} {tmp_path / 'plain.py'}", "--steps", "4", "--seeds", "2"]
-    assert main([*common, "--out", str(tmp_path / "slurm"), *FAST]) == 0
-    assert main([*common, "--out", str(tmp_path / "local"), "--workers", "1"]) == 0
-    on_slurm, local = _results(tmp_path / "slurm"), _results(tmp_path / "local")
-    assert len(on_slurm) == 4 and on_slurm.keys() == local.keys()
-    for name in local:
-        assert on_slurm[name].status == local[name].status == "finished"
-        assert on_slurm[name].eval_loss == local[name].eval_loss
-    capsys.readouterr()
-    assert main([*common, "--out", str(tmp_path / "slurm"), "--workers", "1"]) == 0
-    assert "4 runs: 4 reused, 0 to run" in capsys.readouterr().out
+    _same_on_slurm_as_locally(common, tmp_path, capsys)
 
 
 def _start(args, tmp_path, name):
