@@ -72,7 +72,7 @@ from . import files
 from .components import DEFAULT_TIED
 from .config import ConfigError
 # RunResult, STATUSES, reason_line and RESUME_FIX are known as the engine's too (rlrs.engine.RunResult).
-from .outcome import (INTERRUPTED, RESUME_FIX, STATUSES, RunResult, _exception_line,  # noqa: F401
+from .outcome import (ABANDONED, INTERRUPTED, RESUME_FIX, STATUSES, RunResult, _exception_line,  # noqa: F401
                       reason_line, status_of)
 from .plan import Plan
 from .runlog import Diverged, EvalCurve, EvalRecord, LogFollower, LogRead, Record, read_log
@@ -328,7 +328,8 @@ class run_lock:
 
     ``wait=False`` refuses at once with :class:`RunLocked` naming the holder (``rlrs train``).
     ``wait=True`` waits while the holder (a pid on this host) is alive, and up to ``LOCK_WAIT_S``
-    where it cannot tell, then raises the same error.
+    where it cannot tell, then raises the same error; ``timeout_s`` caps the whole wait (also for
+    a live holder).
 
     Taking the lock and recording its holder are one step: the holder's record (pid, host) is
     written into a file of its own, which it ``flock``-s and then hard-links to ``.lock``; the link
@@ -338,9 +339,10 @@ class run_lock:
     ``.lock``'s ``flock`` ever removes it), and the holder removes its own on release.
     """
 
-    def __init__(self, out: str | Path, wait: bool = True):
+    def __init__(self, out: str | Path, wait: bool = True, timeout_s: float | None = None):
         self.out = Path(out)
         self.wait = wait
+        self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
         self.f = None
         self.linked = True  # False on a file system without hard links (see _enter_without_links)
 
@@ -380,6 +382,7 @@ class run_lock:
                     if time.monotonic() - blind_since > LOCK_WAIT_S:
                         raise RunLocked(f"{self.out} is locked by {_describe(holder)}, which could not be seen "
                                         f"for {LOCK_WAIT_S:.0f} s; stop it or remove {path}")
+                self._check_deadline(holder)
                 time.sleep(0.1)
         except BaseException:
             if not f.closed:
@@ -414,12 +417,21 @@ class run_lock:
                         self.f.close()
                         raise RunLocked(f"{self.out} is locked by {_describe(holder)}, which could not be seen "
                                         f"for {LOCK_WAIT_S:.0f} s; stop it or remove {path}")
+                try:
+                    self._check_deadline(holder)
+                except RunLocked:
+                    self.f.close()
+                    raise
                 time.sleep(0.1)
         self.f.seek(0)
         self.f.truncate()
         self.f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
         self.f.flush()
         return self
+
+    def _check_deadline(self, holder: dict[str, Any] | None) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise RunLocked(f"{self.out} is still being written by {_describe(holder)}")
 
     def _holder(self) -> dict[str, Any] | None:
         try:
@@ -558,7 +570,7 @@ def _run(spec: RunSpec, out: Path, stop_at: int | None, progress: bool) -> RunRe
     except RunEnded:
         raise
     except KeyboardInterrupt:  # its checkpoints stay: the next call resumes from the newest
-        status, error = status_of(error=True), INTERRUPTED
+        status, error = status_of(error=True), _interruption()
     except Diverged as err:
         status, error = status_of(nonfinite=True), str(err)
     except Exception:  # noqa: BLE001 - recorded in result.json and shown in reports, never dropped
@@ -722,7 +734,7 @@ def _execute_command(spec: CommandRun, out: Path, stop_at: int | None, note: str
         try:
             while proc.poll() is None:
                 if _stop_requested():  # Ctrl-C, in a pool worker
-                    why = INTERRUPTED
+                    why = _interruption()
                     _stop(proc)
                     break
                 time.sleep(POLL_S)
@@ -769,7 +781,7 @@ def _execute_command(spec: CommandRun, out: Path, stop_at: int | None, note: str
     status = status_of(reached_end=reached_end, reached_stop=stopped, nonfinite=nonfinite, error=why is not None)
     error = None
     if why is not None:
-        if why == INTERRUPTED:  # stopped by rlrs, not failing: what it printed is not the reason
+        if why in (INTERRUPTED, ABANDONED):  # stopped by rlrs, not failing: what it printed is not the reason
             tail = ""
         error = f"{why}; command: {spec.shell_command(out)}" + (f"\n--- stderr (last lines) ---\n{tail}" if tail else "")
     steps = xs[-1] if xs else 0
@@ -953,6 +965,14 @@ def _stop_requested() -> bool:
     return _CTRL_C.is_set() or (_POOL_STOP is not None and bool(_POOL_STOP.value))
 
 
+_STOP_AT_CTRL_C, _STOP_ON_ERROR = 1, 2  # the pool's flag: why it stops its runs
+
+
+def _interruption() -> str:
+    """Why this run is being stopped, as its error: Ctrl-C, or an error of rlrs in the parent."""
+    return ABANDONED if _POOL_STOP is not None and _POOL_STOP.value == _STOP_ON_ERROR else INTERRUPTED
+
+
 def _on_sigint(signum: int, frame=None) -> None:
     first = not _CTRL_C.is_set()
     _CTRL_C.set()
@@ -1111,7 +1131,7 @@ class Pool:
             if broken:  # a pool that lost a process refuses new work: start a fresh one next time
                 self.close()
         except BaseException as err:
-            stopped = self._stop_runs(futures)
+            stopped = self._stop_runs(futures, _STOP_AT_CTRL_C if isinstance(err, KeyboardInterrupt) else _STOP_ON_ERROR)
             if isinstance(err, KeyboardInterrupt):
                 raise Interrupted(stopped) from None
             raise
@@ -1120,9 +1140,9 @@ class Pool:
                 bar.close()
         return [results[i] for i in range(len(jobs))]
 
-    def _stop_runs(self, futures: Mapping[cf.Future, int]) -> list[RunResult]:
+    def _stop_runs(self, futures: Mapping[cf.Future, int], why: int = _STOP_AT_CTRL_C) -> list[RunResult]:
         """Stop every run in flight, as Ctrl-C does, and close the pool: the runs stopped and
-        recorded as interrupted. Bounded: a worker that has not recorded its run after
+        recorded as interrupted (``why``: at a Ctrl-C, or on an error of rlrs). Bounded: a worker that has not recorded its run after
         ``STOP_GRACE_S`` and the margins (or at a second Ctrl-C) is killed; its command's launcher
         then ends the command's processes, and the run, unrecorded, runs again next time."""
         pool, self._pool = self._pool, None
@@ -1131,7 +1151,7 @@ class Pool:
         again = threading.Event()
         with _on_ctrl_c(again):  # another Ctrl-C: wait no longer (never a KeyboardInterrupt half-way through)
             if self._stop_flag is not None:
-                self._stop_flag.value = 1  # no worker starts a run any more, also one still starting up
+                self._stop_flag.value = why  # no worker starts a run any more, also one still starting up
             procs = _workers(pool)
             for fut in futures:
                 fut.cancel()  # not handed to a worker yet: never starts

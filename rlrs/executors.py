@@ -39,8 +39,8 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 from . import config as _config
 from .config import ConfigError
-from .engine import (Job, Pool, RunEnded, RunLocked, RunResult, _StepBar, _write_result, execute, lost_run, read_result,
-                     reason_line, run_lock)
+from .engine import (LOCK_WAIT_S, Job, Pool, RunEnded, RunLocked, RunResult, _StepBar, _write_result, execute, lost_run,
+                     read_result, reason_line, run_lock)
 
 
 class Executor(Protocol):
@@ -387,9 +387,10 @@ class SlurmExecutor:
                     bar.poll()
                 if pending:
                     time.sleep(min(1.0, self.config.poll_s))
-        except BaseException:
+        except BaseException as err:
             if pending:
-                self._cancel(pending)
+                self._cancel(pending, "Ctrl-C" if isinstance(err, KeyboardInterrupt) else
+                             f"on an error of its own: {type(err).__name__}: {err}")
             raise
         finally:
             if bar is not None:
@@ -430,13 +431,15 @@ class SlurmExecutor:
         tail = _log_tail(s.handle)
         return self._record(s, why + (f"\n--- Slurm job log (last lines) ---\n{tail}" if tail else ""))
 
-    def _record(self, s: _Submitted, error: str) -> RunResult:
+    def _record(self, s: _Submitted, error: str, wait_s: float = LOCK_WAIT_S) -> RunResult:
         """A failed result for a job that Slurm ended, written to ``result.json`` unless the run holds
-        a newer record of its own that is not a failure (it ended well before Slurm stopped it)."""
+        a newer record of its own that is not a failure (it ended well before Slurm stopped it).
+        Not written where the job's process still holds the run after ``wait_s``: it then ends with a
+        result of its own, or none, and either way the run is not taken for finished."""
         out = s.job.out
         r = lost_run(s.job, error)
         try:
-            with run_lock(out, wait=True):  # the job's processes are gone (a node's: after LOCK_WAIT_S)
+            with run_lock(out, wait=True, timeout_s=wait_s):
                 mine = read_result(out)
                 if _stamp(out) != s.before and mine is not None and mine.status != "failed":
                     return mine
@@ -445,7 +448,8 @@ class SlurmExecutor:
             pass  # not recorded: the run has no result, or a failed one, so it runs again all the same
         return r
 
-    def _cancel(self, pending: Sequence[_Submitted]) -> None:
+    def _cancel(self, pending: Sequence[_Submitted], why: str) -> None:
+        """Cancel the jobs of ``pending`` and record their runs interrupted (``why``: how rlrs stopped)."""
         ids = sorted({s.handle.job_id for s in pending})
         self.log(f"rlrs: cancelling {len(ids)} Slurm job{'s' * (len(ids) > 1)} ({' '.join(ids)}) ...")
         try:
@@ -457,13 +461,14 @@ class SlurmExecutor:
             return
         deadline = time.monotonic() + CANCEL_WAIT_S
         while time.monotonic() < deadline:  # until their processes are gone (a second Ctrl-C stops waiting)
-            states = _job_states(ids)
+            states = _job_states(ids, timeout_s=max(1.0, deadline - time.monotonic()))
             if states and all(states.get(i, ("",))[0] in ENDED | {"UNKNOWN_TO_SLURM"} for i in ids):
                 break
             time.sleep(0.2)
-        for s in pending:
-            self._record(s, f"interrupted: Slurm job {s.handle.job_id} was cancelled when rlrs was stopped (Ctrl-C); "
-                            "run the same command again to continue (finished runs are reused)")
+        for s in pending:  # within the same wait: a job whose processes outlive it is not waited for again
+            self._record(s, f"interrupted: Slurm job {s.handle.job_id} was cancelled when rlrs stopped ({why}); "
+                            "run the same command again to continue (finished runs are reused)",
+                         wait_s=max(0.0, deadline - time.monotonic()))
         self.log("rlrs: run the same command again to continue: finished runs are reused, the others run again "
                  "(presets resume from their checkpoints)")
 
@@ -506,16 +511,17 @@ def _text(b: Any) -> str:
     return b.decode(errors="replace") if isinstance(b, bytes) else str(b or "")
 
 
-def _job_states(ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+def _job_states(ids: Sequence[str], timeout_s: float = 60.0) -> dict[str, tuple[str, str]]:
     """``{job id: (state, reason)}`` from squeue (a job stays there a while after it ends:
-    MinJobAge), then sacct for the rest; a job neither knows is ``UNKNOWN_TO_SLURM``."""
+    MinJobAge), then sacct for the rest; a job neither knows is ``UNKNOWN_TO_SLURM``. Each of
+    them is given ``timeout_s`` to answer (a busy controller): no answer is an empty dict."""
     if not ids:
         return {}
     arrays = sorted({i.split("_")[0] for i in ids})
     found: dict[str, tuple[str, str]] = {}
     try:
         run = subprocess.run(["squeue", "-h", "-r", "-t", "all", "--jobs", ",".join(arrays), "-o", "%i|%T|%r"],
-                             capture_output=True, text=True, timeout=60)
+                             capture_output=True, text=True, timeout=timeout_s)
         for line in run.stdout.splitlines():
             parts = line.strip().split("|")
             if len(parts) == 3:
@@ -526,16 +532,16 @@ def _job_states(ids: Sequence[str]) -> dict[str, tuple[str, str]]:
         return found  # the controller did not answer (not: it does not know these jobs)
     missing = [i for i in ids if i not in found]
     if missing:
-        found.update(_sacct_states(missing))
+        found.update(_sacct_states(missing, timeout_s))
         for i in missing:
             found.setdefault(i, ("UNKNOWN_TO_SLURM", ""))
     return found
 
 
-def _sacct_states(ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+def _sacct_states(ids: Sequence[str], timeout_s: float = 60.0) -> dict[str, tuple[str, str]]:
     try:
         run = subprocess.run(["sacct", "-n", "-P", "-X", "-j", ",".join(ids), "-o", "JobID,State"],
-                             capture_output=True, text=True, timeout=60)
+                             capture_output=True, text=True, timeout=timeout_s)
     except (OSError, subprocess.SubprocessError):
         return {}
     out = {}

@@ -23,6 +23,9 @@ from . import config as _config
 STATUSES = ("finished", "stopped", "diverged", "unstable", "failed")
 INTERRUPTED = "interrupted by Ctrl-C"
 """The error of a run that Ctrl-C stopped (status ``failed``: the next call runs it again)."""
+ABANDONED = "interrupted: rlrs stopped on an error of its own before this run ended"
+"""The error of a run that rlrs stopped because rlrs itself failed (the error it then printed),
+not the run: like an interrupted run, it runs again next time."""
 RESUME_FIX = ("save checkpoints into $RLRS_RUN_DIR and load the newest at start-up; see examples/nanogpt.py "
               "--checkpoint-every")
 """What a script that starts over from step 0 when rlrs restarts it should do instead."""
@@ -128,8 +131,9 @@ class RunResult:
 
     @property
     def interrupted(self) -> bool:
-        """Whether Ctrl-C stopped this run (recorded as failed: it runs again, or resumes)."""
-        return self.status == "failed" and (self.error or "").startswith(INTERRUPTED)
+        """Whether rlrs stopped this run before it ended, at a Ctrl-C or on an error of its own
+        (recorded as failed: it runs again, or resumes)."""
+        return self.status == "failed" and (self.error or "").startswith("interrupted")
 
     def restart_note(self) -> str | None:
         """Why this command's compute exceeds its length, when its script started over from step 0

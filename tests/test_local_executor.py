@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from rlrs.engine import INTERRUPTED, STOP_GRACE_S, CommandRun, Job, Pool, execute, read_result
+from rlrs.engine import ABANDONED, INTERRUPTED, STOP_GRACE_S, CommandRun, Job, Pool, execute, read_result
 from rlrs.presets import get as plan_preset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -336,7 +336,9 @@ def test_an_error_while_runs_are_in_flight_stops_them_and_never_hangs(tmp_path):
     try:
         assert time.monotonic() - t0 < CEILING_S + STOP_GRACE_S
         assert not _alive(pid)
-        assert read_result(tmp_path / "b").interrupted and read_result(tmp_path / "a").status == "finished"
+        stopped = read_result(tmp_path / "b")
+        assert stopped.interrupted and stopped.error.startswith(ABANDONED), stopped.error  # not "by Ctrl-C"
+        assert read_result(tmp_path / "a").status == "finished"
     finally:
         _kill([pid])
 

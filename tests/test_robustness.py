@@ -303,6 +303,23 @@ def test_a_lock_left_by_a_killed_holder_is_taken_over_and_a_release_removes_it(t
     assert list(out.iterdir()) == []
 
 
+@pytest.mark.parametrize("links", [True, False])
+def test_a_wait_for_a_live_holder_ends_at_its_timeout(tmp_path, monkeypatch, links):
+    # Slurm's executor records a cancelled job's run under the lock: where the job's process
+    # outlives its cancellation, waiting for it must end, not hang rlrs after a Ctrl-C.
+    from rlrs.engine import RunLocked, run_lock
+
+    if not links:
+        monkeypatch.setattr(os, "link", lambda *a, **k: (_ for _ in ()).throw(PermissionError(errno.EPERM, "no")))
+    out = tmp_path / "run"
+    with run_lock(out, wait=False):  # held by this process: alive all along
+        with pytest.raises(RunLocked, match=f"is still being written by process {os.getpid()} on "):
+            with run_lock(out, wait=True, timeout_s=0.2):
+                pass
+    with run_lock(out, wait=True, timeout_s=0.2):  # released: taken at once
+        pass
+
+
 def test_the_lock_works_on_a_file_system_without_hard_links(tmp_path, monkeypatch):
     from rlrs.engine import RunLocked, run_lock
 
