@@ -1,4 +1,4 @@
-"""Issue 13, point 3: what makes rlrs's CPU training loop fast or slow on the ladder's presets.
+"""What makes rlrs's CPU training loop fast or slow on the ladder's presets.
 
     python benchmarks/cpu_loop.py [--presets ladder-xs-dense,ladder-m-dense,ladder-m-moe] [--steps 40]
 

@@ -1,4 +1,4 @@
-"""Issue 13's evidence ladder: the paper's protocol on the compute-optimal ladder presets.
+"""The evidence ladder: the paper's protocol on the compute-optimal ladder presets.
 
     python benchmarks/evidence.py ladder --out bench/evidence --families moe,dense --rungs xs,s
     python benchmarks/evidence.py tune   --out bench/evidence --families moe --budget 30
@@ -273,7 +273,7 @@ def write_rows(out: Path) -> Path:
     tuners = out / "tuners.json"
     old = json.loads(EVIDENCE.read_text()).get("tuners") if EVIDENCE.exists() else None
     doc = {
-        "about": "Issue 13: the paper's protocol on rlrs's compute-optimal ladder (benchmarks/evidence.py).",
+        "about": "The paper's protocol on rlrs's compute-optimal ladder (benchmarks/evidence.py).",
         "updated": datetime.date.today().isoformat(),
         "rows": rows,
         "tuners": json.loads(tuners.read_text()) if tuners.exists() else old,  # never dropped by another --out

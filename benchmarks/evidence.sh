@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue 13's whole evidence chain, in the order later stages need (see benchmarks/evidence.py).
+# The whole evidence chain (the paper's protocol on the compute-optimal ladder), in the order later
+# stages need (see benchmarks/evidence.py).
 # Resumable: every stage reuses finished runs, so rerunning after a kill trains only what is missing.
 # Run it from a snapshot of the code: the pool's spawned workers import rlrs afresh, so editing the
 # working tree under a running chain would change (or break) the runs it starts next.

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Issue 13, point 5: the GPU part of the evidence, as one prepared script for one short lease.
+# The GPU part of the evidence, as one prepared script for one short lease.
 #   benchmarks/gpu_ladder.sh [OUT]        # on a GPU machine; OUT defaults to $OUT or ./gpu-evidence
 #   SMOKE=1 benchmarks/gpu_ladder.sh OUT  # on a CPU: the same stages with tiny settings (checks the script)
-#   PART=width benchmarks/gpu_ladder.sh   # instead: issue 14's width study extended to wider models
+#   PART=width benchmarks/gpu_ladder.sh   # instead: the width-transfer study extended to wider models
 # Everything runs inside BUDGET seconds (default 560, for a 10-minute command), then packs what it
 # has into OUT (at most a few files: a lease returns files, not folders):
 # 1. tokens/s and MFU of the paper's 34M presets (bf16, fused AdamW, torch.compile), ≤ 100 s;
@@ -66,7 +66,7 @@ else
   WIDTH="--set train.device=cuda --set train.precision=fp32" WORKERS_WIDTH=${WORKERS_WIDTH:-8}
 fi
 if [ "${PART:-ladder}" = width ]; then
-  # Issue 14 on wider models than the CPU study (benchmarks/width_study.sh: widths 16..64): the
+  # The width-transfer study on wider models than the CPU one (benchmarks/width_study.sh: widths 16..64): the
   # same preset, horizon, decays and grid at widths 64..512 (the CPU study's widest as the base,
   # 8x wider, 64x its hidden-matrix parameters), the two variants that part ways most (sp,
   # mup-iwd) with the paper's dense plan, two seeds, fp32 like the CPU study.

@@ -1,4 +1,4 @@
-"""Tokens/s and MFU of the paper's 34M presets on one GPU (issue 13, point 5).
+"""Tokens/s and MFU of the paper's 34M presets on one GPU (the GPU part of the evidence).
 
     python benchmarks/gpu_throughput.py [--presets dense-34m,moe-34m] [--batch 32] [--steps 30]
 

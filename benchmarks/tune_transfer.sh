@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 5 benchmark: tune relative rates on micro-moe (with and without --prune) and micro-dense,
+# Tune relative rates on micro-moe (with and without --prune) and micro-dense,
 # then transfer each tuned plan to the 4x larger small-moe / small-dense (algorithm 1).
 #   benchmarks/tune_transfer.sh OUT_DIR [BUDGET] [TUNE_STEPS] [TRANSFER_STEPS]
 # Every step reuses finished runs, so rerunning after a kill resumes where it stopped.

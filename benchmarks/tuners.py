@@ -1,4 +1,4 @@
-"""Issue 13's tuner comparison on the ladder's smallest rung (run by ``benchmarks/evidence.py tune``).
+"""The tuner comparison on the ladder's smallest rung (run by ``benchmarks/evidence.py tune``).
 
 The same budget of evaluations spent by four searches over the same parameters (η_base and every
 component's λ_start and λ_end, one seed per point):

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue 14, point 5: the width-transfer study on this machine (seed 003 and the paper's D.1).
+# The width-transfer study on this machine (Kosson et al. 2025, arXiv 2510.19093, and the RLRS
+# paper's appendix D.1).
 #   benchmarks/width_study.sh [OUT] [RESULTS]   (resumable: a rerun reuses every finished run)
 # Run it from a snapshot of the code, as benchmarks/evidence.sh says (spawned workers re-import rlrs):
 #   git worktree add --detach /tmp/rlrs-width HEAD
@@ -15,7 +16,7 @@
 # - one horizon for every width, 1000 steps (2M tokens), as width-transfer studies fix the data.
 #   The decay's time constant 1/(η·λ) is 200 steps for the independent decay of 5e-3 per step and
 #   for the coupled λ = 0.5 at η 1e-2 (the grid's centre), so the runs spend about 5 time constants
-#   near equilibrium, where seed 003 says the variants part ways.
+#   near equilibrium, where Kosson et al. say the variants part ways.
 # - evals every 5% (the grids read only the final loss), 2 seeds per grid point, grid 5e-3..2e-2
 #   grown by up to 3 {1,2,5} steps at an edge.
 # - phase 1: all five variants with the paper's dense plan (RLRS: both questions need it);

@@ -1,4 +1,5 @@
-"""Seed 003's mechanism in the width study's own runs: update sizes against width, per variant.
+"""Kosson et al.'s (2025, arXiv 2510.19093) mechanism in the width study's own runs: update sizes
+against width, per variant.
 
     python benchmarks/width_updates.py bench/width                 # η_base 1e-2, the paper's dense plan
     python benchmarks/width_updates.py bench/width --base-lr 5e-3 --plan uniform-dense
@@ -7,7 +8,7 @@ Reads the runs that ``rlrs width-transfer`` (benchmarks/width_study.sh) trained,
 every width's grid, and prints one markdown table per measurement: the hidden matrices' (attention
 and feed-forward, averaged) relative update ‖ΔW‖/‖W‖, relative representation change ‖ΔY‖/‖Y‖ and
 alignment ratio α_ΔW/α_W, early (the first measurement after warmup) and at equilibrium (the mean
-over 40-60% of training, before the cosine's tail), averaged over seeds. What seed 003 predicts:
+over 40-60% of training, before the cosine's tail), averaged over seeds. What Kosson et al. predict:
 with independent decay the equilibrium ‖ΔW‖/‖W‖ is about √(2λ) whatever the LR, so it is flat in
 width; with coupled decay it is about √(2ηλ), so muP's 1/m LR makes it fall like 1/√m.
 The run logs are read through ``rlrs.analysis.read_run``, the one parser of them.

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue 15's benchmark: every strategy on every task, 3 seeds (seed 004's table with error bars).
+# The strategy zoo: every strategy on every task, 3 seeds (the table of the DALS paper, arXiv
+# 2604.27295, with error bars).
 # Tasks are added one at a time, cheapest first, to one output folder: each step reruns `rlrs zoo`
 # on every task so far (their runs are reused), so results.json and report.md always hold the
 # cross-task table of what is measured, and a killed chain resumes where it stopped.

@@ -5,7 +5,7 @@
 The zoo's text tasks scale every strategy's η by 0.1 (``Task.lr_scale``), DALS's η_0 = 0.03
 included, although DALS's update is already relative to each tensor's norm (its trust ratio).
 This trains the three DALS variants on ``gcide-pos`` and ``shakespeare-genre`` at their unscaled
-η_0 (registry η × 10, which the task's × 0.1 brings back to seed 004's η_0), 3 seeds, on the run
+η_0 (registry η × 10, which the task's × 0.1 brings back to the DALS paper's η_0), 3 seeds, on the run
 engine (reused when finished), and prints each one's final test accuracy (mean ± std) beside the
 zoo's scaled runs when their ``results.json`` is given.
 """

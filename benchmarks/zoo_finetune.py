@@ -1,4 +1,4 @@
-"""The fine-tuning table (issue 15, item 5): which way of fine-tuning MiniLM-L6 reaches the best
+"""The fine-tuning table: which way of fine-tuning MiniLM-L6 reaches the best
 accuracy, and how fast.
 
     python benchmarks/zoo_finetune.py benchmarks/results/zoo-finetune/results.json

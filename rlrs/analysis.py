@@ -367,8 +367,9 @@ class RouterCurve:
 @dataclass
 class UpdateCurves:
     """Per-component ‖ΔW‖/‖W‖, update RMS, representation change ‖ΔY‖/‖Y‖ and its alignment
-    ratio α_ΔW/α_W (seed 003: ‖ΔY‖/‖Y‖ = α_ΔW/α_W · ‖ΔW‖/‖W‖), NaN where a run did not log them
-    (norms, compiled runs, older runs), at the steps where the trainer measured them."""
+    ratio α_ΔW/α_W (Kosson et al. 2025, arXiv 2510.19093: ‖ΔY‖/‖Y‖ = α_ΔW/α_W · ‖ΔW‖/‖W‖), NaN
+    where a run did not log them (norms, compiled runs, older runs), at the steps where the
+    trainer measured them."""
 
     steps: np.ndarray
     update_ratio: dict[str, np.ndarray]

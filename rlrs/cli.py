@@ -137,7 +137,7 @@ def _rule(text: str) -> tuple[str, str]:
 
 
 def presets_markdown() -> str:
-    """The README's "Reference models" table, computed from the presets (``rlrs presets``)."""
+    """The "Reference models" table of docs/models.md, computed from the presets (``rlrs presets``)."""
     from .models import PRESETS, count_params
     from .train import run_config, total_steps
 

@@ -1,4 +1,4 @@
-"""DALS: seed 004's depth- and progress-aware update rule, written from its formulas (no library has it).
+"""DALS: the depth- and progress-aware update rule of arXiv 2604.27295, written from its formulas (no library has it).
 
 Every step, with the loss the step's closure returns:
 
@@ -61,7 +61,7 @@ def depth_fractions(model: nn.Module) -> dict[str, float]:
 
 
 class DALS(torch.optim.Optimizer):
-    """Seed 004's DALS (see the module docstring). ``step`` needs the closure: the phase follows the loss.
+    """DALS (arXiv 2604.27295; see the module docstring). ``step`` needs the closure: the phase follows the loss.
 
     Args:
         params: tensors or param groups; a group's ``depth_fraction`` is its ``d`` in [0, 1].

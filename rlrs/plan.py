@@ -102,7 +102,7 @@ class Plan:
         sgdr_mult: how much longer each ``sgdr`` cycle is than the one before (SGDR's T_mult).
         lora_plus: LoRA+ (paper appendix D.2): the LR of LoRA's B matrices is this multiple of
             the A matrices' (their component's LR); the LoRA+ paper uses 16. Unset: the same LR.
-        width_warmup: seed 003's replacement for muP's implicit warmup, a factor on the hidden
+        width_warmup: Kosson et al.'s (arXiv 2510.19093) replacement for muP's implicit warmup, a factor on the hidden
             matrices' schedules (attention, feed-forward, experts) that starts at
             ``1/width_warmup_m`` and recovers to 1: ``"decay-away"``
             (:class:`~rlrs.schedules.DecayAway`) or ``"exponential"``

@@ -120,8 +120,8 @@ class Product:
 @dataclass(frozen=True)
 class DecayAway:
     """``(1 + (m² − 1)·a^(2t))^(−1/2)``: starts at ``1/m`` and recovers to 1 as the initial
-    weights decay away (``a`` is the per-step weight shrink ``1 − η·λ``). Seed 003's closed form
-    of the implicit warmup that muP's 1/m LR gives a width-m model's hidden matrices.
+    weights decay away (``a`` is the per-step weight shrink ``1 − η·λ``). The closed form (Kosson
+    et al. 2025, arXiv 2510.19093) of the implicit warmup that muP's 1/m LR gives a width-m model's hidden matrices.
 
         >>> f = DecayAway(m=4.0, a=0.99)
         >>> f(0), round(f(10_000), 12)

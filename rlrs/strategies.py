@@ -1,4 +1,5 @@
-"""The strategy zoo: seed 004's learning-rate strategies, RLRS and LLRD as data, in one registry.
+"""The strategy zoo: the DALS paper's (arXiv 2604.27295) learning-rate strategies, RLRS and LLRD
+as data, in one registry.
 
 A :class:`Strategy` names an optimizer, the :class:`~rlrs.plan.Plan` that schedules its LR (the
 shape in time, the factor by depth, the factor by component), and the wrappers around it
@@ -65,7 +66,7 @@ class Strategy:
     Fields:
         name: the registry key (``"dals-fast"``).
         title: how papers and tables write it (``"DALS-Fast"``).
-        generation: seed 004's generation (1 to 5; see :data:`GENERATIONS`).
+        generation: the DALS paper's generation (1 to 5; see :data:`GENERATIONS`).
         paper: where it comes from.
         optimizer: one of :data:`OPTIMIZERS`.
         plan: the LR over time, depth and components (its ``base_lr`` is the strategy's η).
@@ -165,22 +166,23 @@ def _registry() -> dict[str, Strategy]:
         Strategy("stlr-discriminative", "STLR + Discriminative", 5, "Howard and Ruder 2018, ULMFiT (arXiv 1801.06146)",
                  "adamw", _uniform(1e-3, shape="linear", warmup=0.1, warmup_from=1 / 32, final_fraction=1 / 32,
                                    weight_decay=WD, depth_decay=ULMFIT_DEPTH)),
-        Strategy("sam-discriminative", "SAM + Discriminative", 5, "seed 004 (arXiv 2604.27295)", "sgd",
+        Strategy("sam-discriminative", "SAM + Discriminative", 5, "Learning Rate Engineering (arXiv 2604.27295)", "sgd",
                  _uniform(0.05, depth_decay=ULMFIT_DEPTH, **cos), SGD, sam_rho=0.05),
-        Strategy("dals", "DALS", 5, "seed 004 (arXiv 2604.27295)", "dals",
+        Strategy("dals", "DALS", 5, "Learning Rate Engineering (arXiv 2604.27295)", "dals",
                  _uniform(0.03, warmup=0.05, **cos), (("momentum", 0.9), ("alpha", 0.6))),
-        Strategy("dals-fast", "DALS-Fast", 5, "seed 004 (arXiv 2604.27295)", "dals",
+        Strategy("dals-fast", "DALS-Fast", 5, "Learning Rate Engineering (arXiv 2604.27295)", "dals",
                  _uniform(0.05, warmup=0.02, **cos), (("momentum", 0.85), ("alpha", 0.6), ("fast", True))),
-        # Seed 004's restarts every 10, 20, 40 epochs of 80: here 1/7, 2/7, 4/7 of the steps
-        # after warmup, on every task (the same proportions, three whole cycles). Its L2 decay
+        # The DALS paper restarts DALS-Acc after 10, 20, 40 epochs of 80: here 1/7, 2/7, 4/7 of the
+        # steps after warmup, on every task (the same proportions, three whole cycles). Its L2 decay
         # covers every tensor, biases too.
-        Strategy("dals-acc", "DALS-Acc", 5, "seed 004 (arXiv 2604.27295)", "dals",
+        Strategy("dals-acc", "DALS-Acc", 5, "Learning Rate Engineering (arXiv 2604.27295)", "dals",
                  _uniform(0.03, warmup=0.05, shape="sgdr", final_fraction=FINAL, weight_decay=5e-4, decay_1d=True),
                  (("momentum", 0.9), ("alpha", 0.7))),
-        # Beyond seed 004's list: the RLRS paper's baseline and method, and LLRD.
-        Strategy("adamw-cosine", "AdamW, cosine (RLRS's baseline)", 2, "Ludziejewski et al. 2025 (uniform λ)",
-                 "adamw", _uniform_cosine(1e-3)),
-        Strategy("rlrs", "RLRS", 5, "Ludziejewski et al. 2025 (table 5's λ)", "adamw", _rlrs(1e-3, WD)),
+        # Beyond the DALS paper's list: the RLRS paper's baseline and method, and LLRD.
+        Strategy("adamw-cosine", "AdamW, cosine (RLRS's baseline)", 2,
+                 "Ludziejewski et al. 2025 (arXiv 2507.03526), uniform λ", "adamw", _uniform_cosine(1e-3)),
+        Strategy("rlrs", "RLRS", 5, "Ludziejewski et al. 2025 (arXiv 2507.03526), table 5's λ", "adamw",
+                 _rlrs(1e-3, WD)),
         Strategy("llrd", "LLRD", 5, "layer-wise LR decay (Clark et al. 2020, ELECTRA)", "adamw",
                  dataclasses.replace(_uniform_cosine(1e-3), depth_decay=0.8)),
         # Fine-tuning a pretrained encoder (paper D.2): hard freezing against RLRS's continuous
@@ -189,8 +191,9 @@ def _registry() -> dict[str, Strategy]:
         # runs at 1e-4 and LoRA, which needs about 10 times more, at 1e-3.
         Strategy("freeze-embedding", "Freeze the embedding", 5, "hard freezing (Howard and Ruder 2018; Sun et al. 2019)",
                  "adamw", _uniform_cosine(1e-3), freeze=r"(^|\.)embeddings\.", tasks=FINETUNE_TASKS),
-        Strategy("rlrs-embedding", "RLRS, embedding at 0.1", 5, "Ludziejewski et al. 2025, appendix D.2 (continuous freezing)",
-                 "adamw", dataclasses.replace(_uniform_cosine(1e-3), embedding=ComponentPlan(0.1, 0.1)),
+        Strategy("rlrs-embedding", "RLRS, embedding at 0.1", 5,
+                 "Ludziejewski et al. 2025 (arXiv 2507.03526), appendix D.2 (continuous freezing)", "adamw",
+                 dataclasses.replace(_uniform_cosine(1e-3), embedding=ComponentPlan(0.1, 0.1)),
                  tasks=FINETUNE_TASKS),
         Strategy("full-ft", "Full fine-tuning", 5, "Devlin et al. 2019 (uniform λ, cosine)", "adamw",
                  _uniform_cosine(1e-3), tasks=FINETUNE_TASKS),

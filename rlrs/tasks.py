@@ -5,14 +5,15 @@
     >>> t.target, t.epochs, t.batch_size   # every task is scored by test accuracy
     (0.94, 80, 64)
 
-- ``gauss``: seed 004's synthetic task. A 10-class Gaussian mixture in 64 dimensions (10
-  informative, 54 noise), 6400/1600 examples (balanced), a 4-layer MLP 64→128→128→10, 80 epochs,
-  batch 64. The data is drawn once from a fixed seed, so every run sees the same split.
-- ``digits``: images from scratch. scikit-learn's bundled 8×8 digits (1,797 images; seed 004
-  uses CIFAR-10, which cannot be fetched here), a stratified 80/20 split fixed by seed, a small
-  ConvNet (3 convolutions and a linear head, as in seed 004), 50 epochs, batch 64.
+- ``gauss``: the synthetic task of the DALS paper (arXiv 2604.27295). A 10-class Gaussian
+  mixture in 64 dimensions (10 informative, 54 noise), 6400/1600 examples (balanced), a 4-layer
+  MLP 64→128→128→10, 80 epochs, batch 64. The data is drawn once from a fixed seed, so every run
+  sees the same split.
+- ``digits``: images from scratch. scikit-learn's bundled 8×8 digits (1,797 images; the DALS
+  paper uses CIFAR-10, which cannot be fetched here), a stratified 80/20 split fixed by seed, a small
+  ConvNet (3 convolutions and a linear head, as in the DALS paper), 50 epochs, batch 64.
 - ``gcide-pos`` and ``shakespeare-genre``: fine-tuning the pretrained MiniLM-L6 encoder
-  (:mod:`rlrs.finetune`; stand-ins for seed 004's RTE, TREC-6 and IMDb with DistilBERT), 1
+  (:mod:`rlrs.finetune`; stand-ins for the DALS paper's RTE, TREC-6 and IMDb with DistilBERT), 1
   epoch, batch 32, inputs cut to 32 tokens, every strategy's η × 0.1 (:attr:`Task.lr_scale`).
 - ``lm``: pretraining ``ladder-xs-dense`` on Shakespeare for its 20-tokens-per-parameter horizon,
   next-token accuracy on held-out plays; every strategy's η × 10 (:attr:`Task.lr_scale`).
@@ -97,9 +98,9 @@ class Task:
 
 def gauss_mixture(seed: int = 0, n_train: int = 6400, n_test: int = 1600, classes: int = 10, dims: int = 64,
                   informative: int = 10, spread: float = 1.5) -> Split:
-    """Seed 004's synthetic data: class means ~ N(0, spread²) in the first ``informative``
+    """The DALS paper's synthetic data: class means ~ N(0, spread²) in the first ``informative``
     dimensions, unit noise everywhere, the other dimensions pure noise; balanced classes. At
-    ``spread = 1.5`` the nearest true mean classifies 96.4% right (the Bayes rate; seed 004's best
+    ``spread = 1.5`` the nearest true mean classifies 96.4% right (the Bayes rate; the DALS paper's best
     strategy reached 98% on its draw)."""
     rng = np.random.default_rng(seed)
     means = np.zeros((classes, dims))

@@ -137,7 +137,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if self.plan.width_warmup is not None and self.model.width_mult != 1.0:
-            # Seed 003's factor stands in for muP's implicit warmup; on top of muP it would apply 1/m twice.
+            # Kosson et al.'s factor stands in for muP's implicit warmup; on top of muP it would apply 1/m twice.
             raise ConfigError(f"plan.width_warmup: {self.plan.width_warmup!r} replaces muP, which this model already "
                               f"uses (model.parametrization = 'mup', d_model {self.model.d_model} over base_width "
                               f"{self.model.base_width}); unset one of them")
@@ -707,7 +707,7 @@ class Trainer:
 
     def _representation_stats(self, taps: "_InputTaps", before: dict[str, list[torch.Tensor]]) -> dict[str, float]:
         # Relative representation change ‖ΔY‖/‖Y‖ of each component (Y = W X on this step's
-        # inputs, ΔW this step's update), with seed 003's decomposition into the update's and
+        # inputs, ΔW this step's update), with Kosson et al.'s (arXiv 2510.19093) decomposition into the update's and
         # the weights' alignment with X: ‖ΔY‖/‖Y‖ = (α_ΔW / α_W) · ‖ΔW‖/‖W‖, where
         # α_ΔW = ‖ΔW X‖ / (‖ΔW‖ ‖X‖) and α_W = ‖W X‖ / (‖W‖ ‖X‖). A component's matrices count as
         # one block-diagonal map (sums of squares), so the identity holds per component too.

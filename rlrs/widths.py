@@ -1,4 +1,5 @@
-"""Width transfer: does η_base's optimum stay put as the model widens? (seed 003, paper D.1)
+"""Width transfer: does η_base's optimum stay put as the model widens? (Kosson et al. 2025,
+arXiv 2510.19093; the RLRS paper's appendix D.1)
 
     $ rlrs width-transfer --preset ladder-s-dense --widths 48,96,192 --variants sp,mup-iwd --out runs/wt
 
@@ -19,8 +20,8 @@ number of heads kept (what muP here assumes); the smallest width is muP's base w
 - ``sp``: standard parametrization, AdamW's decay coupled to the LR (PyTorch's);
 - ``sp-iwd``: SP with independent weight decay (``plan.independent_wd``, ``--iwd`` per step);
 - ``mup``: muP (``model.parametrization = "mup"``), coupled decay;
-- ``mup-iwd``: muP with independent decay (seed 003: the combination whose optimum transfers);
-- ``sp-warmup``: SP with independent decay and seed 003's warmup replacement of muP
+- ``mup-iwd``: muP with independent decay (Kosson et al.: the combination whose optimum transfers);
+- ``sp-warmup``: SP with independent decay and Kosson et al.'s warmup replacement of muP
   (``plan.width_warmup = "decay-away"``, m = width / base width).
 
 Everything runs on the run engine under ``OUT/<variant>/w<width>/``, so a rerun reuses finished
@@ -29,7 +30,7 @@ and whether it is interior, and per (variant, plan) the drift of the optimum acr
 of the ladder and the zero-shot gap (the final loss that the base width's best η_base gives away
 at each larger width against that width's own best, paired over seeds: the paper's open question
 is whether this is zero); ``report.md`` the tables; ``width_transfer.png`` the final loss against
-η_base per width (seed 003's figure), the base width's optimum marked.
+η_base per width (Kosson et al.'s figure), the base width's optimum marked.
 """
 
 from __future__ import annotations
@@ -324,7 +325,8 @@ def _plot(r: WidthTransferResult, path: Path) -> Path:
 def add_commands(sub) -> None:
     p = sub.add_parser("width-transfer", help="η_base grid x widths x variants (sp, mup, independent decay, warmup)",
                        description="For each variant and width, search η_base for each plan and report how far the "
-                                   "optimum moves as the model widens (seed 003; paper appendix D.1).")
+                                   "optimum moves as the model widens (Kosson et al. 2025, arXiv 2510.19093; "
+                                   "the RLRS paper's appendix D.1).")
     p.add_argument("--preset", required=True, help="the model preset whose d_model is varied (its heads are kept)")
     p.add_argument("--widths", required=True, help="d_model values, the smallest is muP's base width, e.g. 64,128,256,512")
     p.add_argument("--variants", default=",".join(default_of(width_transfer, "variants")),

@@ -1,4 +1,5 @@
-"""``rlrs zoo``: learning-rate strategies × tasks × seeds, on the run engine (seed 004 with error bars).
+"""``rlrs zoo``: learning-rate strategies × tasks × seeds, on the run engine (the comparison of
+the DALS paper, arXiv 2604.27295, with error bars).
 
     $ rlrs zoo --list
     $ rlrs zoo --task gauss,digits --strategies all --seeds 3 --out runs/zoo
@@ -373,7 +374,8 @@ def listing() -> str:
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("zoo", help="learning-rate strategies x tasks x seeds (seed 004's benchmark with error bars)",
+    p = sub.add_parser("zoo", help="learning-rate strategies x tasks x seeds (the comparison of arXiv "
+                                   "2604.27295, with error bars)",
                        description="Train every strategy on every task with several seeds on the run engine; write "
                                    "results.json, report.md (the cross-task table) and zoo_curves.png.")
     p.add_argument("--list", action="store_true", help="print every strategy with its generation and paper, and the tasks")

@@ -33,13 +33,13 @@ def test_inspect_shows_mup_width_factors_in_the_lrs():
     assert bad.returncode == 2 and "--set: only model.* settings" in bad.stderr
 
 
-def test_readme_preset_table_is_what_rlrs_presets_prints():
+def test_docs_preset_table_is_what_rlrs_presets_prints():
     from pathlib import Path
 
     r = rlrs("presets")
     assert r.returncode == 0, r.stderr
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    assert r.stdout.strip() in readme, "README's Reference models table is stale: paste `rlrs presets`"
+    models = (Path(__file__).parent.parent / "docs" / "models.md").read_text()
+    assert r.stdout.strip() in models, "docs/models.md's Reference models table is stale: paste `rlrs presets`"
     assert "| `small-moe` | 256 | 4 | 8 | 8 | 4.20M |" in r.stdout
 
 

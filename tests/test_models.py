@@ -149,7 +149,7 @@ def test_paper_preset_shapes():
 
 
 def test_small_presets_are_micro_at_4x_the_non_embedding_params():
-    # The CPU transfer benchmark relies on this ratio (issue 5: "at least 4x larger").
+    # The CPU transfer benchmark relies on this ratio ("at least 4x larger").
     for kind in ("dense", "moe"):
         micro, small = get_preset(f"micro-{kind}"), get_preset(f"small-{kind}")
         ratio = count_params(small)["active_non_embedding"] / count_params(micro)["active_non_embedding"]
@@ -159,7 +159,7 @@ def test_small_presets_are_micro_at_4x_the_non_embedding_params():
 
 
 def test_the_ladder_spans_8x_and_its_embeddings_do_not_dwarf_it():
-    # Issue 13: 3+ rungs spanning >= 8x in active non-embedding params, at 20 tokens per param,
+    # The compute-optimal ladder: 3+ rungs spanning >= 8x in active non-embedding params, at 20 tokens per param,
     # the embedding no larger than the non-embedding part (paper's 34M: 0.75x per matrix).
     from rlrs.models import LADDER
     from rlrs.train import run_config, total_steps

@@ -1,4 +1,4 @@
-"""muP for the reference models (issue 14, part 1): identity at the base width, width factors
+"""muP for the reference models: identity at the base width, width factors
 through Plan.lr, init and multipliers that follow Tensor Programs V's table 3 for Adam."""
 
 import dataclasses

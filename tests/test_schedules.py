@@ -99,7 +99,7 @@ def test_lr_is_base_times_multiplier():
     assert close(plan.lr("experts", 1000, T), 3e-3 * 0.04 * 1.125)
 
 
-# --- seed 003's replacements for muP's implicit warmup ------------------------------------------
+# --- Kosson et al.'s (arXiv 2510.19093) replacements for muP's implicit warmup -----------------
 
 
 def test_decay_away_and_exponential_start_at_one_over_m_and_recover_to_one():

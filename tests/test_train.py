@@ -69,7 +69,7 @@ def test_update_diagnostics_are_per_component_even_when_groups_merge(tmp_path, t
 
 @pytest.mark.parametrize("preset", ["tiny-moe", "tiny-dense"])
 def test_representation_change_and_its_alignment_decomposition_per_component(tmp_path, tiny_sets, preset):
-    # Seed 003's measurement: ‖ΔY‖/‖Y‖ = (α_ΔW / α_W) · ‖ΔW‖/‖W‖ per component, at the eval points.
+    # Kosson et al.'s (arXiv 2510.19093) measurement: ‖ΔY‖/‖Y‖ = (α_ΔW / α_W) · ‖ΔW‖/‖W‖ per component, at the eval points.
     plan = "paper-moe" if preset == "tiny-moe" else "paper-dense"
     Trainer(cfg_for(tiny_sets, preset, plan, **{"train.steps": 8, "train.eval_interval": 0.25}), tmp_path / "run").run()
     diags = [r for r in read_metrics(tmp_path / "run") if any(k.startswith("rep_change/") for k in r)]

@@ -1,4 +1,4 @@
-"""rlrs width-transfer (issue 14, part 4): variants, drift, the command on tiny widths."""
+"""rlrs width-transfer: variants, drift, the command on tiny widths."""
 
 import json
 

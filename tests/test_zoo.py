@@ -33,7 +33,7 @@ def lrs(name, total=700, model=None):
     return b, out
 
 
-def test_the_registry_names_every_strategy_of_seed_004_and_rlrs_llrd():
+def test_the_registry_names_every_strategy_of_the_dals_paper_and_rlrs_llrd():
     expected = {"fixed-sgd", "cosine-sgd", "sgdr", "adam", "adamw", "adabound", "lars", "discriminative", "radam",
                 "lion", "lookahead-adamw", "sam", "grokfast", "stlr-discriminative", "sam-discriminative", "dals",
                 "dals-fast", "dals-acc", "rlrs", "llrd"}
