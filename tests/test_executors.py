@@ -154,13 +154,18 @@ def _run_dirs(out):
     return sorted(d for d in (out / "runs").iterdir() if d.is_dir()) if (out / "runs").exists() else []
 
 
+def _both_started(out, proc):
+    """Wait until both runs' commands have started (each job wrote ``started``) and return their dirs."""
+    _wait("both runs to start", lambda: len([d for d in _run_dirs(out) if (d / "started").exists()]) == 2, proc=proc)
+    return _run_dirs(out)
+
+
 def test_a_job_cancelled_with_scancel_is_a_failed_run_with_slurms_reason_and_runs_again(slurm_cluster, tmp_path):
     out = tmp_path / "out"
     args = _command_args(tmp_path, out)
     proc, log = _start(args, tmp_path, "first")
     try:
-        _wait("both runs to start", lambda: len([d for d in _run_dirs(out) if (d / "started").exists()]) == 2,
-              proc=proc)
+        _both_started(out, proc)
         victim = _run_dirs(out)[0]
         job = (victim / "started").read_text()
         subprocess.run(["scancel", job], check=True)
@@ -184,13 +189,40 @@ def test_a_job_cancelled_with_scancel_is_a_failed_run_with_slurms_reason_and_run
     assert read_result(victim).status == "finished"
 
 
+def test_a_requeued_job_runs_its_command_again_and_the_run_finishes(slurm_cluster, tmp_path):
+    # Slurm requeues a job (preemption, a node's failure, scontrol requeue): the job starts again
+    # and a command's run with it; rlrs waits through the requeue and records the second attempt.
+    from rlrs.runlog import EvalRecord, read_log
+
+    out = tmp_path / "out"
+    proc, log = _start(_command_args(tmp_path, out), tmp_path, "run")
+    try:
+        _both_started(out, proc)
+        victim = _run_dirs(out)[0]
+        job = (victim / "started").read_text()
+        (victim / "started").unlink()
+        subprocess.run(["scontrol", "requeue", job], check=True, capture_output=True)
+        _wait("the job to be requeued", lambda: _state(job) == "PENDING", proc=proc)
+        # Slurm holds a requeued job back a while (BeginTime); let it start again now.
+        subprocess.run(["scontrol", "update", f"jobid={job}", "starttime=now"], check=True, capture_output=True)
+        _wait("the command to start again", lambda: (victim / "started").exists(), proc=proc)
+        (tmp_path / "finish").write_text("")
+        assert _exit_status(proc, 120) == 0, log.read_text()
+    finally:
+        proc.kill() if proc.poll() is None else None
+        _cancel_submitted(log)
+    r = read_result(victim)
+    assert r.status == "finished" and r.eval_steps[-1] == 100, r.error
+    assert [e.step for e in read_log(victim).records if isinstance(e, EvalRecord)] == [0, 0, 50, 100]  # two attempts
+    assert read_result(_run_dirs(out)[1]).status == "finished"
+
+
 def test_ctrl_c_cancels_the_submitted_jobs_and_records_them_interrupted(slurm_cluster, tmp_path):
     out = tmp_path / "out"
     args = _command_args(tmp_path, out)
     proc, log = _start(args, tmp_path, "run")
     try:
-        _wait("both runs to start", lambda: len([d for d in _run_dirs(out) if (d / "started").exists()]) == 2,
-              proc=proc)
+        _both_started(out, proc)
         jobs = [(d / "started").read_text() for d in _run_dirs(out)]
         assert [_state(j) for j in jobs] == ["RUNNING", "RUNNING"]
         proc.send_signal(signal.SIGINT)
