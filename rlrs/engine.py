@@ -253,12 +253,10 @@ class CommandRun(RunKind):
     trains_here = False
 
     def run(self, out: Path, stop_at: int | None, progress: bool) -> "RunResult":
-        return _execute_command(self, out, stop_at, _NOTES.pop(out, None))
+        return _execute_command(self, out, stop_at)
 
     def prepare(self, out: Path) -> None:
-        note = _forget_other_code(self, out)
-        if note:  # it heads the next attempt's stderr.log (run, under the same lock, right after)
-            _NOTES[out] = note
+        _forget_other_code(self, out)
 
     def changed(self, out: Path) -> bool:
         then = _recorded_code(out)
@@ -583,9 +581,7 @@ def _run(spec: RunSpec, out: Path, stop_at: int | None, progress: bool) -> RunRe
                      compute_steps=max(0, steps - before))
 
 
-_NOTES: dict[Path, str] = {}
-"""What a command run's ``prepare`` has to say to its next attempt (its script changed)."""
-
+NOTE_FILE = "next-attempt.note"  # what the next attempt's stderr.log begins with (its script changed)
 CODE_FILE = "code.json"  # the sha256 of each file a command names, as it was when the run started
 # What counts as the script: code and configuration, not logs or data (hashed under the run's lock).
 SCRIPT_SUFFIXES = (".py", ".sh", ".toml", ".json", ".yaml", ".yml", ".cfg", ".ini")
@@ -608,23 +604,22 @@ def script_files(spec: CommandRun) -> dict[str, str]:
     return files
 
 
-def _forget_other_code(spec: CommandRun, out: Path) -> str | None:
+def _forget_other_code(spec: CommandRun, out: Path) -> None:
     # A run made by another version of the script (the command's files changed since it started)
     # must not be reused, nor resumed from its checkpoints: clear it, so it trains again from the
-    # start. Runs recorded before code.json existed are trusted as they are. The note saying so is
-    # returned: it heads the next attempt's stderr.log.
+    # start. Runs recorded before code.json existed are trusted as they are. The note saying so
+    # (NOTE_FILE) heads the next attempt's stderr.log, also where rlrs stops before that attempt.
     now = script_files(spec)
     then = _recorded_code(out)
-    note = None
     if then is not None and then != now:
         changed = sorted(k for k in set(then) | set(now) if then.get(k) != now.get(k))
         for child in out.iterdir():
             if child.name != "spec.json" and not child.name.startswith(".lock"):  # the lock and its records stay
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-        note = f"rlrs: {', '.join(changed)} changed since this run started: it trains again from the start\n"
+        files.atomic_write_text(out / NOTE_FILE, f"rlrs: {', '.join(changed)} changed since this run started: it "
+                                                 "trains again from the start\n")
     if then != now:
         files.write_json(out / CODE_FILE, now, sort_keys=True)
-    return note
 
 
 def _recorded_code(out: Path) -> dict[str, str] | None:
@@ -703,7 +698,7 @@ def _new_attempt_log(path: Path) -> None:
             os.replace(path, path.with_name(f"{path.stem}.previous{path.suffix}"))
 
 
-def _execute_command(spec: CommandRun, out: Path, stop_at: int | None, note: str | None = None) -> RunResult:
+def _execute_command(spec: CommandRun, out: Path, stop_at: int | None) -> RunResult:
     t0 = time.perf_counter()
     _config.require("psutil", "commands")  # the launcher needs it to end the command's processes
     spec.plan.save(out / "plan.toml")
@@ -718,8 +713,10 @@ def _execute_command(spec: CommandRun, out: Path, stop_at: int | None, note: str
     for name in ("stdout.log", "stderr.log"):
         _new_attempt_log(out / name)
     with open(out / "stdout.log", "ab") as so, open(out / "stderr.log", "ab") as se:
-        if note:
-            se.write(note.encode())
+        with contextlib.suppress(FileNotFoundError):
+            se.write((out / NOTE_FILE).read_bytes())
+            se.flush()
+            (out / NOTE_FILE).unlink()
         se_start = se.tell()
         # The launcher runs the command through the shell and ends every process it started when
         # it ends (see rlrs/_launcher.py); -P: rlrs/ is not put on its sys.path. Its own session
