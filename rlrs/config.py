@@ -61,8 +61,16 @@ def closest(name: str, valid) -> str:
 
 
 def _field_types(cls) -> dict[str, Any]:
+    """Each key a file may give for ``cls`` and its type, in field order: a :func:`flat` field's
+    keys stand in for the field."""
     hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        keys = f.metadata.get("flat")
+        out.update(keys.types() if keys else {f.name: hints[f.name]})
+    return out
 
 
 def _is_optional(tp) -> tuple[bool, Any]:
@@ -152,8 +160,13 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str | None = None) -
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
         raise ConfigError(f"{where or 'config'}: missing {', '.join(missing)}: it has no default; give it a value")
-    kwargs = {k: _coerce(v, types_[k], _join(where, k)) for k, v in data.items()}
+    values = {k: _coerce(v, types_[k], _join(where, k)) for k, v in data.items()}
+    flats = {f.name: f.metadata["flat"] for f in dataclasses.fields(cls) if f.init and "flat" in f.metadata}
+    owned = {k for keys in flats.values() for k in keys.types()}
+    kwargs = {k: v for k, v in values.items() if k not in owned}
     try:
+        for name, keys in flats.items():
+            kwargs[name] = keys.load({k: v for k, v in values.items() if k in keys.types()})
         return cls(**kwargs)
     except ConfigError as err:
         # __post_init__ messages start with the field name: make it the dotted path.
@@ -194,6 +207,14 @@ While it holds its default it is left out of :func:`identity`, so the run direct
 checkpoints made before it existed still match the configs that now carry it."""
 
 
+def flat(keys) -> dict[str, Any]:
+    """Field metadata of a field written as several top-level keys of its dataclass's table
+    (``Plan.factors``: ``lora_plus = 16.0``, ``depth_decay = 0.8``). ``keys`` says how:
+    ``types()`` (each key and its type), ``dump(value, identity)`` (the keys; for :func:`identity`
+    only those that name a run) and ``load(values)`` (the field's value from the keys given)."""
+    return {"flat": keys}
+
+
 def identity(obj) -> dict[str, Any]:
     """What names a run: :func:`to_dict` without the added fields (``metadata=ADDED``) that hold
     their default. Hash this, not ``to_dict``, for content-addressed directories."""
@@ -204,6 +225,9 @@ def _dump(obj, skip_added_defaults: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
+        if "flat" in f.metadata:
+            out.update(f.metadata["flat"].dump(v, identity=skip_added_defaults))
+            continue
         if skip_added_defaults and f.metadata.get("added") and v == f.default:
             continue
         if dataclasses.is_dataclass(v):

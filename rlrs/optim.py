@@ -100,14 +100,16 @@ def param_groups(
 
     Each group has ``params``, ``lr`` (η_base; :class:`RelativeLR` sets the scheduled value),
     ``weight_decay``, ``component``, ``components`` and ``decay`` (whether it is weight-decayed:
-    tensors with ``ndim < 2`` are not, unless ``plan.decay_1d``). With ``plan.lora_plus``, PEFT's
-    LoRA B matrices get groups of their own with ``lora_b: True`` (their LR is ``lora_plus`` times
-    the component's); LoRA adapters take the component of the module they adapt, and the frozen
+    tensors with ``ndim < 2`` are not, unless ``plan.decay_1d``). Where a plan factor reads a
+    tensor's context (:class:`~rlrs.factors.TensorContext`), groups tell it apart: with
+    :class:`~rlrs.factors.LoraPlus`, PEFT's LoRA B matrices get groups of their own with
+    ``lora_b: True`` (their LR is the ratio times the component's); with
+    :class:`~rlrs.factors.DepthDecay`, each layer gets its own with ``depth``. LoRA adapters take the component of the module they adapt, and the frozen
     base weights are left out, like every frozen parameter.
     """
     plan = as_plan(plan)
     comp_of = assign_components(model, plan, rules)
-    depth_of = layer_depths(model) if plan.depth_decay is not None else {}
+    depth_of = layer_depths(model, _readers(plan, "depth")) if plan.reads("depth") else {}
     widths = dict(width_factors or {})
     for comp, f in widths.items():
         if comp not in COMPONENTS:
@@ -122,7 +124,7 @@ def param_groups(
         decay = plan.decay_1d or p.ndim >= 2
         wd = plan.weight_decay_of(comp) if decay else 0.0
         c = plan.component(comp)
-        lora_b = plan.lora_plus is not None and bool(_LORA_B.search(name))
+        lora_b = plan.reads("lora_b") and bool(_LORA_B.search(name))
         # Components with the same schedule and decay can share a group: same LR every step.
         width = float(widths.get(comp, 1.0))
         depth = depth_of.get(name, 0)
@@ -165,7 +167,12 @@ LAYER_PATTERN = re.compile(r"(?:^|\.)(?:layers|blocks|block|layer|h)\.(\d+)\.")
 """A numbered Transformer layer in a parameter's name (``blocks.3.``): group 1 is its index."""
 
 
-def layer_depths(model: nn.Module) -> dict[str, int]:
+def _readers(plan: Plan, field_name: str) -> str:
+    """The plan-file keys of the factors that read ``field_name`` (for error messages)."""
+    return ", ".join(f"plan.{f.key or type(f).__name__}" for f in plan.factors if field_name in getattr(f, "reads", ()))
+
+
+def layer_depths(model: nn.Module, what: str = "plan.depth_decay") -> dict[str, int]:
     """How many Transformer layers lie above each parameter: ``L − 1 − l`` inside layer ``l`` of
     ``L`` (found by name: ``layers.N.``, ``blocks.N.``, ``h.N.``, ...); ``L`` for parameters
     before the first layer (the embedding), 0 after the last (final norm, head).
@@ -175,7 +182,7 @@ def layer_depths(model: nn.Module) -> dict[str, int]:
         >>> d["embed.weight"], d["blocks.0.attn.qkv.weight"], d["blocks.1.mlp.up.weight"], d["unembed.weight"]
         (2, 1, 0, 0)
     """
-    layer, n_layers = layer_numbers(model, "plan.depth_decay", "unset depth_decay for this model")
+    layer, n_layers = layer_numbers(model, what, f"unset {what.removeprefix('plan.')} for this model")
     return {n: n_layers - 1 - l for n, l in layer.items()}
 
 

@@ -16,7 +16,13 @@ optional weight decay. It is a frozen dataclass: compare, hash, save and load it
     True
 
 The one line that turns a plan into a learning rate is :meth:`Plan.lr`; the scheduler, the logs,
-the plots and the tuner all call it.
+the plots and the tuner all call it. Width, depth and LoRA+ factors (and any later one) compose
+with it from ``Plan.factors`` (:mod:`rlrs.factors`), adding no field to ``Plan``::
+
+    >>> from rlrs.factors import DepthDecay
+    >>> deep = plan.with_factor(DepthDecay(0.8))      # LLRD: × 0.8 per layer above the tensor
+    >>> deep.lr("router", 500, 1000, depth=2) == plan.lr("router", 500, 1000) * 0.8**2
+    True
 """
 
 from __future__ import annotations
@@ -33,8 +39,9 @@ from . import config as _config
 from . import files
 from .components import COMPONENTS
 from .config import ConfigError
-from .schedules import (Constant, Cosine, DecayAway, ExpRecovery, Linear, Product, Schedule,
-                        cosine_restarts, stable_then_decay, warmup_then)
+from .factors import PLAN_FILE_KEYS, Factor, ScheduleFactor, TensorContext, TensorFactor, order
+from .schedules import (Constant, Cosine, Linear, Product, Schedule, cosine_restarts, stable_then_decay,
+                        warmup_then)
 
 SHAPES = ("cosine", "linear", "constant", "wsd", "sgdr")
 """Schedule shapes after warmup: the paper's ``cosine``; ``linear`` decay; ``constant`` (holds
@@ -100,20 +107,11 @@ class Plan:
         sgdr_first: the first cycle's length as a fraction of the steps after warmup, for
             components with shape ``sgdr`` (1/7 with ``sgdr_mult = 2``: three whole cycles).
         sgdr_mult: how much longer each ``sgdr`` cycle is than the one before (SGDR's T_mult).
-        lora_plus: LoRA+ (paper appendix D.2): the LR of LoRA's B matrices is this multiple of
-            the A matrices' (their component's LR); the LoRA+ paper uses 16. Unset: the same LR.
-        width_warmup: Kosson et al.'s (arXiv 2510.19093) replacement for muP's implicit warmup, a factor on the hidden
-            matrices' schedules (attention, feed-forward, experts) that starts at
-            ``1/width_warmup_m`` and recovers to 1: ``"decay-away"``
-            (:class:`~rlrs.schedules.DecayAway`) or ``"exponential"``
-            (:class:`~rlrs.schedules.ExpRecovery`), with the per-step shrink
-            ``a = 1 − base_lr · weight_decay`` (``1 − weight_decay`` with ``independent_wd``).
-            Unset: no factor.
-        width_warmup_m: the ``m`` of that factor (the width multiplier; 1: no effect).
-        depth_decay: layer-wise LR decay (LLRD, ULMFiT's discriminative rates) as a plan
-            dimension: a tensor with ``d`` Transformer layers above it gets ``depth_decay ** d``
-            times its component's LR (the top layer and the head 1, the embedding
-            ``depth_decay ** L``), so relative rates × depth is one plan. Unset: no factor.
+        factors: multipliers composed into :meth:`lr` (:mod:`rlrs.factors`), at most one of each
+            kind: :class:`~rlrs.factors.LoraPlus` (plan files: ``lora_plus``),
+            :class:`~rlrs.factors.WidthWarmup` (``width_warmup``, ``width_warmup_m``),
+            :class:`~rlrs.factors.DepthDecay` (``depth_decay``), or one of your own. Held in the
+            order ``lr`` applies them.
         embedding … other: the per-component :class:`ComponentPlan`.
     """
 
@@ -125,10 +123,7 @@ class Plan:
     independent_wd: bool = False
     tied: str | None = None
     wsd_decay: float = 0.2
-    lora_plus: float | None = None
-    width_warmup: str | None = field(default=None, metadata=_config.ADDED)
-    width_warmup_m: float = field(default=1.0, metadata=_config.ADDED)
-    depth_decay: float | None = field(default=None, metadata=_config.ADDED)
+    factors: tuple[Factor, ...] = field(default=(), metadata=_config.flat(PLAN_FILE_KEYS))
     warmup_from: float = field(default=0.0, metadata=_config.ADDED)
     sgdr_first: float = field(default=1 / 7, metadata=_config.ADDED)
     sgdr_mult: float = field(default=2.0, metadata=_config.ADDED)
@@ -159,21 +154,12 @@ class Plan:
                 f"tied: {self.tied!r} is unknown; "
                 f"{_config.closest(str(self.tied), ('embedding', 'unembedding'))}"
             )
-        if self.lora_plus is not None and not (math.isfinite(self.lora_plus) and self.lora_plus > 0):
-            raise ConfigError(f"lora_plus: the B-to-A LR ratio, a number > 0 (16 in the LoRA+ paper), got {self.lora_plus!r}")
-        if self.width_warmup not in (None, *WIDTH_WARMUPS):
-            raise ConfigError(f"width_warmup: {self.width_warmup!r} is unknown; "
-                              f"{_config.closest(str(self.width_warmup), WIDTH_WARMUPS)} (or unset for none)")
-        if not (math.isfinite(self.width_warmup_m) and self.width_warmup_m >= 1.0):
-            raise ConfigError(f"width_warmup_m: the width multiplier, a number >= 1, got {self.width_warmup_m!r}")
-        if self.width_warmup is not None:
-            for name in HIDDEN:
-                if not self.weight_decay_of(name) > 0:
-                    raise ConfigError(f"width_warmup: its recovery runs at the weight decay's pace, and {name} has "
-                                      "weight decay 0; give it (or plan.weight_decay) a value > 0")
-        if self.depth_decay is not None and not (math.isfinite(self.depth_decay) and self.depth_decay > 0):
-            raise ConfigError(f"depth_decay: the LR factor per layer from the top, a number > 0 (LLRD: 0.65 to 0.95), "
-                              f"got {self.depth_decay!r}")
+        if not isinstance(self.factors, (tuple, list)):
+            raise ConfigError(f"factors: a tuple of plan factors, got {self.factors!r}")
+        # Held in the order lr applies them, so equal plans compare and hash equal.
+        object.__setattr__(self, "factors", order(tuple(self.factors)))
+        for f in self.factors:
+            f.check(self)
         if not (0.0 <= self.warmup_from <= 1.0):
             raise ConfigError(f"warmup_from: a fraction of λ_start in [0, 1], got {self.warmup_from!r}")
         if not (0.0 < self.sgdr_first <= 1.0):
@@ -225,13 +211,38 @@ class Plan:
 
     def lr(self, name: str, step: int, total_steps: int, lora_b: bool = False, width: float = 1.0,
            depth: int = 0) -> float:
-        """Component ``name``'s learning rate at ``step``: the one LR formula of rlrs.
-        ``lora_b``: for a LoRA B matrix of that component (times ``lora_plus``, if set).
+        """Component ``name``'s learning rate at ``step``: the one LR formula of rlrs,
+        ``base_lr · multiplier · width · Π tensor factors``.
         ``width``: the parametrization's factor for the component (muP: 1/m for hidden matrices;
         :func:`rlrs.models.width_factors`), multiplying its whole λ schedule.
-        ``depth``: how many Transformer layers lie above the tensor (times ``depth_decay ** depth``)."""
-        return (self.base_lr * self.multiplier(name, step, total_steps) * ((self.lora_plus or 1.0) if lora_b else 1.0)
-                * width * (self.depth_decay or 1.0) ** depth)
+        ``lora_b`` (a LoRA B matrix of that component) and ``depth`` (how many Transformer layers
+        lie above the tensor) are the :class:`~rlrs.factors.TensorContext` the tensor factors read
+        (:class:`~rlrs.factors.LoraPlus`, :class:`~rlrs.factors.DepthDecay`)."""
+        lr = self.base_lr * self.multiplier(name, step, total_steps) * width
+        tensor = TensorContext(lora_b, depth)
+        for f in self.factors:
+            if isinstance(f, TensorFactor):
+                lr *= f(name, step, total_steps, tensor)
+        return lr
+
+    def factor(self, kind: type[Factor]) -> Factor | None:
+        """The plan's factor of class ``kind`` (``plan.factor(LoraPlus)``), or ``None``."""
+        return next((f for f in self.factors if type(f) is kind), None)
+
+    def with_factor(self, factor: Factor) -> "Plan":
+        """This plan with ``factor`` added, in place of one of its class.
+
+            >>> from rlrs.factors import LoraPlus
+            >>> Plan().with_factor(LoraPlus(4.0)).with_factor(LoraPlus(16.0)).factors
+            (LoraPlus(ratio=16.0),)
+        """
+        return dataclasses.replace(self, factors=tuple(f for f in self.factors if type(f) is not type(factor))
+                                   + (factor,))
+
+    def reads(self, field_name: str) -> bool:
+        """Whether a tensor factor reads ``field_name`` of the :class:`~rlrs.factors.TensorContext`
+        (``"lora_b"``, ``"depth"``): the param groups then tell those tensors apart."""
+        return any(field_name in f.reads for f in self.factors if isinstance(f, TensorFactor))
 
     def decay_shape(self, name: str, step: int, total_steps: int) -> float:
         """The shape of component ``name``'s schedule with λ = 1 (for independent weight decay)."""
@@ -268,19 +279,11 @@ class Plan:
             raise ConfigError(f"{path}: {err}") from None
 
 
-WIDTH_WARMUPS = ("decay-away", "exponential")
-HIDDEN = ("attention", "feedforward", "experts")
-"""The components ``width_warmup`` applies to: muP's hidden matrices."""
-
-
 @functools.lru_cache(maxsize=4096)
 def _schedule(plan: Plan, name: str, total_steps: int) -> Schedule:
     s = _build(plan, plan.component(name), total_steps)
-    if plan.width_warmup is None or name not in HIDDEN:
-        return s
-    a = 1.0 - (plan.weight_decay_of(name) if plan.independent_wd else plan.base_lr * plan.weight_decay_of(name))
-    piece = DecayAway if plan.width_warmup == "decay-away" else ExpRecovery
-    return Product((s, piece(plan.width_warmup_m, a)))
+    scaling = [f.schedule(plan, name, total_steps) for f in plan.factors if isinstance(f, ScheduleFactor)]
+    return Product((s, *scaling)) if scaling else s
 
 
 def _build(plan: Plan, c: ComponentPlan, total_steps: int) -> Schedule:

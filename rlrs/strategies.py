@@ -20,7 +20,7 @@ Optimizers come from ``torch.optim`` (SGD, Adam, AdamW, RAdam) and the maintaine
 ``pytorch_optimizer`` package (AdaBound, LARS, Lion, Lookahead, SAM, the Grokfast filter; the
 ``zoo`` extra); written here from the papers is only what no library has: DALS
 (:mod:`rlrs.dals`), the slanted triangular shape (``Plan.warmup_from``), SGDR as a schedule
-(``shape = "sgdr"``) and depth factors (``Plan.depth_decay``).
+(``shape = "sgdr"``) and depth factors (:class:`rlrs.factors.DepthDecay`).
 
 A model's components decide which λ each tensor follows; a task's classifier maps its input
 layer to ``embedding``, its output layer to ``unembedding`` and the rest to ``feedforward``
@@ -45,6 +45,7 @@ from .components import COMPONENTS, Rule
 from .config import ConfigError
 from .dals import DALS, depth_fractions
 from .optim import RelativeLR, param_groups
+from .factors import DepthDecay, LoraPlus
 from .plan import ComponentPlan, Plan
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "radam", "adabound", "lars", "lion", "dals")
@@ -154,7 +155,7 @@ def _registry() -> dict[str, Strategy]:
                  # the vectors (biases: no trust ratio) do not survive here; 0.02 at SGD's η does.
                  (("momentum", 0.9), ("trust_coefficient", 0.02))),
         Strategy("discriminative", "Discriminative LR", 4, "Howard and Ruder 2018, ULMFiT (arXiv 1801.06146)",
-                 "adamw", _uniform(1e-3, weight_decay=WD, depth_decay=ULMFIT_DEPTH)),
+                 "adamw", _uniform(1e-3, weight_decay=WD, factors=(DepthDecay(ULMFIT_DEPTH),))),
         Strategy("radam", "RAdam", 5, "Liu et al. 2020 (arXiv 1908.03265)", "radam", _uniform(1e-3)),
         Strategy("lion", "Lion", 5, "Chen et al. 2023 (arXiv 2302.06675)", "lion", _uniform(1e-4, weight_decay=0.1)),
         Strategy("lookahead-adamw", "Lookahead + AdamW", 5, "Zhang et al. 2019 (arXiv 1907.08610)", "adamw",
@@ -165,9 +166,9 @@ def _registry() -> dict[str, Strategy]:
                  _uniform(1e-3, weight_decay=WD), grokfast=(0.98, 2.0)),
         Strategy("stlr-discriminative", "STLR + Discriminative", 5, "Howard and Ruder 2018, ULMFiT (arXiv 1801.06146)",
                  "adamw", _uniform(1e-3, shape="linear", warmup=0.1, warmup_from=1 / 32, final_fraction=1 / 32,
-                                   weight_decay=WD, depth_decay=ULMFIT_DEPTH)),
+                                   weight_decay=WD, factors=(DepthDecay(ULMFIT_DEPTH),))),
         Strategy("sam-discriminative", "SAM + Discriminative", 5, "Learning Rate Engineering (arXiv 2604.27295)", "sgd",
-                 _uniform(0.05, depth_decay=ULMFIT_DEPTH, **cos), SGD, sam_rho=0.05),
+                 _uniform(0.05, factors=(DepthDecay(ULMFIT_DEPTH),), **cos), SGD, sam_rho=0.05),
         Strategy("dals", "DALS", 5, "Learning Rate Engineering (arXiv 2604.27295)", "dals",
                  _uniform(0.03, warmup=0.05, **cos), (("momentum", 0.9), ("alpha", 0.6))),
         Strategy("dals-fast", "DALS-Fast", 5, "Learning Rate Engineering (arXiv 2604.27295)", "dals",
@@ -184,7 +185,7 @@ def _registry() -> dict[str, Strategy]:
         Strategy("rlrs", "RLRS", 5, "Ludziejewski et al. 2025 (arXiv 2507.03526), table 5's λ", "adamw",
                  _rlrs(1e-3, WD)),
         Strategy("llrd", "LLRD", 5, "layer-wise LR decay (Clark et al. 2020, ELECTRA)", "adamw",
-                 dataclasses.replace(_uniform_cosine(1e-3), depth_decay=0.8)),
+                 _uniform_cosine(1e-3).with_factor(DepthDecay(0.8))),
         # Fine-tuning a pretrained encoder (paper D.2): hard freezing against RLRS's continuous
         # alternative, and LoRA against LoRA+ (B's LR 16 times A's). Their η is on the scale of
         # the rest (AdamW's 1e-3); the fine-tuning tasks scale every η by 0.1, so full fine-tuning
@@ -200,7 +201,7 @@ def _registry() -> dict[str, Strategy]:
         Strategy("lora", "LoRA", 5, "Hu et al. 2021 (arXiv 2106.09685), r 8 on query and value", "adamw",
                  _uniform_cosine(1e-2), lora=(8, 16.0), tasks=FINETUNE_TASKS),
         Strategy("lora-plus", "LoRA+", 5, "Hayou et al. 2024 (arXiv 2402.12354), B at 16x", "adamw",
-                 dataclasses.replace(_uniform_cosine(1e-2), lora_plus=16.0), lora=(8, 16.0), tasks=FINETUNE_TASKS),
+                 _uniform_cosine(1e-2).with_factor(LoraPlus(16.0)), lora=(8, 16.0), tasks=FINETUNE_TASKS),
     ]
     return {x.name: x for x in s}
 

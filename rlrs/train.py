@@ -41,6 +41,7 @@ from .components import COMPONENTS
 from .config import ConfigError
 from .optim import RelativeLR, assign_components, param_groups
 from .outcome import RunResult, status_of
+from .factors import WidthWarmup
 from .plan import Plan
 from .runlog import Diverged, EvalRecord, EventRecord, Record, RunLog, TrainRecord, read_log, rewrite
 
@@ -136,9 +137,10 @@ class RunConfig:
     plan: Plan = field(default_factory=Plan)
 
     def __post_init__(self) -> None:
-        if self.plan.width_warmup is not None and self.model.width_mult != 1.0:
+        warmup = self.plan.factor(WidthWarmup)
+        if warmup is not None and self.model.width_mult != 1.0:
             # Kosson et al.'s factor stands in for muP's implicit warmup; on top of muP it would apply 1/m twice.
-            raise ConfigError(f"plan.width_warmup: {self.plan.width_warmup!r} replaces muP, which this model already "
+            raise ConfigError(f"plan.width_warmup: {warmup.kind!r} replaces muP, which this model already "
                               f"uses (model.parametrization = 'mup', d_model {self.model.d_model} over base_width "
                               f"{self.model.base_width}); unset one of them")
 
