@@ -11,10 +11,10 @@ A script driven by ``rlrs compare/tune --command`` reads its plan with ``rlrs.sc
 reports eval losses with ``rlrs.report(step, loss)`` (:mod:`rlrs.script`). ``rlrs.inspect(model,
 plan, total_steps=...)`` prints each component's share, the schedule each tensor follows and the LRs.
 
-The core (``schedules``, ``components``, ``plan``, ``presets``, ``optim``, ``script``) imports only torch.
+The core (``schedules``, ``components``, ``factors``, ``plan``, ``presets``, ``optim``, ``script``) imports only torch.
 """
 
-from . import presets, schedules, script
+from . import factors, presets, schedules, script
 from .components import COMPONENTS, ClassificationError, classify, tied_parameters
 from .config import ConfigError
 from .inspection import inspect
@@ -31,6 +31,7 @@ __all__ = [
     "ComponentPlan",
     "ConfigError",
     "Plan",
+    "factors",
     "RelativeLR",
     "assign_components",
     "classify",

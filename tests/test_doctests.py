@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 MODULES = ["rlrs.analysis", "rlrs.compare", "rlrs.components", "rlrs.config", "rlrs.coordcheck", "rlrs.optim",
-           "rlrs.options", "rlrs.plan", "rlrs.presets", "rlrs.schedules", "rlrs.tune.samplers", "rlrs.tune.study",
+           "rlrs.options", "rlrs.factors", "rlrs.plan", "rlrs.presets", "rlrs.schedules", "rlrs.tune.samplers", "rlrs.tune.study",
            "rlrs.widths", "rlrs.dals", "rlrs.strategies", "rlrs.tasks", "rlrs.zoo", "rlrs.finetune",
            "rlrs.engine"]
 

@@ -8,6 +8,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from rlrs import presets  # noqa: E402
+from rlrs.factors import LoraPlus  # noqa: E402
 from rlrs.integrations.hf import RelativeLRTrainer  # noqa: E402
 
 STEPS = 6
@@ -173,10 +174,9 @@ def test_hf_trainer_on_a_tied_gpt2_logs_what_each_group_trains_at(tmp_path):
 
 def test_hf_trainer_logs_lora_plus_b_groups(tmp_path):
     peft = pytest.importorskip("peft")
-    import dataclasses
 
     model = peft.get_peft_model(_llama(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "up_proj"]))
-    plan = dataclasses.replace(presets.get("paper-dense"), lora_plus=16.0)
+    plan = presets.get("paper-dense").with_factor(LoraPlus(16.0))
     trainer = _trainer(tmp_path, plan=plan, model=model, max_steps=3, save_strategy="no")
     trainer.train()
     logged = [e for e in trainer.state.log_history if "lr/attention" in e]
@@ -274,12 +274,10 @@ def test_plan_check_refuses_rlrs_groups_under_the_trainers_own_scheduler(tmp_pat
 
 def test_peft_lora_adapters_take_their_modules_component_and_lora_plus_speeds_up_b(tmp_path):
     peft = pytest.importorskip("peft")
-    import dataclasses
-
     import rlrs
 
     model = peft.get_peft_model(_llama(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"]))
-    plan = dataclasses.replace(presets.get("paper-dense"), lora_plus=16.0)
+    plan = presets.get("paper-dense").with_factor(LoraPlus(16.0))
     groups = rlrs.param_groups(model, plan)
     trainable = [p for p in model.parameters() if p.requires_grad]
     grouped = [p for g in groups for p in g["params"]]

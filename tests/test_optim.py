@@ -10,6 +10,7 @@ from torch import nn
 from rlrs import presets
 from rlrs.components import COMPONENTS
 from rlrs.config import ConfigError
+from rlrs.factors import DepthDecay
 from rlrs.optim import DEFAULT_TIED, RelativeLR, assign_components, muon_split, param_groups
 from rlrs.plan import ComponentPlan, Plan
 
@@ -279,15 +280,13 @@ def test_muon_for_matrices_and_adamw_for_the_rest_follow_one_plan(toy):
 
 
 def test_depth_decay_scales_each_layer_through_plan_lr():
-    import dataclasses
-
     from rlrs.models import build_model, get_preset
     from rlrs.optim import RelativeLR, param_groups
 
     model = build_model(get_preset("tiny-dense"))  # 2 layers
     plain = presets.get("paper-dense")
     assert all("depth" not in g for g in param_groups(model, plain))  # unset: groups as before
-    plan = dataclasses.replace(plain, depth_decay=0.5)
+    plan = plain.with_factor(DepthDecay(0.5))
     groups = param_groups(model, plan)
     opt = torch.optim.AdamW(groups, lr=plan.base_lr)
     sched = RelativeLR(opt, plan, total_steps=100)
@@ -306,16 +305,16 @@ def test_depth_decay_scales_each_layer_through_plan_lr():
 
 
 def test_depth_decay_needs_numbered_layers_and_a_positive_factor():
-    import dataclasses
-
     from rlrs.optim import param_groups
 
     flat = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 10))
     with pytest.raises(ConfigError, match="depth_decay: Sequential has no numbered layers"):
-        param_groups(flat, dataclasses.replace(presets.get("paper-dense"), depth_decay=0.8),
+        param_groups(flat, presets.get("paper-dense").with_factor(DepthDecay(0.8)),
                      rules=[(r"^0\.", "embedding"), (r"^1\.", "unembedding")])
     with pytest.raises(ConfigError, match="depth_decay: the LR factor per layer from the top, a number > 0"):
-        dataclasses.replace(presets.get("paper-dense"), depth_decay=0.0)
+        DepthDecay(0.0)
+    with pytest.raises(ConfigError, match="plan.depth_decay: the LR factor per layer from the top"):
+        Plan.from_dict({**presets.get("paper-dense").to_dict(), "depth_decay": 0.0})
 
 
 # --- the plan reaches the optimizer --------------------------------------------------------------

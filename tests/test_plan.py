@@ -1,6 +1,5 @@
 """Plans as data: presets, strict loading, round trips through dict, TOML and JSON."""
 
-import dataclasses
 import math
 import tomllib
 
@@ -8,6 +7,7 @@ import pytest
 
 from rlrs import presets
 from rlrs.config import ConfigError, dumps_toml, replace
+from rlrs.factors import WidthWarmup
 from rlrs.plan import ComponentPlan, Plan
 
 
@@ -155,7 +155,7 @@ def test_width_warmup_multiplies_only_the_hidden_matrices_and_defaults_to_nothin
 
     base = Plan(base_lr=1e-3, weight_decay=0.1)
     for kind, piece in (("decay-away", DecayAway), ("exponential", ExpRecovery)):
-        p = dataclasses.replace(base, width_warmup=kind, width_warmup_m=4.0)
+        p = base.with_factor(WidthWarmup(kind, 4.0))
         for t in (1, 500, 5000, 9999):
             f = piece(4.0, 1 - 1e-3 * 0.1)(t)
             for comp in ("attention", "feedforward", "experts"):
@@ -163,11 +163,11 @@ def test_width_warmup_multiplies_only_the_hidden_matrices_and_defaults_to_nothin
             for comp in ("embedding", "unembedding", "router", "other"):
                 assert p.lr(comp, t, 10_000) == base.lr(comp, t, 10_000)
     # With independent decay the pace is the per-step fraction itself.
-    ind = Plan(base_lr=1e-3, weight_decay=1e-4, independent_wd=True, width_warmup="decay-away", width_warmup_m=2.0)
+    ind = Plan(base_lr=1e-3, weight_decay=1e-4, independent_wd=True, factors=(WidthWarmup("decay-away", 2.0),))
     ref = Plan(base_lr=1e-3, weight_decay=1e-4, independent_wd=True)
     assert ind.lr("attention", 777, 10_000) == pytest.approx(ref.lr("attention", 777, 10_000) * DecayAway(2.0, 1 - 1e-4)(777))
     # m = 1 changes nothing.
-    one = dataclasses.replace(base, width_warmup="exponential", width_warmup_m=1.0)
+    one = base.with_factor(WidthWarmup("exponential", 1.0))
     assert all(one.lr("attention", t, 1000) == base.lr("attention", t, 1000) for t in (0, 10, 500, 999))
 
 
@@ -178,7 +178,7 @@ def test_width_warmup_multiplies_only_the_hidden_matrices_and_defaults_to_nothin
 ])
 def test_bad_width_warmup_names_the_field(kwargs, message):
     with pytest.raises(ConfigError, match=message):
-        Plan(**kwargs)
+        Plan.from_dict(kwargs)
 
 
 def test_warmup_from_and_sgdr_settings_are_checked_and_added_compatibly():
