@@ -104,8 +104,9 @@ def param_groups(
     tensor's context (:class:`~rlrs.factors.TensorContext`), groups tell it apart: with
     :class:`~rlrs.factors.LoraPlus`, PEFT's LoRA B matrices get groups of their own with
     ``lora_b: True`` (their LR is the ratio times the component's); with
-    :class:`~rlrs.factors.DepthDecay`, each layer gets its own with ``depth``. LoRA adapters take the component of the module they adapt, and the frozen
-    base weights are left out, like every frozen parameter.
+    :class:`~rlrs.factors.DepthDecay`, each layer gets its own with ``depth``. LoRA adapters take
+    the component of the module they adapt, and the frozen base weights are left out, like every
+    frozen parameter.
     """
     plan = as_plan(plan)
     comp_of = assign_components(model, plan, rules)
