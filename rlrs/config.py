@@ -161,12 +161,12 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str | None = None) -
     if missing:
         raise ConfigError(f"{where or 'config'}: missing {', '.join(missing)}: it has no default; give it a value")
     values = {k: _coerce(v, types_[k], _join(where, k)) for k, v in data.items()}
-    flats = {f.name: f.metadata["flat"] for f in dataclasses.fields(cls) if f.init and "flat" in f.metadata}
-    owned = {k for keys in flats.values() for k in keys.types()}
-    kwargs = {k: v for k, v in values.items() if k not in owned}
+    flats = {f.name: (f.metadata["flat"], set(f.metadata["flat"].types()))
+             for f in dataclasses.fields(cls) if f.init and "flat" in f.metadata}
+    kwargs = {k: v for k, v in values.items() if not any(k in owned for _, owned in flats.values())}
     try:
-        for name, keys in flats.items():
-            kwargs[name] = keys.load({k: v for k, v in values.items() if k in keys.types()})
+        for name, (keys, owned) in flats.items():
+            kwargs[name] = keys.load({k: v for k, v in values.items() if k in owned})
         return cls(**kwargs)
     except ConfigError as err:
         # __post_init__ messages start with the field name: make it the dotted path.

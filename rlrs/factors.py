@@ -203,6 +203,11 @@ def order(factors: tuple[Factor, ...]) -> tuple[Factor, ...]:
         if not isinstance(f, (ScheduleFactor, TensorFactor)):
             raise ConfigError(f"factors: {f!r} is not a plan factor; give instances of rlrs.factors.ScheduleFactor "
                               "or TensorFactor subclasses (e.g. rlrs.factors.LoraPlus(16.0))")
+        try:
+            hash(f)
+        except TypeError:
+            raise ConfigError(f"factors: {type(f).__name__} is not hashable; make it a frozen dataclass "
+                              "(@dataclass(frozen=True)): a plan is compared, hashed and cached") from None
         if type(f) in seen:
             raise ConfigError(f"factors: two {type(f).__name__} factors; keep one (their product is one factor)")
         seen.add(type(f))

@@ -202,11 +202,12 @@ class Plan:
         return max(1, steps) if self.warmup > 0 else steps
 
     def schedule(self, name: str, total_steps: int) -> Schedule:
-        """Component ``name``'s multiplier of η_base as a pure function of the step."""
+        """Component ``name``'s multiplier of η_base as a pure function of the step (its λ
+        schedule times the plan's schedule factors)."""
         return _schedule(self, name, total_steps)
 
     def multiplier(self, name: str, step: int, total_steps: int) -> float:
-        """λ_m(t): component ``name``'s multiplier of η_base at ``step``."""
+        """λ_m(t): component ``name``'s multiplier of η_base at ``step`` (schedule factors included)."""
         return _schedule(self, name, total_steps)(step)
 
     def lr(self, name: str, step: int, total_steps: int, lora_b: bool = False, width: float = 1.0,
@@ -219,10 +220,11 @@ class Plan:
         lie above the tensor) are the :class:`~rlrs.factors.TensorContext` the tensor factors read
         (:class:`~rlrs.factors.LoraPlus`, :class:`~rlrs.factors.DepthDecay`)."""
         lr = self.base_lr * self.multiplier(name, step, total_steps) * width
-        tensor = TensorContext(lora_b, depth)
-        for f in self.factors:
-            if isinstance(f, TensorFactor):
-                lr *= f(name, step, total_steps, tensor)
+        if self.factors:
+            tensor = TensorContext(lora_b, depth)
+            for f in self.factors:
+                if isinstance(f, TensorFactor):
+                    lr *= f(name, step, total_steps, tensor)
         return lr
 
     def factor(self, kind: type[Factor]) -> Factor | None:

@@ -13,8 +13,9 @@ from rlrs import presets, strategies
 from rlrs.components import COMPONENTS
 from rlrs.config import ConfigError
 from rlrs.engine import PresetRun, run_dir
-from rlrs.factors import KNOWN, DepthDecay, LoraPlus, TensorContext, TensorFactor, WidthWarmup
+from rlrs.factors import KNOWN, DepthDecay, LoraPlus, ScheduleFactor, TensorContext, TensorFactor, WidthWarmup
 from rlrs.plan import Plan
+from rlrs.schedules import Constant, Join
 from rlrs.train import run_config
 
 # Plans as plan files wrote them before factors were composed (the keys they had as Plan fields).
@@ -212,3 +213,25 @@ def test_factors_are_checked():
     with pytest.raises(ConfigError, match="width_warmup: its recovery runs at the weight decay's pace"):
         Plan(weight_decay=0.0, factors=(WidthWarmup("decay-away", 2.0),))
     assert TensorContext() == TensorContext(lora_b=False, depth=0)
+
+    @dataclass  # not frozen: a plan holding it could not be hashed or cached
+    class Loose(TensorFactor):
+        def __call__(self, component, step, total_steps, tensor):
+            return 1.0
+
+    with pytest.raises(ConfigError, match="factors: Loose is not hashable; make it a frozen dataclass"):
+        Plan(factors=(Loose(),))
+
+
+def test_a_schedule_factor_of_your_own_scales_the_components_lambda():
+    @dataclass(frozen=True)
+    class RouterCooldown(ScheduleFactor):  # the router's λ halves for the last half of training
+        def schedule(self, plan, component, total_steps):
+            return Join((Constant(1.0), Constant(0.5 if component == "router" else 1.0)), (total_steps // 2,))
+
+    plan = presets.get("paper-moe")
+    cool = plan.with_factor(RouterCooldown())
+    assert cool.multiplier("router", 400, 1000) == plan.multiplier("router", 400, 1000)
+    assert cool.multiplier("router", 600, 1000) == 0.5 * plan.multiplier("router", 600, 1000)
+    assert cool.lr("router", 600, 1000, lora_b=True, depth=3) == 0.5 * plan.lr("router", 600, 1000)
+    assert cool.lr("experts", 600, 1000) == plan.lr("experts", 600, 1000)
