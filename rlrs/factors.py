@@ -157,10 +157,11 @@ HIDDEN = ("attention", "feedforward", "experts")
 
 @dataclass(frozen=True)
 class WidthWarmup(ScheduleFactor):
-    """A replacement for the implicit warmup that muP's 1/m LR gives a width-m model's hidden
-    matrices (attention, feed-forward, experts): a factor on their schedules that starts at
-    ``1/m`` and recovers to 1, ``kind`` ``"decay-away"`` (:class:`~rlrs.schedules.DecayAway`) or
-    ``"exponential"`` (:class:`~rlrs.schedules.ExpRecovery`), with the per-step shrink
+    """Kosson et al.'s (2025, arXiv 2510.19093) replacement for the implicit warmup that muP's 1/m
+    LR gives a width-m model's hidden matrices (attention, feed-forward, experts): a factor on their
+    schedules that starts at ``1/m`` and recovers to 1, ``kind`` ``"decay-away"``
+    (:class:`~rlrs.schedules.DecayAway`) or ``"exponential"`` (:class:`~rlrs.schedules.ExpRecovery`),
+    with the per-step shrink
     ``a = 1 − base_lr · weight_decay`` (``1 − weight_decay`` with ``independent_wd``). ``m = 1``:
     no effect. Plan files: ``width_warmup = "decay-away"``, ``width_warmup_m = 4.0``."""
 
