@@ -132,32 +132,44 @@ def _save(fig, path: str | Path, **savefig) -> Path:
 
 
 def _declutter(fig) -> None:
-    """Thin the tick labels of every axis whose labels would touch each other: a log axis over
-    less than a few decades labels its minor ticks (``3×10⁴ 4×10⁴`` run together), a long linear
-    one gets more labels than its width holds."""
+    """Thin the tick labels of every axis whose labels would touch each other (a log axis over
+    less than a few decades labels its minor ticks: ``3×10⁴ 4×10⁴`` run together; a long linear
+    one gets more labels than its width holds), and move a legend that covers data points."""
     from matplotlib import ticker
 
-    fig.canvas.draw()
+    axes = [axis for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)]
+    for axis in axes:
+        if axis.get_scale() == "log" and not isinstance(axis.get_major_locator(), ticker.FixedLocator):
+            # Plain numbers at 1, 2 and 5 × 10ⁿ (the paper's grid), no labelled minor ticks.
+            axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            axis.set_major_formatter(ticker.FuncFormatter(_log_label))
+            axis.set_minor_formatter(ticker.NullFormatter())
+    for _ in range(3):  # each round: one draw, then thin every axis whose labels still touch
+        fig.canvas.draw()
+        crowded = [axis for axis in axes if _colliding(_drawn_tick_labels(axis))]
+        for axis in crowded:
+            if isinstance(axis.get_major_locator(), ticker.FixedLocator):
+                for label in axis.get_ticklabels():
+                    label.set_rotation(30)
+                    label.set_horizontalalignment("right")
+            elif axis.get_scale() == "log":
+                axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0,)))
+            else:
+                n = max(2, len(_drawn_tick_labels(axis)) // 2)
+                axis.set_major_locator(ticker.MaxNLocator(nbins=n, steps=[1, 2, 2.5, 5, 10]))
+        if not crowded:
+            break
+    # A legend over the data: first where matplotlib finds the emptiest corner, else beside the axes.
     for ax in fig.axes:
-        for axis in (ax.xaxis, ax.yaxis):
-            if axis.get_scale() == "log" and not isinstance(axis.get_major_locator(), ticker.FixedLocator):
-                # Plain numbers at 1, 2 and 5 × 10ⁿ (the paper's grid), no labelled minor ticks.
-                axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-                axis.set_major_formatter(ticker.FuncFormatter(_log_label))
-                axis.set_minor_formatter(ticker.NullFormatter())
-            for _ in range(3):
-                fig.canvas.draw()
-                if not _colliding(_drawn_tick_labels(axis)):
-                    break
-                if axis.get_scale() == "log" and not isinstance(axis.get_major_locator(), ticker.FixedLocator):
-                    axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0,)))
-                elif isinstance(axis.get_major_locator(), ticker.FixedLocator):
-                    for label in axis.get_ticklabels():
-                        label.set_rotation(30)
-                        label.set_horizontalalignment("right")
-                else:
-                    n = max(2, len(_drawn_tick_labels(axis)) // 2)
-                    axis.set_major_locator(ticker.MaxNLocator(nbins=n, steps=[1, 2, 2.5, 5, 10]))
+        legend = ax.get_legend()
+        if legend is None or not _covered(ax, legend):
+            continue
+        legend.set_loc("best")
+        fig.canvas.draw()
+        if _covered(ax, legend):
+            legend.set_loc("upper left")
+            legend.set_bbox_to_anchor((1.01, 1.0), transform=ax.transAxes)
+            fig.canvas.draw()
 
 
 def _log_label(x: float, pos=None) -> str:
@@ -226,11 +238,21 @@ def text_problems(fig) -> list[str]:
             if _touch(ba, bb):
                 problems.append(f"{ka} {a.get_text()!r} overlaps {kb} {b.get_text()!r}")
     for leg in legends:
-        if not isinstance(leg, Legend) or leg.axes is None or leg.axes is fig:
-            continue
-        box = leg.get_window_extent()
-        for line in leg.axes.get_lines():
-            xy = line.get_transform().transform(np.column_stack(line.get_data()).astype(float))
-            if xy.size and box.count_contains(xy) > 0:
-                problems.append(f"the legend covers data of {line.get_label()!r}")
+        if isinstance(leg, Legend) and leg.axes is not None and leg.axes is not fig:
+            problems += [f"the legend covers data of {name!r}" for name in _covered(leg.axes, leg)]
     return problems
+
+
+def _covered(ax, legend) -> list[str]:
+    """The labels of the lines of ``ax`` that run under ``legend`` (as last drawn)."""
+    box = legend.get_window_extent()
+    names = []
+    for line in ax.get_lines():
+        path = line.get_path()
+        if len(path.vertices) > 1:  # points along each segment too: a line can cross a box between its points
+            path = path.interpolated(20)
+        xy = line.get_transform().transform(path.vertices)
+        xy = xy[np.isfinite(xy).all(axis=1)]
+        if xy.size and box.count_contains(xy) > 0:
+            names.append(line.get_label())
+    return names
