@@ -139,7 +139,7 @@ def _declutter(fig) -> None:
 
     axes = [axis for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)]
     for axis in axes:
-        if axis.get_scale() == "log" and not isinstance(axis.get_major_locator(), ticker.FixedLocator):
+        if _log10(axis) and not isinstance(axis.get_major_locator(), ticker.FixedLocator):
             # Plain numbers at 1, 2 and 5 × 10ⁿ (the paper's grid), no labelled minor ticks.
             axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
             axis.set_major_formatter(ticker.FuncFormatter(_log_label))
@@ -152,7 +152,7 @@ def _declutter(fig) -> None:
                 for label in axis.get_ticklabels():
                     label.set_rotation(30)
                     label.set_horizontalalignment("right")
-            elif axis.get_scale() == "log":
+            elif _log10(axis):
                 axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0,)))
             else:
                 n = max(2, len(_drawn_tick_labels(axis)) // 2)
@@ -170,6 +170,11 @@ def _declutter(fig) -> None:
             legend.set_loc("upper left")
             legend.set_bbox_to_anchor((1.01, 1.0), transform=ax.transAxes)
             fig.canvas.draw()
+
+
+def _log10(axis) -> bool:
+    """A base-10 log axis (a base-2 one, e.g. widths, keeps its own powers-of-two labels)."""
+    return axis.get_scale() == "log" and getattr(axis.get_transform(), "base", 10) == 10
 
 
 def _log_label(x: float, pos=None) -> str:
