@@ -136,11 +136,11 @@ def plot_speedup(res: CompareResult, path: str | Path, note: str | None = None) 
             lo, hi = min(lo, target), max(hi, target)
         right.set_ylim(lo - 0.08 * (hi - lo or 1), hi + 0.15 * (hi - lo or 1))
     right.set_title("end of training (zoom)")
-    for arm in res.relative:
-        if arm.speedup is None or arm.speedup.percent is None:
-            a = arm.name
-            why = "no speed-up" if arm.curve is not None else "no speed-up (all runs diverged/failed)"
-            right.annotate(f"{a}: {why}", (0.02, 0.04), xycoords="axes fraction", fontsize=8, color=colors[a])
+    without = [arm for arm in res.relative if arm.speedup is None or arm.speedup.percent is None]
+    for i, arm in enumerate(without):  # one line each, stacked up from the bottom left
+        a = arm.name
+        why = "no speed-up" if arm.curve is not None else "no speed-up (all runs diverged/failed)"
+        right.annotate(f"{a}: {why}", (0.02, 0.04 + 0.06 * i), xycoords="axes fraction", fontsize=8, color=colors[a])
     right.legend(frameon=False, fontsize=8, loc="upper right")
     seeds = res.seeds
     fig.suptitle(f"{res.preset}: {_loss_name(res.metric)}, mean ± std over "

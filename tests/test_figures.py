@@ -78,6 +78,7 @@ def test_a_legend_over_the_data_is_found():
     plt.close(fig)
 
 
+@pytest.mark.slow
 def test_every_figure_of_compare_and_lr_grid_is_readable(tmp_path, corpus_dir, checked):
     from rlrs.compare import compare, lr_grid
 
@@ -93,6 +94,7 @@ def test_every_figure_of_compare_and_lr_grid_is_readable(tmp_path, corpus_dir, c
     assert {name: p for name, p in checked.items() if p} == {}
 
 
+@pytest.mark.slow
 def test_plan_and_coordinate_check_figures_are_readable(tmp_path, checked):
     from rlrs import presets
     from rlrs.coordcheck import coord_check, plot
@@ -118,3 +120,20 @@ def test_the_evidence_speedup_figure_from_the_stored_results_is_readable(tmp_pat
     assert [p.name for p in made] == ["evidence-speedup.png"]
     assert checked == {"evidence-speedup.png": []}
     assert json.loads((tmp_path / "evidence.json").read_text())["rows"]
+
+
+@pytest.mark.slow
+def test_zoo_width_transfer_and_ablate_figures_are_readable(tmp_path, tiny_sets, checked):
+    from rlrs.transfer import ablate
+    from rlrs.widths import width_transfer
+    from rlrs.zoo import run_zoo
+
+    run_zoo(["gauss"], ["adamw", "dals", "fixed-sgd", "lion", "sam", "radam"], tmp_path / "zoo", seeds=1, epochs=1, workers=1,
+            log=None)
+    width_transfer("tiny-dense", [32, 64], tmp_path / "w", variants=["sp", "mup"], plans=["uniform-dense"],
+                   grid=[3e-3, 1e-2, 3e-2], seeds=1, extend=0, sets={**tiny_sets, "train.steps": 6}, workers=1,
+                   log=lambda _: None)
+    ablate("tiny-moe", "paper-moe", tmp_path / "a", components=["embedding", "router"], factors=[0.2, 5.0],
+           seeds=1, sets={**tiny_sets, "train.steps": 6}, workers=1, log=lambda _: None)
+    assert {"zoo_curves.png", "width_transfer.png", "ablate_vary.png"} <= set(checked), sorted(checked)
+    assert {name: p for name, p in checked.items() if p} == {}
