@@ -135,3 +135,17 @@ def test_plot_plan_draws_the_models_own_components_on_a_log_axis(tmp_path, monke
                  "--out", str(tmp_path)]) == 0
     assert drawn == {"components": ("embedding", "unembedding", "attention", "feedforward", "other"), "log": True}
     assert (tmp_path / "lr_paper-dense.png").stat().st_size > 10_000
+
+
+def test_demo_tune_uses_the_grids_best_and_says_where_it_is_not_tuned():
+    from types import SimpleNamespace
+
+    from rlrs.demo import grid_tuning
+
+    inside = SimpleNamespace(arms={"uniform-moe": 0, "paper-moe": 0}, best={"uniform-moe": 1e-2, "paper-moe": 2e-2},
+                             edge={"uniform-moe": None, "paper-moe": None})
+    t = grid_tuning(inside)
+    assert t.tuned and t.base_lrs == {"uniform-moe": 1e-2, "paper-moe": 2e-2} and "uniform-moe 0.01, paper-moe 0.02" in t.note
+    edge = SimpleNamespace(arms=inside.arms, best={"uniform-moe": 1e-2}, edge={"uniform-moe": "high", "paper-moe": None})
+    t = grid_tuning(edge)
+    assert not t.tuned and "paper-moe: every value diverged" in t.note and "uniform-moe: at the high edge" in t.note
