@@ -140,8 +140,11 @@ def _declutter(fig) -> None:
     axes = [axis for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)]
     for axis in axes:
         if _log10(axis) and not isinstance(axis.get_major_locator(), ticker.FixedLocator):
-            # Plain numbers at 1, 2 and 5 × 10ⁿ (the paper's grid), no labelled minor ticks.
-            axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            # Plain numbers, no labelled minor ticks: at 1, 2 and 5 × 10ⁿ (the paper's grid) over a
+            # short range, at the powers of ten over more than two decades.
+            low, high = sorted(axis.get_view_interval())
+            decades = np.log10(high / low) if low > 0 else np.inf
+            axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades <= 2 else (1.0,)))
             axis.set_major_formatter(ticker.FuncFormatter(_log_label))
             axis.set_minor_formatter(ticker.NullFormatter())
     for _ in range(3):  # each round: one draw, then thin every axis whose labels still touch
