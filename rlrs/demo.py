@@ -1,7 +1,8 @@
-"""``rlrs demo``: the first three minutes. A small compare that a 2-core laptop finishes in about
-a minute and a half: the uniform baseline against the paper's MoE plan (Ludziejewski et al., 2025,
-arXiv 2507.03526, table 4) on ``ladder-xs-moe`` (33k active non-embedding parameters, 8 experts,
-trained to 20 tokens per parameter as in the paper), one seed, the loss at every 1% of training.
+"""``rlrs demo``: the first three minutes. A small compare that 2 CPU cores finish in under three
+minutes (2 min 16 s on a busy machine, BENCHMARKS.md): the uniform baseline against the paper's
+MoE plan (Ludziejewski et al., 2025, arXiv 2507.03526, table 4) on ``ladder-xs-moe`` (33k active
+non-embedding parameters, 8 experts, trained to 20 tokens per parameter as in the paper), one
+seed, the loss at every 2% of training.
 
     >>> from rlrs.demo import demo
     >>> res = demo("runs/demo")                 # doctest: +SKIP
@@ -227,8 +228,8 @@ def add_commands(sub) -> None:
         "demo", help=f"the first three minutes: {PLANS[0]} against {PLANS[1]} on {PRESET}, the speed-up and its plot",
         description=f"Train {PRESET} on Shakespeare with the uniform baseline and the paper's MoE plan (one seed, "
                     "each at its own tuned η_base), print both eval losses as they train, then the paper's speed-up; "
-                    "writes loss.png (the speed-up plot), report.md and results.json into --out. About a minute "
-                    "and a half on 2 CPU cores.")
+                    "writes loss.png (the speed-up plot), report.md and results.json into --out. Under three "
+                    "minutes on 2 CPU cores.")
     p.add_argument("--out", default=default_of(demo, "out"), help=f"output directory (default: {default_of(demo, 'out')})")
     p.add_argument("--steps", type=int, default=None,
                    help="steps per plan (default: the preset's own length, 20 tokens per parameter); another length "
