@@ -7,7 +7,7 @@ seed, the loss at every 2% of training.
     >>> from rlrs.demo import demo
     >>> res = demo("runs/demo")                 # doctest: +SKIP
     >>> res.tuned, res.compare.lines()[0]       # doctest: +SKIP
-    (True, "paper-moe: speed-up +36.3%: reaches the baseline's final eval loss 3.6336 at step 240 ...")
+    (True, "paper-moe: speed-up +33.5%: reaches the baseline's final eval loss 3.6336 at step 245 ...")
 
 or ``rlrs demo``. While the runs train it prints both eval losses at every 10% of training; then
 the speed-up (appendix A's metric, :mod:`rlrs.compare`), ``loss.png`` (the speed-up figure) and
