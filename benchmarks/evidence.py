@@ -332,7 +332,7 @@ def figures(out: Path, more: list[Path] | None = None) -> list[Path]:
             ax.set_title(f"{family}: speed-up over the tuned uniform baseline")
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(frameon=False, fontsize=8)
-        axes[0].set_ylabel("steps saved to the baseline's final loss, % (95% interval)")
+        axes[0].set_ylabel("steps saved to the baseline's final loss,\n% (95% interval)")
         made.append(_save(fig, EVIDENCE.parent / "evidence-speedup.png"))
     outs = [out, *(more or [])]
     dirs = {(f, r): _rung_dir(outs, f, r) for f in LADDER for r in RUNGS}

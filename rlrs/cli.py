@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import compare, transfer, tune, widths, zoo
+from . import compare, demo, transfer, tune, widths, zoo
 from .config import ConfigError, MissingExtra
 from .engine import Interrupted, RunLocked
 from .models import DEFAULT_PRESET, PARAMETRIZATIONS
-from .options import add_executor_args, default_of, executor_from_args, parse_sets
+from .options import default_of, parse_sets
 
 
 def _run_config(args) -> "Any":
@@ -81,43 +80,6 @@ def cmd_train(args) -> int:
 
         end_distributed(code)
     return code
-
-
-def cmd_demo(args) -> int:
-    from . import plots, presets
-    from .engine import Job, PresetRun, run_all
-    from .train import run_config, total_steps
-
-    out = Path(args.out)
-    # 40 measuring points instead of 100: on a 400-step run, evaluating every 1% would cost more
-    # than the training itself.
-    sets = {"train.steps": args.steps, "train.eval_interval": 0.025, **parse_sets(args.set)}
-    baseline, relative = presets.default_plans(moe=True)
-    arms = {"uniform": baseline, relative: relative}
-    cfgs = {name: run_config(DEFAULT_PRESET, plan, sets=sets) for name, plan in arms.items()}
-    steps = total_steps(cfgs["uniform"])
-    print(f"rlrs demo: {DEFAULT_PRESET} on Shakespeare, {steps} steps per plan, plans: {', '.join(arms)}")
-    t0 = time.perf_counter()
-    jobs = [Job(PresetRun(cfg), out / name, label=name) for name, cfg in cfgs.items()]
-    with executor_from_args(args, out / "slurm") as ex:
-        outcomes = run_all(jobs, workers=args.workers, log=None, progress=not args.no_progress, executor=ex)
-    curves = {}
-    for (name, cfg), o in zip(cfgs.items(), outcomes):
-        if o.status != "finished":
-            print(f"  {name}: {o.status}\n{o.error}")
-            continue
-        curves[name] = (o.eval_steps, o.eval_loss, None)
-        print(f"  {name:10s} final eval loss {o.final_eval_loss:.4f}   ({o.out})")
-    if len(curves) == 2:
-        diff = curves["uniform"][1][-1] - curves[relative][1][-1]
-        print(f"  {relative} - uniform: {-diff:+.4f} eval loss")
-    if not curves:  # nothing to draw: every run failed (each said why above)
-        return 1
-    loss_png = plots.plot_losses(curves, out / "eval_loss.png", title=f"{DEFAULT_PRESET} on Shakespeare")
-    lr_png = plots.plot_plan(presets.get(relative), steps, out / f"lr_{relative}.png",
-                             components=("embedding", "unembedding", "attention", "router", "experts", "other"))
-    print(f"plots: {loss_png}, {lr_png}; logs: {out}/*/metrics.jsonl  ({time.perf_counter() - t0:.0f}s)")
-    return 0 if len(curves) == 2 else 1
 
 
 def cmd_inspect(args) -> int:
@@ -225,14 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("demo", help=f"train {DEFAULT_PRESET} with the uniform and paper-moe plans on Shakespeare and compare")
-    p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
-    p.add_argument("--steps", type=int, default=400, help="steps per plan (default: 400)")
-    p.add_argument("--workers", type=int, default=2, help="runs in parallel (default: 2)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting of both runs")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_executor_args(p)
-    p.set_defaults(func=cmd_demo)
+    demo.add_commands(sub)
 
     from .inspection import DEFAULT_AT, inspect
 

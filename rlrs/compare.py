@@ -452,9 +452,7 @@ def compare(
     sets = _check_common(seeds, sets, workers)
     lrs = _check_base_lrs(base_lrs, [a for a, _ in arms])
     out = Path(out)
-    # Seed-major: an interrupted compare leaves complete pairs behind.
-    specs = [_spec(target, arm, plan, seed, sets, lrs.get(arm), out / "runs")
-             for seed in range(seeds) for arm, plan in arms]
+    specs = _compare_specs(target, arms, seeds, sets, lrs, out)
     length = specs[0].run.total_steps
     log(f"rlrs compare: {preset}, plans {', '.join(a for a, _ in arms)} (baseline {arms[0][0]}), "
         f"{seeds} seed{'s' * (seeds > 1)}, {length or 'its own number of'} steps per run -> {out}")
@@ -478,6 +476,34 @@ def compare(
     series = {(i.arm, i.seed): (logs[i.out].train_steps, logs[i.out].train_loss) for i in infos}
     res.files = [results_path, *reporting.write_compare(res, series)]
     return res
+
+
+def _compare_specs(target: Target, arms: Sequence[tuple[str, str]], seeds: int, sets, lrs: Mapping[str, float],
+                   out: Path) -> list[_Spec]:
+    # Seed-major: an interrupted compare leaves complete pairs behind.
+    return [_spec(target, arm, plan, seed, sets, lrs.get(arm), out / "runs")
+            for seed in range(seeds) for arm, plan in arms]
+
+
+def run_dirs(
+    target: str | Target,
+    plans: Sequence[str],
+    seeds: int,
+    out: str | Path,
+    *,
+    sets: Mapping[str, Any] | None = None,
+    base_lrs: Mapping[str, float] | None = None,
+) -> dict[tuple[str, int], Path]:
+    """Where :func:`compare` called with the same arguments keeps each ``(arm, seed)``'s run, to
+    watch the runs' logs while they train (``rlrs demo`` prints their eval losses).
+
+    >>> run_dirs("micro-moe", ["uniform-moe", "paper-moe"], 1, "runs/demo")[("paper-moe", 0)]  # doctest: +SKIP
+    PosixPath('runs/demo/runs/paper-moe-...')
+    """
+    target = _target(target, None)
+    lrs = _check_base_lrs(base_lrs, [a for a, _ in _arms(plans, need=2)])
+    specs = _compare_specs(target, _arms(plans, need=2), seeds, _check_common(seeds, sets, None), lrs, Path(out))
+    return {(s.arm, s.seed): s.out for s in specs}
 
 
 def _describe_target(target: Target) -> dict[str, Any]:

@@ -70,9 +70,10 @@ def _lr(x: float) -> str:
 # --- figures --------------------------------------------------------------------------------------
 
 
-def plot_speedup(res: CompareResult, path: str | Path) -> Path:
+def plot_speedup(res: CompareResult, path: str | Path, note: str | None = None) -> Path:
     """Figure 1: each arm's mean loss ± std over seeds, the baseline's final loss as a dashed line
-    and each arm's T_relative as a dotted one; the right panel zooms on the end of training."""
+    and each arm's T_relative as a dotted one; the right panel zooms on the end of training.
+    ``note``: a line under the title (``rlrs demo``: how η_base was chosen)."""
     plt = plots._plt()
     colors = _arm_colors(list(res.arms))
     base = res.baseline
@@ -107,9 +108,12 @@ def plot_speedup(res: CompareResult, path: str | Path) -> Path:
                 ax.axvline(sp.t_relative, color=colors[a], ls=":", lw=1.3)
                 if zoom:
                     ax.plot(sp.t_relative, target, "o", color=colors[a], ms=6, zorder=5)
+                    # Below the baseline's final loss and before T_relative no mean curve runs (the
+                    # arm first gets there at T_relative): the label covers nothing there.
+                    left = sp.t_relative - x0 > 0.3 * (t_base - x0)
                     ax.annotate(f"{a}: {sp.percent:+.1f}%\nstep {sp.t_relative} vs {sp.t_base}",
-                                (sp.t_relative, target), textcoords="offset points", xytext=(7, -26),
-                                ha="left", fontsize=8.5, color=colors[a], fontweight="bold",
+                                (sp.t_relative, target), textcoords="offset points", xytext=(-7 if left else 7, -26),
+                                ha="right" if left else "left", fontsize=8.5, color=colors[a], fontweight="bold",
                                 bbox={"boxstyle": "round,pad=0.25", "fc": "white", "ec": colors[a], "alpha": 0.9})
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -132,15 +136,15 @@ def plot_speedup(res: CompareResult, path: str | Path) -> Path:
             lo, hi = min(lo, target), max(hi, target)
         right.set_ylim(lo - 0.08 * (hi - lo or 1), hi + 0.15 * (hi - lo or 1))
     right.set_title("end of training (zoom)")
-    for arm in res.relative:
-        if arm.speedup is None or arm.speedup.percent is None:
-            a = arm.name
-            why = "no speed-up" if arm.curve is not None else "no speed-up (all runs diverged/failed)"
-            right.annotate(f"{a}: {why}", (0.02, 0.04), xycoords="axes fraction", fontsize=8, color=colors[a])
+    without = [arm for arm in res.relative if arm.speedup is None or arm.speedup.percent is None]
+    for i, arm in enumerate(without):  # one line each, stacked up from the bottom left
+        a = arm.name
+        why = "no speed-up" if arm.curve is not None else "no speed-up (all runs diverged/failed)"
+        right.annotate(f"{a}: {why}", (0.02, 0.04 + 0.06 * i), xycoords="axes fraction", fontsize=8, color=colors[a])
     right.legend(frameon=False, fontsize=8, loc="upper right")
     seeds = res.seeds
     fig.suptitle(f"{res.preset}: {_loss_name(res.metric)}, mean ± std over "
-                 f"{seeds} paired seed{'s' * (seeds > 1)}", fontsize=11)
+                 f"{seeds} paired seed{'s' * (seeds > 1)}" + (f"\n{note}" if note else ""), fontsize=11)
     return plots._save(fig, path)
 
 

@@ -339,7 +339,7 @@ def _plot(res: ZooResult) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, axes = plt.subplots(1, len(res.tasks), figsize=(6 * len(res.tasks), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(res.tasks), figsize=(6 * len(res.tasks), 4.5), squeeze=False, layout="constrained")
     for ax, t in zip(axes[0], res.tasks):
         for s in res.strategies:
             curves = [eval_curve(Path(d), "accuracy") for d in res.cell(s, t).runs]
@@ -353,8 +353,10 @@ def _plot(res: ZooResult) -> Path | None:
         ax.set_ylabel("test accuracy")
         lo = min((c.accuracy_mean for c in res.cells if c.task == t and c.accuracy_mean is not None), default=0.0)
         ax.set_ylim(max(0.0, lo - 0.1), 1.0)
-    if axes[0][-1].get_legend_handles_labels()[0]:  # no curves when the runs' folders are gone
-        axes[0][-1].legend(fontsize=6, ncol=2, loc="lower right")
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    if handles:  # no curves when the runs' folders are gone
+        # Under the panels, not over any of them: two dozen strategies cover a panel's curves.
+        fig.legend(handles, labels, fontsize=7, ncol=min(6, len(labels)), loc="outside lower center", frameon=False)
     return _save(fig, res.out / "zoo_curves.png", dpi=110)
 
 

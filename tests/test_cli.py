@@ -77,16 +77,46 @@ def test_plot_plan_writes_a_png(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_runs_both_plans_and_reports(tmp_path, corpus_dir):
+def test_demo_prints_falling_losses_the_verdict_and_says_its_eta_is_untuned_off_its_setting(tmp_path, corpus_dir):
     pytest.importorskip("matplotlib")
-    r = rlrs("demo", "--out", str(tmp_path / "demo"), "--steps", "12", "--workers", "1",
+    import json
+    import re
+
+    r = rlrs("demo", "--out", str(tmp_path / "demo"), "--steps", "30", "--workers", "1",
              "--set", f"data.corpus={corpus_dir / 'docs'}", "--set", f"data.cache_dir={corpus_dir / 'cache'}",
              "--set", "data.tokenizer=bytes", "--set", "model.d_model=32", "--set", "model.n_heads=2",
              "--set", "model.n_layers=1", "--set", "train.batch_size=4", "--set", "model.seq_len=32")
     assert r.returncode == 0, r.stderr
-    assert "uniform" in r.stdout and "paper-moe" in r.stdout and "final eval loss" in r.stdout
-    for name in ("eval_loss.png", "lr_paper-moe.png", "uniform/metrics.jsonl", "paper-moe/summary.json"):
-        assert (tmp_path / "demo" / name).exists(), name
+    out = r.stdout
+    # Progress: both arms' eval loss at every 10% of training, read from the runs' logs.
+    rows = [line.split() for line in out.splitlines() if re.match(r"\s+\d+/30\s", line)]
+    assert [row[0] for row in rows][:2] == ["0/30", "3/30"] and len(rows) >= 9, out
+    uniform = [float(row[1]) for row in rows]
+    assert uniform[-1] < uniform[0]  # it learns
+    # Off the tuned setting (other steps, --set model.*): said plainly, in the output and the report.
+    assert "η_base NOT tuned for this setting (30 steps; --set " in out
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert report.startswith("**rlrs demo**: one seed; η_base NOT tuned")
+    results = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert {a: e["base_lr"] for a, e in results["arms"].items()} == {"uniform-moe": 3e-3, "paper-moe": 3e-3}
+    # The verdict is compare's, whatever it is: a speed-up only where one was measured.
+    verdict = next(line for line in out.splitlines() if line.startswith("paper-moe: "))
+    assert re.match(r"paper-moe: (speed-up [+-]|no measurable difference|no speed-up|no difference)", verdict), verdict
+    assert "final eval loss" in out and "speed-up plot: " in out
+    assert (tmp_path / "demo" / "loss.png").stat().st_size > 10_000
+
+
+def test_demo_uses_its_tuned_eta_only_on_the_setting_it_was_tuned_on():
+    from rlrs.demo import PRESET, TUNED, stored_tuning
+
+    assert stored_tuning(PRESET, None, {}).base_lrs == TUNED and stored_tuning(PRESET, None, {}).tuned
+    # Settings that change nothing the runs learn keep it; the preset's own length is its default.
+    assert stored_tuning(PRESET, 327, {"train.threads": 2, "train.eval_interval": 0.01}).tuned
+    for preset, steps, sets, why in ((PRESET, 100, {}, "100 steps"),
+                                     ("micro-moe", None, {}, "preset micro-moe, tuned on ladder-xs-moe"),
+                                     (PRESET, None, {"train.batch_size": 8}, "--set train.batch_size")):
+        t = stored_tuning(preset, steps, sets)
+        assert not t.tuned and t.base_lrs is None and why in t.note and "NOT tuned" in t.note, t
 
 
 def test_plot_plan_draws_the_models_own_components_on_a_log_axis(tmp_path, monkeypatch):
@@ -105,3 +135,17 @@ def test_plot_plan_draws_the_models_own_components_on_a_log_axis(tmp_path, monke
                  "--out", str(tmp_path)]) == 0
     assert drawn == {"components": ("embedding", "unembedding", "attention", "feedforward", "other"), "log": True}
     assert (tmp_path / "lr_paper-dense.png").stat().st_size > 10_000
+
+
+def test_demo_tune_uses_the_grids_best_and_says_where_it_is_not_tuned():
+    from types import SimpleNamespace
+
+    from rlrs.demo import grid_tuning
+
+    inside = SimpleNamespace(arms={"uniform-moe": 0, "paper-moe": 0}, best={"uniform-moe": 1e-2, "paper-moe": 2e-2},
+                             edge={"uniform-moe": None, "paper-moe": None})
+    t = grid_tuning(inside)
+    assert t.tuned and t.base_lrs == {"uniform-moe": 1e-2, "paper-moe": 2e-2} and "uniform-moe 0.01, paper-moe 0.02" in t.note
+    edge = SimpleNamespace(arms=inside.arms, best={"uniform-moe": 1e-2}, edge={"uniform-moe": "high", "paper-moe": None})
+    t = grid_tuning(edge)
+    assert not t.tuned and "paper-moe: every value diverged" in t.note and "uniform-moe: at the high edge" in t.note

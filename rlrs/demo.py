@@ -1,0 +1,273 @@
+"""``rlrs demo``: the first three minutes. A small compare that 2 CPU cores finish in under three
+minutes (2 min 16 s on a busy machine, BENCHMARKS.md): the uniform baseline against the paper's
+MoE plan (Ludziejewski et al., 2025, arXiv 2507.03526, table 4) on ``ladder-xs-moe`` (33k active
+non-embedding parameters, 8 experts, trained to 20 tokens per parameter as in the paper), one
+seed, the loss at every 2% of training.
+
+    >>> from rlrs.demo import demo
+    >>> res = demo("runs/demo")                 # doctest: +SKIP
+    >>> res.tuned, res.compare.lines()[0]       # doctest: +SKIP
+    (True, "paper-moe: speed-up +33.5%: reaches the baseline's final eval loss 3.6336 at step 245 ...")
+
+or ``rlrs demo``. While the runs train it prints both eval losses at every 10% of training; then
+the speed-up (appendix A's metric, :mod:`rlrs.compare`), ``loss.png`` (the speed-up figure) and
+the rest of compare's report in ``out``.
+
+**Honest η_base.** The paper tunes η_base separately for each plan, and so does the demo: on its
+own setting each arm trains at the best value of its ``rlrs lr-grid`` (:data:`TUNED`). A setting
+the grid did not cover (another ``steps``, a ``--set`` that changes training, another preset)
+trains at the plans' own η_base, and the output, the figure and ``report.md`` say that it was not
+tuned; ``tune=True`` (``--tune``) runs the grid for the setting first (several minutes).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from . import compare as _compare
+from . import reporting
+from .config import ConfigError
+from .files import atomic_write_text
+from .runlog import read_log
+
+PRESET = "ladder-xs-moe"
+PLANS = ("uniform-moe", "paper-moe")
+# Each plan's best η_base in `rlrs lr-grid` on ladder-xs-moe at its own 327 steps (the grid grew
+# until the best lay inside; BENCHMARKS.md, the evidence ladder, whose 3-seed compare at these
+# values measured paper-moe +37.4% [+37.4%, +46.0%]).
+TUNED = {"uniform-moe": 1e-2, "paper-moe": 2e-2}
+# Settings that do not change what a run learns, so they keep the tuned values valid.
+NEUTRAL_SETS = ("train.threads", "train.eval_interval", "data.cache_dir")
+REPORT_EVERY = 0.1  # a progress line at every 10% of training
+# The loss at every 2% of training, not compare's 1%: on this model an evaluation costs several
+# training steps, and 100 of them would take half the run (measured: 75 s against 52 s a run at 2.5%).
+EVAL_INTERVAL = 0.02
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Each arm's η_base and whether it was tuned for this setting, in one sentence (``note``)."""
+
+    base_lrs: Mapping[str, float] | None  # None: each plan's own η_base
+    tuned: bool
+    note: str
+
+
+@dataclass
+class DemoResult:
+    """What :func:`demo` found: the compare (speed-up, verdict, files) and how η_base was chosen."""
+
+    compare: _compare.CompareResult
+    tuning: Tuning
+    figure: Path
+
+    @property
+    def tuned(self) -> bool:
+        return self.tuning.tuned
+
+
+def stored_tuning(preset: str, steps: int | None, sets: Mapping[str, Any]) -> Tuning:
+    """The η_base of :data:`TUNED` where the demo runs the setting it was tuned on; otherwise each
+    plan's own η_base, said to be untuned.
+
+    >>> stored_tuning("ladder-xs-moe", None, {}).tuned
+    True
+    >>> stored_tuning("ladder-xs-moe", 100, {}).note
+    'η_base NOT tuned for this setting (100 steps): each plan at its own η_base; --tune tunes it (an lr-grid, several minutes)'
+    """
+    changed = [k for k in sets if k not in NEUTRAL_SETS]
+    why = []
+    if preset != PRESET:
+        why.append(f"preset {preset}, tuned on {PRESET}")
+    if steps is not None and steps != _default_steps(preset):
+        why.append(f"{steps} steps")
+    if changed:
+        why.append("--set " + ", ".join(changed))
+    if why:
+        return Tuning(None, False, f"η_base NOT tuned for this setting ({'; '.join(why)}): each plan at its own "
+                                   "η_base; --tune tunes it (an lr-grid, several minutes)")
+    lrs = ", ".join(f"{arm} {lr:g}" for arm, lr in TUNED.items())
+    return Tuning(dict(TUNED), True, f"η_base tuned per plan: {lrs} (the best of an lr-grid on this setting)")
+
+
+def _default_steps(preset: str) -> int:
+    from .train import run_config, total_steps
+
+    return total_steps(run_config(preset))
+
+
+def grid_tuning(grid: _compare.GridResult) -> Tuning:
+    """Each arm at the best η_base of ``grid``; untuned where an arm's best sits at an edge of
+    its grid or every value diverged."""
+    bad = [f"{arm}: every value diverged" for arm in grid.arms if arm not in grid.best]
+    bad += [f"{arm}: at the {edge} edge of its grid" for arm, edge in grid.edge.items() if edge and arm in grid.best]
+    lrs = ", ".join(f"{arm} {lr:g}" for arm, lr in grid.best.items())
+    if bad:
+        return Tuning(dict(grid.best), False, f"η_base NOT fully tuned ({'; '.join(bad)}): {lrs}")
+    return Tuning(dict(grid.best), True, f"η_base tuned per plan: {lrs} (the best of the lr-grid just run)")
+
+
+def demo(
+    out: str | Path = "runs/demo",
+    *,
+    steps: int | None = None,
+    sets: Mapping[str, Any] | None = None,
+    tune: bool = False,
+    workers: int | None = 2,
+    preset: str = PRESET,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    executor=None,
+) -> DemoResult:
+    """Train :data:`PLANS` on ``preset`` (one seed) and measure the speed-up; print the eval losses
+    while they train (``progress``). ``steps``: the length (default: the preset's 20 tokens per
+    parameter); ``sets``: settings of both runs; ``tune``: run an lr-grid first."""
+    out = Path(out)
+    sets = dict(sets or {})
+    if steps is not None:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+            raise ConfigError(f"steps: at least 2, got {steps!r}; or leave it out for the preset's own length")
+        sets["train.steps"] = steps
+    sets.setdefault("train.eval_interval", EVAL_INTERVAL)
+    total = _prepare_data(preset, sets)
+    t0 = time.perf_counter()
+    if tune:
+        log(f"rlrs demo: tuning η_base first: rlrs lr-grid on {preset} ({', '.join(PLANS)}), several minutes")
+        grid = _compare.lr_grid(preset, PLANS, out, points=3, sets=sets, workers=workers, log=log, executor=executor)
+        tuning = grid_tuning(grid)
+    else:
+        tuning = stored_tuning(preset, steps, {k: v for k, v in sets.items() if k != "train.steps"})
+    dirs = _compare.run_dirs(preset, PLANS, 1, out, sets=sets, base_lrs=tuning.base_lrs)
+    log(tuning.note)
+    watch = _Watch(dirs, total, log, t0) if progress else None
+    try:
+        res = _compare.compare(preset, PLANS, seeds=1, out=out, sets=sets, base_lrs=tuning.base_lrs, workers=workers,
+                               log=log, command=None, executor=executor,
+                               progress=False)
+    finally:
+        if watch is not None:
+            watch.stop()
+    figure = reporting.plot_speedup(res, out / "loss.png", note=tuning.note)
+    report = out / "report.md"
+    if report.exists():
+        atomic_write_text(report, f"**rlrs demo**: one seed; {tuning.note}.\n\n" + report.read_text())
+    return DemoResult(res, tuning, figure)
+
+
+def _prepare_data(preset: str, sets: Mapping[str, Any]) -> int:
+    """Tokenize the corpus once here (two runs starting at once on a fresh cache would each build
+    it); returns the runs' length in steps."""
+    from . import data
+    from .train import run_config, total_steps
+
+    cfg = run_config(preset, None, sets=sets)
+    data.prepare(cfg.data)
+    return total_steps(cfg)
+
+
+class _Watch:
+    """Prints every arm's eval loss at each 10% of training, read from the runs' logs while they
+    train (the runs live in other processes)."""
+
+    def __init__(self, dirs: Mapping[tuple[str, int], Path], total: int, log: Callable[[str], None], t0: float):
+        self.dirs, self.total, self.log, self.t0 = dirs, total, log, t0
+        self.arms = [arm for arm, _ in dirs]
+        self.width = max(len(a) for a in self.arms)
+        self.done: set[int] = set()
+        self.header = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.poll()  # the points of runs that ended between two looks
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.5):
+            self.poll()
+
+    def poll(self) -> None:
+        curves = {}
+        total = self.total
+        for (arm, _seed), d in self.dirs.items():
+            steps, losses = read_log(d).eval_curve()
+            curves[arm] = dict(zip(steps, losses))
+        for k in range(int(round(1 / REPORT_EVERY)) + 1):
+            if k in self.done:
+                continue
+            at = k * REPORT_EVERY * total
+            first = [min((s for s in c if s >= at), default=None) for c in curves.values()]
+            if any(s is None for s in first):
+                return
+            step = first[0]
+            if k == int(round(1 / REPORT_EVERY)) or any(s != step or step not in c for s, c in zip(first, curves.values())):
+                self.done.add(k)  # the final losses come with the result; a mismatch shows nothing
+                continue
+            if not self.header:
+                self.log(f"  {'step':>9}   eval loss:  " + "  ".join(f"{a:>{self.width}}" for a in self.arms))
+                self.header = True
+            losses = "  ".join(f"{curves[a][step]:>{self.width}.4f}" for a in self.arms)
+            self.log(f"  {step:>4}/{total:<4}               {losses}   ({time.perf_counter() - self.t0:.0f} s)")
+            self.done.add(k)
+
+
+# --- command line -----------------------------------------------------------------------------------
+
+
+def add_commands(sub) -> None:
+    """Register ``rlrs demo``."""
+    from .options import add_executor_args, default_of
+
+    p = sub.add_parser(
+        "demo", help=f"the first three minutes: {PLANS[0]} against {PLANS[1]} on {PRESET}, the speed-up and its plot",
+        description=f"Train {PRESET} on Shakespeare with the uniform baseline and the paper's MoE plan (one seed, "
+                    "each at its own tuned η_base), print both eval losses as they train, then the paper's speed-up; "
+                    "writes loss.png (the speed-up plot), report.md and results.json into --out. Under three "
+                    "minutes on 2 CPU cores.")
+    p.add_argument("--out", default=default_of(demo, "out"), help=f"output directory (default: {default_of(demo, 'out')})")
+    p.add_argument("--steps", type=int, default=None,
+                   help="steps per plan (default: the preset's own length, 20 tokens per parameter); another length "
+                        "trains at untuned η_base unless --tune")
+    p.add_argument("--tune", action="store_true",
+                   help="tune each plan's η_base for this setting first (rlrs lr-grid, 3 values and more at an edge; "
+                        "several minutes)")
+    p.add_argument("--workers", type=int, default=default_of(demo, "workers"),
+                   help=f"runs in parallel (default: {default_of(demo, 'workers')})")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting of both runs")
+    p.add_argument("--no-progress", action="store_true", help="no eval-loss lines while the runs train")
+    add_executor_args(p)
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    from .engine import reason_line
+    from .options import executor_from_args, parse_sets
+
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    with executor_from_args(args, out / "slurm") as ex:
+        res = demo(out, steps=args.steps, sets=parse_sets(args.set), tune=args.tune, workers=args.workers,
+                   progress=not args.no_progress, executor=ex)
+    c = res.compare
+    print()
+    base = c.arms[c.baseline]
+    for arm in c.arms.values():
+        if arm.final_loss is None:
+            continue
+        diff = "" if arm is base or base.final_loss is None else f"  ({arm.final_loss.mean - base.final_loss.mean:+.4f})"
+        print(f"{arm.name:>12}  final eval loss {arm.final_loss.mean:.4f}{diff}")
+    for line in c.lines():
+        print(line)
+    for r in c.runs:
+        if r.status != "finished":
+            print(f"{r.arm}: {r.status}: {reason_line(r.status, r.error)}")
+    print(res.tuning.note)
+    print(f"One seed shows the effect; `rlrs compare --preset {c.preset} --seeds 3` measures it with an interval over seeds.")
+    print(f"speed-up plot: {res.figure}   report: {out / 'report.md'}   ({time.perf_counter() - t0:.0f} s)")
+    return 0 if all(r.status == "finished" for r in c.runs) else 1
