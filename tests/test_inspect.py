@@ -1,4 +1,4 @@
-"""``rlrs inspect`` and ``rlrs.inspect`` on every kind of model: a preset, a Hugging Face config or
+"""``rlrs inspect`` and ``rlrs.inspect`` on every kind of model: one of rlrs's model sizes, a Hugging Face config or
 model directory, the user's own ``MODULE:ATTR``, and an ``nn.Module`` in Python; which schedule a
 tied tensor follows (what ``rlrs.param_groups`` gives it); and a clear error for every bad input."""
 
@@ -248,7 +248,7 @@ def test_library_inspect_errors_name_the_argument():
         with pytest.raises(ConfigError) as err:
             rlrs.inspect(model, "paper-dense", quiet=True, **kwargs)
         assert words in str(err.value), str(err.value)
-    with pytest.raises(ConfigError, match="model: an nn.Module, or a preset"):
+    with pytest.raises(ConfigError, match="model: an nn.Module, or a model size"):
         rlrs.inspect(42, "paper-dense")
 
 
@@ -267,7 +267,7 @@ def test_inspect_a_model_directory_exits_0(tmp_path, capsys):
     assert "error" not in captured.err
     assert _row(captured.out, "embedding+unembedding (tied)")[2:4] == ["1", "1,024"]
     assert "plan paper-dense: LR per component (100 steps)" in captured.out
-    assert "active_non_embedding" not in captured.out  # the parameter counts are a preset's
+    assert "active_non_embedding" not in captured.out  # the parameter counts are a model size's
     assert main(["inspect", str(d), "--set", "plan.tied=embedding", "--steps", "100"]) == 0
     assert _row(capsys.readouterr().out, "embedding+unembedding (tied)")[-1] == "embedding"
 
