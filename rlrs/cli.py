@@ -69,7 +69,7 @@ def cmd_train(args) -> int:
         if trainer.step:
             print(f"resuming {cfg.preset} at step {trainer.step}/{trainer.total_steps} -> {out}")
         else:
-            print(f"training {cfg.preset} with plan {args.plan or '(the model size default)'}: {trainer.total_steps} steps -> {out}")
+            print(f"training {cfg.preset} with plan {args.plan or '(the paper plan for the model)'}: {trainer.total_steps} steps -> {out}")
         result = trainer.run(stop_at=args.stop_at)
     loss = "none yet" if result.final_eval_loss is None else f"{result.final_eval_loss:.4f}"
     if result.already_done:

@@ -33,7 +33,7 @@ def as_plan(plan: Plan | str) -> Plan:
         return plan
     if isinstance(plan, (str, os.PathLike)):
         return presets.resolve(str(plan))
-    raise ConfigError(f"plan: expected a Plan, a preset name or a plan file, got {type(plan).__name__}")
+    raise ConfigError(f"plan: expected a Plan, a named plan or a plan file, got {type(plan).__name__}")
 
 
 def assign_components(

@@ -201,7 +201,7 @@ def add_target_args(p: argparse.ArgumentParser, commands: bool = True, steps: in
     if commands:
         p.add_argument("--command", default=None, metavar="CMD", help=HELP["--command"])
         add_renamed(p, "--target-command", "--command", "command")
-        p.add_argument("--cwd", default=".", help=_help("--cwd", "the current one"))
+        p.add_argument("--cwd", default=default_of(CommandTarget, "cwd"), help=_help("--cwd", "the current one"))
     add_steps_arg(p, steps, steps_shown)
     p.add_argument("--config", default=None, metavar="FILE", help=HELP["--config"])
     add_set_arg(p)

@@ -133,7 +133,7 @@ def _api_defaults() -> dict[tuple[str, str], object]:
     }
     for name in COMMANDS:  # --cwd's "." is the current directory, shown in words
         if "--cwd" in _flags(COMMANDS[name]):
-            d[(name, "cwd")] = "."
+            d[(name, "cwd")] = default_of(CommandTarget, "cwd")
     return d
 
 

@@ -148,8 +148,8 @@ def add_commands(sub) -> None:
             "OUT/search.json, runs/ and study.db."
         ),
     )
-    add_target_args(p, steps_shown=f"{default_of(TuneSpec.create, 'steps')} for a model size, none for --command "
-                                   "(give it for --prune)")
+    add_target_args(p, steps_shown=f"{default_of(TuneSpec.create, 'steps')} for a model size; none for --command, "
+                                   "where --prune needs it")
     add_plan_arg(p, shown="the paper's plan for the model: paper-moe for a MoE model, else paper-dense")
     p.add_argument("--budget", type=int, default=None, help="most points evaluated, over all workers (a rerun with a larger one extends the search)")
     add_out_arg(p, required=True)
