@@ -238,7 +238,7 @@ def add_out_arg(p: argparse.ArgumentParser, default: str | None = None, shown: s
 def add_grid_args(p: argparse.ArgumentParser, extend: int) -> None:
     """``--grid`` and ``--extend`` (``extend``: the API's default)."""
     p.add_argument("--grid", default=None, metavar="LR,LR,...",
-                   help=_help("--grid", "5 values around each plan's η_base"))
+                   help=_help("--grid", "values of the {1,2,5}x10^-n ladder around each plan's η_base"))
     p.add_argument("--extend", type=int, default=extend, metavar="N", help=_help("--extend", extend))
 
 
