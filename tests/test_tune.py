@@ -550,7 +550,8 @@ def test_tune_help_shows_the_steps_placeholder_as_the_command_writes_it(capsys):
     with pytest.raises(SystemExit):
         main(["tune", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "RLRS_STEPS / {steps}" in text and "{{steps}}" not in text
+    assert "RLRS_STEPS (--steps) set; {plan} {run_dir} {seed} {steps} in CMD are replaced" in text
+    assert "{{steps}}" not in text
 
 
 class _Restarting(SyntheticObjective):
