@@ -386,7 +386,7 @@ def add_commands(sub) -> None:
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: each task's own)")
     add_workers_arg(p)
     add_executor_args(p)
-    add_out_arg(p, shown="none")
+    add_out_arg(p, shown="none; needed to train or to merge")
     p.add_argument("--merge", nargs="+", default=None, metavar="RESULTS_JSON",
                    help="instead of training: merge zoo results.json files of different tasks into one report in --out")
     p.set_defaults(func=cmd_zoo)
