@@ -39,7 +39,7 @@ from rlrs import presets
 from rlrs.compare import compare, lr_grid
 from rlrs.config import json_safe
 from rlrs.files import atomic_write_text
-from rlrs.models import LADDER, count_params, get_preset
+from rlrs.models import LADDER, count_params, get_size
 from rlrs.plan import Plan
 from rlrs.train import RunConfig
 
@@ -61,7 +61,7 @@ def rung_preset(family: str, rung: str) -> str:
 
 
 def active_params(preset: str) -> int:
-    return count_params(get_preset(preset))["active_non_embedding"]
+    return count_params(get_size(preset))["active_non_embedding"]
 
 
 def tuned_plan(family: str, out: Path) -> Path | None:

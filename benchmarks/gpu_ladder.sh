@@ -71,7 +71,7 @@ if [ "${PART:-ladder}" = width ]; then
   # 8x wider, 64x its hidden-matrix parameters), the two variants that part ways most (sp,
   # mup-iwd) with the paper's dense plan, two seeds, fp32 like the CPU study.
   stamp "width transfer: ladder-xs-dense at widths 64..512, sp and mup-iwd"
-  timeout "$(left)" $PY -m rlrs width-transfer --preset ladder-xs-dense --widths 64,128,256,512 \
+  timeout "$(left)" $PY -m rlrs width-transfer --model ladder-xs-dense --widths 64,128,256,512 \
     --variants sp,mup-iwd --plans paper-dense --grid 5e-3,1e-2,2e-2 --extend 2 --seeds 2 --iwd 5e-3 \
     --set train.steps=1000 --set plan.weight_decay=0.5 --set train.eval_interval=0.05 $WIDTH \
     --workers "$WORKERS_WIDTH" --out "$EV/width" > "$OUT/width.log" 2>&1 || echo "width transfer: stopped (see width.log)"

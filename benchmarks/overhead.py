@@ -20,7 +20,7 @@ import time
 import torch
 
 import rlrs
-from rlrs.models import build_model, count_params, get_preset
+from rlrs.models import build_model, count_params, get_size
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = dataclasses.replace(get_preset("micro-dense"), vocab_size=257)
+    cfg = dataclasses.replace(get_size("micro-dense"), vocab_size=257)
     model_a = build_model(cfg)
     model_b = copy.deepcopy(model_a)
     plan = rlrs.presets.get("paper-dense")

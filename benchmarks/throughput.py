@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlrs.models import build_model, count_params, get_preset
+from rlrs.models import build_model, count_params, get_size
 
 
 class MiniBlock(nn.Module):
@@ -108,8 +108,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    dense_cfg = dataclasses.replace(get_preset("micro-dense"), vocab_size=args.vocab)
-    moe_cfg = dataclasses.replace(get_preset("micro-moe"), vocab_size=args.vocab)
+    dense_cfg = dataclasses.replace(get_size("micro-dense"), vocab_size=args.vocab)
+    moe_cfg = dataclasses.replace(get_size("micro-moe"), vocab_size=args.vocab)
     seq = dense_cfg.seq_len
     dense = build_model(dense_cfg)
     mini = MiniGPT(args.vocab, dense_cfg.d_model, dense_cfg.n_layers, dense_cfg.n_heads, seq)

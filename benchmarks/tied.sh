@@ -32,6 +32,6 @@ stage() {  # stage NAME ARGS...: the grid, then compare at each arm's best η_ba
   cp "$OUT/$name"/{grid.json,grid.md,results.json,report.md,loss.png,lr_grid.png} "$KEEP/$name/" 2>/dev/null || true
   pack_runs "$OUT" "$ARCHIVE"
 }
-stage rlrs-gpt --preset ladder-xs-dense --set model.tie_embeddings=true --set train.steps=650
+stage rlrs-gpt --model ladder-xs-dense --set model.tie_embeddings=true --set train.steps=650
 stage hf-gpt2 --command "python $PWD/benchmarks/tied_gpt2.py" --steps 650
 echo "== $(date +%H:%M:%S) done"

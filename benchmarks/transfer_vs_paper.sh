@@ -14,8 +14,8 @@ arm3() {
   local plans="$OUT/transfer-$kind/plans/uniform.toml,$OUT/tune-$kind/tuned.toml,paper-$kind"
   mkdir -p "$x"
   [ -d "$x/runs" ] || cp -al "$OUT/transfer-$kind/runs" "$x/runs"
-  rlrs lr-grid --preset "small-$kind" --plans "$plans" --grid "$grid" "${SET[@]}" --workers 1 --out "$x"
-  rlrs compare --preset "small-$kind" --plans "$plans" --seeds 2 --base-lrs-from "$x/grid.json" "${SET[@]}" --workers 1 --out "$x"
+  rlrs lr-grid --model "small-$kind" --plans "$plans" --grid "$grid" "${SET[@]}" --workers 1 --out "$x"
+  rlrs compare --model "small-$kind" --plans "$plans" --seeds 2 --base-lrs-from "$x/grid.json" "${SET[@]}" --workers 1 --out "$x"
   echo "small-$kind three arms wall: $((SECONDS - t0)) s"
 }
 pin() { taskset -pc "$1" "$BASHPID" > /dev/null 2>&1 || true; }  # children inherit it

@@ -15,13 +15,13 @@ stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
 timed() { local t0=$SECONDS; "$@"; echo "wall: $((SECONDS - t0)) s"; }
 
 stamp "tune micro-moe"
-timed rlrs tune --preset micro-moe --budget "$BUDGET" --steps "$TUNE_STEPS" "${TUNE_SET[@]}" --workers 2 --out "$OUT/tune-moe"
+timed rlrs tune --model micro-moe --budget "$BUDGET" --steps "$TUNE_STEPS" "${TUNE_SET[@]}" --workers 2 --out "$OUT/tune-moe"
 stamp "tune micro-moe --prune"
-timed rlrs tune --preset micro-moe --budget "$BUDGET" --steps "$TUNE_STEPS" "${TUNE_SET[@]}" --workers 2 --prune --out "$OUT/tune-moe-prune"
+timed rlrs tune --model micro-moe --budget "$BUDGET" --steps "$TUNE_STEPS" "${TUNE_SET[@]}" --workers 2 --prune --out "$OUT/tune-moe-prune"
 stamp "transfer micro-moe -> small-moe"
-timed rlrs transfer --plan "$OUT/tune-moe/tuned.toml" --preset small-moe --grid 1e-3,2e-3,5e-3 --seeds 2 "${TRANSFER_SET[@]}" --workers 2 --out "$OUT/transfer-moe"
+timed rlrs transfer --plan "$OUT/tune-moe/tuned.toml" --model small-moe --grid 1e-3,2e-3,5e-3 --seeds 2 "${TRANSFER_SET[@]}" --workers 2 --out "$OUT/transfer-moe"
 stamp "tune micro-dense"
-timed rlrs tune --preset micro-dense --budget "$BUDGET" --steps "$TUNE_STEPS" "${TUNE_SET[@]}" --workers 2 --out "$OUT/tune-dense"
+timed rlrs tune --model micro-dense --budget "$BUDGET" --steps "$TUNE_STEPS" "${TUNE_SET[@]}" --workers 2 --out "$OUT/tune-dense"
 stamp "transfer micro-dense -> small-dense"
-timed rlrs transfer --plan "$OUT/tune-dense/tuned.toml" --preset small-dense --grid 1e-3,2e-3,5e-3 --seeds 2 "${TRANSFER_SET[@]}" --workers 2 --out "$OUT/transfer-dense"
+timed rlrs transfer --plan "$OUT/tune-dense/tuned.toml" --model small-dense --grid 1e-3,2e-3,5e-3 --seeds 2 "${TRANSFER_SET[@]}" --workers 2 --out "$OUT/transfer-dense"
 stamp "done"

@@ -33,7 +33,7 @@ source benchmarks/archive.sh
 unpack_runs "$OUT" "$RESULTS/runs.tar.xz"
 start_packer "$OUT" "$RESULTS/runs.tar.xz"
 study() {  # study PHASE VARIANTS PLANS
-  python -m rlrs width-transfer --preset ladder-xs-dense --widths 16,32,48,64 \
+  python -m rlrs width-transfer --model ladder-xs-dense --widths 16,32,48,64 \
     --variants "$2" --plans "$3" --grid 5e-3,1e-2,2e-2 --extend 3 --seeds 2 --iwd 5e-3 \
     --set train.steps=1000 --set plan.weight_decay=0.5 --set train.eval_interval=0.05 \
     --set train.threads=1 --workers 2 --out "$OUT"

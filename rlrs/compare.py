@@ -7,8 +7,8 @@
     >>> print(res.lines()[0])                                                          # doctest: +SKIP
     paper-moe: speed-up +22.8% ...
 
-or ``rlrs lr-grid --preset micro-moe --plans uniform-moe,paper-moe --out runs/bench`` then
-``rlrs compare --preset micro-moe --plans uniform-moe,paper-moe --seeds 3 --out runs/bench
+or ``rlrs lr-grid --model micro-moe --plans uniform-moe,paper-moe --out runs/bench`` then
+``rlrs compare --model micro-moe --plans uniform-moe,paper-moe --seeds 3 --out runs/bench
 --base-lrs-from runs/bench/grid.json`` (one ``--out`` for both lets compare reuse the grid's runs).
 
 **The speed-up.** Every arm trains each seed ``i`` with ``train.seed = train.data_seed = i``, so
@@ -59,8 +59,9 @@ from .analysis import (Difference, Interval, RouterCurve, RouterHealth, RunLogs,
 from .config import ConfigError
 from .engine import (Job, PresetRun, RunResult, RunSpec, reason_line, run_all,
                      run_dir)
-from .options import (add_executor_args, add_target_args, add_workers_arg, check_workers, command_line, default_of,
-                      executor_from_args, parse_grid, parse_plans, parse_sets, target_from_args)
+from .options import (add_executor_args, add_grid_args, add_out_arg, add_plans_arg, add_seeds_arg, add_target_args,
+                      add_workers_arg, check_workers, command_line, default_of, executor_from_args, parse_grid,
+                      parse_plans, sets_from_args, target_from_args)
 from .plan import Plan
 from .targets import CommandTarget, PresetTarget, Target
 from .train import RunConfig
@@ -74,7 +75,7 @@ MAX_POINTS = 15  # a default η_base grid spans at most five decades of the {1, 
 
 
 def arm_name(spec: str) -> str:
-    """An arm's name: the plan preset's name, or a plan file's stem (``plans/mine.toml`` → ``mine``)."""
+    """An arm's name: the named plan's name, or a plan file's stem (``plans/mine.toml`` → ``mine``)."""
     return Path(spec).stem if spec.endswith((".toml", ".json")) else spec
 
 
@@ -308,7 +309,7 @@ class CompareResult:
     eval_interval: float | None  # None: a command's script chooses its eval points
     sets: dict[str, Any]
     components: list[str]
-    plans: dict[str, str]  # arm -> the plan preset or file it came from
+    plans: dict[str, str]  # arm -> the named plan or plan file it came from
     arms: dict[str, ArmResult]  # the baseline first
     runs: list[RunInfo]
     wall_s: float = 0.0  # this command: training (new runs only) and analysis
@@ -419,7 +420,7 @@ def compare(
     target: str | Target,
     plans: Sequence[str],
     seeds: int = 3,
-    out: str | Path = "runs/compare",
+    out: str | Path | None = None,
     *,
     sets: Mapping[str, Any] | None = None,
     base_lrs: Mapping[str, float] | None = None,
@@ -432,7 +433,8 @@ def compare(
     executor=None,
 ) -> CompareResult:
     """Train every plan with ``seeds`` paired seeds and measure the paper's speed-up of each plan
-    over the first (the baseline). Writes ``results.json``, ``report.md`` and PNGs into ``out``.
+    over the first (the baseline). Writes ``results.json``, ``report.md`` and PNGs into ``out``
+    (default: :func:`default_out`, ``runs/compare-NAME``, as ``rlrs compare``).
 
     ``target`` is a preset name, a :class:`~rlrs.targets.PresetTarget` or the user's own command
     (:class:`~rlrs.targets.CommandTarget`). ``base_lrs`` maps arm names to their η_base (e.g.
@@ -451,7 +453,7 @@ def compare(
     arms = _arms(plans, need=2)
     sets = _check_common(seeds, sets, workers)
     lrs = _check_base_lrs(base_lrs, [a for a, _ in arms])
-    out = Path(out)
+    out = default_out("compare", target) if out is None else Path(out)
     specs = _compare_specs(target, arms, seeds, sets, lrs, out)
     length = specs[0].run.total_steps
     log(f"rlrs compare: {preset}, plans {', '.join(a for a, _ in arms)} (baseline {arms[0][0]}), "
@@ -694,7 +696,7 @@ class GridResult:
     target: dict[str, Any]
     command: str
     seeds: int
-    plans: dict[str, str]  # arm -> plan preset or file
+    plans: dict[str, str]  # arm -> named plan or plan file
     arms: dict[str, GridArm]
     wall_s: float = 0.0
     files: list[Path] = field(default_factory=list)
@@ -828,12 +830,17 @@ def load_grid(path: str | Path) -> dict[str, float]:
 # --- command line -----------------------------------------------------------------------------------
 
 
-def _common_args(p, out_help: str) -> None:
+def default_out(command: str, target: Target) -> Path:
+    """Where ``command`` (``compare``, ``lr-grid``) writes when no ``out`` is given:
+    ``runs/COMMAND-NAME``, NAME the model size (or ``command`` for a ``--command``)."""
+    return Path(f"runs/{command}-{target.name}")
+
+
+def _common_args(p, command: str) -> None:
     add_target_args(p)
-    p.add_argument("--plans", default=None,
-                   help="comma-separated plans (presets or plan files), baseline first (default: uniform-moe,paper-moe "
-                        "for MoE presets, uniform-dense,paper-dense for dense presets and for --command)")
-    p.add_argument("--out", default=None, help=out_help)
+    add_plans_arg(p)
+    add_out_arg(p, shown=f"runs/{command}-MODEL, MODEL the model size or `command`; runs go under OUT/runs and "
+                         "are reused")
     add_workers_arg(p)
     add_executor_args(p)
 
@@ -844,13 +851,12 @@ def add_commands(sub) -> None:
         "compare", help="the paper's speed-up of relative plans over a baseline, over paired seeds",
         description="Train each plan with each seed (seed i of every arm uses data seed i), then measure "
                     "the paper's speed-up of every plan over the first: (T_base / T_relative - 1) x 100%. "
-                    "Trains a preset, or your own script with --command. "
+                    "Trains one of rlrs's model sizes, or your own script with --command. "
                     "Writes results.json, report.md and PNG plots into --out. Exit status 1 if a run crashed.")
-    _common_args(p, "output directory (default: runs/compare-PRESET); runs go under OUT/runs and are reused")
-    p.add_argument("--seeds", type=int, default=default_of(compare, "seeds"),
-                   help=f"seeds per plan (default: {default_of(compare, 'seeds')}, as the paper)")
+    _common_args(p, "compare")
+    add_seeds_arg(p, default_of(compare, "seeds"))
     p.add_argument("--metric", choices=METRICS, default=default_of(compare, "metric"),
-                   help=f"eval: held-out loss; train: training loss (presets only) (default: {default_of(compare, 'metric')})")
+                   help=f"eval: held-out loss; train: training loss (model sizes only) (default: {default_of(compare, 'metric')})")
     p.add_argument("--base-lrs-from", default=None, metavar="GRID_JSON",
                    help="take each arm's η_base from an `rlrs lr-grid` grid.json (or its directory)")
     p.set_defaults(func=cmd_compare)
@@ -858,27 +864,23 @@ def add_commands(sub) -> None:
     p = sub.add_parser(
         "lr-grid", help="per-plan η_base search over the paper's {1,2,5}x10^-n grid",
         description="Train each plan at each η_base of the grid and report the best per plan (the paper tunes "
-                    "η_base separately for the baseline and the relative plan). Trains a preset, or your own "
-                    "script with --command. Writes grid.json, grid.md and lr_grid.png into --out; "
+                    "η_base separately for the baseline and the relative plan). Trains one of rlrs's model sizes, "
+                    "or your own script with --command. Writes grid.json, grid.md and lr_grid.png into --out "
+                    "(give compare's --out to share runs with it); "
                     "`rlrs compare --base-lrs-from OUT/grid.json` uses the result.")
-    _common_args(p, "output directory (default: runs/lr-grid-PRESET); use compare's --out to share runs")
-    p.add_argument("--grid", default=None, metavar="LR,LR,...",
-                   help="η_base values, e.g. 1e-3,2e-3,5e-3 (default: --points values around each plan's η_base)")
+    _common_args(p, "lr-grid")
+    add_grid_args(p, default_of(lr_grid, "extend"))
     p.add_argument("--points", type=int, default=default_of(lr_grid, "points"),
                    help=f"size of the default grid around each plan's η_base (default: {default_of(lr_grid, 'points')})")
-    p.add_argument("--seeds", type=int, default=default_of(lr_grid, "seeds"),
-                   help=f"seeds per grid point (default: {default_of(lr_grid, 'seeds')})")
-    p.add_argument("--extend", type=int, default=default_of(lr_grid, "extend"),
-                   help="values a grid may grow by, per arm, while its best η_base sits at an edge "
-                        f"(default: {default_of(lr_grid, 'extend')}; 0: never)")
+    add_seeds_arg(p, default_of(lr_grid, "seeds"))
     p.set_defaults(func=cmd_lr_grid)
 
 
 def _prepare(args, name: str) -> Target:
     target = target_from_args(args)
     args.plans_list = parse_plans(args.plans) if args.plans is not None else target.default_plans()
-    args.out = Path(args.out or f"runs/{name}-{target.name}")
-    args.sets = parse_sets(args.set)
+    args.out = default_out(name, target) if args.out is None else Path(args.out)
+    args.sets = sets_from_args(args)
     check_workers(args.workers)
     if args.seeds < 1:
         raise ConfigError(f"--seeds: at least 1, got {args.seeds}; e.g. --seeds 3 (the paper's count)")

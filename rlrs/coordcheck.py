@@ -1,6 +1,6 @@
 """Coordinate check: does every layer's activation scale stay flat as the model widens?
 
-    $ rlrs coord-check --preset tiny-dense --widths 32,64,128,256 --parametrization mup --base-width 32
+    $ rlrs coord-check --model tiny-dense --widths 32,64,128,256 --parametrization mup --base-width 32
 
 or from Python::
 
@@ -8,7 +8,7 @@ or from Python::
     >>> res = coord_check("tiny-dense", [32, 64, 128], parametrization="mup", base_width=32, steps=3)  # doctest: +SKIP
     >>> res.slope("logits", step=3)                                                                  # doctest: +SKIP
 
-For each width the preset is rebuilt with ``d_model = width`` (heads kept, as muP here assumes),
+For each width the model size is rebuilt with ``d_model = width`` (heads kept, as muP here assumes),
 trained ``steps`` AdamW steps at one plan and η_base on fixed random token batches, and the
 root-mean-square of each layer's output is recorded at init and after every step: the embedding's
 output, each block's attention and feed-forward outputs (averaged over blocks) and the logits.
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .config import ConfigError
-from .models import Transformer, build_model, get_preset, width_factors
+from .models import Transformer, build_model, get_size, width_factors
 from .optim import RelativeLR, param_groups
 from .plan import Plan
 from .presets import resolve
@@ -79,8 +79,8 @@ def _hooks(model: Transformer, out: dict[str, list[float]]):
 
 
 def coord_check(
-    preset: str,
-    widths: Sequence[int],
+    model: str = "tiny-dense",
+    widths: Sequence[int] = (32, 64, 128, 256),
     *,
     parametrization: str = "sp",
     base_width: int | None = None,
@@ -90,7 +90,7 @@ def coord_check(
     seeds: int = 2,
     batch_size: int = 8,
 ) -> CoordCheck:
-    """Train ``preset`` at each width for ``steps`` steps and record each layer's output RMS."""
+    """Train the model size ``model`` at each width for ``steps`` steps and record each layer's output RMS."""
     widths = sorted({int(w) for w in widths})
     if len(widths) < 2:
         raise ConfigError(f"widths: at least two widths to fit a slope, got {list(widths)}; e.g. 32,64,128,256")
@@ -102,8 +102,8 @@ def coord_check(
     p = plan if isinstance(plan, Plan) else resolve(plan)
     if base_lr is not None:
         p = dataclasses.replace(p, base_lr=base_lr)
-    base = get_preset(preset)
-    res = CoordCheck(preset, parametrization, base_width, widths, steps, seeds, p.base_lr,
+    base = get_size(model)
+    res = CoordCheck(model, parametrization, base_width, widths, steps, seeds, p.base_lr,
                      {layer: [] for layer in LAYERS})
     for w in widths:
         try:

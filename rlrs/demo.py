@@ -117,7 +117,7 @@ def demo(
     steps: int | None = None,
     sets: Mapping[str, Any] | None = None,
     tune: bool = False,
-    workers: int | None = 2,
+    workers: int | None = None,
     preset: str = PRESET,
     progress: bool = True,
     log: Callable[[str], None] = print,
@@ -222,25 +222,24 @@ class _Watch:
 
 def add_commands(sub) -> None:
     """Register ``rlrs demo``."""
-    from .options import add_executor_args, default_of
+    from .options import (add_executor_args, add_no_progress_arg, add_out_arg, add_set_arg, add_steps_arg,
+                          add_workers_arg, default_of)
 
     p = sub.add_parser(
         "demo", help=f"the first three minutes: {PLANS[0]} against {PLANS[1]} on {PRESET}, the speed-up and its plot",
         description=f"Train {PRESET} on Shakespeare with the uniform baseline and the paper's MoE plan (one seed, "
                     "each at its own tuned η_base), print both eval losses as they train, then the paper's speed-up; "
                     "writes loss.png (the speed-up plot), report.md and results.json into --out. Under three "
-                    "minutes on 2 CPU cores.")
-    p.add_argument("--out", default=default_of(demo, "out"), help=f"output directory (default: {default_of(demo, 'out')})")
-    p.add_argument("--steps", type=int, default=None,
-                   help="steps per plan (default: the preset's own length, 20 tokens per parameter); another length "
-                        "trains at untuned η_base unless --tune")
+                    "minutes on 2 CPU cores. Another --steps or a --set that changes training trains at untuned "
+                    "η_base unless --tune.")
+    add_out_arg(p, default_of(demo, "out"))
+    add_steps_arg(p, default_of(demo, "steps"))
     p.add_argument("--tune", action="store_true",
                    help="tune each plan's η_base for this setting first (rlrs lr-grid, 3 values and more at an edge; "
                         "several minutes)")
-    p.add_argument("--workers", type=int, default=default_of(demo, "workers"),
-                   help=f"runs in parallel (default: {default_of(demo, 'workers')})")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting of both runs")
-    p.add_argument("--no-progress", action="store_true", help="no eval-loss lines while the runs train")
+    add_workers_arg(p)
+    add_set_arg(p)
+    add_no_progress_arg(p)
     add_executor_args(p)
     p.set_defaults(func=cmd_demo)
 

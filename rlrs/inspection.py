@@ -8,10 +8,10 @@ follows, and the plan's LRs over time. In Python, :func:`inspect` prints the sam
     >>> [row["component"] for row in component_table(model)][:3]
     ['embedding', 'unembedding', 'attention']
 
-A model is an rlrs size preset, a Hugging Face ``config.json`` or model directory, or your own
-``nn.Module`` as ``MODULE:ATTR`` (see :func:`load_model`). Presets and Hugging Face configs are
+A model is one of rlrs's model sizes, a Hugging Face ``config.json`` or model directory, or your own
+``nn.Module`` as ``MODULE:ATTR`` (see :func:`load_model`). Model sizes and Hugging Face configs are
 built on the ``meta`` device: no memory is allocated, so the 5.67B-parameter ``moe-906m``
-preset or a large Hugging Face config inspects instantly.
+model size or a large Hugging Face config inspects instantly.
 """
 
 from __future__ import annotations
@@ -44,13 +44,13 @@ DEFAULT_AT = "0,1%,25%,50%,75%,100%"
 
 def model_kind(spec: str) -> str:
     """What a model spec names: ``"hf"`` (an existing model directory or a ``.json`` file),
-    ``"attr"`` (``MODULE:ATTR``, your own model) or ``"preset"`` (anything else)."""
+    ``"attr"`` (``MODULE:ATTR``, your own model) or ``"size"`` (anything else: one of rlrs's model sizes)."""
     path = Path(spec)
     if path.is_dir() or spec.endswith(".json"):
         return "hf"
     if _ATTR_SPEC.fullmatch(spec) and not path.exists():
         return "attr"
-    return "preset"
+    return "size"
 
 
 # MODULE:ATTR, where ATTR is a (dotted) Python name: "mypkg.model:GPT", "train.py:make_model".
@@ -60,7 +60,7 @@ _ATTR_SPEC = re.compile(r"(?P<module>.+):(?P<attr>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)
 def load_model(spec: str, sets: Mapping[str, Any] | None = None) -> nn.Module:
     """The model a spec names:
 
-    - an rlrs size preset name (as ``rlrs train`` builds it; ``sets``: its ``model.*`` settings);
+    - the name of one of rlrs's model sizes (as ``rlrs train`` builds it; ``sets``: its ``model.*`` settings);
     - a Hugging Face ``config.json``, or a model directory holding one (no weights are read,
       nothing is fetched);
     - ``MODULE:ATTR``, your own model: ``MODULE`` is a dotted import path (importable from the
@@ -70,7 +70,7 @@ def load_model(spec: str, sets: Mapping[str, Any] | None = None) -> nn.Module:
       own imports work). ``ATTR`` is an ``nn.Module`` class (built with no arguments), a
       function returning an ``nn.Module`` (called with no arguments) or an ``nn.Module`` object.
 
-    Presets, Hugging Face configs, classes and functions are built on the ``meta`` device (a
+    Model sizes, Hugging Face configs, classes and functions are built on the ``meta`` device (a
     class or function that cannot be is built again on the CPU).
     """
     kind = model_kind(spec)
@@ -81,18 +81,18 @@ def load_model(spec: str, sets: Mapping[str, Any] | None = None) -> nn.Module:
     from . import models
     from .train import run_config
 
-    if spec not in models.PRESETS:
+    if spec not in models.SIZES:
         path = Path(spec)
         if "/" in spec or os.sep in spec:
             raise ConfigError(f"model {spec}: no such file or directory; give a Hugging Face model directory or "
-                              "config.json, a preset name, or MODULE:ATTR (e.g. path/to/train.py:GPT)")
+                              "config.json, a model size, or MODULE:ATTR (e.g. path/to/train.py:GPT)")
         if path.suffix == ".py" and path.is_file():
             raise ConfigError(f"model {spec}: name the model in it after a colon, e.g. {spec}:GPT (an nn.Module "
                               "class, a function returning one, or an nn.Module object)")
-        raise ConfigError(f"model {spec!r}: not an rlrs preset ({closest(spec, models.PRESETS)}), nor an existing "
-                          "model directory or config.json; give a preset, a Hugging Face config.json or model "
+        raise ConfigError(f"model {spec!r}: not an rlrs model size ({closest(spec, models.SIZES)}), nor an existing "
+                          "model directory or config.json; give a model size, a Hugging Face config.json or model "
                           "directory, or MODULE:ATTR for your own model (e.g. path/to/train.py:GPT)")
-    # The model as rlrs trains it: the vocabulary follows the preset's tokenizer.
+    # The model as rlrs trains it: the vocabulary follows the model size's tokenizer.
     cfg = run_config(spec, sets=sets).model
     with torch.device("meta"):
         return models.build_model(cfg)
@@ -424,7 +424,7 @@ def _fmt(v) -> str:
 
 
 def check_total_steps(total_steps: Any, name: str = "total_steps") -> int:
-    """``total_steps`` as a whole number >= 1, or a ConfigError naming ``name`` (``--total-steps``)."""
+    """``total_steps`` as a whole number >= 1, or a ConfigError naming ``name`` (``--steps``)."""
     if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
         example = f"{name} 10000" if name.startswith("--") else f"{name}=10_000"
         raise ConfigError(f"{name}: the training length in steps, a whole number >= 1; got {total_steps!r} "
@@ -488,7 +488,7 @@ class Inspection:
     lrs: list[dict]  # component, then "step S": the LR at step S
     follows: dict[str, str]  # each trainable tensor (first name) -> the component whose schedule it follows
     tied: list[str]  # one line per group of names sharing one tensor
-    counts: dict[str, int] | None  # an rlrs preset's total/active parameter counts
+    counts: dict[str, int] | None  # an rlrs model size's total/active parameter counts
     text: str
 
     def __str__(self) -> str:
@@ -521,51 +521,51 @@ def inspect(
         report = rlrs.inspect(model, plan, total_steps=5000, quiet=True)      # report.components, .lrs, .follows
 
     Args:
-        model: any ``nn.Module``, or a spec :func:`load_model` reads: an rlrs preset, a Hugging
+        model: any ``nn.Module``, or a spec :func:`load_model` reads: an rlrs model size, a Hugging
             Face ``config.json`` or model directory, or ``"path/to/train.py:GPT"``.
-        plan: a :class:`~rlrs.plan.Plan`, a preset name or a plan file; ``None``: the paper's plan
+        plan: a :class:`~rlrs.plan.Plan`, a named plan or a plan file; ``None``: the paper's plan
             for the model (``paper-moe`` when it has a router and experts, else ``paper-dense``).
         total_steps: the run's length; ``at``: steps and percentages (``"0,1%,100%"`` or a list).
         rules: ``(regex, component)`` rules tried first, as in :func:`rlrs.param_groups`.
         width_factors: a parametrization's LR factor per component (muP), as in ``param_groups``;
-            for an rlrs preset with ``model.parametrization = "mup"`` they are its own.
-        sets: ``{"plan.tied": "embedding"}`` (``plan.*`` settings) and, for an rlrs preset,
+            for an rlrs model size with ``model.parametrization = "mup"`` they are its own.
+        sets: ``{"plan.tied": "embedding"}`` (``plan.*`` settings) and, for an rlrs model size,
             ``model.*`` settings.
     """
     from .optim import as_plan
 
-    names = {"total_steps": "--total-steps", "at": "--at", "sets": "--set", "model": "MODEL"} if _cli else {}
+    names = {"total_steps": "--steps", "at": "--at", "sets": "--set", "model": "MODEL"} if _cli else {}
     name = lambda key: names.get(key, key)
     total_steps = check_total_steps(total_steps, name("total_steps"))
     steps = parse_steps(at, total_steps, name("at"))
     sets = dict(sets or {})
     other = [k for k in sets if not k.startswith(("model.", "plan."))]
     if other:
-        raise ConfigError(f"{name('sets')}: only model.* settings (of an rlrs preset) and plan.* settings, e.g. "
+        raise ConfigError(f"{name('sets')}: only model.* settings (of an rlrs model size) and plan.* settings, e.g. "
                           f"model.parametrization=mup or plan.tied=embedding; got {other[0]!r}")
     model_sets = {k: v for k, v in sets.items() if k.startswith("model.")}
     plan_sets = {k[len("plan."):]: v for k, v in sets.items() if k.startswith("plan.")}
     plan_label = plan if isinstance(plan, str) else None if plan is None else "(given)"
     plan = None if plan is None else as_plan(plan)
 
-    preset_cfg = None
+    size_cfg = None
     if isinstance(model, str):
         label = model
-        if model_sets and model_kind(model) != "preset":
-            raise ConfigError(f"{name('sets')} {next(iter(model_sets))}: model.* settings change an rlrs preset, and "
+        if model_sets and model_kind(model) != "size":
+            raise ConfigError(f"{name('sets')} {next(iter(model_sets))}: model.* settings change an rlrs model size, and "
                               f"{model} is not one; change the model's own config instead")
         model_obj = load_model(model, model_sets)
-        if model_kind(model) == "preset":
+        if model_kind(model) == "size":
             from .train import run_config
 
-            preset_cfg = run_config(model, sets=model_sets).model  # as trained: the tokenizer's vocabulary
+            size_cfg = run_config(model, sets=model_sets).model  # as trained: the tokenizer's vocabulary
     elif isinstance(model, nn.Module):
         if model_sets:
-            raise ConfigError(f"{name('sets')} {next(iter(model_sets))}: model.* settings change an rlrs preset; "
+            raise ConfigError(f"{name('sets')} {next(iter(model_sets))}: model.* settings change an rlrs model size; "
                               "build your model with the settings you want")
         label, model_obj = type(model).__name__, model
     else:
-        raise ConfigError(f"model: an nn.Module, or a preset, Hugging Face config or MODULE:ATTR spec; "
+        raise ConfigError(f"model: an nn.Module, or a model size, Hugging Face config or MODULE:ATTR spec; "
                           f"got {type(model).__name__}")
 
     if plan is None:  # the paper's plan for what the model is: MoE when it has a router and experts
@@ -584,11 +584,11 @@ def inspect(
     tied = tied_report(model_obj, rules)
     counts = None
     widths: dict[str, float] = {}
-    if preset_cfg is not None:
-        from .models import count_params, width_factors as preset_widths
+    if size_cfg is not None:
+        from .models import count_params, width_factors as size_widths
 
-        counts = count_params(preset_cfg)
-        widths = preset_widths(preset_cfg)
+        counts = count_params(size_cfg)
+        widths = size_widths(size_cfg)
     widths.update(width_factors or {})
     comps = sorted({c for r in rows for c in r["component"].split(" ")[0].split("+")}, key=COMPONENTS.index)
     lrs = lr_table(plan, comps, steps, total_steps, widths)
@@ -603,9 +603,9 @@ def inspect(
     if refused:
         rule = "--rule 'REGEX=COMPONENT'" if _cli else "rules=[(REGEX, COMPONENT)]"
         out += [f"  rlrs.param_groups refuses this model as it is: {refused} (here: {rule})"]
-    if preset_cfg is not None and preset_cfg.parametrization == "mup":
-        out += ["", f"muP: width multiplier m = d_model / base_width = {preset_cfg.d_model} / {preset_cfg.base_width} = "
-                f"{preset_cfg.width_mult:g}; LR width factor per component: "
+    if size_cfg is not None and size_cfg.parametrization == "mup":
+        out += ["", f"muP: width multiplier m = d_model / base_width = {size_cfg.d_model} / {size_cfg.base_width} = "
+                f"{size_cfg.width_mult:g}; LR width factor per component: "
                 + ", ".join(f"{c} ×{widths.get(c, 1.0):g}" for c in comps)]
     elif width_factors:
         out += ["", "LR width factor per component: " + ", ".join(f"{c} ×{widths.get(c, 1.0):g}" for c in comps)]

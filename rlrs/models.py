@@ -5,8 +5,8 @@ token-choice top-k routing with an expert capacity, the ST-MoE z-loss and the Sw
 load-balancing loss. Attention and the router run in float32 even under bf16 autocast.
 
     >>> import torch
-    >>> from rlrs.models import build_model, count_params, get_preset
-    >>> cfg = get_preset("tiny-moe")
+    >>> from rlrs.models import build_model, count_params, get_size
+    >>> cfg = get_size("tiny-moe")
     >>> model = build_model(cfg)
     >>> idx = torch.randint(cfg.vocab_size, (2, 16))
     >>> out = model(idx, targets=idx)
@@ -15,7 +15,7 @@ load-balancing loss. Attention and the router run in float32 even under bf16 aut
     >>> (out.loss + out.aux_loss).backward()
     >>> sorted(out.stats)
     ['balance_loss', 'dropped_tokens', 'expert_load', 'router_entropy', 'z_loss']
-    >>> count_params(get_preset("dense-34m"))["active_non_embedding"]  # table 3: 33.6M
+    >>> count_params(get_size("dense-34m"))["active_non_embedding"]  # table 3: 33.6M
     33563136
 
 Parameter names classify themselves by component (``rlrs.components``): ``embed.`` embedding,
@@ -43,8 +43,9 @@ __all__ = [
     "build_model",
     "count_params",
     "expert_capacity",
-    "get_preset",
-    "PRESETS",
+    "get_size",
+    "SIZES",
+    "DEFAULT_SIZE",
     "PAPER_BATCH_SIZE",
     "LADDER",
     "PARAMETRIZATIONS",
@@ -192,7 +193,7 @@ def width_factors(config: ModelConfig) -> dict[str, float]:
     and router take 1/m on their logits instead). Empty for SP: every factor is 1.
 
         >>> import dataclasses
-        >>> cfg = dataclasses.replace(get_preset("tiny-moe"), d_model=64, parametrization="mup", base_width=32)
+        >>> cfg = dataclasses.replace(get_size("tiny-moe"), d_model=64, parametrization="mup", base_width=32)
         >>> width_factors(cfg)
         {'attention': 0.5, 'feedforward': 0.5, 'experts': 0.5}
     """
@@ -229,7 +230,7 @@ def expert_capacity(config: ModelConfig, n_tokens: int) -> int:
     can be chosen at most once per token, so more slots would stay empty); ``n_tokens`` when
     ``capacity_factor`` is None.
 
-        >>> expert_capacity(get_preset("tiny-moe"), 64)  # 1.25 * 64 * 1 / 4
+        >>> expert_capacity(get_size("tiny-moe"), 64)  # 1.25 * 64 * 1 / 4
         20
     """
     if not config.is_moe:
@@ -556,7 +557,7 @@ def count_params(model_or_config: Transformer | ModelConfig) -> dict[str, int]:
     A ``ModelConfig`` is counted analytically (no allocation, so ``moe-906m`` is free); a
     ``Transformer`` by its actual parameters, shared (tied) tensors once.
 
-        >>> c = count_params(get_preset("moe-34m"))  # table 3: 33.6M active, 210M total
+        >>> c = count_params(get_size("moe-34m"))  # table 3: 33.6M active, 210M total
         >>> c["active_non_embedding"], c["total_non_embedding"]
         (33595904, 209756672)
     """
@@ -600,7 +601,7 @@ def _count_model(model: Transformer) -> dict[str, int]:
     return _counts(model.config, total, embedding, experts)
 
 
-# --- presets ------------------------------------------------------------------------------------
+# --- model sizes (rlrs's reference models; named plans live in rlrs.presets) ------------------------
 
 
 def tiny_dense() -> ModelConfig:
@@ -749,7 +750,7 @@ def moe_906m() -> ModelConfig:
     return _paper(1536, 24, 1024, 8)
 
 
-PRESETS: dict[str, Callable[[], ModelConfig]] = {
+SIZES: dict[str, Callable[[], ModelConfig]] = {
     "tiny-dense": tiny_dense,
     "tiny-moe": tiny_moe,
     "micro-dense": micro_dense,
@@ -772,8 +773,8 @@ PRESETS: dict[str, Callable[[], ModelConfig]] = {
     "moe-906m": moe_906m,
 }
 
-# What every command trains when no --preset is given: the MoE model that fits a laptop CPU.
-DEFAULT_PRESET = "micro-moe"
+# What every command trains when no --model is given: the MoE model that fits a laptop CPU.
+DEFAULT_SIZE = "micro-moe"
 
 # Table 3's batch sizes (sequences per step); a training setting, kept apart from ModelConfig.
 PAPER_BATCH_SIZE: dict[str, int] = {
@@ -786,13 +787,20 @@ PAPER_BATCH_SIZE: dict[str, int] = {
 }
 
 
-def get_preset(name: str) -> ModelConfig:
-    """The ``ModelConfig`` called ``name``; an unknown name raises naming the closest one.
+def get_size(name: str) -> ModelConfig:
+    """The ``ModelConfig`` of the model size ``name``; an unknown name raises naming the closest one.
 
-        >>> get_preset("moe-34m").n_experts
+        >>> get_size("moe-34m").n_experts
         8
     """
     try:
-        return PRESETS[name]()
+        return SIZES[name]()
     except KeyError:
-        raise ConfigError(f"model preset {name!r} is unknown; {closest(name, PRESETS)}") from None
+        raise ConfigError(f"model size {name!r} is unknown; {closest(name, SIZES)}") from None
+
+
+# The names before model sizes and plans were named apart ("preset" meant both); kept for one
+# release so that existing imports keep working. New code uses SIZES, DEFAULT_SIZE and get_size.
+PRESETS = SIZES
+DEFAULT_PRESET = DEFAULT_SIZE
+get_preset = get_size

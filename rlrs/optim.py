@@ -33,7 +33,7 @@ def as_plan(plan: Plan | str) -> Plan:
         return plan
     if isinstance(plan, (str, os.PathLike)):
         return presets.resolve(str(plan))
-    raise ConfigError(f"plan: expected a Plan, a preset name or a plan file, got {type(plan).__name__}")
+    raise ConfigError(f"plan: expected a Plan, a named plan or a plan file, got {type(plan).__name__}")
 
 
 def assign_components(
@@ -178,8 +178,8 @@ def layer_depths(model: nn.Module, what: str = "plan.depth_decay") -> dict[str, 
     ``L`` (found by name: ``layers.N.``, ``blocks.N.``, ``h.N.``, ...); ``L`` for parameters
     before the first layer (the embedding), 0 after the last (final norm, head).
 
-        >>> from rlrs.models import build_model, get_preset
-        >>> d = layer_depths(build_model(get_preset("tiny-dense")))   # 2 layers
+        >>> from rlrs.models import build_model, get_size
+        >>> d = layer_depths(build_model(get_size("tiny-dense")))   # 2 layers
         >>> d["embed.weight"], d["blocks.0.attn.qkv.weight"], d["blocks.1.mlp.up.weight"], d["unembed.weight"]
         (2, 1, 0, 0)
     """

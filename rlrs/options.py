@@ -1,5 +1,6 @@
-"""Command-line pieces every ``rlrs`` command shares: ``--set`` values, plan and grid lists, and
-what to train (a preset or the user's own ``--command``). Command modules import this; nothing
+"""Command-line pieces every ``rlrs`` command shares: each shared flag's one builder (name, default,
+help), ``--set`` values, plan and grid lists, and what to train (a model size or the user's own
+``--command``). Command modules import this; nothing
 here imports a command module, so ``rlrs.cli`` can import them all plainly.
 """
 
@@ -10,6 +11,7 @@ import dataclasses
 import inspect
 import math
 import os
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -18,7 +20,7 @@ from .config import ConfigError
 from .engine import default_workers
 from .executors import ClusterConfig, Executor, SlurmConfig, executor_names, load_cluster_config, make_executor
 from .targets import CommandTarget, PresetTarget, Target
-from .models import DEFAULT_PRESET
+from .models import DEFAULT_SIZE
 
 
 def default_of(fn: Callable[..., Any], name: str) -> Any:
@@ -115,32 +117,140 @@ def parse_grid(text: str) -> list[float]:
     return sorted(set(parse_floats(text, "grid", what="learning rate")))
 
 
-def add_set_arg(p: argparse.ArgumentParser, what: str = "every run") -> None:
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help=f"override a setting of {what}, e.g. train.steps=500 or plan.router.start=0.5 (repeatable; "
-                        "with --command only plan.* keys)")
+# --- the shared flags ----------------------------------------------------------------------------
+#
+# One builder per flag, so that a flag every command shares has one name, one default and one help
+# text (tests/test_cli_consistency.py checks it). A flag's default is read from the API function or
+# dataclass that owns it (``default_of``), never written here a second time; where a default is each
+# command's own (``--seeds``, ``--steps``, ``--out``, ``--plan``), the command passes it in and the
+# help ends in "(default: ...)" showing it.
+
+HELP = {
+    "--model": "the model to train: one of rlrs's model sizes, listed by `rlrs sizes`",
+    "--command": "train with your own script instead of a model size: CMD runs once per run with RLRS_PLAN, "
+                 "RLRS_RUN_DIR, RLRS_SEED and RLRS_STEPS (--steps) set; {plan} {run_dir} {seed} {steps} in CMD are "
+                 "replaced; only plan.* --set keys apply. The script reports eval losses with rlrs.report(step, loss)",
+    "--cwd": "with --command: the directory CMD runs in",
+    "--config": "with --model: a .toml/.json run config (sections model, data, train, plan) applied to every run",
+    "--set": "override a setting, e.g. plan.router.start=0.5 or train.eval_interval=0.05 (repeatable; it wins over "
+             "--steps and --config)",
+    "--steps": "training length in steps",
+    "--workers": "runs at once; with --executor slurm: Slurm jobs at once, by default as many as Slurm schedules",
+    "--seeds": "seeds per setting: each runs with seeds 0 to N-1",
+    "--plan": "a named plan (paper-moe, paper-dense, uniform-moe, uniform-dense, blockwise-moe, ...; see "
+              "rlrs.presets) or a .toml/.json plan file",
+    "--plans": "comma-separated plans (named plans or plan files), the baseline first",
+    "--out": "output directory",
+    "--grid": "η_base values, e.g. 1e-3,2e-3,5e-3",
+    "--extend": "values an η_base grid may grow by, per arm, while its best η_base sits at an edge (0: never)",
+    "--widths": "d_model values, comma-separated",
+    "--no-progress": "no progress bar",
+}
 
 
-def add_target_args(p: argparse.ArgumentParser, command_flag: str = "--command", what: str = "") -> None:
-    """``--preset`` / ``--command`` (what trains; the command flag may be renamed, e.g.
-    ``--target-command``), ``--steps``, ``--cwd``, ``--config``, ``--set``."""
-    p.add_argument("--preset", default=None, help=f"rlrs reference model to train{what} (default: {DEFAULT_PRESET}); see `rlrs presets`")
-    p.add_argument(command_flag, dest="command", default=None, metavar="CMD",
-                   help=f"train{what} with your own script instead of a preset: CMD runs once per run with RLRS_PLAN, "
-                        "RLRS_RUN_DIR, RLRS_SEED (and RLRS_STEPS) set; {plan} {run_dir} {seed} {steps} in CMD are "
-                        "replaced. The script reports eval losses with rlrs.report(step, loss)")
-    p.add_argument("--steps", type=int, default=None,
-                   help=f"with {command_flag}: the run length in steps, passed as RLRS_STEPS / {{steps}} (needed for --prune)")
-    p.add_argument("--cwd", default=".", help=f"with {command_flag}: the directory CMD runs in (default: the current one)")
-    p.add_argument("--config", default=None, help="with --preset: a .toml/.json run config applied to every run")
-    p.set_defaults(command_flag=command_flag)
+def _help(flag: str, default: Any) -> str:
+    """``HELP[flag]`` and the default it shows: every default is shown the same way."""
+    return f"{HELP[flag]} (default: {default})".replace("%", "%%")
+
+
+class Renamed(argparse.Action):
+    """An old spelling of a flag, kept working for one release and hidden from ``--help``: it
+    stores into the new flag's ``dest`` and, with ``note``, says the new name on stderr."""
+
+    def __init__(self, option_strings, dest, new: str = "", note: bool = False, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.new, self.note = new, note
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if self.note:
+            print(f"rlrs: {option_string} is now {self.new} (the old name still works for now)", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_renamed(p: argparse.ArgumentParser, old: str, new: str, dest: str, type: Callable | None = None,
+                note: bool = False) -> None:
+    """Accept ``old``, hidden from ``--help``, as the flag ``new`` (stored into ``dest``, read with
+    ``type``); with ``note`` it says the new name on stderr."""
+    p.add_argument(old, dest=dest, type=type, action=Renamed, new=new, note=note, default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)
+
+
+def add_model_arg(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    """``--model SIZE`` (old spelling: ``--preset``, which says the new name). ``None``: the
+    commands' default model size, ``rlrs.models.DEFAULT_SIZE``."""
+    p.add_argument("--model", default=default, metavar="SIZE", help=_help("--model", default or DEFAULT_SIZE))
+    add_renamed(p, "--preset", "--model", "model", note=True)
+
+
+def add_set_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=HELP["--set"])
+
+
+def add_steps_arg(p: argparse.ArgumentParser, default: int | None = None, shown: str = "the model size's own") -> None:
+    """``--steps N`` (old spelling: ``--total-steps``); ``shown`` says what ``None`` means."""
+    p.add_argument("--steps", type=int, default=default, metavar="N", help=_help("--steps", shown if default is None else default))
+    add_renamed(p, "--total-steps", "--steps", "steps", type=int)
+
+
+def add_target_args(p: argparse.ArgumentParser, commands: bool = True, steps: int | None = None,
+                    steps_shown: str = "the model size's own") -> None:
+    """What a command trains: ``--model`` (one of rlrs's model sizes) or, with ``commands``,
+    ``--command`` (the user's script, in ``--cwd``), and ``--steps``, ``--config``, ``--set``.
+    :func:`target_from_args` and :func:`sets_from_args` read them."""
+    add_model_arg(p)
+    if commands:
+        p.add_argument("--command", default=None, metavar="CMD", help=HELP["--command"])
+        add_renamed(p, "--target-command", "--command", "command")
+        p.add_argument("--cwd", default=default_of(CommandTarget, "cwd"), help=_help("--cwd", "the current one"))
+    add_steps_arg(p, steps, steps_shown)
+    p.add_argument("--config", default=None, metavar="FILE", help=HELP["--config"])
     add_set_arg(p)
 
 
 def add_workers_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=int, default=None, help=f"runs at once (default: {default_workers()}: one per usable core, "
-                                                             "at most 4; with --executor slurm: Slurm jobs at once, default: "
-                                                             "as many as Slurm schedules)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help=_help("--workers", f"{default_workers()}: one per usable core, at most 4"))
+
+
+def add_seeds_arg(p: argparse.ArgumentParser, default: int) -> None:
+    p.add_argument("--seeds", type=int, default=default, metavar="N", help=_help("--seeds", default))
+
+
+def add_plan_arg(p: argparse.ArgumentParser, default: str | None = None, shown: str | None = None,
+                 required: bool = False) -> None:
+    text = f"{HELP['--plan']} (required)" if required else _help("--plan", shown or default)
+    p.add_argument("--plan", default=default, required=required, help=text)
+
+
+def add_plans_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plans", default=None, help=_help("--plans", "the uniform baseline and the paper's plan for the "
+                                                                  "model: uniform-moe,paper-moe for a MoE model, "
+                                                                  "uniform-dense,paper-dense for a dense one and for "
+                                                                  "--command"))
+
+
+def add_out_arg(p: argparse.ArgumentParser, default: str | None = None, shown: str | None = None,
+                required: bool = False) -> None:
+    text = f"{HELP['--out']} (required)" if required else _help("--out", shown or default)
+    p.add_argument("--out", default=default, required=required, metavar="DIR", help=text)
+
+
+def add_grid_args(p: argparse.ArgumentParser, extend: int) -> None:
+    """``--grid`` and ``--extend`` (``extend``: the API's default)."""
+    p.add_argument("--grid", default=None, metavar="LR,LR,...",
+                   help=_help("--grid", "values of the {1,2,5}x10^-n ladder around each plan's η_base"))
+    p.add_argument("--extend", type=int, default=extend, metavar="N", help=_help("--extend", extend))
+
+
+def add_widths_arg(p: argparse.ArgumentParser, default: Sequence[int] | None = None) -> None:
+    """``--widths``: required, or ``default`` (the API's) shown as the list it is written as."""
+    text = None if default is None else ",".join(map(str, default))
+    p.add_argument("--widths", default=text, required=default is None, metavar="W,W,...",
+                   help=f"{HELP['--widths']} (required)" if text is None else _help("--widths", text))
+
+
+def add_no_progress_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help=HELP["--no-progress"])
 
 
 # --slurm-* flags: (flag, SlurmConfig field, type, metavar, help). Defaults are the field defaults.
@@ -200,19 +310,26 @@ def executor_from_args(args, log_dir: str | Path | None = None) -> Executor:
 
 def target_from_args(args, required: bool = False) -> Target:
     """The :class:`~rlrs.targets.PresetTarget` or :class:`~rlrs.targets.CommandTarget` the flags of
-    :func:`add_target_args` name; ``required``: no default preset, the user must name one."""
-    flag = args.command_flag
-    if args.command is not None:
-        if args.preset is not None:
-            raise ConfigError(f"--preset and {flag}: choose one (a reference model, or your own script)")
+    :func:`add_target_args` name; ``required``: no default model size, the user must name one."""
+    if getattr(args, "command", None) is not None:
+        if args.model is not None:
+            raise ConfigError("--model and --command: choose one (one of rlrs's model sizes, or your own script)")
         if args.config is not None:
-            raise ConfigError(f"--config: applies to --preset runs; your {flag} script owns its config")
+            raise ConfigError("--config: applies to --model runs; your --command script owns its config")
         return CommandTarget(args.command, args.steps, args.cwd)
-    if args.steps is not None:
-        raise ConfigError(f"--steps: applies to {flag}; for a preset use --set train.steps=N")
-    if args.preset is None and required:
-        raise ConfigError(f"--preset or {flag}: name the model to train")
-    return PresetTarget(args.preset or DEFAULT_PRESET, args.config)
+    if args.model is None and required:
+        raise ConfigError("--model or --command: name the model to train, e.g. --model tiny-dense (see `rlrs sizes`) "
+                          "or --command 'python train.py'")
+    return PresetTarget(args.model or DEFAULT_SIZE, args.config)
+
+
+def sets_from_args(args) -> dict[str, Any]:
+    """The ``--set`` values, with ``--steps`` as ``train.steps`` for a model size (a ``--set
+    train.steps`` wins); a ``--command`` gets its steps as RLRS_STEPS instead."""
+    sets = parse_sets(args.set)
+    if args.steps is not None and getattr(args, "command", None) is None:
+        return {"train.steps": args.steps, **sets}
+    return sets
 
 
 def check_out(path: str | Path, flag: str = "--out") -> Path:
@@ -257,11 +374,13 @@ def command_line(name: str, args, extra: Sequence[str]) -> str:
 
     parts = ["rlrs", name]
     if getattr(args, "command", None) is not None:
-        parts += [getattr(args, "command_flag", "--command"), args.command] + (["--steps", str(args.steps)] if args.steps is not None else [])
+        parts += ["--command", args.command]
         if args.cwd != ".":
             parts += ["--cwd", args.cwd]
-    elif getattr(args, "preset", None) is not None:
-        parts += ["--preset", args.preset]
+    elif getattr(args, "model", None) is not None:
+        parts += ["--model", args.model]
+    if getattr(args, "steps", None) is not None:
+        parts += ["--steps", str(args.steps)]
     for s in getattr(args, "set", []):
         parts += ["--set", s]
     if getattr(args, "config", None):

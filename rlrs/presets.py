@@ -3,7 +3,7 @@
     >>> from rlrs import presets
     >>> presets.get("paper-moe").router
     ComponentPlan(start=0.6, end=1.0, shape='cosine', weight_decay=None)
-    >>> sorted(presets.PRESETS)
+    >>> sorted(presets.PLANS)
     ['blockwise-dense', 'blockwise-moe', 'paper-dense', 'paper-moe', 'uniform', 'uniform-dense', 'uniform-moe']
 
 ``paper-moe`` is table 4 of the paper, ``paper-dense`` table 5; both use the paper's λ_base
@@ -91,7 +91,7 @@ def blockwise_dense() -> Plan:
     return _blockwise(0.06)
 
 
-PRESETS: dict[str, Callable[[], Plan]] = {
+PLANS: dict[str, Callable[[], Plan]] = {
     "paper-moe": paper_moe,
     "paper-dense": paper_dense,
     "uniform": uniform_moe,
@@ -113,15 +113,19 @@ def default_plans(moe: bool) -> tuple[str, str]:
 
 
 def get(name: str) -> Plan:
-    """The preset plan called ``name``; an unknown name gets the closest valid one."""
+    """The named plan ``name``; an unknown name gets the closest valid one."""
     try:
-        return PRESETS[name]()
+        return PLANS[name]()
     except KeyError:
-        raise ConfigError(f"plan preset {name!r} is unknown; {closest(name, PRESETS)}") from None
+        raise ConfigError(f"plan {name!r} is unknown; {closest(name, PLANS)}") from None
 
 
 def resolve(spec: str) -> Plan:
-    """A preset name, or a path to a ``.toml``/``.json`` plan file."""
+    """A named plan, or a path to a ``.toml``/``.json`` plan file."""
     if spec.endswith((".toml", ".json")):
         return Plan.load(spec)
     return get(spec)
+
+
+# The name before model sizes (rlrs.models.SIZES) and plans were named apart; kept for one release.
+PRESETS = PLANS

@@ -18,7 +18,7 @@ from . import config as _config
 from . import presets
 from .config import ConfigError
 from .engine import CommandRun, PresetRun
-from .models import DEFAULT_PRESET, get_preset
+from .models import DEFAULT_SIZE, get_size
 from .plan import Plan
 
 
@@ -26,7 +26,7 @@ from .plan import Plan
 class PresetTarget:
     """rlrs's reference model ``preset`` (with an optional run-config file), trained by rlrs."""
 
-    preset: str = DEFAULT_PRESET
+    preset: str = DEFAULT_SIZE
     config_file: str | None = None
 
     @property
@@ -42,11 +42,11 @@ class PresetTarget:
 
     def default_plans(self) -> list[str]:
         """The uniform baseline and the paper's plan for the preset's model type."""
-        return list(presets.default_plans(get_preset(self.preset).is_moe))
+        return list(presets.default_plans(get_size(self.preset).is_moe))
 
     def components(self) -> list[str]:
         """The components the model has, apart from ``other`` (norms)."""
-        moe = get_preset(self.preset).is_moe
+        moe = get_size(self.preset).is_moe
         return ["embedding", "unembedding", "attention", *(("router", "experts") if moe else ("feedforward",))]
 
 

@@ -130,7 +130,7 @@ def _check_device(device: str) -> None:
 class RunConfig:
     """Everything a run needs: the model, the data, the training settings and the plan."""
 
-    preset: str = _models.DEFAULT_PRESET
+    preset: str = _models.DEFAULT_SIZE
     model: _models.ModelConfig = field(default_factory=_models.ModelConfig)
     data: _data.DataConfig = field(default_factory=_data.DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -170,7 +170,7 @@ _RUN_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 def run_config(
-    preset: str = _models.DEFAULT_PRESET,
+    preset: str = _models.DEFAULT_SIZE,
     plan: str | Plan | None = None,
     config_file: str | Path | None = None,
     sets: Mapping[str, Any] | None = None,
@@ -182,7 +182,7 @@ def run_config(
     ``"plan.router.start": 0.5``). Unknown keys raise naming the closest valid key. The model's
     vocabulary follows the tokenizer unless ``model.vocab_size`` is set explicitly.
     """
-    model = _models.get_preset(preset)
+    model = _models.get_size(preset)
     if plan is None:
         plan = _presets.default_plans(model.is_moe)[1]
     plan_obj = plan if isinstance(plan, Plan) else _presets.resolve(plan)
@@ -193,7 +193,7 @@ def run_config(
         explicit.update(_flatten(_config.load_file(config_file)))
     explicit.update(sets or {})
     if "preset" in explicit:
-        raise ConfigError("preset: choose the size preset with --preset, not in the config")
+        raise ConfigError("preset: choose the model size with --model, not in the config")
     overrides.update(explicit)
     cfg = _config.replace(base, overrides, where="")
     if "model.vocab_size" not in explicit:

@@ -36,8 +36,9 @@ from .analysis import speedup
 from .engine import Job, reason_line, run_all, run_dir
 from .targets import PresetTarget, Target, as_target
 from .models import count_params
-from .options import (add_executor_args, add_target_args, add_workers_arg, check_workers, default_of, executor_from_args,
-                      parse_floats, parse_grid, parse_sets, target_from_args)
+from .options import (add_executor_args, add_grid_args, add_out_arg, add_plan_arg, add_seeds_arg, add_target_args,
+                      add_workers_arg, check_workers, default_of, executor_from_args, parse_floats, parse_grid,
+                      sets_from_args, target_from_args)
 from .plan import ComponentPlan, Plan
 from .train import total_steps
 
@@ -401,36 +402,37 @@ def _plot_vary(rows: Sequence[Variant], path: Path, title: str) -> Path:
 
 def add_commands(sub) -> None:
     p = sub.add_parser("transfer", help="reuse a plan's λ on a larger model: η_base grid for both arms, then compare",
-                       description="Algorithm 1 of the paper: keep every λ of --plan, search η_base on the larger "
-                                   "model for the plan and its baseline, then compare them over paired seeds.")
-    p.add_argument("--plan", required=True, help="the small model's plan (a tuned.toml, or a preset)")
-    add_target_args(p, "--target-command", what=" (the larger model; required)")
+                       description="Algorithm 1 of the paper: keep every λ of --plan (the small model's plan, e.g. a "
+                                   "tuned.toml), search η_base on the larger model (--model or --command, required) "
+                                   "for the plan and its baseline, then compare them over paired seeds. Writes "
+                                   "grid.json, report.md, transfer.md and runs/ into --out.")
+    add_plan_arg(p, required=True)
+    add_target_args(p)
     p.add_argument("--baseline", default=None, help="baseline plan (default: the plan with every λ = 1)")
-    p.add_argument("--grid", default=None, help="η_base values, e.g. 1e-3,2e-3,5e-3 (default: 5 around the plan's)")
-    p.add_argument("--grid-seeds", type=int, default=default_of(transfer, "grid_seeds"),
+    add_grid_args(p, default_of(transfer, "extend"))
+    p.add_argument("--grid-seeds", type=int, default=default_of(transfer, "grid_seeds"), metavar="N",
                    help=f"seeds per η_base grid point (default: {default_of(transfer, 'grid_seeds')})")
-    p.add_argument("--seeds", type=int, default=default_of(transfer, "seeds"),
-                   help=f"seeds of the final compare (default: {default_of(transfer, 'seeds')})")
-    p.add_argument("--extend", type=int, default=default_of(transfer, "extend"),
-                   help=f"values the η_base grid may grow by at an edge, per arm (default: {default_of(transfer, 'extend')})")
+    add_seeds_arg(p, default_of(transfer, "seeds"))
     add_workers_arg(p)
     add_executor_args(p)
-    p.add_argument("--out", required=True, help="output directory (grid.json, report.md, transfer.md, runs/)")
+    add_out_arg(p, required=True)
     p.set_defaults(func=cmd_transfer)
 
-    p = sub.add_parser("ablate", help="leave-one-out (table 6) and one-λ-varied (figure 4) ablations of a plan")
+    p = sub.add_parser("ablate", help="leave-one-out (table 6) and one-λ-varied (figure 4) ablations of a plan",
+                       description="Train --plan with one component's λ left at 1 (leave-one-out) or multiplied by "
+                                   "each of --factors (vary), per component. Writes ablate.md, ablate.json and runs/ "
+                                   "into --out.")
     add_target_args(p)
-    p.add_argument("--plan", default=None, help="plan to ablate (default: paper-moe for MoE presets, else paper-dense)")
+    add_plan_arg(p, shown="the paper's plan for the model: paper-moe for a MoE model, else paper-dense")
     p.add_argument("--kind", default=default_of(ablate, "kind"), choices=ABLATIONS,
-                   help="leave-one-out (table 6), vary (figure 4) or both (default)")
+                   help=f"leave-one-out (table 6), vary (figure 4) or both (default: {default_of(ablate, 'kind')})")
     p.add_argument("--components", default=None, help="comma-separated components (default: all of the model's)")
     p.add_argument("--factors", default=None,
                    help=f"λ multipliers for --kind vary (default: {','.join(f'{f:.3g}' for f in FACTORS)})")
-    p.add_argument("--seeds", type=int, default=default_of(ablate, "seeds"),
-                   help=f"seeds per variant (default: {default_of(ablate, 'seeds')})")
+    add_seeds_arg(p, default_of(ablate, "seeds"))
     add_workers_arg(p)
     add_executor_args(p)
-    p.add_argument("--out", required=True, help="output directory (ablate.md, ablate.json, runs/)")
+    add_out_arg(p, required=True)
     p.set_defaults(func=cmd_ablate)
 
 
@@ -439,7 +441,7 @@ def cmd_transfer(args) -> int:
     target = target_from_args(args, required=True)
     with executor_from_args(args, Path(args.out) / "slurm") as ex:
         transfer(args.plan, target, args.out, baseline=args.baseline, grid=parse_grid(args.grid) if args.grid else None,
-                 grid_seeds=args.grid_seeds, extend=args.extend, seeds=args.seeds, sets=parse_sets(args.set),
+                 grid_seeds=args.grid_seeds, extend=args.extend, seeds=args.seeds, sets=sets_from_args(args),
                  workers=args.workers, executor=ex)
     print((Path(args.out) / "transfer.md").read_text())
     return 0
@@ -453,6 +455,6 @@ def cmd_ablate(args) -> int:
     factors = parse_floats(args.factors, "factors") or FACTORS
     with executor_from_args(args, Path(args.out) / "slurm") as ex:
         ablate(target, plan, args.out, kind=args.kind, components=comps, factors=factors, seeds=args.seeds,
-               sets=parse_sets(args.set), workers=args.workers, executor=ex)
+               sets=sets_from_args(args), workers=args.workers, executor=ex)
     print((Path(args.out) / "ablate.md").read_text())
     return 0

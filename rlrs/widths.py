@@ -1,7 +1,7 @@
 """Width transfer: does η_base's optimum stay put as the model widens? (Kosson et al. 2025,
 arXiv 2510.19093; the RLRS paper's appendix D.1)
 
-    $ rlrs width-transfer --preset ladder-s-dense --widths 48,96,192 --variants sp,mup-iwd --out runs/wt
+    $ rlrs width-transfer --model ladder-s-dense --widths 48,96,192 --variants sp,mup-iwd --out runs/wt
 
 or from Python::
 
@@ -47,9 +47,10 @@ from .analysis import Difference, paired_difference
 from .compare import GridPoint, GridResult, arm_name, lr_grid
 from .config import ConfigError
 from .targets import PresetTarget
-from .models import get_preset
-from .options import (add_executor_args, add_set_arg, add_workers_arg, check_workers, default_of, executor_from_args,
-                      parse_grid, parse_sets, parse_widths)
+from .models import get_size
+from .options import (add_executor_args, add_grid_args, add_out_arg, add_plans_arg, add_seeds_arg, add_target_args,
+                      add_widths_arg, add_workers_arg, check_workers, default_of, executor_from_args, parse_grid,
+                      parse_widths, sets_from_args, target_from_args)
 from .presets import default_plans
 
 VARIANTS = ("sp", "sp-iwd", "mup", "mup-iwd", "sp-warmup")
@@ -218,7 +219,7 @@ def width_transfer(
     if clash:
         raise ConfigError(f"{clash[0]}: width-transfer sets it per width and variant; choose them with "
                           "--widths and --variants")
-    base_cfg = get_preset(preset)
+    base_cfg = get_size(preset)
     base_width = widths[0]
     plans = list(plans or default_plans(base_cfg.is_moe))
     # Fail before any training on a width the preset's heads cannot split, or a plan that a
@@ -325,26 +326,24 @@ def _plot(r: WidthTransferResult, path: Path) -> Path:
 def add_commands(sub) -> None:
     p = sub.add_parser("width-transfer", help="η_base grid x widths x variants (sp, mup, independent decay, warmup)",
                        description="For each variant and width, search η_base for each plan and report how far the "
-                                   "optimum moves as the model widens (Kosson et al. 2025, arXiv 2510.19093; "
-                                   "the RLRS paper's appendix D.1).")
-    p.add_argument("--preset", required=True, help="the model preset whose d_model is varied (its heads are kept)")
-    p.add_argument("--widths", required=True, help="d_model values, the smallest is muP's base width, e.g. 64,128,256,512")
+                                   "optimum moves as the model widens (Kosson et al. 2025, arXiv 2510.19093; the RLRS paper's appendix D.1). --model is the model "
+                                   "size whose d_model is varied (its heads are kept; required); the smallest of "
+                                   "--widths is muP's base width. Writes results.json, report.md, "
+                                   "width_transfer.png and runs/ into --out.")
+    add_target_args(p)
+    add_widths_arg(p)
     p.add_argument("--variants", default=",".join(default_of(width_transfer, "variants")),
                    help=f"from {', '.join(VARIANTS)} (default: {','.join(default_of(width_transfer, 'variants'))})")
-    p.add_argument("--plans", default=None, help="plans to grid (default: the uniform baseline and the paper's plan)")
-    p.add_argument("--grid", default=None, help="η_base values (default: 5 around each plan's η_base, grown at an edge)")
-    p.add_argument("--seeds", type=int, default=default_of(width_transfer, "seeds"))
+    add_plans_arg(p)
+    add_grid_args(p, default_of(width_transfer, "extend"))
+    add_seeds_arg(p, default_of(width_transfer, "seeds"))
     p.add_argument("--iwd", type=float, default=default_of(width_transfer, "iwd"),
                    help="independent weight decay per step for the *-iwd and sp-warmup variants, which replaces "
                         "the plans' weight_decay there (default: %(default)g); sp and mup keep the plans' coupled "
                         "decay, set with --set plan.weight_decay=...")
-    p.add_argument("--extend", type=int, default=default_of(width_transfer, "extend"))
-    add_set_arg(p)
     add_workers_arg(p)
     add_executor_args(p)
-    p.add_argument("--command", default=None,
-                   help="not supported: a script owns its model's width and parametrization (refused with the alternative)")
-    p.add_argument("--out", required=True, help="output directory (results.json, report.md, width_transfer.png, runs)")
+    add_out_arg(p, required=True)
     p.set_defaults(func=cmd_width_transfer)
 
 
@@ -352,12 +351,16 @@ def cmd_width_transfer(args) -> int:
     if args.command is not None:
         raise ConfigError("--command: width-transfer rebuilds the model at each width and parametrization, which "
                           "a script owns; use `rlrs lr-grid --command` at each width instead")
+    if args.config is not None:
+        raise ConfigError("--config: width-transfer rebuilds the model size at each width; give settings with --set "
+                          "instead")
     check_workers(args.workers)
+    model = target_from_args(args, required=True).name
     plans = [p.strip() for p in args.plans.split(",") if p.strip()] if args.plans else None
     with executor_from_args(args, Path(args.out) / "slurm") as ex:
-        res = width_transfer(args.preset, parse_widths(args.widths), args.out,
+        res = width_transfer(model, parse_widths(args.widths), args.out,
                              variants=[v.strip() for v in args.variants.split(",") if v.strip()], plans=plans,
                              grid=parse_grid(args.grid) if args.grid else None, seeds=args.seeds, iwd=args.iwd,
-                             extend=args.extend, sets=parse_sets(args.set), workers=args.workers, executor=ex)
+                             extend=args.extend, sets=sets_from_args(args), workers=args.workers, executor=ex)
     print(_report(res))
     return 0

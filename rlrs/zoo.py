@@ -2,7 +2,7 @@
 the DALS paper, arXiv 2604.27295, with error bars).
 
     $ rlrs zoo --list
-    $ rlrs zoo --task gauss,digits --strategies all --seeds 3 --out runs/zoo
+    $ rlrs zoo --tasks gauss,digits --strategies all --seeds 3 --out runs/zoo
 
 or from Python::
 
@@ -33,7 +33,8 @@ from . import files
 from .analysis import first_reaching
 from .config import ConfigError
 from .engine import Job, eval_curve, reusable, run_all, run_dir
-from .options import add_executor_args, add_workers_arg, check_workers, default_of, executor_from_args
+from .options import (add_executor_args, add_out_arg, add_renamed, add_seeds_arg, add_workers_arg, check_workers,
+                      default_of, executor_from_args)
 from .plots import _save
 from .strategies import GENERATIONS, STRATEGIES
 from .tasks import TASKS, TaskRun
@@ -187,7 +188,7 @@ def merge_results(results: Sequence[ZooResult], out: str | Path) -> ZooResult:
                 cells.append(_no_runs(s, t, r.seeds, applicable=False))
             else:
                 raise ConfigError(f"--merge: strategy {s} did not run on task {t} in {r.out}; run it there "
-                                  f"(rlrs zoo --task {t} --strategies {s} --out {r.out}) before merging")
+                                  f"(rlrs zoo --tasks {t} --strategies {s} --out {r.out}) before merging")
     return ZooResult(Path(out), list(owner), strategies, first.seeds, first.epochs, cells,
                      sum(r.wall_s for r in results), [str(r.out / "results.json") for r in results])
 
@@ -376,18 +377,19 @@ def listing() -> str:
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("zoo", help="learning-rate strategies x tasks x seeds (the comparison of arXiv "
-                                   "2604.27295, with error bars)",
+    p = sub.add_parser("zoo", help="learning-rate strategies x tasks x seeds (the comparison of arXiv 2604.27295, with error bars)",
                        description="Train every strategy on every task with several seeds on the run engine; write "
-                                   "results.json, report.md (the cross-task table) and zoo_curves.png.")
+                                   "results.json, report.md (the cross-task table), zoo_curves.png and runs/ into "
+                                   "--out (needed to train or merge).")
     p.add_argument("--list", action="store_true", help="print every strategy with its generation and paper, and the tasks")
-    p.add_argument("--task", default=None, help=f"tasks, comma-separated, or all ({', '.join(TASKS)})")
+    p.add_argument("--tasks", default=None, help=f"tasks, comma-separated, or all ({', '.join(TASKS)})")
+    add_renamed(p, "--task", "--tasks", "tasks")
     p.add_argument("--strategies", default="all", help="strategies, comma-separated, or all (default: all)")
-    p.add_argument("--seeds", type=int, default=default_of(run_zoo, "seeds"))
+    add_seeds_arg(p, default_of(run_zoo, "seeds"))
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: each task's own)")
     add_workers_arg(p)
     add_executor_args(p)
-    p.add_argument("--out", default=None, help="output directory (results.json, report.md, zoo_curves.png, runs/)")
+    add_out_arg(p, shown="none; needed to train or to merge")
     p.add_argument("--merge", nargs="+", default=None, metavar="RESULTS_JSON",
                    help="instead of training: merge zoo results.json files of different tasks into one report in --out")
     p.set_defaults(func=cmd_zoo)
@@ -398,18 +400,18 @@ def cmd_zoo(args) -> int:
         print(listing())
         return 0
     if args.merge is not None:
-        if args.out is None or args.task is not None:
-            raise ConfigError("--merge: give --out (where the merged results.json and report.md go) and no --task, "
+        if args.out is None or args.tasks is not None:
+            raise ConfigError("--merge: give --out (where the merged results.json and report.md go) and no --tasks, "
                               "e.g. rlrs zoo --merge a/results.json b/results.json --out zoo-all")
         res = merge_results([load_results(p) for p in args.merge], args.out)
         write_outputs(res)
     else:
-        if args.task is None or args.out is None:
-            raise ConfigError("--task and --out: both needed to run the zoo (or --list to see the strategies), e.g. "
-                              "rlrs zoo --task gauss --strategies adamw,dals --out runs/zoo")
+        if args.tasks is None or args.out is None:
+            raise ConfigError("--tasks and --out: both needed to run the zoo (or --list to see the strategies), e.g. "
+                              "rlrs zoo --tasks gauss --strategies adamw,dals --out runs/zoo")
         check_workers(args.workers)
         with executor_from_args(args, Path(args.out) / "slurm") as ex:
-            res = run_zoo(args.task.split(","), args.strategies.split(","), args.out, seeds=args.seeds,
+            res = run_zoo(args.tasks.split(","), args.strategies.split(","), args.out, seeds=args.seeds,
                           epochs=args.epochs, workers=args.workers, executor=ex)
     print(report(res, None).split("\n## ")[0])
     print(f"results: {res.out / 'results.json'}  report: {res.out / 'report.md'}")

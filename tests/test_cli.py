@@ -11,7 +11,7 @@ def rlrs(*args, cwd=None):
 
 
 def test_inspect_preset_shows_components_counts_and_lrs():
-    r = rlrs("inspect", "tiny-moe", "--plan", "paper-moe", "--total-steps", "1000", "--at", "0,1%,100%")
+    r = rlrs("inspect", "tiny-moe", "--plan", "paper-moe", "--steps", "1000", "--at", "0,1%,100%")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     router = [l for l in lines if l.startswith("router")][0]
@@ -23,7 +23,7 @@ def test_inspect_preset_shows_components_counts_and_lrs():
 
 
 def test_inspect_shows_mup_width_factors_in_the_lrs():
-    r = rlrs("inspect", "tiny-moe", "--plan", "paper-moe", "--total-steps", "1000", "--at", "1%",
+    r = rlrs("inspect", "tiny-moe", "--plan", "paper-moe", "--steps", "1000", "--at", "1%",
              "--set", "model.parametrization=mup", "--set", "model.base_width=16")
     assert r.returncode == 0, r.stderr
     assert "m = d_model / base_width = 32 / 16 = 2" in r.stdout and "experts ×0.5" in r.stdout and "router ×1" in r.stdout
@@ -33,13 +33,13 @@ def test_inspect_shows_mup_width_factors_in_the_lrs():
     assert bad.returncode == 2 and "--set: only model.* settings" in bad.stderr
 
 
-def test_docs_preset_table_is_what_rlrs_presets_prints():
+def test_docs_model_table_is_what_rlrs_sizes_prints():
     from pathlib import Path
 
-    r = rlrs("presets")
+    r = rlrs("sizes")
     assert r.returncode == 0, r.stderr
     models = (Path(__file__).parent.parent / "docs" / "models.md").read_text()
-    assert r.stdout.strip() in models, "docs/models.md's Reference models table is stale: paste `rlrs presets`"
+    assert r.stdout.strip() in models, "docs/models.md's Reference models table is stale: paste `rlrs sizes`"
     assert "| `small-moe` | 256 | 4 | 8 | 8 | 4.20M |" in r.stdout
 
 
@@ -70,7 +70,7 @@ def test_plot_plan_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib")
     plan = tmp_path / "mine.toml"
     plan.write_text("base_lr = 0.001\n[router]\nstart = 0.5\nend = 2.0\n")
-    r = rlrs("plot-plan", "--plan", str(plan), "--total-steps", "500", "--out", str(tmp_path / "plots"))
+    r = rlrs("plot-plan", "--plan", str(plan), "--steps", "500", "--out", str(tmp_path / "plots"))
     assert r.returncode == 0, r.stderr
     png = tmp_path / "plots" / "lr_mine.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
@@ -131,7 +131,7 @@ def test_plot_plan_draws_the_models_own_components_on_a_log_axis(tmp_path, monke
         return real(plan, total, path, components=components, title=title, log=log)
 
     monkeypatch.setattr(plots, "plot_plan", spy)
-    assert main(["plot-plan", "--plan", "paper-dense", "--model", "tiny-dense", "--total-steps", "200",
+    assert main(["plot-plan", "--plan", "paper-dense", "--model", "tiny-dense", "--steps", "200",
                  "--out", str(tmp_path)]) == 0
     assert drawn == {"components": ("embedding", "unembedding", "attention", "feedforward", "other"), "log": True}
     assert (tmp_path / "lr_paper-dense.png").stat().st_size > 10_000

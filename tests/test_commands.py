@@ -15,7 +15,7 @@ from rlrs.cli import main
 from rlrs.compare import compare
 from rlrs.engine import CommandRun, _EvalWatch, eval_curve, execute, run_dir
 from rlrs.targets import CommandTarget
-from rlrs.presets import get as plan_preset
+from rlrs import presets
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = Path(__file__).parent / "scripts" / "fake_train.py"
@@ -52,7 +52,7 @@ def test_the_watch_on_a_running_command_reads_only_whole_new_lines(tmp_path):
 
 
 def test_a_command_run_gets_its_plan_seed_and_directory(tmp_path):
-    plan = plan_preset("paper-dense")
+    plan = presets.get("paper-dense")
     cmd = f"{fake('ok')} && echo {{plan}} {{run_dir}} {{seed}} > where.txt"
     spec = CommandRun(cmd, plan, seed=3, cwd=str(tmp_path))
     out = run_dir(tmp_path / "runs", spec)
@@ -78,7 +78,7 @@ def test_a_launchers_failure_is_headed_by_the_ranks_own_error_not_its_banner(tmp
         "sys.stderr.write('torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \\n')\n"
         "sys.stderr.write('=' * 50 + '\\n  exitcode  : 1 (pid: 12)\\n' + '=' * 50 + '\\n')\n"
         "sys.exit(int(sys.argv[1]))\n")
-    r = execute(CommandRun(f"{PY} {shlex.quote(str(launcher))} 1", plan_preset("paper-dense")), tmp_path / "r")
+    r = execute(CommandRun(f"{PY} {shlex.quote(str(launcher))} 1", presets.get("paper-dense")), tmp_path / "r")
     assert r.status == "failed"
     assert r.headline() == "failed: [rank1]: ValueError: batch 7 is empty"
     assert "[rank1]: ValueError: batch 7 is empty\n...\n" in r.error  # kept above the last lines
@@ -86,7 +86,7 @@ def test_a_launchers_failure_is_headed_by_the_ranks_own_error_not_its_banner(tmp
     # Without an exception line, the reason leads: the exit status, not the banner's last line.
     banner = tmp_path / "banner.py"
     banner.write_text("import sys\nsys.stderr.write('=' * 50 + '\\n')\nsys.exit(2)\n")
-    plain = execute(CommandRun(f"{PY} {shlex.quote(str(banner))}", plan_preset("paper-dense")), tmp_path / "plain")
+    plain = execute(CommandRun(f"{PY} {shlex.quote(str(banner))}", presets.get("paper-dense")), tmp_path / "plain")
     assert plain.headline() == "failed: exit status 2"
 
 
@@ -110,7 +110,7 @@ def test_end_distributed_flushes_and_leaves_with_its_code_without_pythons_shutdo
     ("silent", "failed", ["never called rlrs.report"]),
 ])
 def test_a_failing_command_is_a_recorded_failure(tmp_path, mode, status, words):
-    spec = CommandRun(fake(mode), plan_preset("paper-dense"))
+    spec = CommandRun(fake(mode), presets.get("paper-dense"))
     r = execute(spec, tmp_path / "r")
     assert r.status == status, r.error
     for w in words:
@@ -120,15 +120,15 @@ def test_a_failing_command_is_a_recorded_failure(tmp_path, mode, status, words):
 
 
 def test_a_failed_command_runs_again_and_a_diverged_one_is_reused(tmp_path):
-    crash = execute(CommandRun(fake("crash"), plan_preset("paper-dense")), tmp_path / "c")
-    assert not execute(CommandRun(fake("crash"), plan_preset("paper-dense")), tmp_path / "c").reused
+    crash = execute(CommandRun(fake("crash"), presets.get("paper-dense")), tmp_path / "c")
+    assert not execute(CommandRun(fake("crash"), presets.get("paper-dense")), tmp_path / "c").reused
     assert crash.status == "failed"
-    execute(CommandRun(fake("nan"), plan_preset("paper-dense")), tmp_path / "n")
-    assert execute(CommandRun(fake("nan"), plan_preset("paper-dense")), tmp_path / "n").reused
+    execute(CommandRun(fake("nan"), presets.get("paper-dense")), tmp_path / "n")
+    assert execute(CommandRun(fake("nan"), presets.get("paper-dense")), tmp_path / "n").reused
 
 
 def test_stop_at_a_rung_stops_the_command_and_a_later_call_continues(tmp_path):
-    spec = CommandRun(fake("slow", 20), plan_preset("paper-dense"), steps=20)
+    spec = CommandRun(fake("slow", 20), presets.get("paper-dense"), steps=20)
     half = execute(spec, tmp_path / "r", stop_at=10)
     assert half.status == "stopped" and 10 <= half.steps < 20
     assert execute(spec, tmp_path / "r", stop_at=10).reused  # far enough already
@@ -143,7 +143,7 @@ def test_bad_commands_get_clear_errors(tmp_path, capsys):
     assert "--command: {model} is not a placeholder" in capsys.readouterr().err
     assert main(["compare", "--command", fake("ok"), "--set", "model.d_model=8", "--out", str(tmp_path / "o")]) == 2
     assert "with --command only plan.* settings apply" in capsys.readouterr().err
-    assert main(["compare", "--command", fake("ok"), "--preset", "tiny-moe", "--out", str(tmp_path / "o")]) == 2
+    assert main(["compare", "--command", fake("ok"), "--model", "tiny-moe", "--out", str(tmp_path / "o")]) == 2
     assert "choose one" in capsys.readouterr().err
     assert main(["tune", "--command", fake("ok"), "--budget", "2", "--prune", "--out", str(tmp_path / "t")]) == 2
     assert "--prune with --command needs --steps" in capsys.readouterr().err
@@ -164,7 +164,7 @@ def test_compare_on_a_command_with_a_crashing_arm_goes_on_and_reports_it(tmp_pat
     assert (tmp_path / "report.md").exists() and (tmp_path / "loss.png").exists()
     assert json.loads((tmp_path / "results.json").read_text())["target"]["command"] == fake("ok")
     bad = tmp_path / "bad.toml"
-    plan_preset("paper-dense").save(bad)
+    presets.get("paper-dense").save(bad)
     crash = CommandTarget(f"{PY} -c \"import rlrs, sys; p = rlrs.script.plan(); "
                           f"sys.exit(4) if p.embedding.start == 5.0 else [rlrs.report(s, 3 - s / 10) for s in range(11)]\"")
     res = compare(crash, ["uniform-dense", str(bad)], seeds=1, out=tmp_path / "c2", log=_quiet)
@@ -244,7 +244,7 @@ def test_nanogpt_example_under_compare_and_tune(tmp_path, corpus_dir):
 def test_nanogpt_example_resumes_from_its_own_checkpoint(tmp_path, corpus_dir):
     cmd = _example("nanogpt.py", corpus_dir, "--d-model 32 --layers 1 --batch-size 4 --seq-len 32 --eval-every 2 "
                                              "--checkpoint-every 2")
-    spec = CommandRun(cmd, plan_preset("paper-dense"), steps=8)
+    spec = CommandRun(cmd, presets.get("paper-dense"), steps=8)
     stopped = execute(spec, tmp_path / "r", stop_at=4)
     assert stopped.status == "stopped"
     full = execute(spec, tmp_path / "r")
@@ -258,7 +258,7 @@ def test_nanogpt_example_resumes_from_its_own_checkpoint(tmp_path, corpus_dir):
 def test_nanogpt_example_killed_between_its_save_and_its_report_reports_that_step_on_resuming(tmp_path, corpus_dir):
     cmd = _example("nanogpt.py", corpus_dir, "--d-model 32 --layers 1 --batch-size 4 --seq-len 32 --eval-every 2 "
                                              "--checkpoint-every 2")
-    spec = CommandRun(cmd, plan_preset("paper-dense"), steps=8)
+    spec = CommandRun(cmd, presets.get("paper-dense"), steps=8)
     out = tmp_path / "r"
     full = execute(spec, out)
     assert full.status == "finished" and full.eval_steps == [0, 2, 4, 6, 8]
@@ -353,7 +353,7 @@ def test_a_script_that_does_not_resume_has_every_step_it_ran_counted_and_is_name
     from rlrs.engine import RESUME_FIX, read_result
 
     # uniform-dense, not paper-dense: the fake waits at 4 (first start) and 10 (second) to be stopped there.
-    spec = CommandRun(f"{fake('restart', 20)} 4,10", plan_preset("uniform-dense"), steps=20)
+    spec = CommandRun(f"{fake('restart', 20)} 4,10", presets.get("uniform-dense"), steps=20)
     out = tmp_path / "r"
     first = execute(spec, out, stop_at=4)
     assert first.status == "stopped" and first.steps == 4 and first.compute_steps == 4
@@ -373,7 +373,7 @@ def test_a_script_that_does_not_resume_has_every_step_it_ran_counted_and_is_name
 
 
 def test_a_script_that_resumes_is_counted_once(tmp_path):
-    spec = CommandRun(f"{fake('resume', 20)} 4,10", plan_preset("uniform-dense"), steps=20)
+    spec = CommandRun(f"{fake('resume', 20)} 4,10", presets.get("uniform-dense"), steps=20)
     out = tmp_path / "r"
     calls = [execute(spec, out, stop_at=4), execute(spec, out, stop_at=10), execute(spec, out)]
     assert [r.status for r in calls] == ["stopped", "stopped", "finished"]
@@ -385,13 +385,13 @@ def test_a_script_that_resumes_is_counted_once(tmp_path):
 
 
 def test_a_command_whose_reports_stop_short_of_its_length_failed(tmp_path):
-    r = execute(CommandRun(fake("early"), plan_preset("paper-dense"), steps=10), tmp_path / "r")
+    r = execute(CommandRun(fake("early"), presets.get("paper-dense"), steps=10), tmp_path / "r")
     assert r.status == "failed" and r.exit_code == 0
     assert r.headline().startswith("failed: reported up to step 0 of 10: the script ended early")
     assert "rlrs.report(10, eval_loss)" in r.error
-    assert not execute(CommandRun(fake("early"), plan_preset("paper-dense"), steps=10), tmp_path / "r").reused
+    assert not execute(CommandRun(fake("early"), presets.get("paper-dense"), steps=10), tmp_path / "r").reused
     # Without a known length the last report is the length: nothing to hold it against.
-    assert execute(CommandRun(fake("early"), plan_preset("paper-dense")), tmp_path / "u").status == "finished"
+    assert execute(CommandRun(fake("early"), presets.get("paper-dense")), tmp_path / "u").status == "finished"
 
 
 @pytest.mark.parametrize("mode", ["restart", "resume"])
@@ -454,7 +454,7 @@ def test_a_run_of_an_edited_script_is_trained_again_not_reused(tmp_path):
     # results as the new one's (and mix both versions across seeds).
     script = tmp_path / "train.py"
     script.write_text("import rlrs\n[rlrs.report(s, 3.0 - s / 10) for s in range(11)]\n")
-    spec = CommandRun(f"{PY} train.py", plan_preset("paper-dense"), cwd=str(tmp_path))
+    spec = CommandRun(f"{PY} train.py", presets.get("paper-dense"), cwd=str(tmp_path))
     out = run_dir(tmp_path / "runs", spec)
     first = execute(spec, out)
     assert first.status == "finished" and not first.reused

@@ -227,7 +227,7 @@ def test_interrupted_compare_resumes_only_the_unfinished_run(moe_compare, tmp_pa
 def test_killed_compare_resumes_without_redoing_finished_runs(tmp_path, corpus_dir, spy):
     out = tmp_path / "c"
     sets = _sets(corpus_dir, **{"train.steps": 40})
-    argv = [sys.executable, "-m", "rlrs", "compare", "--preset", "tiny-dense", "--plans", "uniform-dense,paper-dense",
+    argv = [sys.executable, "-m", "rlrs", "compare", "--model", "tiny-dense", "--plans", "uniform-dense,paper-dense",
             "--seeds", "2", "--workers", "2", "--out", str(out)]
     for k, v in sets.items():
         argv += ["--set", f"{k}={json.dumps(v) if isinstance(v, str) else v}"]
@@ -292,7 +292,7 @@ def test_lr_grid_then_compare_with_its_best(tmp_path, corpus_dir, capsys, spy):
     sets = []
     for k, v in _sets(corpus_dir, **{"train.steps": 12}).items():
         sets += ["--set", f"{k}={json.dumps(v) if isinstance(v, str) else v}"]
-    common = ["--preset", "tiny-dense", "--plans", "uniform-dense,paper-dense", "--out", str(out), "--workers", "1", *sets]
+    common = ["--model", "tiny-dense", "--plans", "uniform-dense,paper-dense", "--out", str(out), "--workers", "1", *sets]
     assert main(["lr-grid", "--grid", "1e-3,1e-2", "--extend", "0", *common]) == 0
     text = capsys.readouterr().out
     grid = json.loads((out / "grid.json").read_text())
@@ -309,7 +309,7 @@ def test_lr_grid_then_compare_with_its_best(tmp_path, corpus_dir, capsys, spy):
     assert spy.jobs == []
     res = json.loads((out / "results.json").read_text())
     assert {a: e["base_lr"] for a, e in res["arms"].items()} == grid["best"]
-    assert res["command"].startswith("rlrs compare --preset tiny-dense") and "--base-lrs-from" in res["command"]
+    assert res["command"].startswith("rlrs compare --model tiny-dense") and "--base-lrs-from" in res["command"]
     for r in res["runs"]:
         assert json.loads((Path(r["out"]) / "config.json").read_text())["plan"]["base_lr"] == grid["best"][r["arm"]]
 
@@ -369,7 +369,7 @@ def test_lr_grid_include_adds_a_value_to_one_arms_grid(tmp_path, corpus_dir, spy
     ],
 )
 def test_cli_bad_input_exits_2(argv, message, tmp_path, capsys, spy):
-    code = main([*argv, "--preset", "tiny-dense", "--out", str(tmp_path / "o")])
+    code = main([*argv, "--model", "tiny-dense", "--out", str(tmp_path / "o")])
     assert code == 2
     err = capsys.readouterr().err
     assert message in err and err.startswith(f"rlrs {argv[0]}: error:")
@@ -379,7 +379,7 @@ def test_cli_bad_input_exits_2(argv, message, tmp_path, capsys, spy):
 def test_base_lrs_from_a_grid_without_the_arm(tmp_path, capsys):
     grid = tmp_path / "grid.json"
     grid.write_text(json.dumps({"best": {"uniform-dense": 1e-3}}))
-    code = main(["compare", "--preset", "tiny-dense", "--plans", "uniform-dense,paper-dense", "--out", str(tmp_path / "o"),
+    code = main(["compare", "--model", "tiny-dense", "--plans", "uniform-dense,paper-dense", "--out", str(tmp_path / "o"),
                  "--base-lrs-from", str(grid)])
     assert code == 2 and "no η_base for paper-dense (it has: uniform-dense)" in capsys.readouterr().err
 

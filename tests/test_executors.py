@@ -74,7 +74,7 @@ def _results(out):
 
 
 def test_compare_on_slurm_gives_the_local_results_and_is_reused_locally(slurm_cluster, tmp_path, tiny_sets, capsys):
-    common = ["compare", "--preset", "tiny-dense", "--plans", "uniform-dense,paper-dense", "--seeds", "2",
+    common = ["compare", "--model", "tiny-dense", "--plans", "uniform-dense,paper-dense", "--seeds", "2",
               *_sets(tiny_sets, **{"train.steps": 6})]
     _same_on_slurm_as_locally(common, tmp_path, capsys)
 
@@ -266,14 +266,14 @@ def test_a_job_past_its_time_limit_is_a_failed_run_named_timeout(slurm_cluster, 
     (["--executor", "local", "--slurm-partition", "gpu"], "--slurm-partition: applies to Slurm jobs; add --executor slurm"),
 ])
 def test_bad_slurm_flags_are_named(argv, message, tmp_path, capsys):
-    code = main(["compare", "--preset", "tiny-dense", "--out", str(tmp_path / "o"), *argv])
+    code = main(["compare", "--model", "tiny-dense", "--out", str(tmp_path / "o"), *argv])
     assert code == 2 and message in capsys.readouterr().err
 
 
 def test_a_cluster_config_with_a_misspelt_key_names_the_closest(tmp_path, capsys):
     cfg = tmp_path / "cluster.toml"
     cfg.write_text('executor = "slurm"\n[slurm]\npartiton = "gpu"\n')
-    code = main(["compare", "--preset", "tiny-dense", "--out", str(tmp_path / "o"), "--cluster-config", str(cfg)])
+    code = main(["compare", "--model", "tiny-dense", "--out", str(tmp_path / "o"), "--cluster-config", str(cfg)])
     err = capsys.readouterr().err
     assert code == 2 and "slurm.partiton: unknown key; did you mean 'partition'?" in err and str(cfg) in err
 

@@ -1,4 +1,4 @@
-"""``rlrs inspect`` and ``rlrs.inspect`` on every kind of model: a preset, a Hugging Face config or
+"""``rlrs inspect`` and ``rlrs.inspect`` on every kind of model: one of rlrs's model sizes, a Hugging Face config or
 model directory, the user's own ``MODULE:ATTR``, and an ``nn.Module`` in Python; which schedule a
 tied tensor follows (what ``rlrs.param_groups`` gives it); and a clear error for every bad input."""
 
@@ -110,7 +110,7 @@ def _gpt2_dir(path: Path) -> Path:
 def test_inspect_module_attr_class_factory_and_object(project, capsys):
     _, name = project
     for spec, vocab in ((f"{name}:GPT", 50), (f"{name}.py:make_model", 64), (f"{name}:model", 50)):
-        assert main(["inspect", spec, "--plan", "paper-dense", "--total-steps", "100", "--at", "0,100%"]) == 0
+        assert main(["inspect", spec, "--plan", "paper-dense", "--steps", "100", "--at", "0,100%"]) == 0
         out = capsys.readouterr().out
         assert out.startswith(f"model: {spec}\n")
         tied = _row(out, "embedding+unembedding (tied)")
@@ -180,7 +180,7 @@ def test_inspect_module_errors_name_the_fix(project, capsys):
 
 def test_library_inspect_prints_what_the_cli_prints(project, capsys):
     _, name = project
-    assert main(["inspect", f"{name}:GPT", "--plan", "paper-dense", "--total-steps", "500", "--at", "0,10%,100%"]) == 0
+    assert main(["inspect", f"{name}:GPT", "--plan", "paper-dense", "--steps", "500", "--at", "0,10%,100%"]) == 0
     cli = capsys.readouterr().out
     module = __import__(name)
     got = rlrs.inspect(module.GPT(), "paper-dense", total_steps=500, at="0,10%,100%")
@@ -242,13 +242,13 @@ def test_library_inspect_errors_name_the_argument():
         ({"total_steps": 0}, "total_steps: the training length in steps, a whole number >= 1; got 0 (e.g. total_steps=10_000)"),
         ({"total_steps": 10, "at": "50%,11"}, "at: '11' is not a step in [0, 9]"),
         ({"sets": {"train.steps": 3}}, "sets: only model.* settings"),
-        ({"sets": {"model.d_model": 3}}, "sets model.d_model: model.* settings change an rlrs preset"),
+        ({"sets": {"model.d_model": 3}}, "sets model.d_model: model.* settings change an rlrs model size"),
         ({"sets": {"plan.tide": "embedding"}}, "sets plan.tide: unknown key; did you mean 'tied'?"),
     ]:
         with pytest.raises(ConfigError) as err:
             rlrs.inspect(model, "paper-dense", quiet=True, **kwargs)
         assert words in str(err.value), str(err.value)
-    with pytest.raises(ConfigError, match="model: an nn.Module, or a preset"):
+    with pytest.raises(ConfigError, match="model: an nn.Module, or a model size"):
         rlrs.inspect(42, "paper-dense")
 
 
@@ -262,13 +262,13 @@ def test_the_inspection_docstring_runs():
 
 def test_inspect_a_model_directory_exits_0(tmp_path, capsys):
     d = _gpt2_dir(tmp_path / "gpt2-tiny")
-    assert main(["inspect", str(d), "--plan", "paper-dense", "--total-steps", "100"]) == 0  # was: table, then exit 2
+    assert main(["inspect", str(d), "--plan", "paper-dense", "--steps", "100"]) == 0  # was: table, then exit 2
     captured = capsys.readouterr()
     assert "error" not in captured.err
     assert _row(captured.out, "embedding+unembedding (tied)")[2:4] == ["1", "1,024"]
     assert "plan paper-dense: LR per component (100 steps)" in captured.out
-    assert "active_non_embedding" not in captured.out  # the parameter counts are a preset's
-    assert main(["inspect", str(d), "--set", "plan.tied=embedding", "--total-steps", "100"]) == 0
+    assert "active_non_embedding" not in captured.out  # the parameter counts are a model size's
+    assert main(["inspect", str(d), "--set", "plan.tied=embedding", "--steps", "100"]) == 0
     assert _row(capsys.readouterr().out, "embedding+unembedding (tied)")[-1] == "embedding"
 
 
@@ -296,8 +296,8 @@ def test_inspect_bad_hf_configs_get_clear_errors(tmp_path, capsys, content, word
 
 def test_inspect_cli_errors_name_the_flag(capsys, tmp_path):
     cases = [
-        (["--total-steps", "0"], "--total-steps: the training length in steps, a whole number >= 1; got 0"),
-        (["--total-steps", "-3", "--at", "1"], "--total-steps: "),
+        (["--steps", "0"], "--steps: the training length in steps, a whole number >= 1; got 0"),
+        (["--steps", "-3", "--at", "1"], "--steps: "),
         (["--at", "50%,x"], "--at: 'x' is not a step"),
         (["tiny-dense", "--set", "plan.tide=1"], "--set plan.tide: unknown key; did you mean 'tied'?"),
         (["tiny-dense", "--set", "data.tokenizer=bytes"], "--set: only model.* settings"),
@@ -311,7 +311,7 @@ def test_inspect_cli_errors_name_the_flag(capsys, tmp_path):
         assert captured.out == "", args  # nothing half-printed before the error
     d = _gpt2_dir(tmp_path / "g")
     assert main(["inspect", str(d), "--set", "model.d_model=8"]) == 2
-    assert "model.* settings change an rlrs preset" in capsys.readouterr().err
+    assert "model.* settings change an rlrs model size" in capsys.readouterr().err
 
 
 def test_the_default_plan_is_the_papers_for_what_the_model_is(capsys):

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from rlrs.engine import ABANDONED, INTERRUPTED, STOP_GRACE_S, CommandRun, Job, Pool, execute, read_result
-from rlrs.presets import get as plan_preset
+from rlrs import presets
 
 ROOT = Path(__file__).resolve().parents[1]
 CEILING_S = 120  # for a process to start (it imports torch on a busy machine): never waited out when all is well
@@ -82,7 +82,7 @@ def test_processes_a_command_leaves_behind_end_when_it_exits_0(tmp_path):
     out = tmp_path / "run"
     cmd = _script(tmp_path / "leave.sh", LEAVE_CHILDREN + _report(0) + "\n" + _report(10) + "\nexit 0\n")
     try:
-        r = execute(CommandRun(cmd, plan_preset("paper-dense"), steps=10), out)
+        r = execute(CommandRun(cmd, presets.get("paper-dense"), steps=10), out)
         pids = _pids(out / "group.pid", out / "setsid.pid", out / "orphan.pid")
         assert r.status == "finished", r.error
         assert [p for p in pids if _alive(p)] == [], "processes the command left behind are still running"
@@ -96,7 +96,7 @@ def test_a_run_stopped_by_rlrs_ends_every_process_it_started(tmp_path):
     out = tmp_path / "run"
     cmd = _script(tmp_path / "nan.sh", LEAVE_CHILDREN + "echo $$ > script.pid\n" + _report(0, "null") + "\nexec sleep 1000\n")
     try:
-        r = execute(CommandRun(cmd, plan_preset("paper-dense"), steps=10), out)
+        r = execute(CommandRun(cmd, presets.get("paper-dense"), steps=10), out)
         assert r.status == "diverged", r.error
         pids = _pids(out / "script.pid", out / "group.pid", out / "setsid.pid", out / "orphan.pid")
         assert [p for p in pids if _alive(p)] == []
@@ -218,7 +218,7 @@ def test_ctrl_c_where_execute_runs_in_this_process_records_the_run_then_raises(t
     try:
         threading.Thread(target=ctrl_c, daemon=True).start()
         with pytest.raises(KeyboardInterrupt):
-            execute(CommandRun(cmd, plan_preset("paper-dense")), out)
+            execute(CommandRun(cmd, presets.get("paper-dense")), out)
     finally:
         signal.signal(signal.SIGINT, before)
     pid = int((out / "script.pid").read_text())
@@ -319,7 +319,7 @@ def test_ctrl_c_stops_rlrs_own_training_in_a_worker_and_records_it(tmp_path, tin
 def test_an_error_while_runs_are_in_flight_stops_them_and_never_hangs(tmp_path):
     # The caller's callback fails while another run trains: run() raises at once (it does not
     # wait for that run), which is stopped and recorded, its processes gone.
-    plan = plan_preset("paper-dense")
+    plan = presets.get("paper-dense")
     quick = CommandRun(_script(tmp_path / "quick.sh", _report(0) + "\n"), plan)
     slow = CommandRun(_script(tmp_path / "slow.sh", "echo $$ > \"$RLRS_RUN_DIR/script.pid\"\n"
                               f"touch {shlex.quote(str(tmp_path / 'marker'))}\nexec sleep 1000\n"), plan)
@@ -390,7 +390,7 @@ def test_each_attempt_starts_its_logs_afresh_and_keeps_the_one_before(tmp_path):
         echo "out of attempt $n"; echo "err of attempt $n" >&2
         exit 1
     """)
-    spec, out = CommandRun(cmd, plan_preset("paper-dense")), tmp_path / "run"
+    spec, out = CommandRun(cmd, presets.get("paper-dense")), tmp_path / "run"
     for _ in range(3):
         r = execute(spec, out)
     assert r.status == "failed" and "err of attempt 3" in r.error and "attempt 2" not in r.error

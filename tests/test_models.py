@@ -13,17 +13,17 @@ import torch
 import rlrs.models as models
 from rlrs.models import (
     PAPER_BATCH_SIZE,
-    PRESETS,
+    SIZES,
     ModelConfig,
     Transformer,
     build_model,
     count_params,
     expert_capacity,
-    get_preset,
+    get_size,
 )
 
-TINY_DENSE = get_preset("tiny-dense")
-TINY_MOE = get_preset("tiny-moe")
+TINY_DENSE = get_size("tiny-dense")
+TINY_MOE = get_size("tiny-moe")
 
 
 def _model(cfg: ModelConfig, seed: int = 0) -> Transformer:
@@ -129,7 +129,7 @@ TABLE_3 = {
 @pytest.mark.parametrize("name", sorted(TABLE_3))
 def test_paper_presets_match_table_3(name):
     active, total = TABLE_3[name]
-    counts = count_params(get_preset(name))
+    counts = count_params(get_size(name))
     assert counts["active_non_embedding"] == pytest.approx(active, rel=0.01)
     assert counts["total_non_embedding"] == pytest.approx(total, rel=0.01)
 
@@ -140,18 +140,18 @@ def test_paper_preset_shapes():
         "dense-113m": (768, 12, 512, 256),
         "moe-906m": (1536, 24, 1024, 384),
     }.items():
-        cfg = get_preset(name)
+        cfg = get_size(name)
         assert (cfg.d_model, cfg.n_layers, cfg.seq_len) == (d, layers, seq)
         assert cfg.n_heads == d // 64 and cfg.vocab_size == 50257
         assert cfg.n_experts == (8 if name.startswith("moe") else 0) and cfg.top_k == 1
         assert PAPER_BATCH_SIZE[name] == bs
-    assert set(PAPER_BATCH_SIZE) <= set(PRESETS)
+    assert set(PAPER_BATCH_SIZE) <= set(SIZES)
 
 
 def test_small_presets_are_micro_at_4x_the_non_embedding_params():
     # The CPU transfer benchmark relies on this ratio ("at least 4x larger").
     for kind in ("dense", "moe"):
-        micro, small = get_preset(f"micro-{kind}"), get_preset(f"small-{kind}")
+        micro, small = get_size(f"micro-{kind}"), get_size(f"small-{kind}")
         ratio = count_params(small)["active_non_embedding"] / count_params(micro)["active_non_embedding"]
         assert 3.98 < ratio < 4.01
         assert small.d_model // small.n_heads == micro.d_model // micro.n_heads
@@ -166,7 +166,7 @@ def test_the_ladder_spans_8x_and_its_embeddings_do_not_dwarf_it():
 
     for kind, rungs in LADDER.items():
         assert len(rungs) >= 3
-        counts = [count_params(get_preset(r)) for r in rungs]
+        counts = [count_params(get_size(r)) for r in rungs]
         active = [c["active_non_embedding"] for c in counts]
         assert active == sorted(active) and active[-1] / active[0] >= 8.0
         for name, c in zip(rungs, counts):
@@ -177,12 +177,12 @@ def test_the_ladder_spans_8x_and_its_embeddings_do_not_dwarf_it():
             assert per_matrix <= 1.0 * c["active_non_embedding"]
             tokens = total_steps(cfg) * cfg.train.batch_size * cfg.model.seq_len
             assert 20 * c["active_non_embedding"] <= tokens < 20 * c["active_non_embedding"] + cfg.train.batch_size * cfg.model.seq_len
-    dense, moe = (count_params(get_preset(r))["active_non_embedding"] for r in ("ladder-m-dense", "ladder-m-moe"))
+    dense, moe = (count_params(get_size(r))["active_non_embedding"] for r in ("ladder-m-dense", "ladder-m-moe"))
     assert moe - dense == 5 * 8 * 64  # the same active parameters but the routers (5 layers x 8 experts x d)
 
 
 def test_dense_active_non_embedding_is_16_d_squared_per_layer():
-    cfg = get_preset("dense-34m")
+    cfg = get_size("dense-34m")
     norms = (2 * cfg.n_layers + 1) * cfg.d_model
     assert count_params(cfg)["active_non_embedding"] == 16 * cfg.d_model**2 * cfg.n_layers + norms
 
@@ -399,8 +399,8 @@ def test_config_is_frozen_with_paper_defaults():
 
 def test_unknown_preset_suggests_closest():
     with pytest.raises(ValueError, match="did you mean 'tiny-dense'"):
-        get_preset("tiny-dens")
-    assert all(isinstance(get_preset(name), ModelConfig) for name in PRESETS)
+        get_size("tiny-dens")
+    assert all(isinstance(get_size(name), ModelConfig) for name in SIZES)
 
 
 def test_count_params_rejects_other_types():

@@ -9,12 +9,12 @@ import torch
 
 from rlrs import param_groups, presets
 from rlrs.config import ConfigError
-from rlrs.models import ModelConfig, build_model, get_preset, width_factors
+from rlrs.models import ModelConfig, build_model, get_size, width_factors
 from rlrs.optim import RelativeLR
 
 
 def cfg_at(width: int, parametrization: str = "mup", base: int | None = 32, moe: bool = True) -> ModelConfig:
-    c = get_preset("tiny-moe" if moe else "tiny-dense")  # d_model 32, 2 heads
+    c = get_size("tiny-moe" if moe else "tiny-dense")  # d_model 32, 2 heads
     return dataclasses.replace(c, d_model=width, parametrization=parametrization,
                                base_width=base if parametrization == "mup" else None)
 
@@ -113,14 +113,14 @@ def test_mup_multipliers_and_init_follow_the_width():
 ])
 def test_bad_parametrization_names_the_field(kwargs, message):
     with pytest.raises(ConfigError, match=message):
-        dataclasses.replace(get_preset("tiny-dense"), **kwargs)
+        dataclasses.replace(get_size("tiny-dense"), **kwargs)
 
 
 def test_width_factors_are_checked():
     with pytest.raises(ConfigError, match="width_factors: 'atention' is not a component; did you mean 'attention'"):
-        param_groups(build_model(get_preset("tiny-dense")), "paper-dense", width_factors={"atention": 0.5})
+        param_groups(build_model(get_size("tiny-dense")), "paper-dense", width_factors={"atention": 0.5})
     with pytest.raises(ConfigError, match="width_factors: attention's factor must be a number > 0"):
-        param_groups(build_model(get_preset("tiny-dense")), "paper-dense", width_factors={"attention": 0.0})
+        param_groups(build_model(get_size("tiny-dense")), "paper-dense", width_factors={"attention": 0.0})
 
 
 def test_coordinate_check_slopes_are_flat_under_mup_and_grow_under_sp():

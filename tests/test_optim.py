@@ -280,10 +280,10 @@ def test_muon_for_matrices_and_adamw_for_the_rest_follow_one_plan(toy):
 
 
 def test_depth_decay_scales_each_layer_through_plan_lr():
-    from rlrs.models import build_model, get_preset
+    from rlrs.models import build_model, get_size
     from rlrs.optim import RelativeLR, param_groups
 
-    model = build_model(get_preset("tiny-dense"))  # 2 layers
+    model = build_model(get_size("tiny-dense"))  # 2 layers
     plain = presets.get("paper-dense")
     assert all("depth" not in g for g in param_groups(model, plain))  # unset: groups as before
     plan = plain.with_factor(DepthDecay(0.5))

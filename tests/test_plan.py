@@ -55,7 +55,7 @@ def test_unknown_preset_names_closest():
         presets.get("paper-mo")
 
 
-@pytest.mark.parametrize("name", sorted(presets.PRESETS))
+@pytest.mark.parametrize("name", sorted(presets.PLANS))
 @pytest.mark.parametrize("suffix", [".toml", ".json"])
 def test_round_trip_is_unchanged(tmp_path, name, suffix):
     plan = presets.get(name)

@@ -26,7 +26,7 @@ from rlrs.files import atomic_write_text
 from rlrs.engine import PresetRun, execute, read_result
 from rlrs.optim import RelativeLR, param_groups
 from rlrs.plan import Plan
-from rlrs.presets import get as plan_preset
+from rlrs import presets
 from rlrs.runlog import read_metrics
 from rlrs.train import CheckpointError, RunConfig, Trainer, run_config
 
@@ -39,7 +39,7 @@ def _cfg(tiny_sets, **extra):
 
 
 def _set_args(tiny_sets, **extra):
-    args = ["--preset", "tiny-moe", "--plan", "paper-moe", "--no-progress"]
+    args = ["--model", "tiny-moe", "--plan", "paper-moe", "--no-progress"]
     for k, v in {**tiny_sets, "train.steps": STEPS, "train.checkpoint_interval": 0.25, **extra}.items():
         args.append(f"--set={k}={json.dumps(v) if isinstance(v, str) else v}")
     return args
@@ -339,7 +339,7 @@ def test_the_lock_works_on_a_file_system_without_hard_links(tmp_path, monkeypatc
 
 @pytest.mark.slow
 def test_two_compares_on_one_directory_train_each_run_once_and_agree(tmp_path, tiny_sets):
-    args = ["compare", "--preset", "tiny-dense", "--plans", "uniform-dense,paper-dense", "--seeds", "1",
+    args = ["compare", "--model", "tiny-dense", "--plans", "uniform-dense,paper-dense", "--seeds", "1",
             "--out", str(tmp_path / "c"), "--workers", "1",
             *[f"--set={k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in {**tiny_sets, "train.steps": 6}.items()]]
     procs = [_spawn(*args), _spawn(*args)]
@@ -465,12 +465,12 @@ def _sched(toy, plan, total=100):
 
 
 def test_relative_lr_refuses_another_schedules_state_unless_told_to_adopt_it(toy):
-    paper = plan_preset("paper-moe")
+    paper = presets.get("paper-moe")
     _, a = _sched(toy, paper)
     for _ in range(5):
         a.optimizer.step()
         a.step()
-    _, b = _sched(toy, plan_preset("uniform-moe"))
+    _, b = _sched(toy, presets.get("uniform-moe"))
     with pytest.raises(ConfigError, match=r"another schedule \(plan\.embedding\.end, plan\.embedding\.start, .*pass adopt=True"):
         b.load_state_dict(a.state_dict())
     _, c = _sched(toy, paper, total=200)
@@ -481,7 +481,7 @@ def test_relative_lr_refuses_another_schedules_state_unless_told_to_adopt_it(toy
 
 
 def test_relative_lr_rejects_foreign_states_and_groups_without_a_component(toy):
-    opt, sched = _sched(toy, plan_preset("paper-moe"))
+    opt, sched = _sched(toy, presets.get("paper-moe"))
     step_lr = torch.optim.lr_scheduler.StepLR(torch.optim.SGD([torch.zeros(1, requires_grad=True)]), 10)
     with pytest.raises(ConfigError, match="not a RelativeLR state"):
         sched.load_state_dict(step_lr.state_dict())
@@ -533,7 +533,7 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("make, message", BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
 def test_bad_input_gets_a_clear_error_fast(tmp_path, tiny_sets, capsys, make, message):
-    args = ["train", "--out", str(tmp_path / "out"), "--preset", "tiny-moe", "--no-progress",
+    args = ["train", "--out", str(tmp_path / "out"), "--model", "tiny-moe", "--no-progress",
             *[f"--set={k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in tiny_sets.items()]]
     extra = make(tmp_path)
     if "--out" in extra:
@@ -546,14 +546,14 @@ def test_bad_input_gets_a_clear_error_fast(tmp_path, tiny_sets, capsys, make, me
 
 
 @pytest.mark.parametrize("command", [
-    ["train", "--preset", "tiny-dense"],
-    ["compare", "--preset", "tiny-dense", "--seeds", "1"],
-    ["lr-grid", "--preset", "tiny-dense", "--grid", "1e-3"],
-    ["ablate", "--preset", "tiny-dense"],
-    ["transfer", "--preset", "tiny-dense", "--plan", "paper-dense"],
-    ["width-transfer", "--preset", "tiny-dense", "--widths", "32,64"],
-    ["tune", "--preset", "tiny-dense", "--budget", "2"],
-    ["zoo", "--task", "tiny", "--strategies", "uniform"],
+    ["train", "--model", "tiny-dense"],
+    ["compare", "--model", "tiny-dense", "--seeds", "1"],
+    ["lr-grid", "--model", "tiny-dense", "--grid", "1e-3"],
+    ["ablate", "--model", "tiny-dense"],
+    ["transfer", "--model", "tiny-dense", "--plan", "paper-dense"],
+    ["width-transfer", "--model", "tiny-dense", "--widths", "32,64"],
+    ["tune", "--model", "tiny-dense", "--budget", "2"],
+    ["zoo", "--tasks", "tiny", "--strategies", "uniform"],
     ["demo", "--steps", "4"],
     ["coord-check", "--widths", "32,64"],
     ["plot-plan"],
@@ -586,13 +586,13 @@ def test_an_out_without_write_permission_is_refused_and_the_check_creates_nothin
 
 def test_list_flags_show_their_own_example(tmp_path, capsys):
     cases = [
-        (["width-transfer", "--preset", "tiny-dense", "--widths", "32,abc"], "write e.g. --widths 32,64,128,256"),
-        (["width-transfer", "--preset", "tiny-dense", "--widths", "32,-64"], "write e.g. --widths 32,64,128,256"),
+        (["width-transfer", "--model", "tiny-dense", "--widths", "32,abc"], "write e.g. --widths 32,64,128,256"),
+        (["width-transfer", "--model", "tiny-dense", "--widths", "32,-64"], "write e.g. --widths 32,64,128,256"),
         (["coord-check", "--widths", "32,64.5"], "e.g. --widths 32,64,128,256"),
-        (["ablate", "--preset", "tiny-dense", "--factors", "0.5,abc"], "write e.g. --factors 0.2,0.667,1.5,5"),
-        (["ablate", "--preset", "tiny-dense", "--factors", "0.5,-2"], "write e.g. --factors 0.2,0.667,1.5,5"),
-        (["tune", "--preset", "tiny-dense", "--budget", "2", "--prune-at", "half"], "write e.g. --prune-at 0.25,0.5,0.75"),
-        (["lr-grid", "--preset", "tiny-dense", "--grid", "1e-3,x"], "write e.g. --grid 1e-3,2e-3,5e-3"),
+        (["ablate", "--model", "tiny-dense", "--factors", "0.5,abc"], "write e.g. --factors 0.2,0.667,1.5,5"),
+        (["ablate", "--model", "tiny-dense", "--factors", "0.5,-2"], "write e.g. --factors 0.2,0.667,1.5,5"),
+        (["tune", "--model", "tiny-dense", "--budget", "2", "--prune-at", "half"], "write e.g. --prune-at 0.25,0.5,0.75"),
+        (["lr-grid", "--model", "tiny-dense", "--grid", "1e-3,x"], "write e.g. --grid 1e-3,2e-3,5e-3"),
     ]
     for args, example in cases:
         assert main([*args, "--out", str(tmp_path / "o")]) == 2, args

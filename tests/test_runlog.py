@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlrs.engine import CommandRun, execute, read_result
-from rlrs.presets import get as plan_preset
+from rlrs import presets
 from rlrs.runlog import (EvalCurve, EvalRecord, EventRecord, LogFollower, RunLog, TrainRecord, read_log,
                          read_metrics)
 
@@ -134,7 +134,7 @@ def _script(tmp_path, bad: bytes, at: int) -> str:
 @pytest.mark.parametrize("name", list(BAD_LINES))
 def test_a_command_whose_log_has_a_damaged_line_still_finishes_with_every_report(tmp_path, name):
     bad, why = BAD_LINES[name]
-    spec = CommandRun(_script(tmp_path, bad, at=3), plan_preset("paper-dense"), steps=5, cwd=str(tmp_path))
+    spec = CommandRun(_script(tmp_path, bad, at=3), presets.get("paper-dense"), steps=5, cwd=str(tmp_path))
     out = tmp_path / "run"
     r = execute(spec, out)
     assert r.status == "finished", r.error
@@ -145,7 +145,7 @@ def test_a_command_whose_log_has_a_damaged_line_still_finishes_with_every_report
 
 
 def test_garbage_after_six_good_reports_leaves_a_finished_run_finished(tmp_path):
-    spec = CommandRun(_script(tmp_path, b"\x00garbage{", at=6), plan_preset("paper-dense"), steps=5, cwd=str(tmp_path))
+    spec = CommandRun(_script(tmp_path, b"\x00garbage{", at=6), presets.get("paper-dense"), steps=5, cwd=str(tmp_path))
     r = execute(spec, tmp_path / "run")
     assert r.status == "finished" and r.eval_steps == list(range(6)), r.error
     assert "metrics.jsonl:7: damaged record" in r.notes[0]

@@ -118,9 +118,9 @@ def _sets(tiny_sets, **extra):
 @pytest.mark.slow
 def test_resume_in_a_fresh_process_is_bit_identical(tmp_path, tiny_sets):
     sets = _sets(tiny_sets, **{"train.steps": 30})
-    full = _cli("train", "--preset", "tiny-moe", "--plan", "paper-moe", "--out", str(tmp_path / "full"), "--no-progress", *sets)
+    full = _cli("train", "--model", "tiny-moe", "--plan", "paper-moe", "--out", str(tmp_path / "full"), "--no-progress", *sets)
     assert full.returncode == 0, full.stderr
-    part = _cli("train", "--preset", "tiny-moe", "--plan", "paper-moe", "--out", str(tmp_path / "part"), "--no-progress", "--stop-at", "13", *sets)
+    part = _cli("train", "--model", "tiny-moe", "--plan", "paper-moe", "--out", str(tmp_path / "part"), "--no-progress", "--stop-at", "13", *sets)
     assert part.returncode == 0, part.stderr
     assert json.loads((tmp_path / "part" / "summary.json").read_text())["status"] == "stopped"
     resumed = _cli("train", "--resume", "--out", str(tmp_path / "part"), "--no-progress")
@@ -245,7 +245,7 @@ def test_a_start_that_died_before_its_first_checkpoint_is_restarted_cleanly(tmp_
 @pytest.mark.slow
 def test_two_process_data_parallel_matches_one_process(tmp_path, tiny_sets):
     sets = _sets(tiny_sets, **{"train.steps": 8, "train.batch_size": 8})
-    args = ["train", "--preset", "tiny-dense", "--plan", "paper-dense", "--no-progress", *sets]
+    args = ["train", "--model", "tiny-dense", "--plan", "paper-dense", "--no-progress", *sets]
     one = _cli(*args, "--out", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr
     two = subprocess.run(
@@ -271,7 +271,7 @@ def test_two_process_data_parallel_matches_one_process(tmp_path, tiny_sets):
         (["--set", "train.steps"], "write key=value"),
         (["--set", "plan.router.start=-1"], "plan.router.start: must be a finite number > 0"),
         (["--set", "train.nonfinite=skp"], "did you mean 'skip'"),
-        (["--preset", "micro-mo"], "did you mean 'micro-moe'"),
+        (["--model", "micro-mo"], "did you mean 'micro-moe'"),
         (["--plan", "paper-dens"], "did you mean 'paper-dense'"),
         (["--set", "data.tokenizer=bpe-9"], "bpe-N needs N >= 257"),
     ],
@@ -285,7 +285,7 @@ def test_cli_rejects_bad_settings(tmp_path, args, message):
 def test_cli_config_file_is_strict(tmp_path):
     bad = tmp_path / "run.toml"
     bad.write_text("[train]\nsteps = 10\n[modle]\nd_model = 64\n")
-    r = _cli("train", "--preset", "tiny-moe", "--config", str(bad), "--out", str(tmp_path / "x"))
+    r = _cli("train", "--model", "tiny-moe", "--config", str(bad), "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "modle: unknown key; did you mean 'model'" in r.stderr, r.stderr
 
 
@@ -327,7 +327,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path, tiny_sets):
         with pytest.raises(RunLocked, match=f"process {os.getpid()}"):
             with run_lock(tmp_path / "r", wait=False):
                 pass
-        assert main(["train", "--preset", "tiny-moe", "--out", str(tmp_path / "r"), "--no-progress",
+        assert main(["train", "--model", "tiny-moe", "--out", str(tmp_path / "r"), "--no-progress",
                      *[f"--set={k}={v!r}" if isinstance(v, str) else f"--set={k}={v}" for k, v in tiny_sets.items()]]) == 2
     assert execute(PresetRun(cfg), tmp_path / "r").status == "finished"  # once released, it runs
 

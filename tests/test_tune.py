@@ -104,7 +104,7 @@ def cli(*args, **env):
 
 
 def synth_args(out, budget):
-    return ["--preset", "tiny-moe", "--steps", "100", "--params", ",".join(PARAMS), "--budget", str(budget),
+    return ["--model", "tiny-moe", "--steps", "100", "--params", ",".join(PARAMS), "--budget", str(budget),
             "--out", str(out), "--objective", "synth:curve", "--poll", "0.05", "--workers", "1"]
 
 
@@ -419,7 +419,7 @@ def test_tune_end_to_end_on_tiny_moe(tmp_path, tiny_sets, capsys):
 
     sets = [f"--set={k}={json.dumps(v)}" for k, v in {**tiny_sets, "train.eval_batches": 2, "train.eval_interval": 0.2}.items()]
     out = tmp_path / "tune"
-    rc = main(["tune", "--preset", "tiny-moe", "--budget", "6", "--steps", "10", "--workers", "1", "--out", str(out), *sets])
+    rc = main(["tune", "--model", "tiny-moe", "--budget", "6", "--steps", "10", "--workers", "1", "--out", str(out), *sets])
     text = capsys.readouterr().out
     assert rc == 0, text
     plan = Plan.load(out / "tuned.toml")
@@ -431,7 +431,7 @@ def test_tune_end_to_end_on_tiny_moe(tmp_path, tiny_sets, capsys):
     assert doc["compute"]["steps"] == 60 and doc["compute"]["tokens"] == 60 * 8 * 32
     runs = list((out / "runs").iterdir())
     assert len(runs) == 6 and not any((r / "checkpoints").exists() for r in runs)  # recorded: not kept
-    assert "use: rlrs train --preset tiny-moe --plan" in text
+    assert "use: rlrs train --model tiny-moe --plan" in text
     assert math.isfinite(doc["best_loss"])
 
 
@@ -510,7 +510,7 @@ def test_a_sampler_resumes_a_killed_search_and_refuses_another(tmp_path, synth):
 def test_cli_sampler_trains_tiny_moe(tmp_path, tiny_sets, capsys):
     from rlrs.cli import main
 
-    args = ["tune", "--preset", "tiny-moe", "--steps", "6", "--params", "plan.base_lr,plan.router.start",
+    args = ["tune", "--model", "tiny-moe", "--steps", "6", "--params", "plan.base_lr,plan.router.start",
             "--budget", "3", "--sampler", "tpe", "--workers", "1", "--out", str(tmp_path)]
     for k, v in tiny_sets.items():
         args += ["--set", f"{k}={v}"]
@@ -550,7 +550,8 @@ def test_tune_help_shows_the_steps_placeholder_as_the_command_writes_it(capsys):
     with pytest.raises(SystemExit):
         main(["tune", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "RLRS_STEPS / {steps}" in text and "{{steps}}" not in text
+    assert "RLRS_STEPS (--steps) set; {plan} {run_dir} {seed} {steps} in CMD are replaced" in text
+    assert "{{steps}}" not in text
 
 
 class _Restarting(SyntheticObjective):
@@ -747,5 +748,5 @@ def test_a_worker_on_a_preset_study_takes_no_command(tmp_path, synth, capsys):
 
     tune(spec_for(), tmp_path, 3)
     assert main(["tune", "--worker", "--out", str(tmp_path), "--command", "python train.py"]) == 2
-    assert "tunes the preset 'tiny-moe', not a command" in capsys.readouterr().err
+    assert "tunes the model size 'tiny-moe', not a command" in capsys.readouterr().err
     assert main(["tune", "--worker", "--out", str(tmp_path), "--trust-study-command"]) == 0  # nothing to trust

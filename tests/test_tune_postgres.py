@@ -220,7 +220,7 @@ def test_a_database_that_stays_away_stops_the_search_clearly_and_keeps_finished_
     monkeypatch.setenv("OUTAGE_AT", "3")
     monkeypatch.setenv("OUTAGE_DB", _db(postgres_url))
     monkeypatch.setattr(study_mod, "RETRY_DELAYS", (0.01, 0.01))
-    argv = ["tune", "--preset", "tiny-moe", "--steps", "100", "--params", ",".join(PARAMS), "--budget", "7",
+    argv = ["tune", "--model", "tiny-moe", "--steps", "100", "--params", ",".join(PARAMS), "--budget", "7",
             "--objective", "outage:curve", "--poll", "0.05", "--workers", "1", "--out", str(tmp_path / "o"),
             "--storage", postgres_url]
     assert main(argv) == 2

@@ -122,6 +122,6 @@ def test_a_plan_that_one_variant_cannot_use_is_refused_before_any_training(tmp_p
 def test_command_is_refused_with_the_alternative(tmp_path, capsys):
     from rlrs.cli import main
 
-    assert main(["width-transfer", "--preset", "tiny-dense", "--widths", "32,64", "--command", "python x.py",
+    assert main(["width-transfer", "--model", "tiny-dense", "--widths", "32,64", "--command", "python x.py",
                  "--out", str(tmp_path)]) == 2
     assert "use `rlrs lr-grid --command` at each width" in capsys.readouterr().err

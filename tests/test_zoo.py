@@ -376,9 +376,9 @@ def test_zoo_cli_list_and_errors(capsys):
     assert main(["zoo", "--list"]) == 0
     out = capsys.readouterr().out
     assert "dals-acc" in out and "Foret et al." in out and "gauss" in out
-    assert main(["zoo", "--task", "gauss"]) == 2
+    assert main(["zoo", "--tasks", "gauss"]) == 2
     assert "--out" in capsys.readouterr().err
-    assert main(["zoo", "--task", "gauss", "--strategies", "dalz", "--out", "x"]) == 2
+    assert main(["zoo", "--tasks", "gauss", "--strategies", "dalz", "--out", "x"]) == 2
     assert "did you mean 'dals'" in capsys.readouterr().err
 
 
@@ -561,5 +561,5 @@ def test_merge_refuses_what_would_mix_or_misreport(tmp_path, capsys):
     bad.write_text("{")
     with pytest.raises(ConfigError, match="cannot read"):
         load_results(bad)
-    assert main(["zoo", "--merge", str(bad), "--task", "gauss", "--out", "x"]) == 2
-    assert "no --task" in capsys.readouterr().err
+    assert main(["zoo", "--merge", str(bad), "--tasks", "gauss", "--out", "x"]) == 2
+    assert "no --tasks" in capsys.readouterr().err

@@ -1,9 +1,9 @@
 """``rlrs tune``: the paper's local search (appendix A.1) over a plan, trials kept in an Optuna study.
 
-    $ rlrs tune --preset micro-moe --budget 60 --out runs/tune             # trials in runs/tune/study.db
+    $ rlrs tune --model micro-moe --budget 60 --out runs/tune             # trials in runs/tune/study.db
     $ rlrs tune --worker --out runs/tune                                   # a second process joins it
-    $ rlrs tune --preset micro-moe --budget 60 --out runs/tune --prune     # stop hopeless trials early
-    $ rlrs train --preset micro-moe --plan runs/tune/tuned.toml --out runs/best
+    $ rlrs tune --model micro-moe --budget 60 --out runs/tune --prune     # stop hopeless trials early
+    $ rlrs train --model micro-moe --plan runs/tune/tuned.toml --out runs/best
 
 or from Python::
 

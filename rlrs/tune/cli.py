@@ -9,11 +9,12 @@ from pathlib import Path
 from .. import config as _config
 from ..config import ConfigError
 from ..engine import default_workers
-from ..models import DEFAULT_PRESET
 from ..executors import using
-from ..options import add_executor_args, add_set_arg, check_workers, executor_from_args, parse_floats, parse_sets
+from ..options import (add_executor_args, add_out_arg, add_plan_arg, add_seeds_arg, add_target_args, add_workers_arg,
+                       check_workers, default_of, executor_from_args, parse_floats, parse_sets, target_from_args)
+from ..targets import CommandTarget
 from .driver import TuneResult, fmt_loss, join, tune
-from .spec import DEFAULT_STEPS, Pruning, TuneSpec
+from .spec import Pruning, TuneSpec
 from .samplers import SAMPLERS, SPREAD, sampler_search
 from .study import StudyOptions
 
@@ -23,8 +24,12 @@ PRUNE = Pruning()
 
 # --- command line -----------------------------------------------------------------------------------
 
-_SPEC_ARGS = ("preset", "command", "plan", "config", "budget", "steps", "seeds", "search_seed", "params", "objective",
-              "min_improvement")
+# The flags that define a search (a --worker takes them from the study instead), with their defaults:
+# None, or the TuneSpec field's.
+_SPEC_ARGS = {
+    **dict.fromkeys(("model", "command", "plan", "config", "budget", "steps", "params", "objective")),
+    **{name: default_of(TuneSpec, name) for name in ("seeds", "search_seed", "min_improvement")},
+}
 
 
 def cmd_tune(args) -> int:
@@ -65,7 +70,8 @@ def _cmd_tune(args) -> int:
         return 0
     if args.worker:
         # --command is allowed: it is compared with the study's (see join), never a new setting.
-        given = [f"--{a.replace('_', '-')}" for a in _SPEC_ARGS if a != "command" and getattr(args, a) is not None]
+        given = [f"--{a.replace('_', '-')}" for a, default in _SPEC_ARGS.items()
+                 if a != "command" and getattr(args, a) != default]
         given += ["--set"] * bool(args.set) + ["--prune"] * bool(args.prune)
         if given:
             raise ConfigError(
@@ -93,18 +99,16 @@ def _spec_from_args(args) -> TuneSpec:
                  "margin": args.prune_margin}
         prune = Pruning(**{k: v for k, v in given.items() if v is not None})
     params = [p.strip() for p in args.params.split(",") if p.strip()] if args.params else None
-    seeds = 1 if args.seeds is None else args.seeds
-    if args.command is not None:
-        for flag, given in (("--preset", args.preset), ("--config", args.config), ("--objective", args.objective)):
-            if given is not None:
-                raise ConfigError(f"{flag}: not with --command (your script owns its model and config)")
-        return TuneSpec.for_command(args.command, args.plan, parse_sets(args.set), args.steps,
-                                    args.cwd, params, seeds, args.search_seed or 0, prune, args.min_improvement or 0.0)
-    return TuneSpec.create(
-        args.preset or DEFAULT_PRESET, args.plan, parse_sets(args.set), args.config,
-        DEFAULT_STEPS if args.steps is None else args.steps, params, seeds, args.search_seed or 0, prune,
-        args.objective, args.min_improvement or 0.0,
-    )
+    target = target_from_args(args)
+    options = dict(params=params, seeds=args.seeds, search_seed=args.search_seed, prune=prune,
+                   min_improvement=args.min_improvement)
+    if isinstance(target, CommandTarget):
+        if args.objective is not None:
+            raise ConfigError("--objective: not with --command (your script is what is measured)")
+        return TuneSpec.for_command(target.command, args.plan, parse_sets(args.set), target.steps, target.cwd, **options)
+    steps = {} if args.steps is None else {"steps": args.steps}  # else TuneSpec.create's default
+    return TuneSpec.create(target.preset, args.plan, parse_sets(args.set), target.config_file, **steps,
+                           objective=args.objective, **options)
 
 
 def _report(r: TuneResult) -> None:
@@ -115,7 +119,7 @@ def _report(r: TuneResult) -> None:
         print(f"  {k}: {a:.4g} -> {b:.4g}")
     sets = " ".join(f"--set {k}={v!r}" for k, v in r.best.items() if not k.startswith("plan.") and k in changed)
     if r.spec.config is not None:
-        print(f"plan: {r.plan_path}   use: rlrs train --preset {r.spec.config.preset} --plan {r.plan_path}"
+        print(f"plan: {r.plan_path}   use: rlrs train --model {r.spec.config.preset} --plan {r.plan_path}"
               + (f" {sets}" if sets else ""))
     else:
         print(f"plan: {r.plan_path}   use: RLRS_PLAN={r.plan_path} in your script's environment, or "
@@ -138,24 +142,19 @@ def add_commands(sub) -> None:
         help="local search (paper appendix A.1) over η_base, every λ, weight decay and init scale",
         description=(
             "Tune a plan with the paper's local search; trials persist in an Optuna study, so a rerun "
-            "resumes and --worker processes share one search. Writes OUT/tuned.toml (a plan for --plan), "
-            "OUT/tuned_config.json (model settings such as init_scale, when they moved) and OUT/search.json."
+            "resumes and --worker processes share one search. --plan is the start plan; each point's runs train "
+            "with seeds 0 to --seeds - 1 and the objective is their mean final eval loss. Writes OUT/tuned.toml "
+            "(a plan for --plan), OUT/tuned_config.json (model settings such as init_scale, when they moved), "
+            "OUT/search.json, runs/ and study.db."
         ),
     )
-    p.add_argument("--preset", default=None, help=f"model size preset (default: {DEFAULT_PRESET})")
-    p.add_argument("--command", default=None, metavar="CMD",
-                   help="tune the plan of your own training script instead of a preset (see `rlrs compare --help`); "
-                        "only plan.* keys are searched")
-    p.add_argument("--cwd", default=".", help="with --command: the directory CMD runs in")
-    p.add_argument("--plan", default=None, help="start plan: a preset (paper-moe, paper-dense, uniform, ...) or a plan file (default: paper-moe/paper-dense)")
-    p.add_argument("--config", default=None, help="a .toml/.json run config (sections model, data, train, plan)")
-    add_set_arg(p)
+    add_target_args(p, steps_shown=f"{default_of(TuneSpec.create, 'steps')} for a model size; none for --command, "
+                                   "where --prune needs it")
+    add_plan_arg(p, shown="the paper's plan for the model: paper-moe for a MoE model, else paper-dense")
     p.add_argument("--budget", type=int, default=None, help="most points evaluated, over all workers (a rerun with a larger one extends the search)")
-    p.add_argument("--out", required=True, help="output directory (tuned.toml, search.json, runs/, study.db)")
-    p.add_argument("--steps", type=int, default=None, help=f"training steps per run (default: {DEFAULT_STEPS}; --set train.steps wins); with --command: "
-                                                                  "passed as RLRS_STEPS / {steps} (needed for --prune)")
-    p.add_argument("--seeds", type=int, default=None, help="runs per point; the objective is their mean final eval loss (default: 1)")
-    p.add_argument("--workers", type=int, default=None, help=f"training runs at once in this process (default: {default_workers()}: one per usable core, at most 4)")
+    add_out_arg(p, required=True)
+    add_seeds_arg(p, default_of(TuneSpec, "seeds"))
+    add_workers_arg(p)
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///OUT/study.db; also "
                    "postgresql://user:password@host/db, run through psycopg 3 as postgresql+psycopg://, pip install "
                    "'rlrs[cluster]'; mysql+pymysql://...; journal:///path/file.log)")
@@ -165,15 +164,17 @@ def add_commands(sub) -> None:
                    help="with --worker: run the command stored in the study without giving it as --command (whoever "
                         "can write to the study chooses what every worker runs)")
     p.add_argument("--sampler", default="local", choices=("local", *SAMPLERS),
-                   help="the search: local (the paper's algorithm 2, default) or Optuna's tpe / cmaes over the same "
-                        f"parameters in log scale (start/{SPREAD:g} to start*{SPREAD:g}), for comparison")
+                   help="the search: local (the paper's algorithm 2) or Optuna's tpe / cmaes over the same "
+                        f"parameters in log scale (start/{SPREAD:g} to start*{SPREAD:g}), for comparison (default: local)")
     p.add_argument("--prune", action="store_true", help="stop candidates early whose eval loss trails the current best")
     p.add_argument("--prune-at", default=None, metavar="FRACTIONS",
                    help=f"checkpoints for --prune as fractions of training (default: {','.join(map(str, PRUNE.rungs))})")
     p.add_argument("--prune-margin", type=float, default=None, help=f"relative margin for --prune (default: {PRUNE.margin})")
-    p.add_argument("--min-improvement", type=float, default=None, metavar="FRACTION",
-                   help="relative gain a move needs to be taken, e.g. 0.002 to ignore seed noise (default: 0, any gain)")
-    p.add_argument("--search-seed", type=int, default=None, help="seed of the order parameters are visited in (default: 0)")
+    p.add_argument("--min-improvement", type=float, default=default_of(TuneSpec, "min_improvement"), metavar="FRACTION",
+                   help="relative gain a move needs to be taken, e.g. 0.002 to ignore seed noise "
+                        f"(default: {default_of(TuneSpec, 'min_improvement'):g}, any gain)")
+    p.add_argument("--search-seed", type=int, default=default_of(TuneSpec, "search_seed"),
+                   help=f"seed of the order parameters are visited in (default: {default_of(TuneSpec, 'search_seed')})")
     p.add_argument("--params", default=None, help="comma-separated dotted keys to search (default: plan.base_lr, each component's start and end, plan.weight_decay, model.init_scale)")
     p.add_argument("--objective", default=None, metavar="MODULE:FUNCTION", help="a synthetic loss fn(point, progress) instead of training (to try the search)")
     p.add_argument("--poll", type=float, default=None, help=f"seconds between looks at other workers' claims (default: {STUDY.poll_s:g})")

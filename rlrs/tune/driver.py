@@ -112,7 +112,7 @@ def join(
     if "spec" not in attrs:
         raise ConfigError(
             f"--worker: study {study.name!r} in {_redact(url)} holds no search yet; start it with "
-            "`rlrs tune --preset ... --budget N` (without --worker) first"
+            "`rlrs tune --model ... --budget N` (without --worker) first"
         )
     spec = TuneSpec.from_dict(attrs["spec"])
     _check_command(spec, command, cwd, trust_command, f"study {study.name!r} in {_redact(url)}", log)
@@ -127,7 +127,7 @@ def _check_command(spec: TuneSpec, command: str | None, cwd: str | Path, trust: 
     base = spec.base
     if not isinstance(base, CommandRun):
         if command is not None:
-            raise ConfigError(f"--command: {where} tunes the preset {spec.name!r}, not a command; join it "
+            raise ConfigError(f"--command: {where} tunes the model size {spec.name!r}, not a command; join it "
                               "without --command")
         return
     stored_cwd = str(Path(base.cwd).resolve())

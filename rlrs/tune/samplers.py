@@ -1,7 +1,7 @@
 """Optuna's own samplers over the same space as the local search: is algorithm 2 the right search?
 
-    $ rlrs tune --preset ladder-xs-moe --budget 30 --sampler tpe --out runs/tune-tpe
-    $ rlrs tune --preset ladder-xs-moe --budget 30 --sampler cmaes --out runs/tune-cmaes
+    $ rlrs tune --model ladder-xs-moe --budget 30 --sampler tpe --out runs/tune-tpe
+    $ rlrs tune --model ladder-xs-moe --budget 30 --sampler cmaes --out runs/tune-cmaes
 
 or from Python::
 

@@ -13,7 +13,7 @@ from .. import config as _config
 from ..config import ConfigError
 from ..engine import CommandRun, PresetRun, RunSpec
 from ..targets import CommandTarget
-from ..models import DEFAULT_PRESET
+from ..models import DEFAULT_SIZE
 from ..plan import Plan
 from ..search import FACTORS
 
@@ -132,17 +132,17 @@ class TuneSpec:
     @classmethod
     def create(
         cls,
-        preset: str = DEFAULT_PRESET,
+        preset: str = DEFAULT_SIZE,
         plan: str | Plan | None = None,
         sets: Mapping[str, Any] | None = None,
         config_file: str | Path | None = None,
         steps: int | None = DEFAULT_STEPS,
         params: Sequence[str] | None = None,
-        seeds: int = 1,
-        search_seed: int = 0,
+        seeds: int = seeds,  # the defaults of seeds, search_seed, min_improvement: the fields' above
+        search_seed: int = search_seed,
         prune: Pruning | None = None,
         objective: str | None = None,
-        min_improvement: float = 0.0,
+        min_improvement: float = min_improvement,
     ) -> "TuneSpec":
         """Resolve the start config like ``rlrs train`` (``steps`` first, ``sets`` win over it)."""
         from ..train import run_config
@@ -161,10 +161,10 @@ class TuneSpec:
         steps: int | None = None,
         cwd: str = ".",
         params: Sequence[str] | None = None,
-        seeds: int = 1,
-        search_seed: int = 0,
+        seeds: int = seeds,
+        search_seed: int = search_seed,
         prune: Pruning | None = None,
-        min_improvement: float = 0.0,
+        min_improvement: float = min_improvement,
     ) -> "TuneSpec":
         """A search over the plan of the user's own command (``rlrs tune --command``)."""
         target = CommandTarget(command, steps, cwd)
