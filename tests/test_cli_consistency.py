@@ -10,6 +10,7 @@ import pytest
 
 from rlrs import cli, compare, presets
 from rlrs.coordcheck import coord_check
+from rlrs.demo import demo
 from rlrs.engine import default_workers, run_dir
 from rlrs.executors import SlurmConfig
 from rlrs.inspection import DEFAULT_AT, inspect
@@ -128,8 +129,7 @@ def _api_defaults() -> dict[tuple[str, str], object]:
         ("plot-plan", "plan"): presets.default_plans(moe=True)[1],
         ("plot-plan", "steps"): default_of(inspect, "total_steps"),
         ("plot-plan", "out"): ".",
-        ("demo", "steps"): cli.DEMO_STEPS,
-        ("demo", "out"): "runs/demo",
+        ("demo", "out"): default_of(demo, "out"),
     }
     for name in COMMANDS:  # --cwd's "." is the current directory, shown in words
         if "--cwd" in _flags(COMMANDS[name]):
