@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from rlrs.analysis import speedup
 from rlrs.compare import compare
 
 RUNGS = {"xs-moe": ("ladder-xs-moe", "moe"), "xs-dense": ("ladder-xs-dense", "dense"),
