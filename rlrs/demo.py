@@ -267,6 +267,6 @@ def cmd_demo(args) -> int:
         if r.status != "finished":
             print(f"{r.arm}: {r.status}: {reason_line(r.status, r.error)}")
     print(res.tuning.note)
-    print(f"One seed shows the effect; `rlrs compare --preset {c.preset} --seeds 3` measures it with an interval over seeds.")
+    print(f"One seed shows the effect; `rlrs compare --model {c.preset} --seeds 3` measures it with an interval over seeds.")
     print(f"speed-up plot: {res.figure}   report: {out / 'report.md'}   ({time.perf_counter() - t0:.0f} s)")
     return 0 if all(r.status == "finished" for r in c.runs) else 1
