@@ -1089,7 +1089,7 @@ class Pool:
         return self._pool
 
     def run(self, jobs: Sequence[Job], on_done: Callable[[Job, RunResult], None] | None = None,
-            progress: bool = False) -> list[RunResult]:
+            progress: bool = False, _retry: bool = True) -> list[RunResult]:
         jobs = list(jobs)
         if not jobs:
             return []
@@ -1109,33 +1109,57 @@ class Pool:
             with _workers_ignore_ctrl_c():
                 for i, job in enumerate(jobs):
                     futures[pool.submit(_work, job)] = i
+            procs = _workers(pool)
             pending = set(futures)
-            broken = False
+            lost: list[int] = []  # jobs whose worker process died, or that the dying pool dropped
             while pending:
                 finished, pending = cf.wait(pending, timeout=1.0, return_when=cf.FIRST_COMPLETED)
                 for fut in finished:
                     i = futures[fut]
                     try:
                         r = fut.result()
-                    except Exception as err:  # noqa: BLE001 - the worker process died
-                        broken = True
-                        r = _write_result(lost_run(jobs[i], f"worker process died: {err!r}"))
+                    except Exception:  # noqa: BLE001 - a worker process died: the pool fails every job it holds
+                        lost.append(i)
+                        continue
                     if r is None or r.interrupted:  # a worker got Ctrl-C (sent to it alone): stop them all
                         raise KeyboardInterrupt
                     done(i, r)
                 if bar is not None:
                     bar.poll()
-            if broken:  # a pool that lost a process refuses new work: start a fresh one next time
-                self.close()
+            if lost:
+                self._after_a_death(jobs, lost, procs, done, _retry)
         except BaseException as err:
             stopped = self._stop_runs(futures, _STOP_AT_CTRL_C if isinstance(err, KeyboardInterrupt) else _STOP_ON_ERROR)
-            if isinstance(err, KeyboardInterrupt):
-                raise Interrupted(stopped) from None
+            if isinstance(err, KeyboardInterrupt):  # (from a rerun after a worker's death: its stopped runs too)
+                raise Interrupted(stopped + getattr(err, "runs", [])) from None
             raise
         finally:
             if bar is not None:
                 bar.close()
         return [results[i] for i in range(len(jobs))]
+
+    def _after_a_death(self, jobs: Sequence[Job], lost: Sequence[int], procs: Sequence, done: Callable[[int, RunResult], None],
+                       retry: bool) -> None:
+        """A worker process died (killed, out of memory, a crash): Python's pool then fails every
+        job it holds and ends the other workers. Only the runs that the dead worker was training
+        (their lock names its pid) fail, recorded as such; the others, stopped by the pool's end or
+        never started, run again at once on a fresh pool (once: a second death fails them all)."""
+        self.close()  # a pool that lost a process refuses new work; this also waits for its workers to end
+        died = {p.pid: p.exitcode for p in procs if p.exitcode not in (None, 128 + signal.SIGTERM, -signal.SIGTERM, 0)}
+        again = []
+        for i in lost:
+            holder = _parse_holder(_read_text(jobs[i].out / ".lock"))
+            pid = holder.get("pid") if holder and holder.get("host") == socket.gethostname() else None
+            if pid in died or not retry:
+                code = died.get(pid)
+                why = f"worker process died (exit code {code})" if code is not None else "worker process died"
+                done(i, _record_lost(jobs[i], why + "; it runs again next time"))
+            else:
+                again.append(i)
+        if again:
+            redo = self.run([jobs[i] for i in again], lambda job, r: None, progress=False, _retry=False)
+            for i, r in zip(again, redo):
+                done(i, r)
 
     def _stop_runs(self, futures: Mapping[cf.Future, int], why: int = _STOP_AT_CTRL_C) -> list[RunResult]:
         """Stop every run in flight, as Ctrl-C does, and close the pool: the runs stopped and
@@ -1225,6 +1249,28 @@ def _workers_ignore_ctrl_c() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (OSError, ValueError):
+        return ""
+
+
+def _record_lost(job: Job, error: str) -> RunResult:
+    """:func:`lost_run`, written under the run's lock unless the run holds a record that serves the
+    job (it finished before): a lost process never undoes a finished run."""
+    r = lost_run(job, error)
+    try:
+        with run_lock(job.out, wait=True, timeout_s=LOCK_WAIT_S):
+            prior = read_result(job.out)
+            if prior is not None and _reusable(prior, job.stop_at):
+                return prior
+            _write_result(r)
+    except (RunLocked, OSError):
+        pass  # not recorded: it runs again all the same
+    return r
 
 
 def lost_run(job: Job, error: str) -> RunResult:

@@ -39,8 +39,8 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 from . import config as _config
 from .config import ConfigError
-from .engine import (LOCK_WAIT_S, Job, Pool, RunEnded, RunLocked, RunResult, _StepBar, _write_result, execute, lost_run,
-                     read_result, reason_line, run_lock)
+from .engine import (LOCK_WAIT_S, Job, Pool, RunEnded, RunLocked, RunResult, _on_ctrl_c, _reusable, _StepBar, _write_result,
+                     execute, lost_run, read_result, reason_line, run_lock)
 
 
 class Executor(Protocol):
@@ -186,6 +186,17 @@ ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_F
          "DEADLINE", "REVOKED"}
 # Ended by Slurm rather than by the run itself.
 ENDED_BY_SLURM = ENDED - {"COMPLETED", "FAILED"}
+# Why a job may wait in the queue for ever, and what to do (squeue's %r; a prefix matches).
+PENDING_FIXES = {
+    "PartitionTimeLimit": "its time limit is above the partition's: lower --slurm-time-min (Ctrl-C, then run again)",
+    "PartitionNodeLimit": "it asks for more than the partition's nodes allow: check --slurm-* and --slurm-option",
+    "ReqNodeNotAvail": "a node it needs is down or reserved: check sinfo, or Ctrl-C and change --slurm-partition",
+    "InvalidAccount": "the account is not valid here: check --slurm-account",
+    "InvalidQOS": "the QOS is not valid for the account: check --slurm-option qos=...",
+    "JobHeld": "it is held: scontrol release JOBID (or Ctrl-C)",
+    "launch failed requeued held": "its launch failed and Slurm held it: see its log in OUT/slurm, then scontrol "
+                                   "release JOBID (or Ctrl-C)",
+}
 LOG_TAIL_LINES = 15
 RESULT_GRACE_S = 15.0
 SIGNAL_DELAY_S = 90  # submitit's default: time to requeue before the time limit
@@ -364,6 +375,7 @@ class SlurmExecutor:
                 pending = self._submit(jobs)
             states: dict[str, tuple[str, str]] = {}
             last_look = -float("inf")
+            told: set[str] = set()  # the reasons for pending jobs said so far
             while pending:
                 # The queue every poll_s; sooner (once a second) where a job has a result to judge.
                 since = time.monotonic() - last_look
@@ -371,6 +383,7 @@ class SlurmExecutor:
                         s.ended_since is not None or _has_result(s) for s in pending)):
                     states = _job_states([s.handle.job_id for s in pending])
                     last_look = time.monotonic()
+                    self._tell_pending(states, told)
                 still = []
                 for s in pending:
                     r = self._finish(s, states.get(s.handle.job_id))
@@ -396,6 +409,19 @@ class SlurmExecutor:
             if bar is not None:
                 bar.close()
         return [results[i] for i in range(len(jobs))]
+
+    def _tell_pending(self, states: Mapping[str, tuple[str, str]], told: set[str]) -> None:
+        """Say why jobs wait in the queue, once per reason (a reason that cannot clear by itself,
+        such as a time limit above the partition's, with what to do: rlrs would wait for ever)."""
+        waiting: dict[str, list[str]] = {}
+        for jid, (state, reason) in states.items():
+            if state == "PENDING" and reason not in ("", "None", "(null)") and reason not in told:
+                waiting.setdefault(reason, []).append(jid)
+        for reason, ids in sorted(waiting.items()):
+            told.add(reason)
+            fix = next((f for key, f in PENDING_FIXES.items() if reason.startswith(key)), None)
+            self.log(f"  Slurm: {len(ids)} job{'s' * (len(ids) > 1)} pending ({reason})"
+                     + (f": {fix}" if fix else "; still waiting"))
 
     def _finish(self, s: _Submitted, state: tuple[str, str] | None) -> RunResult | None:
         """The job's result once it has ended, else ``None``."""
@@ -431,17 +457,23 @@ class SlurmExecutor:
         tail = _log_tail(s.handle)
         return self._record(s, why + (f"\n--- Slurm job log (last lines) ---\n{tail}" if tail else ""))
 
-    def _record(self, s: _Submitted, error: str, wait_s: float = LOCK_WAIT_S) -> RunResult:
+    def _record(self, s: _Submitted, error: str, wait_s: float = LOCK_WAIT_S, cancelled_at: tuple | None = None
+                ) -> RunResult:
         """A failed result for a job that Slurm ended, written to ``result.json`` unless the run holds
-        a newer record of its own that is not a failure (it ended well before Slurm stopped it).
-        Not written where the job's process still holds the run after ``wait_s``: it then ends with a
+        a record that serves the job as it is (finished: a job cancelled before it started must not
+        undo a run that had ended before), or a newer record of its own that is not a failure (it
+        ended well before Slurm stopped it), or, for a job rlrs cancelled, the failure it recorded
+        before the cancel (``cancelled_at``: ``result.json``'s stamp then): its own error, not the
+        cancel, is why it failed; a failure recorded after the cancel is the cancel's doing. Not
+        written where the job's process still holds the run after ``wait_s``: it then ends with a
         result of its own, or none, and either way the run is not taken for finished."""
         out = s.job.out
         r = lost_run(s.job, error)
         try:
             with run_lock(out, wait=True, timeout_s=wait_s):
-                mine = read_result(out)
-                if _stamp(out) != s.before and mine is not None and mine.status != "failed":
+                mine, now = read_result(out), _stamp(out)
+                if mine is not None and (_reusable(mine, s.job.stop_at) or (now != s.before and (
+                        mine.status != "failed" or (cancelled_at is not None and now == cancelled_at)))):
                     return mine
                 _write_result(r)
         except (RunLocked, OSError):
@@ -452,23 +484,24 @@ class SlurmExecutor:
         """Cancel the jobs of ``pending`` and record their runs interrupted (``why``: how rlrs stopped)."""
         ids = sorted({s.handle.job_id for s in pending})
         self.log(f"rlrs: cancelling {len(ids)} Slurm job{'s' * (len(ids) > 1)} ({' '.join(ids)}) ...")
-        try:
-            done = subprocess.run(["scancel", *ids], capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.SubprocessError) as err:
-            done = subprocess.CompletedProcess([], 1, "", str(err))
-        if done.returncode != 0:
-            self.log(f"rlrs: scancel failed ({done.stderr.strip()}): cancel them yourself: scancel {' '.join(ids)}")
-            return
-        deadline = time.monotonic() + CANCEL_WAIT_S
-        while time.monotonic() < deadline:  # until their processes are gone (a second Ctrl-C stops waiting)
-            states = _job_states(ids, timeout_s=max(1.0, deadline - time.monotonic()))
-            if states and all(states.get(i, ("",))[0] in ENDED | {"UNKNOWN_TO_SLURM"} for i in ids):
-                break
-            time.sleep(0.2)
-        for s in pending:  # within the same wait: a job whose processes outlive it is not waited for again
-            self._record(s, f"interrupted: Slurm job {s.handle.job_id} was cancelled when rlrs stopped ({why}); "
-                            "run the same command again to continue (finished runs are reused)",
-                         wait_s=max(0.0, deadline - time.monotonic()))
+        again = threading.Event()
+        with _on_ctrl_c(again):  # another Ctrl-C stops the waiting below, never the recording
+            stamps = [_stamp(s.job.out) for s in pending]  # what each run had recorded itself before the cancel
+            done = _slurm(["scancel", *ids], 60)
+            if done.returncode != 0:
+                self.log(f"rlrs: scancel failed ({done.stderr.strip()}): cancel them yourself: scancel {' '.join(ids)}")
+                return
+            deadline = time.monotonic() + CANCEL_WAIT_S
+            while time.monotonic() < deadline and not again.is_set():  # until their processes are gone
+                states = _job_states(ids, timeout_s=max(1.0, deadline - time.monotonic()))
+                if states and all(states.get(i, ("",))[0] in ENDED | {"UNKNOWN_TO_SLURM"} for i in ids):
+                    break
+                time.sleep(0.2)
+            for s, stamp in zip(pending, stamps):  # within the same wait: processes that outlive it are not waited for
+                left = 0.0 if again.is_set() else max(0.0, deadline - time.monotonic())
+                self._record(s, f"interrupted: Slurm job {s.handle.job_id} was cancelled when rlrs stopped ({why}); "
+                                "run the same command again to continue (finished runs are reused)",
+                             wait_s=left, cancelled_at=stamp)
         self.log("rlrs: run the same command again to continue: finished runs are reused, the others run again "
                  "(presets resume from their checkpoints)")
 
@@ -507,6 +540,15 @@ def _log_tail(handle) -> str:
     return "\n".join(lines[-LOG_TAIL_LINES:])
 
 
+def _slurm(argv: Sequence[str], timeout_s: float) -> subprocess.CompletedProcess:
+    """Run a Slurm command (scancel, squeue, sacct) in a session of its own, so that a Ctrl-C at the
+    terminal, meant for rlrs, does not kill it half-way; a failure to run it is a non-zero exit."""
+    try:
+        return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout_s, start_new_session=True)
+    except (OSError, subprocess.SubprocessError) as err:
+        return subprocess.CompletedProcess(list(argv), 1, "", str(err))
+
+
 def _text(b: Any) -> str:
     return b.decode(errors="replace") if isinstance(b, bytes) else str(b or "")
 
@@ -519,15 +561,11 @@ def _job_states(ids: Sequence[str], timeout_s: float = 60.0) -> dict[str, tuple[
         return {}
     arrays = sorted({i.split("_")[0] for i in ids})
     found: dict[str, tuple[str, str]] = {}
-    try:
-        run = subprocess.run(["squeue", "-h", "-r", "-t", "all", "--jobs", ",".join(arrays), "-o", "%i|%T|%r"],
-                             capture_output=True, text=True, timeout=timeout_s)
-        for line in run.stdout.splitlines():
-            parts = line.strip().split("|")
-            if len(parts) == 3:
-                found[parts[0]] = (parts[1].split()[0].rstrip("+") if parts[1] else "", parts[2])
-    except (OSError, subprocess.SubprocessError):
-        return {}  # no answer this time: look again at the next poll
+    run = _slurm(["squeue", "-h", "-r", "-t", "all", "--jobs", ",".join(arrays), "-o", "%i|%T|%r"], timeout_s)
+    for line in run.stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 3:
+            found[parts[0]] = (parts[1].split()[0].rstrip("+") if parts[1] else "", parts[2])
     if run.returncode != 0 and "invalid job id" not in run.stderr.lower():
         return found  # the controller did not answer (not: it does not know these jobs)
     missing = [i for i in ids if i not in found]
@@ -539,11 +577,7 @@ def _job_states(ids: Sequence[str], timeout_s: float = 60.0) -> dict[str, tuple[
 
 
 def _sacct_states(ids: Sequence[str], timeout_s: float = 60.0) -> dict[str, tuple[str, str]]:
-    try:
-        run = subprocess.run(["sacct", "-n", "-P", "-X", "-j", ",".join(ids), "-o", "JobID,State"],
-                             capture_output=True, text=True, timeout=timeout_s)
-    except (OSError, subprocess.SubprocessError):
-        return {}
+    run = _slurm(["sacct", "-n", "-P", "-X", "-j", ",".join(ids), "-o", "JobID,State"], timeout_s)
     out = {}
     for line in run.stdout.splitlines():
         parts = line.strip().split("|")
@@ -560,10 +594,15 @@ def _sigint_deferred() -> Iterator[None]:
         return
     got: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    # Blocked, not only handled: the processes started inside (submitit's sbatch) inherit the block,
+    # so a Ctrl-C at the terminal, which signals them too, cannot kill sbatch half-way through.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if hasattr(signal, "pthread_sigmask") else None
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if blocked is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a Ctrl-C that came meanwhile reaches the handler
+        signal.signal(signal.SIGINT, previous)  # (which runs the pending handler first)
     if got:
         raise KeyboardInterrupt
 

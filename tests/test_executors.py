@@ -366,3 +366,107 @@ def test_a_slurm_run_checkpoints_as_itself_so_a_requeued_job_resumes_its_run(tmp
     job = Job(CommandRun("true", Plan()), tmp_path / "r", stop_at=5)
     again = SlurmRun(job, time_min=30).checkpoint()
     assert isinstance(again.function, SlurmRun) and again.function.job == job and again.args == ()
+
+
+# --- recording what Slurm ended, without a cluster: the executor's own rules ----------------------
+
+
+def _submitted(tmp_path, name="r", job_id="7_0"):
+    """A job as SlurmExecutor holds it once submitted (its run in ``tmp_path/name``), and the executor."""
+    pytest.importorskip("submitit")
+    from types import SimpleNamespace
+
+    from rlrs.engine import CommandRun, Job
+    from rlrs.executors import SlurmExecutor, _stamp, _Submitted
+    from rlrs.plan import Plan
+
+    out = tmp_path / name
+    out.mkdir(exist_ok=True)
+    lines = []
+    ex = SlurmExecutor(log=lines.append)
+    return ex, (lambda: _Submitted(0, Job(CommandRun("true", Plan()), out), SimpleNamespace(job_id=job_id),
+                                   _stamp(out))), lines
+
+
+def _finished(out):
+    from rlrs.engine import _write_result
+    from rlrs.outcome import RunResult
+
+    _write_result(RunResult(out, "finished", steps=10, total_steps=10, eval_steps=[10], eval_loss=[1.0]))
+
+
+def test_a_job_ended_before_it_ran_never_undoes_a_finished_run(tmp_path):
+    # rlrs tune hands the executor runs as they are: one already finished, its job cancelled while
+    # still pending (scancel, a Ctrl-C), must keep its record, not be recorded failed and retrained.
+    ex, submit, _ = _submitted(tmp_path)
+    _finished(tmp_path / "r")
+    s = submit()
+    r = ex._record(s, "Slurm job 7_0 ended CANCELLED: it was cancelled")
+    assert r.status == "finished" and read_result(tmp_path / "r").status == "finished"
+    r = ex._record(s, "interrupted: Slurm job 7_0 was cancelled", cancelled_at=s.before)
+    assert read_result(tmp_path / "r").status == "finished"
+
+
+def test_a_cancel_keeps_the_failure_a_job_recorded_before_it_not_the_one_it_caused(tmp_path):
+    from rlrs.engine import _write_result
+    from rlrs.executors import _stamp
+    from rlrs.outcome import RunResult
+
+    ex, submit, _ = _submitted(tmp_path)
+    s = submit()  # submitted with no record; then the run fails by itself (a CUDA OOM, say)
+    _write_result(RunResult(tmp_path / "r", "failed", error="RuntimeError: CUDA out of memory"))
+    at_cancel = _stamp(tmp_path / "r")
+    ex._record(s, "interrupted: Slurm job 7_0 was cancelled when rlrs stopped (Ctrl-C)", cancelled_at=at_cancel)
+    assert read_result(tmp_path / "r").error == "RuntimeError: CUDA out of memory"
+    # A failure the job records after the cancel (its command killed by it) is the cancel's doing.
+    t = submit()
+    at_cancel = _stamp(tmp_path / "r")
+    _write_result(RunResult(tmp_path / "r", "failed", error="exit status -15 (killed by signal 15)"))
+    ex._record(t, "interrupted: Slurm job 7_0 was cancelled when rlrs stopped (Ctrl-C)", cancelled_at=at_cancel)
+    assert read_result(tmp_path / "r").error.startswith("interrupted: Slurm job 7_0 was cancelled")
+
+
+def test_a_second_ctrl_c_stops_the_wait_for_cancelled_jobs_but_not_their_record(tmp_path, monkeypatch):
+    import rlrs.executors as executors
+
+    ex, submit, lines = _submitted(tmp_path)
+    s = submit()
+    monkeypatch.setattr(executors, "_slurm", lambda argv, timeout_s: subprocess.CompletedProcess(argv, 0, "", ""))
+    looks = []
+
+    def still_running(ids, timeout_s=60.0):  # a job that does not end: only a second Ctrl-C ends the wait
+        looks.append(ids)
+        os.kill(os.getpid(), signal.SIGINT)
+        return {i: ("RUNNING", "None") for i in ids}
+
+    monkeypatch.setattr(executors, "_job_states", still_running)
+    before = signal.getsignal(signal.SIGINT)
+    ex._cancel([s], "Ctrl-C")
+    assert signal.getsignal(signal.SIGINT) is before
+    assert len(looks) <= 2  # not CANCEL_WAIT_S of looking
+    assert read_result(tmp_path / "r").error.startswith("interrupted: Slurm job 7_0 was cancelled when rlrs stopped")
+    assert any("run the same command again" in ln for ln in lines)
+
+
+def test_a_ctrl_c_during_submission_reaches_rlrs_not_the_sbatch_it_started():
+    from rlrs.executors import _sigint_deferred
+
+    show = "import signal; print(int(signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])))"
+    with pytest.raises(KeyboardInterrupt):
+        with _sigint_deferred():
+            child = subprocess.run([sys.executable, "-c", show], capture_output=True, text=True, check=True)
+            os.kill(os.getpid(), signal.SIGINT)  # held until the block ends
+            held = True
+    assert held and child.stdout.strip() == "1"  # the child (sbatch) had Ctrl-C blocked
+    after = subprocess.run([sys.executable, "-c", show], capture_output=True, text=True, check=True)
+    assert after.stdout.strip() == "0"
+
+
+def test_jobs_waiting_in_the_queue_say_why_once_with_the_fix_where_it_cannot_clear(tmp_path):
+    ex, _, lines = _submitted(tmp_path)
+    told = set()
+    ex._tell_pending({"7_0": ("PENDING", "Resources"), "7_1": ("PENDING", "Resources"), "7_2": ("RUNNING", "None")}, told)
+    ex._tell_pending({"7_0": ("PENDING", "Resources"), "7_1": ("PENDING", "PartitionTimeLimit")}, told)
+    assert lines == ["  Slurm: 2 jobs pending (Resources); still waiting",
+                     "  Slurm: 1 job pending (PartitionTimeLimit): its time limit is above the partition's: lower "
+                     "--slurm-time-min (Ctrl-C, then run again)"]

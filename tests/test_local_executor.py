@@ -400,3 +400,50 @@ def test_each_attempt_starts_its_logs_afresh_and_keeps_the_one_before(tmp_path):
         assert (out / f"{stream}.previous.log").read_text() == f"{word} of attempt 2\n"
     assert sorted(p.name for p in out.glob("*.log")) == ["stderr.log", "stderr.previous.log", "stdout.log",
                                                           "stdout.previous.log"]
+
+
+POOL_OF_THREE = """
+import sys
+from pathlib import Path
+from rlrs.engine import CommandRun, Job, Pool
+from rlrs.plan import Plan
+root = Path(sys.argv[1])
+with Pool(2) as pool:
+    results = pool.run([Job(CommandRun(cmd, Plan()), root / name) for name, cmd in zip("abc", sys.argv[2:])])
+for name, r in zip("abc", results):
+    print("RESULT", name, r.status, r.error)
+"""
+
+
+def test_a_dead_worker_fails_only_its_own_run_the_others_run_again_at_once(tmp_path):
+    # Python's process pool fails every job it holds when one worker dies and ends the others:
+    # only the run the dead worker trained may fail; the one stopped with the pool and the one
+    # not started yet run on a fresh pool and finish.
+    hold = _script(tmp_path / "a.sh", "echo $$ > \"$RLRS_RUN_DIR/script.pid\"\n" + _report(0) +
+                   "\ntouch \"$RLRS_RUN_DIR/started\"\nexec sleep 1000\n")
+    # b: its first attempt waits (until the pool is ended); its second finishes.
+    once = _script(tmp_path / "b.sh", f"""
+        {_report(0)}
+        if [ ! -e "$RLRS_RUN_DIR/tried" ]; then touch "$RLRS_RUN_DIR/tried"; exec sleep 1000; fi
+        {_report(10)}
+    """)
+    quick = _script(tmp_path / "c.sh", _report(0) + "\n" + _report(10) + "\n")
+    parent = subprocess.Popen([sys.executable, "-c", POOL_OF_THREE, str(tmp_path), hold, once, quick], env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    pids: list[int] = []
+    try:
+        _wait_for(lambda: ((tmp_path / "a" / "started").exists() and (tmp_path / "b" / "tried").exists())
+                  or parent.poll() is not None, CEILING_S, "the two runs never started")
+        assert parent.poll() is None, parent.communicate()
+        pids = _pids(tmp_path / "a" / "script.pid")
+        worker = next(p for p in psutil.Process(pids[0]).parents() if "spawn_main" in " ".join(p.cmdline()))
+        worker.kill()
+        stdout, stderr = parent.communicate(timeout=CEILING_S)
+        assert parent.returncode == 0, stderr
+        lines = dict(ln.split(" ", 2)[1:] for ln in stdout.splitlines() if ln.startswith("RESULT"))
+        assert lines["a"].startswith("failed worker process died (exit code -9)"), lines
+        assert lines["b"].startswith("finished") and lines["c"].startswith("finished"), lines
+        assert read_result(tmp_path / "a").status == "failed" and read_result(tmp_path / "b").status == "finished"
+    finally:
+        os.killpg(parent.pid, signal.SIGKILL) if parent.poll() is None else None
+        _kill(pids)
