@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from . import compare, demo, transfer, tune, widths, zoo
 from .config import ConfigError, MissingExtra
-from .engine import Interrupted, RunLocked
+from .engine import Interrupted, RunLocked, Terminated, stopped_by
 from .models import DEFAULT_SIZE, PARAMETRIZATIONS
 from .options import (add_model_arg, add_no_progress_arg, add_out_arg, add_plan_arg, add_seeds_arg, add_set_arg,
                       add_steps_arg, add_target_args, add_widths_arg, default_of, parse_sets, sets_from_args)
@@ -255,9 +258,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .options import check_out
 
     try:
-        if getattr(args, "out", None) is not None:
-            check_out(args.out)  # before anything trains: a run must not end failing to write its results
-        return args.func(args)
+        with _sigterm_as_ctrl_c():
+            if getattr(args, "out", None) is not None:
+                check_out(args.out)  # before anything trains: a run must not end failing to write its results
+            return args.func(args)
     except (ConfigError, ClassificationError, DataError, MissingExtra, FileExistsError, FileNotFoundError,
             RunLocked, CheckpointError) as err:
         text = disk_error(err) if isinstance(err, OSError) and err.errno else str(err)  # [Errno 17] as a sentence
@@ -271,7 +275,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
     except KeyboardInterrupt as err:
         print(f"rlrs {args.subcommand}: {interrupted_note(args.subcommand, argv, err)}", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGTERM if stopped_by(err) == "SIGTERM" else 130
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (``kill``, a scheduler ending rlrs) stops rlrs as Ctrl-C does: its runs are stopped
+    and recorded, its Slurm jobs cancelled. Once: a second SIGTERM while it stops is ignored (the
+    stopping is bounded; SIGKILL ends it at once, leaving runs unrecorded, to run again)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    before = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def interrupted_note(subcommand: str, argv: Sequence[str], err: KeyboardInterrupt) -> str:
@@ -282,7 +306,7 @@ def interrupted_note(subcommand: str, argv: Sequence[str], err: KeyboardInterrup
         return "interrupted (completed checkpoints are kept; --resume continues)"
     n = len(err.runs) if isinstance(err, Interrupted) else 0
     stopped = f"{n} running run{'s' * (n != 1)} stopped and recorded as interrupted; " if n else ""
-    return (f"interrupted by Ctrl-C; {stopped}to continue, run the same command again (finished runs are reused, "
+    return (f"interrupted by {stopped_by(err)}; {stopped}to continue, run the same command again (finished runs are reused, "
             f"interrupted ones run again, resuming from their checkpoints where they save them):\n"
             f"  rlrs {shlex.join(argv)}")
 

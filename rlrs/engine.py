@@ -72,7 +72,7 @@ from . import files
 from .components import DEFAULT_TIED
 from .config import ConfigError
 # RunResult, STATUSES, reason_line and RESUME_FIX are known as the engine's too (rlrs.engine.RunResult).
-from .outcome import (ABANDONED, INTERRUPTED, RESUME_FIX, STATUSES, RunResult, _exception_line,  # noqa: F401
+from .outcome import (ABANDONED, INTERRUPTED, RESUME_FIX, TERMINATED, STATUSES, RunResult, _exception_line,  # noqa: F401
                       reason_line, status_of)
 from .plan import Plan
 from .runlog import Diverged, EvalCurve, EvalRecord, LogFollower, LogRead, Record, read_log
@@ -290,13 +290,27 @@ def run_dir(root: str | Path, spec: RunSpec) -> Path:
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C stopped :meth:`Pool.run`. ``runs``: the runs it stopped, each recorded as interrupted
-    in its ``result.json``; running the same command again runs them again (or resumes them) and
-    reuses the runs that finished. A ``KeyboardInterrupt``: handlers of Ctrl-C catch it as before."""
+    """Ctrl-C (or SIGTERM: ``by``) stopped :meth:`Pool.run`. ``runs``: the runs it stopped, each
+    recorded as interrupted in its ``result.json``; running the same command again runs them again
+    (or resumes them) and reuses the runs that finished. A ``KeyboardInterrupt``: handlers of
+    Ctrl-C catch it as before."""
 
-    def __init__(self, runs: Sequence[RunResult] = ()):
+    def __init__(self, runs: Sequence[RunResult] = (), by: str = "Ctrl-C"):
         super().__init__()
         self.runs = list(runs)
+        self.by = by
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``) reached rlrs, which stops as at a Ctrl-C: its running runs stopped and
+    recorded, its Slurm jobs cancelled (``rlrs.cli`` raises it from its SIGTERM handler)."""
+
+    by = "SIGTERM"
+
+
+def stopped_by(err: BaseException) -> str:
+    """What stopped rlrs, in words: ``Ctrl-C`` or ``SIGTERM``."""
+    return getattr(err, "by", "Ctrl-C")
 
 
 def read_result(out: str | Path) -> RunResult | None:
@@ -567,8 +581,8 @@ def _run(spec: RunSpec, out: Path, stop_at: int | None, progress: bool) -> RunRe
             return spec.run(out, stop_at, progress)
     except RunEnded:
         raise
-    except KeyboardInterrupt:  # its checkpoints stay: the next call resumes from the newest
-        status, error = status_of(error=True), _interruption()
+    except KeyboardInterrupt as err:  # its checkpoints stay: the next call resumes from the newest
+        status, error = status_of(error=True), TERMINATED if isinstance(err, Terminated) else _interruption()
     except Diverged as err:
         status, error = status_of(nonfinite=True), str(err)
     except Exception:  # noqa: BLE001 - recorded in result.json and shown in reports, never dropped
@@ -743,9 +757,9 @@ def _execute_command(spec: CommandRun, out: Path, stop_at: int | None) -> RunRes
                 elif stop_at is not None and xs and xs[-1] >= stop_at and (spec.steps is None or stop_at < spec.steps):
                     stopped = True
                     _stop(proc)
-        except KeyboardInterrupt:  # Ctrl-C where execute runs in this process: recorded, then raised again
+        except KeyboardInterrupt as err:  # Ctrl-C where execute runs in this process: recorded, then raised again
             _stop(proc)
-            why = INTERRUPTED
+            why = TERMINATED if isinstance(err, Terminated) else INTERRUPTED
         except BaseException:
             _stop(proc)  # never leave the user's training running when rlrs stops
             raise
@@ -778,7 +792,7 @@ def _execute_command(spec: CommandRun, out: Path, stop_at: int | None) -> RunRes
     status = status_of(reached_end=reached_end, reached_stop=stopped, nonfinite=nonfinite, error=why is not None)
     error = None
     if why is not None:
-        if why in (INTERRUPTED, ABANDONED):  # stopped by rlrs, not failing: what it printed is not the reason
+        if why in (INTERRUPTED, ABANDONED, TERMINATED):  # stopped by rlrs, not failing: what it printed is not the reason
             tail = ""
         error = f"{why}; command: {spec.shell_command(out)}" + (f"\n--- stderr (last lines) ---\n{tail}" if tail else "")
     steps = xs[-1] if xs else 0
@@ -962,12 +976,13 @@ def _stop_requested() -> bool:
     return _CTRL_C.is_set() or (_POOL_STOP is not None and bool(_POOL_STOP.value))
 
 
-_STOP_AT_CTRL_C, _STOP_ON_ERROR = 1, 2  # the pool's flag: why it stops its runs
+_STOP_AT_CTRL_C, _STOP_ON_ERROR, _STOP_AT_SIGTERM = 1, 2, 3  # the pool's flag: why it stops its runs
 
 
 def _interruption() -> str:
     """Why this run is being stopped, as its error: Ctrl-C, or an error of rlrs in the parent."""
-    return ABANDONED if _POOL_STOP is not None and _POOL_STOP.value == _STOP_ON_ERROR else INTERRUPTED
+    flag = _POOL_STOP.value if _POOL_STOP is not None else 0
+    return {_STOP_ON_ERROR: ABANDONED, _STOP_AT_SIGTERM: TERMINATED}.get(flag, INTERRUPTED)
 
 
 def _on_sigint(signum: int, frame=None) -> None:
@@ -1129,9 +1144,11 @@ class Pool:
             if lost:
                 self._after_a_death(jobs, lost, procs, done, _retry)
         except BaseException as err:
-            stopped = self._stop_runs(futures, _STOP_AT_CTRL_C if isinstance(err, KeyboardInterrupt) else _STOP_ON_ERROR)
+            why = (_STOP_AT_SIGTERM if stopped_by(err) == "SIGTERM" else _STOP_AT_CTRL_C) \
+                if isinstance(err, KeyboardInterrupt) else _STOP_ON_ERROR
+            stopped = self._stop_runs(futures, why)
             if isinstance(err, KeyboardInterrupt):  # (from a rerun after a worker's death: its stopped runs too)
-                raise Interrupted(stopped + getattr(err, "runs", [])) from None
+                raise Interrupted(stopped + getattr(err, "runs", []), by=stopped_by(err)) from None
             raise
         finally:
             if bar is not None:
@@ -1342,8 +1359,8 @@ def run_all(jobs: Sequence[Job], workers: int | None = None, log: Callable[[str]
         except Interrupted as err:
             if log:
                 for r in err.runs:
-                    log(f"  {next((j.label for j in todo if j.out == r.out and j.label), r.out.name)}: {INTERRUPTED} "
-                        "(recorded; it runs again next time)")
+                    log(f"  {next((j.label for j in todo if j.out == r.out and j.label), r.out.name)}: "
+                        f"{(r.error or INTERRUPTED).split(';')[0]} (recorded; it runs again next time)")
             raise
         new = dict(zip((j.out for j in todo), ran))
     by_out = {out: prior[out] for out in reused} | new

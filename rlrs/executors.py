@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 from . import config as _config
 from .config import ConfigError
 from .engine import (LOCK_WAIT_S, Job, Pool, RunEnded, RunLocked, RunResult, _on_ctrl_c, _reusable, _StepBar, _write_result,
-                     execute, lost_run, read_result, reason_line, run_lock)
+                     execute, lost_run, read_result, reason_line, run_lock, stopped_by)
 
 
 class Executor(Protocol):
@@ -402,7 +402,7 @@ class SlurmExecutor:
                     time.sleep(min(1.0, self.config.poll_s))
         except BaseException as err:
             if pending:
-                self._cancel(pending, "Ctrl-C" if isinstance(err, KeyboardInterrupt) else
+                self._cancel(pending, stopped_by(err) if isinstance(err, KeyboardInterrupt) else
                              f"on an error of its own: {type(err).__name__}: {err}")
             raise
         finally:

@@ -24,6 +24,8 @@ STATUSES = ("finished", "stopped", "diverged", "unstable", "failed")
 INTERRUPTED = "interrupted by Ctrl-C"
 """The error of a run that Ctrl-C stopped (status ``failed``: the next call runs it again)."""
 ABANDONED = "interrupted: rlrs stopped on an error of its own before this run ended"
+TERMINATED = "interrupted: rlrs was stopped by SIGTERM (kill)"
+"""The error of a run stopped because rlrs got SIGTERM, which it handles as Ctrl-C."""
 """The error of a run that rlrs stopped because rlrs itself failed (the error it then printed),
 not the run: like an interrupted run, it runs again next time."""
 RESUME_FIX = ("save checkpoints into $RLRS_RUN_DIR and load the newest at start-up; see examples/nanogpt.py "

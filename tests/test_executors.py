@@ -217,7 +217,9 @@ def test_a_requeued_job_runs_its_command_again_and_the_run_finishes(slurm_cluste
     assert read_result(_run_dirs(out)[1]).status == "finished"
 
 
-def test_ctrl_c_cancels_the_submitted_jobs_and_records_them_interrupted(slurm_cluster, tmp_path):
+@pytest.mark.parametrize("sig, by", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
+def test_ctrl_c_cancels_the_submitted_jobs_and_records_them_interrupted(slurm_cluster, tmp_path, sig, by):
+    # SIGTERM (kill) is handled as Ctrl-C is, and each is named as what stopped rlrs.
     out = tmp_path / "out"
     args = _command_args(tmp_path, out)
     proc, log = _start(args, tmp_path, "run")
@@ -225,8 +227,9 @@ def test_ctrl_c_cancels_the_submitted_jobs_and_records_them_interrupted(slurm_cl
         _both_started(out, proc)
         jobs = [(d / "started").read_text() for d in _run_dirs(out)]
         assert [_state(j) for j in jobs] == ["RUNNING", "RUNNING"]
-        proc.send_signal(signal.SIGINT)
-        assert _exit_status(proc, CANCEL_WAIT_S + 120) == 130, log.read_text()  # a ceiling above its own wait
+        proc.send_signal(sig)
+        want = 130 if sig == signal.SIGINT else 128 + sig  # a ceiling above rlrs's own wait:
+        assert _exit_status(proc, CANCEL_WAIT_S + 120) == want, log.read_text()
         assert [_state(j) for j in jobs] == ["CANCELLED", "CANCELLED"]
     finally:
         proc.kill() if proc.poll() is None else None
@@ -235,7 +238,9 @@ def test_ctrl_c_cancels_the_submitted_jobs_and_records_them_interrupted(slurm_cl
     assert "cancelling 2 Slurm jobs" in text and "run the same command again" in text
     for d in _run_dirs(out):
         r = read_result(d)
-        assert r.status == "failed" and r.error.startswith("interrupted"), r.error
+        assert r.status == "failed" and r.error.startswith("interrupted") and f"when rlrs stopped ({by})" in r.error, \
+            r.error
+    assert f"interrupted by {by}" in text
 
 
 def test_a_job_past_its_time_limit_is_a_failed_run_named_timeout(slurm_cluster, tmp_path):

@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from rlrs.engine import ABANDONED, INTERRUPTED, STOP_GRACE_S, CommandRun, Job, Pool, execute, read_result
+from rlrs.engine import ABANDONED, INTERRUPTED, STOP_GRACE_S, TERMINATED, CommandRun, Job, Pool, execute, read_result
 from rlrs import presets
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -447,3 +447,26 @@ def test_a_dead_worker_fails_only_its_own_run_the_others_run_again_at_once(tmp_p
     finally:
         os.killpg(parent.pid, signal.SIGKILL) if parent.poll() is None else None
         _kill(pids)
+
+
+def test_sigterm_stops_rlrs_as_ctrl_c_does_and_says_so(tmp_path):
+    # `kill` (or a scheduler ending rlrs) must not leave runs unrecorded or say "Ctrl-C".
+    cmd, out = _ctrl_c_script(tmp_path), tmp_path / "c"
+    first = _compare(cmd, out)
+    pid = None
+    try:
+        _wait_for(lambda: (tmp_path / "marker").exists() or first.poll() is not None, CEILING_S, "the run never started")
+        assert first.poll() is None, first.communicate()[0]
+        run, = [Path(p) for p in (tmp_path / "starts").read_text().split()]
+        pid = int((run / "script.pid").read_text())
+        first.terminate()
+        output, _ = first.communicate(timeout=STOP_GRACE_S + 20)  # a ceiling: the script ends at SIGTERM
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+        _kill([pid] if pid else [])
+    assert first.returncode == 128 + signal.SIGTERM, output
+    assert not _alive(pid), "the stopped run's script is still running"
+    record = read_result(run)
+    assert record.status == "failed" and record.error.startswith(TERMINATED) and record.interrupted, record.error
+    assert "interrupted by SIGTERM; 1 running run stopped and recorded as interrupted" in output, output

@@ -40,10 +40,10 @@ def cmd_tune(args) -> int:
     except KeyboardInterrupt as err:
         n = len(getattr(err, "runs", ()))  # engine.Interrupted: the runs Ctrl-C stopped
         stopped = f"{n} running run{'s' * (n != 1)} stopped and recorded as interrupted; " if n else ""
-        print(f"rlrs tune: interrupted by Ctrl-C; {stopped}finished trials are in the study: to continue, run the "
+        print(f"rlrs tune: interrupted by {getattr(err, 'by', 'Ctrl-C')}; {stopped}finished trials are in the study: to continue, run the "
               "same command again (interrupted runs run again, resuming from their checkpoints where they save "
               "them)", file=sys.stderr)
-        return 130
+        return 143 if getattr(err, "by", "") == "SIGTERM" else 130  # 128 + the signal
 
 
 def _cmd_tune(args) -> int:
