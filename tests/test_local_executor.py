@@ -168,10 +168,13 @@ def _compare(cmd: str, out: Path) -> subprocess.Popen:
                             start_new_session=True, preexec_fn=_default_sigint)
 
 
-@pytest.mark.parametrize("to", ["group", "parent"])
+@pytest.mark.parametrize("to", ["group", "parent", "sigterm"])
 def test_ctrl_c_stops_the_running_run_at_once_records_it_and_the_same_command_continues(tmp_path, to):
     # The terminal sends SIGINT to the whole foreground process group (rlrs and its workers);
     # `kill -INT` reaches rlrs alone. Either way: no waiting for the run, no next run started.
+    # SIGTERM (`kill`, a scheduler ending rlrs) is handled the same way, and named as what stopped it.
+    sig, code, error, said = ((signal.SIGTERM, 128 + signal.SIGTERM, TERMINATED, "interrupted by SIGTERM")
+                              if to == "sigterm" else (signal.SIGINT, 130, INTERRUPTED, INTERRUPTED))
     cmd, out = _ctrl_c_script(tmp_path), tmp_path / "c"
     first = _compare(cmd, out)
     pid = None
@@ -180,18 +183,18 @@ def test_ctrl_c_stops_the_running_run_at_once_records_it_and_the_same_command_co
         assert first.poll() is None, first.communicate()[0]
         run, = [Path(p) for p in (tmp_path / "starts").read_text().split()]
         pid = int((run / "script.pid").read_text())
-        (os.killpg if to == "group" else os.kill)(first.pid, signal.SIGINT)
+        (os.killpg if to == "group" else os.kill)(first.pid, sig)
         output, _ = first.communicate(timeout=STOP_GRACE_S + 20)  # a ceiling: the script ends at SIGTERM
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
         _kill([pid] if pid else [])
-    assert first.returncode == 130, output
+    assert first.returncode == code, output
     assert not _alive(pid), "the interrupted run's script is still running"
     assert (tmp_path / "starts").read_text().split() == [str(run)], "a run was started after Ctrl-C"
     record = read_result(run)
-    assert record.status == "failed" and record.error.startswith(INTERRUPTED) and record.interrupted
-    assert f"{INTERRUPTED}; 1 running run stopped and recorded as interrupted" in output
+    assert record.status == "failed" and record.error.startswith(error) and record.interrupted, record.error
+    assert f"{said}; 1 running run stopped and recorded as interrupted" in output
     assert "to continue, run the same command again" in output and "rlrs compare --command" in output
     assert "--resume" not in output  # compare has no such flag
     (tmp_path / "GO").touch()
@@ -448,25 +451,3 @@ def test_a_dead_worker_fails_only_its_own_run_the_others_run_again_at_once(tmp_p
         os.killpg(parent.pid, signal.SIGKILL) if parent.poll() is None else None
         _kill(pids)
 
-
-def test_sigterm_stops_rlrs_as_ctrl_c_does_and_says_so(tmp_path):
-    # `kill` (or a scheduler ending rlrs) must not leave runs unrecorded or say "Ctrl-C".
-    cmd, out = _ctrl_c_script(tmp_path), tmp_path / "c"
-    first = _compare(cmd, out)
-    pid = None
-    try:
-        _wait_for(lambda: (tmp_path / "marker").exists() or first.poll() is not None, CEILING_S, "the run never started")
-        assert first.poll() is None, first.communicate()[0]
-        run, = [Path(p) for p in (tmp_path / "starts").read_text().split()]
-        pid = int((run / "script.pid").read_text())
-        first.terminate()
-        output, _ = first.communicate(timeout=STOP_GRACE_S + 20)  # a ceiling: the script ends at SIGTERM
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-        _kill([pid] if pid else [])
-    assert first.returncode == 128 + signal.SIGTERM, output
-    assert not _alive(pid), "the stopped run's script is still running"
-    record = read_result(run)
-    assert record.status == "failed" and record.error.startswith(TERMINATED) and record.interrupted, record.error
-    assert "interrupted by SIGTERM; 1 running run stopped and recorded as interrupted" in output, output
