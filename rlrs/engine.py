@@ -361,7 +361,7 @@ class run_lock:
     def __enter__(self) -> "run_lock":
         import tempfile
 
-        _config.make_dir(self.out)
+        files.make_dir(self.out)
         path = self.out / ".lock"
         fd, tmp = tempfile.mkstemp(dir=self.out, prefix=".lock.", suffix=".tmp")
         f = os.fdopen(fd, "r+")
@@ -614,7 +614,7 @@ def script_files(spec: CommandRun) -> dict[str, str]:
             continue  # what the command writes (a redirection's or tee's target) is output, not code
         path = Path(spec.cwd) / word
         if word.endswith(SCRIPT_SUFFIXES) and path.is_file():
-            files[word] = _config.sha256_file(path)
+            files[word] = files.sha256_file(path)
     return files
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 from . import config as _config
+from . import files
 from .config import ConfigError
 from .engine import (LOCK_WAIT_S, Job, Pool, RunEnded, RunLocked, RunResult, _on_ctrl_c, _reusable, _StepBar, _write_result,
                      execute, lost_run, read_result, reason_line, run_lock, stopped_by)
@@ -339,7 +340,7 @@ class SlurmExecutor:
 
     def _submit(self, jobs: Sequence[Job]) -> list[_Submitted]:
         folder = self._folder(jobs)
-        _config.make_dir(folder)
+        files.make_dir(folder)
         ex = self._executor(folder)
         before = [_stamp(j.out) for j in jobs]
         try:

@@ -1,4 +1,5 @@
-"""Writing files safely: the one atomic write and the one file lock.
+"""Files: the one atomic write, the one file lock, a file's hash and an output directory made
+with an error that says what to do.
 
     >>> from rlrs.files import atomic_write_text, write_json, FileLock
     >>> write_json("runs/a/result.json", {"loss": float("nan")})     # doctest: +SKIP
@@ -19,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
-from .config import json_safe
+from .config import ConfigError, json_safe
 
 try:
     import fcntl
@@ -133,3 +134,28 @@ class FileLock:
         if self.f is not None:
             self.f.close()  # closing releases the lock
             self.f = None
+
+
+def sha256_file(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks (checkpoints, downloaded wheels)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def make_dir(path: str | Path, what: str = "--out") -> Path:
+    """Create a directory (and its parents), with an error that names ``what`` and the fix."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"{what} {path}: a file of that name exists; choose a directory path") from None
+    except NotADirectoryError:
+        raise ConfigError(f"{what} {path}: a part of the path is a file, not a directory; choose another path") from None
+    except PermissionError:
+        raise ConfigError(f"{what} {path}: no permission to create it (read-only?); choose another path") from None
+    return path

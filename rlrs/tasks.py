@@ -43,6 +43,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import config as _config
+from . import files
 from .config import ConfigError
 from .engine import RunKind
 from .outcome import RunResult, status_of
@@ -307,7 +308,7 @@ def train_task(task: Task, strategy: Strategy, seed: int, out: str | Path, epoch
         'finished'
     """
     out = Path(out)
-    _config.make_dir(out, "--out")
+    files.make_dir(out, "--out")
     split = task.load()
     torch.manual_seed(seed)
     model = task.model()

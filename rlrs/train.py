@@ -358,7 +358,7 @@ class Trainer:
                 f"{self.out} holds the logs of a run but no checkpoint to continue it from; "
                 "choose another --out (or remove the directory to train it again)"
             )
-        _config.make_dir(self.out)
+        files.make_dir(self.out)
         # JSON, not TOML: TOML has no null, and a field set to None must round-trip exactly.
         files.atomic_write_text(self.out / "config.json", json.dumps(self.cfg.to_dict(), indent=2) + "\n")
         self.cfg.plan.save(self.out / "plan.toml")
@@ -471,7 +471,7 @@ class Trainer:
             stale.unlink(missing_ok=True)
         # The checksum first: a checkpoint is only ever visible with the checksum it must match.
         with files.atomic_file(path, "wb", before_replace=lambda tmp: files.atomic_write_text(
-                _checksum_path(path), _config.sha256_file(tmp) + "\n")) as f:
+                _checksum_path(path), files.sha256_file(tmp) + "\n")) as f:
             torch.save(state, f)
         for old in self._checkpoints()[: -self.cfg.train.keep_checkpoints]:
             old.unlink()
@@ -838,7 +838,7 @@ def _checksum_problem(ckpt: Path) -> str | None:
         expected = _checksum_path(ckpt).read_text().strip()
     except FileNotFoundError:
         return "has no checksum file"
-    return None if _config.sha256_file(ckpt) == expected else "fails its checksum (the file changed after it was written)"
+    return None if files.sha256_file(ckpt) == expected else "fails its checksum (the file changed after it was written)"
 
 
 def _same_config(saved: Mapping[str, Any], cfg: RunConfig) -> bool:

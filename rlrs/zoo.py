@@ -203,7 +203,7 @@ def run_zoo(tasks: Sequence[str], strategies: Sequence[str], out: str | Path, se
     tasks = parse_names(",".join(tasks), TASKS, "task")
     strategies = parse_names(",".join(strategies), STRATEGIES, "strategies")
     out = Path(out)
-    _config.make_dir(out, "--out")
+    files.make_dir(out, "--out")
     t0 = time.perf_counter()
     jobs = []
     for task in tasks:
@@ -265,7 +265,7 @@ def run_zoo(tasks: Sequence[str], strategies: Sequence[str], out: str | Path, se
 def write_outputs(res: ZooResult) -> None:
     """``results.json``, ``report.md`` and ``zoo_curves.png`` (when matplotlib is installed; not
     for a merged result, whose curves are in each input's own plot)."""
-    _config.make_dir(res.out, "--out")
+    files.make_dir(res.out, "--out")
     files.write_json(res.out / "results.json", res.to_dict())
     png = None if res.merged_from else _plot(res)
     files.atomic_write_text(res.out / "report.md", report(res, png))

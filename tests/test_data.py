@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from rlrs import data
-from rlrs.config import ConfigError, MissingExtra, sha256_file
+from rlrs.config import ConfigError, MissingExtra
+from rlrs.files import sha256_file
 from rlrs.data import (
     DataConfig,
     DataError,

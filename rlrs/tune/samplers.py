@@ -137,7 +137,7 @@ def sampler_search(
     if spec.min_improvement:
         raise ConfigError("--min-improvement: a move rule of the local search; drop it with --sampler")
     out = Path(out)
-    _config.make_dir(out, "--out")
+    files.make_dir(out, "--out")
     space = search_space(spec)
     start = {k: v for k, v in spec.start()}
     dists = {k: optuna.distributions.FloatDistribution(lo, hi, log=True) for k, (lo, hi) in space.items()}
