@@ -366,7 +366,7 @@ class run_lock:
         fd, tmp = tempfile.mkstemp(dir=self.out, prefix=".lock.", suffix=".tmp")
         f = os.fdopen(fd, "r+")
         try:
-            f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
+            f.write(json.dumps(_holder_record()))
             f.flush()
             files.flock(f, wait=False)  # a file of our own: nobody else has it
             blind_since = None
@@ -393,7 +393,7 @@ class run_lock:
                     blind_since = blind_since or time.monotonic()
                     if time.monotonic() - blind_since > LOCK_WAIT_S:
                         raise RunLocked(f"{self.out} is locked by {_describe(holder)}, which could not be seen "
-                                        f"for {LOCK_WAIT_S:.0f} s; stop it or remove {path}")
+                                        f"for {LOCK_WAIT_S:.0f} s; {_unlock_advice(holder, path)}")
                 self._check_deadline(holder)
                 time.sleep(0.1)
         except BaseException:
@@ -428,7 +428,7 @@ class run_lock:
                     if time.monotonic() - blind_since > LOCK_WAIT_S:
                         self.f.close()
                         raise RunLocked(f"{self.out} is locked by {_describe(holder)}, which could not be seen "
-                                        f"for {LOCK_WAIT_S:.0f} s; stop it or remove {path}")
+                                        f"for {LOCK_WAIT_S:.0f} s; {_unlock_advice(holder, path)}")
                 try:
                     self._check_deadline(holder)
                 except RunLocked:
@@ -437,7 +437,7 @@ class run_lock:
                 time.sleep(0.1)
         self.f.seek(0)
         self.f.truncate()
-        self.f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
+        self.f.write(json.dumps(_holder_record()))
         self.f.flush()
         return self
 
@@ -496,10 +496,28 @@ def _look_at_lock(path: Path) -> tuple[str, dict[str, Any] | None]:
         return "free", None
 
 
+def _holder_record() -> dict[str, Any]:
+    """Who holds a run's lock: this process, its host and, in a Slurm job, the job (array task)."""
+    env = os.environ
+    job = (f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}" if "SLURM_ARRAY_TASK_ID" in env
+           else env.get("SLURM_JOB_ID"))
+    return {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), **({"slurm_job": job} if job else {})}
+
+
 def _describe(holder: Mapping[str, Any] | None) -> str:
     if not holder:
         return "another process"
-    return f"process {holder.get('pid')} on {holder.get('host')}"
+    job = f" (Slurm job {holder['slurm_job']})" if holder.get("slurm_job") else ""
+    return f"process {holder.get('pid')} on {holder.get('host')}{job}"
+
+
+def _unlock_advice(holder: Mapping[str, Any] | None, path: Path) -> str:
+    # A holder on another host may be alive: its lock must not be removed while it writes.
+    if holder and holder.get("slurm_job"):
+        job = holder["slurm_job"]
+        return (f"if `squeue -j {job}` still shows it, wait for it to end or `scancel {job}`; remove {path} only "
+                "once it has ended")
+    return f"stop it, or remove {path} once it has ended"
 
 
 def pid_alive(pid: Any) -> bool:

@@ -320,6 +320,25 @@ def test_a_wait_for_a_live_holder_ends_at_its_timeout(tmp_path, monkeypatch, lin
         pass
 
 
+def test_a_lock_held_in_a_slurm_job_names_the_job_and_how_to_tell_it_has_ended(tmp_path, monkeypatch):
+    # A rerun while jobs of an earlier rlrs still run (its terminal closed) finds their locks held on
+    # other hosts: the refusal names the job to check or cancel, never "remove the lock" bare.
+    from rlrs.engine import RunLocked, _unlock_advice, run_lock
+
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "812")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    out = tmp_path / "run"
+    with run_lock(out, wait=False):
+        monkeypatch.delenv("SLURM_ARRAY_JOB_ID")
+        monkeypatch.delenv("SLURM_ARRAY_TASK_ID")
+        with pytest.raises(RunLocked, match=r"process \d+ on \S+ \(Slurm job 812_3\)"):
+            with run_lock(out, wait=False):
+                pass
+        holder = json.loads((out / ".lock").read_text())
+    advice = _unlock_advice(holder, out / ".lock")
+    assert "squeue -j 812_3" in advice and "scancel 812_3" in advice and "only once it has ended" in advice
+
+
 def test_the_lock_works_on_a_file_system_without_hard_links(tmp_path, monkeypatch):
     from rlrs.engine import RunLocked, run_lock
 
