@@ -626,14 +626,14 @@ def script_files(spec: CommandRun) -> dict[str, str]:
         words = shlex.split(spec.command.format(plan="", run_dir="", seed="", steps=""))
     except ValueError:
         words = spec.command.split()
-    files = {}
+    hashes = {}
     for before, word in zip([""] + words, words):
         if before.endswith((">", ">>", "|")) or before == "tee" or ">" in word or word.startswith("-"):
             continue  # what the command writes (a redirection's or tee's target) is output, not code
         path = Path(spec.cwd) / word
         if word.endswith(SCRIPT_SUFFIXES) and path.is_file():
-            files[word] = files.sha256_file(path)
-    return files
+            hashes[word] = files.sha256_file(path)
+    return hashes
 
 
 def _forget_other_code(spec: CommandRun, out: Path) -> None:
