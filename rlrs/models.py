@@ -334,6 +334,12 @@ class Experts(nn.Module):
         self.w_gate = nn.Parameter(torch.empty(n_experts, d_model, d_ff))
         self.w_up = nn.Parameter(torch.empty(n_experts, d_model, d_ff))
         self.w_down = nn.Parameter(torch.empty(n_experts, d_ff, d_model))
+        # Never uninitialized memory (an MoE built on its own would compute with garbage, NaN at
+        # times); drawn from a forked generator, so the draws of the model's own initialization,
+        # which sets these again, are the same as without it.
+        with torch.random.fork_rng(devices=[]):
+            for w in (self.w_gate, self.w_up, self.w_down):
+                nn.init.normal_(w, std=0.02)
 
     def forward(self, x: Tensor) -> Tensor:
         h = F.silu(torch.bmm(x, self.w_gate)) * torch.bmm(x, self.w_up)

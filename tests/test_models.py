@@ -443,3 +443,12 @@ def test_every_parameter_name_matches_exactly_one_component(cfg, expected):
 def test_docstring_examples():
     result = doctest.testmod(models, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_experts_built_on_their_own_hold_numbers_and_leave_the_generator_as_it_was():
+    # torch.empty left the expert weights as whatever memory held (NaN at times) for an MoE built
+    # outside build_model; their own draws must not shift the model's initialization either.
+    before = torch.random.get_rng_state()
+    e = models.Experts(4, 8, 16)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert all(torch.isfinite(w).all() and w.abs().sum() > 0 for w in (e.w_gate, e.w_up, e.w_down))
