@@ -446,10 +446,7 @@ class run_lock:
             raise RunLocked(f"{self.out} is still being written by {_describe(holder)}")
 
     def _holder(self) -> dict[str, Any] | None:
-        try:
-            return _parse_holder((self.out / ".lock").read_text())
-        except OSError:
-            return None
+        return lock_holder(self.out)
 
     def __exit__(self, *exc) -> None:
         if self.f is None:
@@ -494,6 +491,14 @@ def _look_at_lock(path: Path) -> tuple[str, dict[str, Any] | None]:
         if stale:
             os.unlink(path)
         return "free", None
+
+
+def lock_holder(out: Path) -> dict[str, Any] | None:
+    """The record (pid, host, Slurm job) of whoever holds, or last held, run ``out``'s lock."""
+    try:
+        return _parse_holder((out / ".lock").read_text())
+    except (OSError, ValueError):  # gone, or not text
+        return None
 
 
 def _holder_record() -> dict[str, Any]:
@@ -1179,16 +1184,21 @@ class Pool:
         job it holds and ends the other workers. Only the runs that the dead worker was training
         (their lock names its pid) fail, recorded as such; the others, stopped by the pool's end or
         never started, run again at once on a fresh pool (once: a second death fails them all)."""
+        # The pool's manager thread ends and joins its workers; until it has, reading an exit code
+        # here races its join (waitpid in two threads: one of them sees no code).
+        manager = getattr(self._pool, "_executor_manager_thread", None)
         self.close()  # a pool that lost a process refuses new work; this also waits for its workers to end
+        if manager is not None:
+            manager.join(STOP_GRACE_S + 2 * _STOP_MARGIN_S)
         died = {p.pid: p.exitcode for p in procs if p.exitcode not in (None, 128 + signal.SIGTERM, -signal.SIGTERM, 0)}
         again = []
         for i in lost:
-            holder = _parse_holder(_read_text(jobs[i].out / ".lock"))
+            holder = lock_holder(jobs[i].out)
             pid = holder.get("pid") if holder and holder.get("host") == socket.gethostname() else None
             if pid in died or not retry:
                 code = died.get(pid)
                 why = f"worker process died (exit code {code})" if code is not None else "worker process died"
-                done(i, _record_lost(jobs[i], why + "; it runs again next time"))
+                done(i, record_lost(jobs[i], why + "; it runs again next time"))
             else:
                 again.append(i)
         if again:
@@ -1286,25 +1296,22 @@ def _workers_ignore_ctrl_c() -> Iterator[None]:
         signal.signal(signal.SIGINT, before)
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text()
-    except (OSError, ValueError):
-        return ""
-
-
-def _record_lost(job: Job, error: str) -> RunResult:
+def record_lost(job: Job, error: str, wait_s: float = LOCK_WAIT_S,
+                keep: Callable[[RunResult], bool] | None = None) -> RunResult:
     """:func:`lost_run`, written under the run's lock unless the run holds a record that serves the
-    job (it finished before): a lost process never undoes a finished run."""
+    job (it finished before: a lost process never undoes a finished run) or one ``keep`` (called
+    under the lock) says stands; that record is then returned. Not written where the run's lock
+    stays held for ``wait_s`` (its process outlives what ended it): it runs again all the same.
+    Every executor records its lost runs through it."""
     r = lost_run(job, error)
     try:
-        with run_lock(job.out, wait=True, timeout_s=LOCK_WAIT_S):
+        with run_lock(job.out, wait=True, timeout_s=wait_s):
             prior = read_result(job.out)
-            if prior is not None and _reusable(prior, job.stop_at):
+            if prior is not None and (_reusable(prior, job.stop_at) or (keep is not None and keep(prior))):
                 return prior
             _write_result(r)
     except (RunLocked, OSError):
-        pass  # not recorded: it runs again all the same
+        pass  # not recorded: the run has no result, or a failed one, so it runs again all the same
     return r
 
 

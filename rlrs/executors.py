@@ -40,8 +40,8 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 from . import config as _config
 from . import files
 from .config import ConfigError
-from .engine import (LOCK_WAIT_S, Job, Pool, RunEnded, RunLocked, RunResult, _on_ctrl_c, _reusable, _StepBar, _write_result,
-                     execute, lost_run, read_result, reason_line, run_lock, stopped_by)
+from .engine import (LOCK_WAIT_S, Job, Pool, RunEnded, RunResult, _on_ctrl_c, _StepBar, execute, reason_line,
+                     record_lost, stopped_by)
 
 
 class Executor(Protocol):
@@ -468,18 +468,11 @@ class SlurmExecutor:
         cancel, is why it failed; a failure recorded after the cancel is the cancel's doing. Not
         written where the job's process still holds the run after ``wait_s``: it then ends with a
         result of its own, or none, and either way the run is not taken for finished."""
-        out = s.job.out
-        r = lost_run(s.job, error)
-        try:
-            with run_lock(out, wait=True, timeout_s=wait_s):
-                mine, now = read_result(out), _stamp(out)
-                if mine is not None and (_reusable(mine, s.job.stop_at) or (now != s.before and (
-                        mine.status != "failed" or (cancelled_at is not None and now == cancelled_at)))):
-                    return mine
-                _write_result(r)
-        except (RunLocked, OSError):
-            pass  # not recorded: the run has no result, or a failed one, so it runs again all the same
-        return r
+        def keep(mine: RunResult) -> bool:  # (under the run's lock)
+            now = _stamp(s.job.out)
+            return now != s.before and (mine.status != "failed" or (cancelled_at is not None and now == cancelled_at))
+
+        return record_lost(s.job, error, wait_s, keep)
 
     def _cancel(self, pending: Sequence[_Submitted], why: str) -> None:
         """Cancel the jobs of ``pending`` and record their runs interrupted (``why``: how rlrs stopped)."""
