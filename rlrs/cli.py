@@ -12,7 +12,7 @@ from typing import Any, Iterator, Sequence
 
 from . import compare, demo, transfer, tune, widths, zoo
 from .config import ConfigError, MissingExtra
-from .engine import Interrupted, RunLocked, Terminated, stopped_by
+from .engine import Interrupted, RunLocked, Terminated, stopped_by, stopped_status
 from .models import DEFAULT_SIZE, PARAMETRIZATIONS
 from .options import (add_model_arg, add_no_progress_arg, add_out_arg, add_plan_arg, add_seeds_arg, add_set_arg,
                       add_steps_arg, add_target_args, add_widths_arg, default_of, parse_sets, sets_from_args)
@@ -275,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
     except KeyboardInterrupt as err:
         print(f"rlrs {args.subcommand}: {interrupted_note(args.subcommand, argv, err)}", file=sys.stderr)
-        return 128 + signal.SIGTERM if stopped_by(err) == "SIGTERM" else 130
+        return stopped_status(err)
 
 
 @contextlib.contextmanager

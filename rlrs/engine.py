@@ -313,6 +313,11 @@ def stopped_by(err: BaseException) -> str:
     return getattr(err, "by", "Ctrl-C")
 
 
+def stopped_status(err: BaseException) -> int:
+    """rlrs's exit status when ``err`` stopped it: 128 + the signal (130 at Ctrl-C, 143 at SIGTERM)."""
+    return 128 + (signal.SIGTERM if stopped_by(err) == "SIGTERM" else signal.SIGINT)
+
+
 def read_result(out: str | Path) -> RunResult | None:
     """The engine's record of the run in ``out``, or ``None`` if it has none (or it is damaged)."""
     path = Path(out) / RESULT

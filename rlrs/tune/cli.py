@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .. import config as _config
 from ..config import ConfigError
-from ..engine import default_workers
+from ..engine import default_workers, stopped_by, stopped_status
 from ..executors import using
 from ..options import (add_executor_args, add_out_arg, add_plan_arg, add_seeds_arg, add_target_args, add_workers_arg,
                        check_workers, default_of, executor_from_args, parse_floats, parse_sets, target_from_args)
@@ -40,10 +40,10 @@ def cmd_tune(args) -> int:
     except KeyboardInterrupt as err:
         n = len(getattr(err, "runs", ()))  # engine.Interrupted: the runs Ctrl-C stopped
         stopped = f"{n} running run{'s' * (n != 1)} stopped and recorded as interrupted; " if n else ""
-        print(f"rlrs tune: interrupted by {getattr(err, 'by', 'Ctrl-C')}; {stopped}finished trials are in the study: to continue, run the "
+        print(f"rlrs tune: interrupted by {stopped_by(err)}; {stopped}finished trials are in the study: to continue, run the "
               "same command again (interrupted runs run again, resuming from their checkpoints where they save "
               "them)", file=sys.stderr)
-        return 143 if getattr(err, "by", "") == "SIGTERM" else 130  # 128 + the signal
+        return stopped_status(err)
 
 
 def _cmd_tune(args) -> int:
