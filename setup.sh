@@ -142,6 +142,13 @@ if [[ ! -f /usr/share/dictd/gcide.dict.dz ]] && command -v apt-get >/dev/null &&
   (apt-get install -y -qq dict-gcide >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dict-gcide >/dev/null 2>&1; }) \
     || say "dict-gcide not installed (optional: only --set data.corpus=gcide needs it)"
 fi
+# Fashion-MNIST, for the vision Transformer target of the plan-search benchmark
+# (benchmarks/targets/vit_fashion.py): images from Debian, nothing downloaded at run time.
+if [[ ! -d /usr/share/datasets/fashion-mnist ]] && command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
+  say "installing Debian's dataset-fashion-mnist (optional: the vision benchmark target) with apt-get"
+  (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; }) \
+    || say "dataset-fashion-mnist not installed (optional: only benchmarks/targets/vit_fashion.py needs it)"
+fi
 
 # --- 6. optional system packages: services for running experiments on a cluster -------------------
 # Debian's Slurm (slurm-wlm, munge) and PostgreSQL: `scripts/services.sh start` runs a single-node

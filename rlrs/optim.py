@@ -423,15 +423,23 @@ def muon_split(groups: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], 
     feed-forward) and groups for AdamW (embeddings, the head, routers, experts' 3-D tensors,
     norms and biases). Every group keeps its component, so one plan drives both optimizers::
 
-        muon, adamw = rlrs.muon_split(rlrs.param_groups(model, plan))
+        muon, adamw = rlrs.muon_split(rlrs.param_groups(model, plan, merge=False))
         opts = [torch.optim.Muon(muon, adjust_lr_fn="match_rms_adamw"), torch.optim.AdamW(adamw)]
         scheds = [rlrs.RelativeLR(o, plan, total_steps) for o in opts]
 
     ``adjust_lr_fn="match_rms_adamw"`` scales Muon's update to AdamW's size, so one η_base serves both.
+    ``merge=False`` keeps each component in groups of its own: a merged group (components with one
+    schedule, as in a uniform plan) cannot tell its hidden matrices from the rest, and is refused.
     """
     muon, adamw = [], []
     for g in groups:
         hidden = set(g["components"]) <= {"attention", "feedforward"}
+        if not hidden and set(g["components"]) & {"attention", "feedforward"}:
+            # A merged group (identical schedules, e.g. a uniform plan) holds hidden matrices and
+            # embeddings alike; sending it all to AdamW would silently train no tensor with Muon.
+            raise ValueError(f"muon_split: one param group holds {sorted(g['components'])}, so its hidden "
+                             "matrices cannot be told apart; build the groups with "
+                             "rlrs.param_groups(model, plan, merge=False)")
         matrices = [p for p in g["params"] if hidden and p.ndim == 2]
         rest = [p for p in g["params"] if not (hidden and p.ndim == 2)]
         for params, into in ((matrices, muon), (rest, adamw)):

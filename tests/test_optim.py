@@ -255,7 +255,7 @@ def test_optimizers_that_would_ignore_the_schedule_are_refused(toy):
 @pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="this torch has no Muon")
 def test_muon_for_matrices_and_adamw_for_the_rest_follow_one_plan(toy):
     plan = presets.get("paper-moe")
-    muon, adamw = muon_split(param_groups(toy, plan))
+    muon, adamw = muon_split(param_groups(toy, plan, merge=False))
     assert all(p.ndim == 2 for g in muon for p in g["params"]) and {c for g in muon for c in g["components"]} <= {
         "attention", "feedforward"}
     split = [p for g in muon + adamw for p in g["params"]]
@@ -274,6 +274,15 @@ def test_muon_for_matrices_and_adamw_for_the_rest_follow_one_plan(toy):
         for s in scheds:
             s.step()
     assert not torch.equal(before, toy.blocks[0].attn.qkv.weight)  # Muon moved the attention matrix
+
+
+def test_muon_split_refuses_a_group_that_merges_hidden_matrices_with_the_rest(toy):
+    # A uniform plan merges every component into one group: silently handing it all to AdamW
+    # would train no tensor with Muon.
+    with pytest.raises(ValueError, match=r"merge=False"):
+        muon_split(param_groups(toy, "uniform-moe"))
+    muon, adamw = muon_split(param_groups(toy, "uniform-moe", merge=False))
+    assert muon and {c for g in muon for c in g["components"]} <= {"attention", "feedforward"}
 
 
 # --- depth as a plan dimension (LLRD) -------------------------------------------------------------
