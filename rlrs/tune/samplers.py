@@ -100,8 +100,8 @@ CONFIRM = 3
 @dataclass
 class Trial:
     """One evaluation: its point, its loss (``None``: failed), and the training steps it cost.
-    ``stopped_at``: the step Hyperband stopped it at (its loss is the eval loss there); ``None``:
-    trained to the end."""
+    ``stopped_at``: the step Hyperband stopped it at (its loss is the eval loss there), or where it
+    failed before its last rung; ``None``: trained to the end."""
 
     number: int
     point: dict[str, float]
@@ -436,6 +436,8 @@ class _Hyperband:
                 if at is None or not math.isfinite(at):
                     err = part.error or f"no finite eval loss at step {stop}"
                     t.set_user_attr("error", err)
+                    if stop != rungs[-1]:
+                        t.set_user_attr("stopped_at", stop)
                     verdict[t.number] = (t, "failed", stop)
                     continue
                 t.report(at, stop)
