@@ -4,7 +4,6 @@ the step budget, the choice by the mean over new seeds, and a warm start from an
 import json
 import math
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -14,7 +13,6 @@ from rlrs.config import ConfigError  # noqa: E402
 from rlrs.plan import Plan  # noqa: E402
 from rlrs.search import point_key  # noqa: E402
 from rlrs.tune import SyntheticObjective, TuneSpec  # noqa: E402
-from rlrs.tune.objective import Partial  # noqa: E402
 from rlrs.tune.samplers import ETA, hyperband_rungs, sampler_search, search_space  # noqa: E402
 
 PARAMS = ["plan.base_lr", "plan.router.start", "plan.experts.end"]
@@ -206,14 +204,22 @@ def test_a_killed_hyperband_reruns_its_bracket_on_the_same_points(tmp_path):
     assert r.compute_steps == 210 + 90
 
 
-def test_cli_refuses_sampler_options_for_the_local_search(tmp_path, capsys):
+def test_the_local_search_holds_a_step_budget_and_refuses_confirm(tmp_path, capsys):
     from rlrs.cli import main
 
-    args = ["tune", "--model", "tiny-moe", "--steps", "90", "--budget", "4", "--out", str(tmp_path)]
-    assert main([*args, "--budget-steps", "900"]) == 2
-    assert "--budget-steps: options of --sampler" in capsys.readouterr().err
+    args = ["tune", "--model", "tiny-moe", "--steps", "90", "--params", ",".join(PARAMS), "--budget", "40",
+            "--objective", f"{__name__}:curve", "--workers", "1", "--poll", "0.05", "--out", str(tmp_path)]
     assert main([*args, "--confirm", "2"]) == 2
-    assert "--confirm: options of --sampler" in capsys.readouterr().err
+    assert "--confirm: an option of --sampler" in capsys.readouterr().err
+    assert main([*args, "--budget-steps", "50"]) == 2
+    assert "budget_steps: 50 steps do not cover one point trained to the end (90)" in capsys.readouterr().err
+    assert main([*args, "--budget-steps", "700"]) == 0
+    doc = json.loads((tmp_path / "search.json").read_text())
+    # 7 runs of 90 steps fit in 700; the 40 evaluations would not.
+    assert doc["stopped"] == "budget" and doc["compute"]["steps"] == 630
+    assert doc["budget"] == {"evaluations": 40, "steps": 700}
+    assert main(["tune", "--worker", "--out", str(tmp_path), "--budget-steps", "900"]) == 2
+    assert "--budget-steps" in capsys.readouterr().err
 
 
 def test_cli_hyperband_on_real_training_resumes_promoted_runs(tmp_path, tiny_sets, capsys):

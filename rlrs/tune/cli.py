@@ -72,16 +72,15 @@ def _cmd_tune(args) -> int:
         print(f"choice: {res.rule}")
         print(f"plan: {res.plan_path}   trials: {res.search_path}")
         return 0
-    given = [f"--{k.replace('_', '-')}" for k in ("budget_steps", "confirm") if getattr(args, k) is not None]
-    if given:
-        raise ConfigError(f"{', '.join(given)}: options of --sampler {'/'.join(SAMPLERS)}; the local search "
-                          "counts --budget evaluations and takes a move only if it beats the current point "
-                          "(--min-improvement for seed noise)")
+    if args.confirm is not None:
+        raise ConfigError(f"--confirm: an option of --sampler {'/'.join(SAMPLERS)}; the local search takes a move "
+                          "only if it beats the current point (--min-improvement for seed noise)")
     if args.worker:
         # --command is allowed: it is compared with the study's (see join), never a new setting.
         given = [f"--{a.replace('_', '-')}" for a, default in _SPEC_ARGS.items()
                  if a != "command" and getattr(args, a) != default]
-        given += ["--set"] * bool(args.set) + ["--prune"] * bool(args.prune)
+        given += ["--set"] * bool(args.set) + ["--prune"] * bool(args.prune) + ["--budget-steps"] * (
+            args.budget_steps is not None)
         if given:
             raise ConfigError(
                 f"--worker: {', '.join(given)} cannot be given: a worker takes the search settings "
@@ -94,7 +93,10 @@ def _cmd_tune(args) -> int:
             raise ConfigError("--trust-study-command: only with --worker (it accepts the command of the study a "
                               "worker joins)")
         spec = _spec_from_args(args)
-        result = tune(spec, args.out, args.budget, **common)
+        if args.budget_steps is not None and args.budget is None:
+            raise ConfigError("--budget-steps: with the local search, also give --budget N (evaluations); the "
+                              "search stops at whichever is spent first")
+        result = tune(spec, args.out, args.budget, budget_steps=args.budget_steps, **common)
     _report(result)
     return 0 if math.isfinite(result.best_loss) else 1
 
@@ -179,8 +181,8 @@ def add_commands(sub) -> None:
                         "continued from their checkpoints); all but local over the same parameters in log scale "
                         f"(start/{SPREAD:g} to start*{SPREAD:g}) (default: local)")
     p.add_argument("--budget-steps", type=int, default=None, metavar="N",
-                   help="with --sampler: most training steps in all (every run's, restarts and --confirm included); "
-                        "the search stops before work that would exceed it")
+                   help="most training steps in all (every run's, restarts and --confirm included); the search "
+                        "stops before work that would exceed it (the local search: with --budget)")
     p.add_argument("--confirm", type=int, default=None, metavar="K",
                    help=f"with --sampler: train the K best points again on --seeds new seeds and choose by the "
                         f"mean over all seeds, not the luckiest single run (default: {CONFIRM}; 0: the lowest "
