@@ -7,7 +7,7 @@
 or from Python::
 
     >>> from rlrs.tune import TuneSpec
-    >>> from rlrs.tune.samplers import search_space
+    >>> from rlrs.tune.samplers import hyperband_rungs, search_space
     >>> spec = TuneSpec.create("tiny-moe", steps=40, params=["plan.base_lr", "plan.router.start"])
     >>> {k: (round(lo, 6), round(hi, 6)) for k, (lo, hi) in search_space(spec).items()}
     {'plan.base_lr': (0.00012, 0.075), 'plan.router.start': (0.024, 15.0)}
