@@ -352,7 +352,7 @@ def _full_runs(study, obj: Objective, dists, worst: float, log, workers: int, li
         log(f"trial {t.number} was left running by an earlier process: evaluating its point again")
     while True:
         evals, steps = limits.left(_trials(study, optuna))
-        n = min(workers, evals, steps // full)
+        n = min(workers, evals, steps if math.isinf(steps) else steps // full)
         if n < 1:
             break
         asked = [study.ask(dists) for _ in range(int(n))]
