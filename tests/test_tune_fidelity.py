@@ -1,6 +1,7 @@
 """rlrs tune's cheaper searches: Hyperband whose promoted points resume their runs, the GP sampler,
 the step budget, the choice by the mean over new seeds, and a warm start from any plan file."""
 
+import dataclasses
 import json
 import math
 import sys
@@ -279,3 +280,32 @@ def test_hyperband_on_real_training_resumes_promoted_runs(tmp_path, tiny_sets, c
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "hyperband"])
+def test_a_sampler_on_a_command_tells_a_failed_point_the_highest_finished_loss(tmp_path, sampler):
+    # A --command run has no vocabulary, so no chance-level loss: a failed point is told the
+    # highest loss any point finished with (it used to refuse --command outright).
+    mod = tmp_path / "mods"
+    mod.mkdir()
+    (mod / "cmdsynth.py").write_text(
+        "import math\n"
+        "def curve(point, progress):\n"
+        "    if point['plan.base_lr'] > 0.004:\n"
+        "        raise FloatingPointError('diverged')\n"
+        "    return 1.0 + math.log(point['plan.base_lr'] / 0.003) ** 2 + (1.0 - progress)\n")
+    sys.path.insert(0, str(mod))
+    try:
+        spec = dataclasses.replace(
+            TuneSpec.for_command("true", "paper-dense", steps=90, params=["plan.base_lr", "plan.embedding.start"]),
+            objective="cmdsynth:curve")
+        r = sampler_search(spec, tmp_path / "out", 20, sampler, confirm=0, log=lambda s: None)
+    finally:
+        sys.path.remove(str(mod))
+    finished = [t.loss for t in r.trials if t.loss is not None and t.stopped_at is None]
+    failed = [t for t in r.trials if t.error]
+    assert failed, "half the log box (paper-dense: 0.002 / 25 to 0.002 x 25) lies past 0.004: some point must fail"
+    study = optuna.load_study(study_name=f"rlrs-{sampler}", storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}")
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if "error" in t.user_attrs:
+            assert math.isfinite(t.value) and t.value <= max(finished) and t.value >= min(finished)

@@ -70,7 +70,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from .. import config as _config
 from .. import files
@@ -197,12 +197,29 @@ def _sampler(optuna, name: str, seed: int):
     raise ConfigError(f"sampler: {name!r} is unknown; {_config.closest(name, ('local', *SAMPLERS))}")
 
 
-def failure_loss(spec: TuneSpec) -> float:
-    """What a failed point is told: the loss of predicting every token uniformly, ln(vocabulary)."""
+def failure_loss(spec: TuneSpec) -> float | None:
+    """What a failed point is told: the loss of predicting every token uniformly, ln(vocabulary).
+    ``None`` for a ``--command`` run, whose chance level rlrs cannot know: a failed point is then
+    told the highest loss a point has finished with (:func:`_told_failure`)."""
     cfg = spec.config
-    if cfg is None:
-        raise ConfigError("sampler: --command runs have no known vocabulary; use the local search (--sampler local)")
-    return math.log(cfg.model.vocab_size)
+    return None if cfg is None else math.log(cfg.model.vocab_size)
+
+
+def _told_failure(worst: float | None, study, finished: Sequence[float], error: str) -> float:
+    """The loss told for a failed point: ``worst``, or with none the highest final loss seen so far
+    (in the study and in ``finished``, the batch being told); none seen: the search cannot go on."""
+    if worst is not None:
+        return worst
+    import optuna
+
+    seen = [float(t.value) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if "error" not in t.user_attrs and t.value is not None and math.isfinite(t.value)]
+    seen += [x for x in finished if math.isfinite(x)]
+    if not seen:
+        raise ConfigError(f"sampler: the first points failed before any finished (first error: "
+                          f"{error.splitlines()[0] if error else 'no eval loss'}); check the command with "
+                          "`rlrs compare --command ... --seeds 1` before searching")
+    return max(seen)
 
 
 def _check_count(value, name: str, flag: str, least: int) -> None:
@@ -340,7 +357,7 @@ def _record(trial, part: Partial) -> None:
         trial.set_user_attr("rerun_steps", part.rerun_steps)
 
 
-def _full_runs(study, obj: Objective, dists, worst: float, log, workers: int, limits: _Limits, full: int) -> None:
+def _full_runs(study, obj: Objective, dists, worst: float | None, log, workers: int, limits: _Limits, full: int) -> None:
     """TPE, CMA-ES, GP: ``workers`` points at a time, each trained to the end."""
     import optuna
 
@@ -357,14 +374,16 @@ def _full_runs(study, obj: Objective, dists, worst: float, log, workers: int, li
             break
         asked = [study.ask(dists) for _ in range(int(n))]
         points = [dict(t.params) for t in asked]
-        for trial, part in zip(asked, obj.run(points, None)):
+        parts = obj.run(points, None)
+        finals = [_final(part) for part in parts]
+        for trial, part, final in zip(asked, parts, finals):
             _record(trial, part)
-            final = _final(part)
             if final is None:
                 err = part.error or "no eval loss"
                 trial.set_user_attr("error", err)
-                study.tell(trial, worst)
-                log(f"trial {trial.number}: failed ({err.splitlines()[0]}); told {worst:.4f}")
+                told = _told_failure(worst, study, [f for f in finals if f is not None], err)
+                study.tell(trial, told)
+                log(f"trial {trial.number}: failed ({err.splitlines()[0]}); told {told:.4f}")
             else:
                 study.tell(trial, final)
                 log(f"trial {trial.number}: loss {fmt_loss(final)}")
@@ -374,7 +393,7 @@ def _full_runs(study, obj: Objective, dists, worst: float, log, workers: int, li
 class _Hyperband:
     """Brackets of successive halving whose promoted points resume their runs (module docstring)."""
 
-    def __init__(self, study, obj: Objective, dists, worst: float, log, seeds: int):
+    def __init__(self, study, obj: Objective, dists, worst: float | None, log, seeds: int):
         self.study, self.obj, self.dists, self.worst, self.log, self.seeds = study, obj, dists, worst, log, seeds
         self.rungs = hyperband_rungs(obj.total_steps, obj.eval_at)
 
@@ -457,10 +476,12 @@ class _Hyperband:
                 break
         # Told at the end of the bracket: a killed search reruns the whole bracket (see run).
         TrialState = optuna.trial.TrialState
+        finals = [what for _, what, _ in (v for v in verdict.values() if v is not None) if isinstance(what, float)]
         for t, what, stop in (v for v in verdict.values() if v is not None):
             if what == "failed":
-                self.study.tell(t, self.worst)
-                self.log(f"trial {t.number}: failed at step {stop}; told {self.worst:.4f}")
+                told = _told_failure(self.worst, self.study, finals, t.user_attrs.get("error", ""))
+                self.study.tell(t, told)
+                self.log(f"trial {t.number}: failed at step {stop}; told {told:.4f}")
             elif what == "pruned":
                 self.study.tell(t, state=TrialState.PRUNED)
             else:
