@@ -473,7 +473,9 @@ def test_a_sampler_spends_the_budget_from_the_start_point_and_improves(tmp_path,
         assert all(space[k][0] <= v <= space[k][1] for k, v in t.point.items())
     assert Plan.load(tmp_path / "tuned.toml").base_lr == pytest.approx(r.best["plan.base_lr"])
     doc = json.loads((tmp_path / "search.json").read_text())
-    assert doc["sampler"] == sampler and len(doc["trials"]) == 16 and doc["compute"]["steps"] == 16 * 100
+    # The 16 evaluations and the 3 best points trained again on a new seed before the choice.
+    assert doc["sampler"] == sampler and len(doc["trials"]) == 16 and doc["compute"]["steps"] == 16 * 100 + 3 * 100
+    assert [c["seeds"] for c in doc["choice"]["confirmed"]] == [2, 2, 2]
     # A failed point (base_lr > 0.05 raises in synth) is told fail_loss and kept with its error.
     ts = _sampler_trials(tmp_path, sampler)
     assert any("error" in t.user_attrs for t in ts)  # the box reaches past 0.05: some point failed

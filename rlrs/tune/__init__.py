@@ -3,6 +3,7 @@
     $ rlrs tune --model micro-moe --budget 60 --out runs/tune             # trials in runs/tune/study.db
     $ rlrs tune --worker --out runs/tune                                   # a second process joins it
     $ rlrs tune --model micro-moe --budget 60 --out runs/tune --prune     # stop hopeless trials early
+    $ rlrs tune --model micro-moe --budget-steps 20000 --sampler hyperband --out runs/tune-hb  # cheaper
     $ rlrs train --model micro-moe --plan runs/tune/tuned.toml --out runs/best
 
 or from Python::
@@ -20,6 +21,11 @@ model has (not ``other``), weight decay and ``model.init_scale``, each multiplie
 (``--steps``, default 300), averaged over ``--seeds`` runs (seed ``i`` sets ``train.seed`` and
 ``train.data_seed`` to their configured value + ``i``). A run that diverges or crashes is the worst
 result: its trial is recorded as FAIL with the error and the search goes on.
+
+**Other searches** (``--sampler tpe|cmaes|gp|hyperband``, :mod:`rlrs.tune.samplers`): Optuna's
+samplers over the same parameters in log scale, and Hyperband, whose promoted points resume their
+runs; each chooses by the mean over new seeds of its best points (``--confirm``), not by the
+luckiest run. ``--budget-steps N`` caps the training steps of any search, restarts included.
 
 **Outputs** in ``--out``: ``tuned.toml`` (the best plan so far, rewritten atomically after every
 improvement: a plan file every ``--plan`` takes), ``tuned_config.json`` (only when a searched model

@@ -15,7 +15,7 @@ from ..options import (add_executor_args, add_out_arg, add_plan_arg, add_seeds_a
 from ..targets import CommandTarget
 from .driver import TuneResult, fmt_loss, join, tune
 from .spec import Pruning, TuneSpec
-from .samplers import SAMPLERS, SPREAD, sampler_search
+from .samplers import CONFIRM, SAMPLERS, SPREAD, sampler_search
 from .study import StudyOptions
 
 # The defaults the help texts show, read from the dataclasses that own them.
@@ -62,17 +62,25 @@ def _cmd_tune(args) -> int:
         if given:
             raise ConfigError(f"{', '.join(given)}: options of the local search's shared study; --sampler "
                               f"{args.sampler} keeps its trials in OUT/study.db (study rlrs-{args.sampler})")
-        spec = _spec_from_args(args)
-        res = sampler_search(spec, args.out, args.budget, args.sampler, workers=workers)
-        print(f"best eval loss {fmt_loss(res.best_loss)} (start {fmt_loss(res.start_loss or math.inf)}) after "
-              f"{res.evaluations} evaluations ({args.sampler}); {res.compute_steps} training steps")
+        spec = _spec_from_args(args, budget_steps=args.budget_steps)
+        confirm = CONFIRM if args.confirm is None else args.confirm
+        res = sampler_search(spec, args.out, args.budget, args.sampler, budget_steps=args.budget_steps,
+                             confirm=confirm, workers=workers)
+        start = "stopped early" if res.start_loss is None else fmt_loss(res.start_loss)
+        print(f"chosen eval loss {fmt_loss(res.best_loss)} (start {start}) after {res.evaluations} evaluations "
+              f"({args.sampler}); {res.compute_steps} training steps")
+        print(f"choice: {res.rule}")
         print(f"plan: {res.plan_path}   trials: {res.search_path}")
         return 0
+    if args.confirm is not None:
+        raise ConfigError(f"--confirm: an option of --sampler {'/'.join(SAMPLERS)}; the local search takes a move "
+                          "only if it beats the current point (--min-improvement for seed noise)")
     if args.worker:
         # --command is allowed: it is compared with the study's (see join), never a new setting.
         given = [f"--{a.replace('_', '-')}" for a, default in _SPEC_ARGS.items()
                  if a != "command" and getattr(args, a) != default]
-        given += ["--set"] * bool(args.set) + ["--prune"] * bool(args.prune)
+        given += ["--set"] * bool(args.set) + ["--prune"] * bool(args.prune) + ["--budget-steps"] * (
+            args.budget_steps is not None)
         if given:
             raise ConfigError(
                 f"--worker: {', '.join(given)} cannot be given: a worker takes the search settings "
@@ -85,14 +93,18 @@ def _cmd_tune(args) -> int:
             raise ConfigError("--trust-study-command: only with --worker (it accepts the command of the study a "
                               "worker joins)")
         spec = _spec_from_args(args)
-        result = tune(spec, args.out, args.budget, **common)
+        if args.budget_steps is not None and args.budget is None:
+            raise ConfigError("--budget-steps: with the local search, also give --budget N (evaluations); the "
+                              "search stops at whichever is spent first")
+        result = tune(spec, args.out, args.budget, budget_steps=args.budget_steps, **common)
     _report(result)
     return 0 if math.isfinite(result.best_loss) else 1
 
 
-def _spec_from_args(args) -> TuneSpec:
-    if args.budget is None:
-        raise ConfigError("--budget: how many points to evaluate at most, e.g. --budget 60")
+def _spec_from_args(args, budget_steps: int | None = None) -> TuneSpec:
+    if args.budget is None and budget_steps is None:
+        raise ConfigError("--budget: how many points to evaluate at most, e.g. --budget 60"
+                          + (" (or --budget-steps N training steps)" if args.sampler != "local" else ""))
     prune = None
     if args.prune or args.prune_at or args.prune_margin is not None:
         given = {"rungs": None if args.prune_at is None else tuple(parse_floats(args.prune_at, "prune-at")),
@@ -164,8 +176,17 @@ def add_commands(sub) -> None:
                    help="with --worker: run the command stored in the study without giving it as --command (whoever "
                         "can write to the study chooses what every worker runs)")
     p.add_argument("--sampler", default="local", choices=("local", *SAMPLERS),
-                   help="the search: local (the paper's algorithm 2) or Optuna's tpe / cmaes over the same "
-                        f"parameters in log scale (start/{SPREAD:g} to start*{SPREAD:g}), for comparison (default: local)")
+                   help="the search: local (the paper's algorithm 2); Optuna's tpe / cmaes / gp (a Gaussian process), "
+                        "each point trained to the end; or hyperband (many points trained briefly, the best third "
+                        "continued from their checkpoints); all but local over the same parameters in log scale "
+                        f"(start/{SPREAD:g} to start*{SPREAD:g}) (default: local)")
+    p.add_argument("--budget-steps", type=int, default=None, metavar="N",
+                   help="most training steps in all (every run's, restarts and --confirm included); the search "
+                        "stops before work that would exceed it (the local search: with --budget)")
+    p.add_argument("--confirm", type=int, default=None, metavar="K",
+                   help=f"with --sampler: train the K best points again on --seeds new seeds and choose by the "
+                        f"mean over all seeds, not the luckiest single run (default: {CONFIRM}; 0: the lowest "
+                        "single evaluation)")
     p.add_argument("--prune", action="store_true", help="stop candidates early whose eval loss trails the current best")
     p.add_argument("--prune-at", default=None, metavar="FRACTIONS",
                    help=f"checkpoints for --prune as fractions of training (default: {','.join(map(str, PRUNE.rungs))})")

@@ -49,6 +49,7 @@ def tune(
     out: str | Path,
     budget: int | None,
     *,
+    budget_steps: int | None = None,
     study: StudyOptions = StudyOptions(),
     workers: int = 1,
     objective: Objective | None = None,
@@ -58,11 +59,19 @@ def tune(
     (default: ``OUT/study.db``).
 
     ``budget``: the most distinct points evaluated, across every process sharing the study; it is
-    stored in the study (``None``: keep the study's, as a worker does). ``objective`` replaces the
+    stored in the study (``None``: keep the study's, as a worker does). ``budget_steps``: the most
+    training steps in all (``None``: no limit), stored with ``budget``; a point is started only if
+    a whole run of it (every seed, to the end) still fits, so the limit holds with ``--prune`` and
+    across workers (a pruned point's unspent steps free room for later ones). ``objective`` replaces the
     one ``spec`` names (tests inject synthetic ones); ``workers`` trains that many runs at once.
     """
     if budget is not None and budget < 1:
         raise ConfigError(f"budget: at least 1 evaluation, got {budget}")
+    full = None if spec.base.total_steps is None else spec.base.total_steps * spec.seeds
+    if budget_steps is not None and (full is None or budget_steps < full):
+        raise ConfigError(f"budget_steps: {budget_steps} steps do not cover one point trained to the end ({full}); "
+                          f"give at least --budget-steps {full}" if full is not None else
+                          "budget_steps: a --command run needs --steps N to count its steps against --budget-steps")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if study.storage is None:
@@ -72,7 +81,7 @@ def tune(
                               "(their tuned.toml and search.json would overwrite each other)")
     trials = _Study(storage_url(out, study.storage), study.name, study.heartbeat_s, study.stale_s)
     try:
-        _adopt(trials, spec, budget, log)
+        _adopt(trials, spec, budget, log, budget_steps)
         obj = objective or make_objective(spec, out, workers)
         try:
             return _Tuner(spec, out, trials, obj, workers, study.poll_s, log).run()
@@ -147,8 +156,9 @@ def _check_command(spec: TuneSpec, command: str | None, cwd: str | Path, trust: 
     )
 
 
-def _adopt(study: _Study, spec: TuneSpec, budget: int | None, log) -> None:
-    """Store the spec and budget in a new study; check them against an existing one."""
+def _adopt(study: _Study, spec: TuneSpec, budget: int | None, log, budget_steps: int | None = None) -> None:
+    """Store the spec and budgets in a new study; check them against an existing one. A call
+    with ``budget`` (not a worker) sets the step budget too (``None``: no limit)."""
     attrs = study.attrs()
     if "spec" not in attrs:
         study.set_attr("spec", json.loads(json.dumps(spec.to_dict())))
@@ -166,6 +176,8 @@ def _adopt(study: _Study, spec: TuneSpec, budget: int | None, log) -> None:
         study.set_attr("budget", budget)
     elif "budget" not in attrs:
         raise ConfigError("budget: the study has none yet; give --budget N")
+    if budget is not None and attrs.get("budget_steps") != budget_steps:
+        study.set_attr("budget_steps", budget_steps)
 
 
 class _Tuner:
@@ -204,7 +216,7 @@ class _Tuner:
                 break
             free = [k for k in pending if k not in scan.running]
             self.rng.shuffle(free)  # workers that start a step together then rarely claim the same point
-            room = scan.budget - scan.count
+            room = min(scan.budget - scan.count, self._step_room(scan))
             if free and room > 0:
                 won = self.study.claim([(by_key[k], k) for k in free[: min(self.slots, room)]])
                 if won:
@@ -216,6 +228,15 @@ class _Tuner:
                 break
             time.sleep(self.poll_s)
         return [results[k] for k in keys]
+
+    def _step_room(self, scan) -> float:
+        """How many more points a step budget lets start: every claim, running or new, is counted
+        as a whole run of every seed; finished trials at what they cost."""
+        if scan.budget_steps is None:
+            return math.inf
+        full = self.objective.total_steps * self.spec.seeds
+        spent = sum(int(t.user_attrs.get("compute_steps", 0)) for t in scan.done.values())
+        return (scan.budget_steps - spent - full * len(scan.running)) // full
 
     def _evaluate(self, claims: list[Any]) -> None:
         total = self.objective.total_steps
@@ -336,6 +357,7 @@ class _Tuner:
     def _write_search(self, point, loss, stopped: str, abandoned: int = 0) -> None:
         steps, tokens, states = self._compute()
         rerun, notes = self._restarts()
+        attrs = self.study.attrs()
         doc = {
             "study": {"storage": _redact(self.study.url), "name": self.study.name},
             "spec": self.spec.to_dict(),
@@ -344,6 +366,7 @@ class _Tuner:
             "best": point,
             "best_loss": _json(loss),
             "stopped": stopped,
+            "budget": {"evaluations": attrs.get("budget"), "steps": attrs.get("budget_steps")},
             "compute": {"steps": steps, "tokens": tokens, "rerun_steps": rerun,
                         "trials": {**states, "abandoned": abandoned}},
             "notes": notes,

@@ -36,14 +36,17 @@ class Objective(Protocol):
     """Trains points: ``run(points, stop_at)`` continues each point to ``stop_at`` steps (a later
     call with a larger ``stop_at`` resumes it; ``None``: to the end). ``total_steps`` is the full
     length (``None`` for a command of unknown length) and ``eval_at`` the steps with an eval loss.
-    ``discard(points)`` is called once their trials are recorded: nothing will resume them."""
+    ``seeds`` (seed indices; default ``range(spec.seeds)``) trains other seeds of the same points: a
+    sampler's final re-evaluation. ``discard(points, seeds)`` is called once their trials are
+    recorded: nothing will resume them."""
 
     total_steps: int | None
     eval_at: list[int]
 
-    def run(self, points: list[dict[str, float]], stop_at: int | None) -> list[Partial]: ...
+    def run(self, points: list[dict[str, float]], stop_at: int | None,
+            seeds: range | None = None) -> list[Partial]: ...
 
-    def discard(self, points: list[dict[str, float]]) -> None: ...
+    def discard(self, points: list[dict[str, float]], seeds: range | None = None) -> None: ...
 
     def close(self) -> None: ...
 
@@ -51,30 +54,35 @@ class Objective(Protocol):
 class SyntheticObjective:
     """A loss function instead of training, for tests and for trying the search machinery:
     ``fn(point, progress)`` is the eval loss after ``progress`` (0 to 1) of training; raising or
-    returning NaN fails the point. Compute is counted in steps as if it trained (no tokens)."""
+    returning NaN fails the point. Compute is counted in steps as if it trained (no tokens): one
+    run per point, or one per seed where ``seeds`` are named (the loss is the same for every seed:
+    a function has no seed noise)."""
 
     def __init__(self, fn: Callable[[dict[str, float], float], float], total_steps: int, eval_interval: float = 0.01):
         self.fn = fn
         self.total_steps = total_steps
         self.eval_at = eval_steps(total_steps, eval_interval)
 
-    def run(self, points: list[dict[str, float]], stop_at: int | None) -> list[Partial]:
+    def run(self, points: list[dict[str, float]], stop_at: int | None,
+            seeds: range | None = None) -> list[Partial]:
         stop_at = self.total_steps if stop_at is None else stop_at
+        runs = 1 if seeds is None else len(seeds)
         out = []
         for p in points:
             try:
                 curve = {s: float(self.fn(dict(p), s / self.total_steps)) for s in self.eval_at if s <= stop_at}
             except Exception as err:  # noqa: BLE001 - a failed point is a result
-                out.append(Partial("failed", steps=stop_at, error=f"{type(err).__name__}: {err}"))
+                out.append(Partial("failed", steps=stop_at * runs, error=f"{type(err).__name__}: {err}"))
                 continue
             bad = [s for s, v in curve.items() if not math.isfinite(v)]
             if bad:
-                out.append(Partial("failed", steps=stop_at, error=f"eval loss is {curve[bad[0]]} at step {bad[0]}"))
+                out.append(Partial("failed", steps=stop_at * runs,
+                                   error=f"eval loss is {curve[bad[0]]} at step {bad[0]}"))
             else:
-                out.append(Partial("ok", curve, steps=stop_at))
+                out.append(Partial("ok", curve, steps=stop_at * runs))
         return out
 
-    def discard(self, points: list[dict[str, float]]) -> None:
+    def discard(self, points: list[dict[str, float]], seeds: range | None = None) -> None:
         pass
 
     def close(self) -> None:
@@ -98,13 +106,15 @@ class TrainingObjective:
         cfg = spec.config
         self.eval_at = eval_steps(self.total_steps, cfg.train.eval_interval) if cfg is not None else []
 
-    def run(self, points: list[dict[str, float]], stop_at: int | None) -> list[Partial]:
+    def run(self, points: list[dict[str, float]], stop_at: int | None,
+            seeds: range | None = None) -> list[Partial]:
+        seeds = range(self.spec.seeds) if seeds is None else seeds
         jobs: list[tuple[int, Job]] = []
         errors: dict[int, str] = {}
         stop = None if stop_at is None or stop_at == self.total_steps else stop_at
         for i, p in enumerate(points):
             try:
-                specs = [self.spec.run_spec(p, s) for s in range(self.spec.seeds)]
+                specs = [self.spec.run_spec(p, s) for s in seeds]
             except ConfigError as err:
                 errors[i] = f"config: {err}"
                 continue
@@ -115,9 +125,9 @@ class TrainingObjective:
             by_point.setdefault(i, []).append((job.spec, r))
         return [self._partial(by_point.get(i, []), errors.get(i), stop_at) for i in range(len(points))]
 
-    def discard(self, points: list[dict[str, float]]) -> None:
+    def discard(self, points: list[dict[str, float]], seeds: range | None = None) -> None:
         for p in points:
-            for s in range(self.spec.seeds):
+            for s in range(self.spec.seeds) if seeds is None else seeds:
                 try:
                     spec = self.spec.run_spec(p, s)
                 except ConfigError:

@@ -360,6 +360,7 @@ class _Scan:
     count: int  # distinct points done or validly claimed
     budget: int
     abandoned: int
+    budget_steps: int | None = None  # the most training steps in all (None: no limit)
 
 
 class _Study:
@@ -438,7 +439,9 @@ class _Study:
                     running[key] = t
             else:
                 done[key] = t
-        return _Scan(done, running, invalid, len(done) + len(running), budget, abandoned)
+        steps = self.attrs().get("budget_steps")
+        return _Scan(done, running, invalid, len(done) + len(running), budget, abandoned,
+                     None if steps is None else int(steps))
 
     def _stale(self, ua: Mapping[str, Any], now: float) -> str | None:
         owner = ua.get("owner") or {}
