@@ -26,6 +26,7 @@ tested on synthetic measurements; docs/auto.md says what each assumes and when i
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import statistics
@@ -37,6 +38,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from . import config as _config
 from . import files, presets
+from .components import COMPONENTS
 from .config import ConfigError
 from .engine import CommandRun, Job, RunResult, reason_line, run_all, run_dir
 from .optim import MEASURE_ENV
@@ -192,8 +194,6 @@ def scaled_plan(start: Plan, choices: Sequence[Choice]) -> tuple[Plan, list[Choi
 
 
 def _order(c: str) -> int:
-    from .components import COMPONENTS
-
     return COMPONENTS.index(c) if c in COMPONENTS else len(COMPONENTS)
 
 
@@ -339,6 +339,8 @@ def auto(
                           f"got {probe!r}")
     if probe_steps is not None and (isinstance(probe_steps, bool) or not isinstance(probe_steps, int) or probe_steps < 2):
         raise ConfigError(f"probe_steps: each sensitivity run's length in steps, at least 2, got {probe_steps!r}")
+    if probe_steps is not None and method != "sensitivity":
+        raise ConfigError("probe_steps: applies to --method sensitivity; update-size trains --probe of the horizon")
     check_workers(workers)
     target = PresetTarget(target) if isinstance(target, str) else target
     sets = dict(sets or {})
@@ -427,8 +429,6 @@ def auto(
 
 def load_result(path: str | Path) -> AutoResult:
     """An ``auto-METHOD.json`` back as an :class:`AutoResult`."""
-    import json
-
     return _config.from_dict(AutoResult, json.loads(Path(path).read_text()))
 
 
