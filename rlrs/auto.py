@@ -41,6 +41,7 @@ from . import files, presets
 from .components import COMPONENTS
 from .config import ConfigError
 from .engine import CommandRun, Job, RunResult, reason_line, run_all, run_dir
+from .models import get_size
 from .optim import MEASURE_ENV
 from .options import (add_executor_args, add_out_arg, add_plan_arg, add_target_args, add_workers_arg,
                       check_workers, command_line, default_of, executor_from_args, sets_from_args,
@@ -54,6 +55,7 @@ LOW, HIGH = 1.0 / 16.0, 16.0  # the range of a derived factor f_c
 PROBE_FACTORS = (0.25, 4.0)  # sensitivity: each component's schedule × 1/4 and × 4
 HIDDEN = ("attention", "feedforward", "experts")  # the update-size reference: the hidden layers
 KEPT = ("router", "other")  # update-size keeps their schedules (no principled rule; see docs/auto.md)
+PROBE_EVAL_INTERVAL = 0.25  # sensitivity on a model size: evaluate at 0, 25%, ..., 100% of each short run
 MEASUREMENTS_PER_PROBE = 20  # a command's probe measures its update sizes about this often
 
 
@@ -290,21 +292,17 @@ def measured_ratios(out: Path, after: int, upto: int | None = None) -> dict[str,
     if not seen_any:
         return {}
     if not values:
-        raise ConfigError(f"update sizes: {out}: every measurement lies in the warmup (steps <= {after}); "
-                          "lengthen the probe (--probe)")
-    ratios = {}
-    for c, vs in values.items():
-        finite = [v for v in vs if math.isfinite(v)]
-        ratios[c] = statistics.median(finite) if finite else math.nan
-    return ratios
+        raise ConfigError(f"update sizes: {out}: no measurement after the warmup (step {after}) and up to the probe's "
+                          f"end (step {upto}); lengthen the probe (--probe), or for a model size measure more often "
+                          "(--set train.eval_interval=0.005)")
+    # A NaN (weights of norm 0, a non-finite update) makes the component's ratio NaN: refused, not skipped.
+    return {c: statistics.median(vs) if all(math.isfinite(v) for v in vs) else math.nan for c, vs in values.items()}
 
 
 def _start_plan_name(target: Target, plan: str | None) -> str:
     if plan is not None:
         return plan
     if isinstance(target, PresetTarget):
-        from .models import get_size
-
         return presets.default_plans(get_size(target.preset).is_moe)[0]
     return presets.default_plans(moe=False)[0]
 
@@ -387,7 +385,9 @@ def auto(
     else:
         steps = probe_steps if probe_steps is not None else max(2, round(0.1 * horizon))
         short = (CommandTarget(target.command, steps, target.cwd) if isinstance(target, CommandTarget) else target)
-        short_sets = sets if isinstance(target, CommandTarget) else {**sets, "train.steps": steps}
+        # Only the final eval loss counts: evaluating every 1% of a short run would cost more than its training.
+        short_sets = sets if isinstance(target, CommandTarget) else {"train.eval_interval": PROBE_EVAL_INTERVAL,
+                                                                      **sets, "train.steps": steps}
         components = target.components()
         arms: list[tuple[str, float | None, Plan]] = [("start", None, start)]
         for c in components:

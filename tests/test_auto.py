@@ -270,3 +270,19 @@ def test_auto_names_the_fix_for_a_script_without_relative_lr_or_steps(tmp_path, 
         auto("tiny-moe", probe_steps=10, out=tmp_path / "f", log=_quiet)
     with pytest.raises(ConfigError, match="method: 'sensitive' is unknown"):
         auto("tiny-moe", "sensitive", out=tmp_path / "e", log=_quiet)
+
+
+def test_measured_ratios_take_the_median_after_the_warmup_and_refuse_nan_or_nothing(tmp_path):
+    from rlrs.runlog import RunLog, TrainRecord
+
+    with RunLog(tmp_path) as log:
+        for step, att, emb in [(1, 9.0, 1.0), (2, 1.0, 2.0), (3, 3.0, math.nan), (4, 2.0, 4.0), (9, 7.0, 1.0)]:
+            log.append(TrainRecord(step, 1.0, metrics={"update_ratio/attention": att, "update_ratio/embedding": emb}))
+    ratios = measured_ratios(tmp_path, after=1, upto=4)  # steps 2..4: the warmup's and step 9 left out
+    assert ratios["attention"] == 2.0 and math.isnan(ratios["embedding"])
+    with pytest.raises(ConfigError, match=r"embedding's ‖ΔW‖/‖W‖ is nan"):
+        update_size_factors(ratios)
+    with pytest.raises(ConfigError, match="no measurement after the warmup"):
+        measured_ratios(tmp_path, after=4, upto=8)
+    (tmp_path / "empty").mkdir()
+    assert measured_ratios(tmp_path / "empty", after=0) == {}  # measured nothing: the caller names the fix
