@@ -241,6 +241,9 @@ class RelativeLR(LRScheduler):
     sets each LR in closed form), or a trainer's own scheduler. Without the check such a run trains
     a different schedule than its plan says, silently. ``allow_overrides=True`` turns it off, for
     code that deliberately rescales the LRs after each ``sched.step()``.
+
+    Under ``rlrs auto``'s update-size probe (``$RLRS_MEASURE_UPDATES``) it also reports each
+    component's ‖ΔW‖/‖W‖ into the run's log (:class:`UpdateProbe`); otherwise it does nothing more.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, plan: Plan | str, total_steps: int, last_epoch: int = -1,
