@@ -342,6 +342,10 @@ def auto(
     check_workers(workers)
     target = PresetTarget(target) if isinstance(target, str) else target
     sets = dict(sets or {})
+    clash = [k for k in ("train.seed", "train.data_seed") if k in sets]
+    if clash:
+        raise ConfigError(f"{clash[0]}: rlrs auto sets it from its seed (train.seed = train.data_seed = seed); "
+                          "drop the --set")
     start_name = _start_plan_name(target, plan)
     out = Path(out) if out is not None else Path(f"runs/auto-{target.name}")
     root = out / "runs"
@@ -403,7 +407,7 @@ def auto(
         losses: dict[str, list[float | None]] = {c: [None, None] for c in components}
         for (c, f, _), r in zip(arms[1:], results[1:]):
             if r.status in ("diverged", "unstable"):
-                continue  # too high a factor: that side of the parabola is missing
+                continue  # that side of the parabola is missing; fit_log_parabola says so in its note
             _check_run(r, f"sensitivity ({c} × {f:g})")
             if r.final_eval_loss is None:
                 raise ConfigError(f"sensitivity ({c} × {f:g}): the probe reported no eval loss ({r.out}); the script must "

@@ -268,6 +268,8 @@ def test_auto_names_the_fix_for_a_script_without_relative_lr_or_steps(tmp_path, 
         auto("tiny-moe", probe=1.5, out=tmp_path / "d", log=_quiet)
     with pytest.raises(ConfigError, match="probe_steps: applies to --method sensitivity"):
         auto("tiny-moe", probe_steps=10, out=tmp_path / "f", log=_quiet)
+    with pytest.raises(ConfigError, match="train.seed: rlrs auto sets it"):
+        auto("tiny-moe", sets={"train.seed": 3}, out=tmp_path / "g", log=_quiet)
     with pytest.raises(ConfigError, match="method: 'sensitive' is unknown"):
         auto("tiny-moe", "sensitive", out=tmp_path / "e", log=_quiet)
 
