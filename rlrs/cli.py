@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from . import compare, demo, transfer, tune, widths, zoo
+from . import auto, compare, demo, transfer, tune, widths, zoo
 from .config import ConfigError, MissingExtra
 from .engine import Interrupted, RunLocked, Terminated, stopped_by, stopped_status
 from .models import DEFAULT_SIZE, PARAMETRIZATIONS
@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plot_plan)
 
     # Commands defined next to their logic: each module has add_commands(subparsers).
-    for module in (compare, tune, transfer, widths, zoo):
+    for module in (compare, tune, transfer, widths, zoo, auto):
         module.add_commands(sub)
     return parser
 

@@ -25,6 +25,8 @@ from .components import COMPONENTS, DEFAULT_TIED, Rule, classify, tied_parameter
 from .config import ConfigError, closest, differences
 from . import presets
 from .plan import Plan
+from .runlog import RunLog, TrainRecord
+from .script import _rank, run_dir
 
 
 def as_plan(plan: Plan | str) -> Plan:
@@ -109,6 +111,9 @@ def param_groups(
     frozen parameter.
     """
     plan = as_plan(plan)
+    # A probe of `rlrs auto` measures each component's update size, so it needs one component per
+    # group; every tensor's LR is the same either way.
+    merge = merge and measure_every() is None
     comp_of = assign_components(model, plan, rules)
     depth_of = layer_depths(model, _readers(plan, "depth")) if plan.reads("depth") else {}
     widths = dict(width_factors or {})
@@ -236,6 +241,9 @@ class RelativeLR(LRScheduler):
     sets each LR in closed form), or a trainer's own scheduler. Without the check such a run trains
     a different schedule than its plan says, silently. ``allow_overrides=True`` turns it off, for
     code that deliberately rescales the LRs after each ``sched.step()``.
+
+    Under ``rlrs auto``'s update-size probe (``$RLRS_MEASURE_UPDATES``) it also reports each
+    component's ‖ΔW‖/‖W‖ into the run's log (:class:`UpdateProbe`); otherwise it does nothing more.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, plan: Plan | str, total_steps: int, last_epoch: int = -1,
@@ -259,7 +267,14 @@ class RelativeLR(LRScheduler):
         self.total_steps = total_steps
         self.allow_overrides = allow_overrides
         self._written: list[tuple[float, float]] | None = None  # (lr, weight_decay) per group after our last write
+        every = measure_every()
+        self._probe = UpdateProbe(optimizer, every) if every is not None else None  # before the initial step()
         super().__init__(optimizer, last_epoch)
+
+    def step(self, epoch=None) -> None:
+        super().step(epoch)
+        if self._probe is not None:
+            self._probe.after_step(self.last_epoch, self.lrs_by_component)
 
     def get_lr(self) -> list[float]:
         step = self.last_epoch
@@ -373,6 +388,65 @@ class RelativeLR(LRScheduler):
         if self.plan.independent_wd:
             self._set_independent_wd()
         self._remember_written()
+
+
+MEASURE_ENV = "RLRS_MEASURE_UPDATES"
+"""Set by ``rlrs auto``'s update-size probe to ``k``: every :class:`RelativeLR` then measures each
+component's relative update ‖ΔW‖/‖W‖ every ``k`` steps and reports it into the run's log."""
+
+
+def measure_every() -> int | None:
+    """``k`` from ``$RLRS_MEASURE_UPDATES`` inside an rlrs run (``$RLRS_RUN_DIR`` set), else ``None``."""
+    text = os.environ.get(MEASURE_ENV)
+    if not text or not os.environ.get("RLRS_RUN_DIR"):
+        return None
+    try:
+        every = int(text)
+    except ValueError:
+        raise ConfigError(f"${MEASURE_ENV}={text!r}: the steps between update measurements, an integer >= 1") from None
+    if every < 1:
+        raise ConfigError(f"${MEASURE_ENV}={text!r}: the steps between update measurements, an integer >= 1")
+    return every
+
+
+class UpdateProbe:
+    """Per-component ‖ΔW‖/‖W‖ (Frobenius over the component, as the trainer's ``update_ratio/*``)
+    of the optimizer step after every ``every``-th one: :class:`RelativeLR` copies the weights
+    after step ``t`` (``t % every == 0``) and compares at ``t + 1``, writing a train record with
+    ``update_ratio/<component>`` and ``update_rms/<component>`` through :mod:`rlrs.script`'s log
+    (rank 0 only; under FSDP it measures rank 0's shard). Costs nothing unless ``rlrs auto`` asks."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, every: int):
+        self.optimizer, self.every = optimizer, every
+        self._before: tuple[int, dict[str, list[torch.Tensor]]] | None = None
+
+    def _params(self) -> dict[str, list[torch.Tensor]]:
+        out: dict[str, list[torch.Tensor]] = {}
+        for g in self.optimizer.param_groups:
+            if len(g["components"]) == 1:  # groups are per component under a probe (param_groups)
+                out.setdefault(g["components"][0], []).extend(g["params"])
+        return out
+
+    @torch.no_grad()
+    def after_step(self, step: int, lrs) -> None:
+        if self._before is not None and self._before[0] == step - 1:
+            metrics = {}
+            for c, ps in self._params().items():
+                before = self._before[1].get(c)
+                if before is None or len(before) != len(ps):
+                    continue
+                du = sum(float((p.detach() - b).float().pow(2).sum()) for p, b in zip(ps, before))
+                w = sum(float(b.float().pow(2).sum()) for b in before)
+                n = sum(b.numel() for b in before)
+                metrics[f"update_rms/{c}"] = math.sqrt(du / n) if n else float("nan")
+                metrics[f"update_ratio/{c}"] = math.sqrt(du / w) if w > 0 else float("nan")
+            out = run_dir()
+            if out is not None and _rank() == 0 and metrics:
+                with RunLog(out) as log:
+                    log.append(TrainRecord(step, lr=lrs(step - 1), metrics=metrics))
+        self._before = None
+        if step % self.every == 0:
+            self._before = (step, {c: [p.detach().clone() for p in ps] for c, ps in self._params().items()})
 
 
 def _value(x: Any) -> Any:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from rlrs import cli, compare, presets
+from rlrs.auto import auto
 from rlrs.coordcheck import coord_check
 from rlrs.demo import demo
 from rlrs.engine import default_workers, run_dir
@@ -60,7 +61,7 @@ def _without_default(text: str) -> str:
 
 def test_every_command_is_covered():
     assert {"train", "demo", "inspect", "coord-check", "sizes", "plot-plan", "compare", "lr-grid", "tune", "transfer",
-            "ablate", "width-transfer", "zoo", "fetch"} == set(COMMANDS)
+            "ablate", "width-transfer", "zoo", "fetch", "auto"} == set(COMMANDS)
 
 
 def test_a_shared_flag_is_the_same_everywhere():
@@ -130,6 +131,8 @@ def _api_defaults() -> dict[tuple[str, str], object]:
         ("plot-plan", "steps"): default_of(inspect, "total_steps"),
         ("plot-plan", "out"): ".",
         ("demo", "out"): default_of(demo, "out"),
+        ("auto", "method"): default_of(auto, "method"),
+        ("auto", "probe"): default_of(auto, "probe"),
     }
     for name in COMMANDS:  # --cwd's "." is the current directory, shown in words
         if "--cwd" in _flags(COMMANDS[name]):

@@ -8,7 +8,7 @@ import pytest
 MODULES = ["rlrs.analysis", "rlrs.compare", "rlrs.components", "rlrs.config", "rlrs.coordcheck", "rlrs.optim",
            "rlrs.options", "rlrs.factors", "rlrs.plan", "rlrs.presets", "rlrs.schedules", "rlrs.tune.samplers", "rlrs.tune.study",
            "rlrs.widths", "rlrs.dals", "rlrs.strategies", "rlrs.tasks", "rlrs.zoo", "rlrs.finetune",
-           "rlrs.engine", "rlrs.demo"]
+           "rlrs.engine", "rlrs.demo", "rlrs.auto"]
 
 
 @pytest.mark.parametrize("name", MODULES)
