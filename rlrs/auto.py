@@ -448,7 +448,7 @@ def add_commands(sub) -> None:
                     "component's relative update size ‖ΔW‖/‖W‖ to the hidden layers'. sensitivity: 1 + 2 per "
                     "component short runs (--probe-steps, the whole schedule compressed), a parabola in log λ "
                     "through the losses at × 1/4, × 1, × 4. Writes OUT/auto-METHOD.toml (the plan, for --plan) and "
-                    "OUT/auto-METHOD.json. The plan keeps the start η_base: tune it next with rlrs lr-grid --plan FILE. "
+                    "OUT/auto-METHOD.json. The plan keeps the start η_base: tune it next with rlrs lr-grid --plans FILE. "
                     "See docs/auto.md.")
     add_target_args(p)
     p.add_argument("--method", choices=METHODS, default=default_of(auto, "method"),

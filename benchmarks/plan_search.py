@@ -1,0 +1,241 @@
+"""Plans without a 300-run search: every way to a plan, from the uniform plan, costed and confirmed.
+
+For each target (``ladder-xs-moe``; a vision Transformer on Fashion-MNIST, trained with AdamW or
+with Muon, ``benchmarks/targets/vit_fashion.py``) the ways to a plan are:
+
+- ``uniform`` (the baseline) and ``paper`` (tables 4/5 of Ludziejewski et al., arXiv 2507.03526;
+  language models only), each at the η_base its own lr-grid chose;
+- ``auto-update-size`` and ``auto-sensitivity`` (``rlrs auto``), each at the η_base its own
+  lr-grid chose;
+- ``local`` (the paper's algorithm 2, noise-aware 0.5%), ``hyperband`` and ``gp`` (``rlrs tune
+  --sampler``), each started from the uniform plan at its tuned η_base (they search η_base too).
+
+The cost of a way is the training steps it spent beyond the η_base grid every arm gets (the
+probe's for ``rlrs auto``, the search's, restarts and re-evaluations included, for ``rlrs tune``).
+Every chosen plan is then trained on 3 NEW seeds (1, 2, 3; every search saw seed 0) beside the
+uniform baseline: the table reports the mean final eval loss over those seeds, its paired
+difference to uniform, and the speed-up of the mean curves over those seeds with its 95% paired
+bootstrap interval. Nothing is read from the searches' own best losses (the luckiest evaluation).
+
+    python benchmarks/plan_search.py confirm --bench /work/bench --targets xs-moe   # trains
+    python benchmarks/plan_search.py table --bench /work/bench                       # markdown + figure
+
+The runs themselves are made by ``benchmarks/plan_search.sh`` (resumable); ``confirm`` reuses
+finished runs too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from rlrs.analysis import bootstrap_speedup, mean_curve, paired_difference, speedup
+from rlrs.files import atomic_write_text
+from rlrs.plan import Plan
+from rlrs import presets
+
+CONFIRM_SEEDS = (1, 2, 3)  # not seed 0, which every search and grid trained on
+VIT = "benchmarks/targets/vit_fashion.py"
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    name: str
+    uniform: str
+    paper: str | None
+    steps: int
+    model: str | None = None  # a model size, or:
+    command: str | None = None  # a script run with the venv's python
+
+    def target(self):
+        from rlrs.targets import CommandTarget
+
+        if self.model is not None:
+            return self.model
+        return CommandTarget(f"{sys.executable} {self.command}", self.steps, str(Path(__file__).resolve().parents[1]))
+
+
+TARGETS = {
+    "xs-moe": Target("xs-moe", "uniform-moe", "paper-moe", 327, model="ladder-xs-moe"),
+    "vit": Target("vit", "uniform-dense", None, 400, command=f"{VIT} --optimizer adamw"),
+    "vit-muon": Target("vit-muon", "uniform-dense", None, 400, command=f"{VIT} --optimizer muon"),
+}
+SEARCHES = ("local", "hyperband", "gp")
+AUTOS = ("update-size", "sensitivity")
+
+
+@dataclasses.dataclass(frozen=True)
+class Way:
+    """One way to a plan on one target: the plan file it chose (η_base included) and its cost."""
+
+    name: str
+    plan: Path
+    cost_steps: int
+    note: str = ""
+
+
+def _grid_best(path: Path, arm: str) -> float | None:
+    if not path.exists():
+        return None
+    return json.loads(path.read_text()).get("best", {}).get(arm)
+
+
+def _with_lr(plan: Plan, lr: float, path: Path) -> Path:
+    text = dataclasses.replace(plan, base_lr=lr).dumps()
+    if not path.exists() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+    return path
+
+
+def ways(bench: Path, t: Target) -> list[Way]:
+    """The ways this target has results for, in the table's order (uniform first)."""
+    d = bench / t.name
+    plans = d / "confirm" / "plans"
+    found = []
+    for arm, name in (("uniform", t.uniform), ("paper", t.paper)):
+        lr = _grid_best(d / "grid" / "grid.json", name) if name else None
+        if lr is not None:
+            found.append(Way(arm, _with_lr(presets.get(name), lr, plans / f"{arm}.toml"), 0))
+    for m in AUTOS:
+        a = d / f"auto-{m}"
+        record, plan = a / f"auto-{m}.json", a / f"auto-{m}.toml"
+        lr = _grid_best(a / "grid" / "grid.json", f"auto-{m}")
+        if record.exists() and lr is not None:
+            rec = json.loads(record.read_text())
+            found.append(Way(f"auto-{m}", _with_lr(Plan.load(plan), lr, plans / f"auto-{m}.toml"),
+                             int(rec["cost_steps"]), f"{rec['runs']} probe runs"))
+    for s in SEARCHES:
+        tuned, search = d / s / "tuned.toml", d / s / "search.json"
+        if tuned.exists() and search.exists():
+            doc = json.loads(search.read_text())
+            steps = int(doc["compute"]["steps"])
+            found.append(Way(s, _with_lr(Plan.load(tuned), Plan.load(tuned).base_lr, plans / f"{s}.toml"), steps,
+                             f"{doc.get('evaluations', '?')} evaluations"))
+    return found
+
+
+def confirm(bench: Path, t: Target, workers: int, log=print):
+    """Train every way's plan (and uniform) on seeds 0..3 (the table reads seeds 1..3); finished
+    runs are reused, so a second call only reads them back."""
+    from rlrs.compare import compare
+
+    found = ways(bench, t)
+    if not found or found[0].name != "uniform":
+        return None
+    return compare(t.target(), [str(w.plan) for w in found], len(CONFIRM_SEEDS) + 1, bench / t.name / "confirm",
+                   workers=workers, log=log)
+
+
+def _seed_runs(arm) -> dict[int, object]:
+    return {r.seed: r for r in arm.runs if r.finished and r.seed in CONFIRM_SEEDS}
+
+
+def rows(bench: Path, t: Target, workers: int = 2) -> list[dict]:
+    """The table's rows, from the confirmation's runs (seeds 1..3 only)."""
+    res = confirm(bench, t, workers, log=lambda s: None)
+    if res is None:
+        return []
+    base = _seed_runs(res.arms["uniform"])
+    out = []
+    for w in ways(bench, t):
+        if w.name not in res.arms:
+            continue
+        runs = _seed_runs(res.arms[w.name])
+        seeds = sorted(set(base) & set(runs))
+        row = {"target": t.name, "way": w.name, "cost_steps": w.cost_steps, "cost_runs": w.cost_steps / t.steps,
+               "base_lr": Plan.load(w.plan).base_lr, "seeds": seeds, "note": w.note,
+               "finished": f"{len(runs)}/{len(CONFIRM_SEEDS)}"}
+        if len(runs) == len(CONFIRM_SEEDS):
+            finals = [runs[s].final_loss for s in CONFIRM_SEEDS]
+            row["loss"] = float(np.mean(finals))
+            row["loss_std"] = float(np.std(finals, ddof=1))
+        if seeds and w.name != "uniform" and len(seeds) == len(CONFIRM_SEEDS):
+            diff = paired_difference([base[s].final_loss for s in seeds], [runs[s].final_loss for s in seeds])
+            row["diff"], row["diff_std"] = diff.mean, diff.std
+            bc = [(base[s].curve_steps, base[s].curve_loss) for s in seeds]
+            rc = [(runs[s].curve_steps, runs[s].curve_loss) for s in seeds]
+            bs, bm, _ = mean_curve(bc)
+            rs, rm, _ = mean_curve(rc)
+            sp = speedup(bs, bm, rs, rm)
+            row["speedup"] = sp.percent
+            iv = bootstrap_speedup(bc, rc)
+            row["interval"] = None if iv is None else [iv.low, iv.high]
+        out.append(row)
+    return out
+
+
+def _fmt(x, spec: str, none: str = "—") -> str:
+    return none if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
+
+
+def table(bench: Path, targets: list[Target]) -> str:
+    lines = ["| target | way | cost: training steps (runs) | η_base | final loss, seeds 1–3 | Δ vs uniform (paired) "
+             "| speed-up vs uniform | 95% interval | gain kept vs best |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    every = []
+    for t in targets:
+        rs = rows(bench, t)
+        every += rs
+        best = max((r["diff"] for r in rs if "diff" in r), key=lambda d: -d, default=None)  # most negative
+        for r in rs:
+            iv = r.get("interval")
+            kept = (r["diff"] / best * 100) if best is not None and best < 0 and "diff" in r else None
+            lines.append(
+                f"| {t.name} | {r['way']} | {r['cost_steps']:,} ({r['cost_runs']:.1f}) | {r['base_lr']:g} | "
+                f"{_fmt(r.get('loss'), '.4f')} ± {_fmt(r.get('loss_std'), '.4f')} | "
+                f"{_fmt(r.get('diff'), '+.4f')} ± {_fmt(r.get('diff_std'), '.4f')} | "
+                f"{_fmt(r.get('speedup'), '+.1f')}% | "
+                f"{'—' if not iv else '[' + _fmt(iv[0], '+.1f') + ', ' + _fmt(iv[1], '+.1f') + ']'} | "
+                f"{_fmt(kept, '.0f')}{'%' if kept is not None else ''} |")
+    atomic_write_text(bench / "plan_search.json", json.dumps(every, indent=1))
+    return "\n".join(lines)
+
+
+def figure(bench: Path, targets: list[Target], path: Path) -> None:
+    from rlrs.plots import _plt, _save
+
+    plt = _plt()
+    shown = [(t, rows(bench, t)) for t in targets]
+    shown = [(t, rs) for t, rs in shown if rs]
+    fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.6), squeeze=False)
+    for ax, (t, rs) in zip(axes[0], shown):
+        for r in rs:
+            if "loss" not in r:
+                continue
+            x = max(r["cost_runs"], 0.1)  # zero-cost ways (uniform, paper) at 0.1 on the log axis
+            ax.errorbar([x], [r["loss"]], yerr=[r["loss_std"]], fmt="o", capsize=3, label=r["way"])
+        ax.set_xscale("log")
+        ax.set_xlabel("cost beyond the η_base grid (runs)")
+        ax.set_ylabel("final eval loss, 3 new seeds")
+        ax.set_title(t.name)
+        ax.legend(frameon=False, fontsize=7)
+    _save(fig, path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=("confirm", "table"))
+    p.add_argument("--bench", type=Path, required=True)
+    p.add_argument("--targets", default=",".join(TARGETS))
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--figure", type=Path, default=Path("benchmarks/results/plan-search.png"))
+    args = p.parse_args()
+    targets = [TARGETS[n] for n in args.targets.split(",")]
+    if args.what == "confirm":
+        for t in targets:
+            confirm(args.bench, t, args.workers)
+    else:
+        print(table(args.bench, targets))
+        figure(args.bench, targets, args.figure)
+        print(f"figure: {args.figure}")
+
+
+if __name__ == "__main__":
+    main()
