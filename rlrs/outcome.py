@@ -105,6 +105,9 @@ class RunResult:
             if self.notes else ""
         if self.status == "finished" and self.final_eval_loss is not None:
             return f"finished in {self.wall_s:.1f}s, eval loss {self.final_eval_loss:.4f}{note}"
+        if self.status == "stopped" and not self.error:  # stopped where the caller asked (stop_at)
+            last = f", eval loss {self.final_eval_loss:.4f}" if self.final_eval_loss is not None else ""
+            return f"stopped at step {self.steps} as asked, in {self.wall_s:.1f}s{last}{note}"
         return f"{self.status}: {reason_line(self.status, self.error)}{note}"
 
     def to_dict(self) -> dict[str, Any]:

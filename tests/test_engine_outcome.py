@@ -80,3 +80,11 @@ def test_a_task_run_ends_by_the_rule(tmp_path):
     assert r.eval_steps and r.final_eval_loss is not None
     e = execute(tasks.TaskRun("gauss", strategies.get("adamw"), epochs=1), tmp_path / "e")
     assert e.status == status_of(reached_end=True) and e.compute_steps == e.steps
+
+
+def test_a_run_stopped_where_asked_says_so_in_its_headline(tmp_path):
+    # A run stopped at stop_at (a probe, a pruning rung) has no error: its line says where it stopped.
+    r = RunResult(tmp_path, "stopped", steps=16, total_steps=327, eval_steps=[0, 16], eval_loss=[6.9, 5.1], wall_s=3.0)
+    assert r.headline() == "stopped at step 16 as asked, in 3.0s, eval loss 5.1000"
+    interrupted = RunResult(tmp_path, "stopped", steps=5, error="interrupted by Ctrl-C")
+    assert interrupted.headline() == "stopped: interrupted by Ctrl-C"
