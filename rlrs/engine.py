@@ -11,7 +11,7 @@ run as a spec and hands it here:
 
 A spec is a run of rlrs's own trainer (:class:`PresetRun`: a resolved run config), a run of the
 user's own command (:class:`CommandRun`: a shell command, the plan it trains with, a seed), or a
-strategy-zoo run (:class:`rlrs.tasks.TaskRun`: a task, a strategy, a seed); any kind of run that
+strategy-zoo run (:class:`rlrs.zoo.tasks.TaskRun`: a task, a strategy, a seed); any kind of run that
 follows the run protocol (:class:`RunKind`) is owned the same way.
 :func:`run_dir` content-addresses it: the same spec is always the same directory. :func:`execute`
 gives a typed :class:`RunResult` and never raises for a run that fails. Its rules, written once:

@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import rlrs.compare as cmp
 from rlrs.cli import main
 from rlrs.analysis import RunLogs, UpdateCurves, detect_spikes
-from rlrs.compare import RunInfo, compare, grid_around, load_grid, parse_grid, parse_plans, summarize
+from rlrs.experiments.arms import RunInfo, arm_name, grid_around
+from rlrs.experiments.compare import compare, summarize
+from rlrs.experiments.lr_grid import load_grid
+from rlrs.options import parse_grid, parse_plans
 from rlrs.plan import Plan
 from rlrs.config import ConfigError
 from rlrs.runlog import read_metrics
@@ -103,7 +105,7 @@ def test_grid_and_plan_parsers():
     with pytest.raises(ConfigError, match="not a learning rate > 0"):
         parse_grid("1e-3,-2e-3")
     assert parse_plans("uniform, plans/mine.toml") == ["uniform", "plans/mine.toml"]
-    assert cmp.arm_name("plans/mine.toml") == "mine"
+    assert arm_name("plans/mine.toml") == "mine"
     with pytest.raises(ConfigError, match="--plans"):
         parse_plans("uniform,,paper-moe")
 
@@ -315,7 +317,7 @@ def test_lr_grid_then_compare_with_its_best(tmp_path, corpus_dir, capsys, spy):
 
 
 def test_lr_grid_grows_past_an_edge_until_the_best_is_inside(tmp_path, corpus_dir, spy):
-    from rlrs.compare import lr_grid
+    from rlrs.experiments.lr_grid import lr_grid
 
     messages = []
     res = lr_grid("tiny-dense", ["uniform-dense"], tmp_path / "g", grid=[1e-5, 2e-5], extend=2,
@@ -330,7 +332,7 @@ def test_lr_grid_grows_past_an_edge_until_the_best_is_inside(tmp_path, corpus_di
 
 
 def test_lr_grid_default_grid_has_points_values_around_each_plans_own_base_lr(tmp_path, corpus_dir, spy):
-    from rlrs.compare import lr_grid
+    from rlrs.experiments.lr_grid import lr_grid
 
     res = lr_grid("tiny-dense", ["uniform-dense", "blockwise-dense"], tmp_path / "g", points=3, extend=0,
                   sets=_sets(corpus_dir, **{"train.steps": 4}), workers=1, log=_quiet)
@@ -343,7 +345,7 @@ def test_lr_grid_default_grid_has_points_values_around_each_plans_own_base_lr(tm
 
 
 def test_lr_grid_include_adds_a_value_to_one_arms_grid(tmp_path, corpus_dir, spy):
-    from rlrs.compare import lr_grid
+    from rlrs.experiments.lr_grid import lr_grid
 
     res = lr_grid("tiny-dense", ["uniform-dense", "paper-dense"], tmp_path / "g", grid=[1e-3], extend=0,
                   include={"paper-dense": 5e-2}, sets=_sets(corpus_dir, **{"train.steps": 4}), workers=1, log=_quiet)

@@ -1,12 +1,12 @@
 """``report.md`` and PNG figures for ``rlrs compare`` and ``rlrs lr-grid``, from their results.
 
-    >>> from rlrs.compare import compare
+    >>> from rlrs.experiments.compare import compare
     >>> res = compare("tiny-moe", ["uniform-moe", "paper-moe"], seeds=2, out="runs/c")  # doctest: +SKIP
     >>> [p.name for p in res.files]                                                     # doctest: +SKIP
     ['results.json', 'loss.png', 'train_loss.png', 'lr_uniform-moe.png', ..., 'report.md']
 
-Everything here reads the typed results (:class:`~rlrs.compare.CompareResult`,
-:class:`~rlrs.compare.GridResult`) by attribute; ``results.json`` is written from the same objects.
+Everything here reads the typed results (:class:`~rlrs.experiments.compare.CompareResult`,
+:class:`~rlrs.experiments.compare.GridResult`) by attribute; ``results.json`` is written from the same objects.
 
 The figures: ``loss.png`` (mean ± std over seeds per arm, the speed-up marked: the paper's
 figure 1), ``train_loss.png`` (every run's per-step training loss with loss spikes circled:
@@ -25,14 +25,15 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
-from . import plots
-from .components import COMPONENTS
-from .files import atomic_write_text
-from .engine import read_result, reason_line
-from .plan import ComponentPlan
+from .. import plots
+from ..components import COMPONENTS
+from ..files import atomic_write_text
+from ..engine import read_result, reason_line
+from ..plan import ComponentPlan
 
 if TYPE_CHECKING:  # annotations only: compare imports this module, not the other way round
-    from .compare import ArmResult, CompareResult, GridResult
+    from .compare import ArmResult, CompareResult
+    from .lr_grid import GridResult
 
 
 def _diag_label(arm: ArmResult) -> str:

