@@ -100,9 +100,9 @@ def _api_defaults() -> dict[tuple[str, str], object]:
     d: dict[tuple[str, str], object] = {
         ("compare", "seeds"): default_of(compare.compare, "seeds"),
         ("compare", "metric"): default_of(compare.compare, "metric"),
-        ("lr-grid", "seeds"): default_of(lr_grid.lr_grid, "seeds"),
-        ("lr-grid", "extend"): default_of(lr_grid.lr_grid, "extend"),
-        ("lr-grid", "points"): default_of(lr_grid.lr_grid, "points"),
+        ("lr-grid", "seeds"): default_of(lr_grid.run, "seeds"),
+        ("lr-grid", "extend"): default_of(lr_grid.run, "extend"),
+        ("lr-grid", "points"): default_of(lr_grid.run, "points"),
         ("transfer", "seeds"): default_of(transfer, "seeds"),
         ("transfer", "grid_seeds"): default_of(transfer, "grid_seeds"),
         ("transfer", "extend"): default_of(transfer, "extend"),

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from . import compare as _compare
+from . import lr_grid as _lr_grid
 from .report import plot_speedup
 from ..config import ConfigError
 from ..files import atomic_write_text
@@ -100,7 +101,7 @@ def _default_steps(preset: str) -> int:
     return total_steps(run_config(preset))
 
 
-def grid_tuning(grid: _compare.GridResult) -> Tuning:
+def grid_tuning(grid: _lr_grid.GridResult) -> Tuning:
     """Each arm at the best η_base of ``grid``; untuned where an arm's best sits at an edge of
     its grid or every value diverged."""
     bad = [f"{arm}: every value diverged" for arm in grid.arms if arm not in grid.best]
@@ -137,7 +138,7 @@ def demo(
     t0 = time.perf_counter()
     if tune:
         log(f"rlrs demo: tuning η_base first: rlrs lr-grid on {preset} ({', '.join(PLANS)}), several minutes")
-        grid = _compare.lr_grid(preset, PLANS, out, points=3, sets=sets, workers=workers, log=log, executor=executor)
+        grid = _lr_grid.lr_grid(preset, PLANS, out, points=3, sets=sets, workers=workers, log=log, executor=executor)
         tuning = grid_tuning(grid)
     else:
         tuning = stored_tuning(preset, steps, {k: v for k, v in sets.items() if k != "train.steps"})
