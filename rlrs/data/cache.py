@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -133,7 +132,7 @@ def _build(config: DataConfig, root: Path, sources, corpus_hash: str, final: Pat
         }
         # The manifest is written last: its presence is what marks the directory complete.
         files.write_json(tmp / "manifest.json", manifest, indent=2)
-        _publish(tmp, final, corpus_hash, tok.name)
+        files.publish_dir(tmp, final, lambda d: _read_manifest(d, corpus_hash, tok.name) is not None)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -166,31 +165,6 @@ def _groups(docs: Sequence[str], max_chars: int) -> Iterable[list[str]]:
             group, size = [], 0
     if group:
         yield group
-
-
-def _publish(tmp: Path, final: Path, corpus_hash: str, tokenizer: str) -> None:
-    try:
-        os.rename(tmp, final)  # atomic when final is absent (or an empty directory)
-        return
-    except OSError:
-        pass
-    if _read_manifest(final, corpus_hash, tokenizer) is not None:
-        shutil.rmtree(tmp, ignore_errors=True)  # a concurrent prepare published the same thing
-        return
-    # A directory cannot be renamed over a non-empty one: move the stale one aside first. Readers
-    # that still map its files keep them until they close them.
-    trash = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-    try:
-        os.rename(final, trash)
-    except FileNotFoundError:
-        pass
-    try:
-        os.rename(tmp, final)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if _read_manifest(final, corpus_hash, tokenizer) is None:
-            raise
-    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _open(d: Path, manifest: dict) -> TokenData:
