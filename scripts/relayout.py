@@ -35,6 +35,14 @@ MOVES = {
     "dals": "zoo.dals",
     "finetune": "zoo.finetune",
 }
+# Names that left their module when it was split (compare -> lr_grid and arms, transfer -> ablate).
+NAME_MOVES = {
+    **{("compare", n): "experiments.lr_grid" for n in ("GridPoint", "GridArm", "GridResult", "lr_grid", "load_grid")},
+    **{("compare", n): "experiments.arms" for n in ("RunInfo", "arm_name", "ladder_next", "grid_around", "default_out",
+                                                    "MAX_POINTS", "RESERVED_SETS")},
+    **{("transfer", n): "experiments.ablate" for n in ("ablate", "AblateResult", "LeaveOneOut", "Variant", "FACTORS",
+                                                      "ABLATIONS")},
+}
 ZOO_PARTS = ("tasks", "strategies", "dals", "finetune")  # rlrs.zoo.tasks: the zoo's package, not the command
 TEXT_GLOBS = ("rlrs/**/*.py", "tests/**/*.py", "benchmarks/*.py", "benchmarks/*.sh", "examples/*.py",
               "scripts/*.py", "docs/*.md", "README.md", "BENCHMARKS.md")
@@ -43,6 +51,10 @@ TEXT_GLOBS = ("rlrs/**/*.py", "tests/**/*.py", "benchmarks/*.py", "benchmarks/*.
 def new_name(module: str) -> str:
     """``compare`` -> ``experiments.compare``; a module that did not move keeps its name."""
     return MOVES.get(module, module)
+
+
+def _old(module: str) -> str:
+    return next((old for old, new in MOVES.items() if new == module), module)
 
 
 def _package_of(path: Path) -> list[str]:
@@ -99,6 +111,10 @@ def rewrite_imports(path: Path, old_path: Path | None = None) -> bool:
             if full in MOVES and not (module == "zoo" and a.name in ZOO_PARTS):  # from . import compare
                 parent, _, leaf = MOVES[full].rpartition(".")
                 alias = a.asname or (a.name if leaf != a.name else None)
+            elif (module, a.name) in NAME_MOVES or (module in MOVES.values() and
+                                                   (_old(module), a.name) in NAME_MOVES):
+                parent, leaf, alias = NAME_MOVES[(module, a.name) if (module, a.name) in NAME_MOVES
+                                                 else (_old(module), a.name)], a.name, a.asname
             elif module == "zoo" and a.name in ZOO_PARTS:  # from rlrs.zoo import tasks: the new package
                 parent, leaf, alias = module, a.name, a.asname
             else:
