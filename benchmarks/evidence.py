@@ -36,7 +36,8 @@ import torch
 
 import rlrs
 from rlrs import presets
-from rlrs.compare import compare, lr_grid
+from rlrs.experiments.compare import compare
+from rlrs.experiments.lr_grid import lr_grid
 from rlrs.config import json_safe
 from rlrs.files import atomic_write_text
 from rlrs.models import LADDER, count_params, get_size
@@ -149,7 +150,7 @@ def run_ladder(out: Path, families: list[str], rungs: list[str], workers: int, a
 def run_ablate(out: Path, families: list[str], workers: int) -> None:
     """Table 6 on the smallest rung: the paper's plan at its best η_base, each component's λ reset
     to 1 in turn, 3 seeds."""
-    from rlrs.transfer import ablate
+    from rlrs.experiments.ablate import ablate
 
     for family in families:
         grid = _grid(out / f"{family}-xs")

@@ -22,7 +22,7 @@ sys.path.insert(0, str(HERE))
 import evidence  # noqa: E402  (benchmarks/evidence.py)
 import tuners  # noqa: E402  (benchmarks/tuners.py)
 
-from rlrs.widths import WidthPoint, WidthSeries, WidthTransferResult, _plot  # noqa: E402
+from rlrs.experiments.width_transfer import WidthPoint, WidthSeries, WidthTransferResult, _plot  # noqa: E402
 
 RESULTS = HERE / "results"
 

@@ -124,7 +124,7 @@ def ways(bench: Path, t: Target) -> list[Way]:
 def confirm(bench: Path, t: Target, workers: int, log=print):
     """Train every way's plan (and uniform) on seeds 0..3 (the table reads seeds 1..3); finished
     runs are reused, so a second call only reads them back."""
-    from rlrs.compare import compare
+    from rlrs.experiments.compare import compare
 
     found = ways(bench, t)
     if not found or found[0].name != "uniform":

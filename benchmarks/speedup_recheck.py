@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlrs.compare import compare
+from rlrs.experiments.compare import compare
 
 RUNGS = {"xs-moe": ("ladder-xs-moe", "moe"), "xs-dense": ("ladder-xs-dense", "dense"),
          "s-moe": ("ladder-s-moe", "moe"), "m-moe": ("ladder-m-moe", "moe"), "m-dense": ("ladder-m-dense", "dense")}

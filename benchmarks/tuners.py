@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from rlrs import presets
-from rlrs.compare import compare
+from rlrs.experiments.compare import compare
 from rlrs.config import json_safe
 from rlrs.files import atomic_write_text
 from rlrs.tune import Pruning, TuneSpec, tune

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from rlrs.engine import Job, eval_curve, run_all, run_dir
-from rlrs.tasks import TaskRun
-from rlrs.strategies import STRATEGIES
-from rlrs.tasks import TASKS
-from rlrs.zoo import accuracy_text, load_results
+from rlrs.zoo.tasks import TaskRun
+from rlrs.zoo.strategies import STRATEGIES
+from rlrs.zoo.tasks import TASKS
+from rlrs.experiments.zoo import accuracy_text, load_results
 
 VARIANTS = ("dals", "dals-fast", "dals-acc")
 TEXT_TASKS = ("gcide-pos", "shakespeare-genre")

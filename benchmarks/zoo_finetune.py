@@ -3,7 +3,7 @@ accuracy, and how fast.
 
     python benchmarks/zoo_finetune.py benchmarks/results/zoo-finetune/results.json
 
-Reads a zoo's ``results.json`` (through ``rlrs.zoo.load_results``) and prints one markdown row per
+Reads a zoo's ``results.json`` (through ``rlrs.experiments.zoo.load_results``) and prints one markdown row per
 fine-tuning approach: on each text task, the final test accuracy (mean ± std over seeds), how many
 seeds reached the task's target accuracy and after how many steps (the mean over those that did),
 and the mean wall time of a run; and how many parameters each approach trains (counted on the
@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 
-from rlrs.finetune import minilm_classifier
-from rlrs.strategies import STRATEGIES, build
-from rlrs.tasks import ENCODER_RULES, TASKS
-from rlrs.zoo import accuracy_text, load_results
+from rlrs.zoo.finetune import minilm_classifier
+from rlrs.zoo.strategies import STRATEGIES, build
+from rlrs.zoo.tasks import ENCODER_RULES, TASKS
+from rlrs.experiments.zoo import accuracy_text, load_results
 
 APPROACHES = ("full-ft", "freeze-embedding", "rlrs-embedding", "rlrs", "llrd", "discriminative",
               "stlr-discriminative", "lora", "lora-plus")

@@ -10,7 +10,8 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from . import auto, compare, demo, transfer, tune, widths, zoo
+from .experiments import ablate, auto, compare, demo, lr_grid, transfer, width_transfer, zoo
+from . import tune
 from .config import ConfigError, MissingExtra
 from .engine import Interrupted, RunLocked, Terminated, stopped_by, stopped_status
 from .models import DEFAULT_SIZE, PARAMETRIZATIONS
@@ -35,7 +36,7 @@ def cmd_fetch(args) -> int:
     enc, vocab = data.gpt2_files()
     print(f"gpt2 tokenizer files (sha256 checked): {enc.parent}")
     if args.minilm:
-        from .finetune import minilm_dir
+        from .zoo.finetune import minilm_dir
 
         print(f"minilm-l6 (the zoo's fine-tuning encoder): {minilm_dir()}")
     return 0
@@ -127,7 +128,7 @@ def sizes_markdown() -> str:
 
 def cmd_coord_check(args) -> int:
     from .files import make_dir
-    from .coordcheck import coord_check, plot, slope_text
+    from .experiments.coord_check import coord_check, plot, slope_text
     from .files import write_json
     from .options import parse_widths
 
@@ -169,7 +170,7 @@ def cmd_plot_plan(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import presets
-    from .coordcheck import coord_check
+    from .experiments.coord_check import coord_check
     from .inspection import DEFAULT_AT, inspect
 
     parser = argparse.ArgumentParser(prog="rlrs", description="Decoupled relative learning-rate schedules for PyTorch.")
@@ -242,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plot_plan)
 
     # Commands defined next to their logic: each module has add_commands(subparsers).
-    for module in (compare, tune, transfer, widths, zoo, auto):
+    for module in (compare, lr_grid, tune, transfer, ablate, width_transfer, zoo, auto):
         module.add_commands(sub)
     return parser
 

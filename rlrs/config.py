@@ -83,6 +83,8 @@ def _is_optional(tp) -> tuple[bool, Any]:
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
+    if tp is typing.Any:  # a free-form record (what a result says its target was), kept as JSON gives it
+        return value
     optional, inner = _is_optional(tp)
     if value is None:
         if optional:
@@ -106,6 +108,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         (item,) = [a for a in typing.get_args(tp) if a is not Ellipsis]
         return origin(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:  # a table keyed by name (a result's arms): str keys, values of one type
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        key, item = typing.get_args(tp)
+        if key is not str or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{where}: expected a table with text keys, got {value!r}")
+        return {k: _coerce(v, item, f"{where}.{k}") for k, v in value.items()}
     if tp is Path:
         if not isinstance(value, (str, Path)):
             raise ConfigError(f"{where}: expected a path, got {value!r}")
@@ -230,12 +239,18 @@ def _dump(obj, skip_added_defaults: bool) -> dict[str, Any]:
             continue
         if skip_added_defaults and f.metadata.get("added") and v == f.default:
             continue
-        if dataclasses.is_dataclass(v):
-            v = _dump(v, skip_added_defaults)
-        elif isinstance(v, tuple):
-            v = list(v)
-        out[f.name] = v
+        out[f.name] = _dump_value(v, skip_added_defaults)
     return out
+
+
+def _dump_value(v, skip_added_defaults: bool):
+    if dataclasses.is_dataclass(v):
+        return _dump(v, skip_added_defaults)
+    if isinstance(v, (tuple, list)):
+        return [_dump_value(x, skip_added_defaults) for x in v]
+    if isinstance(v, dict):
+        return {k: _dump_value(x, skip_added_defaults) for k, x in v.items()}
+    return v
 
 
 def replace(obj: T, overrides: Mapping[str, Any], where: str | None = None) -> T:

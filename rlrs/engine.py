@@ -11,7 +11,7 @@ run as a spec and hands it here:
 
 A spec is a run of rlrs's own trainer (:class:`PresetRun`: a resolved run config), a run of the
 user's own command (:class:`CommandRun`: a shell command, the plan it trains with, a seed), or a
-strategy-zoo run (:class:`rlrs.tasks.TaskRun`: a task, a strategy, a seed); any kind of run that
+strategy-zoo run (:class:`rlrs.zoo.tasks.TaskRun`: a task, a strategy, a seed); any kind of run that
 follows the run protocol (:class:`RunKind`) is owned the same way.
 :func:`run_dir` content-addresses it: the same spec is always the same directory. :func:`execute`
 gives a typed :class:`RunResult` and never raises for a run that fails. Its rules, written once:
@@ -42,6 +42,15 @@ gives a typed :class:`RunResult` and never raises for a run that fails. Its rule
 
 :class:`Pool` runs many specs at once in spawned worker processes, each with its share of the
 cores this process may use (its CPU affinity) and, on a machine with several GPUs, its own GPU.
+
+One module (about 1,400 lines, in sections: specs, results, the lock, executing one run, the job
+pool) on purpose. How a run stops is one piece of state shared by the pool and the execution of a
+run: a pool worker's Ctrl-C and the pool's stop flag (``_IN_WORKER``, ``_CTRL_C``, ``_POOL_STOP``)
+are set by the pool and read by :func:`execute`, by the loop that watches a command and by
+:func:`_training`; split into modules, every reader would go through another module's mutable
+globals, and the order of the rules (lock, identity, reuse, run, record) would no longer read top
+to bottom. The executors (:mod:`rlrs.executors`) and the run kinds of other packages (the zoo's
+``TaskRun``) already live outside it.
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ write its own, so the next invocation runs it again (a preset resumes from its c
 whose time limit is near (Slurm's ``USR2``, ``signal_delay_s`` before it) is requeued to resume,
 up to ``timeout_requeues`` times (submitit's checkpointing; a preempted job is requeued always).
 Ctrl-C cancels the jobs it submitted.
+
+One module (about 600 lines): the registry and the local pool's adapter are short; the rest is
+Slurm's executor and the state machine that reads Slurm's job states, which change together.
 """
 
 from __future__ import annotations

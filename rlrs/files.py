@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
@@ -78,6 +80,35 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """:func:`atomic_write_text` for bytes (a rendered PNG, a downloaded file)."""
     with atomic_file(path, "wb") as f:
         f.write(data)
+
+
+def publish_dir(tmp: Path, final: Path, complete: Callable[[Path], bool]) -> None:
+    """Give the finished directory ``tmp`` the name ``final`` atomically: readers see the whole
+    directory or none (the token cache, the zoo's encoder files). Where ``final`` already holds a
+    directory that ``complete(final)`` accepts (a concurrent writer published the same thing), it
+    stays and ``tmp`` is removed; any other ``final`` (a stale or partial one) is moved aside and
+    removed. Readers that still map the old directory's files keep them until they close them."""
+    try:
+        os.rename(tmp, final)  # atomic when final is absent (or an empty directory)
+        return
+    except OSError:
+        pass
+    if complete(final):
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    # A directory cannot be renamed over a non-empty one: move the stale one aside first.
+    trash = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(final, trash)
+    except FileNotFoundError:
+        pass
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not complete(final):
+            raise
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def write_json(path: str | Path, obj: Any, indent: int | None = 1, sort_keys: bool = False) -> None:

@@ -12,6 +12,10 @@ A model is one of rlrs's model sizes, a Hugging Face ``config.json`` or model di
 ``nn.Module`` as ``MODULE:ATTR`` (see :func:`load_model`). Model sizes and Hugging Face configs are
 built on the ``meta`` device: no memory is allocated, so the 5.67B-parameter ``moe-906m``
 model size or a large Hugging Face config inspects instantly.
+
+One module (about 630 lines): loading a model (size, Hugging Face, ``MODULE:ATTR``) and the
+report on it are one command's two halves; the report's tables read the loader's guesses and
+warnings, which a split would have to pass across modules.
 """
 
 from __future__ import annotations

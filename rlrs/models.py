@@ -21,6 +21,10 @@ load-balancing loss. Attention and the router run in float32 even under bf16 aut
 Parameter names classify themselves by component (``rlrs.components``): ``embed.`` embedding,
 ``unembed.`` unembedding, ``.attn.`` attention, ``.mlp.`` dense feed-forward, ``.router.`` router,
 ``.experts.`` experts, and ``*norm*`` other.
+
+One module (about 800 lines) on purpose: the config, the modules, the parameter count and the
+model sizes are read together (a size's table-3 count is checked against the modules that build
+it), and the module names the classifier reads are defined here alone.
 """
 
 from __future__ import annotations

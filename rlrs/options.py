@@ -27,7 +27,7 @@ def default_of(fn: Callable[..., Any], name: str) -> Any:
     """The default of ``fn``'s parameter ``name``: CLI defaults are read from the function that
     owns them, never written a second time.
 
-    >>> from rlrs.compare import compare
+    >>> from rlrs.experiments.compare import compare
     >>> default_of(compare, "seeds")
     3
     """

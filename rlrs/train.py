@@ -13,6 +13,10 @@ Steps: ``step`` in the logs counts completed optimizer steps. The batch of step 
 on ``(data_seed, t)``, so two runs with the same data seed see the same data whatever their plan.
 The evaluation (a fixed set of held-out batches) runs at step 0, every ``eval_interval`` of training
 (1% by default: the paper's measuring points) and at the end.
+
+One module (about 900 lines) on purpose: the run config, the loop and its checkpoints are one
+contract. A resume must restore exactly what the loop saves and the config says, and a split would
+spread the checkpoint format over files that must change together.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import torch
 
 import rlrs
 from rlrs import cli, presets
-from rlrs.auto import (AutoResult, Choice, auto, fit_log_parabola, load_result, measured_ratios, scaled_plan,
+from rlrs.experiments.auto import (AutoResult, Choice, auto, fit_log_parabola, load_result, measured_ratios, scaled_plan,
                        sensitivity_factors, update_size_factors)
 from rlrs.config import ConfigError, from_dict
 from rlrs.optim import MEASURE_ENV

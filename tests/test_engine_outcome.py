@@ -73,7 +73,7 @@ def test_a_lost_command_counts_what_its_script_ran(tmp_path, monkeypatch):
 
 
 def test_a_task_run_ends_by_the_rule(tmp_path):
-    from rlrs import strategies, tasks
+    from rlrs.zoo import strategies, tasks
 
     r = tasks.train_task(tasks.TASKS["gauss"], strategies.get("adamw"), 0, tmp_path / "t", epochs=1)
     assert isinstance(r, RunResult) and r.status == status_of(reached_end=True) and r.steps == r.total_steps

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import pytest
 
 from rlrs import config as _config
-from rlrs import presets, strategies
+from rlrs import presets
+from rlrs.zoo import strategies
 from rlrs.components import COMPONENTS
 from rlrs.config import ConfigError
 from rlrs.engine import PresetRun, run_dir
@@ -128,7 +129,7 @@ def test_plans_hash_save_and_name_runs_exactly_as_before(name):
 
 @pytest.mark.parametrize("name", [k for k in PINNED if k.startswith("strategy:")])
 def test_zoo_strategies_keep_their_identity(name):
-    # What names a zoo run: the strategy's identity less how it is titled or cited (rlrs.tasks.TaskRun).
+    # What names a zoo run: the strategy's identity less how it is titled or cited (rlrs.zoo.tasks.TaskRun).
     s = strategies.get(name.split(":", 1)[1])
     ident = {k: v for k, v in _config.identity(s).items() if k not in ("name", "title", "generation", "paper", "tasks")}
     assert (_sorted(ident), _ordered(ident)) == PINNED[name]

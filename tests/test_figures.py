@@ -80,7 +80,8 @@ def test_a_legend_over_the_data_is_found():
 
 @pytest.mark.slow
 def test_every_figure_of_compare_and_lr_grid_is_readable(tmp_path, corpus_dir, checked):
-    from rlrs.compare import compare, lr_grid
+    from rlrs.experiments.compare import compare
+    from rlrs.experiments.lr_grid import lr_grid
 
     sets = {"data.corpus": str(corpus_dir / "docs"), "data.cache_dir": str(corpus_dir / "cache"),
             "data.val_fraction": 0.2, "train.threads": 1, "train.steps": 20, "train.eval_batches": 2}
@@ -97,7 +98,7 @@ def test_every_figure_of_compare_and_lr_grid_is_readable(tmp_path, corpus_dir, c
 @pytest.mark.slow
 def test_plan_and_coordinate_check_figures_are_readable(tmp_path, checked):
     from rlrs import presets
-    from rlrs.coordcheck import coord_check, plot
+    from rlrs.experiments.coord_check import coord_check, plot
 
     plots.plot_plan(presets.get("paper-moe"), 1000, tmp_path / "lr.png")
     plots.plot_plan(presets.get("paper-dense"), 300, tmp_path / "lr_linear.png", log=False)
@@ -124,9 +125,9 @@ def test_the_evidence_speedup_figure_from_the_stored_results_is_readable(tmp_pat
 
 @pytest.mark.slow
 def test_zoo_width_transfer_and_ablate_figures_are_readable(tmp_path, tiny_sets, checked):
-    from rlrs.transfer import ablate
-    from rlrs.widths import width_transfer
-    from rlrs.zoo import run_zoo
+    from rlrs.experiments.ablate import ablate
+    from rlrs.experiments.width_transfer import width_transfer
+    from rlrs.experiments.zoo import run_zoo
 
     run_zoo(["gauss"], ["adamw", "dals", "fixed-sgd", "lion", "sam", "radam"], tmp_path / "zoo", seeds=1, epochs=1, workers=1,
             log=None)

@@ -4,6 +4,7 @@ import errno
 import json
 import math
 import os
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +60,23 @@ def test_the_file_lock_excludes_a_second_holder_and_is_free_again_after_release(
     with files.FileLock(path, wait=False):  # released on exit
         pass
     assert path.exists()  # the file stays: removing it would let two processes lock two files
+
+
+def test_publish_dir_replaces_a_partial_directory_and_keeps_a_complete_one(tmp_path):
+    def made(name: str, text: str, complete: bool) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        (d / "data").write_text(text)
+        if complete:
+            (d / "manifest").write_text("ok")
+        return d
+
+    def complete(d: Path) -> bool:
+        return (d / "manifest").is_file()
+
+    final = made("final", "stale", complete=False)  # a killed writer's partial directory
+    files.publish_dir(made("tmp1", "new", complete=True), final, complete)
+    assert (final / "data").read_text() == "new" and not (tmp_path / "tmp1").exists()
+    files.publish_dir(made("tmp2", "other", complete=True), final, complete)  # a concurrent writer's: kept
+    assert (final / "data").read_text() == "new" and not (tmp_path / "tmp2").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]  # nothing moved aside is left behind

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlrs import finetune as F
+from rlrs.zoo import finetune as F
 from rlrs.data import GCIDE_PATH, DataError
 
 # The LR checks step schedulers without training; torch warns about that order.
@@ -48,9 +48,9 @@ def test_shakespeare_genre_tests_on_plays_it_never_trains_on():
 
 def test_the_minilm_classifier_fine_tunes_with_any_strategy():
     _minilm()
-    from rlrs import strategies as S
+    from rlrs.zoo import strategies as S
     from rlrs.components import classify
-    from rlrs.tasks import ENCODER_RULES
+    from rlrs.zoo.tasks import ENCODER_RULES
 
     ids = F.tokenize(["A small song bird.", "To subject to heat, then cool slowly."])
     assert ids.shape == (2, F.MAX_TOKENS) and int(ids[0, 0]) == 101 and int(ids[0, -1]) == 0  # [CLS] ... [PAD]
@@ -86,8 +86,8 @@ def _groups_by_name(model, built):
 
 def test_hard_freezing_against_rlrs_s_continuous_freezing():
     _minilm()
-    from rlrs import strategies as S
-    from rlrs.tasks import ENCODER_RULES
+    from rlrs.zoo import strategies as S
+    from rlrs.zoo.tasks import ENCODER_RULES
 
     model = F.minilm_classifier(3)
     built = S.build(S.get("freeze-embedding"), model, 100, rules=ENCODER_RULES)
@@ -107,9 +107,9 @@ def test_hard_freezing_against_rlrs_s_continuous_freezing():
 def test_lora_trains_only_adapters_and_the_head_and_lora_plus_speeds_up_b():
     _minilm()
     pytest.importorskip("peft")
-    from rlrs import strategies as S
+    from rlrs.zoo import strategies as S
     from rlrs.config import ConfigError
-    from rlrs.tasks import ENCODER_RULES, MLP
+    from rlrs.zoo.tasks import ENCODER_RULES, MLP
 
     lrs = {}
     for name in ("lora", "lora-plus"):

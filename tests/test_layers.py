@@ -80,7 +80,53 @@ def test_the_check_sees_the_engine_importing_the_zoo_even_inside_a_function(tmp_
     # The violation this test exists for: the engine once imported the zoo's tasks and strategies.
     pkg = tmp_path / "rlrs"
     (pkg / "tune").mkdir(parents=True)
-    (pkg / "engine.py").write_text("from .train import Trainer\nfrom .tasks import train_task\n\n"
-                                   "def f():\n    from .strategies import build\n")
+    (pkg / "engine.py").write_text("from .train import Trainer\nfrom .zoo.tasks import train_task\n\n"
+                                   "def f():\n    from .zoo.strategies import build\n")
     (pkg / "tune" / "study.py").write_text("from ..engine import pid_alive\n")
-    assert violations(pkg) == ["engine (engine) imports strategies (tools)", "engine (engine) imports tasks (tools)"]
+    assert violations(pkg) == ["engine (engine) imports zoo.strategies (zoo)", "engine (engine) imports zoo.tasks (zoo)"]
+
+
+# --- old import paths ------------------------------------------------------------------------------
+
+import importlib  # noqa: E402
+import pickle  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+from rlrs import MOVED  # noqa: E402
+
+
+@pytest.mark.parametrize("old", sorted(MOVED))
+def test_an_old_module_path_imports_with_a_warning_naming_the_new_one(old, monkeypatch):
+    monkeypatch.delitem(sys.modules, old, raising=False)
+    with pytest.warns(DeprecationWarning, match=re.escape(f"{old} moved to {MOVED[old][0]}")):
+        module = importlib.import_module(old)
+    seen: set[str] = set()
+    for new in MOVED[old]:
+        real = importlib.import_module(new)
+        names = [n for n, v in vars(real).items() if not n.startswith("_") and getattr(v, "__module__", None) == new]
+        assert names, f"{new} defines nothing"
+        for name in set(names) - seen:
+            assert getattr(module, name) is getattr(real, name), f"{old}.{name}"
+        seen.update(names)
+    with pytest.raises(AttributeError, match=f"{old}.*no attribute 'no_such_name'"):
+        module.no_such_name
+
+
+def test_a_function_reached_by_an_old_path_pickles_by_its_new_one():
+    # The job pool and Slurm pickle job functions by module path: the old name must not leak into a pickle.
+    import rlrs.experiments.compare as new
+    with pytest.warns(DeprecationWarning):
+        sys.modules.pop("rlrs.compare", None)
+        old = importlib.import_module("rlrs.compare")
+    assert b"rlrs.compare\x94" not in pickle.dumps(old.compare)
+    assert pickle.loads(pickle.dumps(old.compare)) is new.compare
+
+
+def test_the_zoo_commands_old_names_fail_naming_the_new_module():
+    with pytest.raises(ImportError, match=r"rlrs\.zoo\.run_zoo moved to rlrs\.experiments\.zoo\.run_zoo"):
+        from rlrs.zoo import run_zoo  # noqa: F401
+    from rlrs.zoo import tasks  # the package of the zoo's building blocks
+    assert tasks.__name__ == "rlrs.zoo.tasks"
+

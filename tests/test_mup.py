@@ -124,7 +124,7 @@ def test_width_factors_are_checked():
 
 
 def test_coordinate_check_slopes_are_flat_under_mup_and_grow_under_sp():
-    from rlrs.coordcheck import coord_check
+    from rlrs.experiments.coord_check import coord_check
 
     kw = dict(base_width=32, base_lr=1e-2, steps=3, seeds=2)
     sp = coord_check("tiny-dense", [32, 64, 128, 256], parametrization="sp", **kw)

@@ -648,7 +648,7 @@ def test_disk_errors_name_the_file_and_the_fix(tmp_path, monkeypatch):
 
 def test_a_component_list_given_as_one_string_is_refused(tmp_path):
     from rlrs.plots import plot_plan
-    from rlrs.transfer import ablate
+    from rlrs.experiments.ablate import ablate
 
     with pytest.raises(ConfigError, match=r"give a list of component names, e.g. \['embedding'\]"):
         plot_plan(Plan(), 100, tmp_path / "x.png", components="embedding")
@@ -809,7 +809,8 @@ def test_fuzz_counts_are_reported():
 
 
 def test_data_errors_name_the_keys_to_set(tmp_path):
-    from rlrs.data import DataError, _read_jsonl, val_batches
+    from rlrs.data import DataError, val_batches
+    from rlrs.data.corpora import _read_jsonl
 
     jl = tmp_path / "docs.jsonl"
     jl.write_text('{"body": "some text"}\n')
@@ -820,7 +821,7 @@ def test_data_errors_name_the_keys_to_set(tmp_path):
 
 
 def test_transfer_reports_tokens_it_knows_and_says_when_it_does_not():
-    from rlrs.transfer import _fmt_tokens
+    from rlrs.experiments.transfer import _fmt_tokens
 
     assert (_fmt_tokens(None), _fmt_tokens(0), _fmt_tokens(1_234_567), _fmt_tokens(2_500_000_000)) == (
         "not reported", "0", "1.23M", "2.50B")

@@ -7,7 +7,8 @@ import pytest
 from rlrs import presets
 from rlrs.config import ConfigError
 from rlrs.plan import Plan
-from rlrs.transfer import ablate, transfer, uniform_like
+from rlrs.experiments.ablate import ablate
+from rlrs.experiments.transfer import transfer, uniform_like
 
 
 def test_uniform_like_changes_only_the_lambdas():

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from rlrs.config import ConfigError
-from rlrs.widths import VARIANTS, WidthPoint, WidthSeries, ladder_position, variant_sets, width_transfer
+from rlrs.experiments.width_transfer import VARIANTS, WidthPoint, WidthSeries, ladder_position, variant_sets, width_transfer
 
 
 def test_each_variant_sets_what_it_names():

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlrs import strategies as S
+from rlrs.zoo import strategies as S
 from rlrs.config import ConfigError
-from rlrs.dals import DALS, depth_fractions
+from rlrs.zoo.dals import DALS, depth_fractions
 from rlrs.engine import execute, run_dir
-from rlrs.tasks import TaskRun
-from rlrs.tasks import MLP, TASKS, classifier_rules, digits, gauss_mixture
-from rlrs.zoo import listing, run_zoo
+from rlrs.zoo.tasks import TaskRun
+from rlrs.zoo.tasks import MLP, TASKS, classifier_rules, digits, gauss_mixture
+from rlrs.experiments.zoo import listing, run_zoo
 
 pytest.importorskip("pytorch_optimizer")
 RULES = classifier_rules(3)  # the MLP: layers.0 (input), layers.1, layers.2 (head)
@@ -383,7 +383,7 @@ def test_zoo_cli_list_and_errors(capsys):
 
 
 def test_the_lm_task_is_the_ladder_s_smallest_rung_at_its_horizon():
-    from rlrs.tasks import loss_and_hits
+    from rlrs.zoo.tasks import loss_and_hits
     from rlrs.train import run_config, total_steps
 
     t = TASKS["lm"]
@@ -441,7 +441,7 @@ def test_bad_strategy_options_name_the_option():
 
 
 def test_ranks_put_cells_with_a_lost_seed_after_complete_ones():
-    from rlrs.zoo import Cell, ZooResult, ranks, report
+    from rlrs.experiments.zoo import Cell, ZooResult, ranks, report
 
     def cell(name, acc, finished, diverged=0):
         return Cell(name, "gauss", 3, finished, diverged, 0, acc, None if finished < 2 else 0.01, 0.5, 0.1, 0.9,
@@ -457,7 +457,7 @@ def test_ranks_put_cells_with_a_lost_seed_after_complete_ones():
 
 
 def test_a_run_whose_last_update_breaks_the_weights_is_diverged(tmp_path, monkeypatch):
-    from rlrs import tasks
+    from rlrs.zoo import tasks
 
     real = tasks.evaluate
     calls = []
@@ -500,7 +500,7 @@ def test_a_fine_tuning_strategy_is_not_applicable_to_a_task_without_an_encoder(t
 
 def _result(out, task, accs):
     """A hand-made zoo result on one task: each strategy's final accuracy, 3 seeds."""
-    from rlrs.zoo import Cell, ZooResult
+    from rlrs.experiments.zoo import Cell, ZooResult
 
     target = TASKS[task].target
     cells = [Cell(s, task, 3, 3, 0, 0, a, 0.01, 0.3, 0.02, target, 3, 40.0, 2.0, 9.0, runs=[f"/gone/{s}"],
@@ -509,7 +509,7 @@ def _result(out, task, accs):
 
 
 def test_a_results_json_reads_back_into_the_same_result(tmp_path):
-    from rlrs.zoo import load_results, write_outputs
+    from rlrs.experiments.zoo import load_results, write_outputs
 
     res = _result(tmp_path, "gauss", {"adamw": 0.9, "dals": 0.95})
     write_outputs(res)
@@ -519,7 +519,7 @@ def test_a_results_json_reads_back_into_the_same_result(tmp_path):
 
 def test_merge_puts_tasks_of_separate_zoo_runs_in_one_table(tmp_path):
     from rlrs.cli import main
-    from rlrs.zoo import load_results, write_outputs
+    from rlrs.experiments.zoo import load_results, write_outputs
 
     write_outputs(_result(tmp_path / "a", "gauss", {"adamw": 0.90, "dals": 0.95}))
     write_outputs(_result(tmp_path / "b", "gcide-pos", {"adamw": 0.91, "dals": 0.85, "full-ft": 0.93}))
@@ -537,7 +537,7 @@ def test_merge_puts_tasks_of_separate_zoo_runs_in_one_table(tmp_path):
 
 def test_merge_refuses_what_would_mix_or_misreport(tmp_path, capsys):
     from rlrs.cli import main
-    from rlrs.zoo import load_results, merge_results
+    from rlrs.experiments.zoo import load_results, merge_results
 
     g = _result(tmp_path / "a", "gauss", {"adamw": 0.9})
     with pytest.raises(ConfigError, match="task gauss is in both"):

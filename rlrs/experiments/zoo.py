@@ -6,7 +6,7 @@ the DALS paper, arXiv 2604.27295, with error bars).
 
 or from Python::
 
-    >>> from rlrs.zoo import parse_names
+    >>> from rlrs.experiments.zoo import parse_names
     >>> parse_names("adamw,dals", {"adamw": 1, "dals": 2, "sgdr": 3}, "strategies")
     ['adamw', 'dals']
 
@@ -28,16 +28,16 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from . import config as _config
-from . import files
-from .analysis import first_reaching
-from .config import ConfigError
-from .engine import Job, eval_curve, reusable, run_all, run_dir
-from .options import (add_executor_args, add_out_arg, add_renamed, add_seeds_arg, add_workers_arg, check_workers,
-                      default_of, executor_from_args)
-from .plots import _save
-from .strategies import GENERATIONS, STRATEGIES
-from .tasks import TASKS, TaskRun
+from .. import config as _config
+from .. import files
+from ..analysis import first_reaching
+from ..config import ConfigError
+from ..engine import Job, eval_curve, reusable, run_all, run_dir
+from ..options import (add_executor_args, add_out_arg, add_renamed, add_seeds_arg, add_workers_arg, check_workers,
+                       default_of, executor_from_args)
+from ..plots import _save
+from ..zoo.strategies import GENERATIONS, STRATEGIES
+from ..zoo.tasks import TASKS, TaskRun
 
 
 def parse_names(text: str, valid: Mapping[str, object], what: str) -> list[str]:

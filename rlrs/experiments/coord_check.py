@@ -4,7 +4,7 @@
 
 or from Python::
 
-    >>> from rlrs.coordcheck import coord_check
+    >>> from rlrs.experiments.coord_check import coord_check
     >>> res = coord_check("tiny-dense", [32, 64, 128], parametrization="mup", base_width=32, steps=3)  # doctest: +SKIP
     >>> res.slope("logits", step=3)                                                                  # doctest: +SKIP
 
@@ -28,11 +28,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .config import ConfigError
-from .models import Transformer, build_model, get_size, width_factors
-from .optim import RelativeLR, param_groups
-from .plan import Plan
-from .presets import resolve
+from ..config import ConfigError
+from ..models import Transformer, build_model, get_size, width_factors
+from ..optim import RelativeLR, param_groups
+from ..plan import Plan
+from ..presets import resolve
 
 LAYERS = ("embedding", "attention", "feedforward", "logits")
 
@@ -150,7 +150,7 @@ def _one(cfg, plan: Plan, steps: int, seed: int, batch_size: int) -> dict[str, l
 
 def plot(res: CoordCheck, path: str | Path) -> Path:
     """One panel per layer: RMS against width (log-log), one line per step."""
-    from .plots import _plt, _save
+    from ..plots import _plt, _save
 
     plt = _plt()
     fig, axes = plt.subplots(1, len(LAYERS), figsize=(4 * len(LAYERS), 3.5))

@@ -7,7 +7,7 @@ shape in time, the factor by depth, the factor by component), and the wrappers a
 :class:`~rlrs.optim.RelativeLR` for a model, so every strategy's LR goes through ``Plan.lr``::
 
     >>> import torch
-    >>> from rlrs.strategies import STRATEGIES, build
+    >>> from rlrs.zoo.strategies import STRATEGIES, build
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     >>> s = STRATEGIES["cosine-sgd"]
     >>> s.generation, s.optimizer, s.plan.feedforward.shape
@@ -19,12 +19,12 @@ shape in time, the factor by depth, the factor by component), and the wrappers a
 Optimizers come from ``torch.optim`` (SGD, Adam, AdamW, RAdam) and the maintained
 ``pytorch_optimizer`` package (AdaBound, LARS, Lion, Lookahead, SAM, the Grokfast filter; the
 ``zoo`` extra); written here from the papers is only what no library has: DALS
-(:mod:`rlrs.dals`), the slanted triangular shape (``Plan.warmup_from``), SGDR as a schedule
+(:mod:`rlrs.zoo.dals`), the slanted triangular shape (``Plan.warmup_from``), SGDR as a schedule
 (``shape = "sgdr"``) and depth factors (:class:`rlrs.factors.DepthDecay`).
 
 A model's components decide which λ each tensor follows; a task's classifier maps its input
 layer to ``embedding``, its output layer to ``unembedding`` and the rest to ``feedforward``
-(:mod:`rlrs.tasks`), so RLRS's λ (found for language models) apply by analogy there.
+(:mod:`rlrs.zoo.tasks`), so RLRS's λ (found for language models) apply by analogy there.
 """
 
 from __future__ import annotations
@@ -39,14 +39,14 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from . import config as _config
-from . import presets
-from .components import COMPONENTS, Rule
-from .config import ConfigError
+from .. import config as _config
+from .. import presets
+from ..components import COMPONENTS, Rule
+from ..config import ConfigError
 from .dals import DALS, depth_fractions
-from .optim import RelativeLR, param_groups
-from .factors import DepthDecay, LoraPlus
-from .plan import ComponentPlan, Plan
+from ..optim import RelativeLR, param_groups
+from ..factors import DepthDecay, LoraPlus
+from ..plan import ComponentPlan, Plan
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "radam", "adabound", "lars", "lion", "dals")
 GENERATIONS = {

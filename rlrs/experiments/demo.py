@@ -4,13 +4,13 @@ MoE plan (Ludziejewski et al., 2025, arXiv 2507.03526, table 4) on ``ladder-xs-m
 non-embedding parameters, 8 experts, trained to 20 tokens per parameter as in the paper), one
 seed, the loss at every 2% of training.
 
-    >>> from rlrs.demo import demo
+    >>> from rlrs.experiments.demo import demo
     >>> res = demo("runs/demo")                 # doctest: +SKIP
     >>> res.tuned, res.compare.lines()[0]       # doctest: +SKIP
     (True, "paper-moe: speed-up +33.5%: reaches the baseline's final eval loss 3.6336 at step 245 ...")
 
 or ``rlrs demo``. While the runs train it prints both eval losses at every 10% of training; then
-the speed-up (appendix A's metric, :mod:`rlrs.compare`), ``loss.png`` (the speed-up figure) and
+the speed-up (appendix A's metric, :mod:`rlrs.experiments.compare`), ``loss.png`` (the speed-up figure) and
 the rest of compare's report in ``out``.
 
 **Honest η_base.** The paper tunes η_base separately for each plan, and so does the demo: on its
@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from . import compare as _compare
-from . import reporting
-from .config import ConfigError
-from .files import atomic_write_text
-from .runlog import read_log
+from . import lr_grid as _lr_grid
+from .report import plot_speedup
+from ..config import ConfigError
+from ..files import atomic_write_text
+from ..runlog import read_log
 
 PRESET = "ladder-xs-moe"
 PLANS = ("uniform-moe", "paper-moe")
@@ -95,12 +96,12 @@ def stored_tuning(preset: str, steps: int | None, sets: Mapping[str, Any]) -> Tu
 
 
 def _default_steps(preset: str) -> int:
-    from .train import run_config, total_steps
+    from ..train import run_config, total_steps
 
     return total_steps(run_config(preset))
 
 
-def grid_tuning(grid: _compare.GridResult) -> Tuning:
+def grid_tuning(grid: _lr_grid.GridResult) -> Tuning:
     """Each arm at the best η_base of ``grid``; untuned where an arm's best sits at an edge of
     its grid or every value diverged."""
     bad = [f"{arm}: every value diverged" for arm in grid.arms if arm not in grid.best]
@@ -137,7 +138,7 @@ def demo(
     t0 = time.perf_counter()
     if tune:
         log(f"rlrs demo: tuning η_base first: rlrs lr-grid on {preset} ({', '.join(PLANS)}), several minutes")
-        grid = _compare.lr_grid(preset, PLANS, out, points=3, sets=sets, workers=workers, log=log, executor=executor)
+        grid = _lr_grid.lr_grid(preset, PLANS, out, points=3, sets=sets, workers=workers, log=log, executor=executor)
         tuning = grid_tuning(grid)
     else:
         tuning = stored_tuning(preset, steps, {k: v for k, v in sets.items() if k != "train.steps"})
@@ -151,7 +152,7 @@ def demo(
     finally:
         if watch is not None:
             watch.stop()
-    figure = reporting.plot_speedup(res, out / "loss.png", note=tuning.note)
+    figure = plot_speedup(res, out / "loss.png", note=tuning.note)
     report = out / "report.md"
     if report.exists():
         atomic_write_text(report, f"**rlrs demo**: one seed; {tuning.note}.\n\n" + report.read_text())
@@ -161,8 +162,8 @@ def demo(
 def _prepare_data(preset: str, sets: Mapping[str, Any]) -> int:
     """Tokenize the corpus once here (two runs starting at once on a fresh cache would each build
     it); returns the runs' length in steps."""
-    from . import data
-    from .train import run_config, total_steps
+    from .. import data
+    from ..train import run_config, total_steps
 
     cfg = run_config(preset, None, sets=sets)
     data.prepare(cfg.data)
@@ -222,8 +223,8 @@ class _Watch:
 
 def add_commands(sub) -> None:
     """Register ``rlrs demo``."""
-    from .options import (add_executor_args, add_no_progress_arg, add_out_arg, add_set_arg, add_steps_arg,
-                          add_workers_arg, default_of)
+    from ..options import (add_executor_args, add_no_progress_arg, add_out_arg, add_set_arg, add_steps_arg,
+                           add_workers_arg, default_of)
 
     p = sub.add_parser(
         "demo", help=f"the first three minutes: {PLANS[0]} against {PLANS[1]} on {PRESET}, the speed-up and its plot",
@@ -245,8 +246,8 @@ def add_commands(sub) -> None:
 
 
 def cmd_demo(args) -> int:
-    from .engine import reason_line
-    from .options import executor_from_args, parse_sets
+    from ..engine import reason_line
+    from ..options import executor_from_args, parse_sets
 
     out = Path(args.out)
     t0 = time.perf_counter()

@@ -1,6 +1,7 @@
 """How much faster does a model train with relative schedules? The paper's answer (appendix A).
 
-    >>> from rlrs.compare import compare, lr_grid, load_grid
+    >>> from rlrs.experiments.compare import compare
+    >>> from rlrs.experiments.lr_grid import lr_grid
     >>> grid = lr_grid("micro-moe", ["uniform-moe", "paper-moe"], out="runs/bench")  # doctest: +SKIP
     >>> res = compare("micro-moe", ["uniform-moe", "paper-moe"], seeds=3, out="runs/bench",
     ...               base_lrs=grid.best)                                             # doctest: +SKIP
@@ -50,162 +51,21 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from . import config as _config
-from . import files
-from . import reporting
-from .analysis import (Difference, Interval, RouterCurve, RouterHealth, RunLogs, Spike, SpeedUp, UpdateCurves,
-                       bootstrap_speedup, detect_spikes,
-                       mean_curve, mean_router, mean_updates, paired_difference, read_run, router_health, speedup)
-from .config import ConfigError
-from .engine import (Job, PresetRun, RunResult, RunSpec, reason_line, run_all,
-                     run_dir)
-from .options import (add_executor_args, add_grid_args, add_out_arg, add_plans_arg, add_seeds_arg, add_target_args,
-                      add_workers_arg, check_workers, command_line, default_of, executor_from_args, parse_grid,
-                      parse_plans, sets_from_args, target_from_args)
-from .plan import Plan
-from .targets import CommandTarget, PresetTarget, Target
-from .train import RunConfig
+from .. import config as _config
+from .. import files
+from . import report
+from ..analysis import (Difference, Interval, RouterCurve, RunLogs, SpeedUp, UpdateCurves, bootstrap_speedup,
+                        detect_spikes, mean_curve, mean_router, mean_updates, paired_difference, router_health, speedup)
+from .arms import (ArmRun, RunInfo, arm_name, arm_run, arms_of, check_common, common_args, default_out,
+                   describe_target, execute_runs, extra_args, prepare_args, python_call, target_of)
+from ..config import ConfigError
+from ..engine import reason_line
+from .lr_grid import load_grid
+from ..options import add_seeds_arg, command_line, default_of, executor_from_args
+from ..plan import Plan
+from ..targets import CommandTarget, Target
 
 METRICS = ("eval", "train")
-RESERVED_SETS = ("train.seed", "train.data_seed")
-MAX_POINTS = 15  # a default η_base grid spans at most five decades of the {1, 2, 5} ladder
-
-
-# --- small parsers (CLI and API share them) -------------------------------------------------------
-
-
-def arm_name(spec: str) -> str:
-    """An arm's name: the named plan's name, or a plan file's stem (``plans/mine.toml`` → ``mine``)."""
-    return Path(spec).stem if spec.endswith((".toml", ".json")) else spec
-
-
-def ladder_next(value: float, direction: int) -> float:
-    """The next value of the paper's {1, 2, 5}×10⁻ⁿ ladder above (``direction=1``) or below
-    (``-1``) ``value``.
-
-    >>> ladder_next(2e-3, 1), ladder_next(1e-3, -1), ladder_next(3e-3, 1)
-    (0.005, 0.0005, 0.005)
-    """
-    exp = math.floor(math.log10(value))
-    ladder = [float(f"{m}e{e}") for e in range(exp - 1, exp + 2) for m in (1, 2, 5)]
-    if direction > 0:
-        return min(v for v in ladder if v > value * (1 + 1e-9))
-    return max(v for v in ladder if v < value * (1 - 1e-9))
-
-
-def grid_around(base_lr: float, n: int = 5) -> list[float]:
-    """``n`` values of the paper's {1, 2, 5}×10⁻ⁿ ladder centred on the one nearest ``base_lr``.
-
-    >>> grid_around(3e-3)
-    [0.0005, 0.001, 0.002, 0.005, 0.01]
-    """
-    if not (math.isfinite(base_lr) and base_lr > 0):
-        raise ConfigError(f"base_lr: must be a finite number > 0, got {base_lr!r}")
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_POINTS:
-        raise ConfigError(f"points: how many ladder values the default grid has, 1 to {MAX_POINTS} "
-                          f"({MAX_POINTS // 3} decades), got {n!r}")
-    exp = math.floor(math.log10(base_lr))
-    span = n // 3 + 2  # decades either side: enough for n values centred on any of them
-    ladder = [(m, e) for e in range(exp - span, exp + span + 1) for m in (1, 2, 5)]
-    centre = min(range(len(ladder)), key=lambda i: abs(math.log(ladder[i][0] * 10.0**ladder[i][1] / base_lr)))
-    lo = centre - (n - 1) // 2
-    return [float(f"{m}e{e}") for m, e in ladder[lo: lo + n]]
-
-
-# --- one run: how it ended and what its logs say ---------------------------------------------------
-
-
-@dataclass
-class RunInfo:
-    """One (arm, seed) run: where it lives, how it ended, its losses and diagnostics."""
-
-    arm: str
-    seed: int
-    out: Path
-    status: str  # finished | diverged | failed
-    error: str | None = None
-    reused: bool = False
-    final_eval_loss: float | None = None
-    final_train_loss: float | None = None
-    steps: int = 0
-    total_steps: int = 0
-    skipped_steps: int = 0
-    wall_s: float = 0.0
-    # From the run's logs (summarize):
-    final_loss: float | None = None  # on the comparison's metric; None unless finished
-    final_train_1pct: float | None = None  # mean training loss over the last 1% of steps
-    curve_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    curve_loss: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    spikes: list[Spike] = field(default_factory=list)
-    router: RouterHealth | None = None
-    updates: UpdateCurves | None = None
-    router_curve: RouterCurve | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.status == "finished"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The run's entry in ``results.json``."""
-        return {
-            "arm": self.arm, "seed": self.seed, "data_seed": self.seed, "out": str(self.out), "status": self.status,
-            "error": self.error, "reused": self.reused, "final_eval_loss": self.final_eval_loss,
-            "final_train_loss": self.final_train_loss, "steps": self.steps, "total_steps": self.total_steps,
-            "skipped_steps": self.skipped_steps, "wall_s": self.wall_s, "final_loss": self.final_loss,
-            "final_train_1pct": self.final_train_1pct,
-            "curve": {"steps": self.curve_steps, "loss": self.curve_loss},
-            "spikes": [{**dataclasses.asdict(s), "rise": s.rise} for s in self.spikes],
-            "router": None if self.router is None else dataclasses.asdict(self.router),
-            "updates": None if self.updates is None else dataclasses.asdict(self.updates),
-            "router_curve": None if self.router_curve is None else dataclasses.asdict(self.router_curve),
-        }
-
-
-# --- running many runs -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Spec:
-    arm: str
-    seed: int
-    run: RunSpec
-    out: Path
-    label: str  # for progress lines: "paper-moe seed 1", "paper-moe η_base 2e-3 seed 0"
-
-    @property
-    def cfg(self) -> RunConfig | None:
-        """The run config of a preset run; ``None`` for a command (the script owns its config)."""
-        return self.run.cfg if isinstance(self.run, PresetRun) else None
-
-
-def _info(spec: _Spec, r: RunResult) -> RunInfo:
-    return RunInfo(
-        arm=spec.arm, seed=spec.seed, out=spec.out, status=r.status, error=r.error, reused=r.reused,
-        final_eval_loss=r.final_eval_loss, final_train_loss=r.final_train_loss, steps=r.steps,
-        total_steps=r.total_steps or r.steps, skipped_steps=_skipped(spec.out), wall_s=r.wall_s,
-    )
-
-
-def _skipped(out: Path) -> int:
-    try:
-        return int(json.loads((out / "summary.json").read_text()).get("skipped_steps", 0))
-    except (OSError, ValueError, AttributeError):
-        return 0
-
-
-def _execute(specs: Sequence[_Spec], workers: int | None, metric: str = "eval", log: Callable[[str], None] = print,
-             progress: bool = False, executor=None) -> tuple[list[RunInfo], dict[Path, RunLogs]]:
-    """Run every spec on the engine (reusing finished and diverged runs, resuming interrupted
-    ones), then read each run's logs. A run that finished but blew up counts as diverged."""
-    results = run_all([Job(s.run, s.out, label=s.label) for s in specs], workers, log, progress=progress,
-                      executor=executor)
-    infos = [_info(s, r) for s, r in zip(specs, results)]
-    logs = {s.out: read_run(s.out, s.cfg) for s in specs}
-    for info in infos:
-        why = logs[info.out].blowup(metric) if info.finished else None
-        if why is not None:
-            info.status, info.error = "diverged", why
-    return infos, logs
 
 
 # --- compare ----------------------------------------------------------------------------------------
@@ -370,52 +230,6 @@ class CompareResult:
             "arms": arms, "speedups": speedups, "differences": diffs,
         })
 
-
-def _arms(plans: Sequence[str], need: int) -> list[tuple[str, str]]:
-    arms = [(arm_name(p), p) for p in plans]
-    names = [a for a, _ in arms]
-    if len(arms) < need:
-        raise ConfigError(
-            f"plans: {need} needed (the first is the baseline), got {len(arms)}; e.g. --plans uniform-moe,paper-moe"
-            if need > 1 else "plans: give at least one plan"
-        )
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ConfigError(f"plans: {', '.join(dup)} appears twice; each arm needs its own name (plan file stem)")
-    return arms
-
-
-def _check_common(seeds: int, sets: Mapping[str, Any] | None, workers: int | None) -> dict[str, Any]:
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ConfigError(f"seeds: at least 1, got {seeds!r}; e.g. --seeds 3 (the paper's count)")
-    if workers is not None and (not isinstance(workers, int) or workers < 1):
-        raise ConfigError(f"workers: at least 1, got {workers!r}")
-    sets = dict(sets or {})
-    clash = [k for k in RESERVED_SETS if k in sets]
-    if clash:
-        raise ConfigError(
-            f"{clash[0]}: compare and lr-grid set it themselves (seed i uses train.seed = train.data_seed = i); "
-            "choose the number of seeds with --seeds"
-        )
-    return sets
-
-
-def _spec(target: Target, arm: str, plan: str, seed: int, sets, base_lr: float | None, root: Path,
-          label_lr: bool = False) -> _Spec:
-    extra: dict[str, Any] = {} if base_lr is None else {"plan.base_lr": base_lr}
-    run = target.spec(plan, seed, {**sets, **extra})
-    label = f"{arm} η_base {run.plan.base_lr:g} seed {seed}" if label_lr else f"{arm} seed {seed}"
-    return _Spec(arm, seed, run, run_dir(root, run), label)
-
-
-def _target(target: str | Target, config_file: str | Path | None) -> Target:
-    if isinstance(target, str):
-        return PresetTarget(target, None if config_file is None else str(config_file))
-    if config_file is not None:
-        raise ConfigError("config_file: give it inside the PresetTarget (a command's script owns its config)")
-    return target
-
-
 def compare(
     target: str | Target,
     plans: Sequence[str],
@@ -444,26 +258,26 @@ def compare(
     Slurm cluster) runs the runs instead of a local pool of ``workers``.
     """
     t0 = time.perf_counter()
-    target = _target(target, config_file)
+    target = target_of(target, config_file)
     preset = target.name
     if metric not in METRICS:
         raise ConfigError(f"metric: {metric!r} is unknown; {_config.closest(metric, METRICS)}")
     if metric == "train" and isinstance(target, CommandTarget):
         raise ConfigError("metric: 'train' needs rlrs's own training log; a --command reports eval losses only, use --metric eval")
-    arms = _arms(plans, need=2)
-    sets = _check_common(seeds, sets, workers)
+    arms = arms_of(plans, need=2)
+    sets = check_common(seeds, sets, workers)
     lrs = _check_base_lrs(base_lrs, [a for a, _ in arms])
     out = default_out("compare", target) if out is None else Path(out)
     specs = _compare_specs(target, arms, seeds, sets, lrs, out)
     length = specs[0].run.total_steps
     log(f"rlrs compare: {preset}, plans {', '.join(a for a, _ in arms)} (baseline {arms[0][0]}), "
         f"{seeds} seed{'s' * (seeds > 1)}, {length or 'its own number of'} steps per run -> {out}")
-    infos, logs = _execute(specs, workers, metric, log, progress, executor)
+    infos, logs = execute_runs(specs, workers, metric, log, progress, executor)
     plan_of = {s.arm: s.run.plan for s in specs}
     cfg0 = specs[0].cfg
     res = CompareResult(
-        out=out, preset=preset, target=_describe_target(target),
-        command=command or _python_call("compare", preset=preset, plans=list(plans), seeds=seeds, out=str(out),
+        out=out, preset=preset, target=describe_target(target),
+        command=command or python_call("compare", "compare", preset=preset, plans=list(plans), seeds=seeds, out=str(out),
                                         sets=sets or None, base_lrs=dict(base_lrs or {}) or None, metric=metric),
         metric=metric, seeds=seeds, total_steps=length or max((i.total_steps for i in infos), default=0),
         eval_interval=cfg0.train.eval_interval if cfg0 else None, sets=sets,
@@ -476,14 +290,14 @@ def compare(
     results_path = out / "results.json"
     files.write_json(results_path, res.to_dict())
     series = {(i.arm, i.seed): (logs[i.out].train_steps, logs[i.out].train_loss) for i in infos}
-    res.files = [results_path, *reporting.write_compare(res, series)]
+    res.files = [results_path, *report.write_compare(res, series)]
     return res
 
 
 def _compare_specs(target: Target, arms: Sequence[tuple[str, str]], seeds: int, sets, lrs: Mapping[str, float],
-                   out: Path) -> list[_Spec]:
+                   out: Path) -> list[ArmRun]:
     # Seed-major: an interrupted compare leaves complete pairs behind.
-    return [_spec(target, arm, plan, seed, sets, lrs.get(arm), out / "runs")
+    return [arm_run(target, arm, plan, seed, sets, lrs.get(arm), out / "runs")
             for seed in range(seeds) for arm, plan in arms]
 
 
@@ -502,17 +316,10 @@ def run_dirs(
     >>> run_dirs("micro-moe", ["uniform-moe", "paper-moe"], 1, "runs/demo")[("paper-moe", 0)]  # doctest: +SKIP
     PosixPath('runs/demo/runs/paper-moe-...')
     """
-    target = _target(target, None)
-    lrs = _check_base_lrs(base_lrs, [a for a, _ in _arms(plans, need=2)])
-    specs = _compare_specs(target, _arms(plans, need=2), seeds, _check_common(seeds, sets, None), lrs, Path(out))
+    target = target_of(target, None)
+    lrs = _check_base_lrs(base_lrs, [a for a, _ in arms_of(plans, need=2)])
+    specs = _compare_specs(target, arms_of(plans, need=2), seeds, check_common(seeds, sets, None), lrs, Path(out))
     return {(s.arm, s.seed): s.out for s in specs}
-
-
-def _describe_target(target: Target) -> dict[str, Any]:
-    if isinstance(target, CommandTarget):
-        return {"command": target.command, "steps": target.steps, "cwd": str(Path(target.cwd).resolve())}
-    return {"preset": target.preset, "config_file": target.config_file}
-
 
 def _check_base_lrs(base_lrs: Mapping[str, float] | None, arms: Sequence[str]) -> dict[str, float]:
     lrs = dict(base_lrs or {})
@@ -522,12 +329,6 @@ def _check_base_lrs(base_lrs: Mapping[str, float] | None, arms: Sequence[str]) -
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
             raise ConfigError(f"base_lrs[{arm!r}]: η_base must be a finite number > 0, got {lr!r}")
     return {a: float(v) for a, v in lrs.items()}
-
-
-def _python_call(fn: str, **kwargs) -> str:
-    args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if v is not None)
-    return f"rlrs.compare.{fn}({args})"
-
 
 def summarize(
     plans: Mapping[str, Plan],
@@ -626,234 +427,18 @@ def _speedup_text(arm: ArmResult, base: str, n_base: int, seeds: int, metric: st
     slower = " (slower than the baseline)" if sp.percent < 0 else ""
     return f"{name}: speed-up {sp.percent:+.1f}%{slower}: {where}"
 
-
-# --- lr-grid ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class GridPoint:
-    """One η_base of one arm: its runs (one per seed) and their mean final eval loss."""
-
-    base_lr: float
-    runs: list[RunInfo]
-
-    @property
-    def finished(self) -> list[float]:
-        return [r.final_eval_loss for r in self.runs if r.finished]
-
-    @property
-    def status(self) -> str:
-        """``finished`` when every seed finished, else the first other run's status."""
-        return next((r.status for r in self.runs if not r.finished), "finished")
-
-    @property
-    def mean(self) -> float | None:
-        return float(np.mean(self.finished)) if self.finished else None
-
-    @property
-    def std(self) -> float | None:
-        fin = self.finished
-        return float(np.std(fin, ddof=1)) if len(fin) > 1 else 0.0 if fin else None
-
-
-@dataclass
-class GridArm:
-    """One arm's grid: every point, the best η_base among points where every seed finished, and
-    whether the best lies at the grid's low or high end (then the optimum may lie beyond)."""
-
-    name: str
-    points: list[GridPoint]
-
-    @property
-    def best_point(self) -> GridPoint | None:
-        ok = [p for p in self.points if p.status == "finished"]
-        return min(ok, key=lambda p: p.mean) if ok else None
-
-    @property
-    def best(self) -> float | None:
-        b = self.best_point
-        return None if b is None else b.base_lr
-
-    @property
-    def best_loss(self) -> float | None:
-        b = self.best_point
-        return None if b is None else b.mean
-
-    @property
-    def edge(self) -> str | None:
-        b = self.best
-        if b is None or len(self.points) < 2:
-            return None
-        return "low" if b == self.points[0].base_lr else "high" if b == self.points[-1].base_lr else None
-
-
-@dataclass
-class GridResult:
-    """What :func:`lr_grid` found; ``to_dict()`` is what ``grid.json`` holds."""
-
-    out: Path
-    preset: str
-    target: dict[str, Any]
-    command: str
-    seeds: int
-    plans: dict[str, str]  # arm -> named plan or plan file
-    arms: dict[str, GridArm]
-    wall_s: float = 0.0
-    files: list[Path] = field(default_factory=list)
-
-    @property
-    def best(self) -> dict[str, float]:
-        """The best η_base per arm (arms where every value diverged are left out)."""
-        return {a.name: a.best for a in self.arms.values() if a.best is not None}
-
-    @property
-    def edge(self) -> dict[str, str | None]:
-        return {a.name: a.edge for a in self.arms.values()}
-
-    def to_dict(self) -> dict[str, Any]:
-        arms = {}
-        for a in self.arms.values():
-            points = [{"base_lr": p.base_lr, "status": p.status, "mean": p.mean, "std": p.std,
-                       "n_finished": len(p.finished),
-                       "runs": [{"seed": r.seed, "status": r.status, "final_eval_loss": r.final_eval_loss,
-                                 "error": r.error, "out": str(r.out), "reused": r.reused, "wall_s": r.wall_s}
-                                for r in p.runs]}
-                      for p in a.points]
-            arms[a.name] = {"points": points, "best": a.best, "best_loss": a.best_loss, "edge": a.edge}
-        return _config.json_safe({"preset": self.preset, "target": self.target, "seeds": self.seeds, "metric": "eval",
-                       "plans": self.plans, "arms": arms, "best": self.best, "command": self.command,
-                       "wall_s": self.wall_s})
-
-
-def lr_grid(
-    target: str | Target,
-    plans: Sequence[str],
-    out: str | Path,
-    *,
-    grid: Sequence[float] | None = None,
-    seeds: int = 1,
-    sets: Mapping[str, Any] | None = None,
-    workers: int | None = None,
-    config_file: str | Path | None = None,
-    command: str | None = None,
-    extend: int = 3,
-    points: int = 5,
-    include: Mapping[str, float] | None = None,
-    log: Callable[[str], None] = print,
-    progress: bool = False,
-    executor=None,
-) -> GridResult:
-    """The η_base search of appendix A, separately for each plan: train each plan at each grid
-    value (default: ``points`` values of the {1, 2, 5}×10⁻ⁿ ladder around the plan's η_base) and
-    pick the lowest final eval loss. Writes ``grid.json``, ``grid.md`` and ``lr_grid.png`` (figure 3).
-
-    A best value at the grid's low or high end says nothing about the optimum, so the grid grows
-    by the next ladder value beyond that end, up to ``extend`` times per arm (0: never), until the
-    best lies inside (a diverged neighbour bounds it too). ``include`` adds one value to an arm's
-    grid (by arm name; width-transfer: the base width's optimum, whose loss it must measure).
-    ``executor`` runs the runs (see :func:`compare`)."""
-    t0 = time.perf_counter()
-    target = _target(target, config_file)
-    preset = target.name
-    arms = _arms(plans, need=1)
-    sets = _check_common(seeds, sets, workers)
-    if grid is not None:
-        for v in grid:
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
-                raise ConfigError(f"grid: {v!r} is not a learning rate > 0; e.g. --grid 1e-3,2e-3,5e-3")
-        grid = sorted({float(v) for v in grid})
-        if not grid:
-            raise ConfigError("grid: give at least one learning rate, e.g. --grid 1e-3,2e-3,5e-3")
-    if isinstance(points, bool) or not isinstance(points, int) or not 1 <= points <= MAX_POINTS:
-        raise ConfigError(f"points: how many ladder values the default grid has, 1 to {MAX_POINTS}, got {points!r}")
-    out = Path(out)
-    values = {arm: list(grid) if grid else grid_around(target.spec(plan, 0, sets).plan.base_lr, points)
-              for arm, plan in arms}
-    for arm, lr in (include or {}).items():
-        if arm not in values:
-            raise ConfigError(f"include: {arm!r} is not an arm of this grid; {_config.closest(arm, list(values))}")
-        values[arm] = sorted({*values[arm], float(lr)})
-    if isinstance(extend, bool) or not isinstance(extend, int) or extend < 0:
-        raise ConfigError(f"extend: how many values a grid may grow by at an edge, an integer >= 0, got {extend!r}")
-    log(f"rlrs lr-grid: {preset}, plans {', '.join(a for a, _ in arms)}, η_base grid "
-        + "; ".join(f"{a}: {', '.join(f'{v:g}' for v in values[a])}" for a, _ in arms)
-        + f", {seeds} seed{'s' * (seeds > 1)} -> {out}")
-    grown = {arm: 0 for arm, _ in arms}
-    while True:
-        # Every round lists every point: the engine reuses the runs earlier rounds trained.
-        specs = [_spec(target, arm, plan, seed, sets, lr, out / "runs", label_lr=True)
-                 for seed in range(seeds) for arm, plan in arms for lr in values[arm]]
-        infos, _ = _execute(specs, workers, "eval", log, progress, executor)
-        lr_of = {s.out: s.run.plan.base_lr for s in specs}
-        grid_arms = {arm: GridArm(arm, [GridPoint(lr, [r for r in infos if r.arm == arm and lr_of[r.out] == lr])
-                                        for lr in values[arm]])
-                     for arm, _ in arms}
-        more = False
-        for arm, a in grid_arms.items():
-            if a.edge is not None and grown[arm] < extend:
-                beyond = ladder_next(values[arm][0 if a.edge == "low" else -1], -1 if a.edge == "low" else 1)
-                values[arm] = sorted({*values[arm], beyond})
-                grown[arm] += 1
-                more = True
-                log(f"rlrs lr-grid: {arm}: best η_base at the {a.edge} edge; adding {beyond:g}")
-        if not more:
-            break
-    res = GridResult(
-        out=out, preset=preset, target=_describe_target(target),
-        command=command or _python_call("lr_grid", preset=preset, plans=list(plans), out=str(out),
-                                        grid=list(grid) if grid else None, seeds=seeds, sets=sets or None),
-        seeds=seeds, plans=dict(arms), arms=grid_arms,
-    )
-    res.wall_s = time.perf_counter() - t0
-    path = out / "grid.json"
-    files.write_json(path, res.to_dict())
-    res.files = [path, *reporting.write_grid(res)]
-    return res
-
-
-def load_grid(path: str | Path) -> dict[str, float]:
-    """The best η_base per arm from an ``lr-grid`` ``grid.json`` (arms where every grid value
-    diverged are left out). ``compare(..., base_lrs=load_grid("runs/bench/grid.json"))``."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "grid.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no grid result here; run `rlrs lr-grid --out DIR` first")
-    try:
-        data = json.loads(path.read_text())
-        best = data["best"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise ConfigError(f"{path}: not a grid.json written by `rlrs lr-grid`") from None
-    return {str(k): float(v) for k, v in best.items() if v is not None}
-
-
-# --- command line -----------------------------------------------------------------------------------
-
-
-def default_out(command: str, target: Target) -> Path:
-    """Where ``command`` (``compare``, ``lr-grid``) writes when no ``out`` is given:
-    ``runs/COMMAND-NAME``, NAME the model size (or ``command`` for a ``--command``)."""
-    return Path(f"runs/{command}-{target.name}")
-
-
-def _common_args(p, command: str) -> None:
-    add_target_args(p)
-    add_plans_arg(p)
-    add_out_arg(p, shown=f"runs/{command}-MODEL, MODEL the model size or `command`; runs go under OUT/runs and "
-                         "are reused")
-    add_workers_arg(p)
-    add_executor_args(p)
+# --- command line ---------------------------------------------------------------------------------
 
 
 def add_commands(sub) -> None:
-    """Register ``rlrs compare`` and ``rlrs lr-grid``."""
+    """Register ``rlrs compare``."""
     p = sub.add_parser(
         "compare", help="the paper's speed-up of relative plans over a baseline, over paired seeds",
         description="Train each plan with each seed (seed i of every arm uses data seed i), then measure "
                     "the paper's speed-up of every plan over the first: (T_base / T_relative - 1) x 100%. "
                     "Trains one of rlrs's model sizes, or your own script with --command. "
                     "Writes results.json, report.md and PNG plots into --out. Exit status 1 if a run crashed.")
-    _common_args(p, "compare")
+    common_args(p, "compare")
     add_seeds_arg(p, default_of(compare, "seeds"))
     p.add_argument("--metric", choices=METRICS, default=default_of(compare, "metric"),
                    help=f"eval: held-out loss; train: training loss (model sizes only) (default: {default_of(compare, 'metric')})")
@@ -861,40 +446,10 @@ def add_commands(sub) -> None:
                    help="take each arm's η_base from an `rlrs lr-grid` grid.json (or its directory)")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser(
-        "lr-grid", help="per-plan η_base search over the paper's {1,2,5}x10^-n grid",
-        description="Train each plan at each η_base of the grid and report the best per plan (the paper tunes "
-                    "η_base separately for the baseline and the relative plan). Trains one of rlrs's model sizes, "
-                    "or your own script with --command. Writes grid.json, grid.md and lr_grid.png into --out "
-                    "(give compare's --out to share runs with it); "
-                    "`rlrs compare --base-lrs-from OUT/grid.json` uses the result.")
-    _common_args(p, "lr-grid")
-    add_grid_args(p, default_of(lr_grid, "extend"))
-    p.add_argument("--points", type=int, default=default_of(lr_grid, "points"),
-                   help=f"size of the default grid around each plan's η_base (default: {default_of(lr_grid, 'points')})")
-    add_seeds_arg(p, default_of(lr_grid, "seeds"))
-    p.set_defaults(func=cmd_lr_grid)
-
-
-def _prepare(args, name: str) -> Target:
-    target = target_from_args(args)
-    args.plans_list = parse_plans(args.plans) if args.plans is not None else target.default_plans()
-    args.out = default_out(name, target) if args.out is None else Path(args.out)
-    args.sets = sets_from_args(args)
-    check_workers(args.workers)
-    if args.seeds < 1:
-        raise ConfigError(f"--seeds: at least 1, got {args.seeds}; e.g. --seeds 3 (the paper's count)")
-    return target
-
-
-def _extra_plans(args) -> list[str]:
-    return ["--plans", ",".join(args.plans_list), "--out", str(args.out)]
-
-
 def cmd_compare(args) -> int:
-    target = _prepare(args, "compare")
+    target = prepare_args(args, "compare")
     base_lrs = None
-    extra = [*_extra_plans(args), "--seeds", str(args.seeds), "--metric", args.metric]
+    extra = [*extra_args(args), "--seeds", str(args.seeds), "--metric", args.metric]
     if args.base_lrs_from:
         base_lrs = load_grid(args.base_lrs_from)
         arms = [arm_name(p) for p in args.plans_list]
@@ -926,25 +481,3 @@ def cmd_compare(args) -> int:
         print(f"{r.arm} seed {r.seed}: {r.status}: {reason_line(r.status, r.error)}")
     print(f"report: {res.out / 'report.md'}  results: {res.out / 'results.json'}")
     return 1 if any(r.status == "failed" for r in res.runs) else 0
-
-
-def cmd_lr_grid(args) -> int:
-    target = _prepare(args, "lr-grid")
-    grid = parse_grid(args.grid) if args.grid is not None else None
-    extra = [*_extra_plans(args), "--seeds", str(args.seeds), "--extend", str(args.extend)] + (
-        ["--grid", args.grid] if args.grid else ["--points", str(args.points)])
-    with executor_from_args(args, args.out / "slurm") as ex:
-        res = lr_grid(target, args.plans_list, args.out, grid=grid, seeds=args.seeds, sets=args.sets,
-                      workers=args.workers, command=command_line("lr-grid", args, extra), extend=args.extend,
-                      points=args.points,
-                      progress=sys.stderr.isatty(), executor=ex)
-    print()
-    for arm in (arm_name(p) for p in args.plans_list):
-        if arm in res.best:
-            note = f" (at the {res.edge[arm]} edge of the grid: the optimum may lie beyond it)" if res.edge[arm] else ""
-            print(f"{arm}: best η_base {res.best[arm]:g}, final eval loss {res.arms[arm].best_loss:.4f}{note}")
-        else:
-            print(f"{arm}: no η_base of the grid finished without diverging; try lower values with --grid")
-    print(f"report: {res.out / 'grid.md'}  grid: {res.out / 'grid.json'}")
-    failed = any(r.status == "failed" for a in res.arms.values() for p in a.points for r in p.runs)
-    return 1 if failed or len(res.best) < len(res.arms) else 0

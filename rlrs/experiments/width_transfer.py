@@ -5,7 +5,7 @@ arXiv 2510.19093; the RLRS paper's appendix D.1)
 
 or from Python::
 
-    >>> from rlrs.widths import VARIANTS, variant_sets
+    >>> from rlrs.experiments.width_transfer import VARIANTS, variant_sets
     >>> sorted(VARIANTS)
     ['mup', 'mup-iwd', 'sp', 'sp-iwd', 'sp-warmup']
     >>> variant_sets("mup-iwd", width=96, base_width=48, iwd=1e-4)["model.parametrization"]
@@ -41,17 +41,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from . import config as _config
-from . import files
-from .analysis import Difference, paired_difference
-from .compare import GridPoint, GridResult, arm_name, lr_grid
-from .config import ConfigError
-from .targets import PresetTarget
-from .models import get_size
-from .options import (add_executor_args, add_grid_args, add_out_arg, add_plans_arg, add_seeds_arg, add_target_args,
-                      add_widths_arg, add_workers_arg, check_workers, default_of, executor_from_args, parse_grid,
-                      parse_widths, sets_from_args, target_from_args)
-from .presets import default_plans
+from .. import config as _config
+from .. import files
+from ..analysis import Difference, paired_difference
+from .arms import arm_name
+from .lr_grid import GridPoint, GridResult, lr_grid
+from ..config import ConfigError
+from ..targets import PresetTarget
+from ..models import get_size
+from ..options import (add_executor_args, add_grid_args, add_out_arg, add_plans_arg, add_seeds_arg, add_target_args,
+                       add_widths_arg, add_workers_arg, check_workers, default_of, executor_from_args, parse_grid,
+                       parse_widths, sets_from_args, target_from_args)
+from ..presets import default_plans
 
 VARIANTS = ("sp", "sp-iwd", "mup", "mup-iwd", "sp-warmup")
 RESERVED = ("model.d_model", "model.parametrization", "model.base_width", "plan.independent_wd",
@@ -295,7 +296,7 @@ def _report(r: WidthTransferResult) -> str:
 
 
 def _plot(r: WidthTransferResult, path: Path) -> Path:
-    from .plots import _plt, _save
+    from ..plots import _plt, _save
 
     plt = _plt()
     fig, axes = plt.subplots(1, len(r.series), figsize=(4 * len(r.series), 3.6), squeeze=False)

@@ -1,16 +1,9 @@
-"""Reuse a small model's relative rates on a larger one (algorithm 1), and ablate a plan.
+"""Which components matter: ablations of a plan (``rlrs ablate``; the paper's table 6 and figure 4).
 
-    >>> from rlrs.transfer import transfer, ablate
-    >>> t = transfer("runs/tune/tuned.toml", "moe-34m", out="runs/transfer")     # doctest: +SKIP
+    >>> from rlrs.experiments.ablate import ablate
     >>> a = ablate("micro-moe", "paper-moe", out="runs/ablate")                  # doctest: +SKIP
 
-**Transfer** keeps every λ of the plan and retunes only η_base on the larger model: it runs
-``lr-grid`` for the baseline and the relative arm on the {1, 2, 5}×10⁻ⁿ grid, then ``compare``
-with each arm at its best η_base, and writes ``transfer.md``: a table 2 style row per arm
-(η_base, tokens, speed-up). The default baseline is the plan itself with every λ set to 1 (same
-λ_base, warmup, weight decay and shapes), so the arms differ only in the relative rates.
-
-**Ablate** answers which components matter. Leave-one-out (the paper's table 6): each component in
+Leave-one-out (the paper's table 6): each component in
 turn is reset to 1 → 1, and the speed-up of the full plan over that ablated plan is reported
 (a large number means the component's relative rates matter). Vary (figure 4): one component's
 λ_start or λ_end is multiplied by each factor (1/5, 2/3, 3/2, 5), the others fixed; the final loss
@@ -26,180 +19,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from . import config as _config
-from . import files
-from . import presets as _presets
-from .compare import CompareResult, arm_name, compare, lr_grid
-from .components import COMPONENTS, component_names
-from .config import ConfigError
-from .analysis import speedup
-from .engine import Job, reason_line, run_all, run_dir
-from .targets import PresetTarget, Target, as_target
-from .models import count_params
-from .options import (add_executor_args, add_grid_args, add_out_arg, add_plan_arg, add_seeds_arg, add_target_args,
-                      add_workers_arg, check_workers, default_of, executor_from_args, parse_floats, parse_grid,
-                      sets_from_args, target_from_args)
-from .plan import ComponentPlan, Plan
-from .train import total_steps
+from .. import config as _config
+from .. import files
+from .. import presets as _presets
+from .compare import compare
+from ..components import component_names
+from ..config import ConfigError
+from ..analysis import speedup
+from ..engine import Job, reason_line, run_all, run_dir
+from ..targets import Target, as_target
+from ..options import (add_executor_args, add_out_arg, add_plan_arg, add_seeds_arg, add_target_args, add_workers_arg,
+                       check_workers, default_of, executor_from_args, parse_floats, sets_from_args, target_from_args)
+from ..plan import ComponentPlan, Plan
+from .transfer import write_plan
 
 FACTORS = (1 / 5, 2 / 3, 3 / 2, 5.0)
 ABLATIONS = ("both", "leave-one-out", "vary")
-
-
-def uniform_like(plan: Plan) -> Plan:
-    """``plan`` with every λ at 1: the baseline that differs from it only in the relative rates."""
-    return dataclasses.replace(plan, **{c: dataclasses.replace(plan.component(c), start=1.0, end=1.0) for c in COMPONENTS})
-
-
-def _write_plan(path: Path, plan: Plan) -> str:
-    plan.save(path)
-    return str(path)
-
-
-# --- transfer -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TransferRow:
-    """One arm on the larger model, as a row of the paper's table 2."""
-
-    type: str  # the larger model: a preset, or "command"
-    lr_type: str  # "baseline" or "relative"
-    arm: str
-    base_lr: float  # the η_base its grid found
-    grid_edge: str | None  # "low"/"high": the best η_base sat at that edge of the grid
-    train_tokens: int | None  # None: a command that did not report tokens
-    final_loss: float | None  # mean over seeds; None: every run diverged or failed
-    speedup_percent: float | None  # relative arm only; None: no speed-up
-    speedup_text: str | None
-
-
-@dataclass
-class TransferResult:
-    """What :func:`transfer` found; ``to_dict()`` is what ``transfer.json`` holds."""
-
-    out: Path
-    preset: str
-    plan: str
-    lambdas: dict[str, tuple[float, float]]  # the source plan's (start, end) per component, kept
-    params: dict[str, int] | None  # the larger preset's parameter counts; None for a command
-    steps: int
-    rows: list[TransferRow]
-    compare: CompareResult
-
-    @property
-    def best_lrs(self) -> dict[str, float]:
-        return {r.arm: r.base_lr for r in self.rows}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"preset": self.preset, "plan": self.plan, "lambdas": {c: list(v) for c, v in self.lambdas.items()},
-                "params": self.params, "steps": self.steps, "table": [dataclasses.asdict(r) for r in self.rows]}
-
-
-def transfer(
-    plan: str | Path,
-    target: str | Target,
-    out: str | Path,
-    *,
-    baseline: str | None = None,
-    grid: Sequence[float] | None = None,
-    grid_seeds: int = 1,
-    extend: int = 3,
-    seeds: int = 3,
-    sets: Mapping[str, Any] | None = None,
-    workers: int | None = None,
-    log: Callable[[str], None] = print,
-    executor=None,
-) -> TransferResult:
-    """Algorithm 1: the plan's λ values on ``target`` (a larger preset, or the larger model's own
-    command), η_base retuned for both arms, then compared. ``executor`` (:mod:`rlrs.executors`)
-    runs the runs instead of a local pool of ``workers``."""
-    out = Path(out)
-    target = as_target(target)
-    preset = target.name
-    rel = _presets.resolve(str(plan))
-    if baseline is None:
-        baseline = _write_plan(out / "plans" / "uniform.toml", uniform_like(rel))
-    plans = [baseline, str(plan)]
-    log(f"rlrs transfer: λ from {arm_name(str(plan))} onto {preset}; η_base searched for both arms")
-    # One --out for the grid and the compare: compare reuses the grid's seed-0 runs.
-    grid_result = lr_grid(target, plans, out, grid=grid, seeds=grid_seeds, sets=sets, workers=workers, extend=extend,
-                          log=log, executor=executor)
-    missing = [arm_name(p) for p in plans if arm_name(p) not in grid_result.best]
-    if missing:
-        raise ConfigError(f"every η_base of the grid diverged for {', '.join(missing)}; try a lower --grid")
-    res = compare(target, plans, seeds=seeds, out=out, sets=sets, base_lrs=grid_result.best, workers=workers, log=log,
-                  executor=executor)
-    if isinstance(target, PresetTarget):
-        cfg = target.spec(rel, 0, sets).cfg
-        steps = total_steps(cfg)
-        tokens: int | None = steps * cfg.train.batch_size * (cfg.train.seq_len or cfg.model.seq_len)
-        params = count_params(cfg.model)
-    else:  # the script's own length and tokens, as its runs reported them
-        done = [r for r in res.runs if r.status == "finished"]
-        steps = target.steps or max((r.total_steps for r in done), default=0)
-        tokens, params = _reported_tokens(res), None
-    rows = [
-        TransferRow(
-            type=preset, lr_type="baseline" if i == 0 else "relative", arm=arm.name,
-            base_lr=grid_result.best[arm.name], grid_edge=grid_result.edge.get(arm.name), train_tokens=tokens,
-            final_loss=None if arm.final_loss is None else arm.final_loss.mean,
-            speedup_percent=None if i == 0 or arm.speedup is None else arm.speedup.percent,
-            speedup_text=None if i == 0 else arm.text,
-        )
-        for i, arm in enumerate(res.arms.values())
-    ]
-    result = TransferResult(out, preset, str(plan), _lambdas(rel), params, steps, rows, res)
-    files.write_json(out / "transfer.json", result.to_dict())
-    files.atomic_write_text(out / "transfer.md", _transfer_md(result))
-    log(f"wrote {out / 'transfer.md'}")
-    return result
-
-
-def _reported_tokens(res: CompareResult) -> int | None:
-    from .engine import read_result
-
-    counts = [r.tokens for info in res.runs if (r := read_result(info.out)) is not None and r.tokens]
-    return max(counts) if counts else None
-
-
-def _lambdas(plan: Plan) -> dict[str, tuple[float, float]]:
-    return {c: (plan.component(c).start, plan.component(c).end) for c in COMPONENTS}
-
-
-def _fmt_tokens(n: int | None) -> str:
-    if n is None:
-        return "not reported"
-    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n:,}"
-
-
-def _transfer_md(t: TransferResult) -> str:
-    p = t.params
-    size = (f"{p['active_non_embedding'] / 1e6:.2f}M active non-embedding parameters ({p['total'] / 1e6:.2f}M in total), "
-            if p else "")
-    lines = [
-        f"# Transfer of {t.plan} to {t.preset}",
-        "",
-        f"{t.preset}: {size}{t.steps} steps. The λ values are kept; η_base is "
-        "searched for each arm on the {1, 2, 5}×10⁻ⁿ grid (`grid.md`), then each arm trains at its best "
-        "η_base (`report.md`).",
-        "",
-        "| Type | LR type | Base LR | Train tokens | Final loss | Speed-up |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in t.rows:
-        sp = "-" if row.lr_type == "baseline" else (
-            "no speed-up" if row.speedup_percent is None else f"{row.speedup_percent:+.1f}%")
-        edge = f" (grid {row.grid_edge} edge)" if row.grid_edge else ""
-        loss = "diverged" if row.final_loss is None else f"{row.final_loss:.4f}"
-        lines.append(f"| {row.type} | {row.lr_type} ({row.arm}) | {row.base_lr:g}{edge} | "
-                     f"{_fmt_tokens(row.train_tokens)} | {loss} | {sp} |")
-    lines += ["", "λ (start → end) kept from the source plan:", ""]
-    lines += [f"- {c}: {s:g} → {e:g}" for c, (s, e) in t.lambdas.items()]
-    return "\n".join(lines) + "\n"
-
-
-# --- ablate ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -297,9 +132,9 @@ def ablate(
 def _leave_one_out(target: Target, base: Plan, comps, out: Path, seeds, sets, workers, log,
                    executor=None) -> list[LeaveOneOut]:
     full = "full"
-    plans = [_write_plan(out / "plans" / f"{full}.toml", base)]
+    plans = [write_plan(out / "plans" / f"{full}.toml", base)]
     for c in comps:
-        plans.append(_write_plan(out / "plans" / f"no-{c}.toml", dataclasses.replace(base, **{c: ComponentPlan(
+        plans.append(write_plan(out / "plans" / f"no-{c}.toml", dataclasses.replace(base, **{c: ComponentPlan(
             weight_decay=base.component(c).weight_decay)})))
     res = compare(target, plans, seeds=seeds, out=out / "leave-one-out", sets=sets, workers=workers, log=log,
                   executor=executor)
@@ -370,7 +205,7 @@ def _ablate_md(a: AblateResult) -> str:
 
 
 def _plot_vary(rows: Sequence[Variant], path: Path, title: str) -> Path:
-    from .plots import COLORS, _plt, _save
+    from ..plots import COLORS, _plt, _save
 
     plt = _plt()
     base = next(r for r in rows if r.component is None)
@@ -401,23 +236,7 @@ def _plot_vary(rows: Sequence[Variant], path: Path, title: str) -> Path:
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("transfer", help="reuse a plan's λ on a larger model: η_base grid for both arms, then compare",
-                       description="Algorithm 1 of the paper: keep every λ of --plan (the small model's plan, e.g. a "
-                                   "tuned.toml), search η_base on the larger model (--model or --command, required) "
-                                   "for the plan and its baseline, then compare them over paired seeds. Writes "
-                                   "grid.json, report.md, transfer.md and runs/ into --out.")
-    add_plan_arg(p, required=True)
-    add_target_args(p)
-    p.add_argument("--baseline", default=None, help="baseline plan (default: the plan with every λ = 1)")
-    add_grid_args(p, default_of(transfer, "extend"))
-    p.add_argument("--grid-seeds", type=int, default=default_of(transfer, "grid_seeds"), metavar="N",
-                   help=f"seeds per η_base grid point (default: {default_of(transfer, 'grid_seeds')})")
-    add_seeds_arg(p, default_of(transfer, "seeds"))
-    add_workers_arg(p)
-    add_executor_args(p)
-    add_out_arg(p, required=True)
-    p.set_defaults(func=cmd_transfer)
-
+    """Register ``rlrs ablate``."""
     p = sub.add_parser("ablate", help="leave-one-out (table 6) and one-λ-varied (figure 4) ablations of a plan",
                        description="Train --plan with one component's λ left at 1 (leave-one-out) or multiplied by "
                                    "each of --factors (vary), per component. Writes ablate.md, ablate.json and runs/ "
@@ -434,17 +253,6 @@ def add_commands(sub) -> None:
     add_executor_args(p)
     add_out_arg(p, required=True)
     p.set_defaults(func=cmd_ablate)
-
-
-def cmd_transfer(args) -> int:
-    check_workers(args.workers)
-    target = target_from_args(args, required=True)
-    with executor_from_args(args, Path(args.out) / "slurm") as ex:
-        transfer(args.plan, target, args.out, baseline=args.baseline, grid=parse_grid(args.grid) if args.grid else None,
-                 grid_seeds=args.grid_seeds, extend=args.extend, seeds=args.seeds, sets=sets_from_args(args),
-                 workers=args.workers, executor=ex)
-    print((Path(args.out) / "transfer.md").read_text())
-    return 0
 
 
 def cmd_ablate(args) -> int:

@@ -1,18 +1,19 @@
-"""``report.md`` and PNG figures for ``rlrs compare`` and ``rlrs lr-grid``, from their results.
+"""``report.md`` and PNG figures for ``rlrs compare``, from its result (``rlrs demo`` draws its
+figure with :func:`plot_speedup`; lr-grid's report is :func:`rlrs.experiments.lr_grid.render`).
 
-    >>> from rlrs.compare import compare
+    >>> from rlrs.experiments.compare import compare
     >>> res = compare("tiny-moe", ["uniform-moe", "paper-moe"], seeds=2, out="runs/c")  # doctest: +SKIP
     >>> [p.name for p in res.files]                                                     # doctest: +SKIP
     ['results.json', 'loss.png', 'train_loss.png', 'lr_uniform-moe.png', ..., 'report.md']
 
-Everything here reads the typed results (:class:`~rlrs.compare.CompareResult`,
-:class:`~rlrs.compare.GridResult`) by attribute; ``results.json`` is written from the same objects.
+Everything here reads the typed result (:class:`~rlrs.experiments.compare.CompareResult`) by
+attribute; ``results.json`` is written from the same object.
 
 The figures: ``loss.png`` (mean ± std over seeds per arm, the speed-up marked: the paper's
 figure 1), ``train_loss.png`` (every run's per-step training loss with loss spikes circled:
 figure 2), ``lr_<arm>.png`` (every component's LR, from ``Plan.lr``), ``updates.png`` (per-component
 update-to-weight ratio), ``router.png`` (MoE: expert-load entropy, largest expert's share, dropped
-tokens) and, for lr-grid, ``lr_grid.png`` (final loss against η_base: figure 3). Only what the runs
+tokens). Only what the runs
 logged is drawn: a ``--command`` script reports eval losses only, so it gets no ``train_loss.png``
 and no ``updates.png``, and its LR figures show the components its plans set (:func:`lr_components`).
 """
@@ -25,14 +26,14 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
-from . import plots
-from .components import COMPONENTS
-from .files import atomic_write_text
-from .engine import read_result, reason_line
-from .plan import ComponentPlan
+from .. import plots
+from ..components import COMPONENTS
+from ..files import atomic_write_text
+from ..engine import read_result, reason_line
+from ..plan import ComponentPlan
 
 if TYPE_CHECKING:  # annotations only: compare imports this module, not the other way round
-    from .compare import ArmResult, CompareResult, GridResult
+    from .compare import ArmResult, CompareResult
 
 
 def _diag_label(arm: ArmResult) -> str:
@@ -44,7 +45,7 @@ def _color(i: int) -> str:
     return f"C{i % 10}"
 
 
-def _arm_colors(arms: Sequence[str]) -> dict[str, str]:
+def arm_colors(arms: Sequence[str]) -> dict[str, str]:
     return {a: _color(i) for i, a in enumerate(arms)}
 
 
@@ -62,7 +63,7 @@ def _where_measured(res: CompareResult) -> str:
     return "at the steps the script reports" if interval is None else f"at every {interval:.0%} of training"
 
 
-def _lr(x: float) -> str:
+def lr_text(x: float) -> str:
     mant, exp = f"{x:.0e}".split("e")  # 0.002 -> 2e-3, the paper's grid notation
     return f"{mant}e{int(exp)}"
 
@@ -75,7 +76,7 @@ def plot_speedup(res: CompareResult, path: str | Path, note: str | None = None) 
     and each arm's T_relative as a dotted one; the right panel zooms on the end of training.
     ``note``: a line under the title (``rlrs demo``: how η_base was chosen)."""
     plt = plots._plt()
-    colors = _arm_colors(list(res.arms))
+    colors = arm_colors(list(res.arms))
     base = res.baseline
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), dpi=120, gridspec_kw={"width_ratios": [1.1, 1]})
     t_base = res.total_steps or 1
@@ -171,7 +172,7 @@ def plot_train_losses(
     detected loss spikes circled."""
     plt = plots._plt()
     arms = list(res.arms)
-    colors = _arm_colors(arms)
+    colors = arm_colors(arms)
     fig, ax = plt.subplots(figsize=(9, 4.4), dpi=120)
     values = []
     for a in arms:
@@ -229,7 +230,7 @@ def plot_updates(res: CompareResult, path: str | Path) -> Path:
     representation change ‖ΔY‖/‖Y‖; dotted, the alignment ratio α_ΔW/α_W between the two."""
     plt = plots._plt()
     arms = list(res.arms)
-    colors = _arm_colors(arms)
+    colors = arm_colors(arms)
     comps = res.components
     ncols = min(3, max(1, len(comps)))
     nrows = max(1, math.ceil(len(comps) / ncols))
@@ -266,7 +267,7 @@ def plot_router(res: CompareResult, path: str | Path) -> Path:
     """MoE router health over training: normalised expert-load entropy (1 = perfectly balanced),
     the largest expert's share of tokens, and the share of token slots dropped for capacity."""
     plt = plots._plt()
-    colors = _arm_colors(list(res.arms))
+    colors = arm_colors(list(res.arms))
     n_exp = next((r.router.n_experts for r in res.runs if r.router is not None), 0)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), dpi=120, sharex=True)
     panels = (("load_entropy", "expert-load entropy (normalised)"), ("max_load", "largest expert's share"),
@@ -289,58 +290,6 @@ def plot_router(res: CompareResult, path: str | Path) -> Path:
     for ax in axes[:2]:
         ax.legend(frameon=False, fontsize=8)
     fig.suptitle(f"{res.preset}: MoE router health (mean over seeds, per 1% of training)", fontsize=11)
-    return plots._save(fig, path)
-
-
-def plot_lr_grid(grid: GridResult, path: str | Path) -> Path:
-    """Figure 3: final eval loss against η_base per arm (log x); the best point starred, a
-    diverged point drawn as ✕ at the top of the axes."""
-    import matplotlib.transforms as mtransforms
-
-    plt = plots._plt()
-    arms = list(grid.arms)
-    colors = _arm_colors(arms)
-    fig, ax = plt.subplots(figsize=(7.5, 4.4), dpi=120)
-    trans = mtransforms.blended_transform_factory(ax.transData, ax.transAxes)
-    any_bad = False
-    for i, a in enumerate(arms):
-        pts = grid.arms[a].points
-        ok = [p for p in pts if p.status == "finished"]
-        if ok:
-            x = [p.base_lr for p in ok]
-            y = [p.mean for p in ok]
-            err = [p.std or 0.0 for p in ok]
-            ax.errorbar(x, y, yerr=err if grid.seeds > 1 else None, color=colors[a], marker="o", ms=5, lw=1.6,
-                        capsize=3, label=a)
-        for p in pts:
-            if p.status != "finished":
-                ax.plot(p.base_lr, 0.96 - 0.05 * i, marker="x", color=colors[a], ms=9, mew=2, transform=trans, clip_on=False)
-                any_bad = True
-        b = grid.arms[a].best
-        if b is not None:
-            ax.plot(b, grid.arms[a].best_loss, marker="*", color=colors[a], ms=16, mec="k", mew=0.6, zorder=5)
-    if any_bad:
-        ax.plot([], [], "x", color="gray", ms=8, mew=2, label="diverged / failed")
-    ax.plot([], [], "*", color="gray", ms=12, mec="k", label="best per arm")
-    ax.set_xscale("log")
-    lrs = sorted({p.base_lr for e in grid.arms.values() for p in e.points})
-    ax.set_xticks(lrs)
-    ax.set_xticklabels([_lr(v) for v in lrs], rotation=30 if len(lrs) > 6 else 0, fontsize=8)
-    ax.minorticks_off()
-    if lrs:
-        ax.set_xlim(lrs[0] / 1.5, lrs[-1] * 1.5)
-    ys = np.asarray([p.mean for e in grid.arms.values() for p in e.points if p.mean is not None], float)
-    ys = ys[np.isfinite(ys)]
-    if ys.size:
-        lo, hi = ys.min(), ys.max()
-        ax.set_ylim(lo - 0.08 * (hi - lo or 1), hi + 0.2 * (hi - lo or 1))
-    ax.set_xlabel("η_base (log scale)")
-    ax.set_ylabel("final eval loss")
-    s = grid.seeds
-    ax.set_title(f"{grid.preset}: final eval loss vs η_base"
-                 + (f" (mean ± std over {s} seeds)" if s > 1 else " (one seed)"))
-    ax.grid(alpha=0.3)
-    ax.legend(frameon=False, fontsize=8)
     return plots._save(fig, path)
 
 
@@ -619,56 +568,3 @@ def _worked_example(res: CompareResult) -> str:
 
 
 # --- lr-grid's report -----------------------------------------------------------------------------
-
-
-def write_grid(grid: GridResult) -> list[Path]:
-    """Write ``lr_grid.png`` and ``grid.md`` of an lr-grid into ``grid.out``."""
-    out = Path(grid.out)
-    png = plot_lr_grid(grid, out / "lr_grid.png")
-    md = out / "grid.md"
-    atomic_write_text(md, grid_markdown(grid))
-    return [png, md]
-
-
-def grid_markdown(grid: GridResult) -> str:
-    s = grid.seeds
-    L = [f"# rlrs lr-grid: {grid.preset}\n", f"`{grid.command}`\n",
-         f"Final eval loss per η_base ({'mean ± std over ' + str(s) + ' seeds' if s > 1 else 'one seed'}); "
-         "the paper tunes η_base separately for the baseline and the relative plan, on the {1, 2, 5}×10⁻ⁿ grid. "
-         f"Wall time {grid.wall_s:.0f} s.\n", "## Best η_base\n"]
-    for e in grid.arms.values():
-        if e.best is None:
-            L.append(f"- **{e.name}**: every grid value diverged or failed; try lower values with `--grid`.")
-            continue
-        note = ""
-        if e.edge:
-            way = "lower" if e.edge == "low" else "higher"
-            note = (f" **At the {e.edge} edge of the grid**: the optimum may be {way}; extend `--grid` "
-                    f"{way} to be sure.")
-        L.append(f"- **{e.name}**: η_base = **{e.best:g}** (final eval loss {e.best_loss:.4f}).{note}")
-    L.append("\nUse it: `rlrs compare ... --base-lrs-from grid.json` (the same `--out` reuses these runs).\n")
-    L.append("## All points\n")
-    lrs = sorted({p.base_lr for e in grid.arms.values() for p in e.points})
-    L.append("| arm | " + " | ".join(f"{v:g}" for v in lrs) + " |")
-    L.append("|---|" + "---|" * len(lrs))
-    for e in grid.arms.values():
-        by = {p.base_lr: p for p in e.points}
-        cells = []
-        for v in lrs:
-            p = by.get(v)
-            if p is None:
-                cells.append("")
-            elif p.status != "finished":
-                n = len(p.finished)
-                cells.append(p.status + (f" ({n}/{len(p.runs)} finished)" if n else ""))
-            else:
-                txt = f"{p.mean:.4f}" + (f" ± {p.std:.4f}" if s > 1 else "")
-                cells.append(f"**{txt}**" if v == e.best else txt)
-        L.append(f"| {e.name} | " + " | ".join(cells) + " |")
-    errors = [(e.name, r) for e in grid.arms.values() for p in e.points for r in p.runs if not r.finished]
-    if errors:
-        L.append("\nRuns that did not finish:\n")
-        for a, r in errors:
-            L.append(f"- {a} seed {r.seed} (`runs/{Path(r.out).name}`): {r.status}: {reason_line(r.status, r.error)}")
-    L.append("\n![final loss vs η_base](lr_grid.png)\n")
-    return "\n".join(L) + "\n"

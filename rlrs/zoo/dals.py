@@ -37,8 +37,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .config import ConfigError
-from .optim import layer_numbers
+from ..config import ConfigError
+from ..optim import layer_numbers
 
 EMA = 0.95  # the loss average's memory
 FAST, SLOW = 0.01, 0.002  # progress thresholds between phases 0/1 and 1/2

@@ -12,7 +12,7 @@ by it (λ_start and λ_end ``× f_c``, clipped to ``f_c ∈ [1/16, 16]``). Two m
   ``probe_steps``, with each component's schedule scaled by 1/4 and by 4; a parabola in log λ
   through the three losses gives the factor.
 
-    >>> from rlrs.auto import auto
+    >>> from rlrs.experiments.auto import auto
     >>> res = auto("micro-moe", method="update-size", out="runs/auto")   # doctest: +SKIP
     >>> res.plan_file                                                     # doctest: +SKIP
     'runs/auto/auto-update-size.toml'
@@ -36,19 +36,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from . import config as _config
-from . import files, presets
-from .components import COMPONENTS
-from .config import ConfigError
-from .engine import CommandRun, Job, RunResult, reason_line, run_all, run_dir
-from .models import get_size
-from .optim import MEASURE_ENV
-from .options import (add_executor_args, add_out_arg, add_plan_arg, add_target_args, add_workers_arg,
+from .. import config as _config
+from .. import files, presets
+from ..components import COMPONENTS
+from ..config import ConfigError
+from ..engine import CommandRun, Job, RunResult, reason_line, run_all, run_dir
+from ..models import get_size
+from ..optim import MEASURE_ENV
+from ..options import (add_executor_args, add_out_arg, add_plan_arg, add_target_args, add_workers_arg,
                       check_workers, command_line, default_of, executor_from_args, sets_from_args,
                       target_from_args)
-from .plan import ComponentPlan, Plan
-from .runlog import read_log
-from .targets import CommandTarget, PresetTarget, Target
+from ..plan import ComponentPlan, Plan
+from ..runlog import read_log
+from ..targets import CommandTarget, PresetTarget, Target
 
 METHODS = ("update-size", "sensitivity")
 LOW, HIGH = 1.0 / 16.0, 16.0  # the range of a derived factor f_c

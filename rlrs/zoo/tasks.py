@@ -1,6 +1,6 @@
 """The zoo's tasks: offline datasets with fixed splits, their models, and the loop that trains one.
 
-    >>> from rlrs.tasks import TASKS
+    >>> from rlrs.zoo.tasks import TASKS
     >>> t = TASKS["gauss"]
     >>> t.target, t.epochs, t.batch_size   # every task is scored by test accuracy
     (0.94, 80, 64)
@@ -13,7 +13,7 @@
   paper uses CIFAR-10, which cannot be fetched here), a stratified 80/20 split fixed by seed, a small
   ConvNet (3 convolutions and a linear head, as in the DALS paper), 50 epochs, batch 64.
 - ``gcide-pos`` and ``shakespeare-genre``: fine-tuning the pretrained MiniLM-L6 encoder
-  (:mod:`rlrs.finetune`; stand-ins for the DALS paper's RTE, TREC-6 and IMDb with DistilBERT), 1
+  (:mod:`rlrs.zoo.finetune`; stand-ins for the DALS paper's RTE, TREC-6 and IMDb with DistilBERT), 1
   epoch, batch 32, inputs cut to 32 tokens, every strategy's η × 0.1 (:attr:`Task.lr_scale`).
 - ``lm``: pretraining ``ladder-xs-dense`` on Shakespeare for its 20-tokens-per-parameter horizon,
   next-token accuracy on held-out plays; every strategy's η × 10 (:attr:`Task.lr_scale`).
@@ -42,13 +42,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import config as _config
-from . import files
-from .config import ConfigError
-from .engine import RunKind
-from .outcome import RunResult, status_of
-from .plan import Plan
-from .runlog import Diverged, EvalRecord, RunLog, TrainRecord, read_log
+from .. import config as _config
+from .. import files
+from ..config import ConfigError
+from ..engine import RunKind
+from ..outcome import RunResult, status_of
+from ..plan import Plan
+from ..runlog import Diverged, EvalRecord, RunLog, TrainRecord, read_log
 from .strategies import Strategy, build
 
 def classifier_rules(n_layers: int) -> tuple[tuple[str, str], ...]:
@@ -200,8 +200,8 @@ LM_EVAL_WINDOWS = 256
 def _lm_split() -> Split:
     """``LM_PRESET``'s data as windows of ``seq_len + 1`` tokens: as many training windows as its
     20-tokens-per-parameter horizon uses (one epoch of them is its run), and held-out windows."""
-    from .data import prepare
-    from .train import run_config, total_steps
+    from ..data import prepare
+    from ..train import run_config, total_steps
 
     cfg = run_config(LM_PRESET)
     data = prepare(cfg.data)
@@ -218,8 +218,8 @@ def _lm_split() -> Split:
 
 
 def _lm_fetch() -> None:
-    from .data import prepare
-    from .train import run_config
+    from ..data import prepare
+    from ..train import run_config
 
     prepare(run_config(LM_PRESET).data)
 
@@ -231,8 +231,8 @@ def _minilm_fetch() -> None:
 
 
 def _lm_model() -> nn.Module:
-    from .models import build_model
-    from .train import run_config
+    from ..models import build_model
+    from ..train import run_config
 
     return build_model(run_config(LM_PRESET).model)
 
@@ -304,7 +304,7 @@ def train_task(task: Task, strategy: Strategy, seed: int, out: str | Path, epoch
     (started afresh: these runs take seconds to minutes, so they restart instead of resuming), and
     say how it ended with its eval curve; a non-finite loss raises :class:`rlrs.runlog.Diverged`.
 
-        >>> train_task(TASKS["gauss"], rlrs.strategies.get("adamw"), 0, "runs/g").status  # doctest: +SKIP
+        >>> train_task(TASKS["gauss"], rlrs.zoo.strategies.get("adamw"), 0, "runs/g").status  # doctest: +SKIP
         'finished'
     """
     out = Path(out)
@@ -360,12 +360,12 @@ def train_task(task: Task, strategy: Strategy, seed: int, out: str | Path, epoch
 
 @dataclass(frozen=True)
 class TaskRun(RunKind):
-    """A strategy-zoo run: ``task`` (a :data:`rlrs.tasks.TASKS` name) trained with ``strategy``
+    """A strategy-zoo run: ``task`` (a :data:`rlrs.zoo.tasks.TASKS` name) trained with ``strategy``
     from ``seed``, for the task's epochs unless ``epochs`` is given. A run of the engine
     (:class:`rlrs.engine.RunKind`): it trains to its end (seconds to minutes) and starts again
     instead of resuming.
 
-        >>> spec = TaskRun("gauss", rlrs.strategies.get("adamw"), seed=0)    # doctest: +SKIP
+        >>> spec = TaskRun("gauss", rlrs.zoo.strategies.get("adamw"), seed=0)    # doctest: +SKIP
         >>> rlrs.engine.execute(spec, rlrs.engine.run_dir("runs", spec)).status  # doctest: +SKIP
         'finished'
     """
