@@ -465,3 +465,17 @@ def test_a_run_of_an_edited_script_is_trained_again_not_reused(tmp_path):
     assert again.eval_steps == list(range(11))  # the old version's reports are gone, not mixed in
     assert "train.py changed since this run started" in (out / "stderr.log").read_text()
     assert execute(spec, out).reused
+
+
+def test_lr_grid_says_runs_failed_not_diverged_when_the_command_crashes(tmp_path, capsys):
+    # A command that cannot start (here: a module it lacks) fails at every η_base: another η_base
+    # cannot help, so lr-grid must not advise lower values as it does for divergence.
+    from rlrs import cli
+
+    broken = f"{PY} -c 'import no_such_module_for_rlrs'"
+    code = cli.main(["lr-grid", "--command", broken, "--steps", "5", "--plans", "uniform-dense", "--grid", "1e-3,2e-3",
+                     "--extend", "0", "--workers", "1", "--out", str(tmp_path / "g")])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "2 of 2 runs failed" in out and "No module named 'no_such_module_for_rlrs'" in out
+    assert "without diverging" not in out

@@ -100,6 +100,18 @@ class GridArm:
         return cls(tuple(points), None if b is None else b.base_lr, None if b is None else b.mean, edge)
 
 
+def no_best_reason(arm: GridArm) -> str:
+    """Why an arm has no best η_base, and what to do: values that diverged call for lower ones;
+    runs that failed (a crash, a missing module) call for a fix that no other η_base brings."""
+    failed = [r for p in arm.points for r in p.runs if r.status == "failed"]
+    if failed:
+        first = reason_line("failed", failed[0].error)
+        n = sum(len(p.runs) for p in arm.points)
+        return (f"no best η_base: {len(failed)} of {n} runs failed (first: {first}); fix that and run the same "
+                "command again (finished runs are reused)")
+    return "no η_base of the grid finished without diverging; try lower values with --grid"
+
+
 @dataclass(frozen=True)
 class GridResult:
     """What :func:`run` found: ``grid.json`` is ``rlrs.config.to_dict`` of it, and
@@ -389,7 +401,7 @@ def cmd_lr_grid(args) -> int:
             note = f" (at the {res.edge[arm]} edge of the grid: the optimum may lie beyond it)" if res.edge[arm] else ""
             print(f"{arm}: best η_base {res.best[arm]:g}, final eval loss {res.arms[arm].best_loss:.4f}{note}")
         else:
-            print(f"{arm}: no η_base of the grid finished without diverging; try lower values with --grid")
+            print(f"{arm}: {no_best_reason(res.arms[arm])}")
     print(f"report: {args.out / 'grid.md'}  grid: {args.out / 'grid.json'}")
     failed = any(r.status == "failed" for a in res.arms.values() for p in a.points for r in p.runs)
     return 1 if failed or len(res.best) < len(res.arms) else 0
