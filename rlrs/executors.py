@@ -49,7 +49,9 @@ from .engine import (LOCK_WAIT_S, Job, Pool, RunEnded, RunResult, _on_ctrl_c, _S
 
 class Executor(Protocol):
     """Runs jobs somewhere. ``workers``: runs at once (``None``: as many as the backend gives).
-    Optionally ``describe(n)``: how ``n`` runs will run, for the engine's log (``"as Slurm jobs"``)."""
+    Optionally ``describe(n)``: how ``n`` runs will run, for the engine's log (``"as Slurm jobs"``).
+    Commands use an executor as a context manager (``with executor_from_args(...) as ex``), so a
+    new one also gives ``__enter__`` (returning itself) and ``__exit__`` (calling ``close``)."""
 
     workers: int | None
 

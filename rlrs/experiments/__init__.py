@@ -2,14 +2,17 @@
 
 - :mod:`~rlrs.experiments.compare` (``rlrs compare``: the paper's speed-up, computed in
   :func:`rlrs.analysis.speedup`), :mod:`~rlrs.experiments.lr_grid` (``rlrs lr-grid``: the η_base
-  search), :mod:`~rlrs.experiments.report` (their markdown and figures),
+  search), :mod:`~rlrs.experiments.arms` (what the two share), :mod:`~rlrs.experiments.report`
+  (compare's markdown and figures; lr-grid's are in ``lr_grid.render``),
 - :mod:`~rlrs.experiments.transfer` (``rlrs transfer``), :mod:`~rlrs.experiments.ablate`
   (``rlrs ablate``), :mod:`~rlrs.experiments.width_transfer` (``rlrs width-transfer``),
 - :mod:`~rlrs.experiments.zoo` (``rlrs zoo``; its tasks and strategies are :mod:`rlrs.zoo`),
 - :mod:`~rlrs.experiments.demo` (``rlrs demo``), :mod:`~rlrs.experiments.coord_check`
-  (``rlrs coord-check``).
+  (``rlrs coord-check``), :mod:`~rlrs.experiments.auto` (``rlrs auto``).
 
-A new experiment is a new module here: ``run(...)`` returning a typed result, ``render(result,
-out)`` writing its report, ``add_commands(subparsers)`` registering its command, listed in
-``rlrs/cli.py``. It describes its runs as specs for :mod:`rlrs.engine` and never trains itself.
+A new experiment is a new module here with lr-grid's shape: ``run(...)`` returning a frozen,
+typed result, ``save``/``load``, ``render(result, out)`` writing its report,
+``add_commands(subparsers)`` registering its command, listed in ``rlrs/cli.py``. It describes its
+runs as specs for :mod:`rlrs.engine` and never trains itself. (The older commands do not all
+have this shape yet; docs/design.md says which.)
 """

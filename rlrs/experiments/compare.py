@@ -16,15 +16,18 @@ or ``rlrs lr-grid --model micro-moe --plans uniform-moe,paper-moe --out runs/ben
 seed ``i`` of every arm starts from the same weights and sees the same batches (the paper's
 "3 specified data seeds"). The loss is measured at every 1% of training. The first plan is the
 baseline: it reaches its final loss ``L`` (mean over its seeds) at ``T_base``; ``T_relative`` is
-the first measuring step at which the relative arm's mean loss is ``<= L``, and::
+the step at which the relative arm's mean loss first gets to ``L``, and::
 
     speed-up = (T_base / T_relative - 1) × 100%
 
-Worked example: the baseline ends at L = 3.70 after T_base = 10,000 steps; the relative arm's
-mean loss is 3.72 at step 6,900 and 3.69 at step 7,000, so T_relative = 7,000 and the speed-up is
-(10000 / 7000 - 1) × 100% = +42.9%. Both arms are read by one rule
-(:func:`rlrs.analysis.speedup`: a monotone fit of each curve, then the first arrival at ``L``),
-so an arm that trains like the baseline measures 0%, also on a noisy or plateaued curve; the
+Worked example, on clean (already monotone) curves: the baseline ends at L = 3.70 after T_base =
+10,000 steps; the relative arm's mean loss is 3.72 at step 6,900 and 3.69 at step 7,000, so
+T_relative = 7,000 and the speed-up is (10000 / 7000 - 1) × 100% = +42.9%. On noisy curves both
+arms are read by one rule (:func:`rlrs.analysis.speedup`): each mean curve is replaced by its
+monotone (non-increasing) fit, whose flat stretches pool noisy measurements into blocks; ``L`` is
+the baseline fit's final level, and an arm arrives at the mean step of the first block at or
+below it (not at the block's first step, which would favour the arm whose noisy tail is pooled).
+So an arm that trains like the baseline measures 0%, also on a noisy or plateaued curve; the
 report gives the bounds one measuring interval allows and says "no measurable difference" when
 they do not share a sign or the interval over seeds covers 0, and flags arms whose runs are
 identical to the baseline's. A relative arm that never gets to ``L`` has *no speed-up* (reported
