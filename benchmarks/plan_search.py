@@ -149,7 +149,9 @@ def rows(bench: Path, t: Target, workers: int = 2) -> list[dict]:
             continue
         runs = _seed_runs(res.arms[w.name])
         seeds = sorted(set(base) & set(runs))
+        grid = _grid_runs(bench / t.name, w.name, t)
         row = {"target": t.name, "way": w.name, "cost_steps": w.cost_steps, "cost_runs": w.cost_steps / t.steps,
+               "grid_runs": grid,
                "base_lr": Plan.load(w.plan).base_lr, "seeds": seeds, "note": w.note,
                "finished": f"{len(runs)}/{len(CONFIRM_SEEDS)}"}
         if len(runs) == len(CONFIRM_SEEDS):
@@ -171,14 +173,26 @@ def rows(bench: Path, t: Target, workers: int = 2) -> list[dict]:
     return out
 
 
+def _grid_runs(d: Path, way: str, t: Target) -> int:
+    """Runs of the η_base grid this way needed: its own grid's (uniform, paper, the automatic
+    plans); none for a search, which searches η_base itself from uniform's tuned value."""
+    path = {"uniform": d / "grid" / "grid.json", "paper": d / "grid" / "grid.json"}.get(
+        way, d / way / "grid" / "grid.json")
+    arm = {"uniform": t.uniform, "paper": t.paper}.get(way, way)
+    if way in SEARCHES or not path.exists():
+        return 0
+    arms = json.loads(path.read_text())["arms"]
+    return sum(len(p["runs"]) for p in arms[arm]["points"])
+
+
 def _fmt(x, spec: str, none: str = "—") -> str:
     return none if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
 
 def table(bench: Path, targets: list[Target]) -> str:
-    lines = ["| target | way | cost: training steps (runs) | η_base | final loss, seeds 1–3 | Δ vs uniform (paired) "
-             "| speed-up vs uniform | 95% interval | gain kept vs best |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| target | way | cost: training steps (runs) | + own η_base grid (runs) | η_base | final loss, seeds 1–3 "
+             "| Δ vs uniform (paired) | speed-up vs uniform | 95% interval | share of the best Δ |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     every = []
     for t in targets:
         rs = rows(bench, t)
@@ -187,12 +201,18 @@ def table(bench: Path, targets: list[Target]) -> str:
         for r in rs:
             iv = r.get("interval")
             kept = (r["diff"] / best * 100) if best is not None and best < 0 and "diff" in r else None
+            if r["way"] == "uniform":
+                sp = "baseline"
+            elif "diff" not in r:
+                sp = "not measured"
+            else:  # None: never reaches the baseline's final loss
+                sp = "none" if r.get("speedup") is None else f"{r['speedup']:+.1f}%"
+            # An open end: some resample of the seeds never reaches the baseline's loss.
+            ivs = "—" if not iv else "[" + _fmt(iv[0], "+.1f", "open") + ", " + _fmt(iv[1], "+.1f", "open") + "]"
             lines.append(
-                f"| {t.name} | {r['way']} | {r['cost_steps']:,} ({r['cost_runs']:.1f}) | {r['base_lr']:g} | "
-                f"{_fmt(r.get('loss'), '.4f')} ± {_fmt(r.get('loss_std'), '.4f')} | "
-                f"{_fmt(r.get('diff'), '+.4f')} ± {_fmt(r.get('diff_std'), '.4f')} | "
-                f"{_fmt(r.get('speedup'), '+.1f')}% | "
-                f"{'—' if not iv else '[' + _fmt(iv[0], '+.1f') + ', ' + _fmt(iv[1], '+.1f') + ']'} | "
+                f"| {t.name} | {r['way']} | {r['cost_steps']:,} ({r['cost_runs']:.1f}) | {r['grid_runs']} | "
+                f"{r['base_lr']:.3g} | {_fmt(r.get('loss'), '.4f')} ± {_fmt(r.get('loss_std'), '.4f')} | "
+                f"{_fmt(r.get('diff'), '+.4f')} ± {_fmt(r.get('diff_std'), '.4f')} | {sp} | {ivs} | "
                 f"{_fmt(kept, '.0f')}{'%' if kept is not None else ''} |")
     atomic_write_text(bench / "plan_search.json", json.dumps(every, indent=1))
     return "\n".join(lines)
@@ -206,14 +226,17 @@ def figure(bench: Path, targets: list[Target], path: Path) -> None:
     shown = [(t, rs) for t, rs in shown if rs]
     fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.6), squeeze=False)
     for ax, (t, rs) in zip(axes[0], shown):
+        zero = 0
         for r in rs:
             if "loss" not in r:
                 continue
-            x = max(r["cost_runs"], 0.1)  # zero-cost ways (uniform, paper) at 0.1 on the log axis
+            x = r["cost_runs"]
+            if x == 0:  # the fixed plans (uniform, paper) at 0.02 on the log axis, side by side
+                x, zero = 0.02 * (1.15 ** zero), zero + 1
             ax.errorbar([x], [r["loss"]], yerr=[r["loss_std"]], fmt="o", capsize=3, label=r["way"])
         ax.set_xscale("log")
-        ax.set_xlabel("cost beyond the η_base grid (runs)")
-        ax.set_ylabel("final eval loss, 3 new seeds")
+        ax.set_xlabel("cost beyond the η_base grid (runs; fixed plans at 0.02)")
+        ax.set_ylabel("final eval loss, 3 new seeds (± std)")
         ax.set_title(t.name)
         ax.legend(frameon=False, fontsize=7)
     _save(fig, path)

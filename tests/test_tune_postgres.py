@@ -134,7 +134,7 @@ def test_a_lead_and_two_workers_share_one_postgresql_study_on_a_command(tmp_path
     assert {t.user_attrs["owner"]["pid"] for t in ts} == {p.pid for p in procs}  # each evaluated some
     doc = json.loads((out / "search.json").read_text())
     assert doc["study"] == {"storage": postgres_url.replace(":rlrs@", ":***@"), "name": "rlrs-tune"}
-    assert set(doc) == {"study", "spec", "start", "start_loss", "best", "best_loss", "stopped", "compute", "notes",
+    assert set(doc) == {"study", "spec", "start", "start_loss", "best", "best_loss", "stopped", "compute", "notes", "budget",
                         "steps"}
     assert doc["compute"]["trials"]["COMPLETE"] == 6 and doc["stopped"] == "budget"
     assert "rlrs:rlrs@" not in "".join(outs)  # the password is never printed
