@@ -68,6 +68,7 @@ TARGETS = {
 }
 SEARCHES = ("local", "hyperband", "gp")
 AUTOS = ("update-size", "sensitivity")
+WAYS = ("uniform", "paper", *(f"auto-{m}" for m in AUTOS), *SEARCHES)  # one colour each, in every panel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,7 +234,8 @@ def figure(bench: Path, targets: list[Target], path: Path) -> None:
             x = r["cost_runs"]
             if x == 0:  # the fixed plans (uniform, paper) at 0.02 on the log axis, side by side
                 x, zero = 0.02 * (1.15 ** zero), zero + 1
-            ax.errorbar([x], [r["loss"]], yerr=[r["loss_std"]], fmt="o", capsize=3, label=r["way"])
+            ax.errorbar([x], [r["loss"]], yerr=[r["loss_std"]], fmt="o", capsize=3, label=r["way"],
+                        color=f"C{WAYS.index(r['way'])}")
         ax.set_xscale("log")
         ax.set_xlabel("cost beyond the η_base grid (runs; fixed plans at 0.02)")
         ax.set_ylabel("final eval loss, 3 new seeds (± std)")
