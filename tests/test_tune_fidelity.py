@@ -14,7 +14,7 @@ from rlrs.config import ConfigError  # noqa: E402
 from rlrs.plan import Plan  # noqa: E402
 from rlrs.search import point_key  # noqa: E402
 from rlrs.tune import SyntheticObjective, TuneSpec  # noqa: E402
-from rlrs.tune.samplers import ETA, hyperband_rungs, sampler_search, search_space  # noqa: E402
+from rlrs.tune.samplers import ETA, hyperband_rungs, sampler_search, search_space, startup_trials  # noqa: E402
 
 PARAMS = ["plan.base_lr", "plan.router.start", "plan.experts.end"]
 OPT = {"plan.base_lr": 0.015, "plan.router.start": 0.4, "plan.experts.end": 1.6875}
@@ -309,3 +309,15 @@ def test_a_sampler_on_a_command_tells_a_failed_point_the_highest_finished_loss(t
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         if "error" in t.user_attrs:
             assert math.isfinite(t.value) and t.value <= max(finished) and t.value >= min(finished)
+
+
+def test_a_small_budget_leaves_optunas_random_start_up_so_the_model_proposes(tmp_path):
+    # With Optuna's 10 random start-up points, a GP or TPE search of 10 evaluations or fewer was a
+    # random search: both samplers draw their start-up points from RandomSampler(seed), so they
+    # asked the same points. Now the start-up is a third of the budget and the model proposes after.
+    spec = spec_for()
+    gp = sampler_search(spec, tmp_path / "gp", 9, "gp", confirm=0, fail_loss=50.0, log=quiet)
+    tpe = sampler_search(spec, tmp_path / "tpe", 9, "tpe", confirm=0, fail_loss=50.0, log=quiet)
+    assert [t.point for t in gp.trials[:3]] == [t.point for t in tpe.trials[:3]]  # the shared random start-up
+    assert all(a.point != b.point for a, b in zip(gp.trials[3:], tpe.trials[3:]))  # then each model's own
+    assert [startup_trials(n) for n in (9, 30, 100, 2)] == [3, 10, 10, 2]

@@ -175,11 +175,25 @@ def hyperband_rungs(total: int, eval_at: list[int]) -> list[int]:
     return [*rungs, total]
 
 
-def _sampler(optuna, name: str, seed: int):
+STARTUP = 10  # Optuna's own number of random points before its model proposes (TPE, GP)
+
+
+def startup_trials(evaluations: float) -> int:
+    """Random points (the start point included) before TPE or the GP proposes: Optuna's 10, but at
+    most a third of the evaluations the budget allows, at least 2. With Optuna's 10, a budget of
+    10 evaluations or fewer never left the random start-up: the "GP search" was a random search.
+
+        >>> startup_trials(100), startup_trials(13), startup_trials(4)
+        (10, 4, 2)
+    """
+    return int(max(2, min(STARTUP, evaluations // 3)))
+
+
+def _sampler(optuna, name: str, seed: int, startup: int = STARTUP):
     if name in ("tpe", "hyperband"):
         # constant_liar spreads the points asked together (--workers, a bracket) apart; Optuna >= 5
         # defaults to it, older versions do not. TPE also learns from the points Hyperband stopped.
-        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=startup)
     if name == "cmaes":
         _config.require("cmaes", "tune")  # Optuna's CmaEsSampler imports it lazily
         # Its initial mean is the centre of the box, which on a log scale is the start point.
@@ -193,7 +207,7 @@ def _sampler(optuna, name: str, seed: int):
         except ImportError as err:
             raise MissingExtra("--sampler gp: Optuna's GPSampler needs scipy: pip install scipy") from err
         # Not deterministic_objective: seed noise is part of the loss, and the GP models it.
-        return optuna.samplers.GPSampler(seed=seed)
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
     raise ConfigError(f"sampler: {name!r} is unknown; {_config.closest(name, ('local', *SAMPLERS))}")
 
 
@@ -269,6 +283,13 @@ def sampler_search(
         raise ConfigError(f"budget_steps: {budget_steps} steps do not cover one point trained to the end ({full}) "
                           f"and the re-evaluation of --confirm {confirm} points ({reserve}); give at least "
                           f"--budget-steps {full + reserve}, or a lower --confirm")
+    # Full evaluations the budget allows (Hyperband's early-stopped points cost less: it asks more).
+    evals = min(budget if budget is not None else math.inf,
+                math.inf if budget_steps is None else (budget_steps - reserve) // full)
+    startup = startup_trials(evals if sampler != "hyperband" else 3 * evals)
+    if sampler in ("tpe", "gp", "hyperband"):
+        log(f"{sampler}: the first {startup} points (the start point among them) are random, then the model "
+            "proposes")
     name = f"rlrs-{sampler}"
     others = other_searches(out, name)
     if others:
@@ -277,7 +298,8 @@ def sampler_search(
     url = f"sqlite:///{out / 'study.db'}"
     with storage_failures(url):  # a full disk under the study: a clear message, finished trials kept
         study = optuna.create_study(storage=url, study_name=name, load_if_exists=True,
-                                    sampler=_sampler(optuna, sampler, spec.search_seed), direction="minimize")
+                                    sampler=_sampler(optuna, sampler, spec.search_seed, startup),
+                                    direction="minimize")
         if "spec" in study.user_attrs:
             diff = spec.differences(study.user_attrs["spec"])
             if diff:
