@@ -66,7 +66,7 @@ TARGETS = {
     "vit": Target("vit", "uniform-dense", None, 400, command=f"{VIT} --optimizer adamw"),
     "vit-muon": Target("vit-muon", "uniform-dense", None, 400, command=f"{VIT} --optimizer muon"),
 }
-SEARCHES = ("local", "hyperband", "gp")
+SEARCHES = ("local", "hyperband", "gp", "gp-startup")  # gp-startup: after the start-up fix (a third of the budget)
 AUTOS = ("update-size", "sensitivity")
 WAYS = ("uniform", "paper", *(f"auto-{m}" for m in AUTOS), *SEARCHES)  # one colour each, in every panel
 
