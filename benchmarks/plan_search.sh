@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The runs of benchmarks/plan_search.py: every way to a plan from the uniform plan at its tuned
+# η_base, then the confirmation on 3 new seeds. Every command reuses finished runs, so a rerun
+# after a kill resumes where it stopped. Run it from a snapshot of the code (see BENCHMARKS.md).
+#   benchmarks/plan_search.sh BENCH_DIR [TARGETS]      TARGETS: any of xs-moe vit vit-muon
+set -uo pipefail
+B=${1:?usage: benchmarks/plan_search.sh BENCH_DIR [TARGETS]}
+TARGETS=${2:-xs-moe vit vit-muon}
+PY=${PYTHON:-python}
+R="$PY -m rlrs"
+W=${WORKERS:-2}
+stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
+best() { $PY -c "import json,sys; print(json.load(open(sys.argv[1]))['best'][sys.argv[2]])" "$1" "$2"; }
+MOE=plan.base_lr,plan.embedding.start,plan.embedding.end,plan.unembedding.start,plan.unembedding.end,plan.attention.start,plan.attention.end,plan.router.start,plan.router.end,plan.experts.start,plan.experts.end
+DENSE=plan.base_lr,plan.embedding.start,plan.embedding.end,plan.unembedding.start,plan.unembedding.end,plan.attention.start,plan.attention.end,plan.feedforward.start,plan.feedforward.end
+
+for t in $TARGETS; do
+  case $t in
+    xs-moe) tgt=(--model ladder-xs-moe); uni=uniform-moe; plans=uniform-moe,paper-moe; params=$MOE; runs=327
+            searches="local hyperband gp" ;;
+    vit) tgt=(--command "$PY benchmarks/targets/vit_fashion.py --optimizer adamw" --steps 400); uni=uniform-dense
+         plans=uniform-dense; params=$DENSE; runs=400; searches="hyperband gp" ;;
+    vit-muon) tgt=(--command "$PY benchmarks/targets/vit_fashion.py --optimizer muon" --steps 400); uni=uniform-dense
+              plans=uniform-dense; params=$DENSE; runs=400; searches="" ;;
+    *) echo "unknown target $t"; exit 2 ;;
+  esac
+  stamp "$t: η_base grid of $plans"
+  $R lr-grid "${tgt[@]}" --plans $plans --workers $W --out $B/$t/grid
+  eta=$(best $B/$t/grid/grid.json $uni)
+  for m in update-size sensitivity; do
+    stamp "$t: rlrs auto --method $m from $uni at η_base $eta, then its own grid"
+    $R auto "${tgt[@]}" --method $m --plan $uni --set plan.base_lr=$eta --workers $W --out $B/$t/auto-$m
+    $R lr-grid "${tgt[@]}" --plans $B/$t/auto-$m/auto-$m.toml --workers $W --out $B/$t/auto-$m/grid
+  done
+  for s in $searches; do
+    stamp "$t: rlrs tune --sampler $s from $uni at η_base $eta"
+    if [ $s = local ]; then
+      $R tune "${tgt[@]}" --plan $uni --set plan.base_lr=$eta --params $params --budget 40 --min-improvement 0.005 \
+        --workers $W --out $B/$t/local
+    else  # a third of the local search's 40 evaluations, in steps
+      $R tune "${tgt[@]}" --plan $uni --set plan.base_lr=$eta --params $params --sampler $s \
+        --budget-steps $((13 * runs)) --workers $W --out $B/$t/$s
+    fi
+  done
+  stamp "$t: confirmation on seeds 0..3 (the table reads 1..3)"
+  $PY benchmarks/plan_search.py confirm --bench $B --targets $t --workers $W
+done
+$PY benchmarks/plan_search.py table --bench $B --targets "$(echo $TARGETS | tr ' ' ,)"
+stamp "done"
