@@ -116,8 +116,8 @@ def ways(bench: Path, t: Target) -> list[Way]:
         tuned, search = d / s / "tuned.toml", d / s / "search.json"
         if tuned.exists() and search.exists():
             doc = json.loads(search.read_text())
-            steps = int(doc["compute"]["steps"])
-            found.append(Way(s, _with_lr(Plan.load(tuned), Plan.load(tuned).base_lr, plans / f"{s}.toml"), steps,
+            plan = Plan.load(tuned)  # a search chose its η_base with its λ
+            found.append(Way(s, _with_lr(plan, plan.base_lr, plans / f"{s}.toml"), int(doc["compute"]["steps"]),
                              f"{doc.get('evaluations', '?')} evaluations"))
     return found
 
@@ -190,13 +190,12 @@ def _fmt(x, spec: str, none: str = "—") -> str:
     return none if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
 
-def table(bench: Path, targets: list[Target]) -> str:
+def table(bench: Path, shown: list[tuple[Target, list[dict]]]) -> str:
     lines = ["| target | way | cost: training steps (runs) | + own η_base grid (runs) | η_base | final loss, seeds 1–3 "
              "| Δ vs uniform (paired) | speed-up vs uniform | 95% interval | share of the best Δ |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     every = []
-    for t in targets:
-        rs = rows(bench, t)
+    for t, rs in shown:
         every += rs
         best = max((r["diff"] for r in rs if "diff" in r), key=lambda d: -d, default=None)  # most negative
         for r in rs:
@@ -219,11 +218,10 @@ def table(bench: Path, targets: list[Target]) -> str:
     return "\n".join(lines)
 
 
-def figure(bench: Path, targets: list[Target], path: Path) -> None:
+def figure(shown: list[tuple[Target, list[dict]]], path: Path) -> None:
     from rlrs.plots import _plt, _save
 
     plt = _plt()
-    shown = [(t, rows(bench, t)) for t in targets]
     shown = [(t, rs) for t, rs in shown if rs]
     fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.6), squeeze=False)
     for ax, (t, rs) in zip(axes[0], shown):
@@ -257,8 +255,9 @@ def main() -> None:
         for t in targets:
             confirm(args.bench, t, args.workers)
     else:
-        print(table(args.bench, targets))
-        figure(args.bench, targets, args.figure)
+        shown = [(t, rows(args.bench, t, args.workers)) for t in targets]  # one read of each confirmation
+        print(table(args.bench, shown))
+        figure(shown, args.figure)
         print(f"figure: {args.figure}")
 
 

@@ -265,10 +265,6 @@ class AutoResult:
         return rows
 
 
-def _steps_of(r: RunResult) -> int:
-    return int(r.steps or 0)
-
-
 def _check_run(r: RunResult, what: str) -> None:
     if r.status not in ("finished", "stopped"):
         fix = " (lower η_base or the start plan's λ; rlrs lr-grid finds a stable η_base)" if r.status == "diverged" else ""
@@ -418,7 +414,7 @@ def auto(
             raise ConfigError(f"sensitivity: the start plan's probe reported no eval loss ({results[0].out})")
         choices = sensitivity_factors(base_loss, {c: (lo, hi) for c, (lo, hi) in losses.items()})
         runs = len(results)
-        cost = sum(_steps_of(r) for r in results)
+        cost = sum(r.steps for r in results)
         trained = sum(r.compute_steps for r in results)
     derived, choices = scaled_plan(start, choices)
     name = f"auto-{method}"

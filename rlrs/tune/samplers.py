@@ -96,6 +96,9 @@ RUNGS = 3
 CONFIRM = 3
 """How many of the best points are trained again on new seeds before one is chosen."""
 
+STARTUP = 10
+"""Optuna's own number of random points before TPE or the GP proposes (see :func:`startup_trials`)."""
+
 
 @dataclass
 class Trial:
@@ -173,9 +176,6 @@ def hyperband_rungs(total: int, eval_at: list[int]) -> list[int]:
         if below and below[-1] < total and below[-1] not in rungs:
             rungs.append(below[-1])
     return [*rungs, total]
-
-
-STARTUP = 10  # Optuna's own number of random points before its model proposes (TPE, GP)
 
 
 def startup_trials(evaluations: float) -> int:
@@ -498,8 +498,9 @@ class _Hyperband:
                 break
         # Told at the end of the bracket: a killed search reruns the whole bracket (see run).
         TrialState = optuna.trial.TrialState
-        finals = [what for _, what, _ in (v for v in verdict.values() if v is not None) if isinstance(what, float)]
-        for t, what, stop in (v for v in verdict.values() if v is not None):
+        told = [v for v in verdict.values() if v is not None]
+        finals = [what for _, what, _ in told if isinstance(what, float)]
+        for t, what, stop in told:
             if what == "failed":
                 told = _told_failure(self.worst, self.study, finals, t.user_attrs.get("error", ""))
                 self.study.tell(t, told)
@@ -538,21 +539,22 @@ def _confirm(study, obj: Objective, trials: list[Trial], top: int, seeds: int, l
             done[t.number] = {"loss": _final(part), "steps": part.steps}
         obj.discard([t.point for t in todo], new)
         study.set_user_attr("confirmed", {str(k): v for k, v in done.items()})
-    out = []
-    for t in chosen:
+
+    def confirmation(t: Trial, candidate: bool) -> Confirmation:
         again = done[t.number]["loss"]
         mean = math.inf if again is None else (t.loss + again) / 2  # equal seed counts: the mean of both means
-        out.append(Confirmation(t.number, t.point, t.loss, again, mean, 2 * seeds, int(done[t.number]["steps"])))
-        log(f"trial {t.number}: loss {fmt_loss(t.loss)} on the search's seeds, {fmt_loss(again or math.inf)} "
-            f"on new ones; mean {fmt_loss(mean)}")
+        return Confirmation(t.number, t.point, t.loss, again, mean, 2 * seeds, int(done[t.number]["steps"]), candidate)
+
+    out = []
+    for t in chosen:
+        c = confirmation(t, True)
+        log(f"trial {t.number}: loss {fmt_loss(t.loss)} on the search's seeds, {fmt_loss(c.confirm_loss or math.inf)} "
+            f"on new ones; mean {fmt_loss(c.loss)}")
+        out.append(c)
     # Re-evaluations of points no longer among the best (a rerun with a larger budget) still cost steps.
-    for k, v in done.items():
-        if k not in {t.number for t in chosen}:
-            t = next((t for t in trials if t.number == k), None)
-            if t is not None:
-                again = v["loss"]
-                out.append(Confirmation(k, t.point, t.loss, again, math.inf if again is None else (t.loss + again) / 2,
-                                        2 * seeds, int(v["steps"]), candidate=False))
+    chosen_numbers = {t.number for t in chosen}
+    by_number = {t.number: t for t in trials}
+    out += [confirmation(by_number[k], False) for k in done if k not in chosen_numbers and k in by_number]
     return out
 
 
