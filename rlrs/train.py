@@ -870,7 +870,9 @@ class _Log:
     as the JSONL is cut there too. With ``wandb`` it logs the same numbers to a W&B run in
     ``<out>/wandb``: offline unless ``WANDB_MODE`` says otherwise (``wandb sync`` uploads it),
     one W&B run per run directory, continued by a resume (W&B keeps the first value it got for a
-    step, so steps an interrupted attempt had logged keep that attempt's values there).
+    step, so steps an interrupted attempt had logged keep that attempt's values there). W&B's
+    service process finishes writing the run file after ``close`` returns; it is whole once the
+    process exits or ``wandb.teardown()`` returns.
     """
 
     def __init__(self, path: Path, enabled: bool, tensorboard: bool = False, resume_step: int = 0,

@@ -488,7 +488,7 @@ def _wandb_history(run_dir):
 
 
 def test_rlrs_train_logs_every_metric_to_wandb_offline(tmp_path, tiny_sets, monkeypatch):
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
     from rlrs.runlog import read_metrics
     from rlrs.train import Trainer, run_config
 
@@ -496,6 +496,9 @@ def test_rlrs_train_logs_every_metric_to_wandb_offline(tmp_path, tiny_sets, monk
     monkeypatch.delenv("WANDB_MODE", raising=False)  # offline is rlrs's default
     cfg = run_config("tiny-moe", "paper-moe", sets={**tiny_sets, "train.steps": 6, "train.wandb": True})
     Trainer(cfg, tmp_path / "run").run()
+    # run.finish() only informs W&B's service process, which closes the run file after it returns
+    # (seen under load: the file read back without its history); teardown waits for that process.
+    wandb.teardown()
     history = {}
     for step, items in _wandb_history(tmp_path / "run" / "wandb"):
         history.setdefault(step, {}).update(items)
