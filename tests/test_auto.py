@@ -93,14 +93,18 @@ def _probe(loss, components):
     return base, {c: (loss({c: 0.25}), loss({c: 4.0})) for c in components}
 
 
-def test_sensitivity_recovers_a_known_minimum_and_clips_beyond_the_range():
-    best = {"embedding": 6.0, "unembedding": 0.3, "attention": 1.0, "feedforward": 1.7, "router": 40.0}
+def test_sensitivity_recovers_a_known_minimum_and_stops_at_the_probed_ends():
+    best = {"embedding": 3.0, "unembedding": 0.3, "attention": 1.0, "feedforward": 1.7, "router": 40.0,
+            "experts": 1 / 6}
     loss = _synthetic(best, {c: 0.01 * (i + 1) for i, c in enumerate(best)})
     base, losses = _probe(loss, best)
     got = {c.component: c for c in sensitivity_factors(base, losses)}
     for c in ("embedding", "unembedding", "attention", "feedforward"):
         assert got[c].factor == pytest.approx(best[c], rel=5e-3), c  # exact up to the 3 digits kept
-    assert got["router"].factor == 16.0 and "clipped" in got["router"].note
+        assert got[c].note == ""
+    # Minima beyond what was probed (× 40, × 1/6) give the probed end, and say where the vertex was.
+    assert got["router"].factor == 4.0 and got["router"].note.startswith("minimum beyond × 4 (at × 40)")
+    assert got["experts"].factor == 0.25 and got["experts"].note.startswith("minimum beyond × 1/4 (at × 0.167)")
     assert got["embedding"].loss_low == losses["embedding"][0]
     derived, _ = scaled_plan(presets.get("uniform-moe"), list(got.values()))
     assert loss({c: derived.component(c).start for c in best}) < base
@@ -115,7 +119,8 @@ def test_sensitivity_of_a_flat_loss_gives_back_the_start_plan_exactly():
 
 def test_sensitivity_not_convex_or_diverged_takes_the_best_measured():
     assert fit_log_parabola(3.0, 2.0, 2.5) == (1.26, "")  # convex: its vertex at log f = log(4) / 6
-    assert fit_log_parabola(2.0, 2.5, 3.5) == (0.125, "")  # convex, its vertex beyond 1/4: extrapolated
+    f, note = fit_log_parabola(2.0, 2.5, 3.5)  # convex, its vertex at 1/8: beyond what was probed
+    assert (f, note) == (0.25, "minimum beyond × 1/4 (at × 0.125): took × 1/4, the end of what was probed")
     f, note = fit_log_parabola(2.0, 3.0, 3.5)  # concave, lowest at 1/4
     assert (f, note) == (0.25, "not convex: best of the three")
     assert fit_log_parabola(2.0, 2.0, 2.0) == (1.0, "not convex: best of the three")  # a tie prefers 1
@@ -240,12 +245,14 @@ def test_auto_update_size_on_a_command_script(tmp_path, worktree_rlrs):
 
 
 def test_auto_sensitivity_on_a_command_script_finds_its_known_minimum(tmp_path, worktree_rlrs):
-    # fake_train.py's loss is quadratic in log λ_start(embedding), lowest at 10, and ignores the rest.
+    # fake_train.py's loss is quadratic in log λ_start(embedding), lowest at 10, and ignores the rest;
+    # from λ_start 5 the probes (1.25, 5, 20) bracket it: the vertex lies at × 2.
     fake = f"{sys.executable} {ROOT / 'tests' / 'scripts' / 'fake_train.py'} ok"
-    res = auto(CommandTarget(fake, steps=100), "sensitivity", tmp_path / "auto", probe_steps=5, workers=2, log=_quiet)
+    res = auto(CommandTarget(fake, steps=100), "sensitivity", tmp_path / "auto", probe_steps=5, workers=2,
+               sets={"plan.embedding.start": 5.0}, log=_quiet)
     assert res.runs == 9 and res.cost_steps == 45 and res.probe_steps == 5
     got = {c.component: c for c in res.choices}
-    assert got["embedding"].factor == 10.0 and res.plan.embedding.start == 10.0
+    assert got["embedding"].factor == 2.0 and res.plan.embedding.start == 10.0
     assert all(got[c].factor == 1.0 for c in ("unembedding", "attention", "feedforward"))  # flat: kept
 
 

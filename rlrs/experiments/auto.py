@@ -4,7 +4,8 @@ The paper (Ludziejewski et al., arXiv 2507.03526) finds its per-component λ wit
 about 300 runs on a 34M model; for a new architecture that is out of reach. ``auto`` starts from
 the uniform plan (or ``plan``) at its η_base, probes the target for a small fraction of that cost
 and derives a factor ``f_c`` per component; the derived plan scales the component's whole schedule
-by it (λ_start and λ_end ``× f_c``, clipped to ``f_c ∈ [1/16, 16]``). Two methods of different kinds:
+by it (λ_start and λ_end ``× f_c``, ``f_c`` within [1/16, 16], or within the probed [1/4, 4] for
+``sensitivity``). Two methods of different kinds:
 
 - ``update-size`` (one run): equalise the relative update size ‖ΔW‖/‖W‖ of every component to
   that of the hidden layers, measured over the first ``probe`` fraction of the uniform run;
@@ -51,7 +52,7 @@ from ..runlog import read_log
 from ..targets import CommandTarget, PresetTarget, Target
 
 METHODS = ("update-size", "sensitivity")
-LOW, HIGH = 1.0 / 16.0, 16.0  # the range of a derived factor f_c
+LOW, HIGH = 1.0 / 16.0, 16.0  # the range of an update-size factor f_c
 PROBE_FACTORS = (0.25, 4.0)  # sensitivity: each component's schedule × 1/4 and × 4
 HIDDEN = ("attention", "feedforward", "experts")  # the update-size reference: the hidden layers
 KEPT = ("router", "other")  # update-size keeps their schedules (no principled rule; see docs/auto.md)
@@ -132,11 +133,15 @@ def update_size_factors(ratios: Mapping[str, float], expected: Sequence[str] = (
 def fit_log_parabola(low: float | None, mid: float, high: float | None,
                      factors: tuple[float, float] = PROBE_FACTORS) -> tuple[float, str]:
     """The factor at the minimum of the parabola in ``log f`` through the losses at ``f = low,
-    1, high`` (``factors``), clipped to [1/16, 16]; where the three are not convex (or a side
-    diverged, ``None``), the best of them (ties: 1). Returns the factor and a note.
+    1, high`` (``factors``), kept within the probed factors: a vertex beyond them is where a
+    nearly straight line through three noisy points happens to bend (seen on a MoE model: × 1360
+    and × 1/200000), so it gives the probed end it lies beyond. Where the three are not convex (or
+    a side diverged, ``None``), the best of them (ties: 1). Returns the factor and a note.
 
     >>> fit_log_parabola(2.0 + math.log(4) ** 2, 2.0, 2.0 + math.log(4) ** 2)
     (1.0, '')
+    >>> fit_log_parabola(2.0, 2.5, 3.5)  # falling towards × 1/4 and beyond
+    (0.25, 'minimum beyond × 1/4 (at × 0.125): took × 1/4, the end of what was probed')
     """
     xs = [math.log(factors[0]), 0.0, math.log(factors[1])]
     ys = [low, mid, high]
@@ -153,8 +158,12 @@ def fit_log_parabola(low: float | None, mid: float, high: float | None,
         y, _, x = min((y, abs(x), x) for x, y in zip(xs, ys))
         return _round(math.exp(x)), "not convex: best of the three"
     b = d01 - a * (x0 + x1)
-    f, note = _clip(_round(math.exp(-b / (2 * a))))
-    return f, note
+    f = _round(math.exp(-b / (2 * a)))
+    for end in factors:
+        text = f"× 1/{1 / end:g}" if end < 1 else f"× {end:g}"
+        if (f < end) if end < 1 else (f > end):
+            return end, f"minimum beyond {text} (at × {f:.3g}): took {text}, the end of what was probed"
+    return f, ""
 
 
 def sensitivity_factors(base_loss: float, losses: Mapping[str, tuple[float | None, float | None]]) -> list[Choice]:
@@ -385,9 +394,12 @@ def auto(
     else:
         steps = probe_steps if probe_steps is not None else max(2, round(0.1 * horizon))
         short = (CommandTarget(target.command, steps, target.cwd) if isinstance(target, CommandTarget) else target)
+        # The start plan already holds the --set plan.* values; set again on each probe, they would
+        # undo its factor (a probe of embedding × 4 under --set plan.embedding.start=5 trains 5).
+        probe_sets = {k: v for k, v in sets.items() if not k.startswith("plan.")}
         # Only the final eval loss counts: evaluating every 1% of a short run would cost more than its training.
-        short_sets = sets if isinstance(target, CommandTarget) else {"train.eval_interval": PROBE_EVAL_INTERVAL,
-                                                                      **sets, "train.steps": steps}
+        short_sets = probe_sets if isinstance(target, CommandTarget) else {
+            "train.eval_interval": PROBE_EVAL_INTERVAL, **probe_sets, "train.steps": steps}
         components = target.components()
         arms: list[tuple[str, float | None, Plan]] = [("start", None, start)]
         for c in components:
