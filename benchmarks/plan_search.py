@@ -63,6 +63,7 @@ class Target:
 
 TARGETS = {
     "xs-moe": Target("xs-moe", "uniform-moe", "paper-moe", 327, model="ladder-xs-moe"),
+    "xs-dense": Target("xs-dense", "uniform-dense", "paper-dense", 322, model="ladder-xs-dense"),
     "vit": Target("vit", "uniform-dense", None, 400, command=f"{VIT} --optimizer adamw"),
     "vit-muon": Target("vit-muon", "uniform-dense", None, 400, command=f"{VIT} --optimizer muon"),
 }

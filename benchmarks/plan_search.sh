@@ -2,7 +2,7 @@
 # The runs of benchmarks/plan_search.py: every way to a plan from the uniform plan at its tuned
 # η_base, then the confirmation on 3 new seeds. Every command reuses finished runs, so a rerun
 # after a kill resumes where it stopped. Run it from a snapshot of the code (see BENCHMARKS.md).
-#   benchmarks/plan_search.sh BENCH_DIR [TARGETS]      TARGETS: any of xs-moe vit vit-muon
+#   benchmarks/plan_search.sh BENCH_DIR [TARGETS]      TARGETS: any of xs-moe xs-dense vit vit-muon
 set -uo pipefail
 B=${1:?usage: benchmarks/plan_search.sh BENCH_DIR [TARGETS]}
 TARGETS=${2:-xs-moe vit vit-muon}
@@ -18,6 +18,8 @@ for t in $TARGETS; do
   case $t in
     xs-moe) tgt=(--model ladder-xs-moe); uni=uniform-moe; plans=uniform-moe,paper-moe; params=$MOE; runs=327
             searches="local hyperband gp" ;;
+    xs-dense) tgt=(--model ladder-xs-dense); uni=uniform-dense; plans=uniform-dense,paper-dense; params=$DENSE; runs=322
+              searches="${DENSE_SEARCHES-gp}" ;;
     vit) tgt=(--command "$PY benchmarks/targets/vit_fashion.py --optimizer adamw" --steps 400); uni=uniform-dense
          plans=uniform-dense; params=$DENSE; runs=400; searches="hyperband gp" ;;
     vit-muon) tgt=(--command "$PY benchmarks/targets/vit_fashion.py --optimizer muon" --steps 400); uni=uniform-dense
