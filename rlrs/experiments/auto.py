@@ -362,72 +362,11 @@ def auto(
     start = base.plan
     log(f"rlrs auto: {target.name}, method {method}, start plan {start_name} (η_base {start.base_lr:g}), "
         f"horizon {horizon} steps -> {out}")
-    base_loss = None
-    if method == "update-size":
-        steps = max(1, round(probe * horizon))
-        warmup = start.warmup_steps(horizon)
-        if isinstance(target, CommandTarget):
-            spec = MeasuredCommandRun(base.command, base.plan, base.seed, base.steps, base.cwd,
-                                      measure_every=max(1, steps // MEASUREMENTS_PER_PROBE))
-        else:
-            spec = base
-        job = Job(spec, run_dir(root, spec), stop_at=steps if steps < horizon else None,
-                  label=f"{start_name} probe to step {steps}")
-        (r,) = run_all([job], workers, log, progress=progress, executor=executor)
-        _check_run(r, "update-size")
-        # Read up to the probe's end only, also where the run went further (a command stops at
-        # its first report at or past it, as soon as rlrs sees it; a run reused from a longer
-        # call): the plan must not depend on timing. The cost is what it trained.
-        ratios = measured_ratios(job.out, warmup, steps)
-        trained_to = max(steps, r.steps) if r.status == "stopped" else steps
-        if not ratios:
-            if isinstance(target, CommandTarget):
-                raise ConfigError(
-                    f"update sizes: the script never reported update sizes ({job.out}): it must build its scheduler "
-                    "with rlrs.RelativeLR(optimizer, plan, steps) over groups from rlrs.param_groups(model, plan) "
-                    f"(rlrs asks it through ${MEASURE_ENV}), and run past step {warmup + 1}")
-            raise ConfigError(f"update sizes: the probe logged none ({job.out}); the trainer measures them at its eval "
-                              "points: lengthen the probe (--probe) or evaluate more often (--set train.eval_interval=0.005)")
-        expected = target.components() if isinstance(target, PresetTarget) else ()
-        choices = update_size_factors(ratios, expected)
-        runs, cost, trained = 1, trained_to, min(r.compute_steps, trained_to)
-    else:
-        steps = probe_steps if probe_steps is not None else max(2, round(0.1 * horizon))
-        short = (CommandTarget(target.command, steps, target.cwd) if isinstance(target, CommandTarget) else target)
-        # The start plan already holds the --set plan.* values; set again on each probe, they would
-        # undo its factor (a probe of embedding × 4 under --set plan.embedding.start=5 trains 5).
-        probe_sets = {k: v for k, v in sets.items() if not k.startswith("plan.")}
-        # Only the final eval loss counts: evaluating every 1% of a short run would cost more than its training.
-        short_sets = probe_sets if isinstance(target, CommandTarget) else {
-            "train.eval_interval": PROBE_EVAL_INTERVAL, **probe_sets, "train.steps": steps}
-        components = target.components()
-        arms: list[tuple[str, float | None, Plan]] = [("start", None, start)]
-        for c in components:
-            for f in PROBE_FACTORS:
-                arms.append((c, f, scaled_plan(start, [Choice(c, f)])[0]))
-        jobs = []
-        for c, f, p in arms:
-            spec = short.spec(p, seed, short_sets)
-            label = f"{start_name}" if f is None else f"{c} × {f:g}"
-            jobs.append(Job(spec, run_dir(root, spec), label=f"{label} ({steps} steps)"))
-        results = run_all(jobs, workers, log, progress=progress, executor=executor)
-        _check_run(results[0], "sensitivity (the start plan)")
-        losses: dict[str, list[float | None]] = {c: [None, None] for c in components}
-        for (c, f, _), r in zip(arms[1:], results[1:]):
-            if r.status in ("diverged", "unstable"):
-                continue  # that side of the parabola is missing; fit_log_parabola says so in its note
-            _check_run(r, f"sensitivity ({c} × {f:g})")
-            if r.final_eval_loss is None:
-                raise ConfigError(f"sensitivity ({c} × {f:g}): the probe reported no eval loss ({r.out}); the script must "
-                                  "report its last step with rlrs.report(step, loss)")
-            losses[c][PROBE_FACTORS.index(f)] = r.final_eval_loss
-        base_loss = results[0].final_eval_loss
-        if base_loss is None:
-            raise ConfigError(f"sensitivity: the start plan's probe reported no eval loss ({results[0].out})")
-        choices = sensitivity_factors(base_loss, {c: (lo, hi) for c, (lo, hi) in losses.items()})
-        runs = len(results)
-        cost = sum(r.steps for r in results)
-        trained = sum(r.compute_steps for r in results)
+    probe_of = _probe_update_size if method == "update-size" else _probe_sensitivity
+    probe_result = probe_of(target, base, start_name, sets, root, seed, probe=probe, probe_steps=probe_steps,
+                            workers=workers, log=log, progress=progress, executor=executor)
+    choices, steps, base_loss = probe_result.choices, probe_result.steps, probe_result.base_loss
+    runs, cost, trained = probe_result.runs, probe_result.cost, probe_result.trained
     derived, choices = scaled_plan(start, choices)
     name = f"auto-{method}"
     plan_file = derived.save(files.make_dir(out) / f"{name}.toml")
@@ -437,6 +376,92 @@ def auto(
                      command=command or "")
     files.write_json(out / f"{name}.json", res.to_dict(), indent=2)
     return res
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """What one method's probe measured: the factors, and what the probe cost."""
+
+    choices: list[Choice]
+    steps: int  # each probe run's steps
+    runs: int
+    cost: int  # training steps of all probe runs
+    trained: int  # of them trained by this call
+    base_loss: float | None = None  # sensitivity: the start plan's probe loss
+
+
+def _probe_update_size(target: Target, base, start_name: str, sets: Mapping[str, Any], root: Path, seed: int, *,
+                       probe: float, probe_steps: int | None, workers, log, progress, executor) -> _Probe:
+    """One run of the start plan to ``probe`` of the horizon; factors from its update sizes."""
+    horizon, start = base.total_steps, base.plan
+    steps = max(1, round(probe * horizon))
+    warmup = start.warmup_steps(horizon)
+    if isinstance(target, CommandTarget):
+        spec = MeasuredCommandRun(base.command, base.plan, base.seed, base.steps, base.cwd,
+                                  measure_every=max(1, steps // MEASUREMENTS_PER_PROBE))
+    else:
+        spec = base
+    job = Job(spec, run_dir(root, spec), stop_at=steps if steps < horizon else None,
+              label=f"{start_name} probe to step {steps}")
+    (r,) = run_all([job], workers, log, progress=progress, executor=executor)
+    _check_run(r, "update-size")
+    # Read up to the probe's end only, also where the run went further (a command stops at
+    # its first report at or past it, as soon as rlrs sees it; a run reused from a longer
+    # call): the plan must not depend on timing. The cost is what it trained.
+    ratios = measured_ratios(job.out, warmup, steps)
+    trained_to = max(steps, r.steps) if r.status == "stopped" else steps
+    if not ratios:
+        if isinstance(target, CommandTarget):
+            raise ConfigError(
+                f"update sizes: the script never reported update sizes ({job.out}): it must build its scheduler "
+                "with rlrs.RelativeLR(optimizer, plan, steps) over groups from rlrs.param_groups(model, plan) "
+                f"(rlrs asks it through ${MEASURE_ENV}), and run past step {warmup + 1}")
+        raise ConfigError(f"update sizes: the probe logged none ({job.out}); the trainer measures them at its eval "
+                          "points: lengthen the probe (--probe) or evaluate more often (--set train.eval_interval=0.005)")
+    expected = target.components() if isinstance(target, PresetTarget) else ()
+    return _Probe(update_size_factors(ratios, expected), steps, 1, trained_to, min(r.compute_steps, trained_to))
+
+
+def _probe_sensitivity(target: Target, base, start_name: str, sets: Mapping[str, Any], root: Path, seed: int, *,
+                       probe: float, probe_steps: int | None, workers, log, progress, executor) -> _Probe:
+    """``1 + 2·C`` short runs (the whole schedule compressed into ``probe_steps``): the start plan
+    and each component's schedule × 1/4 and × 4; factors from the parabolas through their losses."""
+    horizon, start = base.total_steps, base.plan
+    steps = probe_steps if probe_steps is not None else max(2, round(0.1 * horizon))
+    short = (CommandTarget(target.command, steps, target.cwd) if isinstance(target, CommandTarget) else target)
+    # The start plan already holds the --set plan.* values; set again on each probe, they would
+    # undo its factor (a probe of embedding × 4 under --set plan.embedding.start=5 trains 5).
+    probe_sets = {k: v for k, v in sets.items() if not k.startswith("plan.")}
+    # Only the final eval loss counts: evaluating every 1% of a short run would cost more than its training.
+    short_sets = probe_sets if isinstance(target, CommandTarget) else {
+        "train.eval_interval": PROBE_EVAL_INTERVAL, **probe_sets, "train.steps": steps}
+    components = target.components()
+    arms: list[tuple[str, float | None, Plan]] = [("start", None, start)]
+    for c in components:
+        for f in PROBE_FACTORS:
+            arms.append((c, f, scaled_plan(start, [Choice(c, f)])[0]))
+    jobs = []
+    for c, f, p in arms:
+        spec = short.spec(p, seed, short_sets)
+        label = f"{start_name}" if f is None else f"{c} × {f:g}"
+        jobs.append(Job(spec, run_dir(root, spec), label=f"{label} ({steps} steps)"))
+    results = run_all(jobs, workers, log, progress=progress, executor=executor)
+    _check_run(results[0], "sensitivity (the start plan)")
+    losses: dict[str, list[float | None]] = {c: [None, None] for c in components}
+    for (c, f, _), r in zip(arms[1:], results[1:]):
+        if r.status in ("diverged", "unstable"):
+            continue  # that side of the parabola is missing; fit_log_parabola says so in its note
+        _check_run(r, f"sensitivity ({c} × {f:g})")
+        if r.final_eval_loss is None:
+            raise ConfigError(f"sensitivity ({c} × {f:g}): the probe reported no eval loss ({r.out}); the script must "
+                              "report its last step with rlrs.report(step, loss)")
+        losses[c][PROBE_FACTORS.index(f)] = r.final_eval_loss
+    base_loss = results[0].final_eval_loss
+    if base_loss is None:
+        raise ConfigError(f"sensitivity: the start plan's probe reported no eval loss ({results[0].out})")
+    choices = sensitivity_factors(base_loss, {c: (lo, hi) for c, (lo, hi) in losses.items()})
+    return _Probe(choices, steps, len(results), sum(r.steps for r in results), sum(r.compute_steps for r in results),
+                  base_loss)
 
 
 def load_result(path: str | Path) -> AutoResult:
