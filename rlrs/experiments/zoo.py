@@ -40,7 +40,7 @@ from .. import files
 from ..analysis import first_reaching
 from ..config import ConfigError
 from ..engine import Job, eval_curve, reusable, run_all, run_dir
-from ..options import (add_executor_args, add_out_arg, add_renamed, add_seeds_arg, add_workers_arg, check_workers,
+from ..options import (add_executor_args, add_out_arg, add_renamed, add_seeds_arg, add_workers_arg,
                        default_of, executor_from_args)
 from ..plots import _save
 from ..zoo.strategies import GENERATIONS, STRATEGIES
@@ -449,7 +449,6 @@ def cmd_zoo(args) -> int:
         if args.tasks is None or args.out is None:
             raise ConfigError("--tasks and --out: both needed to run the zoo (or --list to see the strategies), e.g. "
                               "rlrs zoo --tasks gauss --strategies adamw,dals --out runs/zoo")
-        check_workers(args.workers)
         with executor_from_args(args, Path(args.out) / "slurm") as ex:
             res = run(args.tasks.split(","), args.strategies.split(","), args.out, seeds=args.seeds,
                       epochs=args.epochs, workers=args.workers, executor=ex)
