@@ -127,6 +127,8 @@ def test_a_function_reached_by_an_old_path_pickles_by_its_new_one():
 def test_the_zoo_commands_old_names_fail_naming_the_new_module():
     with pytest.raises(ImportError, match=r"rlrs\.zoo\.run_zoo moved to rlrs\.experiments\.zoo\.run_zoo"):
         from rlrs.zoo import run_zoo  # noqa: F401
+    with pytest.raises(ImportError, match=r"rlrs\.zoo\.report moved to rlrs\.experiments\.zoo\.markdown"):
+        from rlrs.zoo import report  # noqa: F401  (renamed since: the report's markdown)
     from rlrs.zoo import tasks  # the package of the zoo's building blocks
     assert tasks.__name__ == "rlrs.zoo.tasks"
 

@@ -14,7 +14,8 @@ from rlrs.zoo.dals import DALS, depth_fractions
 from rlrs.engine import execute, run_dir
 from rlrs.zoo.tasks import TaskRun
 from rlrs.zoo.tasks import MLP, TASKS, classifier_rules, digits, gauss_mixture
-from rlrs.experiments.zoo import listing, run_zoo
+from rlrs import config
+from rlrs.experiments.zoo import listing, load, markdown, render, run_zoo, save
 
 pytest.importorskip("pytorch_optimizer")
 RULES = classifier_rules(3)  # the MLP: layers.0 (input), layers.1, layers.2 (head)
@@ -368,6 +369,27 @@ def test_zoo_runs_strategies_x_tasks_x_seeds_and_reuses_them(tmp_path, monkeypat
     res2 = run_zoo(["gauss"], ["adamw", "dals", "boom"], tmp_path, seeds=2, epochs=1, workers=1, log=again.append)
     assert "6 reused, 0 to run" in again[1]
     assert res2.cell("dals", "gauss").accuracy_mean == res.cell("dals", "gauss").accuracy_mean
+    # The result saves, loads and renders the same (run_zoo is run, save and render).
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.md", "results.json", "runs", "zoo_curves.png"]
+    back = load(tmp_path)
+    assert back == res2 and back == load(tmp_path / "results.json")
+    assert json.loads((tmp_path / "results.json").read_text()) == json.loads(json.dumps(config.to_dict(res2)))
+    made = render(back, tmp_path / "again")  # the curves come from the runs the loaded result names
+    assert [p.name for p in made] == ["zoo_curves.png", "report.md"]
+    assert (tmp_path / "again" / "report.md").read_text() == (tmp_path / "report.md").read_text()
+    assert markdown(back) == markdown(res2) and "zoo_curves.png" not in markdown(res2)
+    assert load(save(back, tmp_path / "copy")) == res2
+
+
+def test_the_zoo_s_run_directories_keep_their_names(tmp_path):
+    # Run directories are named by the run's identity: the same names as the zoo's runs before.
+    names = [run_dir(tmp_path, TaskRun("gauss", S.get("fixed-sgd"), seed, None)).name for seed in range(3)]
+    assert names == ["gauss-fixed-sgd-1200fdaf4221", "gauss-fixed-sgd-bcba9156a955", "gauss-fixed-sgd-a073bf6d4640"]
+
+
+def test_load_says_which_command_writes_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no zoo result here; run `rlrs zoo --out DIR` first"):
+        load(tmp_path)
 
 
 def test_zoo_cli_list_and_errors(capsys):
@@ -441,16 +463,16 @@ def test_bad_strategy_options_name_the_option():
 
 
 def test_ranks_put_cells_with_a_lost_seed_after_complete_ones():
-    from rlrs.experiments.zoo import Cell, ZooResult, ranks, report
+    from rlrs.experiments.zoo import Cell, ZooResult, ranks
 
     def cell(name, acc, finished, diverged=0):
         return Cell(name, "gauss", 3, finished, diverged, 0, acc, None if finished < 2 else 0.01, 0.5, 0.1, 0.9,
                     0, None, None, 1.0)
 
-    res = ZooResult(Path("."), ["gauss"], ["adamw", "sam", "dals"],
-                    3, None, [cell("adamw", 0.80, 3), cell("sam", 0.95, 1, diverged=2), cell("dals", 0.85, 3)], 0.0)
+    res = ZooResult(("gauss",), ("adamw", "sam", "dals"), 3, None, 0.0,
+                    (cell("adamw", 0.80, 3), cell("sam", 0.95, 1, diverged=2), cell("dals", 0.85, 3)))
     assert ranks(res, "gauss") == {"dals": 1, "adamw": 2, "sam": 3}  # sam's lone survivor does not win
-    text = report(res, None)
+    text = markdown(res)
     assert "95.0 n=1 (diverged: 1/3 finished)" in text
     with pytest.raises(ConfigError, match="no cell for strategy 'lion'"):
         res.cell("lion", "gauss")
@@ -498,35 +520,100 @@ def test_a_fine_tuning_strategy_is_not_applicable_to_a_task_without_an_encoder(t
     assert "only gcide-pos" in listing()
 
 
-def _result(out, task, accs):
+def _result(task, accs):
     """A hand-made zoo result on one task: each strategy's final accuracy, 3 seeds."""
     from rlrs.experiments.zoo import Cell, ZooResult
 
     target = TASKS[task].target
-    cells = [Cell(s, task, 3, 3, 0, 0, a, 0.01, 0.3, 0.02, target, 3, 40.0, 2.0, 9.0, runs=[f"/gone/{s}"],
-                  accuracies=[a - 0.01, a, a + 0.01]) for s, a in accs.items()]
-    return ZooResult(Path(out), [task], list(accs), 3, None, cells, 27.0)
+    cells = tuple(Cell(s, task, 3, 3, 0, 0, a, 0.01, 0.3, 0.02, target, 3, 40.0, 2.0, 9.0, runs=(f"/gone/{s}",),
+                       accuracies=(a - 0.01, a, a + 0.01)) for s, a in accs.items())
+    return ZooResult((task,), tuple(accs), 3, None, 27.0, cells)
+
+
+def _write(res, out):
+    save(res, out)
+    render(res, out)
 
 
 def test_a_results_json_reads_back_into_the_same_result(tmp_path):
-    from rlrs.experiments.zoo import load_results, write_outputs
+    from rlrs.experiments.zoo import load_results
 
-    res = _result(tmp_path, "gauss", {"adamw": 0.9, "dals": 0.95})
-    write_outputs(res)
-    back = load_results(tmp_path / "results.json")
+    res = _result("gauss", {"adamw": 0.9, "dals": 0.95})
+    _write(res, tmp_path)
+    back = load_results(tmp_path / "results.json")  # the earlier name of load
     assert back == res  # every field, the cells included; their run folders need not exist
+
+
+# What `rlrs zoo` wrote before its result was typed (a cell's derived status included), and the
+# report it wrote from it.
+OLD_RESULTS = """{"tasks": ["gauss"], "strategies": ["adamw", "sam", "lora"], "seeds": 2, "epochs": 1, "wall_s": 27.5,
+ "cells": [
+  {"strategy": "adamw", "task": "gauss", "seeds": 2, "finished": 2, "diverged": 0, "failed": 0, "accuracy_mean": 0.9,
+   "accuracy_std": 0.01, "loss_mean": 0.3, "loss_std": 0.02, "target": 0.94, "reached": 1, "steps_to_target": 40.0,
+   "seconds_to_target": 2.0, "wall_s": 9.0, "errors": [], "applicable": true, "runs": ["/gone/a0", "/gone/a1"],
+   "accuracies": [0.89, 0.91], "status": "finished"},
+  {"strategy": "sam", "task": "gauss", "seeds": 2, "finished": 1, "diverged": 1, "failed": 0, "accuracy_mean": 0.95,
+   "accuracy_std": null, "loss_mean": 0.2, "loss_std": null, "target": 0.94, "reached": 1, "steps_to_target": 30.0,
+   "seconds_to_target": 1.5, "wall_s": 8.0, "errors": ["seed 1: diverged at step 7"], "applicable": true,
+   "runs": ["/gone/s0"], "accuracies": [0.95], "status": "diverged"},
+  {"strategy": "lora", "task": "gauss", "seeds": 2, "finished": 0, "diverged": 0, "failed": 0, "accuracy_mean": null,
+   "accuracy_std": null, "loss_mean": null, "loss_std": null, "target": 0.94, "reached": 0, "steps_to_target": null,
+   "seconds_to_target": null, "wall_s": 0.0, "errors": [], "applicable": false, "runs": [], "accuracies": [],
+   "status": "n/a"}]}
+"""
+OLD_REPORT = """# rlrs zoo
+
+3 strategies × 1 tasks × 2 seeds; final test accuracy (%, mean ± std over seeds) and rank per task; a cell where a \
+seed diverged or failed ranks after the complete ones. The mean rank is over the tasks a strategy applies to (their \
+number in brackets). Wall time 28 s.
+
+| strategy | gen | gauss | mean rank |
+|---|---|---|---|
+| AdamW | 3 | 90.0 ± 1.0 (#1) | 1.0 (1 task) |
+| SAM | 5 | 95.0 n=1 (diverged: 1/2 finished) (#2) | 2.0 (1 task) |
+
+## gauss
+
+10-class Gaussian mixture in R^64 (10 informative dims), 6400/1600, MLP 64-128-128-10
+
+| strategy | accuracy % | eval loss | seeds reaching 94% | steps to it | seconds to it |
+|---|---|---|---|---|---|
+| AdamW | 90.0 ± 1.0 | 0.300 ± 0.020 | 1/2 | 40 | 2.0 |
+| SAM | 95.0 n=1 (diverged: 1/2 finished) | 0.200 n=1 | 1/2 | 30 | 1.5 |
+
+## Runs that did not finish
+
+- gauss sam seed 1: diverged at step 7
+
+![accuracy curves](zoo_curves.png)
+"""
+
+
+def test_a_results_json_of_an_earlier_version_loads_and_reports_as_before(tmp_path):
+    (tmp_path / "results.json").write_text(OLD_RESULTS)
+    res = load(tmp_path)
+    assert [c.status for c in res.cells] == ["finished", "diverged", "n/a"] and res.merged_from == ()
+    assert res.cell("sam", "gauss").errors == ("seed 1: diverged at step 7",) and res.epochs == 1
+    assert markdown(res, Path("zoo_curves.png")) == OLD_REPORT
+    assert load(save(res, tmp_path / "new")) == res
+    # The benchmark's own files, written by earlier versions: the same report comes out of them.
+    for name in ("zoo", "zoo-finetune", "zoo-all"):
+        d = Path(__file__).parent.parent / "benchmarks" / "results" / name
+        stored = load(d)
+        png = None if stored.merged_from else Path("zoo_curves.png")
+        assert markdown(stored, png) == (d / "report.md").read_text(), name
 
 
 def test_merge_puts_tasks_of_separate_zoo_runs_in_one_table(tmp_path):
     from rlrs.cli import main
-    from rlrs.experiments.zoo import load_results, write_outputs
+    from rlrs.experiments.zoo import load_results
 
-    write_outputs(_result(tmp_path / "a", "gauss", {"adamw": 0.90, "dals": 0.95}))
-    write_outputs(_result(tmp_path / "b", "gcide-pos", {"adamw": 0.91, "dals": 0.85, "full-ft": 0.93}))
+    _write(_result("gauss", {"adamw": 0.90, "dals": 0.95}), tmp_path / "a")
+    _write(_result("gcide-pos", {"adamw": 0.91, "dals": 0.85, "full-ft": 0.93}), tmp_path / "b")
     a, b = str(tmp_path / "a" / "results.json"), str(tmp_path / "b" / "results.json")
     assert main(["zoo", "--merge", a, b, "--out", str(tmp_path / "all")]) == 0
     res = load_results(tmp_path / "all" / "results.json")
-    assert res.tasks == ["gauss", "gcide-pos"] and res.merged_from == [a, b] and res.wall_s == 54.0
+    assert res.tasks == ("gauss", "gcide-pos") and res.merged_from == (a, b) and res.wall_s == 54.0
     assert res.cell("full-ft", "gauss").status == "n/a"  # a fine-tuning strategy on a task without an encoder
     assert res.cell("dals", "gauss").accuracy_mean == 0.95 and res.cell("dals", "gcide-pos").accuracy_mean == 0.85
     report = (tmp_path / "all" / "report.md").read_text()
@@ -537,25 +624,26 @@ def test_merge_puts_tasks_of_separate_zoo_runs_in_one_table(tmp_path):
 
 def test_merge_refuses_what_would_mix_or_misreport(tmp_path, capsys):
     from rlrs.cli import main
-    from rlrs.experiments.zoo import load_results, merge_results
+    from rlrs.experiments.zoo import load_results, merge
 
-    g = _result(tmp_path / "a", "gauss", {"adamw": 0.9})
-    with pytest.raises(ConfigError, match="task gauss is in both"):
-        merge_results([g, _result(tmp_path / "b", "gauss", {"adamw": 0.8})], tmp_path / "all")
-    with pytest.raises(ConfigError, match="2 seeds"):
-        merge_results([g, dataclasses.replace(_result(tmp_path / "b", "digits", {"adamw": 0.9}), seeds=2)], "x")
-    with pytest.raises(ConfigError, match="strategy dals did not run on task gauss"):
-        merge_results([g, _result(tmp_path / "b", "digits", {"adamw": 0.9, "dals": 0.9})], "x")
+    g = _result("gauss", {"adamw": 0.9})
+    with pytest.raises(ConfigError, match="task gauss is in both a/results.json and b/results.json"):
+        merge({"a/results.json": g, "b/results.json": _result("gauss", {"adamw": 0.8})})
+    with pytest.raises(ConfigError, match="b/results.json has 2 seeds"):
+        merge({"a/results.json": g, "b/results.json": dataclasses.replace(_result("digits", {"adamw": 0.9}), seeds=2)})
+    with pytest.raises(ConfigError, match=r"strategy dals did not run on task gauss in a/results.json; run it there "
+                                          r"\(rlrs zoo --tasks gauss --strategies dals --out a\)"):
+        merge({"a/results.json": g, "b/results.json": _result("digits", {"adamw": 0.9, "dals": 0.9})})
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({**g.to_dict(), "seed": 3}))
+    bad.write_text(json.dumps({**config.to_dict(g), "seed": 3}))
     with pytest.raises(ConfigError, match=r"bad.json.seed: unknown key; did you mean 'seeds'"):
         load_results(bad)
-    doc = g.to_dict()
+    doc = config.to_dict(g)
     doc["cells"][0]["accuracies"] = "0.9"
     bad.write_text(json.dumps(doc))
     with pytest.raises(ConfigError, match=r"bad.json.cells\[0\].accuracies: expected a list"):
         load_results(bad)
-    bad.write_text(json.dumps({k: v for k, v in g.to_dict().items() if k != "cells"}))
+    bad.write_text(json.dumps({k: v for k, v in config.to_dict(g).items() if k != "cells"}))
     with pytest.raises(ConfigError, match="bad.json: missing cells: it has no default"):
         load_results(bad)
     bad.write_text("{")

@@ -6,9 +6,16 @@ the DALS paper, arXiv 2604.27295, with error bars).
 
 or from Python::
 
-    >>> from rlrs.experiments.zoo import parse_names
+    >>> from rlrs.experiments.zoo import load, parse_names, run_zoo
+    >>> res = run_zoo(["gauss"], ["adamw", "dals"], "runs/zoo", seeds=3)          # doctest: +SKIP
+    >>> load("runs/zoo").cell("dals", "gauss").accuracy_mean                       # doctest: +SKIP
+    0.951
     >>> parse_names("adamw,dals", {"adamw": 1, "dals": 2, "sgdr": 3}, "strategies")
     ['adamw', 'dals']
+
+``run_zoo`` is :func:`run` (trains, writes only runs), :func:`save` (``results.json``: the
+:class:`ZooResult`) and :func:`render` (``report.md``, ``zoo_curves.png``) in one call; ``rlrs
+zoo --merge`` is :func:`load` of each input, :func:`merge`, :func:`save` and :func:`render`.
 
 Every (task, strategy, seed) is one run of the engine under ``OUT/runs/`` (reused when finished,
 run again when it failed; a diverged run is kept and reported as diverged). ``results.json``
@@ -22,7 +29,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -33,7 +40,7 @@ from .. import files
 from ..analysis import first_reaching
 from ..config import ConfigError
 from ..engine import Job, eval_curve, reusable, run_all, run_dir
-from ..options import (add_executor_args, add_out_arg, add_renamed, add_seeds_arg, add_workers_arg, check_workers,
+from ..options import (add_executor_args, add_out_arg, add_renamed, add_seeds_arg, add_workers_arg,
                        default_of, executor_from_args)
 from ..plots import _save
 from ..zoo.strategies import GENERATIONS, STRATEGIES
@@ -53,7 +60,7 @@ def parse_names(text: str, valid: Mapping[str, object], what: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Cell:
     """One strategy on one task, over its seeds."""
 
@@ -72,10 +79,10 @@ class Cell:
     steps_to_target: float | None  # mean over the seeds that reached it
     seconds_to_target: float | None
     wall_s: float
-    errors: list[str] = field(default_factory=list)
+    errors: tuple[str, ...] = ()
     applicable: bool = True  # False: the strategy does not apply to the task (no runs)
-    runs: list[str] = field(default_factory=list)  # the finished runs' directories
-    accuracies: list[float] = field(default_factory=list)  # each finished seed's final accuracy
+    runs: tuple[str, ...] = ()  # the finished runs' directories
+    accuracies: tuple[float, ...] = ()  # each finished seed's final accuracy
 
     @property
     def complete(self) -> bool:
@@ -91,18 +98,18 @@ class Cell:
         return "diverged" if self.diverged else "failed" if self.failed else "incomplete"
 
 
-@dataclass
+@dataclass(frozen=True)
 class ZooResult:
-    """Every cell of a zoo run, and where it was written."""
+    """Every cell of a zoo run: ``results.json`` is ``rlrs.config.to_dict`` of it, and
+    ``rlrs.config.from_dict(ZooResult, json.load(f))`` (:func:`load`) reads it back."""
 
-    out: Path
-    tasks: list[str]
-    strategies: list[str]
+    tasks: tuple[str, ...]
+    strategies: tuple[str, ...]
     seeds: int
     epochs: int | None
-    cells: list[Cell]
     wall_s: float
-    merged_from: list[str] = field(default_factory=list)  # the results.json files merge_results combined
+    cells: tuple[Cell, ...]
+    merged_from: tuple[str, ...] = ()  # the results.json files merge combined
 
     def cell(self, strategy: str, task: str) -> Cell:
         for c in self.cells:
@@ -110,13 +117,6 @@ class ZooResult:
                 return c
         raise ConfigError(f"no cell for strategy {strategy!r} on task {task!r}; this result has strategies "
                           f"{', '.join(self.strategies)} and tasks {', '.join(self.tasks)}")
-
-    def to_dict(self) -> dict:
-        return _config.json_safe({
-            "tasks": self.tasks, "strategies": self.strategies, "seeds": self.seeds, "epochs": self.epochs,
-            "wall_s": self.wall_s, "merged_from": self.merged_from,
-            "cells": [{**asdict(c), "status": c.status} for c in self.cells],
-        })
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -131,73 +131,16 @@ def _no_runs(strategy: str, task: str, seeds: int, failed: int = 0, errors: Sequ
              applicable: bool = True) -> Cell:
     """The cell of a strategy that has no finished run on ``task``: not applicable, or its task failed."""
     return Cell(strategy, task, seeds, 0, 0, failed, None, None, None, None, TASKS[task].target, 0, None, None, 0.0,
-                list(errors), applicable)
+                tuple(errors), applicable)
 
 
-def load_results(path: str | Path) -> ZooResult:
-    """A zoo's ``results.json`` read back into a :class:`ZooResult` (``out`` is its folder).
-
-    The runs' directories it names are kept as written; they need not exist to report on it."""
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"--merge: cannot read {path}: {err}") from None
-    if isinstance(doc, dict):
-        doc = {**doc, "out": str(path.parent)}
-        if isinstance(doc.get("cells"), list):  # a cell's status is derived: written for readers, not read back
-            doc["cells"] = [{k: v for k, v in c.items() if k != "status"} if isinstance(c, dict) else c
-                            for c in doc["cells"]]
-    return _config.from_dict(ZooResult, doc, str(path))
-
-
-def merge_results(results: Sequence[ZooResult], out: str | Path) -> ZooResult:
-    """One :class:`ZooResult` of several zoo runs on different tasks (e.g. measured in different
-    sessions or on different machines), for one cross-task table. Each task must come from one
-    input, and all inputs must have the same seeds and epochs. A strategy an input did not run is
-    "n/a" on that input's tasks when it does not apply to them, and an error when it does.
-
-        >>> merge_results([], "x")
-        Traceback (most recent call last):
-        ...
-        rlrs.config.ConfigError: --merge: give at least two results.json files
-    """
-    if len(results) < 2:
-        raise ConfigError("--merge: give at least two results.json files")
-    first = results[0]
-    owner: dict[str, ZooResult] = {}
-    for r in results:
-        if (r.seeds, r.epochs) != (first.seeds, first.epochs):
-            raise ConfigError(f"--merge: {r.out} has {r.seeds} seeds and epochs {r.epochs}, {first.out} has "
-                              f"{first.seeds} and {first.epochs}; merge results measured the same way")
-        for t in r.tasks:
-            if t in owner:
-                raise ConfigError(f"--merge: task {t} is in both {owner[t].out} and {r.out}; merge each task once")
-            owner[t] = r
-    strategies = list(dict.fromkeys(s for r in results for s in r.strategies))
-    unknown = [s for s in strategies if s not in STRATEGIES]
-    if unknown:
-        raise ConfigError(f"--merge: strategy {unknown[0]!r} is not in this rlrs's registry; "
-                          f"{_config.closest(unknown[0], list(STRATEGIES))}")
-    cells = []
-    for t, r in owner.items():
-        for s in strategies:
-            if s in r.strategies:
-                cells.append(r.cell(s, t))
-            elif not STRATEGIES[s].applies_to(t):
-                cells.append(_no_runs(s, t, r.seeds, applicable=False))
-            else:
-                raise ConfigError(f"--merge: strategy {s} did not run on task {t} in {r.out}; run it there "
-                                  f"(rlrs zoo --tasks {t} --strategies {s} --out {r.out}) before merging")
-    return ZooResult(Path(out), list(owner), strategies, first.seeds, first.epochs, cells,
-                     sum(r.wall_s for r in results), [str(r.out / "results.json") for r in results])
-
-
-def run_zoo(tasks: Sequence[str], strategies: Sequence[str], out: str | Path, seeds: int = 3,
-            epochs: int | None = None, workers: int | None = None, log: Callable[[str], None] | None = print,
-            executor=None) -> ZooResult:
-    """Train every strategy on every task with ``seeds`` seeds (0, 1, ...) and summarize; ``executor``
-    (:mod:`rlrs.executors`) runs the runs instead of a local pool of ``workers``."""
+def run(tasks: Sequence[str], strategies: Sequence[str], out: str | Path, *, seeds: int = 3, epochs: int | None = None,
+        workers: int | None = None, log: Callable[[str], None] | None = print, progress: bool = False,
+        executor=None) -> ZooResult:
+    """Train every strategy on every task with ``seeds`` seeds (0, 1, ...) into ``out/runs`` and
+    summarize; :func:`save` and :func:`render` write ``results.json``, ``report.md`` and
+    ``zoo_curves.png``, :func:`run_zoo` all three. ``executor`` (:mod:`rlrs.executors`) runs the
+    runs instead of a local pool of ``workers``."""
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"--seeds: at least 1, got {seeds!r}")
     tasks = parse_names(",".join(tasks), TASKS, "task")
@@ -226,7 +169,7 @@ def run_zoo(tasks: Sequence[str], strategies: Sequence[str], out: str | Path, se
                 if log:
                     log(f"rlrs zoo: task {task} cannot run: {unfetched[task]}")
     jobs = [j for j in jobs if j.spec.task not in unfetched]
-    results = run_all(jobs, workers, log, executor=executor)
+    results = run_all(jobs, workers, log, progress=progress, executor=executor)
     cells = []
     for task in tasks:
         target = TASKS[task].target
@@ -255,20 +198,113 @@ def run_zoo(tasks: Sequence[str], strategies: Sequence[str], out: str | Path, se
                 sum(r.status == "failed" for _, r in mine), am, asd, lm, lsd, target, len(reach_steps),
                 _mean_std(reach_steps)[0], _mean_std(reach_s)[0],
                 float(np.mean([r.wall_s for r in done])) if done else 0.0,
-                [f"seed {j.spec.seed}: {r.headline()}" for j, r in mine if r.status not in ("finished",)],
-                runs=[str(r.out) for r in done], accuracies=accs))
-    res = ZooResult(out, tasks, strategies, seeds, epochs, cells, time.perf_counter() - t0)
-    write_outputs(res)
-    return res
+                tuple(f"seed {j.spec.seed}: {r.headline()}" for j, r in mine if r.status not in ("finished",)),
+                runs=tuple(str(r.out) for r in done), accuracies=tuple(float(a) for a in accs)))
+    return ZooResult(tuple(tasks), tuple(strategies), seeds, epochs, time.perf_counter() - t0, tuple(cells))
 
 
-def write_outputs(res: ZooResult) -> None:
-    """``results.json``, ``report.md`` and ``zoo_curves.png`` (when matplotlib is installed; not
-    for a merged result, whose curves are in each input's own plot)."""
-    files.make_dir(res.out, "--out")
-    files.write_json(res.out / "results.json", res.to_dict())
-    png = None if res.merged_from else _plot(res)
-    files.atomic_write_text(res.out / "report.md", report(res, png))
+def merge(results: Mapping[str, ZooResult]) -> ZooResult:
+    """One :class:`ZooResult` of several zoo runs on different tasks (e.g. measured in different
+    sessions or on different machines), for one cross-task table; ``results`` maps the
+    ``results.json`` each was read from (``merged_from`` lists them) to it. Each task must come
+    from one input, and all inputs must have the same seeds and epochs. A strategy an input did
+    not run is "n/a" on that input's tasks when it does not apply to them, and an error when it does.
+
+        >>> merge({})
+        Traceback (most recent call last):
+        ...
+        rlrs.config.ConfigError: --merge: give at least two results.json files
+    """
+    if len(results) < 2:
+        raise ConfigError("--merge: give at least two results.json files")
+    (first_name, first), *_ = results.items()
+    owner: dict[str, str] = {}
+    for name, r in results.items():
+        if (r.seeds, r.epochs) != (first.seeds, first.epochs):
+            raise ConfigError(f"--merge: {name} has {r.seeds} seeds and epochs {r.epochs}, {first_name} has "
+                              f"{first.seeds} and {first.epochs}; merge results measured the same way")
+        for t in r.tasks:
+            if t in owner:
+                raise ConfigError(f"--merge: task {t} is in both {owner[t]} and {name}; merge each task once")
+            owner[t] = name
+    strategies = tuple(dict.fromkeys(s for r in results.values() for s in r.strategies))
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown:
+        raise ConfigError(f"--merge: strategy {unknown[0]!r} is not in this rlrs's registry; "
+                          f"{_config.closest(unknown[0], list(STRATEGIES))}")
+    cells = []
+    for t, name in owner.items():
+        r = results[name]
+        for s in strategies:
+            if s in r.strategies:
+                cells.append(r.cell(s, t))
+            elif not STRATEGIES[s].applies_to(t):
+                cells.append(_no_runs(s, t, r.seeds, applicable=False))
+            else:
+                raise ConfigError(f"--merge: strategy {s} did not run on task {t} in {name}; run it there "
+                                  f"(rlrs zoo --tasks {t} --strategies {s} --out {Path(name).parent}) before merging")
+    return ZooResult(tuple(owner), strategies, first.seeds, first.epochs, sum(r.wall_s for r in results.values()),
+                     tuple(cells), tuple(results))
+
+
+def save(result: ZooResult, out: str | Path) -> Path:
+    """Write ``out/results.json``."""
+    path = files.make_dir(out, "--out") / "results.json"
+    files.write_json(path, _config.to_dict(result))
+    return path
+
+
+def results_file(path: str | Path) -> Path:
+    """The ``results.json`` that ``path`` names: the file itself, or the one in the directory."""
+    path = Path(path)
+    return path / "results.json" if path.is_dir() else path
+
+
+def load(path: str | Path) -> ZooResult:
+    """The :class:`ZooResult` in a zoo's ``results.json`` (or the directory holding it), files of
+    earlier versions included. The runs' directories it names are kept as written; they need not
+    exist to report on it."""
+    path = results_file(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no zoo result here; run `rlrs zoo --out DIR` first")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read a results.json written by `rlrs zoo`: {err}") from None
+    if isinstance(doc, dict) and isinstance(doc.get("cells"), list):
+        # Files written before the result was typed held each cell's status, which is derived.
+        doc = {**doc, "cells": [{k: v for k, v in c.items() if k != "status"} if isinstance(c, dict) else c
+                                for c in doc["cells"]]}
+    return _config.from_dict(ZooResult, doc, str(path))
+
+
+def load_results(path: str | Path) -> ZooResult:
+    """The earlier name of :func:`load` (``benchmarks/zoo_finetune.py`` calls it)."""
+    return load(path)
+
+
+def run_zoo(tasks: Sequence[str], strategies: Sequence[str], out: str | Path, seeds: int = 3,
+            epochs: int | None = None, workers: int | None = None, log: Callable[[str], None] | None = print,
+            executor=None) -> ZooResult:
+    """What ``rlrs zoo`` does, in one call: :func:`run`, then :func:`save` and :func:`render` into ``out``."""
+    result = run(tasks, strategies, out, seeds=seeds, epochs=epochs, workers=workers, log=log, executor=executor)
+    save(result, out)
+    render(result, out)
+    return result
+
+
+# --- report -------------------------------------------------------------------------------------
+
+
+def render(result: ZooResult, out: str | Path) -> list[Path]:
+    """Write ``report.md`` and ``zoo_curves.png`` into ``out``. The curves are read from the runs'
+    own logs in the run directories the cells name; the figure is left out when matplotlib is not
+    installed, and for a merged result (its curves are in each input's own figure)."""
+    out = files.make_dir(out, "--out")
+    png = None if result.merged_from else plot(result, out / "zoo_curves.png")
+    md = out / "report.md"
+    files.atomic_write_text(md, markdown(result, png))
+    return [md] if png is None else [png, md]
 
 
 def accuracy_text(c: Cell) -> str:
@@ -288,8 +324,9 @@ def ranks(res: ZooResult, task: str) -> dict[str, int]:
     return {c.strategy: i + 1 for i, c in enumerate(cells)}
 
 
-def report(res: ZooResult, png: Path | None) -> str:
-    """The markdown report: the cross-task table first, then one table per task."""
+def markdown(res: ZooResult, png: Path | None = None) -> str:
+    """``report.md``: the cross-task table first, then one table per task; ``png`` is the curves'
+    figure it links (none: no link)."""
     rk = {t: ranks(res, t) for t in res.tasks}
     lines = [
         "# rlrs zoo", "",
@@ -332,7 +369,9 @@ def report(res: ZooResult, png: Path | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plot(res: ZooResult) -> Path | None:
+def plot(res: ZooResult, path: str | Path) -> Path | None:
+    """The mean test accuracy curve of each strategy, one panel per task, read from the runs' logs
+    (``None``: matplotlib is not installed)."""
     try:
         import matplotlib
 
@@ -358,7 +397,8 @@ def _plot(res: ZooResult) -> Path | None:
     if handles:  # no curves when the runs' folders are gone
         # Under the panels, not over any of them: two dozen strategies cover a panel's curves.
         fig.legend(handles, labels, fontsize=7, ncol=min(6, len(labels)), loc="outside lower center", frameon=False)
-    return _save(fig, res.out / "zoo_curves.png", dpi=110)
+    return _save(fig, path, dpi=110)
+
 
 
 def listing() -> str:
@@ -377,6 +417,7 @@ def listing() -> str:
 
 
 def add_commands(sub) -> None:
+    """Register ``rlrs zoo``."""
     p = sub.add_parser("zoo", help="learning-rate strategies x tasks x seeds (the comparison of arXiv 2604.27295, with error bars)",
                        description="Train every strategy on every task with several seeds on the run engine; write "
                                    "results.json, report.md (the cross-task table), zoo_curves.png and runs/ into "
@@ -385,7 +426,7 @@ def add_commands(sub) -> None:
     p.add_argument("--tasks", default=None, help=f"tasks, comma-separated, or all ({', '.join(TASKS)})")
     add_renamed(p, "--task", "--tasks", "tasks")
     p.add_argument("--strategies", default="all", help="strategies, comma-separated, or all (default: all)")
-    add_seeds_arg(p, default_of(run_zoo, "seeds"))
+    add_seeds_arg(p, default_of(run, "seeds"))
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: each task's own)")
     add_workers_arg(p)
     add_executor_args(p)
@@ -403,17 +444,17 @@ def cmd_zoo(args) -> int:
         if args.out is None or args.tasks is not None:
             raise ConfigError("--merge: give --out (where the merged results.json and report.md go) and no --tasks, "
                               "e.g. rlrs zoo --merge a/results.json b/results.json --out zoo-all")
-        res = merge_results([load_results(p) for p in args.merge], args.out)
-        write_outputs(res)
+        res = merge({str(results_file(p)): load(p) for p in args.merge})
     else:
         if args.tasks is None or args.out is None:
             raise ConfigError("--tasks and --out: both needed to run the zoo (or --list to see the strategies), e.g. "
                               "rlrs zoo --tasks gauss --strategies adamw,dals --out runs/zoo")
-        check_workers(args.workers)
         with executor_from_args(args, Path(args.out) / "slurm") as ex:
-            res = run_zoo(args.tasks.split(","), args.strategies.split(","), args.out, seeds=args.seeds,
-                          epochs=args.epochs, workers=args.workers, executor=ex)
-    print(report(res, None).split("\n## ")[0])
-    print(f"results: {res.out / 'results.json'}  report: {res.out / 'report.md'}")
+            res = run(args.tasks.split(","), args.strategies.split(","), args.out, seeds=args.seeds,
+                      epochs=args.epochs, workers=args.workers, executor=ex)
+    save(res, args.out)
+    render(res, args.out)
+    print(markdown(res).split("\n## ")[0])
+    print(f"results: {Path(args.out) / 'results.json'}  report: {Path(args.out) / 'report.md'}")
     # A diverged strategy is a result, a crash is not; a merge reports what its inputs had, and crashes nothing.
     return 1 if args.merge is None and any(c.failed for c in res.cells) else 0

@@ -6,12 +6,14 @@ pretrained encoder and its datasets). The ``rlrs zoo`` command is :mod:`rlrs.exp
 
 # Before the layout of experiments/ and zoo/, rlrs.zoo was the command's module: its names fail
 # with the place they moved to rather than an AttributeError that leaves the user guessing.
-_COMMAND = ("Cell", "ZooResult", "accuracy_text", "listing", "load_results", "merge_results", "parse_names",
-            "ranks", "report", "run_zoo", "write_outputs", "add_commands", "cmd_zoo")
+# Some were renamed since (the command took the experiments' shape: run, save, load, render).
+_COMMAND = {name: name for name in ("Cell", "ZooResult", "accuracy_text", "listing", "load_results", "parse_names",
+                                    "ranks", "run_zoo", "add_commands", "cmd_zoo")}
+_COMMAND.update(merge_results="merge", report="markdown", write_outputs="save and render")
 
 
 def __getattr__(name: str):
     if name in _COMMAND:
-        raise ImportError(f"rlrs.zoo.{name} moved to rlrs.experiments.zoo.{name}: the `zoo` command is "
+        raise ImportError(f"rlrs.zoo.{name} moved to rlrs.experiments.zoo.{_COMMAND[name]}: the `zoo` command is "
                           "rlrs.experiments.zoo, rlrs.zoo holds its tasks and strategies")
     raise AttributeError(f"module 'rlrs.zoo' has no attribute {name!r}")
