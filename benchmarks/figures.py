@@ -22,19 +22,9 @@ sys.path.insert(0, str(HERE))
 import evidence  # noqa: E402  (benchmarks/evidence.py)
 import tuners  # noqa: E402  (benchmarks/tuners.py)
 
-from rlrs.experiments.width_transfer import WidthPoint, WidthSeries, WidthTransferResult, _plot  # noqa: E402
+from rlrs.experiments.width_transfer import load, plot  # noqa: E402
 
 RESULTS = HERE / "results"
-
-
-def width_result(path: Path) -> WidthTransferResult:
-    """What a width-transfer ``results.json`` holds, as the figure needs it (per-seed losses are
-    not stored: the zero-shot gaps are not part of the figure)."""
-    doc = json.loads(path.read_text())
-    series = [WidthSeries(s["variant"], s["plan"], [
-        WidthPoint(p["width"], p["best_base_lr"], p["interior"], p["best_loss"],
-                   {q["base_lr"]: q["loss"] for q in p["losses"]}) for p in s["points"]]) for s in doc["series"]]
-    return WidthTransferResult(path.parent, doc["preset"], doc["widths"], doc["base_width"], doc["seeds"], series)
 
 
 def main() -> int:
@@ -43,7 +33,7 @@ def main() -> int:
         tuners._plot(family, fam, RESULTS)
         made.append(RESULTS / f"tuners-{family}.png")
     for path in sorted((RESULTS / "width").glob("*/results.json")):
-        made.append(_plot(width_result(path), path.parent / "width_transfer.png"))
+        made.append(plot(load(path), path.parent / "width_transfer.png"))
     for p in made:
         print(f"figure: {p.relative_to(HERE.parent)}")
     return 0

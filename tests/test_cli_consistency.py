@@ -19,11 +19,11 @@ from rlrs.inspection import DEFAULT_AT, inspect
 from rlrs.models import DEFAULT_SIZE
 from rlrs.options import HELP, default_of, sets_from_args, target_from_args
 from rlrs.targets import CommandTarget, PresetTarget
-from rlrs.experiments.ablate import ablate
+from rlrs.experiments import ablate
 from rlrs.experiments.transfer import transfer
 from rlrs.tune.spec import Pruning, TuneSpec
 from rlrs.tune.study import StudyOptions
-from rlrs.experiments.width_transfer import width_transfer
+from rlrs.experiments import width_transfer
 from rlrs.experiments.zoo import run_zoo
 
 # Flags whose default is each command's own (read from that command's API, checked in
@@ -107,12 +107,12 @@ def _api_defaults() -> dict[tuple[str, str], object]:
         ("transfer", "seeds"): default_of(transfer, "seeds"),
         ("transfer", "grid_seeds"): default_of(transfer, "grid_seeds"),
         ("transfer", "extend"): default_of(transfer, "extend"),
-        ("ablate", "seeds"): default_of(ablate, "seeds"),
-        ("ablate", "kind"): default_of(ablate, "kind"),
-        ("width-transfer", "seeds"): default_of(width_transfer, "seeds"),
-        ("width-transfer", "extend"): default_of(width_transfer, "extend"),
-        ("width-transfer", "iwd"): default_of(width_transfer, "iwd"),
-        ("width-transfer", "variants"): ",".join(default_of(width_transfer, "variants")),
+        ("ablate", "seeds"): default_of(ablate.run, "seeds"),
+        ("ablate", "kind"): default_of(ablate.run, "kind"),
+        ("width-transfer", "seeds"): default_of(width_transfer.run, "seeds"),
+        ("width-transfer", "extend"): default_of(width_transfer.run, "extend"),
+        ("width-transfer", "iwd"): default_of(width_transfer.run, "iwd"),
+        ("width-transfer", "variants"): ",".join(default_of(width_transfer.run, "variants")),
         ("zoo", "seeds"): default_of(run_zoo, "seeds"),
         ("zoo", "strategies"): "all",
         ("tune", "seeds"): default_of(TuneSpec, "seeds"),

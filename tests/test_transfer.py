@@ -7,7 +7,7 @@ import pytest
 from rlrs import presets
 from rlrs.config import ConfigError
 from rlrs.plan import Plan
-from rlrs.experiments.ablate import ablate
+from rlrs.experiments.ablate import AblateResult, ablate, load, markdown, render, save
 from rlrs.experiments.transfer import transfer, uniform_like
 
 
@@ -53,6 +53,10 @@ def test_ablate_leave_one_out_and_vary(tmp_path, tiny_sets):
     md = (tmp_path / "a" / "ablate.md").read_text()
     assert "Leave one component out" in md and "| router | 0.6 → 1 |" in md
     assert (tmp_path / "a" / "ablate_vary.png").stat().st_size > 10_000
+    # ablate.json is the typed result: it reads back equal, and renders the same report.
+    back = load(tmp_path / "a")
+    assert isinstance(back, AblateResult) and back == r
+    assert render(back, tmp_path / "again")[0].read_text() == md
 
 
 def test_ablate_rejects_bad_input(tmp_path):
@@ -60,3 +64,51 @@ def test_ablate_rejects_bad_input(tmp_path):
         ablate("tiny-moe", "paper-moe", tmp_path, components=["routr"])
     with pytest.raises(ConfigError, match="kind"):
         ablate("tiny-moe", "paper-moe", tmp_path, kind="all")
+
+
+# ablate.json as versions before AblateResult was a frozen dataclass wrote it: each variant also
+# held its derived ``diverged`` and ``final_loss``.
+OLD_ABLATE_JSON = {
+    "preset": "tiny-moe", "plan": "paper-moe", "seeds": 2,
+    "leave_one_out": [
+        {"component": "embedding", "lambdas": [1.0, 1.0], "speedup_percent": None, "text": "not measurable",
+         "final_loss": None, "full_final_loss": None},
+        {"component": "router", "lambdas": [0.6, 1.0], "speedup_percent": 12.5, "text": "speed-up +12.5%",
+         "final_loss": 3.61, "full_final_loss": 3.55}],
+    "vary": [
+        {"variant": "base", "component": None, "which": None, "factor": 1.0, "losses": [3.5, 3.52],
+         "statuses": ["finished", "finished"], "errors": [], "diverged": False, "final_loss": 3.51},
+        {"variant": "router.start\u00d70.2", "component": "router", "which": "start", "factor": 0.2,
+         "losses": [None, 3.6], "statuses": ["diverged", "finished"], "errors": ["diverged: loss nan at step 3"],
+         "diverged": True, "final_loss": 3.6}],
+    "wall_s": 12.0}
+
+
+def test_an_ablate_json_of_an_earlier_version_loads_and_renders_the_same_report(tmp_path):
+    (tmp_path / "ablate.json").write_text(json.dumps(OLD_ABLATE_JSON))
+    a = load(tmp_path)
+    assert [r.lambdas for r in a.leave_one_out] == [(1.0, 1.0), (0.6, 1.0)]
+    assert [(v.diverged, v.final_loss) for v in a.vary] == [(False, pytest.approx(3.51)), (True, 3.6)]
+    # The report that version wrote for it, line for line.
+    assert markdown(a).splitlines()[8:] == [
+        "| embedding | 1 → 1 | - | - | no speed-up |", "| router | 0.6 → 1 | 3.6100 | 3.5500 | +12.5% |", "",
+        "## One λ varied (figure 4)", "", "![varied](ablate_vary.png)", "", "| Variant | Final loss |", "|---|---|",
+        "| base | 3.5100 |", "| router.start×0.2 | 3.6000 (some seeds diverged) |"]
+    # Written back, it has every key but the two derived ones, and reads back equal.
+    saved = json.loads(save(a, tmp_path / "new").read_text())
+    assert saved == {**OLD_ABLATE_JSON, "vary": [{k: v for k, v in row.items() if k not in ("diverged", "final_loss")}
+                                                 for row in OLD_ABLATE_JSON["vary"]]}
+    assert load(tmp_path / "new") == a
+
+
+def test_an_ablate_json_that_is_not_one_names_the_file_the_field_and_the_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no ablation result here; run `rlrs ablate --out DIR` first"):
+        load(tmp_path)
+    bad = {**OLD_ABLATE_JSON, "leave_one_out": [{**OLD_ABLATE_JSON["leave_one_out"][0], "final_loss": "low"}]}
+    (tmp_path / "ablate.json").write_text(json.dumps(bad))
+    with pytest.raises(ConfigError, match=r"ablate.json: not an ablate.json written by `rlrs ablate`: "
+                                          r"ablate_result\.leave_one_out\[0\]\.final_loss: expected a number"):
+        load(tmp_path / "ablate.json")
+    (tmp_path / "ablate.json").write_text("{")
+    with pytest.raises(ConfigError, match="not JSON"):
+        load(tmp_path)

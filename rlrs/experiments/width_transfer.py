@@ -25,27 +25,32 @@ number of heads kept (what muP here assumes); the smallest width is muP's base w
   (``plan.width_warmup = "decay-away"``, m = width / base width).
 
 Everything runs on the run engine under ``OUT/<variant>/w<width>/``, so a rerun reuses finished
-runs and resumes interrupted ones. ``results.json`` holds each (variant, plan, width)'s best η_base
-and whether it is interior, and per (variant, plan) the drift of the optimum across widths in steps
-of the ladder and the zero-shot gap (the final loss that the base width's best η_base gives away
-at each larger width against that width's own best, paired over seeds: the paper's open question
-is whether this is zero); ``report.md`` the tables; ``width_transfer.png`` the final loss against
-η_base per width (Kosson et al.'s figure), the base width's optimum marked.
+runs and resumes interrupted ones. ``results.json`` (:func:`save`; :func:`load` reads it back
+as a :class:`WidthTransferResult`) holds each (variant, plan, width)'s grid losses, best η_base
+and whether it is interior, and per (variant, plan) the zero-shot gap (the final loss that the
+base width's best η_base gives away at each larger width against that width's own best, paired
+over seeds: the paper's open question is whether this is zero); the drift of the optimum across
+widths in steps of the ladder follows from the best values (:attr:`WidthSeries.drift`).
+:func:`render` writes ``report.md``, the tables, and ``width_transfer.png``, the final loss
+against η_base per width (Kosson et al.'s figure), the base width's optimum marked;
+:func:`width_transfer` is :func:`run`, :func:`save` and :func:`render` in one, as the command.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from .. import config as _config
 from .. import files
-from ..analysis import Difference, paired_difference
+from ..analysis import paired_difference
 from .arms import arm_name
-from .lr_grid import GridPoint, GridResult, lr_grid
+from .lr_grid import GridArm, GridPoint, GridResult, lr_grid
 from ..config import ConfigError
 from ..targets import PresetTarget
 from ..models import get_size
@@ -86,111 +91,129 @@ def ladder_position(value: float) -> float:
     return float(3 * exp + step)
 
 
-@dataclass
+@dataclass(frozen=True)
+class GridLoss:
+    """One η_base of a width's grid: the mean final loss over seeds (``None``: a seed diverged or failed)."""
+
+    base_lr: float
+    loss: float | None
+
+
+@dataclass(frozen=True)
 class WidthPoint:
+    """One width's η_base grid for one variant and plan: its best η_base (``None``: no value
+    where every seed finished), whether that best is interior (a grid value on each side), and
+    every value's loss."""
+
     width: int
-    best: float | None  # None: every grid value diverged
+    best_base_lr: float | None
     interior: bool
     best_loss: float | None
-    losses: dict[float, float | None]  # η_base -> mean final loss (None: a seed diverged or failed)
-    # η_base -> seed -> final loss, finished runs only (seeds share their data order: paired)
-    seed_losses: dict[float, dict[int, float]] = field(default_factory=dict)
+    losses: tuple[GridLoss, ...]  # by η_base, ascending
+
+    @classmethod
+    def of(cls, width: int, arm: GridArm) -> WidthPoint:
+        # Interior needs a point on each side: one grid value alone has no edge but says nothing
+        # of where the optimum lies. A point counts only when every seed finished (as for the
+        # best): the base η_base losing a seed at a larger width is a failed transfer.
+        interior = arm.best is not None and arm.edge is None and len(arm.points) >= 3
+        return cls(width, arm.best, interior, arm.best_loss,
+                   tuple(GridLoss(p.base_lr, p.mean if p.status == "finished" else None)
+                         for p in sorted(arm.points, key=lambda p: p.base_lr)))
 
 
-@dataclass
+@dataclass(frozen=True)
 class ZeroShot:
-    """The base width's best η_base used at a larger width, against that width's own best."""
+    """The base width's best η_base used at a larger width, against that width's own best: the
+    final loss at ``base_lr`` minus at that width's best, paired over ``seeds`` seeds (``gap``
+    its mean, ``gap_sd`` its spread; ``None`` and 0 seeds unless ``status`` is ``trained``)."""
 
     width: int
     base_lr: float  # the base width's best η_base
     status: str  # "trained", "diverged" (a seed diverged or failed there) or "not trained" (off its grid)
-    gap: Difference | None = None  # final loss at base_lr minus at this width's best, paired seeds
+    gap: float | None
+    gap_sd: float | None
+    seeds: int
 
     @property
     def text(self) -> str:
         if self.gap is None:
             return self.status
-        return f"{self.gap.mean:+.4f} ± {self.gap.std:.4f}" if self.gap.n > 1 else f"{self.gap.mean:+.4f}"
+        return f"{self.gap:+.4f} ± {self.gap_sd:.4f}" if self.seeds > 1 else f"{self.gap:+.4f}"
 
 
 def _seed_losses(p: GridPoint) -> dict[int, float]:
     return {r.seed: r.final_eval_loss for r in p.runs if r.finished}
 
 
-@dataclass
+def zero_shot(arms: Sequence[GridArm], widths: Sequence[int]) -> tuple[ZeroShot, ...]:
+    """At each width above the base (the first), what training at the base width's best η_base
+    costs in final loss against that width's best (0 where they coincide), paired over the seeds
+    that finished at both (seeds share their data order); empty when the base width has no best.
+
+        >>> from rlrs.experiments.lr_grid import GridArm, GridPoint, GridRun
+        >>> def point(lr, *losses):
+        ...     return GridPoint.of(lr, [GridRun(s, "finished", v, None, Path("r"), False, 0.0)
+        ...                              for s, v in enumerate(losses)])
+        >>> base = GridArm.of([point(1e-2, 3.0, 3.1)])
+        >>> wide = GridArm.of([point(5e-3, 2.8, 2.8), point(1e-2, 2.9, 2.86)])
+        >>> [z.text for z in zero_shot([base, wide], [16, 64])]
+        ['+0.0800 ± 0.0283']
+    """
+    eta = arms[0].best
+    if eta is None:
+        return ()
+    out = []
+    for width, a in zip(widths[1:], arms[1:]):
+        at = {p.base_lr: p for p in a.points}
+        if eta not in at:
+            out.append(ZeroShot(width, eta, "not trained", None, None, 0))
+            continue
+        here, best = _seed_losses(at[eta]), _seed_losses(at[a.best]) if a.best is not None else {}
+        seeds = sorted(here.keys() & best.keys())
+        if at[eta].status != "finished" or not seeds:
+            out.append(ZeroShot(width, eta, "diverged", None, None, 0))
+            continue
+        d = paired_difference([best[s] for s in seeds], [here[s] for s in seeds])
+        out.append(ZeroShot(width, eta, "trained", d.mean, d.std, d.n))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class WidthSeries:
+    """One variant and plan across the widths. ``zero_shot`` is ``None`` in a file written before
+    rlrs measured the zero-shot gap."""
+
     variant: str
     plan: str
-    points: list[WidthPoint]
+    zero_shot: tuple[ZeroShot, ...] | None
+    points: tuple[WidthPoint, ...]
 
     @property
     def drift(self) -> float | None:
         """How far the best η_base moves across widths, in ladder steps (max − min); ``None``
         unless every width has an interior optimum."""
-        bests = [p.best for p in self.points]
+        bests = [p.best_base_lr for p in self.points]
         if any(b is None for b in bests) or not all(p.interior for p in self.points):
             return None
         pos = [ladder_position(b) for b in bests]
         return max(pos) - min(pos)
 
-    def zero_shot(self) -> list[ZeroShot]:
-        """At each width above the base, what training at the base width's best η_base costs in
-        final loss against that width's best (0 where they coincide); empty when the base width
-        has no finished point.
 
-            >>> base = WidthPoint(16, 1e-2, True, 3.05, {1e-2: 3.05}, {1e-2: {0: 3.0, 1: 3.1}})
-            >>> wide = WidthPoint(64, 5e-3, True, 2.8, {5e-3: 2.8, 1e-2: 2.88},
-            ...                   {5e-3: {0: 2.8, 1: 2.8}, 1e-2: {0: 2.9, 1: 2.86}})
-            >>> [z.text for z in WidthSeries("sp", "uniform", [base, wide]).zero_shot()]
-            ['+0.0800 ± 0.0283']
-        """
-        eta = self.points[0].best
-        if eta is None:
-            return []
-        out = []
-        for p in self.points[1:]:
-            if eta not in p.losses:
-                out.append(ZeroShot(p.width, eta, "not trained"))
-                continue
-            here, best = p.seed_losses.get(eta, {}), p.seed_losses.get(p.best, {}) if p.best is not None else {}
-            seeds = sorted(here.keys() & best.keys())
-            if p.losses[eta] is None or not seeds:
-                out.append(ZeroShot(p.width, eta, "diverged"))
-                continue
-            out.append(ZeroShot(p.width, eta, "trained", paired_difference([best[s] for s in seeds],
-                                                                          [here[s] for s in seeds])))
-        return out
-
-
-@dataclass
+@dataclass(frozen=True)
 class WidthTransferResult:
-    out: Path
+    """What :func:`run` found: ``results.json`` is ``rlrs.config.to_dict`` of it, and
+    ``rlrs.config.from_dict(WidthTransferResult, json.load(f))`` (:func:`load`) reads it back."""
+
     preset: str
-    widths: list[int]
+    widths: tuple[int, ...]
     base_width: int
     seeds: int
-    series: list[WidthSeries]
-    wall_s: float = 0.0
-    files: list[Path] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return _config.json_safe({
-            "preset": self.preset, "widths": self.widths, "base_width": self.base_width, "seeds": self.seeds,
-            "series": [{"variant": s.variant, "plan": s.plan, "drift_steps": s.drift,
-                        "zero_shot": [{"width": z.width, "base_lr": z.base_lr, "status": z.status,
-                                       "gap": None if z.gap is None else z.gap.mean,
-                                       "gap_sd": None if z.gap is None else z.gap.std,
-                                       "seeds": 0 if z.gap is None else z.gap.n} for z in s.zero_shot()],
-                        "points": [{"width": p.width, "best_base_lr": p.best, "interior": p.interior,
-                                    "best_loss": p.best_loss,
-                                    "losses": [{"base_lr": k, "loss": v} for k, v in sorted(p.losses.items())]}
-                                   for p in s.points]}
-                       for s in self.series],
-            "wall_s": self.wall_s,
-        })
+    series: tuple[WidthSeries, ...]
+    wall_s: float
 
 
-def width_transfer(
+def run(
     preset: str,
     widths: Sequence[int],
     out: str | Path,
@@ -204,10 +227,15 @@ def width_transfer(
     sets: Mapping[str, Any] | None = None,
     workers: int | None = None,
     log: Callable[[str], None] = print,
+    progress: bool = False,
     executor=None,
 ) -> WidthTransferResult:
     """The η_base grid at every width for every variant and plan; see the module docstring.
-    ``executor`` (:mod:`rlrs.executors`) runs the runs instead of a local pool of ``workers``."""
+    Each (variant, width) is an ``lr-grid`` (:func:`~rlrs.experiments.lr_grid.lr_grid`) into
+    ``out/<variant>/w<width>``, which writes its runs and its own ``grid.json`` and ``grid.md``
+    there; :func:`save` and :func:`render` write ``results.json``, ``report.md`` and
+    ``width_transfer.png`` into ``out``, :func:`width_transfer` all three. ``executor``
+    (:mod:`rlrs.executors`) runs the runs instead of a local pool of ``workers``."""
     t0 = time.perf_counter()
     widths = sorted({int(w) for w in widths})
     if len(widths) < 2:
@@ -248,30 +276,71 @@ def width_transfer(
                                                     if g.best is not None}
             grids[w] = lr_grid(preset, plans, out / v / f"w{w}", grid=grid, seeds=seeds, extend=extend,
                                sets={**sets, **variant_sets(v, w, base_width, iwd)}, workers=workers,
-                               include=base_best, log=log, executor=executor)
+                               include=base_best, log=log, progress=progress, executor=executor)
         for p in plans:
-            arm = arm_name(p)
-            pts = []
-            for w in widths:
-                a = grids[w].arms[arm]
-                # Interior needs a point on each side: one grid value alone has no edge but says
-                # nothing of where the optimum lies. A point counts only when every seed finished
-                # (as for the best): the base η_base losing a seed at a larger width is a failed transfer.
-                interior = a.best is not None and a.edge is None and len(a.points) >= 3
-                pts.append(WidthPoint(w, a.best, interior, a.best_loss,
-                                      {pt.base_lr: pt.mean if pt.status == "finished" else None for pt in a.points},
-                                      {pt.base_lr: _seed_losses(pt) for pt in a.points}))
-            series.append(WidthSeries(v, arm, pts))
-    res = WidthTransferResult(out, preset, widths, base_width, seeds, series, time.perf_counter() - t0)
-    path = out / "results.json"
-    files.write_json(path, res.to_dict())
-    files.atomic_write_text(out / "report.md", _report(res))
-    res.files = [path, out / "report.md", _plot(res, out / "width_transfer.png")]
-    log(f"wrote {out / 'report.md'}")
-    return res
+            arms = [grids[w].arms[arm_name(p)] for w in widths]
+            series.append(WidthSeries(v, arm_name(p), zero_shot(arms, widths),
+                                      tuple(WidthPoint.of(w, a) for w, a in zip(widths, arms))))
+    return WidthTransferResult(preset, tuple(widths), base_width, seeds, tuple(series), time.perf_counter() - t0)
 
 
-def _report(r: WidthTransferResult) -> str:
+def save(result: WidthTransferResult, out: str | Path) -> Path:
+    """Write ``out/results.json``."""
+    path = Path(out) / "results.json"
+    files.write_json(path, _config.to_dict(result))
+    return path
+
+
+def load(path: str | Path) -> WidthTransferResult:
+    """The :class:`WidthTransferResult` in a width-transfer ``results.json`` (or the directory
+    holding it), files of earlier versions included: they also held each series' ``drift_steps``
+    (:attr:`WidthSeries.drift` derives it from the points), and the first ones no zero-shot gap."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no width-transfer result here; run `rlrs width-transfer --out DIR` first")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        raise ConfigError(f"{path}: not a results.json written by `rlrs width-transfer` (not JSON)") from None
+    try:
+        if isinstance(data, dict) and isinstance(data.get("series"), list):
+            data = {**data, "series": [_current_series(s) if isinstance(s, dict) else s for s in data["series"]]}
+        return _config.from_dict(WidthTransferResult, data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: not a results.json written by `rlrs width-transfer`: {err}") from None
+
+
+def _current_series(s: dict[str, Any]) -> dict[str, Any]:
+    """A series as this version writes it, from one an earlier version wrote."""
+    s = {k: v for k, v in s.items() if k != "drift_steps"}
+    return s if "zero_shot" in s else {**s, "zero_shot": None}
+
+
+def width_transfer(preset: str, widths: Sequence[int], out: str | Path, **options) -> WidthTransferResult:
+    """What ``rlrs width-transfer`` does, in one call: :func:`run` (``options`` are its keywords),
+    then :func:`save` and :func:`render` into ``out``."""
+    result = run(preset, widths, out, **options)
+    save(result, out)
+    render(result, out)
+    options.get("log", print)(f"wrote {Path(out) / 'report.md'}")
+    return result
+
+
+# --- report -------------------------------------------------------------------------------------------
+
+
+def render(result: WidthTransferResult, out: str | Path) -> list[Path]:
+    """Write ``report.md`` and ``width_transfer.png`` into ``out``, from ``result`` alone."""
+    out = Path(out)
+    md = out / "report.md"
+    files.atomic_write_text(md, markdown(result))
+    return [md, plot(result, out / "width_transfer.png")]
+
+
+def markdown(r: WidthTransferResult) -> str:
+    """``report.md``: the best η_base per width and its drift, then the zero-shot gaps."""
     lines = [f"# rlrs width-transfer: {r.preset}", "",
              f"Widths {', '.join(map(str, r.widths))} (muP base width {r.base_width}), {r.seeds} seed(s) per "
              "grid point. Best η_base per width (an edge value means the optimum may lie beyond the grid); "
@@ -279,7 +348,8 @@ def _report(r: WidthTransferResult) -> str:
              "| variant | plan | " + " | ".join(f"w{w}" for w in r.widths) + " | drift (steps) |",
              "|---|---|" + "---|" * len(r.widths) + "---|"]
     for s in r.series:
-        cells = [("diverged" if p.best is None else f"{p.best:g}" + ("" if p.interior else " (edge)")) for p in s.points]
+        cells = [("diverged" if p.best_base_lr is None else f"{p.best_base_lr:g}" + ("" if p.interior else " (edge)"))
+                 for p in s.points]
         drift = "-" if s.drift is None else f"{s.drift:g}"
         lines.append(f"| {s.variant} | {s.plan} | " + " | ".join(cells) + f" | {drift} |")
     lines += ["", "Zero-shot: the final loss that the base width's best η_base gives away at each larger width "
@@ -288,43 +358,51 @@ def _report(r: WidthTransferResult) -> str:
               "| variant | plan | base η_base | " + " | ".join(f"w{w}" for w in r.widths[1:]) + " |",
               "|---|---|---|" + "---|" * (len(r.widths) - 1)]
     for s in r.series:
-        zs = s.zero_shot()
+        if s.zero_shot is None:
+            lines.append(f"| {s.variant} | {s.plan} | not recorded (an earlier rlrs wrote this result) | "
+                         + " | ".join(["-"] * (len(r.widths) - 1)) + " |")
+            continue
+        zs = s.zero_shot
         eta = "diverged" if not zs else f"{zs[0].base_lr:g}"
         cells = [z.text for z in zs] or ["-"] * (len(r.widths) - 1)
         lines.append(f"| {s.variant} | {s.plan} | {eta} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n![final loss against η_base per width](width_transfer.png)\n"
 
 
-def _plot(r: WidthTransferResult, path: Path) -> Path:
+def plot(r: WidthTransferResult, path: str | Path) -> Path:
+    """Kosson et al.'s figure: per variant and plan, the final loss against η_base at each width,
+    each width's best circled, a value where a seed diverged as ×, the base width's best (the
+    zero-shot choice) as a dotted line."""
     from ..plots import _plt, _save
 
     plt = _plt()
     fig, axes = plt.subplots(1, len(r.series), figsize=(4 * len(r.series), 3.6), squeeze=False)
     for ax, s in zip(axes[0], r.series):
         for p in s.points:
-            pts = sorted((k, v) for k, v in p.losses.items() if v is not None)
+            pts = sorted((q.base_lr, q.loss) for q in p.losses if q.loss is not None)
             if pts:
                 line, = ax.plot(*zip(*pts), marker="o", label=f"width {p.width}")
-                if p.best is not None:
-                    ax.scatter([p.best], [p.best_loss], s=80, facecolors="none", edgecolors=line.get_color())
-                lost = [k for k, v in p.losses.items() if v is None]  # a seed diverged: × above the curve
+                if p.best_base_lr is not None:
+                    ax.scatter([p.best_base_lr], [p.best_loss], s=80, facecolors="none", edgecolors=line.get_color())
+                lost = [q.base_lr for q in p.losses if q.loss is None]  # a seed diverged: × above the curve
                 if lost:
                     ax.scatter(lost, [max(v for _, v in pts)] * len(lost), marker="x", color=line.get_color())
-        if s.points[0].best is not None:  # the zero-shot choice: the base width's optimum
-            ax.axvline(s.points[0].best, color="0.6", lw=0.8, ls=":")
+        if s.points[0].best_base_lr is not None:  # the zero-shot choice: the base width's optimum
+            ax.axvline(s.points[0].best_base_lr, color="0.6", lw=0.8, ls=":")
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(plt.NullFormatter())  # minor labels overlap on a short log range
         ax.set_xlabel("η_base")
         ax.set_title(f"{s.variant}, {s.plan}" + ("" if s.drift is None else f" (drift {s.drift:g})"), fontsize=9)
         ax.legend(frameon=False, fontsize=7)
     axes[0][0].set_ylabel("final eval loss")
-    return _save(fig, path)
+    return _save(fig, Path(path))
 
 
 # --- command line -----------------------------------------------------------------------------------
 
 
 def add_commands(sub) -> None:
+    """Register ``rlrs width-transfer``."""
     p = sub.add_parser("width-transfer", help="η_base grid x widths x variants (sp, mup, independent decay, warmup)",
                        description="For each variant and width, search η_base for each plan and report how far the "
                                    "optimum moves as the model widens (Kosson et al. 2025, arXiv 2510.19093; the RLRS paper's appendix D.1). --model is the model "
@@ -333,12 +411,12 @@ def add_commands(sub) -> None:
                                    "width_transfer.png and runs/ into --out.")
     add_target_args(p)
     add_widths_arg(p)
-    p.add_argument("--variants", default=",".join(default_of(width_transfer, "variants")),
-                   help=f"from {', '.join(VARIANTS)} (default: {','.join(default_of(width_transfer, 'variants'))})")
+    p.add_argument("--variants", default=",".join(default_of(run, "variants")),
+                   help=f"from {', '.join(VARIANTS)} (default: {','.join(default_of(run, 'variants'))})")
     add_plans_arg(p)
-    add_grid_args(p, default_of(width_transfer, "extend"))
-    add_seeds_arg(p, default_of(width_transfer, "seeds"))
-    p.add_argument("--iwd", type=float, default=default_of(width_transfer, "iwd"),
+    add_grid_args(p, default_of(run, "extend"))
+    add_seeds_arg(p, default_of(run, "seeds"))
+    p.add_argument("--iwd", type=float, default=default_of(run, "iwd"),
                    help="independent weight decay per step for the *-iwd and sp-warmup variants, which replaces "
                         "the plans' weight_decay there (default: %(default)g); sp and mup keep the plans' coupled "
                         "decay, set with --set plan.weight_decay=...")
@@ -358,10 +436,15 @@ def cmd_width_transfer(args) -> int:
     check_workers(args.workers)
     model = target_from_args(args, required=True).name
     plans = [p.strip() for p in args.plans.split(",") if p.strip()] if args.plans else None
-    with executor_from_args(args, Path(args.out) / "slurm") as ex:
-        res = width_transfer(model, parse_widths(args.widths), args.out,
-                             variants=[v.strip() for v in args.variants.split(",") if v.strip()], plans=plans,
-                             grid=parse_grid(args.grid) if args.grid else None, seeds=args.seeds, iwd=args.iwd,
-                             extend=args.extend, sets=sets_from_args(args), workers=args.workers, executor=ex)
-    print(_report(res))
+    out = Path(args.out)
+    with executor_from_args(args, out / "slurm") as ex:
+        res = run(model, parse_widths(args.widths), out,
+                  variants=[v.strip() for v in args.variants.split(",") if v.strip()], plans=plans,
+                  grid=parse_grid(args.grid) if args.grid else None, seeds=args.seeds, iwd=args.iwd,
+                  extend=args.extend, sets=sets_from_args(args), workers=args.workers,
+                  progress=sys.stderr.isatty(), executor=ex)
+    save(res, out)
+    render(res, out)
+    print(f"wrote {out / 'report.md'}")
+    print(markdown(res))
     return 0
