@@ -203,6 +203,9 @@ def test_a_killed_hyperband_reruns_its_bracket_on_the_same_points(tmp_path):
     assert any("bracket 0 was left unfinished" in s for s in lines)
     assert {point_key(t.point) for t in r.trials} == left and r.evaluations == 9
     assert r.compute_steps == 210 + 90
+    study = optuna.load_study(study_name="rlrs-hyperband", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    dropped = [t for t in study.get_trials() if t.state.name == "FAIL"]
+    assert len(dropped) == 9 and all(t.user_attrs["abandoned"] == "interrupted: its bracket runs again" for t in dropped)
 
 
 def test_the_local_search_holds_a_step_budget_and_refuses_confirm(tmp_path, capsys):

@@ -441,7 +441,7 @@ class _Hyperband:
         left = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         for t in left:  # a killed search: its points are asked again (their runs resume)
             study.enqueue_trial(dict(t.params))
-            study._storage.set_trial_user_attr(t._trial_id, "abandoned", "interrupted: its bracket runs again")
+            optuna.trial.Trial(study, t._trial_id).set_user_attr("abandoned", "interrupted: its bracket runs again")
             study.tell(t.number, state=TrialState.FAIL)
         brackets = {int(t.user_attrs["bracket"]) for t in left if "bracket" in t.user_attrs}
         if brackets:  # its last bracket again, on the same points
