@@ -126,16 +126,17 @@ def transfer(
         done = [r for r in res.runs if r.status == "finished"]
         steps = target.steps or max((r.total_steps for r in done), default=0)
         tokens, params = _reported_tokens(res), None
-    rows = [
-        TransferRow(
-            type=preset, lr_type="baseline" if i == 0 else "relative", arm=arm.name,
-            base_lr=grid_result.best[arm.name], grid_edge=grid_result.edge.get(arm.name), train_tokens=tokens,
+    rows = []
+    for name, arm in res.arms.items():
+        relative = name != res.baseline
+        sp = res.speedups[name].speedup if relative else None
+        rows.append(TransferRow(
+            type=preset, lr_type="relative" if relative else "baseline", arm=name,
+            base_lr=grid_result.best[name], grid_edge=grid_result.edge.get(name), train_tokens=tokens,
             final_loss=None if arm.final_loss is None else arm.final_loss.mean,
-            speedup_percent=None if i == 0 or arm.speedup is None else arm.speedup.percent,
-            speedup_text=None if i == 0 else arm.text,
-        )
-        for i, arm in enumerate(res.arms.values())
-    ]
+            speedup_percent=None if sp is None else sp.percent,
+            speedup_text=res.speedups[name].text if relative else None,
+        ))
     result = TransferResult(out, preset, str(plan), _lambdas(rel), params, steps, rows, res)
     files.write_json(out / "transfer.json", result.to_dict())
     files.atomic_write_text(out / "transfer.md", _transfer_md(result))
