@@ -246,8 +246,8 @@ def rows_for(out: Path, family: str, rung: str) -> list[dict]:
             "baseline_base_lr_interior": grid["arms"][base]["edge"] is None and grid["arms"][base]["best"] is not None,
             "speedup": sp["percent"],
             "speedup_ci95": None if interval is None else [interval["low"], interval["high"]],
-            "final_loss": arm_res.get("final_loss", {}).get("mean"),
-            "baseline_final_loss": res["arms"][base].get("final_loss", {}).get("mean"),
+            "final_loss": (arm_res.get("final_loss") or {}).get("mean"),  # null or absent: no seed finished
+            "baseline_final_loss": (res["arms"][base].get("final_loss") or {}).get("mean"),
             "loss_difference": None if diff is None else diff["mean"],
             "loss_difference_std": None if diff is None else diff["std"],
             "source": str(d / "results.json"),

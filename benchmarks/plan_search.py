@@ -135,8 +135,8 @@ def confirm(bench: Path, t: Target, workers: int, log=print):
                    workers=workers, log=log)
 
 
-def _seed_runs(arm) -> dict[int, object]:
-    return {r.seed: r for r in arm.runs if r.finished and r.seed in CONFIRM_SEEDS}
+def _seed_runs(res, arm: str) -> dict[int, object]:
+    return {r.seed: r for r in res.runs_of(arm) if r.finished and r.seed in CONFIRM_SEEDS}
 
 
 def rows(bench: Path, t: Target, workers: int = 2) -> list[dict]:
@@ -144,12 +144,12 @@ def rows(bench: Path, t: Target, workers: int = 2) -> list[dict]:
     res = confirm(bench, t, workers, log=lambda s: None)
     if res is None:
         return []
-    base = _seed_runs(res.arms["uniform"])
+    base = _seed_runs(res, "uniform")
     out = []
     for w in ways(bench, t):
         if w.name not in res.arms:
             continue
-        runs = _seed_runs(res.arms[w.name])
+        runs = _seed_runs(res, w.name)
         seeds = sorted(set(base) & set(runs))
         grid = _grid_runs(bench / t.name, w.name, t)
         row = {"target": t.name, "way": w.name, "cost_steps": w.cost_steps, "cost_runs": w.cost_steps / t.steps,
@@ -163,8 +163,8 @@ def rows(bench: Path, t: Target, workers: int = 2) -> list[dict]:
         if seeds and w.name != "uniform" and len(seeds) == len(CONFIRM_SEEDS):
             diff = paired_difference([base[s].final_loss for s in seeds], [runs[s].final_loss for s in seeds])
             row["diff"], row["diff_std"] = diff.mean, diff.std
-            bc = [(base[s].curve_steps, base[s].curve_loss) for s in seeds]
-            rc = [(runs[s].curve_steps, runs[s].curve_loss) for s in seeds]
+            bc = [(base[s].curve.steps, base[s].curve.loss) for s in seeds]
+            rc = [(runs[s].curve.steps, runs[s].curve.loss) for s in seeds]
             bs, bm, _ = mean_curve(bc)
             rs, rm, _ = mean_curve(rc)
             sp = speedup(bs, bm, rs, rm)

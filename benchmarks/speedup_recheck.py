@@ -45,14 +45,15 @@ def main() -> None:
         res = compare(preset, list(lrs), seeds=3, out=Path(args.out) / rung, sets={"train.threads": 1},
                       base_lrs=lrs, workers=args.workers)
         base, rel = res.arms[f"uniform-{family}"], res.arms[f"paper-{family}"]
-        sp = rel.speedup
-        old = old_rule(base.curve.steps, base.curve.mean, rel.curve.steps, rel.curve.mean)
+        judged = res.speedups[f"paper-{family}"]
+        sp = judged.speedup
+        old = old_rule(*(np.asarray(x, float) for x in (base.curve.steps, base.curve.mean, rel.curve.steps, rel.curve.mean)))
         out.append({"rung": preset, "steps": res.total_steps, "published": row["speedup"],
                     "published_final": [row["final_loss"], row["baseline_final_loss"]],
                     "final": [rel.final_loss.mean, base.final_loss.mean], "old_rule": old,
                     "new_rule": sp.percent, "resolution": sp.resolution, "t": [sp.t_relative, sp.t_base],
-                    "interval": None if rel.interval is None else [rel.interval.low, rel.interval.high],
-                    "verdict": rel.verdict})
+                    "interval": None if judged.interval is None else [judged.interval.low, judged.interval.high],
+                    "verdict": judged.verdict})
         Path(args.out, "recheck.json").write_text(json.dumps(out, indent=1))
     print("| rung | steps | published | old rule, these runs | one rule | ± | T_rel / T_base | 95% interval | final loss arm / baseline (published) |")
     print("|---|---|---|---|---|---|---|---|---|")

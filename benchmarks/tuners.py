@@ -116,14 +116,14 @@ def _confirm(out: Path, family: str, fam: dict, methods, workers: int, sets: dic
     res = compare(fam["preset"], plans, len(CONFIRM_SEEDS) + 1, d, sets=sets, base_lrs=base,
                   workers=workers)
     for m in methods:
-        fam["methods"][m]["confirmed"] = _confirmed(res.arms[m])
-    fam["uniform_confirmed"] = {**_confirmed(res.arms[f"uniform-{family}"]), "base_lr": base[f"uniform-{family}"]}
+        fam["methods"][m]["confirmed"] = _confirmed(res, m)
+    fam["uniform_confirmed"] = {**_confirmed(res, f"uniform-{family}"), "base_lr": base[f"uniform-{family}"]}
 
 
-def _confirmed(arm) -> dict:
+def _confirmed(res, arm: str) -> dict:
     """Final losses over the confirmation seeds; the mean only when every seed finished (a plan
     that diverges on some seeds must not look fine)."""
-    losses = {r.seed: r.final_loss for r in arm.finished if r.seed in CONFIRM_SEEDS}
+    losses = {r.seed: r.final_loss for r in res.runs_of(arm) if r.finished and r.seed in CONFIRM_SEEDS}
     ok = len(losses) == len(CONFIRM_SEEDS)
     return {"seeds": list(CONFIRM_SEEDS), "losses": [losses.get(s) for s in CONFIRM_SEEDS],
             "n_finished": len(losses), "mean": sum(losses.values()) / len(losses) if ok else None}

@@ -17,6 +17,7 @@ from rlrs.cli import main
 from rlrs.analysis import RunLogs, UpdateCurves, detect_spikes
 from rlrs.experiments.arms import RunInfo, arm_name, grid_around
 from rlrs.experiments.compare import compare, summarize
+from rlrs.experiments import compare as compare_module
 from rlrs.experiments.lr_grid import GridArm, GridPoint, GridResult, GridRun, load, load_grid, save
 from rlrs.options import parse_grid, parse_plans
 from rlrs.plan import Plan
@@ -48,6 +49,11 @@ def moe_compare(corpus_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("moe_compare")
     res = compare("tiny-moe", ["uniform-moe", "paper-moe"], seeds=2, out=out, sets=_sets(corpus_dir), workers=1, log=_quiet)
     return res
+
+
+def _out(res) -> Path:
+    """The ``out`` a compare trained into: its runs live in ``out/runs``."""
+    return res.runs[0].out.parent.parent
 
 
 class _Spy:
@@ -129,16 +135,16 @@ def test_summary_uses_finished_seeds_and_says_so():
             status = "finished" if c is not None else "diverged"
             runs.append(RunInfo(arm, seed, out, status, None if c is not None else "step 3: loss is nan"))
             logs[out] = _logs(c if c is not None else [6.0, 9.0])
-    arms = summarize({"uniform": Plan(), "paper": Plan(base_lr=2e-3)}, runs, logs)
-    paper = arms["paper"]
+    summary = summarize({"uniform": Plan(), "paper": Plan(base_lr=2e-3)}, runs, logs)
+    paper, diff = summary.speedups["paper"], summary.differences["paper"]
     sp = paper.speedup
     # target: the baseline's mean final loss 3.71; paper's one finished seed first gets there at step 70
     assert sp.target_loss == pytest.approx(3.71) and sp.t_relative == 70
-    assert paper.difference.n == 1 and paper.difference.mean == pytest.approx(3.5 - 3.7) and paper.paired_seeds == [0]
+    assert diff.n == 1 and diff.mean == pytest.approx(3.5 - 3.7) and diff.seeds == (0,)
     assert "fewer seeds: 2 of 2 baseline, 1 of 2 paper" in paper.text
-    assert [(r.seed, r.status, r.error) for r in paper.not_finished] == [(1, "diverged", "step 3: loss is nan")]
+    assert [(r.seed, r.status, r.error) for r in summary.arms["paper"].not_finished] == [(1, "diverged", "step 3: loss is nan")]
     assert [p.measured for p in paper.per_seed] == [True, False]
-    assert arms["uniform"].final_loss.n == 2 and arms["uniform"].final_loss.mean == pytest.approx(3.71)
+    assert summary.arms["uniform"].final_loss.n == 2 and summary.arms["uniform"].final_loss.mean == pytest.approx(3.71)
 
 
 # --- compare on a tiny preset ---------------------------------------------------------------------
@@ -162,11 +168,10 @@ def test_compare_pairs_seeds_across_arms(moe_compare):
 
 
 def test_compare_writes_results_report_and_plots(moe_compare):
-    out = moe_compare.out
+    out = _out(moe_compare)
     for name in ("results.json", "report.md", "loss.png", "train_loss.png", "updates.png", "router.png",
                  "lr_uniform-moe.png", "lr_paper-moe.png"):
         assert (out / name).stat().st_size > 0, name
-    assert {p.name for p in moe_compare.files} >= {"results.json", "report.md", "loss.png", "router.png"}
     def no_nan(name):
         raise AssertionError(f"results.json holds {name}: not strict JSON")
 
@@ -190,20 +195,59 @@ def test_compare_writes_results_report_and_plots(moe_compare):
         assert text in md, text
 
 
+def test_a_saved_compare_loads_back_equal_and_renders_the_same_report(moe_compare, tmp_path):
+    out = _out(moe_compare)
+    assert compare_module.load(out) == moe_compare  # what compare() wrote
+    again = compare_module.load(compare_module.save(moe_compare, tmp_path / "saved"))
+    assert again == moe_compare and isinstance(again.runs[0].out, Path) and again.runs[0].curve.steps[0] == 0
+    files = compare_module.render(again, tmp_path / "saved")
+    assert {p.name for p in files} == {"loss.png", "train_loss.png", "lr_uniform-moe.png", "lr_paper-moe.png",
+                                       "updates.png", "router.png", "report.md"}
+    assert (tmp_path / "saved" / "report.md").read_text() == (out / "report.md").read_text()
+
+
+STORED_RESULTS = sorted(p for p in (Path(__file__).resolve().parents[1] / "benchmarks" / "results").rglob("results.json")
+                        if "speedups" in json.loads(p.read_text()))
+
+
+@pytest.mark.parametrize("path", STORED_RESULTS, ids=lambda p: str(p.parent.name))
+def test_a_stored_results_json_loads_as_a_typed_result_and_writes_back_the_same(path, tmp_path):
+    # results.json files written before CompareResult was a frozen dataclass load through config.from_dict.
+    data = json.loads(path.read_text())
+    res = compare_module.load(path)
+    assert res.baseline == data["baseline"] and list(res.speedups) == list(data["speedups"])
+    assert res.speedups[next(iter(data["speedups"]))].text == next(iter(data["speedups"].values()))["text"]
+    compare_module.save(res, tmp_path)
+    assert json.loads((tmp_path / "results.json").read_text()) == data
+
+
+def test_a_results_json_with_a_wrong_field_names_the_field_and_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run `rlrs compare --out DIR` first"):
+        compare_module.load(tmp_path)
+    assert STORED_RESULTS, "benchmarks/results holds no compare results.json to start from"
+    data = json.loads(STORED_RESULTS[0].read_text())
+    arm = next(iter(data["speedups"]))
+    data["speedups"][arm]["verdict"] = 3
+    (tmp_path / "results.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=rf"results.json.*compare_result\.speedups\.{re.escape(arm)}\.verdict: "
+                                          "expected a string"):
+        compare_module.load(tmp_path)
+
+
 def test_rerun_reuses_every_run(moe_compare, tmp_path, corpus_dir, spy):
     out = tmp_path / "c"
-    shutil.copytree(moe_compare.out, out)
+    shutil.copytree(_out(moe_compare), out)
     runs = out / "runs"
     before = _mtimes(runs)
     res = compare("tiny-moe", ["uniform-moe", "paper-moe"], seeds=2, out=out, sets=_sets(corpus_dir), workers=1, log=_quiet)
     assert spy.jobs == [] and all(r.reused for r in res.runs)
     assert _mtimes(runs) == before and len(list(runs.iterdir())) == 4
-    assert res.arms["paper-moe"].text == moe_compare.lines()[0]
+    assert res.speedups["paper-moe"].text == moe_compare.lines()[0]
 
 
 def test_interrupted_compare_resumes_only_the_unfinished_run(moe_compare, tmp_path, corpus_dir, spy):
     out = tmp_path / "c"
-    shutil.copytree(moe_compare.out, out)
+    shutil.copytree(_out(moe_compare), out)
     victim = next(r for r in moe_compare.runs if (r.arm, r.seed) == ("paper-moe", 1)).out
     victim = out / "runs" / victim.name
     final_before = json.loads((victim / "summary.json").read_text())["final_eval_loss"]
@@ -253,17 +297,17 @@ def test_killed_compare_resumes_without_redoing_finished_runs(tmp_path, corpus_d
 
 def test_metric_train(moe_compare, tmp_path, corpus_dir, spy):
     out = tmp_path / "c"
-    shutil.copytree(moe_compare.out, out)
+    shutil.copytree(_out(moe_compare), out)
     res = compare("tiny-moe", ["uniform-moe", "paper-moe"], seeds=2, out=out, sets=_sets(corpus_dir), workers=1,
                   metric="train", log=_quiet)
     assert spy.jobs == []
     assert res.metric == "train" and res.arms["uniform-moe"].curve.steps[0] == 1  # no train loss at step 0
-    base_final = [x.final_loss for x in res.arms["uniform-moe"].runs]
-    assert base_final == [x.final_train_1pct for x in res.arms["uniform-moe"].runs]
+    base_final = [x.final_loss for x in res.runs_of("uniform-moe")]
+    assert base_final == [x.final_train_1pct for x in res.runs_of("uniform-moe")]
     assert res.speedups["paper-moe"].target_loss == pytest.approx(np.mean(base_final))
-    assert "final train loss" in res.arms["paper-moe"].text
+    assert "final train loss" in res.speedups["paper-moe"].text
     saved = json.loads((out / "results.json").read_text())
-    assert saved["metric"] == "train" and saved["speedups"]["paper-moe"]["text"] == res.arms["paper-moe"].text
+    assert saved["metric"] == "train" and saved["speedups"]["paper-moe"]["text"] == res.speedups["paper-moe"].text
     assert "loss: **train loss" in (out / "report.md").read_text()
     with pytest.raises(ConfigError, match="metric: 'evall' is unknown; did you mean 'eval'"):
         compare("tiny-moe", ["uniform-moe", "paper-moe"], out=out, sets=_sets(corpus_dir), metric="evall")
@@ -275,8 +319,17 @@ def test_diverged_run_is_recorded_and_reported(tmp_path, corpus_dir, spy):
               base_lrs={"paper-dense": 1e3})
     res = compare("tiny-dense", ["uniform-dense", "paper-dense"], **kw)
     bad = next(r for r in res.runs if r.arm == "paper-dense")
-    assert bad.status == "diverged" and "nan" in bad.error and res.speedups["paper-dense"] is None
+    assert bad.status == "diverged" and "nan" in bad.error and res.speedups["paper-dense"].speedup is None
     data = json.loads((out / "results.json").read_text())
+    # Earlier versions left out the keys of what was not measured; such a file reads back the same.
+    assert data["arms"]["paper-dense"]["curve"] is None and data["speedups"]["paper-dense"]["low"] is None
+    earlier = json.loads(json.dumps(data))
+    for key in ("curve", "final_loss"):
+        del earlier["arms"]["paper-dense"][key]
+    for key in ("low", "high"):
+        del earlier["speedups"]["paper-dense"][key]
+    (tmp_path / "earlier.json").write_text(json.dumps(earlier))
+    assert compare_module.load(tmp_path / "earlier.json") == compare_module.load(out) == res
     run = next(r for r in data["runs"] if r["arm"] == "paper-dense")
     assert run["status"] == "diverged" and run["error"] == bad.error and run["final_loss"] is None
     assert data["arms"]["paper-dense"]["base_lr"] == 1e3 and data["arms"]["paper-dense"]["seeds_finished"] == []
@@ -430,8 +483,8 @@ def test_arms_that_train_identically_measure_no_speed_up_and_are_flagged(tmp_pat
     plans = _plan_files(tmp_path, "uniform-dense", router=ComponentPlan(start=2.0))
     res = compare("tiny-dense", plans, seeds=2, out=tmp_path / "c", workers=1, log=_quiet,
                   sets=_sets(corpus_dir, **{"plan.attention.shape": "constant", "plan.attention.end": 1.0}))
-    arm = res.relative[0]
-    assert not arm.same_plan and arm.identical and arm.verdict == "identical" and arm.speedup.percent == 0.0
+    arm = res.speedups["arm_b"]
+    assert arm.identical and arm.verdict == "identical" and arm.speedup.percent == 0.0
     assert arm.interval.low == arm.interval.high == 0.0
     assert "no difference: every seed trained exactly as the baseline's did" in arm.text
     data = json.loads((tmp_path / "c" / "results.json").read_text())["speedups"]["arm_b"]
@@ -452,7 +505,7 @@ def test_identical_arms_on_a_noisy_plateaued_command_measure_no_speed_up(tmp_pat
 
     target = CommandTarget(f"{sys.executable} -c \"{NOISY_PLATEAU}\"")
     res = compare(target, ["uniform-dense", "paper-dense"], seeds=3, out=tmp_path / "c", workers=2, log=_quiet)
-    arm = res.relative[0]
+    arm = res.speedups["paper-dense"]
     assert arm.speedup.percent == 0.0 and arm.identical
     assert arm.interval.low == arm.interval.high == 0.0
     assert "identical runs" in (tmp_path / "c" / "report.md").read_text()
@@ -464,8 +517,8 @@ def test_the_same_plan_under_two_names_is_said_to_share_its_runs(tmp_path):
     plans = _plan_files(tmp_path, "paper-dense")
     target = CommandTarget(f"{sys.executable} -c \"{NOISY_PLATEAU}\"")
     res = compare(target, plans, seeds=2, out=tmp_path / "c", workers=2, log=_quiet)
-    arm = res.relative[0]
-    assert arm.same_plan and arm.verdict == "same plan" and {r.out for r in arm.runs} == {r.out for r in res.runs}
+    arm = res.speedups["arm_b"]
+    assert arm.verdict == "same plan" and {r.out for r in res.runs_of("arm_b")} == {r.out for r in res.runs}
     assert "its runs are the baseline's runs (not trained again)" in arm.text
 
 
@@ -480,9 +533,9 @@ def test_a_real_difference_within_one_interval_is_no_measurable_difference():
         runs.append(RunInfo(arm=arm, seed=0, out=out, status="finished", steps=100, total_steps=100))
         logs[out] = RunLogs(steps, curve, np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0, dtype=np.int64),
                             np.zeros(0), [], UpdateCurves(np.zeros(0, dtype=np.int64), {}, {}), None)
-    arms = summarize({"base": Plan(), "rel": Plan(base_lr=2e-3)}, runs, logs)
-    assert arms["rel"].verdict == "no measurable difference"
-    assert "no measurable difference (one measuring interval allows either sign)" in arms["rel"].text
+    rel = summarize({"base": Plan(), "rel": Plan(base_lr=2e-3)}, runs, logs).speedups["rel"]
+    assert rel.verdict == "no measurable difference"
+    assert "no measurable difference (one measuring interval allows either sign)" in rel.text
 
 
 def test_arms_that_do_not_start_from_the_same_weights_are_said_not_to_be_paired(tmp_path):
@@ -494,13 +547,14 @@ def test_arms_that_do_not_start_from_the_same_weights_are_said_not_to_be_paired(
               "[rlrs.report(s, start - s / 10) for s in range(11)]")
     res = compare(CommandTarget(f"{sys.executable} -c \"{script}\""), ["uniform-dense", "paper-dense"], seeds=1,
                   out=tmp_path / "c", log=_quiet)
-    arm = res.relative[0]
-    assert arm.unpaired == [0] and "Not paired: seed 0 of paper-dense" in arm.text
+    arm = res.speedups["paper-dense"]
+    assert arm.unpaired_seeds == (0,) and "Not paired: seed 0 of paper-dense" in arm.text
     same = ("import rlrs; p = rlrs.script.plan(); [rlrs.report(s, 5.0 - s / 10 * p.embedding.start) "
             "for s in range(11)]")
     res = compare(CommandTarget(f"{sys.executable} -c \"{same}\""), ["uniform-dense", "paper-dense"], seeds=1,
                   out=tmp_path / "d", log=_quiet)
-    assert res.relative[0].unpaired == [] and "Not paired" not in res.relative[0].text
+    arm = res.speedups["paper-dense"]
+    assert arm.unpaired_seeds == () and "Not paired" not in arm.text
 
 
 STORED_GRIDS = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "results").rglob("grid.json"))

@@ -8,6 +8,8 @@ from rlrs import presets
 from rlrs.config import ConfigError
 from rlrs.plan import Plan
 from rlrs.experiments.ablate import AblateResult, ablate, load, markdown, render, save
+from rlrs.experiments.compare import load as compare_load
+from rlrs.experiments.transfer import load as transfer_load, render as transfer_render, save as transfer_save
 from rlrs.experiments.transfer import transfer, uniform_like
 
 
@@ -31,7 +33,12 @@ def test_transfer_writes_a_table_2_report(tmp_path, tiny_sets):
     data = json.loads((tmp_path / "t" / "transfer.json").read_text())
     assert data["lambdas"]["router"] == [0.6, 1.0]  # the source plan's λ are kept
     rel = next(row for row in data["table"] if row["lr_type"] == "relative")
-    assert rel["base_lr"] == r.best_lrs["tuned"] == next(row.base_lr for row in r.rows if row.lr_type == "relative")
+    assert rel["base_lr"] == r.best_lrs["tuned"] == next(row.base_lr for row in r.table if row.lr_type == "relative")
+    # transfer.json reads back into the same result, which renders the same transfer.md
+    assert transfer_load(tmp_path / "t") == r and transfer_load(transfer_save(r, tmp_path / "again")) == r
+    assert transfer_render(transfer_load(tmp_path / "t"), tmp_path / "again") == [tmp_path / "again" / "transfer.md"]
+    assert (tmp_path / "again" / "transfer.md").read_text() == md
+    assert compare_load(tmp_path / "t").baseline == "uniform"
     # the relative arm trained with the source λ and the grid's η_base
     used = Plan.load(tmp_path / "t" / "plans" / "uniform.toml")
     assert used.router.start == 1.0 and used.final_fraction == plan.final_fraction
@@ -57,6 +64,30 @@ def test_ablate_leave_one_out_and_vary(tmp_path, tiny_sets):
     back = load(tmp_path / "a")
     assert isinstance(back, AblateResult) and back == r
     assert render(back, tmp_path / "again")[0].read_text() == md
+
+
+def test_a_transfer_json_of_an_earlier_version_loads(tmp_path):
+    # transfer.json as the version before TransferResult was a frozen dataclass wrote it.
+    data = {"preset": "tiny-moe", "plan": "tuned.toml",
+            "lambdas": {"embedding": [5.0, 1.0], "router": [0.6, 1.0]},
+            "params": {"total": 1000, "active_non_embedding": 300}, "steps": 12,
+            "table": [{"type": "tiny-moe", "lr_type": "baseline", "arm": "uniform", "base_lr": 0.003, "grid_edge": "high",
+                       "train_tokens": 1536, "final_loss": 5.1, "speedup_percent": None, "speedup_text": None},
+                      {"type": "tiny-moe", "lr_type": "relative", "arm": "tuned", "base_lr": 0.001, "grid_edge": None,
+                       "train_tokens": 1536, "final_loss": 5.0, "speedup_percent": 20.0,
+                       "speedup_text": "tuned: speed-up +20.0%: ..."}]}
+    (tmp_path / "transfer.json").write_text(json.dumps(data))
+    res = transfer_load(tmp_path)
+    assert res.best_lrs == {"uniform": 0.003, "tuned": 0.001} and res.lambdas["router"] == (0.6, 1.0)
+    transfer_save(res, tmp_path / "back")
+    assert json.loads((tmp_path / "back" / "transfer.json").read_text()) == data
+    md = transfer_render(res, tmp_path)[0].read_text()
+    assert "| tiny-moe | relative (tuned) | 0.001 | 1,536 | 5.0000 | +20.0% |" in md
+    assert "| tiny-moe | baseline (uniform) | 0.003 (grid high edge) |" in md
+    data["table"][0]["base_lr"] = "high"
+    (tmp_path / "transfer.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"transfer.json.*transfer_result\.table\[0\]\.base_lr: expected a number"):
+        transfer_load(tmp_path)
 
 
 def test_ablate_rejects_bad_input(tmp_path):

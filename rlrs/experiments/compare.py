@@ -11,6 +11,9 @@
 or ``rlrs lr-grid --model micro-moe --plans uniform-moe,paper-moe --out runs/bench`` then
 ``rlrs compare --model micro-moe --plans uniform-moe,paper-moe --seeds 3 --out runs/bench
 --base-lrs-from runs/bench/grid.json`` (one ``--out`` for both lets compare reuse the grid's runs).
+:func:`compare` is :func:`run` (train and measure: a :class:`CompareResult`), :func:`save`
+(``results.json``) and :func:`render` (``report.md`` and the figures); :func:`load` reads a
+``results.json`` back.
 
 **The speed-up.** Every arm trains each seed ``i`` with ``train.seed = train.data_seed = i``, so
 seed ``i`` of every arm starts from the same weights and sees the same batches (the paper's
@@ -43,7 +46,6 @@ the report; the means then cover the finished seeds only, and the report says so
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import sys
@@ -56,14 +58,15 @@ import numpy as np
 
 from .. import config as _config
 from .. import files
+from . import lr_grid as _lr_grid
 from . import report
-from ..analysis import (Difference, Interval, RouterCurve, RunLogs, SpeedUp, UpdateCurves, bootstrap_speedup,
-                        detect_spikes, mean_curve, mean_router, mean_updates, paired_difference, router_health, speedup)
+from ..analysis import (Difference, Interval, RouterCurve, RouterHealth, RunLogs, Spike, SpeedUp, UpdateCurves,
+                        bootstrap_speedup, detect_spikes, mean_curve, mean_router, mean_updates, paired_difference,
+                        router_health, speedup)
 from .arms import (ArmRun, RunInfo, arm_name, arm_run, arms_of, check_common, common_args, default_out,
                    describe_target, execute_runs, extra_args, prepare_args, python_call, target_of)
 from ..config import ConfigError
 from ..engine import reason_line
-from .lr_grid import load_grid
 from ..options import add_seeds_arg, command_line, default_of, executor_from_args
 from ..plan import Plan
 from ..targets import CommandTarget, Target
@@ -71,16 +74,39 @@ from ..targets import CommandTarget, Target
 METRICS = ("eval", "train")
 
 
-# --- compare ----------------------------------------------------------------------------------------
+# --- the result: results.json, typed ---------------------------------------------------------------
+# Every number a result holds is finite or None: JSON has no NaN or inf (they were always written
+# as null), and a result must read back equal to the one written.
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _floats(values) -> tuple[float | None, ...]:
+    """A curve's values, NaN (a window of skipped steps, a diverged run's last loss) as None."""
+    return tuple(_finite(v) for v in np.asarray(values, dtype=np.float64).tolist())
+
+
+def _ints(values) -> tuple[int, ...]:
+    return tuple(int(v) for v in np.asarray(values).tolist())
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One run's loss at its measuring points (``None``: not finite there)."""
+
+    steps: tuple[int, ...] = ()
+    loss: tuple[float | None, ...] = ()
 
 
 @dataclass(frozen=True)
 class MeanCurve:
     """An arm's loss at the measuring points: mean and std over its finished seeds."""
 
-    steps: np.ndarray
-    mean: np.ndarray
-    std: np.ndarray
+    steps: tuple[int, ...]
+    mean: tuple[float | None, ...]
+    std: tuple[float | None, ...]
 
 
 @dataclass(frozen=True)
@@ -97,143 +123,212 @@ class SeedSpeedUp:
     measured: bool  # False: this seed of the baseline or of the arm did not finish
 
 
-@dataclass
-class ArmResult:
-    """One arm of a comparison: its runs, mean curve, final loss and, for a relative arm, its
-    speed-up and paired difference against the baseline."""
+@dataclass(frozen=True)
+class RunSpike:
+    """A loss spike of one run (:class:`rlrs.analysis.Spike`), with its rise as results.json has
+    always held it."""
 
-    name: str
+    start: int
+    end: int
+    peak_step: int
+    peak_loss: float
+    reference: float
+    rise: float
+
+    @classmethod
+    def of(cls, s: Spike) -> RunSpike:
+        return cls(int(s.start), int(s.end), int(s.peak_step), float(s.peak_loss), float(s.reference), float(s.rise))
+
+
+@dataclass(frozen=True)
+class Updates:
+    """Per-component update sizes at the steps the trainer measured them
+    (:class:`rlrs.analysis.UpdateCurves`; ``None`` where a run did not log them)."""
+
+    steps: tuple[int, ...]
+    update_ratio: dict[str, tuple[float | None, ...]]
+    update_rms: dict[str, tuple[float | None, ...]]
+    rep_change: dict[str, tuple[float | None, ...]] = field(default_factory=dict)
+    align_ratio: dict[str, tuple[float | None, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, u: UpdateCurves) -> Updates:
+        def table(curves):
+            return {c: _floats(v) for c, v in curves.items()}
+
+        return cls(_ints(u.steps), table(u.update_ratio), table(u.update_rms), table(u.rep_change),
+                   table(u.align_ratio))
+
+
+@dataclass(frozen=True)
+class RouterStats:
+    """MoE router statistics per 1% of training (:class:`rlrs.analysis.RouterCurve`)."""
+
+    steps: tuple[int, ...]
+    load_entropy: tuple[float | None, ...]
+    max_load: tuple[float | None, ...]
+    dropped_share: tuple[float | None, ...]
+
+    @classmethod
+    def of(cls, r: RouterCurve | None) -> RouterStats | None:
+        if r is None:
+            return None
+        return cls(_ints(r.steps), _floats(r.load_entropy), _floats(r.max_load), _floats(r.dropped_share))
+
+
+@dataclass(frozen=True)
+class CompareRun:
+    """One (arm, seed) run of a comparison: how it ended, its losses and diagnostics."""
+
+    arm: str
+    seed: int
+    data_seed: int  # always the seed (seed i of every arm sees the same batches); results.json names it
+    out: Path
+    status: str  # finished | diverged | failed
+    error: str | None
+    reused: bool
+    final_eval_loss: float | None
+    final_train_loss: float | None
+    steps: int
+    total_steps: int
+    skipped_steps: int
+    wall_s: float
+    final_loss: float | None  # on the comparison's metric; None unless finished
+    final_train_1pct: float | None  # mean training loss over the last 1% of steps
+    curve: Curve = Curve()
+    spikes: tuple[RunSpike, ...] = ()
+    router: RouterHealth | None = None
+    updates: Updates | None = None
+    router_curve: RouterStats | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+    @classmethod
+    def of(cls, r: RunInfo) -> CompareRun:
+        return cls(
+            arm=r.arm, seed=r.seed, data_seed=r.seed, out=Path(r.out), status=r.status, error=r.error, reused=r.reused,
+            final_eval_loss=_finite(r.final_eval_loss), final_train_loss=_finite(r.final_train_loss), steps=r.steps,
+            total_steps=r.total_steps, skipped_steps=r.skipped_steps, wall_s=float(r.wall_s),
+            final_loss=_finite(r.final_loss), final_train_1pct=_finite(r.final_train_1pct),
+            curve=Curve(_ints(r.curve_steps), _floats(r.curve_loss)), spikes=tuple(RunSpike.of(s) for s in r.spikes),
+            router=r.router, updates=None if r.updates is None else Updates.of(r.updates),
+            router_curve=RouterStats.of(r.router_curve),
+        )
+
+
+@dataclass(frozen=True)
+class NotFinished:
+    seed: int
+    status: str  # diverged | failed
+    error: str | None
+
+
+@dataclass(frozen=True)
+class ArmResult:
+    """One arm of a comparison: its seeds, plan, mean curve, final loss and diagnostics (its runs:
+    :meth:`CompareResult.runs_of`; a relative arm's speed-up: ``CompareResult.speedups``)."""
+
+    seeds: tuple[int, ...]
+    seeds_finished: tuple[int, ...]
+    not_finished: tuple[NotFinished, ...]
+    diagnostics_seeds: tuple[int, ...]  # the finished seeds; the runs that died if none finished
+    base_lr: float  # the plan's η_base, which readers of results.json take from here
     plan: Plan
-    runs: list[RunInfo]
-    diagnostics_seeds: list[int]  # the finished seeds; the runs that died if none finished
-    updates: UpdateCurves
-    router: RouterCurve | None
+    updates: Updates  # mean over the diagnostics seeds
+    router: RouterStats | None
     curve: MeanCurve | None = None  # None: no seed finished
     final_loss: LossStat | None = None
-    # Relative arms only (the baseline keeps the defaults):
-    speedup: SpeedUp | None = None
-    difference: Difference | None = None
-    paired_seeds: list[int] = field(default_factory=list)
-    per_seed: list[SeedSpeedUp] = field(default_factory=list)
-    text: str = ""  # the speed-up in one sentence, or why there is none
-    interval: Interval | None = None  # 95% bootstrap interval over paired seeds (2 or more)
-    identical: bool = False  # every paired seed's curve equals the baseline's: the plans changed nothing
-    same_plan: bool = False  # the baseline's plan under another name: its runs are the baseline's
-    unpaired: list[int] = field(default_factory=list)  # seeds whose step-0 loss differs from the baseline's
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArmSpeedUp:
+    """A relative arm against the baseline: the paper's speed-up (the fields of
+    :class:`rlrs.analysis.SpeedUp`, ``None`` where no finished run on one side measured it), per
+    seed, its interval over seeds and its verdict (see :func:`verdict`)."""
+
+    t_base: int | None
+    t_relative: int | None
+    target_loss: float | None
+    percent: float | None
+    low: float | None = None
+    high: float | None = None  # None while low is a number: no upper bound (reached at the first measurement)
+    seeds_baseline: int  # finished seeds of the baseline
+    seeds_relative: int  # and of this arm
+    seeds: int
+    per_seed: tuple[SeedSpeedUp, ...]
+    text: str  # the speed-up in one sentence, or why there is none
+    interval: Interval | None  # 95% bootstrap interval over paired seeds (2 or more)
+    verdict: str
+    identical: bool  # every paired seed's curve equals the baseline's: the plans changed nothing
+    unpaired_seeds: tuple[int, ...]  # seeds whose step-0 loss differs from the baseline's
 
     @property
-    def verdict(self) -> str:
-        """``same plan`` (as the baseline's: the same runs), ``identical`` (other plans, the same
-        curves), ``no measurable difference``, ``faster``, ``slower``, ``no speed-up`` (never
-        reaches the baseline's final loss) or ``not measured`` (a side has no finished run)."""
-        sp = self.speedup
-        if self.same_plan:
-            return "same plan"
-        if sp is None:
-            return "not measured"
-        if self.identical:
-            return "identical"
-        if sp.percent is None:
-            return "no speed-up"
-        covers_zero = self.interval is not None and (self.interval.low is None or self.interval.low <= 0) \
-            and (self.interval.high is None or self.interval.high >= 0)
-        if not sp.measurable or covers_zero:
-            return "no measurable difference"
-        return "faster" if sp.percent > 0 else "slower"
-
-    @property
-    def base_lr(self) -> float:
-        return self.plan.base_lr
-
-    @property
-    def seeds(self) -> list[int]:
-        return [r.seed for r in self.runs]
-
-    @property
-    def finished(self) -> list[RunInfo]:
-        return [r for r in self.runs if r.finished]
-
-    @property
-    def not_finished(self) -> list[RunInfo]:
-        return [r for r in self.runs if not r.finished]
+    def speedup(self) -> SpeedUp | None:
+        """The measured speed-up; ``None``: a side has no finished run."""
+        if self.t_base is None or self.target_loss is None:
+            return None
+        high = math.inf if self.high is None and self.low is not None else self.high
+        return SpeedUp(self.t_base, self.t_relative, self.target_loss, self.percent, self.low, high)
 
 
-@dataclass
+@dataclass(frozen=True)
+class PairedDifference:
+    """A relative arm's final loss minus the baseline's, paired by seed over ``seeds``."""
+
+    mean: float
+    std: float  # of the paired differences (0 with one seed)
+    n: int
+    seeds: tuple[int, ...]
+
+    def describe(self) -> str:
+        return Difference(self.mean, self.std, self.n).describe()
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What :func:`summarize` measures from the runs: the last four fields of a :class:`CompareResult`."""
+
+    runs: tuple[CompareRun, ...]
+    arms: dict[str, ArmResult]
+    speedups: dict[str, ArmSpeedUp]
+    differences: dict[str, PairedDifference | None]
+
+
+@dataclass(frozen=True)
 class CompareResult:
-    """What :func:`compare` found. ``to_dict()`` is what ``results.json`` holds."""
+    """What :func:`run` found: ``results.json`` is ``rlrs.config.to_dict`` of it, and
+    ``rlrs.config.from_dict(CompareResult, json.load(f))`` (:func:`load`) reads it back.
+    ``arms`` holds every arm, the baseline first; ``speedups`` and ``differences`` the relative arms."""
 
-    out: Path
-    preset: str  # the target's name: a preset, or the command's
-    target: dict[str, Any]
     command: str
+    preset: str  # the target's name: a preset, or the command's
+    target: dict[str, Any]  # what trained: {"preset", "config_file"} or {"command", "steps", "cwd"}
+    baseline: str
     metric: str
     seeds: int
+    plans: dict[str, str]  # arm -> the named plan or plan file it came from
     total_steps: int
     eval_interval: float | None  # None: a command's script chooses its eval points
     sets: dict[str, Any]
-    components: list[str]
-    plans: dict[str, str]  # arm -> the named plan or plan file it came from
-    arms: dict[str, ArmResult]  # the baseline first
-    runs: list[RunInfo]
-    wall_s: float = 0.0  # this command: training (new runs only) and analysis
-    files: list[Path] = field(default_factory=list)
+    components: tuple[str, ...]
+    wall_s: float  # this command: training (new runs only) and analysis
+    runs: tuple[CompareRun, ...]
+    arms: dict[str, ArmResult]
+    speedups: dict[str, ArmSpeedUp]
+    differences: dict[str, PairedDifference | None]
 
-    @property
-    def baseline(self) -> str:
-        return next(iter(self.arms))
-
-    @property
-    def relative(self) -> list[ArmResult]:
-        return list(self.arms.values())[1:]
-
-    @property
-    def speedups(self) -> dict[str, SpeedUp | None]:
-        """Each relative arm's speed-up (``None``: no finished run on one side to measure it)."""
-        return {a.name: a.speedup for a in self.relative}
-
-    @property
-    def differences(self) -> dict[str, Difference | None]:
-        return {a.name: a.difference for a in self.relative}
+    def runs_of(self, arm: str) -> tuple[CompareRun, ...]:
+        """The runs of ``arm``, in seed order."""
+        return tuple(r for r in self.runs if r.arm == arm)
 
     def lines(self) -> list[str]:
         """One sentence per relative arm: its speed-up (or why there is none)."""
-        return [a.text for a in self.relative]
+        return [s.text for s in self.speedups.values()]
 
-    def to_dict(self) -> dict[str, Any]:
-        arms = {}
-        for a in self.arms.values():
-            arms[a.name] = {
-                "seeds": a.seeds, "seeds_finished": [r.seed for r in a.finished],
-                "not_finished": [{"seed": r.seed, "status": r.status, "error": r.error} for r in a.not_finished],
-                "diagnostics_seeds": a.diagnostics_seeds, "base_lr": a.base_lr, "plan": a.plan.to_dict(),
-                "updates": dataclasses.asdict(a.updates),
-                "router": None if a.router is None else dataclasses.asdict(a.router),
-            }
-            if a.curve is not None:
-                arms[a.name]["curve"] = dataclasses.asdict(a.curve)
-            if a.final_loss is not None:
-                arms[a.name]["final_loss"] = dataclasses.asdict(a.final_loss)
-        speedups, diffs = {}, {}
-        n_base = len(self.arms[self.baseline].finished)
-        for a in self.relative:
-            sp = a.speedup
-            speedups[a.name] = {
-                **(dataclasses.asdict(sp) if sp else {"t_base": None, "t_relative": None, "target_loss": None, "percent": None}),
-                "seeds_baseline": n_base, "seeds_relative": len(a.finished), "seeds": self.seeds,
-                "per_seed": [dataclasses.asdict(p) for p in a.per_seed], "text": a.text,
-                "interval": None if a.interval is None else dataclasses.asdict(a.interval),
-                "verdict": a.verdict, "identical": a.identical, "unpaired_seeds": a.unpaired,
-            }
-            diffs[a.name] = None if a.difference is None else {**dataclasses.asdict(a.difference), "seeds": a.paired_seeds}
-        return _config.json_safe({
-            "command": self.command, "preset": self.preset, "target": self.target, "baseline": self.baseline,
-            "metric": self.metric, "seeds": self.seeds, "plans": self.plans,
-            "total_steps": self.total_steps, "eval_interval": self.eval_interval, "sets": self.sets,
-            "components": self.components, "wall_s": self.wall_s, "runs": [r.to_dict() for r in self.runs],
-            "arms": arms, "speedups": speedups, "differences": diffs,
-        })
 
-def compare(
+def run(
     target: str | Target,
     plans: Sequence[str],
     seeds: int = 3,
@@ -250,12 +345,13 @@ def compare(
     executor=None,
 ) -> CompareResult:
     """Train every plan with ``seeds`` paired seeds and measure the paper's speed-up of each plan
-    over the first (the baseline). Writes ``results.json``, ``report.md`` and PNGs into ``out``
-    (default: :func:`default_out`, ``runs/compare-NAME``, as ``rlrs compare``).
+    over the first (the baseline). Trains into ``out/runs`` (default ``out``: :func:`default_out`,
+    ``runs/compare-NAME``, as ``rlrs compare``) and writes nothing else; :func:`save` and
+    :func:`render` write ``results.json``, ``report.md`` and the figures, :func:`compare` all three.
 
     ``target`` is a preset name, a :class:`~rlrs.targets.PresetTarget` or the user's own command
     (:class:`~rlrs.targets.CommandTarget`). ``base_lrs`` maps arm names to their η_base (e.g.
-    :func:`load_grid`'s or ``lr_grid().best``); other arms keep their plan's. ``metric`` is
+    :func:`~rlrs.experiments.lr_grid.load_grid`'s or ``lr_grid().best``); other arms keep their plan's. ``metric`` is
     ``"eval"`` (held-out loss) or ``"train"`` (preset runs only). ``command`` is recorded in
     ``results.json`` (the CLI passes its command line). ``executor`` (:mod:`rlrs.executors`, e.g. a
     Slurm cluster) runs the runs instead of a local pool of ``workers``.
@@ -278,23 +374,62 @@ def compare(
     infos, logs = execute_runs(specs, workers, metric, log, progress, executor)
     plan_of = {s.arm: s.run.plan for s in specs}
     cfg0 = specs[0].cfg
-    res = CompareResult(
-        out=out, preset=preset, target=describe_target(target),
+    summary = summarize(plan_of, infos, logs, metric=metric, n_experts=cfg0.model.n_experts if cfg0 else 0)
+    return CompareResult(
         command=command or python_call("compare", "compare", preset=preset, plans=list(plans), seeds=seeds, out=str(out),
-                                        sets=sets or None, base_lrs=dict(base_lrs or {}) or None, metric=metric),
-        metric=metric, seeds=seeds, total_steps=length or max((i.total_steps for i in infos), default=0),
-        eval_interval=cfg0.train.eval_interval if cfg0 else None, sets=sets,
-        components=next((lg.components for lg in logs.values() if lg.components), []), plans=dict(arms),
-        arms=summarize(plan_of, infos, logs, metric=metric, n_experts=cfg0.model.n_experts if cfg0 else 0),
-        runs=infos,
+                                       sets=sets or None, base_lrs=dict(base_lrs or {}) or None, metric=metric),
+        preset=preset, target=describe_target(target), baseline=arms[0][0], metric=metric, seeds=seeds,
+        plans=dict(arms), total_steps=length or max((i.total_steps for i in infos), default=0),
+        eval_interval=cfg0.train.eval_interval if cfg0 else None, sets=_config.json_safe(sets),
+        components=tuple(next((lg.components for lg in logs.values() if lg.components), [])),
+        wall_s=time.perf_counter() - t0,
+        runs=summary.runs, arms=summary.arms, speedups=summary.speedups, differences=summary.differences,
     )
-    res.wall_s = time.perf_counter() - t0
+
+
+def save(result: CompareResult, out: str | Path) -> Path:
+    """Write ``out/results.json``."""
+    path = Path(out) / "results.json"
+    files.write_json(path, _config.to_dict(result))
+    return path
+
+
+def load(path: str | Path) -> CompareResult:
+    """The :class:`CompareResult` in a ``compare`` ``results.json`` (or the directory holding it);
+    files written by earlier versions load too."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no compare result here; run `rlrs compare --out DIR` first")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        raise ConfigError(f"{path}: not a results.json written by `rlrs compare` (not JSON)") from None
+    try:
+        return _config.from_dict(CompareResult, data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: not a results.json written by `rlrs compare`: {err}") from None
+
+
+def render(result: CompareResult, out: str | Path) -> list[Path]:
+    """Write ``report.md`` and the figures into ``out``; returns their paths
+    (:func:`rlrs.experiments.report.render`, which reads the training-loss curves of
+    ``train_loss.png`` from the runs' own logs)."""
+    return report.render(result, out)
+
+
+def compare(target: str | Target, plans: Sequence[str], seeds: int = 3, out: str | Path | None = None,
+            **options) -> CompareResult:
+    """What ``rlrs compare`` does, in one call: :func:`run` (``options`` are its keywords), then
+    :func:`save` and :func:`render` into ``out`` (default: :func:`default_out`)."""
+    if out is None:
+        out = default_out("compare", target_of(target, options.get("config_file")))
+    result = run(target, plans, seeds, out, **options)
     # The numbers first: a figure that fails to draw must not cost the results.
-    results_path = out / "results.json"
-    files.write_json(results_path, res.to_dict())
-    series = {(i.arm, i.seed): (logs[i.out].train_steps, logs[i.out].train_loss) for i in infos}
-    res.files = [results_path, *report.write_compare(res, series)]
-    return res
+    save(result, out)
+    render(result, out)
+    return result
 
 
 def _compare_specs(target: Target, arms: Sequence[tuple[str, str]], seeds: int, sets, lrs: Mapping[str, float],
@@ -339,9 +474,9 @@ def summarize(
     logs: Mapping[Path, RunLogs],
     metric: str = "eval",
     n_experts: int = 0,
-) -> dict[str, ArmResult]:
+) -> Summary:
     """Per-arm means over finished seeds, the speed-up and paired final-loss difference of every
-    arm against the first (the baseline); fills each run's losses, spikes and router health."""
+    arm against the first (the baseline); each run's losses, spikes and router health."""
     for r in runs:
         lg = logs[r.out]
         r.curve_steps, r.curve_loss = lg.curve(metric)
@@ -351,47 +486,68 @@ def summarize(
         r.router = router_health(lg, n_experts) if lg.router is not None else None
         r.updates, r.router_curve = lg.updates, lg.router
     arms: dict[str, ArmResult] = {}
+    means: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # the finished seeds' mean curve, per arm
     for name, plan in plans.items():
         mine = [r for r in runs if r.arm == name]
         fin = [r for r in mine if r.finished]
         diag = fin or mine  # diagnostics of the finished seeds; if none finished, of the runs that died
-        arm = ArmResult(name, plan, mine, [r.seed for r in diag], mean_updates([logs[r.out] for r in diag]),
-                        mean_router([logs[r.out] for r in diag]))
+        curve = final = None
         if fin:
-            arm.curve = MeanCurve(*mean_curve([(r.curve_steps, r.curve_loss) for r in fin]))
+            steps, mean, std = mean_curve([(r.curve_steps, r.curve_loss) for r in fin])
+            means[name] = steps, mean
+            curve = MeanCurve(_ints(steps), _floats(mean), _floats(std))
             finals = [r.final_loss for r in fin]
-            arm.final_loss = LossStat(float(np.mean(finals)), float(np.std(finals, ddof=1)) if len(finals) > 1 else 0.0,
-                                      len(finals))
-        arms[name] = arm
-    base, *relative = arms.values()
+            final = LossStat(float(np.mean(finals)), float(np.std(finals, ddof=1)) if len(finals) > 1 else 0.0,
+                             len(finals))
+        router = mean_router([logs[r.out] for r in diag])
+        arms[name] = ArmResult(
+            seeds=tuple(r.seed for r in mine), seeds_finished=tuple(r.seed for r in fin),
+            not_finished=tuple(NotFinished(r.seed, r.status, r.error) for r in mine if not r.finished),
+            diagnostics_seeds=tuple(r.seed for r in diag), base_lr=plan.base_lr, plan=plan,
+            updates=Updates.of(mean_updates([logs[r.out] for r in diag])), router=RouterStats.of(router),
+            curve=curve, final_loss=final)
+    base, *relative = plans
     seeds = max((r.seed for r in runs), default=-1) + 1
-    base_by_seed = {r.seed: r for r in base.finished}
-    for arm in relative:
-        if base.curve is not None and arm.curve is not None:
-            arm.speedup = speedup(base.curve.steps, base.curve.mean, arm.curve.steps, arm.curve.mean)
-        mine = {r.seed: r for r in arm.finished}
-        arm.paired_seeds = sorted(base_by_seed.keys() & mine.keys())
-        if arm.paired_seeds:
-            arm.difference = paired_difference([base_by_seed[s].final_loss for s in arm.paired_seeds],
-                                               [mine[s].final_loss for s in arm.paired_seeds])
-        for s in sorted({r.seed for r in arm.runs}):
+    base_by_seed = {r.seed: r for r in runs if r.arm == base and r.finished}
+    speedups: dict[str, ArmSpeedUp] = {}
+    differences: dict[str, PairedDifference | None] = {}
+    for name in relative:
+        mine = {r.seed: r for r in runs if r.arm == name and r.finished}
+        sp = speedup(*means[base], *means[name]) if base in means and name in means else None
+        paired = sorted(base_by_seed.keys() & mine.keys())
+        differences[name] = None
+        if paired:
+            d = paired_difference([base_by_seed[s].final_loss for s in paired], [mine[s].final_loss for s in paired])
+            differences[name] = PairedDifference(d.mean, d.std, d.n, tuple(paired))
+        per_seed = []
+        for s in sorted({r.seed for r in runs if r.arm == name}):
             rb, ra = base_by_seed.get(s), mine.get(s)
             pct = speedup(rb.curve_steps, rb.curve_loss, ra.curve_steps, ra.curve_loss).percent if rb and ra else None
-            arm.per_seed.append(SeedSpeedUp(s, pct, bool(rb and ra)))
-        if arm.speedup is not None:
-            arm.interval = bootstrap_speedup([(base_by_seed[s].curve_steps, base_by_seed[s].curve_loss) for s in arm.paired_seeds],
-                                             [(mine[s].curve_steps, mine[s].curve_loss) for s in arm.paired_seeds])
-        arm.identical = bool(arm.paired_seeds) and all(
+            per_seed.append(SeedSpeedUp(s, pct, bool(rb and ra)))
+        interval = None
+        if sp is not None:
+            interval = bootstrap_speedup([(base_by_seed[s].curve_steps, base_by_seed[s].curve_loss) for s in paired],
+                                         [(mine[s].curve_steps, mine[s].curve_loss) for s in paired])
+        identical = bool(paired) and all(
             np.array_equal(base_by_seed[s].curve_steps, mine[s].curve_steps)
-            and np.array_equal(base_by_seed[s].curve_loss, mine[s].curve_loss) for s in arm.paired_seeds)
-        arm.same_plan = arm.plan == base.plan
-        arm.unpaired = [s for s in arm.paired_seeds if not _same_start(base_by_seed[s], mine[s])]
-        arm.text = _speedup_text(arm, base.name, len(base.finished), seeds, metric)
-        if arm.unpaired:
-            arm.text += (f". Not paired: seed {', '.join(map(str, arm.unpaired))} of {arm.name} starts from another "
-                         f"loss at step 0 than the baseline's, so the arms did not start from the same weights; seed "
-                         f"the model with rlrs.script.seed() (torch.manual_seed) so that seed i of every arm starts alike")
-    return arms
+            and np.array_equal(base_by_seed[s].curve_loss, mine[s].curve_loss) for s in paired)
+        same_plan = plans[name] == plans[base]
+        unpaired = [s for s in paired if not _same_start(base_by_seed[s], mine[s])]
+        judged = _verdict(sp, interval, identical, same_plan)
+        text = _speedup_text(name, base, sp, judged, identical, len(base_by_seed), len(mine), seeds, metric)
+        if unpaired:
+            text += (f". Not paired: seed {', '.join(map(str, unpaired))} of {name} starts from another "
+                     f"loss at step 0 than the baseline's, so the arms did not start from the same weights; seed "
+                     f"the model with rlrs.script.seed() (torch.manual_seed) so that seed i of every arm starts alike")
+        measured = {} if sp is None else {
+            "t_base": int(sp.t_base), "t_relative": None if sp.t_relative is None else int(sp.t_relative),
+            "target_loss": float(sp.target_loss), "percent": _finite(sp.percent), "low": _finite(sp.low),
+            "high": _finite(sp.high)}
+        speedups[name] = ArmSpeedUp(
+            **{"t_base": None, "t_relative": None, "target_loss": None, "percent": None, **measured},
+            seeds_baseline=len(base_by_seed), seeds_relative=len(mine), seeds=seeds, per_seed=tuple(per_seed),
+            text=text, interval=interval, verdict=judged, identical=identical, unpaired_seeds=tuple(unpaired))
+    return Summary(tuple(CompareRun.of(r) for r in runs), arms, speedups, differences)
 
 
 def _same_start(a: RunInfo, b: RunInfo) -> bool:
@@ -402,10 +558,29 @@ def _same_start(a: RunInfo, b: RunInfo) -> bool:
     return not (la.size and lb.size) or bool(np.isclose(la[0], lb[0], rtol=1e-6, atol=0.0))
 
 
-def _speedup_text(arm: ArmResult, base: str, n_base: int, seeds: int, metric: str) -> str:
+def _verdict(sp: SpeedUp | None, interval: Interval | None, identical: bool, same_plan: bool) -> str:
+    """``same plan`` (as the baseline's: the same runs), ``identical`` (other plans, the same
+    curves), ``no measurable difference``, ``faster``, ``slower``, ``no speed-up`` (never
+    reaches the baseline's final loss) or ``not measured`` (a side has no finished run)."""
+    if same_plan:
+        return "same plan"
+    if sp is None:
+        return "not measured"
+    if identical:
+        return "identical"
+    if sp.percent is None:
+        return "no speed-up"
+    covers_zero = interval is not None and (interval.low is None or interval.low <= 0) \
+        and (interval.high is None or interval.high >= 0)
+    if not sp.measurable or covers_zero:
+        return "no measurable difference"
+    return "faster" if sp.percent > 0 else "slower"
+
+
+def _speedup_text(name: str, base: str, sp: SpeedUp | None, verdict: str, identical: bool, n_base: int, n_rel: int,
+                  seeds: int, metric: str) -> str:
     loss = "eval loss" if metric == "eval" else "train loss"
-    name, sp, n_rel = arm.name, arm.speedup, len(arm.finished)
-    if arm.same_plan:
+    if verdict == "same plan":
         return (f"{name}: the same plan as the baseline {base}, so its runs are the baseline's runs (not trained "
                 f"again): nothing to measure; for an A/A check of seed noise, compare the seeds instead")
     if n_base == 0:
@@ -416,7 +591,7 @@ def _speedup_text(arm: ArmResult, base: str, n_base: int, seeds: int, metric: st
         over = f"means over {seeds} seed{'s' * (seeds > 1)}"
     else:
         over = f"means over fewer seeds: {n_base} of {seeds} baseline, {n_rel} of {seeds} {name}"
-    if arm.identical:
+    if identical:
         return (f"{name}: no difference: every seed trained exactly as the baseline's did (the same loss at every "
                 f"measurement), so the plans changed nothing; if they differ, the plan did not reach the "
                 f"optimizer (a script's own LR code or another scheduler overwrote it?) ({over})")
@@ -424,7 +599,7 @@ def _speedup_text(arm: ArmResult, base: str, n_base: int, seeds: int, metric: st
         return f"{name}: no speed-up: never reaches the baseline's final {loss} {sp.target_loss:.4f} ({over})"
     where = (f"reaches the baseline's final {loss} {sp.target_loss:.4f} at step {sp.t_relative} instead of "
              f"{sp.t_base} ({sp.bounds_text()}; {over})")
-    if arm.verdict == "no measurable difference":
+    if verdict == "no measurable difference":
         why = "one measuring interval allows either sign" if not sp.measurable else "its interval over seeds covers 0"
         return f"{name}: no measurable difference ({why}): speed-up {sp.percent:+.1f}%, {where}"
     slower = " (slower than the baseline)" if sp.percent < 0 else ""
@@ -442,45 +617,46 @@ def add_commands(sub) -> None:
                     "Trains one of rlrs's model sizes, or your own script with --command. "
                     "Writes results.json, report.md and PNG plots into --out. Exit status 1 if a run crashed.")
     common_args(p, "compare")
-    add_seeds_arg(p, default_of(compare, "seeds"))
-    p.add_argument("--metric", choices=METRICS, default=default_of(compare, "metric"),
-                   help=f"eval: held-out loss; train: training loss (model sizes only) (default: {default_of(compare, 'metric')})")
+    add_seeds_arg(p, default_of(run, "seeds"))
+    p.add_argument("--metric", choices=METRICS, default=default_of(run, "metric"),
+                   help=f"eval: held-out loss; train: training loss (model sizes only) (default: {default_of(run, 'metric')})")
     p.add_argument("--base-lrs-from", default=None, metavar="GRID_JSON",
                    help="take each arm's η_base from an `rlrs lr-grid` grid.json (or its directory)")
     p.set_defaults(func=cmd_compare)
+
 
 def cmd_compare(args) -> int:
     target = prepare_args(args, "compare")
     base_lrs = None
     extra = [*extra_args(args), "--seeds", str(args.seeds), "--metric", args.metric]
     if args.base_lrs_from:
-        base_lrs = load_grid(args.base_lrs_from)
+        grid = _lr_grid.load(args.base_lrs_from)
         arms = [arm_name(p) for p in args.plans_list]
-        missing = [a for a in arms if a not in base_lrs]
+        missing = [a for a in arms if a not in grid.best]
         if missing:
             raise ConfigError(
                 f"--base-lrs-from {args.base_lrs_from}: no η_base for {', '.join(missing)} (it has: "
-                f"{', '.join(base_lrs) or 'none'}); run `rlrs lr-grid` with these plans first"
+                f"{', '.join(grid.best) or 'none'}); run `rlrs lr-grid` with these plans first"
             )
-        base_lrs = {a: base_lrs[a] for a in arms}
+        base_lrs = {a: grid.best[a] for a in arms}
         extra += ["--base-lrs-from", args.base_lrs_from]
-        grid_path = Path(args.base_lrs_from)
-        tuned_on = json.loads((grid_path / "grid.json" if grid_path.is_dir() else grid_path).read_text()).get("preset")
-        if tuned_on and tuned_on != target.name:
+        if grid.preset != target.name:
             # Allowed (a deliberate transfer), but η_base rarely transfers across sizes (the paper retunes it).
-            print(f"rlrs compare: note: {args.base_lrs_from} was tuned on {tuned_on}, not {target.name}", file=sys.stderr)
+            print(f"rlrs compare: note: {args.base_lrs_from} was tuned on {grid.preset}, not {target.name}", file=sys.stderr)
     with executor_from_args(args, args.out / "slurm") as ex:
-        res = compare(target, args.plans_list, args.seeds, args.out, sets=args.sets, base_lrs=base_lrs,
-                      metric=args.metric, workers=args.workers, command=command_line("compare", args, extra),
-                      progress=sys.stderr.isatty(), executor=ex)
+        res = run(target, args.plans_list, args.seeds, args.out, sets=args.sets, base_lrs=base_lrs,
+                  metric=args.metric, workers=args.workers, command=command_line("compare", args, extra),
+                  progress=sys.stderr.isatty(), executor=ex)
+    save(res, args.out)
+    render(res, args.out)
     print()
     for line in res.lines():
         print(line)
     for arm, d in res.differences.items():
         if d is not None:
             print(f"{arm}: {d.describe()}")
-    bad = [r for r in res.runs if r.status != "finished"]
-    for r in bad:
-        print(f"{r.arm} seed {r.seed}: {r.status}: {reason_line(r.status, r.error)}")
-    print(f"report: {res.out / 'report.md'}  results: {res.out / 'results.json'}")
+    for r in res.runs:
+        if r.status != "finished":
+            print(f"{r.arm} seed {r.seed}: {r.status}: {reason_line(r.status, r.error)}")
+    print(f"report: {args.out / 'report.md'}  results: {args.out / 'results.json'}")
     return 1 if any(r.status == "failed" for r in res.runs) else 0

@@ -257,11 +257,11 @@ def cmd_demo(args) -> int:
     c = res.compare
     print()
     base = c.arms[c.baseline]
-    for arm in c.arms.values():
+    for name, arm in c.arms.items():
         if arm.final_loss is None:
             continue
-        diff = "" if arm is base or base.final_loss is None else f"  ({arm.final_loss.mean - base.final_loss.mean:+.4f})"
-        print(f"{arm.name:>12}  final eval loss {arm.final_loss.mean:.4f}{diff}")
+        diff = "" if name == c.baseline or base.final_loss is None else f"  ({arm.final_loss.mean - base.final_loss.mean:+.4f})"
+        print(f"{name:>12}  final eval loss {arm.final_loss.mean:.4f}{diff}")
     for line in c.lines():
         print(line)
     for r in c.runs:

@@ -1,13 +1,13 @@
 """``report.md`` and PNG figures for ``rlrs compare``, from its result (``rlrs demo`` draws its
 figure with :func:`plot_speedup`; lr-grid's report is :func:`rlrs.experiments.lr_grid.render`).
 
-    >>> from rlrs.experiments.compare import compare
-    >>> res = compare("tiny-moe", ["uniform-moe", "paper-moe"], seeds=2, out="runs/c")  # doctest: +SKIP
-    >>> [p.name for p in res.files]                                                     # doctest: +SKIP
-    ['results.json', 'loss.png', 'train_loss.png', 'lr_uniform-moe.png', ..., 'report.md']
+    >>> from rlrs.experiments import compare
+    >>> res = compare.load("runs/c")                                   # doctest: +SKIP
+    >>> [p.name for p in compare.render(res, "runs/c")]               # doctest: +SKIP
+    ['loss.png', 'train_loss.png', 'lr_uniform-moe.png', ..., 'report.md']
 
-Everything here reads the typed result (:class:`~rlrs.experiments.compare.CompareResult`) by
-attribute; ``results.json`` is written from the same object.
+Everything here reads the typed result (:class:`~rlrs.experiments.compare.CompareResult`, what
+``results.json`` holds) by attribute; only ``train_loss.png`` reads more: the runs' own logs.
 
 The figures: ``loss.png`` (mean ± std over seeds per arm, the speed-up marked: the paper's
 figure 1), ``train_loss.png`` (every run's per-step training loss with loss spikes circled:
@@ -29,6 +29,7 @@ import numpy as np
 from .. import plots
 from ..components import COMPONENTS
 from ..files import atomic_write_text
+from ..analysis import read_run
 from ..engine import read_result, reason_line
 from ..plan import ComponentPlan
 
@@ -36,9 +37,9 @@ if TYPE_CHECKING:  # annotations only: compare imports this module, not the othe
     from .compare import ArmResult, CompareResult
 
 
-def _diag_label(arm: ArmResult) -> str:
+def _diag_label(name: str, arm: ArmResult) -> str:
     # Diagnostics fall back to the runs that died when none finished: say so in the legend.
-    return arm.name if arm.finished else f"{arm.name} (runs that diverged/failed)"
+    return name if arm.seeds_finished else f"{name} (runs that diverged/failed)"
 
 
 def _color(i: int) -> str:
@@ -80,15 +81,14 @@ def plot_speedup(res: CompareResult, path: str | Path, note: str | None = None) 
     base = res.baseline
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), dpi=120, gridspec_kw={"width_ratios": [1.1, 1]})
     t_base = res.total_steps or 1
-    measured = {a.name: a.speedup for a in res.relative if a.speedup is not None}
+    measured = {a: s.speedup for a, s in res.speedups.items() if s.speedup is not None}
     rel_steps = [sp.t_relative for sp in measured.values() if sp.t_relative]
     x0 = min([0.5 * t_base, *(0.85 * t for t in rel_steps)])
     target = next((sp.target_loss for sp in measured.values()), None)
     visible = []
     for ax, zoom in zip(axes, (False, True)):
-        for arm in res.arms.values():
-            a = arm.name
-            n, total = len(arm.finished), len(arm.runs)
+        for a, arm in res.arms.items():
+            n, total = len(arm.seeds_finished), len(arm.seeds)
             label = f"{a}{' (baseline)' if a == base else ''}, {n}/{total} seed{'s' * (total > 1)}"
             if arm.curve is None:
                 ax.plot([], [], color=colors[a], ls="--", label=f"{a}: every run diverged/failed")
@@ -137,10 +137,9 @@ def plot_speedup(res: CompareResult, path: str | Path, note: str | None = None) 
             lo, hi = min(lo, target), max(hi, target)
         right.set_ylim(lo - 0.08 * (hi - lo or 1), hi + 0.15 * (hi - lo or 1))
     right.set_title("end of training (zoom)")
-    without = [arm for arm in res.relative if arm.speedup is None or arm.speedup.percent is None]
-    for i, arm in enumerate(without):  # one line each, stacked up from the bottom left
-        a = arm.name
-        why = "no speed-up" if arm.curve is not None else "no speed-up (all runs diverged/failed)"
+    without = [a for a, s in res.speedups.items() if s.speedup is None or s.speedup.percent is None]
+    for i, a in enumerate(without):  # one line each, stacked up from the bottom left
+        why = "no speed-up" if res.arms[a].curve is not None else "no speed-up (all runs diverged/failed)"
         right.annotate(f"{a}: {why}", (0.02, 0.04 + 0.06 * i), xycoords="axes fraction", fontsize=8, color=colors[a])
     right.legend(frameon=False, fontsize=8, loc="upper right")
     seeds = res.seeds
@@ -236,7 +235,7 @@ def plot_updates(res: CompareResult, path: str | Path) -> Path:
     nrows = max(1, math.ceil(len(comps) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows), dpi=120, sharex=True, squeeze=False)
     for ax, comp in zip(axes.flat, comps):
-        for arm in res.arms.values():
+        for name, arm in res.arms.items():
             u = arm.updates
             # solid: ‖ΔW‖/‖W‖; dashed: what the update does to the component's outputs; dotted: the
             # alignment ratio that turns the solid line into the dashed one.
@@ -244,8 +243,8 @@ def plot_updates(res: CompareResult, path: str | Path) -> Path:
                 y = np.asarray(curves.get(comp, []), float)
                 ok = np.isfinite(y) & (y > 0)  # the first step's warmup LR is 0: nothing to show on a log axis
                 if ok.any():
-                    ax.plot(np.asarray(u.steps, float)[: len(y)][ok], y[ok], color=colors[arm.name], lw=lw, ls=ls,
-                            label=_diag_label(arm) if ls == "-" else None)
+                    ax.plot(np.asarray(u.steps, float)[: len(y)][ok], y[ok], color=colors[name], lw=lw, ls=ls,
+                            label=_diag_label(name, arm) if ls == "-" else None)
         ax.set_yscale("log")
         ax.set_title(comp, fontsize=10, color=plots.COLORS.get(comp, "k"))
         ax.grid(alpha=0.3, which="both")
@@ -273,10 +272,11 @@ def plot_router(res: CompareResult, path: str | Path) -> Path:
     panels = (("load_entropy", "expert-load entropy (normalised)"), ("max_load", "largest expert's share"),
               ("dropped_share", "dropped token slots (share)"))
     for ax, (key, title) in zip(axes, panels):
-        for arm in res.arms.values():
+        for name, arm in res.arms.items():
             rt = arm.router
             if rt is not None and len(rt.steps):
-                ax.plot(rt.steps, getattr(rt, key), color=colors[arm.name], lw=1.6, label=_diag_label(arm))
+                ax.plot(rt.steps, np.asarray(getattr(rt, key), float), color=colors[name], lw=1.6,
+                        label=_diag_label(name, arm))
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -296,16 +296,16 @@ def plot_router(res: CompareResult, path: str | Path) -> Path:
 # --- compare's report -----------------------------------------------------------------------------
 
 
-def write_compare(
-    res: CompareResult,
-    series: Mapping[tuple[str, int], tuple[Sequence[int], Sequence[float]]],
-) -> list[Path]:
-    """Write the figures and ``report.md`` of a compare into ``res.out``; returns their paths.
+def render(res: CompareResult, out: str | Path) -> list[Path]:
+    """Write the figures and ``report.md`` of a compare into ``out``; returns their paths. Only
+    ``train_loss.png`` needs more than the result: every training loss of every run, which it
+    reads from the runs' own logs (:func:`train_series`).
 
     A figure is drawn only from what the runs logged: a ``--command`` script reports eval losses
     only, so it gets no ``train_loss.png`` (no training loss, no spikes to find) and no
     ``updates.png`` (no update sizes), and its LR figures show the components its plans set."""
-    out = Path(res.out)
+    out = Path(out)
+    series = train_series(res)
     files = [plot_speedup(res, out / "loss.png")]
     trained = any(len(steps) for steps, _ in series.values())
     if trained:
@@ -314,11 +314,11 @@ def write_compare(
         (out / "train_loss.png").unlink(missing_ok=True)
     comps, rest = lr_components(res)
     lr_files = {}
-    for arm in res.arms.values():
+    for name, arm in res.arms.items():
         plan = arm.plan
-        lr_files[arm.name] = plots.plot_plan(
-            plan, res.total_steps, out / f"lr_{arm.name}.png", components=comps, rest=rest,
-            title=f"{arm.name}: LR per component (η_base = {plan.base_lr:g}, λ_base = {plan.final_fraction:g})")
+        lr_files[name] = plots.plot_plan(
+            plan, res.total_steps, out / f"lr_{name}.png", components=comps, rest=rest,
+            title=f"{name}: LR per component (η_base = {plan.base_lr:g}, λ_base = {plan.final_fraction:g})")
     files += lr_files.values()
     measured = updates_logged(res)
     if measured:
@@ -331,6 +331,16 @@ def write_compare(
     md = out / "report.md"
     atomic_write_text(md, compare_markdown(res, lr_files, moe, trained=trained, updates=measured))
     return [*files, md]
+
+
+def train_series(res: CompareResult) -> dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]:
+    """Every run's per-step training loss, ``(arm, seed) -> (steps, losses)``, read from its log
+    (empty for a ``--command`` run, or a run whose directory is not here)."""
+    series = {}
+    for r in res.runs:
+        logs = read_run(r.out)
+        series[r.arm, r.seed] = logs.train_steps, logs.train_loss
+    return series
 
 
 REST_LABEL = "every other component (λ = 1)"
@@ -397,40 +407,41 @@ def compare_markdown(res: CompareResult, lr_files: Mapping[str, Path], moe: bool
     add("## Result\n")
     add(f"| arm | η_base | seeds finished | final {loss.split(' (')[0]} (mean ± std) | Δ vs baseline (paired) | speed-up | T_relative / T_base |")
     add("|---|---|---|---|---|---|---|")
-    for arm in res.arms.values():
-        fin = f"{len(arm.finished)}/{len(arm.runs)}"
-        if arm.name == base:
-            add(f"| **{arm.name}** (baseline) | {arm.base_lr:g} | {fin} | {_final(arm)} | — | — | — |")
+    for name, arm in res.arms.items():
+        fin = f"{len(arm.seeds_finished)}/{len(arm.seeds)}"
+        if name == base:
+            add(f"| **{name}** (baseline) | {arm.base_lr:g} | {fin} | {_final(arm)} | — | — | — |")
             continue
-        d, sp = arm.difference, arm.speedup
+        d, judged = res.differences[name], res.speedups[name]
+        sp = judged.speedup
         diff = "—" if d is None else (f"{d.mean:+.4f} ± {d.std:.4f}" if d.n > 1 else f"{d.mean:+.4f}")
-        if arm.same_plan:
+        if judged.verdict == "same plan":
             spd, t = "same plan as the baseline (same runs)", "—"
-        elif arm.identical:
+        elif judged.identical:
             spd, t = "identical runs", "—"
         elif sp is not None and sp.percent is not None:
             hi = f"{sp.high:+.1f}%" if math.isfinite(sp.high) else "∞"
             spd = f"**{sp.percent:+.1f}%** [{sp.low:+.1f}%, {hi}]" + (" (no measurable difference)"
-                                                     if arm.verdict == "no measurable difference" else "")
+                                                     if judged.verdict == "no measurable difference" else "")
             t = f"{sp.t_relative} / {sp.t_base}"
         elif sp is not None:
             spd, t = "no speed-up", "—"
         else:
             spd, t = "not measured", "—"
-        add(f"| {arm.name} | {arm.base_lr:g} | {fin} | {_final(arm)} | {diff} | {spd} | {t} |")
+        add(f"| {name} | {arm.base_lr:g} | {fin} | {_final(arm)} | {diff} | {spd} | {t} |")
     add("")
-    for arm in res.relative:
+    for name, judged in res.speedups.items():
         per = [f"seed {p.seed}: " + (f"{p.percent:+.1f}%" if p.percent is not None else
                                      "no speed-up" if p.measured else "not measured")
-               for p in arm.per_seed]
-        add(f"- {arm.text}." + (f" Per seed: {', '.join(per)}." if len(per) > 1 else ""))
-        if arm.interval is not None:
-            add(f"- {arm.name}: speed-up {arm.interval.describe()}.")
-        d = arm.difference
+               for p in judged.per_seed]
+        add(f"- {judged.text}." + (f" Per seed: {', '.join(per)}." if len(per) > 1 else ""))
+        if judged.interval is not None:
+            add(f"- {name}: speed-up {judged.interval.describe()}.")
+        d = res.differences[name]
         if d is not None:
             spread = f" ± {d.std:.4f} (std of the paired differences over {d.n} seeds)" if d.n > 1 else " (one seed)"
-            add(f"- {arm.name} final {loss.split(' (')[0]} − baseline: {d.mean:+.4f}{spread}; negative is better.")
-    dropped = [r for arm in res.arms.values() for r in arm.not_finished]
+            add(f"- {name} final {loss.split(' (')[0]} − baseline: {d.mean:+.4f}{spread}; negative is better.")
+    dropped = [r for a in res.arms for r in res.runs_of(a) if not r.finished]
     if dropped:
         which = ", ".join(f"{r.arm} seed {r.seed} {r.status}" for r in dropped)
         add(f"- **Not every run finished**: {which}. "
@@ -523,13 +534,13 @@ def compare_markdown(res: CompareResult, lr_files: Mapping[str, Path], moe: bool
         if comps:
             add("| arm | " + " | ".join(comps) + " |")
             add("|---|" + "---|" * len(comps))
-            for arm in res.arms.values():
+            for name, arm in res.arms.items():
                 cells = []
                 for c in comps:
                     v = np.asarray(arm.updates.update_ratio.get(c, []), float)
                     v = v[np.isfinite(v) & (v > 0)]
                     cells.append(f"{math.exp(np.log(v).mean()):.2e}" if v.size else "—")
-                add(f"| {arm.name} | " + " | ".join(cells) + " |")
+                add(f"| {name} | " + " | ".join(cells) + " |")
         add("\n![update-to-weight ratio](updates.png)\n")
     add("### LR schedules\n")
     comps, rest = lr_components(res)
@@ -546,11 +557,12 @@ def compare_markdown(res: CompareResult, lr_files: Mapping[str, Path], moe: bool
 
 def _worked_example(res: CompareResult) -> str:
     loss = _loss_name(res.metric).split(" (")[0]
-    for arm in res.relative:
-        sp = arm.speedup
+    for name, judged in res.speedups.items():
+        sp = judged.speedup
         if sp is None or sp.percent is None:
             continue
-        steps, mean = [int(x) for x in arm.curve.steps], list(arm.curve.mean)
+        curve = res.arms[name].curve
+        steps, mean = list(curve.steps), list(curve.mean)
         if sp.t_relative not in steps or sp.t_base != steps[-1]:
             continue  # a pooled (noisy) stretch decided it: no plain example to give with these numbers
         i = steps.index(sp.t_relative)
@@ -558,7 +570,7 @@ def _worked_example(res: CompareResult) -> str:
         if i > 0 and steps[i - 1] > 0:
             before = f"its mean {loss} is {_fmt(mean[i - 1])} at step {steps[i - 1]} (> L) and "
         return (f"**Worked example, with this run's numbers.** The baseline {res.baseline} trains T_base = {sp.t_base} "
-                f"steps and ends at mean {loss} L = {sp.target_loss:.4f}. For {arm.name}, {before}"
+                f"steps and ends at mean {loss} L = {sp.target_loss:.4f}. For {name}, {before}"
                 f"{_fmt(mean[i])} at step {sp.t_relative} (≤ L), so T_relative = {sp.t_relative} and "
                 f"speed-up = ({sp.t_base} / {sp.t_relative} − 1) × 100% = **{sp.percent:+.1f}%**.\n")
     return ("**Worked example.** The baseline ends at L = 3.70 after T_base = 10,000 steps; the relative arm's mean "

@@ -14,10 +14,12 @@ Ablations of a plan are :mod:`rlrs.experiments.ablate`.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from .. import config as _config
 from .. import files
 from .. import presets as _presets
 from .arms import arm_name
@@ -25,6 +27,7 @@ from .compare import CompareResult, compare
 from .lr_grid import lr_grid
 from ..components import COMPONENTS
 from ..config import ConfigError
+from ..engine import read_result
 from ..targets import PresetTarget, Target, as_target
 from ..models import count_params
 from ..options import (add_executor_args, add_grid_args, add_out_arg, add_plan_arg, add_seeds_arg, add_target_args,
@@ -61,29 +64,26 @@ class TransferRow:
     speedup_text: str | None
 
 
-@dataclass
+@dataclass(frozen=True)
 class TransferResult:
-    """What :func:`transfer` found; ``to_dict()`` is what ``transfer.json`` holds."""
+    """What :func:`run` found: ``transfer.json`` is ``rlrs.config.to_dict`` of it, and
+    ``rlrs.config.from_dict(TransferResult, json.load(f))`` (:func:`load`) reads it back. The grid
+    and the comparison it ran are in ``grid.json`` and ``results.json`` beside it
+    (:func:`rlrs.experiments.lr_grid.load`, :func:`rlrs.experiments.compare.load`)."""
 
-    out: Path
     preset: str
     plan: str
-    lambdas: dict[str, tuple[float, float]]  # the source plan's (start, end) per component, kept
+    lambdas: dict[str, tuple[float, ...]]  # the source plan's (start, end) per component, kept
     params: dict[str, int] | None  # the larger preset's parameter counts; None for a command
     steps: int
-    rows: list[TransferRow]
-    compare: CompareResult
+    table: tuple[TransferRow, ...]  # one row per arm, the baseline first
 
     @property
     def best_lrs(self) -> dict[str, float]:
-        return {r.arm: r.base_lr for r in self.rows}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"preset": self.preset, "plan": self.plan, "lambdas": {c: list(v) for c, v in self.lambdas.items()},
-                "params": self.params, "steps": self.steps, "table": [dataclasses.asdict(r) for r in self.rows]}
+        return {r.arm: r.base_lr for r in self.table}
 
 
-def transfer(
+def run(
     plan: str | Path,
     target: str | Target,
     out: str | Path,
@@ -100,7 +100,13 @@ def transfer(
 ) -> TransferResult:
     """Algorithm 1: the plan's λ values on ``target`` (a larger preset, or the larger model's own
     command), η_base retuned for both arms, then compared. ``executor`` (:mod:`rlrs.executors`)
-    runs the runs instead of a local pool of ``workers``."""
+    runs the runs instead of a local pool of ``workers``.
+
+    The two steps are whole commands sharing ``out``: ``lr-grid`` (:func:`~rlrs.experiments.lr_grid.lr_grid`)
+    writes ``grid.json``, ``grid.md`` and its figure there, ``compare``
+    (:func:`~rlrs.experiments.compare.compare`) ``results.json``, ``report.md`` and its figures, and
+    the default baseline's plan goes to ``out/plans/uniform.toml``; :func:`save` and :func:`render`
+    write transfer's own ``transfer.json`` and ``transfer.md``, :func:`transfer` all of it."""
     out = Path(out)
     target = as_target(target)
     preset = target.name
@@ -126,26 +132,62 @@ def transfer(
         done = [r for r in res.runs if r.status == "finished"]
         steps = target.steps or max((r.total_steps for r in done), default=0)
         tokens, params = _reported_tokens(res), None
-    rows = [
-        TransferRow(
-            type=preset, lr_type="baseline" if i == 0 else "relative", arm=arm.name,
-            base_lr=grid_result.best[arm.name], grid_edge=grid_result.edge.get(arm.name), train_tokens=tokens,
+    rows = []
+    for name, arm in res.arms.items():
+        relative = name != res.baseline
+        sp = res.speedups[name].speedup if relative else None
+        rows.append(TransferRow(
+            type=preset, lr_type="relative" if relative else "baseline", arm=name,
+            base_lr=grid_result.best[name], grid_edge=grid_result.edge.get(name), train_tokens=tokens,
             final_loss=None if arm.final_loss is None else arm.final_loss.mean,
-            speedup_percent=None if i == 0 or arm.speedup is None else arm.speedup.percent,
-            speedup_text=None if i == 0 else arm.text,
-        )
-        for i, arm in enumerate(res.arms.values())
-    ]
-    result = TransferResult(out, preset, str(plan), _lambdas(rel), params, steps, rows, res)
-    files.write_json(out / "transfer.json", result.to_dict())
-    files.atomic_write_text(out / "transfer.md", _transfer_md(result))
-    log(f"wrote {out / 'transfer.md'}")
+            speedup_percent=None if sp is None else sp.percent,
+            speedup_text=res.speedups[name].text if relative else None,
+        ))
+    return TransferResult(preset, str(plan), _lambdas(rel), params, steps, tuple(rows))
+
+
+def save(result: TransferResult, out: str | Path) -> Path:
+    """Write ``out/transfer.json``."""
+    path = Path(out) / "transfer.json"
+    files.write_json(path, _config.to_dict(result))
+    return path
+
+
+def load(path: str | Path) -> TransferResult:
+    """The :class:`TransferResult` in a ``transfer`` ``transfer.json`` (or the directory holding it)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "transfer.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no transfer result here; run `rlrs transfer --out DIR` first")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        raise ConfigError(f"{path}: not a transfer.json written by `rlrs transfer` (not JSON)") from None
+    try:
+        return _config.from_dict(TransferResult, data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: not a transfer.json written by `rlrs transfer`: {err}") from None
+
+
+def render(result: TransferResult, out: str | Path) -> list[Path]:
+    """Write ``transfer.md`` (the table 2 style rows) into ``out``."""
+    path = Path(out) / "transfer.md"
+    files.atomic_write_text(path, markdown(result))
+    return [path]
+
+
+def transfer(plan: str | Path, target: str | Target, out: str | Path, **options) -> TransferResult:
+    """What ``rlrs transfer`` does, in one call: :func:`run` (``options`` are its keywords), then
+    :func:`save` and :func:`render` into ``out``."""
+    result = run(plan, target, out, **options)
+    save(result, out)
+    render(result, out)
+    options.get("log", print)(f"wrote {Path(out) / 'transfer.md'}")
     return result
 
 
 def _reported_tokens(res: CompareResult) -> int | None:
-    from ..engine import read_result
-
     counts = [r.tokens for info in res.runs if (r := read_result(info.out)) is not None and r.tokens]
     return max(counts) if counts else None
 
@@ -160,7 +202,8 @@ def _fmt_tokens(n: int | None) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n:,}"
 
 
-def _transfer_md(t: TransferResult) -> str:
+def markdown(t: TransferResult) -> str:
+    """``transfer.md``: a table 2 style row per arm and the λ kept from the source plan."""
     p = t.params
     size = (f"{p['active_non_embedding'] / 1e6:.2f}M active non-embedding parameters ({p['total'] / 1e6:.2f}M in total), "
             if p else "")
@@ -174,7 +217,7 @@ def _transfer_md(t: TransferResult) -> str:
         "| Type | LR type | Base LR | Train tokens | Final loss | Speed-up |",
         "|---|---|---|---|---|---|",
     ]
-    for row in t.rows:
+    for row in t.table:
         sp = "-" if row.lr_type == "baseline" else (
             "no speed-up" if row.speedup_percent is None else f"{row.speedup_percent:+.1f}%")
         edge = f" (grid {row.grid_edge} edge)" if row.grid_edge else ""
@@ -199,10 +242,10 @@ def add_commands(sub) -> None:
     add_plan_arg(p, required=True)
     add_target_args(p)
     p.add_argument("--baseline", default=None, help="baseline plan (default: the plan with every λ = 1)")
-    add_grid_args(p, default_of(transfer, "extend"))
-    p.add_argument("--grid-seeds", type=int, default=default_of(transfer, "grid_seeds"), metavar="N",
-                   help=f"seeds per η_base grid point (default: {default_of(transfer, 'grid_seeds')})")
-    add_seeds_arg(p, default_of(transfer, "seeds"))
+    add_grid_args(p, default_of(run, "extend"))
+    p.add_argument("--grid-seeds", type=int, default=default_of(run, "grid_seeds"), metavar="N",
+                   help=f"seeds per η_base grid point (default: {default_of(run, 'grid_seeds')})")
+    add_seeds_arg(p, default_of(run, "seeds"))
     add_workers_arg(p)
     add_executor_args(p)
     add_out_arg(p, required=True)
@@ -212,9 +255,13 @@ def add_commands(sub) -> None:
 def cmd_transfer(args) -> int:
     check_workers(args.workers)
     target = target_from_args(args, required=True)
-    with executor_from_args(args, Path(args.out) / "slurm") as ex:
-        transfer(args.plan, target, args.out, baseline=args.baseline, grid=parse_grid(args.grid) if args.grid else None,
-                 grid_seeds=args.grid_seeds, extend=args.extend, seeds=args.seeds, sets=sets_from_args(args),
-                 workers=args.workers, executor=ex)
-    print((Path(args.out) / "transfer.md").read_text())
+    out = Path(args.out)
+    with executor_from_args(args, out / "slurm") as ex:
+        res = run(args.plan, target, out, baseline=args.baseline, grid=parse_grid(args.grid) if args.grid else None,
+                  grid_seeds=args.grid_seeds, extend=args.extend, seeds=args.seeds, sets=sets_from_args(args),
+                  workers=args.workers, executor=ex)
+    save(res, out)
+    render(res, out)
+    print(f"wrote {out / 'transfer.md'}")
+    print(markdown(res))
     return 0
