@@ -69,7 +69,11 @@ TARGETS = {
 }
 SEARCHES = ("local", "hyperband", "gp", "gp-startup")  # gp-startup: after the start-up fix (a third of the budget)
 AUTOS = ("update-size", "sensitivity")
-WAYS = ("uniform", "paper", *(f"auto-{m}" for m in AUTOS), *SEARCHES)  # one colour each, in every panel
+# way -> (its directory, the method that made it): auto-sensitivity-extrapolated is the sensitivity
+# plan of an rlrs that took a parabola's vertex beyond the probed × 1/4 … × 4 (clipped at × 16).
+AUTO_WAYS = {**{f"auto-{m}": (f"auto-{m}", m) for m in AUTOS},
+             "auto-sensitivity-extrapolated": ("auto-sensitivity-extrapolated", "sensitivity")}
+WAYS = ("uniform", "paper", *AUTO_WAYS, *SEARCHES)  # one colour each, in every panel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,13 +109,13 @@ def ways(bench: Path, t: Target) -> list[Way]:
         lr = _grid_best(d / "grid" / "grid.json", name) if name else None
         if lr is not None:
             found.append(Way(arm, _with_lr(presets.get(name), lr, plans / f"{arm}.toml"), 0))
-    for m in AUTOS:
-        a = d / f"auto-{m}"
+    for way, (where, m) in AUTO_WAYS.items():
+        a = d / where
         record, plan = a / f"auto-{m}.json", a / f"auto-{m}.toml"
         lr = _grid_best(a / "grid" / "grid.json", f"auto-{m}")
         if record.exists() and lr is not None:
             rec = json.loads(record.read_text())
-            found.append(Way(f"auto-{m}", _with_lr(Plan.load(plan), lr, plans / f"auto-{m}.toml"),
+            found.append(Way(way, _with_lr(Plan.load(plan), lr, plans / f"{way}.toml"),
                              int(rec["cost_steps"]), f"{rec['runs']} probe runs"))
     for s in SEARCHES:
         tuned, search = d / s / "tuned.toml", d / s / "search.json"
@@ -180,7 +184,7 @@ def _grid_runs(d: Path, way: str, t: Target) -> int:
     plans); none for a search, which searches η_base itself from uniform's tuned value."""
     path = {"uniform": d / "grid" / "grid.json", "paper": d / "grid" / "grid.json"}.get(
         way, d / way / "grid" / "grid.json")
-    arm = {"uniform": t.uniform, "paper": t.paper}.get(way, way)
+    arm = {"uniform": t.uniform, "paper": t.paper, **{w: f"auto-{m}" for w, (_, m) in AUTO_WAYS.items()}}.get(way, way)
     if way in SEARCHES or not path.exists():
         return 0
     arms = json.loads(path.read_text())["arms"]
