@@ -19,7 +19,7 @@ for t in $TARGETS; do
     xs-moe) tgt=(--model ladder-xs-moe); uni=uniform-moe; plans=uniform-moe,paper-moe; params=$MOE; runs=327
             searches="local hyperband gp" ;;
     xs-dense) tgt=(--model ladder-xs-dense); uni=uniform-dense; plans=uniform-dense,paper-dense; params=$DENSE; runs=322
-              searches="${DENSE_SEARCHES-gp}" ;;
+              searches="${DENSE_SEARCHES-local gp}" ;;
     vit) tgt=(--command "$PY benchmarks/targets/vit_fashion.py --optimizer adamw" --steps 400); uni=uniform-dense
          plans=uniform-dense; params=$DENSE; runs=400; searches="hyperband gp" ;;
     vit-muon) tgt=(--command "$PY benchmarks/targets/vit_fashion.py --optimizer muon" --steps 400); uni=uniform-dense
@@ -39,9 +39,10 @@ for t in $TARGETS; do
     if [ $s = local ]; then
       $R tune "${tgt[@]}" --plan $uni --set plan.base_lr=$eta --params $params --budget 40 --min-improvement 0.005 \
         --workers $W --out $B/$t/local
-    else  # a third of the local search's 40 evaluations, in steps
+    else  # a third of the local search's 40 evaluations, in steps; the GP into gp-startup (gp holds
+          # searches made before its random start-up was cut to a third of the budget)
       $R tune "${tgt[@]}" --plan $uni --set plan.base_lr=$eta --params $params --sampler $s \
-        --budget-steps $((13 * runs)) --workers $W --out $B/$t/$s
+        --budget-steps $((13 * runs)) --workers $W --out $B/$t/$([ $s = gp ] && echo gp-startup || echo $s)
     fi
   done
   stamp "$t: confirmation on seeds 0..3 (the table reads 1..3)"
