@@ -1,12 +1,14 @@
 """Plans without a 300-run search: every way to a plan, from the uniform plan, costed and confirmed.
 
-For each target (``ladder-xs-moe``; a vision Transformer on Fashion-MNIST, trained with AdamW or
+For each target (``ladder-xs-moe``, ``ladder-xs-dense``; a vision Transformer on Fashion-MNIST, trained with AdamW or
 with Muon, ``benchmarks/targets/vit_fashion.py``) the ways to a plan are:
 
 - ``uniform`` (the baseline) and ``paper`` (tables 4/5 of Ludziejewski et al., arXiv 2507.03526;
   language models only), each at the η_base its own lr-grid chose;
 - ``auto-update-size`` and ``auto-sensitivity`` (``rlrs auto``), each at the η_base its own
   lr-grid chose;
+- on ``ladder-s-dense``, ``transferred-METHOD``: the plan ``rlrs auto`` derived on ``ladder-xs-dense``,
+  at the η_base its own lr-grid chose on the larger rung (``benchmarks/plan_transfer.sh``);
 - ``local`` (the paper's algorithm 2, noise-aware 0.5%), ``hyperband`` and ``gp`` (``rlrs tune
   --sampler``), each started from the uniform plan at its tuned η_base (they search η_base too).
 
@@ -64,6 +66,8 @@ class Target:
 TARGETS = {
     "xs-moe": Target("xs-moe", "uniform-moe", "paper-moe", 327, model="ladder-xs-moe"),
     "xs-dense": Target("xs-dense", "uniform-dense", "paper-dense", 322, model="ladder-xs-dense"),
+    # The rung above, for the transfer of the small rung's automatic plans (plan_transfer.sh).
+    "s-dense": Target("s-dense", "uniform-dense", "paper-dense", 1084, model="ladder-s-dense"),
     "vit": Target("vit", "uniform-dense", None, 400, command=f"{VIT} --optimizer adamw"),
     "vit-muon": Target("vit-muon", "uniform-dense", None, 400, command=f"{VIT} --optimizer muon"),
 }
@@ -71,8 +75,11 @@ SEARCHES = ("local", "hyperband", "gp", "gp-startup")  # gp-startup: after the s
 AUTOS = ("update-size", "sensitivity")
 # way -> (its directory, the method that made it): auto-sensitivity-extrapolated is the sensitivity
 # plan of an rlrs that took a parabola's vertex beyond the probed × 1/4 … × 4 (clipped at × 16).
+# transferred-METHOD: the plan the method derived on the rung below, its η_base tuned on this one
+# (its cost is the probe's on that rung, in that rung's steps).
 AUTO_WAYS = {**{f"auto-{m}": (f"auto-{m}", m) for m in AUTOS},
-             "auto-sensitivity-extrapolated": ("auto-sensitivity-extrapolated", "sensitivity")}
+             "auto-sensitivity-extrapolated": ("auto-sensitivity-extrapolated", "sensitivity"),
+             **{f"transferred-{m}": (f"transferred-{m}", m) for m in AUTOS}}
 WAYS = ("uniform", "paper", *AUTO_WAYS, *SEARCHES)  # one colour each, in every panel
 
 
