@@ -24,7 +24,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 T = TypeVar("T")
 
@@ -182,6 +182,34 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str | None = None) -
         raise ConfigError(_join(where, str(err))) from None
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{where or 'config'}: {err}") from err
+
+
+def load_result(cls: type[T], path: str | Path, file: str, command: str, what: str,
+                upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> T:
+    """The typed result ``cls`` in the JSON ``file`` that ``command`` writes, from ``path`` (the
+    file, or the directory holding it): what every experiment's ``load`` does. ``upgrade`` turns
+    a file of an earlier version into the current layout (e.g. drops keys now derived). A missing
+    file raises ``FileNotFoundError`` naming the command that writes it; a file that is not JSON,
+    or whose fields do not fit ``cls``, a ``ConfigError`` naming the file (and the field).
+
+        load_result(GridResult, "runs/bench", "grid.json", "rlrs lr-grid", "grid")
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / file
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no {what} result here; run `{command} --out DIR` first")
+    not_one = f"{path}: not {'an' if file[0] in 'aeiou' else 'a'} {file} written by `{command}`"
+    try:
+        data = load_file(path)
+    except ConfigError as err:  # not UTF-8, not JSON, a key twice, not a table: it names the file
+        raise ConfigError(f"{not_one}; {str(err).removeprefix(f'{path}: ')}") from None
+    if upgrade is not None:
+        data = upgrade(data)
+    try:
+        return from_dict(cls, data)
+    except ConfigError as err:
+        raise ConfigError(f"{not_one}: {err}") from None
 
 
 def differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:

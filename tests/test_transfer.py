@@ -141,5 +141,5 @@ def test_an_ablate_json_that_is_not_one_names_the_file_the_field_and_the_command
                                           r"ablate_result\.leave_one_out\[0\]\.final_loss: expected a number"):
         load(tmp_path / "ablate.json")
     (tmp_path / "ablate.json").write_text("{")
-    with pytest.raises(ConfigError, match="not JSON"):
+    with pytest.raises(ConfigError, match=r"ablate.json: not an ablate.json written by `rlrs ablate`; invalid JSON"):
         load(tmp_path)

@@ -636,18 +636,21 @@ def test_merge_refuses_what_would_mix_or_misreport(tmp_path, capsys):
         merge({"a/results.json": g, "b/results.json": _result("digits", {"adamw": 0.9, "dals": 0.9})})
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({**config.to_dict(g), "seed": 3}))
-    with pytest.raises(ConfigError, match=r"bad.json.seed: unknown key; did you mean 'seeds'"):
+    with pytest.raises(ConfigError, match=r"bad.json: not a results.json written by `rlrs zoo`: "
+                                          r"zoo_result.seed: unknown key; did you mean 'seeds'"):
         load_results(bad)
     doc = config.to_dict(g)
     doc["cells"][0]["accuracies"] = "0.9"
     bad.write_text(json.dumps(doc))
-    with pytest.raises(ConfigError, match=r"bad.json.cells\[0\].accuracies: expected a list"):
+    with pytest.raises(ConfigError, match=r"bad.json: not a results.json .*: "
+                                          r"zoo_result.cells\[0\].accuracies: expected a list"):
         load_results(bad)
     bad.write_text(json.dumps({k: v for k, v in config.to_dict(g).items() if k != "cells"}))
-    with pytest.raises(ConfigError, match="bad.json: missing cells: it has no default"):
+    with pytest.raises(ConfigError, match="bad.json: not a results.json .*: zoo_result: missing cells: "
+                                          "it has no default"):
         load_results(bad)
     bad.write_text("{")
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigError, match="bad.json: not a results.json written by `rlrs zoo`; invalid JSON"):
         load_results(bad)
     assert main(["zoo", "--merge", str(bad), "--tasks", "gauss", "--out", "x"]) == 2
     assert "no --tasks" in capsys.readouterr().err

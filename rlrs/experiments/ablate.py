@@ -18,7 +18,6 @@ of every variant goes into a bar chart with diverged runs marked.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -143,22 +142,13 @@ def load(path: str | Path) -> AblateResult:
     """The :class:`AblateResult` in an ``ablate.json`` (or the directory holding it), files of
     earlier versions included (they also held each variant's ``diverged`` and ``final_loss``,
     which :class:`Variant` derives from its losses)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "ablate.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no ablation result here; run `rlrs ablate --out DIR` first")
-    try:
-        data = json.loads(path.read_text())
-    except ValueError:
-        raise ConfigError(f"{path}: not an ablate.json written by `rlrs ablate` (not JSON)") from None
-    try:
-        if isinstance(data, dict) and isinstance(data.get("vary"), list):
-            data = {**data, "vary": [{k: v for k, v in row.items() if k not in _DERIVED} if isinstance(row, dict)
-                                     else row for row in data["vary"]]}
-        return _config.from_dict(AblateResult, data)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: not an ablate.json written by `rlrs ablate`: {err}") from None
+    def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(data.get("vary"), list):
+            return data
+        return {**data, "vary": [{k: v for k, v in row.items() if k not in _DERIVED} if isinstance(row, dict)
+                                 else row for row in data["vary"]]}
+
+    return _config.load_result(AblateResult, path, "ablate.json", "rlrs ablate", "ablation", upgrade)
 
 
 _DERIVED = ("diverged", "final_loss")  # what earlier ablate.json files held per variant beside its losses

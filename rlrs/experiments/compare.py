@@ -46,7 +46,6 @@ the report; the means then cover the finished seeds only, and the report says so
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -397,19 +396,7 @@ def save(result: CompareResult, out: str | Path) -> Path:
 def load(path: str | Path) -> CompareResult:
     """The :class:`CompareResult` in a ``compare`` ``results.json`` (or the directory holding it);
     files written by earlier versions load too."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "results.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no compare result here; run `rlrs compare --out DIR` first")
-    try:
-        data = json.loads(path.read_text())
-    except ValueError:
-        raise ConfigError(f"{path}: not a results.json written by `rlrs compare` (not JSON)") from None
-    try:
-        return _config.from_dict(CompareResult, data)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: not a results.json written by `rlrs compare`: {err}") from None
+    return _config.load_result(CompareResult, path, "results.json", "rlrs compare", "compare")
 
 
 def render(result: CompareResult, out: str | Path) -> list[Path]:

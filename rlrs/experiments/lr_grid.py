@@ -15,7 +15,6 @@ and a best at the grid's edge grows the grid beyond it. ``grid.json``, ``grid.md
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -225,19 +224,7 @@ def save(result: GridResult, out: str | Path) -> Path:
 
 def load(path: str | Path) -> GridResult:
     """The :class:`GridResult` in an ``lr-grid`` ``grid.json`` (or the directory holding it)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "grid.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no grid result here; run `rlrs lr-grid --out DIR` first")
-    try:
-        data = json.loads(path.read_text())
-    except ValueError:
-        raise ConfigError(f"{path}: not a grid.json written by `rlrs lr-grid` (not JSON)") from None
-    try:
-        return _config.from_dict(GridResult, data)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: not a grid.json written by `rlrs lr-grid`: {err}") from None
+    return _config.load_result(GridResult, path, "grid.json", "rlrs lr-grid", "grid")
 
 
 def lr_grid(target: str | Target, plans: Sequence[str], out: str | Path, **options) -> GridResult:

@@ -14,7 +14,6 @@ Ablations of a plan are :mod:`rlrs.experiments.ablate`.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -155,19 +154,7 @@ def save(result: TransferResult, out: str | Path) -> Path:
 
 def load(path: str | Path) -> TransferResult:
     """The :class:`TransferResult` in a ``transfer`` ``transfer.json`` (or the directory holding it)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "transfer.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no transfer result here; run `rlrs transfer --out DIR` first")
-    try:
-        data = json.loads(path.read_text())
-    except ValueError:
-        raise ConfigError(f"{path}: not a transfer.json written by `rlrs transfer` (not JSON)") from None
-    try:
-        return _config.from_dict(TransferResult, data)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: not a transfer.json written by `rlrs transfer`: {err}") from None
+    return _config.load_result(TransferResult, path, "transfer.json", "rlrs transfer", "transfer")
 
 
 def render(result: TransferResult, out: str | Path) -> list[Path]:

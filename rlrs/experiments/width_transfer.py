@@ -38,7 +38,6 @@ against η_base per width (Kosson et al.'s figure), the base width's optimum mar
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -295,21 +294,13 @@ def load(path: str | Path) -> WidthTransferResult:
     """The :class:`WidthTransferResult` in a width-transfer ``results.json`` (or the directory
     holding it), files of earlier versions included: they also held each series' ``drift_steps``
     (:attr:`WidthSeries.drift` derives it from the points), and the first ones no zero-shot gap."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "results.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no width-transfer result here; run `rlrs width-transfer --out DIR` first")
-    try:
-        data = json.loads(path.read_text())
-    except ValueError:
-        raise ConfigError(f"{path}: not a results.json written by `rlrs width-transfer` (not JSON)") from None
-    try:
-        if isinstance(data, dict) and isinstance(data.get("series"), list):
-            data = {**data, "series": [_current_series(s) if isinstance(s, dict) else s for s in data["series"]]}
-        return _config.from_dict(WidthTransferResult, data)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: not a results.json written by `rlrs width-transfer`: {err}") from None
+    def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(data.get("series"), list):
+            return data
+        return {**data, "series": [_current_series(s) if isinstance(s, dict) else s for s in data["series"]]}
+
+    return _config.load_result(WidthTransferResult, path, "results.json", "rlrs width-transfer", "width-transfer",
+                               upgrade)
 
 
 def _current_series(s: dict[str, Any]) -> dict[str, Any]:

@@ -27,11 +27,10 @@ rank), the per-task tables, and ``zoo_curves.png`` the mean accuracy curves per 
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -264,18 +263,14 @@ def load(path: str | Path) -> ZooResult:
     """The :class:`ZooResult` in a zoo's ``results.json`` (or the directory holding it), files of
     earlier versions included. The runs' directories it names are kept as written; they need not
     exist to report on it."""
-    path = results_file(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no zoo result here; run `rlrs zoo --out DIR` first")
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read a results.json written by `rlrs zoo`: {err}") from None
-    if isinstance(doc, dict) and isinstance(doc.get("cells"), list):
+    def upgrade(doc: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(doc.get("cells"), list):
+            return doc
         # Files written before the result was typed held each cell's status, which is derived.
-        doc = {**doc, "cells": [{k: v for k, v in c.items() if k != "status"} if isinstance(c, dict) else c
-                                for c in doc["cells"]]}
-    return _config.from_dict(ZooResult, doc, str(path))
+        return {**doc, "cells": [{k: v for k, v in c.items() if k != "status"} if isinstance(c, dict) else c
+                                 for c in doc["cells"]]}
+
+    return _config.load_result(ZooResult, results_file(path), "results.json", "rlrs zoo", "zoo", upgrade)
 
 
 def load_results(path: str | Path) -> ZooResult:
