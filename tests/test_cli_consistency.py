@@ -12,7 +12,7 @@ from rlrs import cli, presets
 from rlrs.experiments import arms, compare, lr_grid
 from rlrs.experiments.coord_check import coord_check
 from rlrs.experiments.demo import demo
-from rlrs.experiments.auto import auto
+from rlrs.experiments import auto
 from rlrs.engine import default_workers, run_dir
 from rlrs.executors import SlurmConfig
 from rlrs.inspection import DEFAULT_AT, inspect
@@ -133,8 +133,8 @@ def _api_defaults() -> dict[tuple[str, str], object]:
         ("plot-plan", "steps"): default_of(inspect, "total_steps"),
         ("plot-plan", "out"): ".",
         ("demo", "out"): default_of(demo, "out"),
-        ("auto", "method"): default_of(auto, "method"),
-        ("auto", "probe"): default_of(auto, "probe"),
+        ("auto", "method"): default_of(auto.run, "method"),
+        ("auto", "probe"): default_of(auto.run, "probe"),
     }
     for name in COMMANDS:  # --cwd's "." is the current directory, shown in words
         if "--cwd" in _flags(COMMANDS[name]):
