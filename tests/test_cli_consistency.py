@@ -10,7 +10,7 @@ import pytest
 
 from rlrs import cli, presets
 from rlrs.experiments import arms, compare, lr_grid
-from rlrs.experiments.coord_check import coord_check
+from rlrs.experiments import coord_check
 from rlrs.experiments.demo import demo
 from rlrs.experiments import auto
 from rlrs.engine import default_workers, run_dir
@@ -119,13 +119,13 @@ def _api_defaults() -> dict[tuple[str, str], object]:
         ("tune", "search_seed"): default_of(TuneSpec, "search_seed"),
         ("tune", "min_improvement"): default_of(TuneSpec, "min_improvement"),
         ("tune", "sampler"): "local",
-        ("coord-check", "model"): default_of(coord_check, "model"),
-        ("coord-check", "widths"): ",".join(map(str, default_of(coord_check, "widths"))),
-        ("coord-check", "parametrization"): default_of(coord_check, "parametrization"),
-        ("coord-check", "plan"): default_of(coord_check, "plan"),
-        ("coord-check", "steps"): default_of(coord_check, "steps"),
-        ("coord-check", "seeds"): default_of(coord_check, "seeds"),
-        ("coord-check", "out"): "runs/coord-check",
+        ("coord-check", "model"): default_of(coord_check.run, "model"),
+        ("coord-check", "widths"): ",".join(map(str, default_of(coord_check.run, "widths"))),
+        ("coord-check", "parametrization"): default_of(coord_check.run, "parametrization"),
+        ("coord-check", "plan"): default_of(coord_check.run, "plan"),
+        ("coord-check", "steps"): default_of(coord_check.run, "steps"),
+        ("coord-check", "seeds"): default_of(coord_check.run, "seeds"),
+        ("coord-check", "out"): default_of(coord_check.coord_check, "out"),
         ("inspect", "model"): DEFAULT_SIZE,
         ("inspect", "steps"): default_of(inspect, "total_steps"),
         ("inspect", "at"): DEFAULT_AT,

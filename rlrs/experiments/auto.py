@@ -45,6 +45,7 @@ from typing import Any, Callable, Mapping, Sequence
 from .. import config as _config
 from .. import files, presets
 from ..components import COMPONENTS
+from .arms import default_out
 from ..config import ConfigError
 from ..engine import CommandRun, Job, RunResult, reason_line, run_all, run_dir
 from ..models import get_size
@@ -316,12 +317,6 @@ def _start_plan_name(target: Target, plan: str | None) -> str:
     return presets.default_plans(moe=False)[0]
 
 
-def default_out(target: str | Target) -> Path:
-    """Where ``rlrs auto`` writes when no ``out`` is given: ``runs/auto-NAME``, NAME the model size
-    or ``command``."""
-    return Path(f"runs/auto-{target if isinstance(target, str) else target.name}")
-
-
 def run(
     target: str | Target,
     method: str = "update-size",
@@ -363,7 +358,7 @@ def run(
         raise ConfigError(f"{clash[0]}: rlrs auto sets it from its seed (train.seed = train.data_seed = seed); "
                           "drop the --set")
     start_name = _start_plan_name(target, plan)
-    out = Path(out) if out is not None else default_out(target)
+    out = Path(out) if out is not None else default_out("auto", target)
     root = out / "runs"
     base = target.spec(start_name, seed, sets)
     horizon = base.total_steps
@@ -541,9 +536,10 @@ def markdown(result: AutoResult) -> str:
 
 def auto(target: str | Target, method: str = "update-size", out: str | Path | None = None, **options) -> AutoResult:
     """What ``rlrs auto`` does, in one call: :func:`run` (``options`` are its keywords), then
-    :func:`save` and :func:`render` into ``out`` (default: :func:`default_out`)."""
+    :func:`save` and :func:`render` into ``out`` (default: ``runs/auto-NAME``, NAME the model size or ``command``)."""
+    target = PresetTarget(target) if isinstance(target, str) else target
     if out is None:
-        out = default_out(target)
+        out = default_out("auto", target)
     result = run(target, method, out, **options)
     save(result, out)
     render(result, out)
@@ -582,7 +578,7 @@ def add_commands(sub) -> None:
 
 def cmd_auto(args) -> int:
     target = target_from_args(args)
-    out = Path(args.out) if args.out is not None else default_out(target)
+    out = Path(args.out) if args.out is not None else default_out("auto", target)
     extra = ["--method", args.method, "--out", str(out)]
     extra += ["--plan", args.plan] if args.plan else []
     extra += ["--probe", f"{args.probe:g}"] if args.method == "update-size" else []
