@@ -888,3 +888,24 @@ def test_a_search_json_of_an_earlier_version_loads_and_writes_back_byte_identica
         load_search(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"no search here; run `rlrs tune --out DIR` first"):
         load_search(tmp_path / "none")
+
+
+def test_a_stored_spec_loads_strictly_and_keys_added_since_take_their_defaults(synth):
+    from rlrs.engine import CommandRun
+
+    preset = spec_for(params=["plan.base_lr"], prune=Pruning((0.5,), 0.1))
+    command = TuneSpec(CommandRun("python train.py", Plan(), 0, 100, "/tmp/proj"), ("plan.base_lr",))
+    for spec in (preset, command):
+        assert TuneSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    stored = json.loads(json.dumps(preset.to_dict()))
+    older = {k: v for k, v in stored.items() if k != "min_improvement"}  # a study made before it existed
+    assert TuneSpec.from_dict(older).min_improvement == 0.0
+    for bad, words in [({**stored, "seed": 2}, r"spec.seed: unknown key; did you mean 'seeds'"),
+                       ({**stored, "prune": {"rungs": [0.5], "margn": 0.1}}, r"spec.prune.margn: unknown key"),
+                       ({k: v for k, v in stored.items() if k != "params"}, r"spec: missing params"),
+                       ({**stored, "seeds": "2"}, r"spec.seeds: expected an integer"),
+                       ({k: v for k, v in stored.items() if k != "config"}, r"give exactly one of command"),
+                       ({**json.loads(json.dumps(command.to_dict())), "config": stored["config"]},
+                        r"give exactly one of command .* got \['command', 'config'\]")]:
+        with pytest.raises(ConfigError, match=words):
+            TuneSpec.from_dict(bad)
