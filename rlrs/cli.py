@@ -10,13 +10,13 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from .experiments import ablate, auto, compare, demo, lr_grid, transfer, width_transfer, zoo
+from .experiments import ablate, auto, compare, coord_check, demo, lr_grid, transfer, width_transfer, zoo
 from . import tune
 from .config import ConfigError, MissingExtra
 from .engine import Interrupted, RunLocked, Terminated, stopped_by, stopped_status
-from .models import DEFAULT_SIZE, PARAMETRIZATIONS
-from .options import (add_model_arg, add_no_progress_arg, add_out_arg, add_plan_arg, add_seeds_arg, add_set_arg,
-                      add_steps_arg, add_target_args, add_widths_arg, default_of, parse_sets, sets_from_args)
+from .models import DEFAULT_SIZE
+from .options import (add_no_progress_arg, add_out_arg, add_plan_arg, add_set_arg, add_steps_arg, add_target_args,
+                      default_of, parse_sets, sets_from_args)
 
 
 def _run_config(args) -> "Any":
@@ -126,23 +126,6 @@ def sizes_markdown() -> str:
     return "\n".join(lines)
 
 
-def cmd_coord_check(args) -> int:
-    from .files import make_dir
-    from .experiments.coord_check import coord_check, plot, slope_text
-    from .files import write_json
-    from .options import parse_widths
-
-    res = coord_check(args.model, parse_widths(args.widths), parametrization=args.parametrization,
-                      base_width=args.base_width, plan=args.plan, base_lr=args.base_lr, steps=args.steps,
-                      seeds=args.seeds)
-    out = make_dir(Path(args.out), "--out")
-    write_json(out / "coord_check.json", res.to_dict())
-    png = plot(res, out / "coord_check.png")
-    print(slope_text(res))
-    print(f"results: {out / 'coord_check.json'}  figure: {png}")
-    return 0
-
-
 def cmd_sizes(args) -> int:
     print(sizes_markdown())
     return 0
@@ -170,7 +153,6 @@ def cmd_plot_plan(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import presets
-    from .experiments.coord_check import coord_check
     from .inspection import DEFAULT_AT, inspect
 
     parser = argparse.ArgumentParser(prog="rlrs", description="Decoupled relative learning-rate schedules for PyTorch.")
@@ -213,21 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_set_arg(p)
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("coord-check", help="activation scale of every layer against width, at init and after a few steps",
-                       description="Rebuild a model size at several widths (heads kept), train a few AdamW steps at one "
-                                   "η_base and plot each layer's output RMS against width: under muP the slopes stay "
-                                   "near 0, under SP they grow. Writes coord_check.json and coord_check.png.")
-    add_model_arg(p, default_of(coord_check, "model"))
-    add_widths_arg(p, default_of(coord_check, "widths"))
-    p.add_argument("--parametrization", default=default_of(coord_check, "parametrization"), choices=PARAMETRIZATIONS,
-                   help=f"sp or mup (default: {default_of(coord_check, 'parametrization')})")
-    p.add_argument("--base-width", type=int, default=None, help="muP's base width (needed with --parametrization mup)")
-    add_plan_arg(p, default_of(coord_check, "plan"))
-    p.add_argument("--base-lr", type=float, default=None, help="η_base (default: the plan's)")
-    add_steps_arg(p, default_of(coord_check, "steps"))
-    add_seeds_arg(p, default_of(coord_check, "seeds"))
-    add_out_arg(p, "runs/coord-check")
-    p.set_defaults(func=cmd_coord_check)
+    coord_check.add_commands(sub)
 
     p = sub.add_parser("sizes", aliases=["presets"], help="table of rlrs's model sizes (markdown)")
     p.set_defaults(func=cmd_sizes)

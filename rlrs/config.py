@@ -144,6 +144,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value  # an object built by the caller (a search's run spec), not read from a file
     raise TypeError(f"{where}: unsupported config field type {tp!r}")  # a bug in rlrs, not input
 
 

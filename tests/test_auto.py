@@ -4,6 +4,7 @@ command end to end on a tiny model size, a tiny script and a tiny Hugging Face m
 import json
 import math
 import sys
+from dataclasses import replace as dataclasses_replace
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,9 @@ import torch
 
 import rlrs
 from rlrs import cli, presets
-from rlrs.experiments.auto import (AutoResult, Choice, auto, fit_log_parabola, load_result, measured_ratios, scaled_plan,
-                       sensitivity_factors, update_size_factors)
+from rlrs.experiments import auto as auto_module
+from rlrs.experiments.auto import (AutoResult, Choice, auto, fit_log_parabola, load, load_result, measured_ratios,
+                                   markdown, render, save, scaled_plan, sensitivity_factors, update_size_factors)
 from rlrs.config import ConfigError, from_dict
 from rlrs.optim import MEASURE_ENV
 from rlrs.plan import ComponentPlan
@@ -295,3 +297,161 @@ def test_measured_ratios_take_the_median_after_the_warmup_and_refuse_nan_or_noth
         measured_ratios(tmp_path, after=4, upto=8)
     (tmp_path / "empty").mkdir()
     assert measured_ratios(tmp_path / "empty", after=0) == {}  # measured nothing: the caller names the fix
+
+
+# --- the experiment's shape: run, save, load, render ---------------------------------------------------
+
+
+def test_run_writes_only_runs_and_save_load_render_round_trip(tmp_path, worktree_rlrs):
+    fake = f"{sys.executable} {ROOT / 'tests' / 'scripts' / 'fake_train.py'} ok"
+    out = tmp_path / "auto"
+    res = auto_module.run(CommandTarget(fake, steps=100), "sensitivity", out, probe_steps=5, workers=2,
+                          sets={"plan.embedding.start": 5.0}, log=_quiet)
+    assert sorted(p.name for p in out.iterdir()) == ["runs"]  # the probes only
+    assert res.plan_file == str(out / "auto-sensitivity.toml")
+    record = save(res, out)
+    assert record == out / "auto-sensitivity.json"
+    assert load(record) == res and load(out) == res and load_result(record) == res
+    assert presets.resolve(res.plan_file) == res.plan  # the plan file save wrote
+    (md,) = render(res, out)
+    assert md == out / "auto-sensitivity.md"
+    text = md.read_text()
+    assert text == markdown(load(record))
+    assert "\n".join(res.lines()) in text and "embedding" in text and "rlrs lr-grid --plans" in text
+    # The one call gives the same files again (the runs reused), with the same plan and table.
+    again = auto(CommandTarget(fake, steps=100), "sensitivity", out, probe_steps=5, workers=2,
+                 sets={"plan.embedding.start": 5.0}, log=_quiet)
+    assert again.plan == res.plan and again.choices == res.choices and again.trained_steps == 0
+    assert load(out) == again and md.read_text() == markdown(again)
+    # Saved elsewhere, the record names the plan file written beside it.
+    moved = load(save(res, tmp_path / "elsewhere"))
+    assert moved.plan_file == str(tmp_path / "elsewhere" / "auto-sensitivity.toml")
+    assert presets.resolve(moved.plan_file) == res.plan
+
+
+# Written by rlrs auto before the result had the experiment shape (`rlrs auto --model ladder-xs-dense
+# --method update-size`, its choices trimmed to two).
+OLD_UPDATE_SIZE_JSON = """{
+  "method": "update-size",
+  "target": "ladder-xs-dense",
+  "start_plan": "uniform-dense",
+  "plan": {
+    "base_lr": 0.01,
+    "final_fraction": 0.06,
+    "warmup": 0.01,
+    "weight_decay": 0.1,
+    "decay_1d": false,
+    "independent_wd": false,
+    "tied": null,
+    "wsd_decay": 0.2,
+    "lora_plus": null,
+    "width_warmup": null,
+    "width_warmup_m": 1.0,
+    "depth_decay": null,
+    "warmup_from": 0.0,
+    "sgdr_first": 0.14285714285714285,
+    "sgdr_mult": 2.0,
+    "embedding": {
+      "start": 1.31,
+      "end": 1.31,
+      "shape": "cosine",
+      "weight_decay": null
+    },
+    "unembedding": {
+      "start": 0.729,
+      "end": 0.729,
+      "shape": "cosine",
+      "weight_decay": null
+    },
+    "attention": {
+      "start": 1.08,
+      "end": 1.08,
+      "shape": "cosine",
+      "weight_decay": null
+    },
+    "feedforward": {
+      "start": 0.927,
+      "end": 0.927,
+      "shape": "cosine",
+      "weight_decay": null
+    },
+    "router": {
+      "start": 1.0,
+      "end": 1.0,
+      "shape": "cosine",
+      "weight_decay": null
+    },
+    "experts": {
+      "start": 1.0,
+      "end": 1.0,
+      "shape": "cosine",
+      "weight_decay": null
+    },
+    "other": {
+      "start": 1.0,
+      "end": 1.0,
+      "shape": "cosine",
+      "weight_decay": null
+    }
+  },
+  "plan_file": "PLAN_FILE",
+  "horizon": 322,
+  "probe_steps": 16,
+  "runs": 1,
+  "cost_steps": 16,
+  "trained_steps": 16,
+  "choices": [
+    {
+      "component": "embedding",
+      "factor": 1.31,
+      "start": 1.31,
+      "end": 1.31,
+      "ratio": 0.04720856465613919,
+      "loss_low": null,
+      "loss_high": null,
+      "note": ""
+    },
+    {
+      "component": "other",
+      "factor": 1.0,
+      "start": 1.0,
+      "end": 1.0,
+      "ratio": 0.004904487181926322,
+      "loss_low": null,
+      "loss_high": null,
+      "note": "kept (no rule for it)"
+    }
+  ],
+  "base_loss": null,
+  "wall_s": 2.9986802599960356,
+  "command": "rlrs auto --model ladder-xs-dense --workers 2 --method update-size --plan uniform-dense --probe 0.05"
+}
+"""
+
+
+def test_an_auto_result_of_an_earlier_version_loads_and_saves_byte_identical(tmp_path):
+    old = OLD_UPDATE_SIZE_JSON.replace("PLAN_FILE", str(tmp_path / "auto-update-size.toml"))
+    (tmp_path / "auto-update-size.json").write_text(old)
+    res = load(tmp_path)
+    assert (res.method, res.cost_steps, res.runs, res.base_loss) == ("update-size", 16, 1, None)
+    assert res.plan.embedding.start == 1.31 and res.plan.attention.start == 1.08
+    assert [c.component for c in res.choices] == ["embedding", "other"] and res.choices[0].ratio == 0.04720856465613919
+    assert "probe cost: 16 training steps (1 run of 16 steps" in markdown(res)
+    assert save(res, tmp_path).read_text() == old  # the layout unchanged, every key benchmarks/ reads in it
+    assert presets.resolve(res.plan_file) == res.plan
+    moved = save(res, tmp_path / "again")
+    assert load(moved) == dataclasses_replace(res, plan_file=str(tmp_path / "again" / "auto-update-size.toml"))
+
+
+def test_auto_load_names_the_file_and_the_command_that_writes_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no auto result here; run `rlrs auto --out DIR` first"):
+        load(tmp_path)
+    (tmp_path / "auto-update-size.json").write_text("{")
+    with pytest.raises(ConfigError, match=r"auto-update-size.json: not an auto-METHOD.json written by `rlrs auto`"):
+        load(tmp_path)
+    (tmp_path / "auto-update-size.json").write_text('{"method": "update-size", "cost": 3}')
+    with pytest.raises(ConfigError, match=r"auto_result.cost: unknown key; did you mean 'cost_steps'"):
+        load(tmp_path)
+    (tmp_path / "auto-sensitivity.json").write_text("{}")
+    with pytest.raises(ConfigError, match="holds auto-sensitivity.json and auto-update-size.json; name the file"):
+        load(tmp_path)

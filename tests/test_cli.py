@@ -106,6 +106,47 @@ def test_demo_prints_falling_losses_the_verdict_and_says_its_eta_is_untuned_off_
     assert (tmp_path / "demo" / "loss.png").stat().st_size > 10_000
 
 
+DEMO_SETS = {"data.tokenizer": "bytes", "model.d_model": 32, "model.n_heads": 2, "model.n_layers": 1,
+             "train.batch_size": 4, "model.seq_len": 32}
+
+
+@pytest.mark.slow
+def test_demo_run_writes_only_runs_and_save_load_render_round_trip(tmp_path, corpus_dir):
+    pytest.importorskip("matplotlib")
+    import dataclasses
+
+    from rlrs.experiments import compare, lr_grid
+    from rlrs.experiments.demo import demo, grid_tuning, load, render, run, save
+
+    quiet = dict(workers=1, log=lambda line: None)
+    sets = {**DEMO_SETS, "data.corpus": str(corpus_dir / "docs"), "data.cache_dir": str(corpus_dir / "cache")}
+    out = tmp_path / "demo"
+    res = run(out, steps=20, sets=sets, progress=False, **quiet)
+    assert sorted(p.name for p in out.iterdir()) == ["runs"]  # compare's runs, nothing else
+    assert res.grid is None and not res.tuned and not res.tuning.grid and "NOT tuned" in res.tuning.note
+    assert save(res, out) == out / "demo.json"
+    assert load(out) == res and load(out / "demo.json") == res and compare.load(out) == res.compare
+    assert not (out / "grid.json").exists()
+    render(res, out)
+    fresh = (out / "report.md").read_text()
+    assert fresh.startswith(f"**rlrs demo**: one seed; {res.tuning.note}.\n\n# ")
+    render(load(out), out)
+    assert (out / "report.md").read_text() == fresh
+    # The one call: the same runs (reused), the same files.
+    again = demo(out, steps=20, sets=sets, progress=False, **quiet)
+    assert again.compare.runs == tuple(dataclasses.replace(r, reused=True) for r in res.compare.runs)
+    assert load(out) == again
+    # A demo that tuned (--tune) keeps its grid in grid.json, lr-grid's own file, beside compare's.
+    grid = lr_grid.run("ladder-xs-moe", ["uniform-moe", "paper-moe"], out, grid=[3e-3], extend=0,
+                       sets={**sets, "train.steps": 20, "train.eval_interval": 0.02}, **quiet)
+    tuned = dataclasses.replace(res, tuning=grid_tuning(grid), grid=grid)
+    save(tuned, out)
+    assert load(out) == tuned and lr_grid.load(out) == grid and tuned.tuning.grid
+    assert [p.name for p in render(tuned, out)][:2] == ["lr_grid.png", "grid.md"]
+    with pytest.raises(FileNotFoundError, match=r"no demo result here; run `rlrs demo --out"):
+        load(tmp_path)
+
+
 def test_demo_uses_its_tuned_eta_only_on_the_setting_it_was_tuned_on():
     from rlrs.experiments.demo import PRESET, TUNED, stored_tuning
 

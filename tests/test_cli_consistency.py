@@ -10,9 +10,9 @@ import pytest
 
 from rlrs import cli, presets
 from rlrs.experiments import arms, compare, lr_grid
-from rlrs.experiments.coord_check import coord_check
+from rlrs.experiments import coord_check
 from rlrs.experiments.demo import demo
-from rlrs.experiments.auto import auto
+from rlrs.experiments import auto
 from rlrs.engine import default_workers, run_dir
 from rlrs.executors import SlurmConfig
 from rlrs.inspection import DEFAULT_AT, inspect
@@ -119,13 +119,13 @@ def _api_defaults() -> dict[tuple[str, str], object]:
         ("tune", "search_seed"): default_of(TuneSpec, "search_seed"),
         ("tune", "min_improvement"): default_of(TuneSpec, "min_improvement"),
         ("tune", "sampler"): "local",
-        ("coord-check", "model"): default_of(coord_check, "model"),
-        ("coord-check", "widths"): ",".join(map(str, default_of(coord_check, "widths"))),
-        ("coord-check", "parametrization"): default_of(coord_check, "parametrization"),
-        ("coord-check", "plan"): default_of(coord_check, "plan"),
-        ("coord-check", "steps"): default_of(coord_check, "steps"),
-        ("coord-check", "seeds"): default_of(coord_check, "seeds"),
-        ("coord-check", "out"): "runs/coord-check",
+        ("coord-check", "model"): default_of(coord_check.run, "model"),
+        ("coord-check", "widths"): ",".join(map(str, default_of(coord_check.run, "widths"))),
+        ("coord-check", "parametrization"): default_of(coord_check.run, "parametrization"),
+        ("coord-check", "plan"): default_of(coord_check.run, "plan"),
+        ("coord-check", "steps"): default_of(coord_check.run, "steps"),
+        ("coord-check", "seeds"): default_of(coord_check.run, "seeds"),
+        ("coord-check", "out"): default_of(coord_check.coord_check, "out"),
         ("inspect", "model"): DEFAULT_SIZE,
         ("inspect", "steps"): default_of(inspect, "total_steps"),
         ("inspect", "at"): DEFAULT_AT,
@@ -133,8 +133,8 @@ def _api_defaults() -> dict[tuple[str, str], object]:
         ("plot-plan", "steps"): default_of(inspect, "total_steps"),
         ("plot-plan", "out"): ".",
         ("demo", "out"): default_of(demo, "out"),
-        ("auto", "method"): default_of(auto, "method"),
-        ("auto", "probe"): default_of(auto, "probe"),
+        ("auto", "method"): default_of(auto.run, "method"),
+        ("auto", "probe"): default_of(auto.run, "probe"),
     }
     for name in COMMANDS:  # --cwd's "." is the current directory, shown in words
         if "--cwd" in _flags(COMMANDS[name]):

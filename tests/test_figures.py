@@ -98,11 +98,11 @@ def test_every_figure_of_compare_and_lr_grid_is_readable(tmp_path, corpus_dir, c
 @pytest.mark.slow
 def test_plan_and_coordinate_check_figures_are_readable(tmp_path, checked):
     from rlrs import presets
-    from rlrs.experiments.coord_check import coord_check, plot
+    from rlrs.experiments.coord_check import plot, run
 
     plots.plot_plan(presets.get("paper-moe"), 1000, tmp_path / "lr.png")
     plots.plot_plan(presets.get("paper-dense"), 300, tmp_path / "lr_linear.png", log=False)
-    res = coord_check("tiny-dense", [32, 64, 128], parametrization="mup", base_width=32, base_lr=1e-2, steps=2, seeds=1)
+    res = run("tiny-dense", [32, 64, 128], parametrization="mup", base_width=32, base_lr=1e-2, steps=2, seeds=1)
     plot(res, tmp_path / "coord_check.png")
     assert set(checked) == {"lr.png", "lr_linear.png", "coord_check.png"}
     assert {name: p for name, p in checked.items() if p} == {}

@@ -124,11 +124,11 @@ def test_width_factors_are_checked():
 
 
 def test_coordinate_check_slopes_are_flat_under_mup_and_grow_under_sp():
-    from rlrs.experiments.coord_check import coord_check
+    from rlrs.experiments.coord_check import run
 
     kw = dict(base_width=32, base_lr=1e-2, steps=3, seeds=2)
-    sp = coord_check("tiny-dense", [32, 64, 128, 256], parametrization="sp", **kw)
-    mup = coord_check("tiny-dense", [32, 64, 128, 256], parametrization="mup", **kw)
+    sp = run("tiny-dense", [32, 64, 128, 256], parametrization="sp", **kw)
+    mup = run("tiny-dense", [32, 64, 128, 256], parametrization="mup", **kw)
     for layer in ("embedding", "attention", "feedforward"):
         assert abs(mup.slope(layer, 3)) < 0.3, (layer, mup.slopes())
     # SP with one η for every width: the hidden layers' updates grow with width after a few steps.
@@ -141,17 +141,143 @@ def test_coordinate_check_slopes_are_flat_under_mup_and_grow_under_sp():
 
 
 def test_coord_check_command_writes_its_results(tmp_path, capsys):
-    import json
-
     from rlrs.cli import main
+    from rlrs.experiments.coord_check import load, markdown, slope_text
 
     assert main(["coord-check", "--widths", "32,64", "--steps", "1", "--seeds", "1", "--parametrization", "mup",
                  "--base-width", "32", "--out", str(tmp_path)]) == 0
-    doc = json.loads((tmp_path / "coord_check.json").read_text())
-    assert doc["widths"] == [32, 64] and set(doc["slopes"]) == {"embedding", "attention", "feedforward", "logits"}
-    assert (tmp_path / "coord_check.png").stat().st_size > 0 and "slope of log RMS" in capsys.readouterr().out
+    res = load(tmp_path)
+    assert res.widths == (32, 64) and set(res.slopes()) == {"embedding", "attention", "feedforward", "logits"}
+    assert res.command == ("rlrs coord-check --model tiny-dense --steps 1 --widths 32,64 --parametrization mup "
+                           f"--plan uniform --base-width 32 --seeds 1 --out {tmp_path}")
+    text = capsys.readouterr().out
+    assert (tmp_path / "coord_check.png").stat().st_size > 0 and slope_text(res) in text
+    assert f"results: {tmp_path / 'coord_check.json'}  figure: {tmp_path / 'coord_check.png'}" in text
+    assert (tmp_path / "coord_check.md").read_text() == markdown(res)
     assert main(["coord-check", "--parametrization", "mup", "--out", str(tmp_path)]) == 2
     assert "--base-width" in capsys.readouterr().err
+
+
+def test_coord_check_run_writes_nothing_and_save_load_render_round_trip(tmp_path, monkeypatch):
+    from rlrs.experiments.coord_check import coord_check, load, markdown, render, run, save
+
+    monkeypatch.chdir(tmp_path)
+    res = run("tiny-dense", [64, 32], parametrization="mup", base_width=32, steps=1, seeds=1)
+    assert list(tmp_path.iterdir()) == []  # run only measures
+    assert res.widths == (32, 64) and res.command.startswith("rlrs.experiments.coord_check.coord_check(")
+    path = save(res, tmp_path / "cc")
+    assert path == tmp_path / "cc" / "coord_check.json"
+    back = load(path)
+    assert back == res and load(tmp_path / "cc") == res and back.slopes() == res.slopes()
+    png, md = render(back, tmp_path / "cc")
+    assert (png.name, md.name) == ("coord_check.png", "coord_check.md")
+    assert md.read_text() == markdown(res)
+    assert "| logits | " in md.read_text() and f"{res.slope('logits', 1):+.2f}" in md.read_text()
+    # The one call: the same measurement, saved and rendered into out.
+    again = coord_check("tiny-dense", [32, 64], parametrization="mup", base_width=32, steps=1, seeds=1,
+                        out=tmp_path / "one")
+    assert again == res and load(tmp_path / "one") == res
+    assert (tmp_path / "one" / "coord_check.md").read_text() == markdown(res)
+
+
+# Written by rlrs coord-check before the result had the experiment shape (--widths 32,64 --steps 1
+# --seeds 1 --parametrization mup --base-width 32); it held the slopes too, derived from rms.
+OLD_COORD_CHECK_JSON = """{
+ "preset": "tiny-dense",
+ "parametrization": "mup",
+ "base_width": 32,
+ "widths": [
+  32,
+  64
+ ],
+ "steps": 1,
+ "seeds": 1,
+ "base_lr": 0.003,
+ "rms": {
+  "embedding": [
+   [
+    0.06089065596461296,
+    0.0609620027244091
+   ],
+   [
+    0.06042205169796944,
+    0.06044359132647514
+   ]
+  ],
+  "attention": [
+   [
+    0.060602471232414246,
+    0.06560004688799381
+   ],
+   [
+    0.05456915870308876,
+    0.05897051654756069
+   ]
+  ],
+  "feedforward": [
+   [
+    0.020933846943080425,
+    0.021588643081486225
+   ],
+   [
+    0.020431209355592728,
+    0.021144707687199116
+   ]
+  ],
+  "logits": [
+   [
+    0.340339332818985,
+    0.3404458165168762
+   ],
+   [
+    0.23841075599193573,
+    0.23758073151111603
+   ]
+  ]
+ },
+ "slopes": {
+  "embedding": [
+   -0.011145681720568614,
+   -0.012320916585816404
+  ],
+  "attention": [
+   -0.15129082301352131,
+   -0.1537030146300158
+  ],
+  "feedforward": [
+   -0.03506285320243076,
+   -0.02997595187758809
+  ],
+  "logits": [
+   -0.5135245673621378,
+   -0.5190073709858779
+  ]
+ }
+}
+"""
+
+
+def test_a_coord_check_of_an_earlier_version_loads(tmp_path):
+    import json
+
+    from rlrs.config import ConfigError
+    from rlrs.experiments.coord_check import load, markdown
+
+    (tmp_path / "coord_check.json").write_text(OLD_COORD_CHECK_JSON)
+    res = load(tmp_path)
+    assert (res.preset, res.parametrization, res.base_width, res.widths, res.steps) == ("tiny-dense", "mup", 32,
+                                                                                          (32, 64), 1)
+    assert res.command == ""
+    old = json.loads(OLD_COORD_CHECK_JSON)
+    for layer, slopes in old["slopes"].items():  # the derived slopes are the ones it stored
+        assert res.slopes()[layer] == pytest.approx(slopes, abs=1e-12)
+    assert "base width 32" in markdown(res)
+    with pytest.raises(FileNotFoundError, match=r"no coordinate check here; run `rlrs coord-check --out DIR`"):
+        load(tmp_path / "none")
+    (tmp_path / "coord_check.json").write_text('{"preset": "tiny-dense", "width": [32]}')
+    with pytest.raises(ConfigError, match=r"coord_check.json: not a coord_check.json written by `rlrs coord-check`: "
+                                          r"coord_check.width: unknown key; did you mean 'widths'"):
+        load(tmp_path)
 
 
 def test_the_warmup_replacement_on_top_of_mup_is_refused():

@@ -585,7 +585,7 @@ def test_restarted_runs_are_counted_and_named_in_search_json(tmp_path, synth):
     assert r.trials.get("PRUNED", 0) < 4  # some candidate was continued past a rung
     assert r.rerun_steps > 0 and doc["compute"]["rerun_steps"] == r.rerun_steps
     assert doc["compute"]["steps"] == r.compute_steps
-    assert doc["notes"] == r.notes and len(r.notes) == 1
+    assert doc["notes"] == list(r.notes) and len(r.notes) == 1
     assert "restarted from step 0" in r.notes[0] and f"{r.rerun_steps} of the {r.compute_steps}" in r.notes[0]
     assert r.notes[0].endswith(RESUME_FIX)
     # A synthetic objective trains no tokens: unknown (null), not 0.
@@ -595,7 +595,7 @@ def test_restarted_runs_are_counted_and_named_in_search_json(tmp_path, synth):
 def test_a_search_whose_runs_resumed_has_no_notes(tmp_path, synth):
     r = tune(spec_for(params=["plan.base_lr"], prune=Pruning()), tmp_path, 5)
     doc = json.loads((tmp_path / "search.json").read_text())
-    assert r.rerun_steps == 0 and r.notes == [] and doc["notes"] == [] and doc["compute"]["rerun_steps"] == 0
+    assert r.rerun_steps == 0 and r.notes == () and doc["notes"] == [] and doc["compute"]["rerun_steps"] == 0
 
 
 # --- a full disk under the study: a clear message, no finished trial lost ---------------------------
@@ -752,3 +752,160 @@ def test_a_worker_on_a_preset_study_takes_no_command(tmp_path, synth, capsys):
     assert main(["tune", "--worker", "--out", str(tmp_path), "--command", "python train.py"]) == 2
     assert "tunes the model size 'tiny-moe', not a command" in capsys.readouterr().err
     assert main(["tune", "--worker", "--out", str(tmp_path), "--trust-study-command"]) == 0  # nothing to trust
+
+
+# --- search.json, typed ---------------------------------------------------------------------------
+
+
+def test_search_json_is_the_typed_record_of_the_result_and_loads_back(tmp_path, synth):
+    from rlrs.config import to_dict
+    from rlrs.tune.driver import SearchRecord, load_search
+
+    r = tune(spec_for(params=["plan.base_lr", "model.init_scale"]), tmp_path, 6)
+    record = load_search(tmp_path)
+    assert isinstance(record, SearchRecord) and record == r.record and load_search(tmp_path / "search.json") == record
+    assert (tmp_path / "search.json").read_text() == json.dumps(to_dict(record), indent=2) + "\n"
+    # The result's numbers are the record's.
+    assert (r.best, r.start, r.stopped) == (record.best, record.start, record.stopped)
+    assert (r.best_loss, r.compute_steps, r.trials) == (record.best_loss, record.compute.steps, record.compute.trials)
+    assert TuneSpec.from_dict(record.spec) == r.spec
+    assert r.plan == Plan.load(r.plan_path)
+    moved = r.best["model.init_scale"] != r.start["model.init_scale"]
+    assert (r.config_path is not None) == moved == (tmp_path / "tuned_config.json").exists()
+
+
+# Written by rlrs tune before search.json was typed (a --command search with a synthetic objective,
+# budget 4), its spec's plan and its steps trimmed.
+OLD_SEARCH_JSON = """{
+  "study": {
+    "storage": "sqlite:////runs/tune/study.db",
+    "name": "rlrs-tune"
+  },
+  "spec": {
+    "command": {
+      "command": "python train.py",
+      "plan": {
+        "base_lr": 0.002,
+        "final_fraction": 0.06,
+        "warmup": 0.01
+      },
+      "seed": 0,
+      "steps": 100,
+      "cwd": "/tmp/proj"
+    },
+    "params": [
+      "plan.base_lr"
+    ],
+    "seeds": 1,
+    "search_seed": 0,
+    "factors": [
+      0.2,
+      0.6666666666666666,
+      1.0,
+      1.5,
+      5.0
+    ],
+    "prune": null,
+    "objective": "synth:curve",
+    "min_improvement": 0.0
+  },
+  "start": {
+    "plan.base_lr": 0.002
+  },
+  "start_loss": 5.059834182190341,
+  "best": {
+    "plan.base_lr": 0.003
+  },
+  "best_loss": 3.5902903939802346,
+  "stopped": "budget",
+  "budget": {
+    "evaluations": 4,
+    "steps": null
+  },
+  "compute": {
+    "steps": 400,
+    "tokens": null,
+    "rerun_steps": 0,
+    "trials": {
+      "COMPLETE": 4,
+      "abandoned": 0
+    }
+  },
+  "notes": [],
+  "steps": [
+    {
+      "index": 0,
+      "pass": 1,
+      "param": "plan.base_lr",
+      "before": 0.002,
+      "after": 0.003,
+      "loss": 3.5902903939802346,
+      "candidates": [
+        {
+          "value": 0.002,
+          "loss": 5.059834182190341,
+          "status": "ok",
+          "note": null,
+          "cached": true,
+          "compute_steps": 100
+        },
+        {
+          "value": 0.0004,
+          "loss": 14.135847198447989,
+          "status": "ok",
+          "note": null,
+          "cached": false,
+          "compute_steps": 100
+        }
+      ]
+    }
+  ]
+}
+"""
+
+
+def test_a_search_json_of_an_earlier_version_loads_and_writes_back_byte_identical(tmp_path):
+    from rlrs.config import to_dict
+    from rlrs.tune.driver import load_search
+
+    (tmp_path / "search.json").write_text(OLD_SEARCH_JSON)
+    record = load_search(tmp_path)
+    assert (record.best, record.best_loss, record.stopped) == ({"plan.base_lr": 0.003}, 3.5902903939802346, "budget")
+    assert record.compute.trials == {"COMPLETE": 4, "abandoned": 0} and record.budget.evaluations == 4
+    assert record.steps[0]["pass"] == 1 and record.steps[0]["candidates"][1]["value"] == 0.0004
+    assert json.dumps(to_dict(record), indent=2) + "\n" == OLD_SEARCH_JSON
+    # Keys added later (rerun_steps, notes) take their defaults in files written before them.
+    older = json.loads(OLD_SEARCH_JSON)
+    del older["notes"], older["compute"]["rerun_steps"]
+    (tmp_path / "search.json").write_text(json.dumps(older))
+    assert load_search(tmp_path).notes == () and load_search(tmp_path).compute.rerun_steps == 0
+    (tmp_path / "search.json").write_text(json.dumps({**older, "sampler": "tpe"}))
+    with pytest.raises(ConfigError, match=r"the record of a sampler search \(`rlrs tune --sampler tpe`\)"):
+        load_search(tmp_path)
+    (tmp_path / "search.json").write_text(json.dumps({**older, "bset": {}}))
+    with pytest.raises(ConfigError, match=r"search.json: not a search.json written by `rlrs tune`: "
+                                          r"search_record.bset: unknown key; did you mean 'best'"):
+        load_search(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"no search here; run `rlrs tune --out DIR` first"):
+        load_search(tmp_path / "none")
+
+
+def test_a_stored_spec_loads_strictly_and_keys_added_since_take_their_defaults(synth):
+    from rlrs.engine import CommandRun
+
+    preset = spec_for(params=["plan.base_lr"], prune=Pruning((0.5,), 0.1))
+    command = TuneSpec(CommandRun("python train.py", Plan(), 0, 100, "/tmp/proj"), ("plan.base_lr",))
+    for spec in (preset, command):
+        assert TuneSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    stored = json.loads(json.dumps(preset.to_dict()))
+    older = {k: v for k, v in stored.items() if k != "min_improvement"}  # a study made before it existed
+    assert TuneSpec.from_dict(older).min_improvement == 0.0
+    for bad, words in [({**stored, "seed": 2}, r"spec.seed: unknown key; did you mean 'seeds'"),
+                       ({**stored, "prune": {"rungs": [0.5], "margn": 0.1}}, r"spec.prune.margn: unknown key"),
+                       ({k: v for k, v in stored.items() if k != "params"}, r"spec: missing params"),
+                       ({**stored, "seeds": "2"}, r"spec.seeds: expected an integer"),
+                       ({k: v for k, v in stored.items() if k != "config"}, r"give exactly one of command"),
+                       ({**json.loads(json.dumps(command.to_dict())), "config": stored["config"]},
+                        r"give exactly one of command .* got \['command', 'config'\]")]:
+        with pytest.raises(ConfigError, match=words):
+            TuneSpec.from_dict(bad)

@@ -13,12 +13,17 @@ by it (λ_start and λ_end ``× f_c``, ``f_c`` within [1/16, 16], or within the 
   ``probe_steps``, with each component's schedule scaled by 1/4 and by 4; a parabola in log λ
   through the three losses gives the factor.
 
-    >>> from rlrs.experiments.auto import auto
+    >>> from rlrs.experiments.auto import auto, load
     >>> res = auto("micro-moe", method="update-size", out="runs/auto")   # doctest: +SKIP
     >>> res.plan_file                                                     # doctest: +SKIP
     'runs/auto/auto-update-size.toml'
+    >>> load("runs/auto/auto-update-size.json") == res                   # doctest: +SKIP
+    True
 
-or ``rlrs auto --model micro-moe --method update-size``. The derived plan keeps the start plan's
+or ``rlrs auto --model micro-moe --method update-size``. ``auto`` is :func:`run` (the probes: it
+writes only runs, under ``OUT/runs``), :func:`save` (``auto-METHOD.json``, the :class:`AutoResult`,
+and ``auto-METHOD.toml``, the derived plan it holds) and :func:`render` (``auto-METHOD.md``, the
+table the command prints) in one call. The derived plan keeps the start plan's
 η_base: tune it next (``rlrs lr-grid --plans FILE``). Both rules are pure functions of the
 measurements (:func:`update_size_factors`, :func:`sensitivity_factors`, then :func:`scaled_plan`),
 tested on synthetic measurements; docs/auto.md says what each assumes and when it fails.
@@ -40,6 +45,7 @@ from typing import Any, Callable, Mapping, Sequence
 from .. import config as _config
 from .. import files, presets
 from ..components import COMPONENTS
+from .arms import default_out
 from ..config import ConfigError
 from ..engine import CommandRun, Job, RunResult, reason_line, run_all, run_dir
 from ..models import get_size
@@ -237,14 +243,16 @@ class MeasuredCommandRun(CommandRun):
 
 @dataclass(frozen=True)
 class AutoResult:
-    """What ``rlrs auto`` measured and derived (``auto-METHOD.json``; load it back with
-    ``rlrs.config.from_dict(AutoResult, json.load(f))``)."""
+    """What :func:`run` measured and derived: ``auto-METHOD.json`` is ``rlrs.config.to_dict`` of it,
+    and ``rlrs.config.from_dict(AutoResult, json.load(f))`` (:func:`load`) reads it back. ``plan``
+    is the derived plan itself; :func:`save` writes it to ``plan_file`` (``OUT/auto-METHOD.toml``),
+    the file ``--plan`` and ``--plans`` take."""
 
     method: str
     target: str
     start_plan: str
-    plan: Plan  # the derived plan (also in plan_file)
-    plan_file: str
+    plan: Plan  # the derived plan (save writes it to plan_file)
+    plan_file: str  # OUT/auto-METHOD.toml
     horizon: int  # the target's training length in steps
     probe_steps: int  # steps of each probe run (update-size: the steps its measurements are read from)
     runs: int  # probe runs
@@ -254,9 +262,6 @@ class AutoResult:
     base_loss: float | None = None  # sensitivity: the start plan's probe loss
     wall_s: float = 0.0
     command: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**_config.to_dict(self), "choices": [_config.to_dict(c) for c in self.choices]}
 
     def lines(self) -> list[str]:
         """The printed table: per component the measurement, the factor, λ_start and λ_end."""
@@ -312,7 +317,7 @@ def _start_plan_name(target: Target, plan: str | None) -> str:
     return presets.default_plans(moe=False)[0]
 
 
-def auto(
+def run(
     target: str | Target,
     method: str = "update-size",
     out: str | Path | None = None,
@@ -332,8 +337,9 @@ def auto(
     :class:`~rlrs.targets.Target`) with ``method`` (``update-size`` or ``sensitivity``) from the
     start ``plan`` (default: the uniform plan for the model type). ``probe``: the fraction of the
     horizon the update-size probe trains; ``probe_steps``: the compressed horizon of each
-    sensitivity run (default: 10% of the horizon). Runs go under ``OUT/runs`` (reused, resumed);
-    writes ``OUT/auto-METHOD.toml`` (the plan) and ``OUT/auto-METHOD.json`` (:class:`AutoResult`)."""
+    sensitivity run (default: 10% of the horizon). Runs go under ``OUT/runs`` (reused, resumed)
+    and nothing else is written: :func:`save` writes ``OUT/auto-METHOD.toml`` (the plan) and
+    ``OUT/auto-METHOD.json`` (:class:`AutoResult`), :func:`auto` all of it."""
     t0 = time.perf_counter()
     if method not in METHODS:
         raise ConfigError(f"method: {method!r} is unknown; {_config.closest(method, METHODS)}")
@@ -352,7 +358,7 @@ def auto(
         raise ConfigError(f"{clash[0]}: rlrs auto sets it from its seed (train.seed = train.data_seed = seed); "
                           "drop the --set")
     start_name = _start_plan_name(target, plan)
-    out = Path(out) if out is not None else Path(f"runs/auto-{target.name}")
+    out = Path(out) if out is not None else default_out("auto", target)
     root = out / "runs"
     base = target.spec(start_name, seed, sets)
     horizon = base.total_steps
@@ -368,14 +374,10 @@ def auto(
     choices, steps, base_loss = probe_result.choices, probe_result.steps, probe_result.base_loss
     runs, cost, trained = probe_result.runs, probe_result.cost, probe_result.trained
     derived, choices = scaled_plan(start, choices)
-    name = f"auto-{method}"
-    plan_file = derived.save(files.make_dir(out) / f"{name}.toml")
-    res = AutoResult(method=method, target=target.name, start_plan=start_name, plan=derived, plan_file=str(plan_file),
-                     horizon=horizon, probe_steps=steps, runs=runs, cost_steps=cost, trained_steps=trained,
-                     choices=tuple(choices), base_loss=base_loss, wall_s=time.perf_counter() - t0,
-                     command=command or "")
-    files.write_json(out / f"{name}.json", res.to_dict(), indent=2)
-    return res
+    return AutoResult(method=method, target=target.name, start_plan=start_name, plan=derived,
+                      plan_file=str(out / f"auto-{method}.toml"), horizon=horizon, probe_steps=steps, runs=runs,
+                      cost_steps=cost, trained_steps=trained, choices=tuple(choices), base_loss=base_loss,
+                      wall_s=time.perf_counter() - t0, command=command or "")
 
 
 @dataclass(frozen=True)
@@ -464,9 +466,84 @@ def _probe_sensitivity(target: Target, base, start_name: str, sets: Mapping[str,
                   base_loss)
 
 
+# --- the files --------------------------------------------------------------------------------------
+
+
+def save(result: AutoResult, out: str | Path) -> Path:
+    """Write ``out/auto-METHOD.toml`` (the derived plan) and ``out/auto-METHOD.json`` (the result);
+    returns the JSON's path. The JSON's ``plan_file`` names the TOML written beside it (what
+    :func:`run` put there when ``out`` is the ``out`` it ran with)."""
+    out = files.make_dir(out)
+    name = f"auto-{result.method}"
+    plan_file = result.plan.save(out / f"{name}.toml")
+    if Path(result.plan_file) != plan_file:
+        result = dataclasses.replace(result, plan_file=str(plan_file))
+    path = out / f"{name}.json"
+    files.write_json(path, _config.to_dict(result), indent=2)
+    return path
+
+
+def load(path: str | Path) -> AutoResult:
+    """The :class:`AutoResult` in an ``auto-METHOD.json`` (or the directory holding one), files of
+    earlier versions included. A directory with both methods' files needs the file named."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(p for p in (path / f"auto-{m}.json" for m in METHODS) if p.exists())
+        if len(found) > 1:
+            raise ConfigError(f"{path}: holds {' and '.join(p.name for p in found)}; name the file to load")
+        path = found[0] if found else path / f"auto-{METHODS[0]}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no auto result here; run `rlrs auto --out DIR` first")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        raise ConfigError(f"{path}: not an auto-METHOD.json written by `rlrs auto` (not JSON)") from None
+    try:
+        return _config.from_dict(AutoResult, data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: not an auto-METHOD.json written by `rlrs auto`: {err}") from None
+
+
 def load_result(path: str | Path) -> AutoResult:
-    """An ``auto-METHOD.json`` back as an :class:`AutoResult`."""
-    return _config.from_dict(AutoResult, json.loads(Path(path).read_text()))
+    """The earlier name of :func:`load`."""
+    return load(path)
+
+
+def render(result: AutoResult, out: str | Path) -> list[Path]:
+    """Write ``out/auto-METHOD.md``: the command, the table ``rlrs auto`` prints (per component the
+    measurement, the factor, λ_start and λ_end), the plan file and the next step; from the result alone."""
+    md = files.make_dir(out) / f"auto-{result.method}.md"
+    files.atomic_write_text(md, markdown(result))
+    return [md]
+
+
+def markdown(result: AutoResult) -> str:
+    """``auto-METHOD.md``: see :func:`render`."""
+    how = ("the median relative update size ‖ΔW‖/‖W‖ of each component over the probe, equalised to the hidden "
+           "layers'" if result.method == "update-size" else
+           "the eval loss of the whole schedule compressed into the probe, with each component's schedule × 1/4, "
+           "× 1 and × 4; a parabola in log λ through the three")
+    L = [f"# rlrs auto: {result.target}, {result.method}\n"]
+    if result.command:
+        L.append(f"`{result.command}`\n")
+    L.append(f"Start plan {result.start_plan} (η_base {result.plan.base_lr:g}); each component's factor from {how}. "
+             f"Wall time {result.wall_s:.0f} s.\n")
+    L += ["```", *result.lines(), "```\n"]
+    L.append(f"Plan: `{result.plan_file}`. η_base stays the start plan's ({result.plan.base_lr:g}); tune it next: "
+             f"`rlrs lr-grid --plans {result.plan_file}` (with the same `--model` or `--command`).\n")
+    return "\n".join(L) + "\n"
+
+
+def auto(target: str | Target, method: str = "update-size", out: str | Path | None = None, **options) -> AutoResult:
+    """What ``rlrs auto`` does, in one call: :func:`run` (``options`` are its keywords), then
+    :func:`save` and :func:`render` into ``out`` (default: ``runs/auto-NAME``, NAME the model size or ``command``)."""
+    target = PresetTarget(target) if isinstance(target, str) else target
+    if out is None:
+        out = default_out("auto", target)
+    result = run(target, method, out, **options)
+    save(result, out)
+    render(result, out)
+    return result
 
 
 # --- command line -----------------------------------------------------------------------------------
@@ -481,14 +558,15 @@ def add_commands(sub) -> None:
                     "component's relative update size ‖ΔW‖/‖W‖ to the hidden layers'. sensitivity: 1 + 2 per "
                     "component short runs (--probe-steps, the whole schedule compressed), a parabola in log λ "
                     "through the losses at × 1/4, × 1, × 4. Writes OUT/auto-METHOD.toml (the plan, for --plan) and "
-                    "OUT/auto-METHOD.json. The plan keeps the start η_base: tune it next with rlrs lr-grid --plans FILE. "
+                    "OUT/auto-METHOD.json, and the table in OUT/auto-METHOD.md. The plan keeps the start η_base: "
+                    "tune it next with rlrs lr-grid --plans FILE. "
                     "See docs/auto.md.")
     add_target_args(p)
-    p.add_argument("--method", choices=METHODS, default=default_of(auto, "method"),
-                   help=f"how to derive the λ (default: {default_of(auto, 'method')})")
+    p.add_argument("--method", choices=METHODS, default=default_of(run, "method"),
+                   help=f"how to derive the λ (default: {default_of(run, 'method')})")
     add_plan_arg(p, shown="uniform-moe for a MoE model, else uniform-dense")
-    p.add_argument("--probe", type=float, default=default_of(auto, "probe"), metavar="FRACTION",
-                   help=f"update-size: the fraction of the horizon the probe run trains (default: {default_of(auto, 'probe'):g})")
+    p.add_argument("--probe", type=float, default=default_of(run, "probe"), metavar="FRACTION",
+                   help=f"update-size: the fraction of the horizon the probe run trains (default: {default_of(run, 'probe'):g})")
     p.add_argument("--probe-steps", type=int, default=None, metavar="N",
                    help="sensitivity: each probe run's length, the whole schedule compressed into it (default: 10%% "
                         "of the horizon)")
@@ -500,19 +578,21 @@ def add_commands(sub) -> None:
 
 def cmd_auto(args) -> int:
     target = target_from_args(args)
-    out = Path(args.out) if args.out is not None else Path(f"runs/auto-{target.name}")
+    out = Path(args.out) if args.out is not None else default_out("auto", target)
     extra = ["--method", args.method, "--out", str(out)]
     extra += ["--plan", args.plan] if args.plan else []
     extra += ["--probe", f"{args.probe:g}"] if args.method == "update-size" else []
     extra += ["--probe-steps", str(args.probe_steps)] if args.probe_steps is not None else []
     with executor_from_args(args, out / "slurm") as ex:
-        res = auto(target, args.method, out, plan=args.plan, probe=args.probe, probe_steps=args.probe_steps,
-                   sets=sets_from_args(args), workers=args.workers, command=command_line("auto", args, extra),
-                   progress=sys.stderr.isatty(), executor=ex)
+        res = run(target, args.method, out, plan=args.plan, probe=args.probe, probe_steps=args.probe_steps,
+                  sets=sets_from_args(args), workers=args.workers, command=command_line("auto", args, extra),
+                  progress=sys.stderr.isatty(), executor=ex)
+    record = save(res, out)
+    render(res, out)
     print()
     for line in res.lines():
         print(line)
-    print(f"plan: {res.plan_file}  record: {out / f'auto-{res.method}.json'}")
+    print(f"plan: {res.plan_file}  record: {record}")
     print(f"η_base stays the start plan's ({res.plan.base_lr:g}); tune it next: rlrs lr-grid --plans {res.plan_file} "
           "(with the same --model or --command)")
     return 0

@@ -4,14 +4,17 @@ MoE plan (Ludziejewski et al., 2025, arXiv 2507.03526, table 4) on ``ladder-xs-m
 non-embedding parameters, 8 experts, trained to 20 tokens per parameter as in the paper), one
 seed, the loss at every 2% of training.
 
-    >>> from rlrs.experiments.demo import demo
+    >>> from rlrs.experiments.demo import demo, load
     >>> res = demo("runs/demo")                 # doctest: +SKIP
     >>> res.tuned, res.compare.lines()[0]       # doctest: +SKIP
     (True, "paper-moe: speed-up +33.5%: reaches the baseline's final eval loss 3.6336 at step 245 ...")
+    >>> load("runs/demo") == res                # doctest: +SKIP
+    True
 
 or ``rlrs demo``. While the runs train it prints both eval losses at every 10% of training; then
 the speed-up (appendix A's metric, :mod:`rlrs.experiments.compare`), ``loss.png`` (the speed-up figure) and
-the rest of compare's report in ``out``.
+the rest of compare's report in ``out``. ``demo`` is :func:`run` (trains; writes only runs),
+:func:`save` and :func:`render` in one call.
 
 **Honest η_base.** The paper tunes η_base separately for each plan, and so does the demo: on its
 own setting each arm trains at the best value of its ``rlrs lr-grid`` (:data:`TUNED`). A setting
@@ -22,6 +25,7 @@ tuned; ``tune=True`` (``--tune``) runs the grid for the setting first (several m
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass
@@ -31,8 +35,9 @@ from typing import Any, Callable, Mapping
 from . import compare as _compare
 from . import lr_grid as _lr_grid
 from .report import plot_speedup
+from .. import config as _config
+from .. import files
 from ..config import ConfigError
-from ..files import atomic_write_text
 from ..runlog import read_log
 
 PRESET = "ladder-xs-moe"
@@ -51,20 +56,29 @@ EVAL_INTERVAL = 0.02
 
 @dataclass(frozen=True)
 class Tuning:
-    """Each arm's η_base and whether it was tuned for this setting, in one sentence (``note``)."""
+    """Each arm's η_base and whether it was tuned for this setting, in one sentence (``note``);
+    ``grid``: whether the η_base came from an lr-grid this demo ran (``--tune``)."""
 
-    base_lrs: Mapping[str, float] | None  # None: each plan's own η_base
+    base_lrs: dict[str, float] | None  # None: each plan's own η_base
     tuned: bool
     note: str
+    grid: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class DemoResult:
-    """What :func:`demo` found: the compare (speed-up, verdict, files) and how η_base was chosen."""
+    """What :func:`run` found: the compare (speed-up, verdict), the lr-grid where ``--tune`` ran
+    one, and how η_base was chosen.
+
+    It is saved as its parts, not as one file (:func:`save`): the compare in ``results.json`` and
+    the grid in ``grid.json``, each the file its own command writes (so ``rlrs compare``'s and
+    ``rlrs lr-grid``'s readers, ``--base-lrs-from`` included, read a demo's ``out`` as theirs), and
+    what the demo adds, :class:`Tuning`, in ``demo.json`` (``rlrs.config.to_dict`` of it).
+    :func:`load` puts them back together."""
 
     compare: _compare.CompareResult
     tuning: Tuning
-    figure: Path
+    grid: _lr_grid.GridResult | None = None
 
     @property
     def tuned(self) -> bool:
@@ -108,12 +122,12 @@ def grid_tuning(grid: _lr_grid.GridResult) -> Tuning:
     bad += [f"{arm}: at the {edge} edge of its grid" for arm, edge in grid.edge.items() if edge and arm in grid.best]
     lrs = ", ".join(f"{arm} {lr:g}" for arm, lr in grid.best.items())
     if bad:
-        return Tuning(dict(grid.best), False, f"η_base NOT fully tuned ({'; '.join(bad)}): {lrs}")
-    return Tuning(dict(grid.best), True, f"η_base tuned per plan: {lrs} (the best of the lr-grid just run)")
+        return Tuning(dict(grid.best), False, f"η_base NOT fully tuned ({'; '.join(bad)}): {lrs}", grid=True)
+    return Tuning(dict(grid.best), True, f"η_base tuned per plan: {lrs} (the best of the lr-grid just run)", grid=True)
 
 
-def demo(
-    out: str | Path = "runs/demo",
+def run(
+    out: str | Path,
     *,
     steps: int | None = None,
     sets: Mapping[str, Any] | None = None,
@@ -124,9 +138,11 @@ def demo(
     log: Callable[[str], None] = print,
     executor=None,
 ) -> DemoResult:
-    """Train :data:`PLANS` on ``preset`` (one seed) and measure the speed-up; print the eval losses
-    while they train (``progress``). ``steps``: the length (default: the preset's 20 tokens per
-    parameter); ``sets``: settings of both runs; ``tune``: run an lr-grid first."""
+    """Train :data:`PLANS` on ``preset`` (one seed) into ``out/runs`` and measure the speed-up;
+    print the eval losses while they train (``progress``). ``steps``: the length (default: the
+    preset's 20 tokens per parameter); ``sets``: settings of both runs; ``tune``: run an lr-grid
+    first (:func:`rlrs.experiments.lr_grid.run`, its runs beside compare's). Writes only runs (and
+    the tokenized corpus's cache): :func:`save` and :func:`render` write the files."""
     out = Path(out)
     sets = dict(sets or {})
     if steps is not None:
@@ -136,9 +152,10 @@ def demo(
     sets.setdefault("train.eval_interval", EVAL_INTERVAL)
     total = _prepare_data(preset, sets)
     t0 = time.perf_counter()
+    grid = None
     if tune:
         log(f"rlrs demo: tuning η_base first: rlrs lr-grid on {preset} ({', '.join(PLANS)}), several minutes")
-        grid = _lr_grid.lr_grid(preset, PLANS, out, points=3, sets=sets, workers=workers, log=log, executor=executor)
+        grid = _lr_grid.run(preset, PLANS, out, points=3, sets=sets, workers=workers, log=log, executor=executor)
         tuning = grid_tuning(grid)
     else:
         tuning = stored_tuning(preset, steps, {k: v for k, v in sets.items() if k != "train.steps"})
@@ -146,17 +163,69 @@ def demo(
     log(tuning.note)
     watch = _Watch(dirs, total, log, t0) if progress else None
     try:
-        res = _compare.compare(preset, PLANS, seeds=1, out=out, sets=sets, base_lrs=tuning.base_lrs, workers=workers,
-                               log=log, command=None, executor=executor,
-                               progress=False)
+        res = _compare.run(preset, PLANS, seeds=1, out=out, sets=sets, base_lrs=tuning.base_lrs, workers=workers,
+                           log=log, command=None, executor=executor, progress=False)
     finally:
         if watch is not None:
             watch.stop()
-    figure = plot_speedup(res, out / "loss.png", note=tuning.note)
+    return DemoResult(res, tuning, grid)
+
+
+def save(result: DemoResult, out: str | Path) -> Path:
+    """Write ``out/results.json`` (the compare), ``out/grid.json`` (the lr-grid, where one ran)
+    and ``out/demo.json`` (the :class:`Tuning`); returns ``demo.json``'s path."""
+    out = files.make_dir(out)
+    if result.grid is not None:
+        _lr_grid.save(result.grid, out)
+    _compare.save(result.compare, out)
+    path = out / "demo.json"
+    files.write_json(path, _config.to_dict(result.tuning))
+    return path
+
+
+def load(path: str | Path) -> DemoResult:
+    """The :class:`DemoResult` in a demo's ``out`` (or its ``demo.json``): ``demo.json``, the
+    compare's ``results.json`` beside it and, where the demo tuned, ``grid.json``. Demos of
+    earlier versions wrote no ``demo.json``: their ``results.json`` loads with
+    :func:`rlrs.experiments.compare.load`."""
+    path = Path(path)
+    out = path if path.is_dir() else path.parent
+    record = out / "demo.json"
+    if not record.exists():
+        raise FileNotFoundError(f"{record}: no demo result here; run `rlrs demo --out {out}` first (its runs are "
+                                "reused); a compare's results.json alone loads with rlrs.experiments.compare.load")
+    try:
+        data = json.loads(record.read_text())
+    except ValueError:
+        raise ConfigError(f"{record}: not a demo.json written by `rlrs demo` (not JSON)") from None
+    try:
+        tuning = _config.from_dict(Tuning, data)
+    except ConfigError as err:
+        raise ConfigError(f"{record}: not a demo.json written by `rlrs demo`: {err}") from None
+    return DemoResult(_compare.load(out), tuning, _lr_grid.load(out) if tuning.grid else None)
+
+
+def render(result: DemoResult, out: str | Path) -> list[Path]:
+    """Write the lr-grid's report (where one ran: ``grid.md``, ``lr_grid.png``) and the compare's
+    (:func:`rlrs.experiments.compare.render`: ``report.md`` and its figures, the training losses
+    read from the runs' own logs), then the demo's own: ``loss.png`` with how η_base was chosen
+    under the title, and ``report.md`` opened by the same sentence."""
+    out = files.make_dir(out)
+    paths = _lr_grid.render(result.grid, out) if result.grid is not None else []
+    paths += _compare.render(result.compare, out)
+    plot_speedup(result.compare, out / "loss.png", note=result.tuning.note)
     report = out / "report.md"
-    if report.exists():
-        atomic_write_text(report, f"**rlrs demo**: one seed; {tuning.note}.\n\n" + report.read_text())
-    return DemoResult(res, tuning, figure)
+    files.atomic_write_text(report, f"**rlrs demo**: one seed; {result.tuning.note}.\n\n" + report.read_text())
+    return paths
+
+
+def demo(out: str | Path = "runs/demo", **options) -> DemoResult:
+    """What ``rlrs demo`` does, in one call: :func:`run` (``options`` are its keywords), then
+    :func:`save` and :func:`render` into ``out``."""
+    result = run(out, **options)
+    save(result, out)
+    render(result, out)
+    return result
 
 
 def _prepare_data(preset: str, sets: Mapping[str, Any]) -> int:
@@ -230,11 +299,11 @@ def add_commands(sub) -> None:
         "demo", help=f"the first three minutes: {PLANS[0]} against {PLANS[1]} on {PRESET}, the speed-up and its plot",
         description=f"Train {PRESET} on Shakespeare with the uniform baseline and the paper's MoE plan (one seed, "
                     "each at its own tuned η_base), print both eval losses as they train, then the paper's speed-up; "
-                    "writes loss.png (the speed-up plot), report.md and results.json into --out. Under three "
+                    "writes loss.png (the speed-up plot), report.md, results.json and demo.json into --out. Under three "
                     "minutes on 2 CPU cores. Another --steps or a --set that changes training trains at untuned "
                     "η_base unless --tune.")
     add_out_arg(p, default_of(demo, "out"))
-    add_steps_arg(p, default_of(demo, "steps"))
+    add_steps_arg(p, default_of(run, "steps"))
     p.add_argument("--tune", action="store_true",
                    help="tune each plan's η_base for this setting first (rlrs lr-grid, 3 values and more at an edge; "
                         "several minutes)")
@@ -252,8 +321,10 @@ def cmd_demo(args) -> int:
     out = Path(args.out)
     t0 = time.perf_counter()
     with executor_from_args(args, out / "slurm") as ex:
-        res = demo(out, steps=args.steps, sets=parse_sets(args.set), tune=args.tune, workers=args.workers,
-                   progress=not args.no_progress, executor=ex)
+        res = run(out, steps=args.steps, sets=parse_sets(args.set), tune=args.tune, workers=args.workers,
+                  progress=not args.no_progress, executor=ex)
+    save(res, out)
+    render(res, out)
     c = res.compare
     print()
     base = c.arms[c.baseline]
@@ -269,5 +340,5 @@ def cmd_demo(args) -> int:
             print(f"{r.arm}: {r.status}: {reason_line(r.status, r.error)}")
     print(res.tuning.note)
     print(f"One seed shows the effect; `rlrs compare --model {c.preset} --seeds 3` measures it with an interval over seeds.")
-    print(f"speed-up plot: {res.figure}   report: {out / 'report.md'}   ({time.perf_counter() - t0:.0f} s)")
+    print(f"speed-up plot: {out / 'loss.png'}   report: {out / 'report.md'}   ({time.perf_counter() - t0:.0f} s)")
     return 0 if all(r.status == "finished" for r in c.runs) else 1

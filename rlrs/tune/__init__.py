@@ -31,7 +31,8 @@ luckiest run. ``--budget-steps N`` caps the training steps of any search, restar
 improvement: a plan file every ``--plan`` takes), ``tuned_config.json`` (only when a searched model
 or train setting such as ``model.init_scale`` moved: it is not part of a plan; reuse it with
 ``--config tuned_config.json`` or ``--set model.init_scale=...``), ``search.json`` (every step's
-candidates, losses, choice and compute), ``runs/`` (one content-addressed run directory per
+candidates, losses, choice and compute: ``TuneResult.record``, read back typed with
+``load_search``), ``runs/`` (one content-addressed run directory per
 training run; its checkpoints are deleted once its trial is recorded) and, by default,
 ``study.db``.
 
@@ -77,12 +78,12 @@ and the fix. Tokens are counted for a command only if it reports them (``rlrs.re
 tokens=...)``); ``compute.tokens`` is otherwise ``null``.
 """
 
-from .driver import TuneResult, join, tune
+from .driver import SearchRecord, TuneResult, join, load_search, tune
 from .objective import Objective, Partial, SyntheticObjective, TrainingObjective, make_objective
 from .spec import DEFAULT_STEPS, Pruning, TuneSpec, default_params
 from .study import STUDY_NAME, StudyOptions, open_storage, storage_url
 from .cli import add_commands, cmd_tune
 
-__all__ = ["DEFAULT_STEPS", "STUDY_NAME", "Objective", "Partial", "Pruning", "StudyOptions", "SyntheticObjective", "TrainingObjective",
-           "TuneResult", "TuneSpec", "add_commands", "cmd_tune", "default_params", "join", "make_objective",
-           "open_storage", "storage_url", "tune"]
+__all__ = ["DEFAULT_STEPS", "STUDY_NAME", "Objective", "Partial", "Pruning", "SearchRecord", "StudyOptions",
+           "SyntheticObjective", "TrainingObjective", "TuneResult", "TuneSpec", "add_commands", "cmd_tune",
+           "default_params", "join", "load_search", "make_objective", "open_storage", "storage_url", "tune"]

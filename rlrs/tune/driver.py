@@ -23,25 +23,158 @@ from .study import StudyOptions, _redact, _Study, _trial_result, other_searches,
 # --- the driver -------------------------------------------------------------------------------------
 
 
-@dataclass
-class TuneResult:
-    best: dict[str, float]
-    best_loss: float
+@dataclass(frozen=True)
+class StudyName:
+    """Where the search's trials live: the storage (its password redacted) and the study's name."""
+
+    storage: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The study's budgets: distinct points evaluated and training steps in all (``None``: no limit)."""
+
+    evaluations: int | None = None
+    steps: int | None = None
+
+
+@dataclass(frozen=True)
+class Compute:
+    """What the search's trials cost: training steps (a command's restarts included), tokens
+    (``None``: a command that reports none), the steps run again, and the counted trials by state
+    plus ``abandoned``."""
+
+    steps: int
+    tokens: int | None = None
+    rerun_steps: int = 0
+    trials: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchRecord:
+    """What ``search.json`` holds: ``rlrs.config.to_dict`` of it, and :func:`load_search`
+    (``rlrs.config.from_dict(SearchRecord, json.load(f))``) reads it back, files of earlier versions
+    included. Losses are ``None`` where the point failed (strict JSON has no inf).
+
+    Two parts stay plain JSON, for reasons of layout: ``spec`` is :meth:`TuneSpec.to_dict` (its
+    ``base`` is a preset's run config or a command, two layouts under two keys;
+    ``TuneSpec.from_dict(record.spec)`` reads it), and each of ``steps`` is
+    :meth:`rlrs.search.Step.to_dict` with each candidate's ``compute_steps`` (its key ``pass`` is a
+    Python keyword, so no dataclass field can hold it)."""
+
+    study: StudyName
+    spec: dict[str, Any]
     start: dict[str, float]
-    start_loss: float
-    stopped: str  # "converged" | "budget"
-    evaluations: int
-    plan: Any  # rlrs.plan.Plan
-    plan_path: Path
-    config_path: Path | None  # tuned_config.json, when a non-plan setting moved
-    search_path: Path
-    compute_steps: int  # every training step run, a command's restarts included
-    compute_tokens: int | None  # None: a command that does not report tokens
-    trials: dict[str, int]  # counted trials by state, plus "abandoned"
-    search: SearchResult
+    start_loss: float | None
+    best: dict[str, float]
+    best_loss: float | None
+    stopped: str  # "running" | "converged" | "budget"
+    budget: Budget
+    compute: Compute
+    notes: tuple[str, ...] = ()  # what to fix
+    steps: tuple[dict[str, Any], ...] = ()
+
+
+def load_search(path: str | Path) -> SearchRecord:
+    """The :class:`SearchRecord` in a ``rlrs tune`` ``search.json`` (or the directory holding it)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "search.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no search here; run `rlrs tune --out DIR` first")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        raise ConfigError(f"{path}: not a search.json written by `rlrs tune` (not JSON)") from None
+    if isinstance(data, dict) and "sampler" in data:
+        raise ConfigError(f"{path}: the record of a sampler search (`rlrs tune --sampler {data['sampler']}`), whose "
+                          "layout is its trials; load_search reads the local search's (the default --sampler local)")
+    try:
+        return _config.from_dict(SearchRecord, data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: not a search.json written by `rlrs tune`: {err}") from None
+
+
+def _loss(x: float | None) -> float:
+    return math.inf if x is None else x
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """What :func:`tune` found: ``record`` is what it wrote to ``search.json``; the rest is what
+    only this process has (the search spec as an object, the trajectory with every point's result,
+    how many points it used). The numbers are ``record``'s, read through the properties."""
+
+    record: SearchRecord
     spec: TuneSpec
-    rerun_steps: int = 0  # of compute_steps, steps run again (a command that restarted from step 0)
-    notes: list[str] = dataclasses.field(default_factory=list)  # what to fix (search.json "notes")
+    out: Path
+    evaluations: int  # distinct points the search used (cached ones included)
+    search: SearchResult
+
+    @property
+    def best(self) -> dict[str, float]:
+        return self.record.best
+
+    @property
+    def best_loss(self) -> float:
+        """The best point's loss (inf: it failed)."""
+        return _loss(self.record.best_loss)
+
+    @property
+    def start(self) -> dict[str, float]:
+        return self.record.start
+
+    @property
+    def start_loss(self) -> float:
+        return _loss(self.record.start_loss)
+
+    @property
+    def stopped(self) -> str:
+        return self.record.stopped
+
+    @property
+    def compute_steps(self) -> int:
+        """Every training step run, a command's restarts included."""
+        return self.record.compute.steps
+
+    @property
+    def compute_tokens(self) -> int | None:
+        return self.record.compute.tokens
+
+    @property
+    def rerun_steps(self) -> int:
+        """Of compute_steps, steps run again (a command that restarted from step 0)."""
+        return self.record.compute.rerun_steps
+
+    @property
+    def trials(self) -> dict[str, int]:
+        """Counted trials by state, plus ``abandoned``."""
+        return self.record.compute.trials
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return self.record.notes
+
+    @property
+    def plan(self):
+        """The tuned plan (an :class:`rlrs.plan.Plan`): the start plan with the best point's ``plan.*`` keys."""
+        return _config.replace(self.spec.base.plan, {k[len("plan."):]: v for k, v in self.best.items()
+                                                     if k.startswith("plan.")})
+
+    @property
+    def plan_path(self) -> Path:
+        return self.out / "tuned.toml"
+
+    @property
+    def config_path(self) -> Path | None:
+        """``tuned_config.json``, where a searched non-plan setting moved from the start point (:func:`write_best`)."""
+        moved = [k for k, v in self.best.items() if not k.startswith("plan.") and canonical(v) != self.start[k]]
+        return self.out / "tuned_config.json" if moved else None
+
+    @property
+    def search_path(self) -> Path:
+        return self.out / "search.json"
 
 
 def tune(
@@ -354,25 +487,25 @@ class _Tuner:
                 f"{rerun} of the {steps} training steps ran again (compute counts them); {RESUME_FIX}")
         return rerun, [note]
 
-    def _write_search(self, point, loss, stopped: str, abandoned: int = 0) -> None:
+    def _write_search(self, point, loss, stopped: str, abandoned: int = 0) -> SearchRecord:
         steps, tokens, states = self._compute()
         rerun, notes = self._restarts()
         attrs = self.study.attrs()
-        doc = {
-            "study": {"storage": _redact(self.study.url), "name": self.study.name},
-            "spec": self.spec.to_dict(),
-            "start": self.start_point,
-            "start_loss": _json(self.start_loss),
-            "best": point,
-            "best_loss": _json(loss),
-            "stopped": stopped,
-            "budget": {"evaluations": attrs.get("budget"), "steps": attrs.get("budget_steps")},
-            "compute": {"steps": steps, "tokens": tokens, "rerun_steps": rerun,
-                        "trials": {**states, "abandoned": abandoned}},
-            "notes": notes,
-            "steps": self.steps,
-        }
-        files.write_json(self.out / "search.json", doc, indent=2)
+        record = SearchRecord(
+            study=StudyName(_redact(self.study.url), self.study.name),
+            spec=self.spec.to_dict(),
+            start=self.start_point,
+            start_loss=_json(self.start_loss),
+            best=point,
+            best_loss=_json(loss),
+            stopped=stopped,
+            budget=Budget(attrs.get("budget"), attrs.get("budget_steps")),
+            compute=Compute(steps, tokens, rerun, {**states, "abandoned": abandoned}),
+            notes=tuple(notes),
+            steps=tuple(self.steps),
+        )
+        files.write_json(self.out / "search.json", _config.to_dict(record), indent=2)
+        return record
 
     def run(self) -> TuneResult:
         scan = self.study.scan()
@@ -386,18 +519,8 @@ class _Tuner:
         final = self.study.scan()
         self.done.update(final.done)
         self._write_best(r.best, r.best_loss)
-        self._write_search(r.best, r.best_loss, r.stopped, final.abandoned)
-        steps, tokens, states = self._compute()
-        rerun, notes = self._restarts()
-        cfg_path = self.out / "tuned_config.json"
-        plan = _config.replace(self.spec.base.plan, {k[5:]: v for k, v in r.best.items() if k.startswith("plan.")})
-        return TuneResult(
-            best=r.best, best_loss=r.best_loss, start=self.start_point, start_loss=r.start_loss,
-            stopped=r.stopped, evaluations=r.evaluations, plan=plan, plan_path=self.out / "tuned.toml",
-            config_path=cfg_path if cfg_path.exists() else None, search_path=self.out / "search.json",
-            compute_steps=steps, compute_tokens=tokens, trials={**states, "abandoned": final.abandoned}, search=r,
-            spec=self.spec, rerun_steps=rerun, notes=notes,
-        )
+        record = self._write_search(r.best, r.best_loss, r.stopped, final.abandoned)
+        return TuneResult(record, self.spec, self.out, r.evaluations, r)
 
 
 def write_best(spec: TuneSpec, out: Path, point: dict[str, float]) -> None:

@@ -214,24 +214,26 @@ class TuneSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TuneSpec":
+        """The spec :meth:`to_dict` wrote (a study's, ``search.json``'s ``spec``), strictly: an
+        unknown key names the closest valid one, a key added since takes its field's default. Its
+        ``base`` is written under one of two keys, ``config`` (a model size's run config) or
+        ``command`` (the user's command), so it is read here; the rest by ``rlrs.config.from_dict``."""
         from ..train import RunConfig
 
-        p = d.get("prune")
-        if "command" in d:
-            c = d["command"]
-            base: RunSpec = CommandRun(c["command"], Plan.from_dict(c["plan"]), int(c["seed"]), c.get("steps"), c["cwd"])
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"spec: expected a table, got {d!r}")
+        kinds = [k for k in ("command", "config") if k in d]
+        if len(kinds) != 1:
+            raise ConfigError("spec: give exactly one of command (a command's run) and config (a model size's run "
+                              f"config), got {kinds or 'neither'}")
+        if kinds == ["command"]:
+            base: RunSpec = _config.from_dict(CommandRun, d["command"], "spec.command")
         else:
             base = PresetRun(RunConfig.from_dict(d["config"]))
-        return cls(
-            base,
-            tuple(d["params"]),
-            int(d["seeds"]),
-            int(d["search_seed"]),
-            tuple(float(f) for f in d["factors"]),
-            None if p is None else Pruning(tuple(p["rungs"]), float(p["margin"])),
-            d.get("objective"),
-            float(d.get("min_improvement", 0.0)),  # absent in studies made before it existed
-        )
+        rest = {k: v for k, v in d.items() if k != kinds[0]}
+        if "base" in rest:
+            raise ConfigError("spec.base: unknown key; the run is written under command or config")
+        return _config.from_dict(cls, {**rest, "base": base}, "spec")
 
 
 def load_function(spec: str) -> Callable:
