@@ -447,7 +447,7 @@ def test_auto_load_names_the_file_and_the_command_that_writes_it(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no auto result here; run `rlrs auto --out DIR` first"):
         load(tmp_path)
     (tmp_path / "auto-update-size.json").write_text("{")
-    with pytest.raises(ConfigError, match=r"auto-update-size.json: not an auto-METHOD.json written by `rlrs auto`"):
+    with pytest.raises(ConfigError, match=r"auto-update-size.json: not an auto-update-size.json written by `rlrs auto`"):
         load(tmp_path)
     (tmp_path / "auto-update-size.json").write_text('{"method": "update-size", "cost": 3}')
     with pytest.raises(ConfigError, match=r"auto_result.cost: unknown key; did you mean 'cost_steps'"):

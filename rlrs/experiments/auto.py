@@ -32,7 +32,6 @@ tested on synthetic measurements; docs/auto.md says what each assumes and when i
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import statistics
@@ -492,16 +491,7 @@ def load(path: str | Path) -> AutoResult:
         if len(found) > 1:
             raise ConfigError(f"{path}: holds {' and '.join(p.name for p in found)}; name the file to load")
         path = found[0] if found else path / f"auto-{METHODS[0]}.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no auto result here; run `rlrs auto --out DIR` first")
-    try:
-        data = json.loads(path.read_text())
-    except ValueError:
-        raise ConfigError(f"{path}: not an auto-METHOD.json written by `rlrs auto` (not JSON)") from None
-    try:
-        return _config.from_dict(AutoResult, data)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: not an auto-METHOD.json written by `rlrs auto`: {err}") from None
+    return _config.load_result(AutoResult, path, path.name, "rlrs auto", "auto")
 
 
 def load_result(path: str | Path) -> AutoResult:

@@ -29,10 +29,9 @@ slope), which is why the best η moves as the model widens.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -208,21 +207,10 @@ def save(result: CoordCheck, out: str | Path) -> Path:
 def load(path: str | Path) -> CoordCheck:
     """The :class:`CoordCheck` in a ``coord_check.json`` (or the directory holding it), files of
     earlier versions included (they also held the slopes, which are derived)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "coord_check.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no coordinate check here; run `rlrs coord-check --out DIR` first")
-    try:
-        data = json.loads(path.read_text())
-    except ValueError:
-        raise ConfigError(f"{path}: not a coord_check.json written by `rlrs coord-check` (not JSON)") from None
-    if isinstance(data, dict):
-        data = {k: v for k, v in data.items() if k != "slopes"}
-    try:
-        return _config.from_dict(CoordCheck, data)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: not a coord_check.json written by `rlrs coord-check`: {err}") from None
+    def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in data.items() if k != "slopes"}
+
+    return _config.load_result(CoordCheck, path, "coord_check.json", "rlrs coord-check", "coordinate check", upgrade)
 
 
 def render(result: CoordCheck, out: str | Path) -> list[Path]:
