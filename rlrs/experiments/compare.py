@@ -42,6 +42,10 @@ over each 1% of steps (a single batch's loss is too noisy to compare). Runs live
 content-addressed directories under ``<out>/runs/``: the same command reuses finished runs and
 resumes interrupted ones. A run that diverges or crashes is recorded with its error and shown in
 the report; the means then cover the finished seeds only, and the report says so.
+
+Why one module of about 650 lines: most of it is the typed result, which mirrors ``results.json``
+field by field, and :func:`summarize`, which fills it; they are read together (the report and
+its figures are in :mod:`rlrs.experiments.report`).
 """
 
 from __future__ import annotations
