@@ -186,7 +186,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str | None = None) -
         raise ConfigError(f"{where or 'config'}: {err}") from err
 
 
-def load_result(cls: type[T], path: str | Path, file: str, command: str, what: str,
+def load_typed(cls: type[T], path: str | Path, file: str, command: str, what: str,
                 upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> T:
     """The typed result ``cls`` in the JSON ``file`` that ``command`` writes, from ``path`` (the
     file, or the directory holding it): what every experiment's ``load`` does. ``upgrade`` turns
@@ -194,7 +194,7 @@ def load_result(cls: type[T], path: str | Path, file: str, command: str, what: s
     file raises ``FileNotFoundError`` naming the command that writes it; a file that is not JSON,
     or whose fields do not fit ``cls``, a ``ConfigError`` naming the file (and the field).
 
-        load_result(GridResult, "runs/bench", "grid.json", "rlrs lr-grid", "grid")
+        load_typed(GridResult, "runs/bench", "grid.json", "rlrs lr-grid", "grid")
     """
     path = Path(path)
     if path.is_dir():

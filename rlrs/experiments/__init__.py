@@ -10,9 +10,9 @@
 - :mod:`~rlrs.experiments.demo` (``rlrs demo``), :mod:`~rlrs.experiments.coord_check`
   (``rlrs coord-check``), :mod:`~rlrs.experiments.auto` (``rlrs auto``).
 
-A new experiment is a new module here with lr-grid's shape: ``run(...)`` returning a frozen,
-typed result, ``save``/``load``, ``render(result, out)`` writing its report,
+Every module here has one shape (lr-grid's is the smallest): ``run(...)`` returning a frozen,
+typed result, ``save``, ``load`` (through :func:`rlrs.config.load_typed`), ``render(result, out)``
+writing its report, a function named after the command doing the three, and
 ``add_commands(subparsers)`` registering its command, listed in ``rlrs/cli.py``. It describes its
-runs as specs for :mod:`rlrs.engine` and never trains itself. (The older commands do not all
-have this shape yet; docs/design.md says which.)
+runs as specs for :mod:`rlrs.engine` (``coord_check`` alone trains a few steps itself).
 """

@@ -400,7 +400,7 @@ def save(result: CompareResult, out: str | Path) -> Path:
 def load(path: str | Path) -> CompareResult:
     """The :class:`CompareResult` in a ``compare`` ``results.json`` (or the directory holding it);
     files written by earlier versions load too."""
-    return _config.load_result(CompareResult, path, "results.json", "rlrs compare", "compare")
+    return _config.load_typed(CompareResult, path, "results.json", "rlrs compare", "compare")
 
 
 def render(result: CompareResult, out: str | Path) -> list[Path]:

@@ -210,7 +210,7 @@ def load(path: str | Path) -> CoordCheck:
     def upgrade(data: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in data.items() if k != "slopes"}
 
-    return _config.load_result(CoordCheck, path, "coord_check.json", "rlrs coord-check", "coordinate check", upgrade)
+    return _config.load_typed(CoordCheck, path, "coord_check.json", "rlrs coord-check", "coordinate check", upgrade)
 
 
 def render(result: CoordCheck, out: str | Path) -> list[Path]:

@@ -25,7 +25,6 @@ tuned; ``tune=True`` (``--tune``) runs the grid for the setting first (several m
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass
@@ -194,14 +193,7 @@ def load(path: str | Path) -> DemoResult:
     if not record.exists():
         raise FileNotFoundError(f"{record}: no demo result here; run `rlrs demo --out {out}` first (its runs are "
                                 "reused); a compare's results.json alone loads with rlrs.experiments.compare.load")
-    try:
-        data = json.loads(record.read_text())
-    except ValueError:
-        raise ConfigError(f"{record}: not a demo.json written by `rlrs demo` (not JSON)") from None
-    try:
-        tuning = _config.from_dict(Tuning, data)
-    except ConfigError as err:
-        raise ConfigError(f"{record}: not a demo.json written by `rlrs demo`: {err}") from None
+    tuning = _config.load_typed(Tuning, record, "demo.json", "rlrs demo", "demo")
     return DemoResult(_compare.load(out), tuning, _lr_grid.load(out) if tuning.grid else None)
 
 

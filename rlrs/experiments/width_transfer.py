@@ -299,7 +299,7 @@ def load(path: str | Path) -> WidthTransferResult:
             return data
         return {**data, "series": [_current_series(s) if isinstance(s, dict) else s for s in data["series"]]}
 
-    return _config.load_result(WidthTransferResult, path, "results.json", "rlrs width-transfer", "width-transfer",
+    return _config.load_typed(WidthTransferResult, path, "results.json", "rlrs width-transfer", "width-transfer",
                                upgrade)
 
 
