@@ -23,7 +23,9 @@ bootstrap interval. Nothing is read from the searches' own best losses (the luck
     python benchmarks/plan_search.py table --bench /work/bench                       # markdown + figure
 
 The runs themselves are made by ``benchmarks/plan_search.sh`` (resumable); ``confirm`` reuses
-finished runs too.
+finished runs too. A ``--command`` target's runs are identified with their working directory, the
+checkout the script ran from: run ``confirm`` and ``table`` from the same snapshot path as the
+chain (the ViT rows came from ``/tmp/rlrs-bench4``), or the ViT runs train again.
 """
 
 from __future__ import annotations
@@ -235,7 +237,10 @@ def figure(shown: list[tuple[Target, list[dict]]], path: Path) -> None:
 
     plt = _plt()
     shown = [(t, rs) for t, rs in shown if rs]
-    fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.6), squeeze=False)
+    colors = [*plt.get_cmap("tab10").colors, "black", "gray"]  # one colour per way, the same in every panel
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.9 * len(shown) + 2.2, 3.8), squeeze=False,
+                             layout="constrained")
+    handles = {}
     for ax, (t, rs) in zip(axes[0], shown):
         zero = 0
         for r in rs:
@@ -244,13 +249,17 @@ def figure(shown: list[tuple[Target, list[dict]]], path: Path) -> None:
             x = r["cost_runs"]
             if x == 0:  # the fixed plans (uniform, paper) at 0.02 on the log axis, side by side
                 x, zero = 0.02 * (1.15 ** zero), zero + 1
-            ax.errorbar([x], [r["loss"]], yerr=[r["loss_std"]], fmt="o", capsize=3, label=r["way"],
-                        color=f"C{WAYS.index(r['way'])}")
+            h = ax.errorbar([x], [r["loss"]], yerr=[r["loss_std"]], fmt="o", capsize=3,
+                            color=colors[WAYS.index(r["way"]) % len(colors)])
+            handles.setdefault(r["way"], h)
         ax.set_xscale("log")
-        ax.set_xlabel("cost beyond the η_base grid (runs; fixed plans at 0.02)")
-        ax.set_ylabel("final eval loss, 3 new seeds (± std)")
+        ax.set_xlabel("cost beyond the η_base grid (runs)")
         ax.set_title(t.name)
-        ax.legend(frameon=False, fontsize=7)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("final eval loss, 3 new seeds (± std)")
+    order = [w for w in WAYS if w in handles]
+    fig.legend([handles[w] for w in order], order, loc="outside right center", frameon=False, fontsize=8)
+    fig.suptitle("Each way's plan on 3 new seeds against what it cost (fixed plans drawn at 0.02 runs)", fontsize=10)
     _save(fig, path)
 
 
