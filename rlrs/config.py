@@ -190,24 +190,28 @@ def load_typed(cls: type[T], path: str | Path, file: str, command: str, what: st
                 upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> T:
     """The typed result ``cls`` in the JSON ``file`` that ``command`` writes, from ``path`` (the
     file, or the directory holding it): what every experiment's ``load`` does. ``upgrade`` turns
-    a file of an earlier version into the current layout (e.g. drops keys now derived). A missing
-    file raises ``FileNotFoundError`` naming the command that writes it; a file that is not JSON,
-    or whose fields do not fit ``cls``, a ``ConfigError`` naming the file (and the field).
+    a file of an earlier version into the current layout (e.g. drops keys now derived), or raises
+    ``ConfigError`` for a file it cannot read (the message gets the path). A missing file raises
+    ``FileNotFoundError`` ("no ``what`` here", naming the command that writes it); a file that is
+    not JSON, or whose fields do not fit ``cls``, a ``ConfigError`` naming the file (and the field).
 
-        load_typed(GridResult, "runs/bench", "grid.json", "rlrs lr-grid", "grid")
+        load_typed(GridResult, "runs/bench", "grid.json", "rlrs lr-grid", "grid result")
     """
     path = Path(path)
     if path.is_dir():
         path = path / file
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no {what} result here; run `{command} --out DIR` first")
+        raise FileNotFoundError(f"{path}: no {what} here; run `{command} --out DIR` first")
     not_one = f"{path}: not {'an' if file[0] in 'aeiou' else 'a'} {file} written by `{command}`"
     try:
         data = load_file(path)
     except ConfigError as err:  # not UTF-8, not JSON, a key twice, not a table: it names the file
         raise ConfigError(f"{not_one}; {str(err).removeprefix(f'{path}: ')}") from None
     if upgrade is not None:
-        data = upgrade(data)
+        try:
+            data = upgrade(data)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
     try:
         return from_dict(cls, data)
     except ConfigError as err:

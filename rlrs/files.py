@@ -114,7 +114,7 @@ def publish_dir(tmp: Path, final: Path, complete: Callable[[Path], bool]) -> Non
 def write_json(path: str | Path, obj: Any, indent: int | None = 1, sort_keys: bool = False) -> None:
     """Write ``obj`` as strict JSON (NaN and inf as null: :func:`rlrs.config.json_safe`), atomically.
 
-        >>> write_json("runs/compare/results.json", res.to_dict())        # doctest: +SKIP
+        >>> write_json("runs/compare/results.json", rlrs.config.to_dict(res))  # doctest: +SKIP
     """
     atomic_write_text(path, json.dumps(json_safe(obj), indent=indent, sort_keys=sort_keys, allow_nan=False) + "\n")
 

@@ -272,7 +272,7 @@ def test_a_coord_check_of_an_earlier_version_loads(tmp_path):
     for layer, slopes in old["slopes"].items():  # the derived slopes are the ones it stored
         assert res.slopes()[layer] == pytest.approx(slopes, abs=1e-12)
     assert "base width 32" in markdown(res)
-    with pytest.raises(FileNotFoundError, match=r"no coordinate check result here; run `rlrs coord-check --out DIR`"):
+    with pytest.raises(FileNotFoundError, match=r"no coordinate check here; run `rlrs coord-check --out DIR`"):
         load(tmp_path / "none")
     (tmp_path / "coord_check.json").write_text('{"preset": "tiny-dense", "width": [32]}')
     with pytest.raises(ConfigError, match=r"coord_check.json: not a coord_check.json written by `rlrs coord-check`: "

@@ -148,7 +148,7 @@ def load(path: str | Path) -> AblateResult:
         return {**data, "vary": [{k: v for k, v in row.items() if k not in _DERIVED} if isinstance(row, dict)
                                  else row for row in data["vary"]]}
 
-    return _config.load_typed(AblateResult, path, "ablate.json", "rlrs ablate", "ablation", upgrade)
+    return _config.load_typed(AblateResult, path, "ablate.json", "rlrs ablate", "ablation result", upgrade)
 
 
 _DERIVED = ("diverged", "final_loss")  # what earlier ablate.json files held per variant beside its losses

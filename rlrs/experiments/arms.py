@@ -11,7 +11,6 @@ the arms of one seed start from the same weights and see the same batches.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -104,21 +103,6 @@ class RunInfo:
     @property
     def finished(self) -> bool:
         return self.status == "finished"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The run's entry in ``results.json``."""
-        return {
-            "arm": self.arm, "seed": self.seed, "data_seed": self.seed, "out": str(self.out), "status": self.status,
-            "error": self.error, "reused": self.reused, "final_eval_loss": self.final_eval_loss,
-            "final_train_loss": self.final_train_loss, "steps": self.steps, "total_steps": self.total_steps,
-            "skipped_steps": self.skipped_steps, "wall_s": self.wall_s, "final_loss": self.final_loss,
-            "final_train_1pct": self.final_train_1pct,
-            "curve": {"steps": self.curve_steps, "loss": self.curve_loss},
-            "spikes": [{**dataclasses.asdict(s), "rise": s.rise} for s in self.spikes],
-            "router": None if self.router is None else dataclasses.asdict(self.router),
-            "updates": None if self.updates is None else dataclasses.asdict(self.updates),
-            "router_curve": None if self.router_curve is None else dataclasses.asdict(self.router_curve),
-        }
 
 
 # --- running many runs -----------------------------------------------------------------------------

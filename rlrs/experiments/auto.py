@@ -491,7 +491,7 @@ def load(path: str | Path) -> AutoResult:
         if len(found) > 1:
             raise ConfigError(f"{path}: holds {' and '.join(p.name for p in found)}; name the file to load")
         path = found[0] if found else path / f"auto-{METHODS[0]}.json"
-    return _config.load_typed(AutoResult, path, path.name, "rlrs auto", "auto")
+    return _config.load_typed(AutoResult, path, path.name, "rlrs auto", "auto result")
 
 
 def load_result(path: str | Path) -> AutoResult:

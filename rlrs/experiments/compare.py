@@ -400,7 +400,7 @@ def save(result: CompareResult, out: str | Path) -> Path:
 def load(path: str | Path) -> CompareResult:
     """The :class:`CompareResult` in a ``compare`` ``results.json`` (or the directory holding it);
     files written by earlier versions load too."""
-    return _config.load_typed(CompareResult, path, "results.json", "rlrs compare", "compare")
+    return _config.load_typed(CompareResult, path, "results.json", "rlrs compare", "compare result")
 
 
 def render(result: CompareResult, out: str | Path) -> list[Path]:
@@ -449,6 +449,7 @@ def run_dirs(
     lrs = _check_base_lrs(base_lrs, [a for a, _ in arms_of(plans, need=2)])
     specs = _compare_specs(target, arms_of(plans, need=2), seeds, check_common(seeds, sets, None), lrs, Path(out))
     return {(s.arm, s.seed): s.out for s in specs}
+
 
 def _check_base_lrs(base_lrs: Mapping[str, float] | None, arms: Sequence[str]) -> dict[str, float]:
     lrs = dict(base_lrs or {})

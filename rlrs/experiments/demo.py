@@ -193,7 +193,7 @@ def load(path: str | Path) -> DemoResult:
     if not record.exists():
         raise FileNotFoundError(f"{record}: no demo result here; run `rlrs demo --out {out}` first (its runs are "
                                 "reused); a compare's results.json alone loads with rlrs.experiments.compare.load")
-    tuning = _config.load_typed(Tuning, record, "demo.json", "rlrs demo", "demo")
+    tuning = _config.load_typed(Tuning, record, "demo.json", "rlrs demo", "demo result")
     return DemoResult(_compare.load(out), tuning, _lr_grid.load(out) if tuning.grid else None)
 
 

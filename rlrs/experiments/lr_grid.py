@@ -224,7 +224,7 @@ def save(result: GridResult, out: str | Path) -> Path:
 
 def load(path: str | Path) -> GridResult:
     """The :class:`GridResult` in an ``lr-grid`` ``grid.json`` (or the directory holding it)."""
-    return _config.load_typed(GridResult, path, "grid.json", "rlrs lr-grid", "grid")
+    return _config.load_typed(GridResult, path, "grid.json", "rlrs lr-grid", "grid result")
 
 
 def lr_grid(target: str | Target, plans: Sequence[str], out: str | Path, **options) -> GridResult:

@@ -154,7 +154,7 @@ def save(result: TransferResult, out: str | Path) -> Path:
 
 def load(path: str | Path) -> TransferResult:
     """The :class:`TransferResult` in a ``transfer`` ``transfer.json`` (or the directory holding it)."""
-    return _config.load_typed(TransferResult, path, "transfer.json", "rlrs transfer", "transfer")
+    return _config.load_typed(TransferResult, path, "transfer.json", "rlrs transfer", "transfer result")
 
 
 def render(result: TransferResult, out: str | Path) -> list[Path]:

@@ -299,8 +299,8 @@ def load(path: str | Path) -> WidthTransferResult:
             return data
         return {**data, "series": [_current_series(s) if isinstance(s, dict) else s for s in data["series"]]}
 
-    return _config.load_typed(WidthTransferResult, path, "results.json", "rlrs width-transfer", "width-transfer",
-                               upgrade)
+    return _config.load_typed(WidthTransferResult, path, "results.json", "rlrs width-transfer",
+                              "width-transfer result", upgrade)
 
 
 def _current_series(s: dict[str, Any]) -> dict[str, Any]:

@@ -270,7 +270,7 @@ def load(path: str | Path) -> ZooResult:
         return {**doc, "cells": [{k: v for k, v in c.items() if k != "status"} if isinstance(c, dict) else c
                                  for c in doc["cells"]]}
 
-    return _config.load_typed(ZooResult, results_file(path), "results.json", "rlrs zoo", "zoo", upgrade)
+    return _config.load_typed(ZooResult, results_file(path), "results.json", "rlrs zoo", "zoo result", upgrade)
 
 
 def load_results(path: str | Path) -> ZooResult:

@@ -9,7 +9,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from .. import config as _config
 from .. import files
@@ -78,22 +78,13 @@ class SearchRecord:
 
 def load_search(path: str | Path) -> SearchRecord:
     """The :class:`SearchRecord` in a ``rlrs tune`` ``search.json`` (or the directory holding it)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "search.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no search here; run `rlrs tune --out DIR` first")
-    try:
-        data = json.loads(path.read_text())
-    except ValueError:
-        raise ConfigError(f"{path}: not a search.json written by `rlrs tune` (not JSON)") from None
-    if isinstance(data, dict) and "sampler" in data:
-        raise ConfigError(f"{path}: the record of a sampler search (`rlrs tune --sampler {data['sampler']}`), whose "
-                          "layout is its trials; load_search reads the local search's (the default --sampler local)")
-    try:
-        return _config.from_dict(SearchRecord, data)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: not a search.json written by `rlrs tune`: {err}") from None
+    def local_only(data: dict[str, Any]) -> dict[str, Any]:
+        if "sampler" in data:
+            raise ConfigError(f"the record of a sampler search (`rlrs tune --sampler {data['sampler']}`), whose "
+                              "layout is its trials; load_search reads the local search's (the default --sampler local)")
+        return data
+
+    return _config.load_typed(SearchRecord, path, "search.json", "rlrs tune", "search", local_only)
 
 
 def _loss(x: float | None) -> float:
@@ -159,8 +150,7 @@ class TuneResult:
     @property
     def plan(self):
         """The tuned plan (an :class:`rlrs.plan.Plan`): the start plan with the best point's ``plan.*`` keys."""
-        return _config.replace(self.spec.base.plan, {k[len("plan."):]: v for k, v in self.best.items()
-                                                     if k.startswith("plan.")})
+        return tuned_plan(self.spec, self.best)
 
     @property
     def plan_path(self) -> Path:
@@ -169,8 +159,7 @@ class TuneResult:
     @property
     def config_path(self) -> Path | None:
         """``tuned_config.json``, where a searched non-plan setting moved from the start point (:func:`write_best`)."""
-        moved = [k for k, v in self.best.items() if not k.startswith("plan.") and canonical(v) != self.start[k]]
-        return self.out / "tuned_config.json" if moved else None
+        return self.out / "tuned_config.json" if moved_settings(self.spec, self.best) else None
 
     @property
     def search_path(self) -> Path:
@@ -523,13 +512,22 @@ class _Tuner:
         return TuneResult(record, self.spec, self.out, r.evaluations, r)
 
 
+def tuned_plan(spec: TuneSpec, point: Mapping[str, float]):
+    """The start plan with ``point``'s ``plan.*`` keys (an :class:`rlrs.plan.Plan`)."""
+    return _config.replace(spec.base.plan, {k[len("plan."):]: v for k, v in point.items() if k.startswith("plan.")})
+
+
+def moved_settings(spec: TuneSpec, point: Mapping[str, float]) -> dict[str, float]:
+    """The searched non-plan settings of ``point`` that differ from the start point."""
+    start = {k: canonical(v) for k, v in spec.start()}
+    return {k: v for k, v in point.items() if not k.startswith("plan.") and canonical(v) != start[k]}
+
+
 def write_best(spec: TuneSpec, out: Path, point: dict[str, float]) -> None:
     """Write ``out/tuned.toml`` (the plan keys of ``point``) and ``out/tuned_config.json`` (the
     searched non-plan settings that moved from the start point; removed when none did)."""
-    plan_keys = {k[len("plan."):]: v for k, v in point.items() if k.startswith("plan.")}
-    _config.replace(spec.base.plan, plan_keys).save(out / "tuned.toml")
-    start = {k: canonical(v) for k, v in spec.start()}
-    moved = {k: v for k, v in point.items() if not k.startswith("plan.") and canonical(v) != start[k]}
+    tuned_plan(spec, point).save(out / "tuned.toml")
+    moved = moved_settings(spec, point)
     cfg_path = out / "tuned_config.json"
     if moved:
         nested: dict[str, Any] = {}
