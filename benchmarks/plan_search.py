@@ -4,11 +4,11 @@ For each target (``ladder-xs-moe``, ``ladder-xs-dense``; a vision Transformer on
 with Muon, ``benchmarks/targets/vit_fashion.py``) the ways to a plan are:
 
 - ``uniform`` (the baseline) and ``paper`` (tables 4/5 of Ludziejewski et al., arXiv 2507.03526;
-  language models only), each at the η_base its own lr-grid chose;
+  the dense table on the ViT too), each at the η_base its own lr-grid chose;
 - ``auto-update-size`` and ``auto-sensitivity`` (``rlrs auto``), each at the η_base its own
   lr-grid chose;
-- on ``ladder-s-dense``, ``transferred-METHOD``: the plan ``rlrs auto`` derived on ``ladder-xs-dense``,
-  at the η_base its own lr-grid chose on the larger rung (``benchmarks/plan_transfer.sh``);
+- on a larger rung (``ladder-s-dense``; the ViT's ``vit-10x``), ``transferred-METHOD``: the plan ``rlrs auto``
+  derived on the rung below, at the η_base its own lr-grid chose on the larger rung (``benchmarks/plan_transfer.sh``);
 - ``local`` (the paper's algorithm 2, noise-aware 0.5%), ``hyperband`` and ``gp`` (``rlrs tune
   --sampler``), each started from the uniform plan at its tuned η_base (they search η_base too).
 
@@ -70,7 +70,11 @@ TARGETS = {
     "xs-dense": Target("xs-dense", "uniform-dense", "paper-dense", 322, model="ladder-xs-dense"),
     # The rung above, for the transfer of the small rung's automatic plans (plan_transfer.sh).
     "s-dense": Target("s-dense", "uniform-dense", "paper-dense", 1084, model="ladder-s-dense"),
-    "vit": Target("vit", "uniform-dense", None, 400, command=f"{VIT} --optimizer adamw"),
+    "vit": Target("vit", "uniform-dense", "paper-dense", 400, command=f"{VIT} --optimizer adamw"),
+    # The ViT's 10x rung (9.4x the parameters: width 96, 5 blocks) at the same 400 steps, for the transfer of the
+    # small ViT's automatic plans (plan_transfer.sh vit vit-10x).
+    "vit-10x": Target("vit-10x", "uniform-dense", "paper-dense", 400,
+                      command=f"{VIT} --optimizer adamw --d-model 96 --layers 5"),
     "vit-muon": Target("vit-muon", "uniform-dense", None, 400, command=f"{VIT} --optimizer muon"),
 }
 SEARCHES = ("local", "hyperband", "gp", "gp-startup")  # gp-startup: after the start-up fix (a third of the budget)
@@ -109,13 +113,22 @@ def _with_lr(plan: Plan, lr: float, path: Path) -> Path:
     return path
 
 
+def _fixed_grid(d: Path, name: str) -> Path:
+    """The η_base grid that holds a fixed plan: the target's grid, or grid-paper, where the paper's
+    tables were added to a target whose grid was made without them."""
+    path = d / "grid" / "grid.json"
+    if path.exists() and name in json.loads(path.read_text()).get("arms", {}):
+        return path
+    return d / "grid-paper" / "grid.json"
+
+
 def ways(bench: Path, t: Target) -> list[Way]:
     """The ways this target has results for, in the table's order (uniform first)."""
     d = bench / t.name
     plans = d / "confirm" / "plans"
     found = []
     for arm, name in (("uniform", t.uniform), ("paper", t.paper)):
-        lr = _grid_best(d / "grid" / "grid.json", name) if name else None
+        lr = _grid_best(_fixed_grid(d, name), name) if name else None
         if lr is not None:
             found.append(Way(arm, _with_lr(presets.get(name), lr, plans / f"{arm}.toml"), 0))
     for way, (where, m) in AUTO_WAYS.items():
@@ -191,7 +204,7 @@ def rows(bench: Path, t: Target, workers: int = 2) -> list[dict]:
 def _grid_runs(d: Path, way: str, t: Target) -> int:
     """Runs of the η_base grid this way needed: its own grid's (uniform, paper, the automatic
     plans); none for a search, which searches η_base itself from uniform's tuned value."""
-    path = {"uniform": d / "grid" / "grid.json", "paper": d / "grid" / "grid.json"}.get(
+    path = {"uniform": _fixed_grid(d, t.uniform), "paper": _fixed_grid(d, t.paper or "")}.get(
         way, d / way / "grid" / "grid.json")
     arm = {"uniform": t.uniform, "paper": t.paper, **{w: f"auto-{m}" for w, (_, m) in AUTO_WAYS.items()}}.get(way, way)
     if way in SEARCHES or not path.exists():
