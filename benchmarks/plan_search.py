@@ -189,8 +189,8 @@ def rows(bench: Path, t: Target, workers: int = 2) -> list[dict]:
         if seeds and w.name != "uniform" and len(seeds) == len(CONFIRM_SEEDS):
             diff = paired_difference([base[s].final_loss for s in seeds], [runs[s].final_loss for s in seeds])
             row["diff"], row["diff_std"] = diff.mean, diff.std
-            bc = [(base[s].curve.steps, base[s].curve.loss) for s in seeds]
-            rc = [(runs[s].curve.steps, runs[s].curve.loss) for s in seeds]
+            bc = [base[s].curve.arrays() for s in seeds]
+            rc = [runs[s].curve.arrays() for s in seeds]
             bs, bm, _ = mean_curve(bc)
             rs, rm, _ = mean_curve(rc)
             sp = speedup(bs, bm, rs, rm)

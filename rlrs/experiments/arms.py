@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
 
-from ..analysis import RouterCurve, RouterHealth, RunLogs, Spike, UpdateCurves, read_run
+from ..analysis import RunLogs, read_run
 from ..config import ConfigError
 from ..engine import Job, PresetRun, RunResult, RunSpec, run_all, run_dir
 from ..options import (add_executor_args, add_out_arg, add_plans_arg, add_target_args, add_workers_arg, check_workers,
@@ -71,12 +70,14 @@ def grid_around(base_lr: float, n: int = 5) -> list[float]:
     return [float(f"{m}e{e}") for m, e in ladder[lo: lo + n]]
 
 
-# --- one run: how it ended and what its logs say ---------------------------------------------------
+# --- one run: how it ended ------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunInfo:
-    """One (arm, seed) run: where it lives, how it ended, its losses and diagnostics."""
+    """How one (arm, seed) run ended on the engine: where it lives, its status and final losses.
+    What its logs say (curves, spikes, router, update sizes) is compare's ``CompareRun``, built
+    from this and the logs once; lr-grid needs only this."""
 
     arm: str
     seed: int
@@ -90,15 +91,6 @@ class RunInfo:
     total_steps: int = 0
     skipped_steps: int = 0
     wall_s: float = 0.0
-    # From the run's logs (summarize):
-    final_loss: float | None = None  # on the comparison's metric; None unless finished
-    final_train_1pct: float | None = None  # mean training loss over the last 1% of steps
-    curve_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    curve_loss: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    spikes: list[Spike] = field(default_factory=list)
-    router: RouterHealth | None = None
-    updates: UpdateCurves | None = None
-    router_curve: RouterCurve | None = None
 
     @property
     def finished(self) -> bool:
@@ -143,12 +135,12 @@ def execute_runs(specs: Sequence[ArmRun], workers: int | None, metric: str = "ev
     ones), then read each run's logs. A run that finished but blew up counts as diverged."""
     results = run_all([Job(s.run, s.out, label=s.label) for s in specs], workers, log, progress=progress,
                       executor=executor)
-    infos = [run_info(s, r) for s, r in zip(specs, results)]
     logs = {s.out: read_run(s.out, s.cfg) for s in specs}
-    for info in infos:
+    infos = []
+    for s, r in zip(specs, results):
+        info = run_info(s, r)
         why = logs[info.out].blowup(metric) if info.finished else None
-        if why is not None:
-            info.status, info.error = "diverged", why
+        infos.append(info if why is None else replace(info, status="diverged", error=why))
     return infos, logs
 
 def arms_of(plans: Sequence[str], need: int) -> list[tuple[str, str]]:

@@ -102,6 +102,11 @@ class Curve:
     steps: tuple[int, ...] = ()
     loss: tuple[float | None, ...] = ()
 
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The curve as :mod:`rlrs.analysis` reads one: steps and losses, a missing loss as NaN."""
+        return (np.asarray(self.steps, dtype=np.int64),
+                np.asarray([math.nan if v is None else v for v in self.loss], dtype=np.float64))
+
 
 @dataclass(frozen=True)
 class MeanCurve:
@@ -209,15 +214,20 @@ class CompareRun:
         return self.status == "finished"
 
     @classmethod
-    def of(cls, r: RunInfo) -> CompareRun:
+    def of(cls, r: RunInfo, lg: RunLogs, metric: str = "eval", n_experts: int = 0) -> CompareRun:
+        """The run as the comparison reads it: how it ended (``r``) and what its logs say (``lg``),
+        its curve on ``metric``."""
+        steps, loss = lg.curve(metric)
         return cls(
             arm=r.arm, seed=r.seed, data_seed=r.seed, out=Path(r.out), status=r.status, error=r.error, reused=r.reused,
             final_eval_loss=_finite(r.final_eval_loss), final_train_loss=_finite(r.final_train_loss), steps=r.steps,
             total_steps=r.total_steps, skipped_steps=r.skipped_steps, wall_s=float(r.wall_s),
-            final_loss=_finite(r.final_loss), final_train_1pct=_finite(r.final_train_1pct),
-            curve=Curve(_ints(r.curve_steps), _floats(r.curve_loss)), spikes=tuple(RunSpike.of(s) for s in r.spikes),
-            router=r.router, updates=None if r.updates is None else Updates.of(r.updates),
-            router_curve=RouterStats.of(r.router_curve),
+            final_loss=_finite(float(loss[-1])) if r.finished else None,
+            final_train_1pct=_finite(float(lg.window_loss[-1])) if lg.window_loss.size else None,
+            curve=Curve(_ints(steps), _floats(loss)),
+            spikes=tuple(RunSpike.of(s) for s in detect_spikes(lg.train_steps, lg.train_loss)),
+            router=router_health(lg, n_experts) if lg.router is not None else None,
+            updates=None if lg.updates is None else Updates.of(lg.updates), router_curve=RouterStats.of(lg.router),
         )
 
 
@@ -462,21 +472,17 @@ def _check_base_lrs(base_lrs: Mapping[str, float] | None, arms: Sequence[str]) -
 
 def summarize(
     plans: Mapping[str, Plan],
-    runs: Sequence[RunInfo],
+    infos: Sequence[RunInfo],
     logs: Mapping[Path, RunLogs],
     metric: str = "eval",
     n_experts: int = 0,
 ) -> Summary:
     """Per-arm means over finished seeds, the speed-up and paired final-loss difference of every
-    arm against the first (the baseline); each run's losses, spikes and router health."""
-    for r in runs:
-        lg = logs[r.out]
-        r.curve_steps, r.curve_loss = lg.curve(metric)
-        r.final_loss = float(r.curve_loss[-1]) if r.finished else None
-        r.final_train_1pct = float(lg.window_loss[-1]) if lg.window_loss.size else None
-        r.spikes = detect_spikes(lg.train_steps, lg.train_loss)
-        r.router = router_health(lg, n_experts) if lg.router is not None else None
-        r.updates, r.router_curve = lg.updates, lg.router
+    arm against the first (the baseline); each run's losses, spikes and router health. Every
+    number is computed from the runs as ``results.json`` stores them (:class:`CompareRun`), so a
+    result read back gives the same numbers."""
+    runs = [CompareRun.of(r, logs[r.out], metric, n_experts) for r in infos]
+    curves = {(r.arm, r.seed): r.curve.arrays() for r in runs}
     arms: dict[str, ArmResult] = {}
     means: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # the finished seeds' mean curve, per arm
     for name, plan in plans.items():
@@ -485,7 +491,7 @@ def summarize(
         diag = fin or mine  # diagnostics of the finished seeds; if none finished, of the runs that died
         curve = final = None
         if fin:
-            steps, mean, std = mean_curve([(r.curve_steps, r.curve_loss) for r in fin])
+            steps, mean, std = mean_curve([curves[r.arm, r.seed] for r in fin])
             means[name] = steps, mean
             curve = MeanCurve(_ints(steps), _floats(mean), _floats(std))
             finals = [r.final_loss for r in fin]
@@ -514,15 +520,12 @@ def summarize(
         per_seed = []
         for s in sorted({r.seed for r in runs if r.arm == name}):
             rb, ra = base_by_seed.get(s), mine.get(s)
-            pct = speedup(rb.curve_steps, rb.curve_loss, ra.curve_steps, ra.curve_loss).percent if rb and ra else None
+            pct = speedup(*curves[base, s], *curves[name, s]).percent if rb and ra else None
             per_seed.append(SeedSpeedUp(s, pct, bool(rb and ra)))
         interval = None
         if sp is not None:
-            interval = bootstrap_speedup([(base_by_seed[s].curve_steps, base_by_seed[s].curve_loss) for s in paired],
-                                         [(mine[s].curve_steps, mine[s].curve_loss) for s in paired])
-        identical = bool(paired) and all(
-            np.array_equal(base_by_seed[s].curve_steps, mine[s].curve_steps)
-            and np.array_equal(base_by_seed[s].curve_loss, mine[s].curve_loss) for s in paired)
+            interval = bootstrap_speedup([curves[base, s] for s in paired], [curves[name, s] for s in paired])
+        identical = bool(paired) and all(base_by_seed[s].curve == mine[s].curve for s in paired)
         same_plan = plans[name] == plans[base]
         unpaired = [s for s in paired if not _same_start(base_by_seed[s], mine[s])]
         judged = _verdict(sp, interval, identical, same_plan)
@@ -539,15 +542,15 @@ def summarize(
             **{"t_base": None, "t_relative": None, "target_loss": None, "percent": None, **measured},
             seeds_baseline=len(base_by_seed), seeds_relative=len(mine), seeds=seeds, per_seed=tuple(per_seed),
             text=text, interval=interval, verdict=judged, identical=identical, unpaired_seeds=tuple(unpaired))
-    return Summary(tuple(CompareRun.of(r) for r in runs), arms, speedups, differences)
+    return Summary(tuple(runs), arms, speedups, differences)
 
 
-def _same_start(a: RunInfo, b: RunInfo) -> bool:
+def _same_start(a: CompareRun, b: CompareRun) -> bool:
     """Whether two runs of one seed measured the same loss at step 0 (or either did not measure it):
     the same weights and the same held-out batches give the same number, whatever the plan."""
-    la = a.curve_loss[a.curve_steps == 0]
-    lb = b.curve_loss[b.curve_steps == 0]
-    return not (la.size and lb.size) or bool(np.isclose(la[0], lb[0], rtol=1e-6, atol=0.0))
+    la = [v for t, v in zip(a.curve.steps, a.curve.loss) if t == 0 and v is not None]
+    lb = [v for t, v in zip(b.curve.steps, b.curve.loss) if t == 0 and v is not None]
+    return not (la and lb) or bool(np.isclose(la[0], lb[0], rtol=1e-6, atol=0.0))
 
 
 def _verdict(sp: SpeedUp | None, interval: Interval | None, identical: bool, same_plan: bool) -> str:
