@@ -91,6 +91,60 @@ def test_hyperband_promotes_by_resuming_and_holds_the_step_budget(tmp_path):
     assert r.best_loss == min(t.loss for t in r.trials if t.stopped_at is None and t.loss is not None)
 
 
+class Reporting(Recording):
+    """As a --command script's objective: it reports at steps of its own choosing (``every``), which
+    rlrs learns only from a run (``eval_at`` is empty, as a command's is)."""
+
+    def __init__(self, every: int, total=90):
+        super().__init__(total)
+        self.reports, self.eval_at = list(range(0, total + 1, every)), []
+
+    def run(self, points, stop_at, seeds=None):
+        self.eval_at = self.reports
+        try:
+            return super().run(points, stop_at, seeds)
+        finally:
+            self.eval_at = []
+
+
+def test_hyperband_on_a_command_sets_its_rungs_where_the_script_reports(tmp_path):
+    obj, lines = Reporting(every=10), []
+    r = sampler_search(spec_for(), tmp_path, None, "hyperband", budget_steps=700, confirm=1, objective=obj,
+                       fail_loss=50.0, log=lines.append)
+    doc = json.loads((tmp_path / "search.json").read_text())
+    # The start point first, trained to the end (90 steps): its reports at 0, 10, ..., 90 give the
+    # rungs 10, 30, 90. Then bracket 0 (210 steps) and bracket 1 (210); 700 - 90 set aside - 90 -
+    # 420 leaves 100: one point of bracket 2 (90). Each bracket stops points at its rungs.
+    assert obj.calls[0] == (point_key(dict(spec_for().start())), 90, None)
+    assert r.trials[0].point == dict(spec_for().start()) and r.trials[0].stopped_at is None
+    assert doc["hyperband"]["rungs"] == [10, 30, 90]
+    assert "hyperband: rungs at steps 10, 30, 90 (where the script reports)" in lines
+    assert sorted(t.stopped_at for t in r.trials if t.stopped_at is not None) == [10] * 6 + [30] * 2 + [30] * 4
+    assert r.evaluations == 1 + 9 + 5 + 1 and r.compute_steps == 90 + 210 + 210 + 90 + 90 <= 700
+    # A rerun with a larger budget reads the rungs from the study: the start point is not trained again.
+    obj2 = Reporting(every=10)
+    sampler_search(spec_for(), tmp_path, None, "hyperband", budget_steps=1000, confirm=1, objective=obj2,
+                   fail_loss=50.0, log=quiet)
+    assert obj2.calls and obj2.calls[0][1] == 10  # straight to a bracket's first rung
+
+
+def test_hyperband_on_a_command_that_reports_only_late_says_it_is_not_hyperband(tmp_path):
+    lines = []
+    r = sampler_search(spec_for(), tmp_path, None, "hyperband", budget_steps=700, confirm=1, objective=Reporting(45),
+                       fail_loss=50.0, log=lines.append)
+    assert json.loads((tmp_path / "search.json").read_text())["hyperband"]["rungs"] == [90]
+    assert any("every point is trained to the end: this is TPE with full runs, not Hyperband" in s for s in lines)
+    assert all(t.stopped_at is None for t in r.trials) and r.compute_steps <= 700
+
+
+def test_a_sampler_on_a_command_of_unknown_length_names_steps(tmp_path):
+    spec = TuneSpec.for_command("true", "paper-dense", params=["plan.base_lr"])
+    with pytest.raises(ConfigError, match=r"--steps: a --command run of unknown length; give --steps N .*Hyperband"):
+        sampler_search(spec, tmp_path / "hb", None, "hyperband", budget_steps=900)
+    with pytest.raises(ConfigError, match=r"--steps: .* which --budget-steps counts steps with"):
+        sampler_search(spec, tmp_path / "gp", None, "gp", budget_steps=900)
+
+
 def test_gp_sampler_searches_log_lambda_from_the_start_point(tmp_path, monkeypatch):
     asked = []
     real = optuna.samplers.GPSampler.sample_relative

@@ -37,7 +37,13 @@ never stopped and the choice depends on the order the engine's parallel workers 
 bracket here trains a rung's points together on the pool and promotes exactly its best 1/ETA.
 Trials of a bracket are told when the bracket ends (stopped points as PRUNED, with their loss at
 the rung as an intermediate value, so TPE learns from them); a killed search reruns its last
-bracket on the same points, whose runs resume from their checkpoints.
+bracket on the same points, whose runs resume from their checkpoints. A ``--command`` script
+reports where it chooses, so rlrs cannot know its eval steps before it runs: Hyperband first
+trains the start point to the end (a trial like any other) and sets the rungs at the steps it
+reported. A script that reports nowhere before a third of its run leaves no early rung: the search
+says so and trains every point to the end (TPE with full runs); report every few percent of the
+run (``rlrs.report``) to give Hyperband its rungs. A script that cannot resume starts a promoted
+run over from step 0: those steps are counted (``rerun_steps``).
 
 **Budget**: ``budget`` evaluations (trials: points asked, a Hyperband point stopped early included)
 and/or ``budget_steps`` training steps (every step of every run, re-evaluations included): the
@@ -277,15 +283,19 @@ def sampler_search(
     dists = {k: optuna.distributions.FloatDistribution(lo, hi, log=True) for k, (lo, hi) in space.items()}
     worst = failure_loss(spec) if fail_loss is None else fail_loss
     total = spec.base.total_steps
-    full = total * spec.seeds  # the steps of one point trained to the end
-    reserve = confirm * full  # the final re-evaluation's, set aside
-    if budget_steps is not None and budget_steps < full + reserve:
+    if total is None and (sampler == "hyperband" or budget_steps is not None):
+        raise ConfigError("--steps: a --command run of unknown length; give --steps N (the length the script "
+                          "trains, $RLRS_STEPS), which " + ("Hyperband's rungs are fractions of" if sampler == "hyperband"
+                                                            else "--budget-steps counts steps with"))
+    full = None if total is None else total * spec.seeds  # the steps of one point trained to the end
+    reserve = 0 if full is None else confirm * full  # the final re-evaluation's, set aside
+    if budget_steps is not None and full is not None and budget_steps < full + reserve:
         raise ConfigError(f"budget_steps: {budget_steps} steps do not cover one point trained to the end ({full}) "
                           f"and the re-evaluation of --confirm {confirm} points ({reserve}); give at least "
                           f"--budget-steps {full + reserve}, or a lower --confirm")
     # Full evaluations the budget allows (Hyperband's early-stopped points cost less: it asks more).
     evals = min(budget if budget is not None else math.inf,
-                math.inf if budget_steps is None else (budget_steps - reserve) // full)
+                math.inf if budget_steps is None or full is None else (budget_steps - reserve) // full)
     startup = startup_trials(evals if sampler != "hyperband" else 3 * evals)
     if sampler in ("tpe", "gp", "hyperband"):
         log(f"{sampler}: the first {startup} points (the start point among them) are random, then the model "
@@ -312,11 +322,14 @@ def sampler_search(
         spent = sum(int(v["steps"]) for v in study.user_attrs.get("confirmed", {}).values())
         limits = _Limits(budget, None if budget_steps is None else budget_steps - reserve - spent)
         obj = objective or make_objective(spec, out, workers)
+        rungs = None
         try:
             if sampler == "hyperband":
-                _Hyperband(study, obj, dists, worst, log, spec.seeds).run(limits)
+                hyperband = _Hyperband(study, obj, dists, worst, log, spec.seeds)
+                hyperband.run(limits)
+                rungs = hyperband.rungs
             else:
-                _full_runs(study, obj, dists, worst, log, workers, limits, full)
+                _full_runs(study, obj, dists, worst, log, workers, limits, full or 1)
             trials = _trials(study, optuna)
             confirmations = _confirm(study, obj, trials, confirm, spec.seeds, log)
         finally:
@@ -350,7 +363,7 @@ def sampler_search(
                        "confirm_steps": sum(c.steps for c in confirmations)},
            "trials": [asdict(t) for t in trials]}
     if sampler == "hyperband":
-        doc["hyperband"] = {"eta": ETA, "rungs": hyperband_rungs(total, obj.eval_at)}
+        doc["hyperband"] = {"eta": ETA, "rungs": rungs}
     files.write_json(res.search_path, doc, indent=2)
     return res
 
@@ -417,7 +430,8 @@ class _Hyperband:
 
     def __init__(self, study, obj: Objective, dists, worst: float | None, log, seeds: int):
         self.study, self.obj, self.dists, self.worst, self.log, self.seeds = study, obj, dists, worst, log, seeds
-        self.rungs = hyperband_rungs(obj.total_steps, obj.eval_at)
+        # None: a command's, whose eval steps its first run to the end shows (see _learn_rungs)
+        self.rungs: list[int] | None = hyperband_rungs(obj.total_steps, obj.eval_at) if obj.eval_at else None
 
     def bracket_rungs(self, index: int) -> tuple[int, list[int]]:
         """Bracket ``index``'s nominal number of points and its rungs (brackets cycle, most aggressive first)."""
@@ -443,6 +457,12 @@ class _Hyperband:
             study.enqueue_trial(dict(t.params))
             optuna.trial.Trial(study, t._trial_id).set_user_attr("abandoned", "interrupted: its bracket runs again")
             study.tell(t.number, state=TrialState.FAIL)
+        if self.rungs is None and not self._learn_rungs(limits):
+            return
+        if len(self.rungs) == 1:
+            self.log(f"hyperband: no eval loss before step {self.obj.total_steps} is early enough for a rung (at "
+                     f"most 1/{ETA} of the run), so every point is trained to the end: this is TPE with full runs, "
+                     "not Hyperband; report the eval loss every few percent of the run")
         brackets = {int(t.user_attrs["bracket"]) for t in left if "bracket" in t.user_attrs}
         if brackets:  # its last bracket again, on the same points
             index = max(brackets)
@@ -460,6 +480,44 @@ class _Hyperband:
             if n < 1:
                 break
             self.bracket(index, n, rungs)
+
+    def _learn_rungs(self, limits: _Limits) -> bool:
+        """A command's rungs, at the steps its script reports: read from the trial that showed them,
+        or, the first time, from the start point (the study's first point) trained to the end as a
+        trial of its own. ``False``: the budget does not cover that run."""
+        import optuna
+
+        TrialState = optuna.trial.TrialState
+        total = self.obj.total_steps
+        shown = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                 if "reports" in t.user_attrs and "abandoned" not in t.user_attrs]
+        if shown:
+            reports = [int(x) for x in shown[0].user_attrs["reports"]]
+        else:
+            evals, steps = limits.left(_trials(self.study, optuna))
+            if evals < 1 or steps < self.cost(1, [total]):
+                return False
+            self.log("hyperband: a --command script reports its eval loss where it chooses; training the start "
+                     "point to the end first, to set the rungs at its reports")
+            trial = self.study.ask(self.dists)
+            part = self.obj.run([dict(trial.params)], None)[0]
+            _record(trial, part)
+            reports = sorted(part.curve)
+            trial.set_user_attr("reports", reports)
+            final = _final(part)
+            if final is None:
+                err = part.error or "no eval loss"
+                trial.set_user_attr("error", err)
+                self.study.tell(trial, _told_failure(self.worst, self.study, [], err))
+                self.log(f"trial {trial.number}: failed ({err.splitlines()[0]})")
+            else:
+                self.study.tell(trial, final)
+                self.log(f"trial {trial.number}: loss {fmt_loss(final)} (the start point, to the end)")
+            self.obj.discard([dict(trial.params)])
+        self.rungs = hyperband_rungs(total, reports)
+        if len(self.rungs) > 1:
+            self.log(f"hyperband: rungs at steps {', '.join(map(str, self.rungs))} (where the script reports)")
+        return True
 
     def bracket(self, index: int, n: int, rungs: list[int]) -> None:
         import optuna
