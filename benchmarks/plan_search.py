@@ -143,6 +143,8 @@ def ways(bench: Path, t: Target) -> list[Way]:
         tuned, search = d / s / "tuned.toml", d / s / "search.json"
         if tuned.exists() and search.exists():
             doc = json.loads(search.read_text())
+            if doc.get("stopped") == "running":  # a local search still under way: its plan is not its choice yet
+                continue
             plan = Plan.load(tuned)  # a search chose its η_base with its λ
             found.append(Way(s, _with_lr(plan, plan.base_lr, plans / f"{s}.toml"), int(doc["compute"]["steps"]),
                              f"{doc.get('evaluations', '?')} evaluations"))
