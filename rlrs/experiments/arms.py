@@ -17,7 +17,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-
 from ..analysis import RunLogs, read_run
 from ..config import ConfigError
 from ..engine import Job, PresetRun, RunResult, RunSpec, run_all, run_dir

@@ -527,7 +527,7 @@ def summarize(
             interval = bootstrap_speedup([curves[base, s] for s in paired], [curves[name, s] for s in paired])
         identical = bool(paired) and all(base_by_seed[s].curve == mine[s].curve for s in paired)
         same_plan = plans[name] == plans[base]
-        unpaired = [s for s in paired if not _same_start(base_by_seed[s], mine[s])]
+        unpaired = [s for s in paired if not _same_start(curves[base, s], curves[name, s])]
         judged = _verdict(sp, interval, identical, same_plan)
         text = _speedup_text(name, base, sp, judged, identical, len(base_by_seed), len(mine), seeds, metric)
         if unpaired:
@@ -545,12 +545,13 @@ def summarize(
     return Summary(tuple(runs), arms, speedups, differences)
 
 
-def _same_start(a: CompareRun, b: CompareRun) -> bool:
-    """Whether two runs of one seed measured the same loss at step 0 (or either did not measure it):
-    the same weights and the same held-out batches give the same number, whatever the plan."""
-    la = [v for t, v in zip(a.curve.steps, a.curve.loss) if t == 0 and v is not None]
-    lb = [v for t, v in zip(b.curve.steps, b.curve.loss) if t == 0 and v is not None]
-    return not (la and lb) or bool(np.isclose(la[0], lb[0], rtol=1e-6, atol=0.0))
+def _same_start(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> bool:
+    """Whether two runs of one seed (their curves: steps, losses) measured the same loss at step 0
+    (or either did not measure it): the same weights and the same held-out batches give the same
+    number, whatever the plan."""
+    la = a[1][a[0] == 0]
+    lb = b[1][b[0] == 0]
+    return not (la.size and lb.size) or bool(np.isclose(la[0], lb[0], rtol=1e-6, atol=0.0))
 
 
 def _verdict(sp: SpeedUp | None, interval: Interval | None, identical: bool, same_plan: bool) -> str:

@@ -329,7 +329,7 @@ def sampler_search(
                 hyperband.run(limits)
                 rungs = hyperband.rungs
             else:
-                _full_runs(study, obj, dists, worst, log, workers, limits, full or 1)
+                _full_runs(study, obj, dists, worst, log, workers, limits, full)
             trials = _trials(study, optuna)
             confirmations = _confirm(study, obj, trials, confirm, spec.seeds, log)
         finally:
@@ -392,8 +392,10 @@ def _record(trial, part: Partial) -> None:
         trial.set_user_attr("rerun_steps", part.rerun_steps)
 
 
-def _full_runs(study, obj: Objective, dists, worst: float | None, log, workers: int, limits: _Limits, full: int) -> None:
-    """TPE, CMA-ES, GP: ``workers`` points at a time, each trained to the end."""
+def _full_runs(study, obj: Objective, dists, worst: float | None, log, workers: int, limits: _Limits,
+               full: int | None) -> None:
+    """TPE, CMA-ES, GP: ``workers`` points at a time, each trained to the end (``full`` steps each;
+    ``None``: a command of unknown length, searched on an evaluation budget only)."""
     import optuna
 
     TrialState = optuna.trial.TrialState
@@ -411,18 +413,26 @@ def _full_runs(study, obj: Objective, dists, worst: float | None, log, workers: 
         points = [dict(t.params) for t in asked]
         parts = obj.run(points, None)
         finals = [_final(part) for part in parts]
-        for trial, part, final in zip(asked, parts, finals):
-            _record(trial, part)
-            if final is None:
-                err = part.error or "no eval loss"
-                trial.set_user_attr("error", err)
-                told = _told_failure(worst, study, [f for f in finals if f is not None], err)
-                study.tell(trial, told)
-                log(f"trial {trial.number}: failed ({err.splitlines()[0]}); told {told:.4f}")
-            else:
-                study.tell(trial, final)
-                log(f"trial {trial.number}: loss {fmt_loss(final)}")
+        for trial, part in zip(asked, parts):
+            _tell_full_run(study, trial, part, worst, [f for f in finals if f is not None], log)
         obj.discard(points)
+
+
+def _tell_full_run(study, trial, part: Partial, worst: float | None, finished: Sequence[float], log,
+                   what: str = "") -> None:
+    """Record a point trained to the end and tell the study its final loss, or, where it failed,
+    the loss told for a failure (:func:`_told_failure`; ``finished``: the batch's final losses)."""
+    _record(trial, part)
+    final = _final(part)
+    if final is None:
+        err = part.error or "no eval loss"
+        trial.set_user_attr("error", err)
+        told = _told_failure(worst, study, finished, err)
+        study.tell(trial, told)
+        log(f"trial {trial.number}: failed ({err.splitlines()[0]}); told {told:.4f}")
+    else:
+        study.tell(trial, final)
+        log(f"trial {trial.number}: loss {fmt_loss(final)}{what}")
 
 
 class _Hyperband:
@@ -501,18 +511,9 @@ class _Hyperband:
                      "point to the end first, to set the rungs at its reports")
             trial = self.study.ask(self.dists)
             part = self.obj.run([dict(trial.params)], None)[0]
-            _record(trial, part)
             reports = sorted(part.curve)
             trial.set_user_attr("reports", reports)
-            final = _final(part)
-            if final is None:
-                err = part.error or "no eval loss"
-                trial.set_user_attr("error", err)
-                self.study.tell(trial, _told_failure(self.worst, self.study, [], err))
-                self.log(f"trial {trial.number}: failed ({err.splitlines()[0]})")
-            else:
-                self.study.tell(trial, final)
-                self.log(f"trial {trial.number}: loss {fmt_loss(final)} (the start point, to the end)")
+            _tell_full_run(self.study, trial, part, self.worst, [], self.log, " (the start point, to the end)")
             self.obj.discard([dict(trial.params)])
         self.rungs = hyperband_rungs(total, reports)
         if len(self.rungs) > 1:
