@@ -1,6 +1,6 @@
 """Plans without a 300-run search: every way to a plan, from the uniform plan, costed and confirmed.
 
-For each target (``ladder-xs-moe``, ``ladder-xs-dense``; a vision Transformer on Fashion-MNIST, trained with AdamW or
+For each target (``ladder-xs-moe``, ``ladder-xs-dense``, ``ladder-s-dense``, ``ladder-s-moe``; a vision Transformer on Fashion-MNIST, trained with AdamW or
 with Muon, ``benchmarks/targets/vit_fashion.py``) the ways to a plan are:
 
 - ``uniform`` (the baseline) and ``paper`` (tables 4/5 of Ludziejewski et al., arXiv 2507.03526;
@@ -70,6 +70,7 @@ TARGETS = {
     "xs-dense": Target("xs-dense", "uniform-dense", "paper-dense", 322, model="ladder-xs-dense"),
     # The rung above, for the transfer of the small rung's automatic plans (plan_transfer.sh).
     "s-dense": Target("s-dense", "uniform-dense", "paper-dense", 1084, model="ladder-s-dense"),
+    "s-moe": Target("s-moe", "uniform-moe", "paper-moe", 1095, model="ladder-s-moe"),
     "vit": Target("vit", "uniform-dense", "paper-dense", 400, command=f"{VIT} --optimizer adamw"),
     # The ViT's 10x rung (9.4x the parameters: width 96, 5 blocks) at the same 400 steps, for the transfer of the
     # small ViT's automatic plans (plan_transfer.sh vit vit-10x).

@@ -2,7 +2,7 @@
 # The runs of benchmarks/plan_search.py: every way to a plan from the uniform plan at its tuned
 # η_base, then the confirmation on 3 new seeds. Every command reuses finished runs, so a rerun
 # after a kill resumes where it stopped. Run it from a snapshot of the code (see BENCHMARKS.md).
-#   benchmarks/plan_search.sh BENCH_DIR [TARGETS]      TARGETS: any of xs-moe xs-dense s-dense vit vit-muon
+#   benchmarks/plan_search.sh BENCH_DIR [TARGETS]      TARGETS: any of xs-moe xs-dense s-dense s-moe vit vit-muon
 # SEARCHES="gp local" replaces a target's list of searches (empty: none).
 set -uo pipefail
 B=${1:?usage: benchmarks/plan_search.sh BENCH_DIR [TARGETS]}
@@ -26,6 +26,8 @@ for t in $TARGETS; do
     # own 1,084 steps (tune's default 300 would be a quarter of the horizon).
     s-dense) tgt=(--model ladder-s-dense); uni=uniform-dense; plans=uniform-dense,paper-dense; params=$DENSE; runs=1084
              pts=(--points 3); steps=(--steps $runs); searches="gp local" ;;
+    s-moe) tgt=(--model ladder-s-moe); uni=uniform-moe; plans=uniform-moe,paper-moe; params=$MOE; runs=1095
+           pts=(--points 3); steps=(--steps $runs); searches="gp local" ;;
     vit) tgt=(--command "$PY benchmarks/targets/vit_fashion.py --optimizer adamw" --steps 400); uni=uniform-dense
          plans=uniform-dense; params=$DENSE; runs=400; searches="hyperband gp local" ;;
     vit-muon) tgt=(--command "$PY benchmarks/targets/vit_fashion.py --optimizer muon" --steps 400); uni=uniform-dense
