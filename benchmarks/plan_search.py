@@ -254,10 +254,14 @@ def figure(shown: list[tuple[Target, list[dict]]], path: Path) -> None:
     plt = _plt()
     shown = [(t, rs) for t, rs in shown if rs]
     colors = [*plt.get_cmap("tab10").colors, "black", "gray"]  # one colour per way, the same in every panel
-    fig, axes = plt.subplots(1, len(shown), figsize=(3.9 * len(shown) + 2.2, 3.8), squeeze=False,
+    cols = min(4, len(shown))  # rows of at most 4 panels: seven targets in one row are unreadable
+    rows_ = math.ceil(len(shown) / cols)
+    fig, axes = plt.subplots(rows_, cols, figsize=(3.9 * cols + 2.2, 3.6 * rows_ + 0.4), squeeze=False,
                              layout="constrained")
+    for ax in axes.flat[len(shown):]:
+        ax.set_visible(False)
     handles = {}
-    for ax, (t, rs) in zip(axes[0], shown):
+    for ax, (t, rs) in zip(axes.flat, shown):
         zero = 0
         for r in rs:
             if "loss" not in r:
@@ -272,7 +276,8 @@ def figure(shown: list[tuple[Target, list[dict]]], path: Path) -> None:
         ax.set_xlabel("cost beyond the η_base grid (runs)")
         ax.set_title(t.name)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("final eval loss, 3 new seeds (± std)")
+    for row in axes:
+        row[0].set_ylabel("final eval loss, 3 new seeds (± std)")
     order = [w for w in WAYS if w in handles]
     fig.legend([handles[w] for w in order], order, loc="outside right center", frameon=False, fontsize=8)
     fig.suptitle("Each way's plan on 3 new seeds against what it cost (fixed plans drawn at 0.02 runs)", fontsize=10)
