@@ -1,7 +1,7 @@
 """Plans without a 300-run search: every way to a plan, from the uniform plan, costed and confirmed.
 
-For each target (``ladder-xs-moe``, ``ladder-xs-dense``, ``ladder-s-dense``, ``ladder-s-moe``; a vision Transformer on Fashion-MNIST, trained with AdamW or
-with Muon, ``benchmarks/targets/vit_fashion.py``) the ways to a plan are:
+For each target (``ladder-xs-moe``, ``ladder-xs-dense``, ``ladder-s-dense``, ``ladder-s-moe``; a vision Transformer
+on Fashion-MNIST, trained with AdamW or with Muon, ``benchmarks/targets/vit_fashion.py``) the ways to a plan are:
 
 - ``uniform`` (the baseline) and ``paper`` (tables 4/5 of Ludziejewski et al., arXiv 2507.03526;
   the dense table on the ViT too), each at the η_base its own lr-grid chose;

@@ -412,9 +412,9 @@ def _full_runs(study, obj: Objective, dists, worst: float | None, log, workers: 
         asked = [study.ask(dists) for _ in range(int(n))]
         points = [dict(t.params) for t in asked]
         parts = obj.run(points, None)
-        finals = [_final(part) for part in parts]
+        finished = [f for f in map(_final, parts) if f is not None]
         for trial, part in zip(asked, parts):
-            _tell_full_run(study, trial, part, worst, [f for f in finals if f is not None], log)
+            _tell_full_run(study, trial, part, worst, finished, log)
         obj.discard(points)
 
 
